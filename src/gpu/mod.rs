@@ -1,0 +1,2 @@
+//! The only code that touches cudarc and NVML.
+pub mod report;

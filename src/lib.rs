@@ -1,0 +1,4 @@
+//! `cephalo`: cephalometric landmark detection, trained and run with hand-written CUDA kernels
+//! (and an f32 CPU twin of every kernel).
+pub mod cli;
+pub mod gpu;
