@@ -1,4 +1,5 @@
 //! `cephalo`: cephalometric landmark detection, trained and run with hand-written CUDA kernels
 //! (and an f32 CPU twin of every kernel).
+pub mod backend;
 pub mod cli;
 pub mod gpu;
