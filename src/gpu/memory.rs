@@ -1,0 +1,426 @@
+//! Device memory: owned typed buffers, raw views handed to kernels, and the arena.
+//!
+//! Kernels receive raw device pointers ([`DevSlice`], [`DevSliceMut`]). A view borrows what it
+//! points into, so an owned [`DeviceBuffer`] cannot be freed while a view of it lives. Views into
+//! the [`Arena`] are the exception the executor needs: many disjoint mutable regions of one
+//! allocation at once, which the borrow checker cannot express, so that constructor is `unsafe`
+//! and the memory planner is what guarantees the regions do not overlap.
+use std::marker::PhantomData;
+
+use anyhow::{bail, Context as _, Result};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
+
+use super::Gpu;
+
+/// Read-only device view: pointer and element count.
+#[derive(Debug, Clone, Copy)]
+pub struct DevSlice<'a, T> {
+    ptr: u64,
+    len: usize,
+    _borrow: PhantomData<&'a T>,
+}
+
+/// Writable device view.
+#[derive(Debug)]
+pub struct DevSliceMut<'a, T> {
+    ptr: u64,
+    len: usize,
+    _borrow: PhantomData<&'a mut T>,
+}
+
+impl<'a, T> DevSlice<'a, T> {
+    /// The raw device address, to pass to a kernel.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Elements `start..start + len` of this view.
+    pub fn sub(&self, start: usize, len: usize) -> DevSlice<'a, T> {
+        assert!(
+            start + len <= self.len,
+            "sub-view {start}+{len} out of {} elements",
+            self.len
+        );
+        DevSlice {
+            ptr: self.ptr + (start * size_of::<T>()) as u64,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+}
+
+impl<'a, T> DevSliceMut<'a, T> {
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// A read-only view of the same memory, for as long as this one is borrowed.
+    pub fn as_ref(&self) -> DevSlice<'_, T> {
+        DevSlice {
+            ptr: self.ptr,
+            len: self.len,
+            _borrow: PhantomData,
+        }
+    }
+    /// Reborrows elements `start..start + len`.
+    pub fn sub_mut(&mut self, start: usize, len: usize) -> DevSliceMut<'_, T> {
+        assert!(
+            start + len <= self.len,
+            "sub-view {start}+{len} out of {} elements",
+            self.len
+        );
+        DevSliceMut {
+            ptr: self.ptr + (start * size_of::<T>()) as u64,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+}
+
+/// True when every pointer is 16-byte aligned: the kernels' vector paths need it.
+pub fn all_aligned_16(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p % 16 == 0)
+}
+
+/// An owned, typed device allocation.
+pub struct DeviceBuffer<T> {
+    inner: CudaSlice<T>,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> DeviceBuffer<T> {
+    /// A zeroed buffer of `len` elements.
+    pub fn zeros(gpu: &Gpu, len: usize) -> Result<Self> {
+        let inner = gpu
+            .stream()
+            .alloc_zeros::<T>(len)
+            .with_context(|| format!("allocating {} on the GPU", human_bytes((len * size_of::<T>()) as u64)))?;
+        Ok(DeviceBuffer { inner })
+    }
+}
+
+impl<T: DeviceRepr> DeviceBuffer<T> {
+    /// Copies `host` to a new device buffer.
+    pub fn from_host(gpu: &Gpu, host: &[T]) -> Result<Self> {
+        let inner = gpu.stream().clone_htod(host).with_context(|| {
+            format!(
+                "uploading {} to the GPU",
+                human_bytes(std::mem::size_of_val(host) as u64)
+            )
+        })?;
+        Ok(DeviceBuffer { inner })
+    }
+
+    /// Copies the buffer back to the host (waits for the stream).
+    pub fn to_host(&self, gpu: &Gpu) -> Result<Vec<T>> {
+        gpu.stream().clone_dtoh(&self.inner).context("downloading from the GPU")
+    }
+
+    /// Overwrites the buffer with `host` (same length).
+    pub fn upload(&mut self, gpu: &Gpu, host: &[T]) -> Result<()> {
+        if host.len() != self.len() {
+            bail!("upload of {} elements into a buffer of {}", host.len(), self.len());
+        }
+        gpu.stream()
+            .memcpy_htod(host, &mut self.inner)
+            .context("uploading to the GPU")
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
+    }
+    fn raw_ptr(&self) -> u64 {
+        // Event tracking is off (see Gpu::open), so the guard records nothing.
+        let (ptr, _guard) = self.inner.device_ptr(self.inner.stream());
+        ptr
+    }
+    pub fn slice(&self) -> DevSlice<'_, T> {
+        DevSlice {
+            ptr: self.raw_ptr(),
+            len: self.len(),
+            _borrow: PhantomData,
+        }
+    }
+    pub fn slice_mut(&mut self) -> DevSliceMut<'_, T> {
+        DevSliceMut {
+            ptr: self.raw_ptr(),
+            len: self.len(),
+            _borrow: PhantomData,
+        }
+    }
+    /// The cudarc slice, for copies cudarc does itself (e.g. device-to-device).
+    pub fn cuda_slice(&self) -> &CudaSlice<T> {
+        &self.inner
+    }
+    pub fn cuda_slice_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.inner
+    }
+}
+
+/// Offsets in the arena are multiples of this: enough for 16-byte vector access and for the
+/// 128-byte lines the memory system moves.
+pub const ARENA_ALIGN: usize = 256;
+
+/// A region of the arena, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaBlock {
+    pub offset: usize,
+    pub bytes: usize,
+}
+
+/// First-fit allocation of byte ranges inside a fixed capacity, with live and peak accounting.
+/// Pure bookkeeping, so it is tested on the CPU; [`Arena`] puts device memory behind it.
+#[derive(Debug, Clone)]
+pub struct OffsetAllocator {
+    capacity: usize,
+    /// Free ranges sorted by offset, never adjacent (merged on free).
+    free: Vec<ArenaBlock>,
+    live: usize,
+    peak: usize,
+}
+
+impl OffsetAllocator {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity / ARENA_ALIGN * ARENA_ALIGN;
+        OffsetAllocator {
+            capacity,
+            free: vec![ArenaBlock {
+                offset: 0,
+                bytes: capacity,
+            }],
+            live: 0,
+            peak: 0,
+        }
+    }
+
+    pub fn alloc(&mut self, bytes: usize) -> Result<ArenaBlock> {
+        let bytes = bytes.max(1).div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        let Some(i) = self.free.iter().position(|f| f.bytes >= bytes) else {
+            let largest = self.free.iter().map(|f| f.bytes).max().unwrap_or(0);
+            bail!(
+                "arena out of memory: {} requested, {} live of {} (largest free range {})",
+                human_bytes(bytes as u64),
+                human_bytes(self.live as u64),
+                human_bytes(self.capacity as u64),
+                human_bytes(largest as u64)
+            );
+        };
+        let block = ArenaBlock {
+            offset: self.free[i].offset,
+            bytes,
+        };
+        if self.free[i].bytes == bytes {
+            self.free.remove(i);
+        } else {
+            self.free[i].offset += bytes;
+            self.free[i].bytes -= bytes;
+        }
+        self.live += bytes;
+        self.peak = self.peak.max(self.live);
+        Ok(block)
+    }
+
+    /// Returns `block` (as returned by [`alloc`](Self::alloc)) to the free list.
+    pub fn free(&mut self, block: ArenaBlock) {
+        let i = self.free.partition_point(|f| f.offset < block.offset);
+        debug_assert!(
+            i == 0 || self.free[i - 1].offset + self.free[i - 1].bytes <= block.offset,
+            "double free"
+        );
+        self.free.insert(i, block);
+        self.live -= block.bytes;
+        // Merge with the right neighbour, then the left one.
+        if i + 1 < self.free.len() && self.free[i].offset + self.free[i].bytes == self.free[i + 1].offset {
+            self.free[i].bytes += self.free[i + 1].bytes;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].offset + self.free[i - 1].bytes == self.free[i].offset {
+            self.free[i - 1].bytes += self.free[i].bytes;
+            self.free.remove(i);
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn live_bytes(&self) -> usize {
+        self.live
+    }
+    pub fn peak_bytes(&self) -> usize {
+        self.peak
+    }
+}
+
+/// One device allocation carved into blocks: the executor's activations live here, so a training
+/// step allocates nothing.
+pub struct Arena {
+    memory: CudaSlice<u8>,
+    base: u64,
+    allocator: OffsetAllocator,
+}
+
+impl Arena {
+    pub fn new(gpu: &Gpu, capacity: usize) -> Result<Self> {
+        let capacity = capacity.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        // SAFETY: u8 has no invalid bit patterns; every block is written before it is read.
+        let memory = unsafe { gpu.stream().alloc::<u8>(capacity) }.with_context(|| {
+            format!(
+                "allocating a {} arena on {}",
+                human_bytes(capacity as u64),
+                gpu.info().name
+            )
+        })?;
+        let base = {
+            let (base, _guard) = memory.device_ptr(memory.stream());
+            base
+        };
+        Ok(Arena {
+            memory,
+            base,
+            allocator: OffsetAllocator::new(capacity),
+        })
+    }
+
+    pub fn alloc(&mut self, bytes: usize) -> Result<ArenaBlock> {
+        self.allocator.alloc(bytes)
+    }
+    pub fn free(&mut self, block: ArenaBlock) {
+        self.allocator.free(block)
+    }
+    pub fn capacity(&self) -> usize {
+        self.allocator.capacity()
+    }
+    pub fn live_bytes(&self) -> usize {
+        self.allocator.live_bytes()
+    }
+    pub fn peak_bytes(&self) -> usize {
+        self.allocator.peak_bytes()
+    }
+
+    /// A read-only typed view of `len` elements at byte `offset`.
+    pub fn view<T>(&self, offset: usize, len: usize) -> DevSlice<'_, T> {
+        self.check(offset, len * size_of::<T>());
+        DevSlice {
+            ptr: self.base + offset as u64,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// A writable typed view of `len` elements at byte `offset`.
+    ///
+    /// # Safety
+    /// No other live view may overlap these bytes while this one is used: the memory planner's
+    /// offsets guarantee it for the executor.
+    pub unsafe fn view_mut<T>(&self, offset: usize, len: usize) -> DevSliceMut<'_, T> {
+        self.check(offset, len * size_of::<T>());
+        DevSliceMut {
+            ptr: self.base + offset as u64,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+
+    fn check(&self, offset: usize, bytes: usize) {
+        assert!(
+            offset + bytes <= self.memory.len(),
+            "arena view {offset}+{bytes} bytes past its {} bytes",
+            self.memory.len()
+        );
+    }
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocator_reuses_freed_space_and_tracks_peak() {
+        let mut a = OffsetAllocator::new(4 * ARENA_ALIGN);
+        let x = a.alloc(10).unwrap();
+        let y = a.alloc(ARENA_ALIGN + 1).unwrap();
+        assert_eq!(
+            x,
+            ArenaBlock {
+                offset: 0,
+                bytes: ARENA_ALIGN
+            }
+        );
+        assert_eq!(
+            y,
+            ArenaBlock {
+                offset: ARENA_ALIGN,
+                bytes: 2 * ARENA_ALIGN
+            }
+        );
+        assert_eq!(a.live_bytes(), 3 * ARENA_ALIGN);
+        assert!(a.alloc(2 * ARENA_ALIGN).is_err(), "only one aligned unit is left");
+        a.free(x);
+        a.free(y);
+        assert_eq!(a.live_bytes(), 0);
+        assert_eq!(a.peak_bytes(), 3 * ARENA_ALIGN);
+        // Freed neighbours merge back into one range that fits the whole capacity again.
+        let all = a.alloc(4 * ARENA_ALIGN).unwrap();
+        assert_eq!(all.offset, 0);
+    }
+
+    #[test]
+    fn allocator_never_hands_out_overlapping_blocks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut a = OffsetAllocator::new(64 * ARENA_ALIGN);
+        let mut live: Vec<ArenaBlock> = Vec::new();
+        for _ in 0..2000 {
+            if !live.is_empty() && rng.random_bool(0.45) {
+                let i = rng.random_range(0..live.len());
+                a.free(live.swap_remove(i));
+            } else if let Ok(b) = a.alloc(rng.random_range(1..6 * ARENA_ALIGN)) {
+                assert_eq!(b.offset % ARENA_ALIGN, 0);
+                assert!(b.offset + b.bytes <= a.capacity());
+                for o in &live {
+                    assert!(
+                        b.offset + b.bytes <= o.offset || o.offset + o.bytes <= b.offset,
+                        "{b:?} overlaps {o:?}"
+                    );
+                }
+                live.push(b);
+            }
+            assert_eq!(a.live_bytes(), live.iter().map(|b| b.bytes).sum::<usize>());
+        }
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(6 * 1024 * 1024 * 1024), "6.0 GiB");
+    }
+}
