@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine needs (it has no Rust toolchain) into the ignored folder .gpu/:
+# the release binary, every GPU test binary (tests/gpu*.rs) and the benchmarks, plus .gpu/run.sh,
+# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary.
+#
+#   scripts/gpu-bundle.sh            # then carry .gpu to the GPU machine and run: bash .gpu/run.sh
+#   scripts/gpu-bundle.sh --no-bench # skip the benchmark binaries
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+with_bench=1
+[[ "${1:-}" == "--no-bench" ]] && with_bench=0
+
+export CEPHALO_REQUIRE_NVCC=1
+[[ -n "$(find .cuda-toolchain -name nvcc -type f 2>/dev/null | head -n1)" ]] || scripts/install-cuda-compiler.sh
+
+out="$root/.gpu"
+rm -rf "$out"
+mkdir -p "$out/tests" "$out/benches"
+
+echo "building release binary..."
+cargo build --release --locked --bin cephalo
+cp "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/cephalo" "$out/cephalo"
+
+# Lists the executables cargo built, as "kind name path" lines.
+executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        t = m["target"]
+        print(t["kind"][0], t["name"], m["executable"])'
+}
+
+echo "building GPU test binaries..."
+cargo test --release --locked --no-run --message-format=json 2>/dev/null | executables |
+  while read -r kind name path; do
+    if [[ "$kind" == "test" && "$name" == gpu* ]]; then cp "$path" "$out/tests/$name"; fi
+  done
+if [[ $with_bench == 1 ]]; then
+  echo "building benchmarks..."
+  cargo bench --locked --no-run --message-format=json 2>/dev/null | executables |
+    while read -r kind name path; do
+      if [[ "$kind" == "bench" ]]; then cp "$path" "$out/benches/$name"; fi
+    done
+fi
+# Debug info is useless there and the carry limit is 64 MiB.
+strip "$out/cephalo" "$out"/tests/* "$out"/benches/* 2>/dev/null || true
+
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root: bash .gpu/run.sh [--bench]
+# A missing GPU fails every GPU test: they are never silently skipped here.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export CEPHALO_REPO_ROOT="$(cd "$here/.." && pwd)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+"$here/cephalo" device || exit 1
+failed=0; passed=0; summary=""
+for t in "$here"/tests/*; do
+  name="$(basename "$t")"
+  log="$(mktemp)"
+  if "$t" --ignored --test-threads=1 >"$log" 2>&1; then passed=$((passed + 1)); status=ok; else failed=$((failed + 1)); status=FAILED; fi
+  cat "$log"
+  summary+="$(printf '%-28s %s: %s' "$name" "$status" "$(grep -E '^test result' "$log" | tail -n1)")"$'\n'
+done
+if [[ "${1:-}" == "--bench" ]]; then
+  for b in "$here"/benches/*; do echo "== bench $(basename "$b")"; "$b" || failed=$((failed + 1)); done
+fi
+echo "== GPU test summary"
+printf '%s' "$summary"
+echo "test binaries: $passed passed, $failed failed"
+[[ $failed == 0 ]]
+RUN
+chmod +x "$out/run.sh"
+du -sh "$out"
+echo "bundle ready: carry .gpu and run 'bash .gpu/run.sh' (add --bench for benchmarks)"
