@@ -19,7 +19,10 @@ fn main() -> Result<()> {
         }
     };
     println!("device: {} ({} SMs)", gpu.info().name, gpu.info().multiprocessors);
-    println!("{:>12} {:>14} {:>12} {:>12} {:>8}", "elements", "kernel", "median ms", "GB/s", "of copy");
+    println!(
+        "{:>12} {:>14} {:>12} {:>12} {:>8}",
+        "elements", "kernel", "median ms", "GB/s", "of copy"
+    );
     // 4 x 192 x 192 x 32 is one HRNet-W32 branch-1 activation at 768x768 batch 4; the largest
     // size is far beyond every cache.
     for n in [4 * 192 * 192 * 32, 64 << 20, 256 << 20] {
@@ -32,9 +35,14 @@ fn main() -> Result<()> {
             Ok(())
         })?;
         let copy_gbs = (2 * n * 2) as f64 / (copy.median_ms * 1e6);
-        println!("{n:>12} {:>14} {:>12.4} {:>12.1} {:>8}", "memcpy dtod", copy.median_ms, copy_gbs, "100%");
+        println!(
+            "{n:>12} {:>14} {:>12.4} {:>12.1} {:>8}",
+            "memcpy dtod", copy.median_ms, copy_gbs, "100%"
+        );
 
-        let axpy = measure(&gpu, 5, 50, || cuda::elementwise::axpy_f16(&gpu, 0.5, x.slice(), y.slice_mut()))?;
+        let axpy = measure(&gpu, 5, 50, || {
+            cuda::elementwise::axpy_f16(&gpu, 0.5, x.slice(), y.slice_mut())
+        })?;
         let axpy_gbs = (3 * n * 2) as f64 / (axpy.median_ms * 1e6);
         println!(
             "{n:>12} {:>14} {:>12.4} {:>12.1} {:>7.0}%",

@@ -1,0 +1,2 @@
+//! Training: the trainer loop and what it needs (schedule, loss scaling, logs).
+pub mod tensorboard;
