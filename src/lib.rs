@@ -2,5 +2,6 @@
 //! (and an f32 CPU twin of every kernel).
 pub mod backend;
 pub mod cli;
+pub mod eval;
 pub mod gpu;
 pub mod train;

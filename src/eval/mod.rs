@@ -1,0 +1,2 @@
+//! Evaluation: the metrics every cephalometric paper reports, and reports built from them.
+pub mod metrics;
