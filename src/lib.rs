@@ -3,3 +3,4 @@
 pub mod backend;
 pub mod cli;
 pub mod gpu;
+pub mod train;
