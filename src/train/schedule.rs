@@ -63,10 +63,11 @@ impl WarmupCosineRestarts {
 
     /// Learning rate for iteration `iteration` (counted from 0 over the whole run).
     pub fn lr_at(&self, iteration: u64) -> f64 {
-        let per_iter = 1.0 / self.iters_per_epoch as f64;
-        let t = iteration as f64 * per_iter;
+        let iters = self.iters_per_epoch as f64;
+        let t = iteration as f64 / iters;
         if t < self.warmup_epochs {
-            return self.lr_max * (t + per_iter) / self.warmup_epochs;
+            // lr_max * (t + 1/iters) / W, written so the last warmup iteration gives lr_max exactly.
+            return self.lr_max * ((iteration + 1) as f64 / (self.warmup_epochs * iters)).min(1.0);
         }
         let (t_cur, t_i) = self.position_in_cycle(t - self.warmup_epochs);
         let cosine = (1.0 + (std::f64::consts::PI * t_cur / t_i).cos()) / 2.0;
