@@ -5,8 +5,8 @@ use cephalo::train::landmark_weights::LandmarkWeightsArg;
 
 /// The 29 Aariz symbols in their JSON order (REFERENCE §1.1).
 const AARIZ: [&str; 29] = [
-    "A", "ANS", "B", "Me", "N", "Or", "Pog", "PNS", "Pn", "R", "S", "Ar", "Co", "Gn", "Go", "Po",
-    "LPM", "LIT", "LMT", "UPM", "UIA", "UIT", "UMT", "LIA", "Li", "Ls", "N`", "Pog`", "Sn",
+    "A", "ANS", "B", "Me", "N", "Or", "Pog", "PNS", "Pn", "R", "S", "Ar", "Co", "Gn", "Go", "Po", "LPM", "LIT", "LMT",
+    "UPM", "UIA", "UIT", "UMT", "LIA", "Li", "Ls", "N`", "Pog`", "Sn",
 ];
 
 fn aariz() -> Vec<String> {
@@ -50,22 +50,12 @@ fn json_and_csv_files() {
     let json = write(dir.path(), "w.json", r#"{"UMT": 3, "Pog`": 1.5}"#);
     let w = LandmarkWeightsArg::File(json).resolve(&aariz()).unwrap();
     assert_eq!(
-        (
-            weight_of(&w, "UMT"),
-            weight_of(&w, "Pog`"),
-            weight_of(&w, "S")
-        ),
+        (weight_of(&w, "UMT"), weight_of(&w, "Pog`"), weight_of(&w, "S")),
         (3.0, 1.5, 1.0)
     );
 
-    let with_header = write(
-        dir.path(),
-        "a.csv",
-        "\u{feff}symbol,weight\nGo, 2\nN`,0.5\n",
-    );
-    let w = LandmarkWeightsArg::File(with_header)
-        .resolve(&aariz())
-        .unwrap();
+    let with_header = write(dir.path(), "a.csv", "\u{feff}symbol,weight\nGo, 2\nN`,0.5\n");
+    let w = LandmarkWeightsArg::File(with_header).resolve(&aariz()).unwrap();
     assert_eq!((weight_of(&w, "Go"), weight_of(&w, "N`")), (2.0, 0.5));
 
     let no_header = write(dir.path(), "weights.txt", "Ar,1.8\nCo,1.2\n");
@@ -78,14 +68,9 @@ fn json_and_csv_files() {
 fn error_for(name: &str, text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), name, text);
-    let err = LandmarkWeightsArg::File(path.clone())
-        .resolve(&aariz())
-        .unwrap_err();
+    let err = LandmarkWeightsArg::File(path.clone()).resolve(&aariz()).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains(&path.display().to_string()),
-        "file not named: {msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()), "file not named: {msg}");
     msg
 }
 
@@ -96,26 +81,17 @@ fn bad_files_are_errors_naming_file_and_symbol() {
     let msg = error_for("w.json", r#"{"UMT": -1}"#);
     assert!(msg.contains("'UMT'") && msg.contains("> 0"), "{msg}");
     let msg = error_for("w.json", r#"{"UMT": "heavy"}"#);
-    assert!(
-        msg.contains("'UMT'") && msg.contains("not a number"),
-        "{msg}"
-    );
+    assert!(msg.contains("'UMT'") && msg.contains("not a number"), "{msg}");
     let msg = error_for("w.json", r#"{"UMT": 2.5,"#);
     assert!(msg.contains("JSON object"), "{msg}");
     let msg = error_for("w.csv", "symbol,weight\nGo,2\nAr,inf\n");
     assert!(msg.contains("line 3") && msg.contains("'Ar'"), "{msg}");
     let msg = error_for("w.csv", "Go,2\nAr\n");
-    assert!(
-        msg.contains("line 2") && msg.contains("symbol,weight"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 2") && msg.contains("symbol,weight"), "{msg}");
     let msg = error_for("w.csv", "Go,2\nGo,3\n");
     assert!(msg.contains("'Go' is given twice"), "{msg}");
     let msg = error_for("w.csv", "Go,2\nAr,heavy\n");
-    assert!(
-        msg.contains("line 2") && msg.contains("not a number"),
-        "{msg}"
-    );
+    assert!(msg.contains("line 2") && msg.contains("not a number"), "{msg}");
     let msg = error_for("w.csv", "");
     assert!(msg.contains("no `symbol,weight` rows"), "{msg}");
 }

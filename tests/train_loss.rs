@@ -1,8 +1,6 @@
 //! The heatmap losses' CPU twins against an independent f64 reference written from REFERENCE §4,
 //! against finite differences of themselves, and for thread-count determinism.
-use cephalo::backend::cpu::loss::{
-    awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap,
-};
+use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -28,16 +26,12 @@ fn batch(seed: u64) -> (Vec<f32>, Vec<f32>) {
                 for x in 0..s.w {
                     let r2 = (y as f64 - cy).powi(2) + (x as f64 - cx).powi(2);
                     let g = (-r2 / (2.0 * 1.5f64.powi(2))).exp();
-                    target[((n * s.h + y) * s.w + x) * s.k + c] =
-                        if g < 1e-3 { 0.0 } else { g as f32 };
+                    target[((n * s.h + y) * s.w + x) * s.k + c] = if g < 1e-3 { 0.0 } else { g as f32 };
                 }
             }
         }
     }
-    let pred = target
-        .iter()
-        .map(|&t| t + rng.random_range(-0.7f32..0.7))
-        .collect();
+    let pred = target.iter().map(|&t| t + rng.random_range(-0.7f32..0.7)).collect();
     (pred, target)
 }
 
@@ -47,8 +41,7 @@ fn awing_f64(p: f64, y: f64) -> (f64, f64) {
     let d = (y - p).abs();
     let a = alpha - y;
     let s = if p >= y { 1.0 } else { -1.0 };
-    let big_a =
-        omega * (1.0 / (1.0 + (theta / eps).powf(a))) * a * (theta / eps).powf(a - 1.0) / eps;
+    let big_a = omega * (1.0 / (1.0 + (theta / eps).powf(a))) * a * (theta / eps).powf(a - 1.0) / eps;
     let big_c = theta * big_a - omega * (1.0 + (theta / eps).powf(a)).ln();
     if d < theta {
         let g = if d == 0.0 {
@@ -90,12 +83,7 @@ fn mask_f64(target: &[f32], threshold: f64) -> Vec<bool> {
 }
 
 /// Reference weighted mean loss and gradient (unscaled), all in f64.
-fn reference(
-    pred: &[f32],
-    target: &[f32],
-    map: bool,
-    pixel: fn(f64, f64) -> (f64, f64),
-) -> (f64, Vec<f64>) {
+fn reference(pred: &[f32], target: &[f32], map: bool, pixel: fn(f64, f64) -> (f64, f64)) -> (f64, Vec<f64>) {
     let mask = mask_f64(target, 0.2);
     let count = SHAPE.len() as f64;
     let mut loss = 0.0;
@@ -109,12 +97,7 @@ fn reference(
     (loss / count, grad)
 }
 
-fn assert_matches_reference(
-    loss: f64,
-    grad: &[f32],
-    (ref_loss, ref_grad): (f64, Vec<f64>),
-    grad_scale: f64,
-) {
+fn assert_matches_reference(loss: f64, grad: &[f32], (ref_loss, ref_grad): (f64, Vec<f64>), grad_scale: f64) {
     assert!(
         (loss - ref_loss).abs() <= 1e-6 * ref_loss,
         "loss {loss} vs reference {ref_loss}"
@@ -160,18 +143,8 @@ fn mse_matches_f64_reference_with_and_without_weight_map() {
     let (pred, target) = batch(2);
     let mut grad = vec![f32::NAN; SHAPE.len()];
     for (map, scale) in [(None, 1.0f32), (Some(WeightMap::default()), 65536.0)] {
-        let loss = mse_fwd_bwd(
-            &pred,
-            &target,
-            &CHANNEL_WEIGHTS,
-            SHAPE,
-            map,
-            scale,
-            &mut grad,
-        );
-        let reference = reference(&pred, &target, map.is_some(), |p, y| {
-            ((p - y).powi(2), 2.0 * (p - y))
-        });
+        let loss = mse_fwd_bwd(&pred, &target, &CHANNEL_WEIGHTS, SHAPE, map, scale, &mut grad);
+        let reference = reference(&pred, &target, map.is_some(), |p, y| ((p - y).powi(2), 2.0 * (p - y)));
         assert_matches_reference(loss, &grad, reference, scale as f64);
     }
 }
@@ -244,16 +217,7 @@ fn awing_gradient_matches_finite_differences() {
     let (pred, target) = batch(4);
     let map = Some(WeightMap::default());
     let f = |p: &[f32], g: &mut [f32]| {
-        awing_fwd_bwd(
-            p,
-            &target,
-            &CHANNEL_WEIGHTS,
-            SHAPE,
-            AWingParams::default(),
-            map,
-            1.0,
-            g,
-        )
+        awing_fwd_bwd(p, &target, &CHANNEL_WEIGHTS, SHAPE, AWingParams::default(), map, 1.0, g)
     };
     finite_difference_check(f, &pred, &target, true);
 }
@@ -262,8 +226,7 @@ fn awing_gradient_matches_finite_differences() {
 fn mse_gradient_matches_finite_differences() {
     let (pred, target) = batch(5);
     let map = Some(WeightMap::default());
-    let f =
-        |p: &[f32], g: &mut [f32]| mse_fwd_bwd(p, &target, &CHANNEL_WEIGHTS, SHAPE, map, 1.0, g);
+    let f = |p: &[f32], g: &mut [f32]| mse_fwd_bwd(p, &target, &CHANNEL_WEIGHTS, SHAPE, map, 1.0, g);
     finite_difference_check(f, &pred, &target, false);
 }
 
@@ -271,10 +234,7 @@ fn mse_gradient_matches_finite_differences() {
 fn value_and_gradient_do_not_depend_on_thread_count() {
     let (pred, target) = batch(6);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let mut grad = vec![0.0f32; SHAPE.len()];
             let map = Some(WeightMap::default());
@@ -288,10 +248,7 @@ fn value_and_gradient_do_not_depend_on_thread_count() {
                 8.0,
                 &mut grad,
             );
-            (
-                loss.to_bits(),
-                grad.iter().map(|g| g.to_bits()).collect::<Vec<_>>(),
-            )
+            (loss.to_bits(), grad.iter().map(|g| g.to_bits()).collect::<Vec<_>>())
         })
     };
     assert_eq!(run(1), run(4));

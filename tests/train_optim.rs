@@ -27,26 +27,11 @@ fn adamw_matches_f64_reference_over_several_steps() {
         let mut half = vec![f16::NAN; n];
         let mut w64: Vec<f64> = w.iter().map(|&x| x as f64).collect();
         let (mut m64, mut v64) = (vec![0.0f64; n], vec![0.0f64; n]);
-        let (b1, b2, eps, lr) = (
-            hp.beta1 as f64,
-            hp.beta2 as f64,
-            hp.eps as f64,
-            hp.lr as f64,
-        );
+        let (b1, b2, eps, lr) = (hp.beta1 as f64, hp.beta2 as f64, hp.eps as f64, hp.lr as f64);
         let wd = if decay { hp.weight_decay as f64 } else { 0.0 };
         for t in 1..=5u64 {
             let g = random(n, 10 + t, 0.1);
-            adamw_step(
-                &mut w,
-                &g,
-                &mut m,
-                &mut v,
-                Some(&mut half),
-                &hp,
-                t,
-                decay,
-                0.5,
-            );
+            adamw_step(&mut w, &g, &mut m, &mut v, Some(&mut half), &hp, t, decay, 0.5);
             for i in 0..n {
                 let g = g[i] as f64 * 0.5;
                 m64[i] = b1 * m64[i] + (1.0 - b1) * g;
@@ -84,11 +69,7 @@ fn weight_decay_only_where_asked() {
         let (mut m, mut v) = (zeros.clone(), zeros.clone());
         adamw_step(&mut w, &zeros, &mut m, &mut v, None, &hp, 1, decay, 1.0);
         for (a, b) in w.iter().zip(&w0) {
-            let want = if decay {
-                b - hp.lr * (hp.weight_decay * b)
-            } else {
-                *b
-            };
+            let want = if decay { b - hp.lr * (hp.weight_decay * b) } else { *b };
             assert!((a - want).abs() <= 1e-7 * b.abs(), "{a} vs {want}");
         }
     }
@@ -115,12 +96,7 @@ fn grad_norm_is_accurate_and_thread_count_independent() {
 /// fp16 cast, then unscaled and checked in fp32, and AdamW updates the fp32 master weights.
 #[test]
 fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
-    let shape = HeatmapShape {
-        n: 1,
-        h: 8,
-        w: 8,
-        k: 2,
-    };
+    let shape = HeatmapShape { n: 1, h: 8, w: 8, k: 2 };
     let mut target = vec![0.0f32; shape.len()];
     for y in 0..8 {
         for x in 0..8 {
@@ -175,10 +151,7 @@ fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
                     1.0,
                 );
             }
-            StepOutcome::Skip {
-                old_scale,
-                new_scale,
-            } => {
+            StepOutcome::Skip { old_scale, new_scale } => {
                 assert_eq!(new_scale, old_scale / 2.0);
                 skipped += 1;
             }
@@ -189,10 +162,7 @@ fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
             assert!(!finite);
         }
     }
-    assert!(
-        skipped >= 1,
-        "the initial scale must overflow at least once"
-    );
+    assert!(skipped >= 1, "the initial scale must overflow at least once");
     assert!(skipped < 20, "and the scaler must recover: {skipped} skips");
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(last < 0.1 * first, "loss {first} -> {last}");

@@ -88,16 +88,10 @@ pub fn read_weights_file(path: &Path) -> Result<Vec<(String, f32)>> {
             path.display()
         )
     })?;
-    let is_json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        || text.trim_start().starts_with('{');
-    let table = if is_json {
-        parse_json(&text)
-    } else {
-        parse_csv(&text)
-    }
-    .with_context(|| format!("landmark weights file {}", path.display()))?;
+    let is_json =
+        path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) || text.trim_start().starts_with('{');
+    let table = if is_json { parse_json(&text) } else { parse_csv(&text) }
+        .with_context(|| format!("landmark weights file {}", path.display()))?;
     Ok(table)
 }
 
@@ -140,10 +134,7 @@ fn parse_csv(text: &str) -> Result<Vec<(String, f32)>> {
         let record = record.context("malformed CSV")?;
         let line = record.position().map_or(i as u64 + 1, |p| p.line());
         if record.len() != 2 {
-            bail!(
-                "line {line}: expected `symbol,weight`, found {} fields",
-                record.len()
-            );
+            bail!("line {line}: expected `symbol,weight`, found {} fields", record.len());
         }
         let (symbol, weight) = (&record[0], &record[1]);
         let weight = match weight.parse::<f64>() {
@@ -203,10 +194,21 @@ mod tests {
     fn argument_parsing() {
         assert_eq!("difficult".parse(), Ok(LandmarkWeightsArg::Difficult));
         assert_eq!("none".parse(), Ok(LandmarkWeightsArg::None));
-        assert_eq!(
-            "w.json".parse(),
-            Ok(LandmarkWeightsArg::File(PathBuf::from("w.json")))
-        );
+        assert_eq!("w.json".parse(), Ok(LandmarkWeightsArg::File(PathBuf::from("w.json"))));
         assert!("".parse::<LandmarkWeightsArg>().is_err());
+    }
+
+    #[test]
+    fn works_as_a_clap_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[arg(long, alias = "landmark_weights", default_value_t)]
+            landmark_weights: LandmarkWeightsArg,
+        }
+        assert_eq!(Cli::parse_from(["x"]).landmark_weights, LandmarkWeightsArg::None);
+        let cli = Cli::parse_from(["x", "--landmark_weights", "difficult"]);
+        assert_eq!(cli.landmark_weights, LandmarkWeightsArg::Difficult);
+        assert!(Cli::try_parse_from(["x", "--landmark-weights", ""]).is_err());
     }
 }

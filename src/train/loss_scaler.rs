@@ -112,10 +112,7 @@ impl DynamicLossScaler {
             });
         }
         self.scale = new_scale;
-        Ok(StepOutcome::Skip {
-            old_scale,
-            new_scale,
-        })
+        Ok(StepOutcome::Skip { old_scale, new_scale })
     }
 }
 
@@ -124,10 +121,7 @@ impl std::fmt::Display for StepOutcome {
         match self {
             StepOutcome::Apply { grew: false } => write!(f, "step applied"),
             StepOutcome::Apply { grew: true } => write!(f, "step applied, loss scale doubled"),
-            StepOutcome::Skip {
-                old_scale,
-                new_scale,
-            } => write!(
+            StepOutcome::Skip { old_scale, new_scale } => write!(
                 f,
                 "step skipped: inf/NaN gradients at loss scale {old_scale}, scale now {new_scale}"
             ),
@@ -191,8 +185,7 @@ mod tests {
         let mut s = DynamicLossScaler::default();
         s.update(false).unwrap();
         s.update(true).unwrap();
-        let back: DynamicLossScaler =
-            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        let back: DynamicLossScaler = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
 }

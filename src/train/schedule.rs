@@ -114,12 +114,7 @@ pub struct ScheduleArgs {
 
 impl ScheduleArgs {
     /// The schedule for a run of `epochs` epochs peaking at `lr`.
-    pub fn build(
-        &self,
-        lr: f64,
-        epochs: f64,
-        iters_per_epoch: u64,
-    ) -> Result<WarmupCosineRestarts> {
+    pub fn build(&self, lr: f64, epochs: f64, iters_per_epoch: u64) -> Result<WarmupCosineRestarts> {
         let t0 = self.restart_period.unwrap_or(epochs - self.warmup_epochs);
         WarmupCosineRestarts::new(
             lr,
@@ -160,14 +155,8 @@ mod tests {
         let bad = |r: Result<WarmupCosineRestarts>, flag: &str| {
             assert!(r.unwrap_err().to_string().contains(flag), "{flag}");
         };
-        bad(
-            WarmupCosineRestarts::new(0.0, 0.0, 1.0, 10, 5.0, 1.0),
-            "--lr",
-        );
-        bad(
-            WarmupCosineRestarts::new(1e-3, 1e-2, 1.0, 10, 5.0, 1.0),
-            "--min-lr",
-        );
+        bad(WarmupCosineRestarts::new(0.0, 0.0, 1.0, 10, 5.0, 1.0), "--lr");
+        bad(WarmupCosineRestarts::new(1e-3, 1e-2, 1.0, 10, 5.0, 1.0), "--min-lr");
         bad(
             WarmupCosineRestarts::new(1e-3, 0.0, -1.0, 10, 5.0, 1.0),
             "--warmup-epochs",

@@ -112,12 +112,7 @@ impl Default for WeightMap {
 /// maximum of the target over the 3x3 neighbourhood inside the heatmap exceeds the threshold.
 /// (Clipping the window at the border equals scipy's `grey_dilation` with its default reflect
 /// mode, whose out-of-range neighbour of an edge pixel is the pixel itself.)
-fn map_weight(
-    target: &[f32],
-    s: HeatmapShape,
-    map: WeightMap,
-    (n, y, x, c): (usize, usize, usize, usize),
-) -> f32 {
+fn map_weight(target: &[f32], s: HeatmapShape, map: WeightMap, (n, y, x, c): (usize, usize, usize, usize)) -> f32 {
     let mut max = f32::NEG_INFINITY;
     for yy in y.saturating_sub(1)..=(y + 1).min(s.h - 1) {
         for xx in x.saturating_sub(1)..=(x + 1).min(s.w - 1) {
@@ -329,22 +324,9 @@ mod tests {
 
     #[test]
     fn mse_value_and_gradient_by_hand() {
-        let shape = HeatmapShape {
-            n: 1,
-            h: 1,
-            w: 2,
-            k: 1,
-        };
+        let shape = HeatmapShape { n: 1, h: 1, w: 2, k: 1 };
         let mut grad = [0.0f32; 2];
-        let loss = mse_fwd_bwd(
-            &[0.5, 0.0],
-            &[0.0, 1.0],
-            &[2.0],
-            shape,
-            None,
-            4.0,
-            &mut grad,
-        );
+        let loss = mse_fwd_bwd(&[0.5, 0.0], &[0.0, 1.0], &[2.0], shape, None, 4.0, &mut grad);
         // mean of 2 * (0.25, 1) = 1.25; grad = 2 * 2 * d / 2 * 4.
         assert!((loss - 1.25).abs() < 1e-12);
         assert_eq!(grad, [4.0, -8.0]);

@@ -31,11 +31,7 @@ pub fn unscale_and_check(grads: &mut [f32], inv_scale: f32) -> bool {
 /// `dst[i] = f32(src[i]) * inv_scale`; returns true when every result is finite. The fp16
 /// gradients of the backward pass become the fp32 gradients the optimizer reads.
 pub fn unscale_and_check_f16(src: &[f16], inv_scale: f32, dst: &mut [f32]) -> bool {
-    assert_eq!(
-        src.len(),
-        dst.len(),
-        "unscale_and_check_f16: length mismatch"
-    );
+    assert_eq!(src.len(), dst.len(), "unscale_and_check_f16: length mismatch");
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
         .fold(
@@ -146,13 +142,12 @@ pub fn adamw_step(
     match half_copy {
         Some(half) => {
             assert_eq!(half.len(), n, "adamw_step: fp16 copy length mismatch");
-            body.zip(half.par_chunks_mut(CHUNK))
-                .for_each(|((((w, g), m), v), h)| {
-                    for i in 0..w.len() {
-                        update(&mut w[i], g[i], &mut m[i], &mut v[i]);
-                        h[i] = f16::from_f32(w[i]);
-                    }
-                });
+            body.zip(half.par_chunks_mut(CHUNK)).for_each(|((((w, g), m), v), h)| {
+                for i in 0..w.len() {
+                    update(&mut w[i], g[i], &mut m[i], &mut v[i]);
+                    h[i] = f16::from_f32(w[i]);
+                }
+            });
         }
         None => body.for_each(|(((w, g), m), v)| {
             for i in 0..w.len() {
