@@ -30,8 +30,9 @@ __device__ __forceinline__ void awing_pixel(float p, float y, float alpha, float
         const float u = d / eps;
         const float u_a = powf(u, a);
         *loss = omega * log1pf(u_a);
-        // The derivative's limit at d = 0 is 0 for a > 1.
-        *dloss = d == 0.0f ? 0.0f : sign * omega * a * powf(u, a - 1.0f) / (eps * (1.0f + u_a));
+        // u^(a-1) as u^a / u saves a second powf (as the CPU twin does). The derivative's limit
+        // at d = 0 is 0 for a > 1.
+        *dloss = d == 0.0f ? 0.0f : sign * omega * a * (u_a / u) / (eps * (1.0f + u_a));
     } else {
         // Linear branch A*d - C: A is the log branch's slope at theta, C joins the branches.
         const float r = theta / eps;
