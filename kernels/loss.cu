@@ -1,5 +1,6 @@
 // Heatmap losses: loss value and gradient in one pass (REFERENCE §4).
-// CPU twins: src/backend/cpu/loss.rs (same names without the suffix, same argument order).
+// CPU twins: src/backend/cpu/loss.rs (same names without the `loss_` prefix and `_f16` suffix, same
+// argument order).
 //
 // Layout: NHWC with the K landmark channels last; element i = ((img*h + y)*w + x)*k + c.
 // Predictions are fp16, targets and per-channel weights fp32, all arithmetic fp32. Each element's

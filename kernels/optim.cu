@@ -1,7 +1,7 @@
 // Mixed-precision optimizer step (REFERENCE §5): gradient unscale with a finite check, global
 // gradient norm, AdamW on fp32 master weights writing the fp16 weight copy.
-// CPU twins: src/backend/cpu/optim.rs (same names without the prefix and suffix, same argument
-// order; host-side values such as bias corrections are passed in ready-made).
+// CPU twins: src/backend/cpu/optim.rs; each kernel's comment names its twin. Arguments come in the
+// twin's order; values the host computes once per step (bias corrections) arrive ready-made.
 //
 // Launch geometry: every kernel here takes blockDim.x = OPTIM_BLOCK (256) and walks its elements
 // with a grid-stride loop, so any gridDim.x >= 1 is correct; min(ceil(n / 256), 1024) is a good
