@@ -1,0 +1,107 @@
+//! CPU throughput of the training maths at the users' sizes: the losses on a 768x768 batch of 4
+//! (29 heatmaps of 192x192) and the optimizer on HRNet-W18's ~9.6 M parameters.
+//! Run: `cargo bench --bench train_maths`. Prints the median of 7 timed runs after 2 warm-ups.
+use std::time::Instant;
+
+use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::cpu::optim::{adamw_step, grad_norm_sq, unscale_and_check_f16, AdamWParams};
+use half::f16;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn median_ms(mut run: impl FnMut()) -> f64 {
+    for _ in 0..2 {
+        run();
+    }
+    let mut times: Vec<f64> = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[3]
+}
+
+fn report(name: &str, elements: usize, bytes_per_element: usize, ms: f64) {
+    let per_s = elements as f64 / (ms * 1e-3);
+    let gb_s = per_s * bytes_per_element as f64 / 1e9;
+    println!(
+        "{name:<34} {elements:>9} elements  {ms:>8.2} ms  {:>7.1} M elem/s  {gb_s:>5.2} GB/s",
+        per_s / 1e6
+    );
+}
+
+fn main() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let shape = HeatmapShape {
+        n: 4,
+        h: 192,
+        w: 192,
+        k: 29,
+    };
+    let n = shape.len();
+    let target: Vec<f32> = (0..n)
+        .map(|_| if rng.random_bool(0.02) { rng.random() } else { 0.0 })
+        .collect();
+    let pred: Vec<f32> = target.iter().map(|t| t + rng.random_range(-0.1f32..0.1)).collect();
+    let weights = vec![1.0f32; 29];
+    let mut grad = vec![0.0f32; n];
+    println!("threads: {}", rayon::current_num_threads());
+    // pred + target read, grad written: 12 bytes per element (the 3x3 window hits the cache).
+    let ms = median_ms(|| {
+        let map = Some(WeightMap::default());
+        awing_fwd_bwd(
+            &pred,
+            &target,
+            &weights,
+            shape,
+            AWingParams::default(),
+            map,
+            65536.0,
+            &mut grad,
+        );
+    });
+    report("awing_fwd_bwd (weight map)", n, 12, ms);
+    let ms = median_ms(|| {
+        awing_fwd_bwd(
+            &pred,
+            &target,
+            &weights,
+            shape,
+            AWingParams::default(),
+            None,
+            65536.0,
+            &mut grad,
+        );
+    });
+    report("awing_fwd_bwd (no map)", n, 12, ms);
+    let ms = median_ms(|| {
+        mse_fwd_bwd(&pred, &target, &weights, shape, None, 65536.0, &mut grad);
+    });
+    report("mse_fwd_bwd (no map)", n, 12, ms);
+
+    let p = 9_600_000;
+    let g16: Vec<f16> = (0..p).map(|_| f16::from_f32(rng.random_range(-1.0f32..1.0))).collect();
+    let mut g32 = vec![0.0f32; p];
+    let ms = median_ms(|| {
+        unscale_and_check_f16(&g16, 1.0 / 65536.0, &mut g32);
+    });
+    report("unscale_and_check_f16", p, 6, ms);
+    let ms = median_ms(|| {
+        grad_norm_sq(&g32);
+    });
+    report("grad_norm_sq", p, 4, ms);
+    let mut w: Vec<f32> = (0..p).map(|_| rng.random_range(-0.1f32..0.1)).collect();
+    let (mut m, mut v) = (vec![0.0f32; p], vec![0.0f32; p]);
+    let mut half = vec![f16::ZERO; p];
+    let hp = AdamWParams::default();
+    let mut t = 0;
+    let ms = median_ms(|| {
+        t += 1;
+        adamw_step(&mut w, &g32, &mut m, &mut v, Some(&mut half), &hp, t, true, 1.0);
+    });
+    // master, m, v read and written, grad read, fp16 copy written.
+    report("adamw_step (+fp16 copy)", p, 30, ms);
+}

@@ -1,0 +1,335 @@
+//! CPU twins of `kernels/loss.cu`: heatmap losses that return the loss value and write the
+//! gradient in one pass.
+//!
+//! Layout is NHWC with the landmark channel last (`K`), as on the GPU. The loss is the mean over
+//! all `N*K*H*W` elements of `channel_weight[k] * (W*M + 1) * l(p, y)`, where `M` is the optional
+//! Adaptive Wing weight map (REFERENCE §4). The gradient written is `d loss / d pred` times
+//! `grad_scale`: on the GPU it is cast to fp16 right after, and per-element gradients of a mean over
+//! millions of elements sit below fp16's normal range unless they are scaled first.
+//!
+//! Summation is deterministic: every image row is summed sequentially in f64, and the row sums are
+//! added in row order, so the value does not depend on the number of threads.
+use rayon::prelude::*;
+
+/// Shape of a batch of heatmaps, NHWC with the `k` landmark channels last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeatmapShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+}
+
+impl HeatmapShape {
+    /// Number of elements, `n*h*w*k`.
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.k
+    }
+
+    /// True when any dimension is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Adaptive Wing loss parameters (Wang, Bo, Li, ICCV 2019).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AWingParams {
+    pub alpha: f32,
+    pub omega: f32,
+    pub eps: f32,
+    pub theta: f32,
+}
+
+impl Default for AWingParams {
+    /// The paper's and mmpose's defaults: alpha 2.1, omega 14, eps 1, theta 0.5.
+    fn default() -> Self {
+        Self {
+            alpha: 2.1,
+            omega: 14.0,
+            eps: 1.0,
+            theta: 0.5,
+        }
+    }
+}
+
+impl AWingParams {
+    /// `(A, C)` of the linear branch `A*d - C` for target `y`. `A` is the slope of the log branch
+    /// at `d = theta` and `C` makes the two branches meet there, so the loss and its gradient are
+    /// continuous.
+    pub fn linear_coeffs(&self, y: f32) -> (f32, f32) {
+        let a = self.alpha - y;
+        let r = self.theta / self.eps;
+        let r_a = r.powf(a);
+        let big_a = self.omega * (1.0 / (1.0 + r_a)) * a * r.powf(a - 1.0) / self.eps;
+        let big_c = self.theta * big_a - self.omega * r_a.ln_1p();
+        (big_a, big_c)
+    }
+
+    /// Loss and `d loss / d p` of one pixel, prediction `p`, target `y` in [0, 1].
+    pub fn loss_and_grad(&self, p: f32, y: f32) -> (f32, f32) {
+        let diff = p - y;
+        let d = diff.abs();
+        let sign = if diff < 0.0 { -1.0 } else { 1.0 };
+        if d < self.theta {
+            let a = self.alpha - y;
+            let u = d / self.eps;
+            let u_a = u.powf(a);
+            let loss = self.omega * u_a.ln_1p();
+            // u^(a-1) as u^a / u saves a second powf (the kernel does the same). The derivative's
+            // limit at d = 0 is 0 for a > 1 (targets below alpha - 1).
+            let grad = if d == 0.0 {
+                0.0
+            } else {
+                sign * self.omega * a * (u_a / u) / (self.eps * (1.0 + u_a))
+            };
+            (loss, grad)
+        } else {
+            let (big_a, big_c) = self.linear_coeffs(y);
+            (big_a * d - big_c, sign * big_a)
+        }
+    }
+}
+
+/// The Adaptive Wing paper's weighted loss map: pixels where the 3x3 grey dilation of the target
+/// exceeds `threshold` (the foreground around each landmark) weigh `w + 1`, the rest 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightMap {
+    pub w: f32,
+    pub threshold: f32,
+}
+
+impl Default for WeightMap {
+    /// The paper's W = 10, threshold 0.2.
+    fn default() -> Self {
+        Self {
+            w: 10.0,
+            threshold: 0.2,
+        }
+    }
+}
+
+/// Per-pixel weight `W*M + 1` at (image `n`, row `y`, column `x`, channel `c`): `M` is 1 when the
+/// maximum of the target over the 3x3 neighbourhood inside the heatmap exceeds the threshold.
+/// (Clipping the window at the border equals scipy's `grey_dilation` with its default reflect
+/// mode, whose out-of-range neighbour of an edge pixel is the pixel itself.)
+fn map_weight(target: &[f32], s: HeatmapShape, map: WeightMap, (n, y, x, c): (usize, usize, usize, usize)) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for yy in y.saturating_sub(1)..=(y + 1).min(s.h - 1) {
+        for xx in x.saturating_sub(1)..=(x + 1).min(s.w - 1) {
+            max = max.max(target[((n * s.h + yy) * s.w + xx) * s.k + c]);
+        }
+    }
+    if max > map.threshold {
+        map.w + 1.0
+    } else {
+        1.0
+    }
+}
+
+/// Shared body of both losses: `pixel(p, y) -> (loss, dloss/dp)` evaluated on every element.
+#[allow(clippy::too_many_arguments)] // mirrors the kernels' argument lists one to one
+fn weighted_mean_fwd_bwd(
+    pred: &[f32],
+    target: &[f32],
+    channel_weights: &[f32],
+    shape: HeatmapShape,
+    weight_map: Option<WeightMap>,
+    grad_scale: f32,
+    grad: &mut [f32],
+    pixel: impl Fn(f32, f32) -> (f32, f32) + Sync,
+) -> f64 {
+    let len = shape.len();
+    assert_eq!(
+        pred.len(),
+        len,
+        "loss: pred has {} elements, shape {shape:?}",
+        pred.len()
+    );
+    assert_eq!(
+        target.len(),
+        len,
+        "loss: target has {} elements, shape {shape:?}",
+        target.len()
+    );
+    assert_eq!(
+        grad.len(),
+        len,
+        "loss: grad has {} elements, shape {shape:?}",
+        grad.len()
+    );
+    assert_eq!(
+        channel_weights.len(),
+        shape.k,
+        "loss: need one weight per landmark channel"
+    );
+    if len == 0 {
+        return 0.0;
+    }
+    // The kernel computes this factor the same way: in f64, then rounded once to f32.
+    let grad_mul = (grad_scale as f64 / len as f64) as f32;
+    let row_len = shape.w * shape.k;
+    let row_sums: Vec<f64> = grad
+        .par_chunks_mut(row_len)
+        .enumerate()
+        .map(|(row, grad_row)| {
+            let (n, y) = (row / shape.h, row % shape.h);
+            let base = row * row_len;
+            let mut sum = 0.0f64;
+            for (i, g) in grad_row.iter_mut().enumerate() {
+                let (x, c) = (i / shape.k, i % shape.k);
+                let (l, dl) = pixel(pred[base + i], target[base + i]);
+                let map_w = weight_map.map_or(1.0, |m| map_weight(target, shape, m, (n, y, x, c)));
+                let weight = channel_weights[c] * map_w;
+                sum += (weight * l) as f64;
+                *g = dl * weight * grad_mul;
+            }
+            sum
+        })
+        .collect();
+    row_sums.iter().sum::<f64>() / len as f64
+}
+
+/// Adaptive Wing loss (REFERENCE §4), weighted per landmark channel and optionally by the weight
+/// map; returns the mean loss and writes `grad = d loss / d pred * grad_scale`.
+#[allow(clippy::too_many_arguments)] // mirrors `loss_awing_fwd_bwd_f16` one to one
+pub fn awing_fwd_bwd(
+    pred: &[f32],
+    target: &[f32],
+    channel_weights: &[f32],
+    shape: HeatmapShape,
+    params: AWingParams,
+    weight_map: Option<WeightMap>,
+    grad_scale: f32,
+    grad: &mut [f32],
+) -> f64 {
+    weighted_mean_fwd_bwd(
+        pred,
+        target,
+        channel_weights,
+        shape,
+        weight_map,
+        grad_scale,
+        grad,
+        |p, y| params.loss_and_grad(p, y),
+    )
+}
+
+/// Heatmap mean squared error ("heatmap" in the users' scripts), with the same weighting and
+/// gradient convention as [`awing_fwd_bwd`].
+pub fn mse_fwd_bwd(
+    pred: &[f32],
+    target: &[f32],
+    channel_weights: &[f32],
+    shape: HeatmapShape,
+    weight_map: Option<WeightMap>,
+    grad_scale: f32,
+    grad: &mut [f32],
+) -> f64 {
+    weighted_mean_fwd_bwd(
+        pred,
+        target,
+        channel_weights,
+        shape,
+        weight_map,
+        grad_scale,
+        grad,
+        |p, y| {
+            let d = p - y;
+            (d * d, 2.0 * d)
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// REFERENCE §4's vectors are given to 6 decimals; f32 evaluation (and 0.9999 not being
+    /// representable in f32, which moves d = 1 - p by 1.7e-4 relative) stays within this.
+    fn close(got: f32, want: f64) -> bool {
+        (got as f64 - want).abs() <= 1e-6 + 3e-5 * want.abs()
+    }
+
+    #[test]
+    fn awing_matches_reference_vectors() {
+        let p = AWingParams::default();
+        let vectors = [
+            (0.1, 0.0, 0.110767, 2.316921),
+            (0.6, 0.0, 4.047377, 11.121422),
+            (0.9, 1.0, 1.070100, -11.332484),
+            (0.3, 1.0, 7.320028, -9.797850),
+            (0.9999, 1.0, 0.000557, -6.130597),
+            (0.45, 0.3, 0.452948, 5.348385),
+            (0.2, 0.7, 4.498301, -10.772143),
+        ];
+        for (pred, y, loss, grad) in vectors {
+            let (l, g) = p.loss_and_grad(pred, y);
+            assert!(close(l, loss), "loss({pred}, {y}) = {l}, want {loss}");
+            assert!(close(g, grad), "grad({pred}, {y}) = {g}, want {grad}");
+        }
+    }
+
+    #[test]
+    fn awing_linear_coefficients_match_reference() {
+        let p = AWingParams::default();
+        let table = [
+            (0.0, 11.121422, 2.625476),
+            (0.2, 11.242290, 2.297598),
+            (0.5, 11.112673, 1.565127),
+            (1.0, 9.797850, -0.461533),
+        ];
+        for (y, a, c) in table {
+            let (got_a, got_c) = p.linear_coeffs(y);
+            assert!(close(got_a, a), "A({y}) = {got_a}, want {a}");
+            assert!(close(got_c, c), "C({y}) = {got_c}, want {c}");
+        }
+    }
+
+    #[test]
+    fn awing_is_zero_with_zero_gradient_on_target() {
+        let p = AWingParams::default();
+        for y in [0.0, 0.3, 1.0] {
+            assert_eq!(p.loss_and_grad(y, y), (0.0, 0.0));
+        }
+    }
+
+    #[test]
+    fn awing_loss_and_gradient_are_continuous_at_theta() {
+        // The widely copied port that divides by omega instead of eps jumps here by more than 1.
+        for params in [
+            AWingParams::default(),
+            AWingParams {
+                eps: 2.0,
+                theta: 0.4,
+                ..AWingParams::default()
+            },
+        ] {
+            for y in [0.0f32, 0.2, 0.5, 0.8, 1.0] {
+                let delta = 1e-3f32;
+                let below = params.loss_and_grad(y + params.theta - delta, y);
+                let above = params.loss_and_grad(y + params.theta + delta, y);
+                // Across 2*delta the loss can move by at most about slope * 2 * delta.
+                let slope = params.linear_coeffs(y).0;
+                assert!(
+                    (above.0 - below.0).abs() <= 2.0 * delta * slope * 1.05,
+                    "loss jumps at theta for y = {y}: {below:?} -> {above:?}"
+                );
+                assert!(
+                    (above.1 - below.1).abs() <= 2e-2 * slope,
+                    "gradient jumps at theta for y = {y}: {below:?} -> {above:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mse_value_and_gradient_by_hand() {
+        let shape = HeatmapShape { n: 1, h: 1, w: 2, k: 1 };
+        let mut grad = [0.0f32; 2];
+        let loss = mse_fwd_bwd(&[0.5, 0.0], &[0.0, 1.0], &[2.0], shape, None, 4.0, &mut grad);
+        // mean of 2 * (0.25, 1) = 1.25; grad = 2 * 2 * d / 2 * 4.
+        assert!((loss - 1.25).abs() < 1e-12);
+        assert_eq!(grad, [4.0, -8.0]);
+    }
+}

@@ -1,0 +1,213 @@
+//! CPU twins of `kernels/optim.cu`: gradient unscaling with a finite check, the global gradient
+//! norm, and AdamW on fp32 master weights (REFERENCE §5).
+//!
+//! The mixed-precision step is: unscale (fp16 or fp32 gradients → fp32, times `1/loss_scale`, and
+//! one flag saying whether anything was inf/NaN); if all finite, optionally the global norm and a
+//! clipping factor; then AdamW, which folds the clipping factor into its gradient read and writes
+//! the fp32 master weights, both moments and the fp16 weight copy the forward pass reads.
+use half::f16;
+use rayon::prelude::*;
+
+/// Elements per parallel work item: large enough that rayon's scheduling is negligible, and a fixed
+/// size so that the norm's partial sums (and therefore its rounding) never depend on thread count.
+const CHUNK: usize = 1 << 14;
+
+/// `grads[i] *= inv_scale`; returns true when every result is finite.
+pub fn unscale_and_check(grads: &mut [f32], inv_scale: f32) -> bool {
+    grads
+        .par_chunks_mut(CHUNK)
+        .fold(
+            || true,
+            |ok, chunk| {
+                chunk.iter_mut().fold(ok, |ok, g| {
+                    *g *= inv_scale;
+                    ok & g.is_finite()
+                })
+            },
+        )
+        .reduce(|| true, |a, b| a & b)
+}
+
+/// `dst[i] = f32(src[i]) * inv_scale`; returns true when every result is finite. The fp16
+/// gradients of the backward pass become the fp32 gradients the optimizer reads.
+pub fn unscale_and_check_f16(src: &[f16], inv_scale: f32, dst: &mut [f32]) -> bool {
+    assert_eq!(src.len(), dst.len(), "unscale_and_check_f16: length mismatch");
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .fold(
+            || true,
+            |ok, (d, s)| {
+                d.iter_mut().zip(s).fold(ok, |ok, (d, s)| {
+                    *d = s.to_f32() * inv_scale;
+                    ok & d.is_finite()
+                })
+            },
+        )
+        .reduce(|| true, |a, b| a & b)
+}
+
+/// Sum of squares of `grads` in f64. Each fixed-size chunk is summed sequentially and the chunk
+/// sums are added in order, so the result is the same for any number of threads.
+pub fn grad_norm_sq(grads: &[f32]) -> f64 {
+    let partials: Vec<f64> = grads
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
+        .collect();
+    partials.iter().sum()
+}
+
+/// Gradient multiplier for clipping the global norm to `max_norm` (1 when the norm is within it).
+/// Pass it to [`adamw_step`] as `grad_mul`, which saves a pass over the gradients.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f32 {
+    if norm > max_norm {
+        (max_norm / (norm + 1e-6)) as f32
+    } else {
+        1.0
+    }
+}
+
+/// AdamW hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWParams {
+    /// REFERENCE §5's betas and eps; the users' default lr 5e-4; PyTorch's AdamW weight decay 0.01.
+    fn default() -> Self {
+        Self {
+            lr: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl AdamWParams {
+    /// Bias corrections `(1 - beta1^t, 1 - beta2^t)` for step `t >= 1`, computed in f64 on the host
+    /// and handed to the kernel as f32 (this twin uses the same values).
+    pub fn bias_corrections(&self, t: u64) -> (f32, f32) {
+        assert!(t >= 1, "AdamW steps count from 1");
+        let t = t.min(i32::MAX as u64) as i32;
+        (
+            (1.0 - (self.beta1 as f64).powi(t)) as f32,
+            (1.0 - (self.beta2 as f64).powi(t)) as f32,
+        )
+    }
+}
+
+/// One AdamW step on one parameter tensor, step number `t` (from 1):
+/// `g = grad * grad_mul; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+/// w -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd*w)`, with `wd = 0` unless `decay`
+/// (BN parameters and biases are not decayed). When `half_copy` is given it receives the updated
+/// weights rounded to fp16 (round to nearest even, as `__float2half_rn`).
+#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_f32` one to one
+pub fn adamw_step(
+    master: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    half_copy: Option<&mut [f16]>,
+    hp: &AdamWParams,
+    t: u64,
+    decay: bool,
+    grad_mul: f32,
+) {
+    let n = master.len();
+    assert!(
+        grad.len() == n && m.len() == n && v.len() == n,
+        "adamw_step: master, grad, m and v must have the same length"
+    );
+    let (bc1, bc2) = hp.bias_corrections(t);
+    let wd = if decay { hp.weight_decay } else { 0.0 };
+    let update = |w: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
+        let g = g * grad_mul;
+        *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+        *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+        let m_hat = *m / bc1;
+        let v_hat = *v / bc2;
+        *w -= hp.lr * (m_hat / (v_hat.sqrt() + hp.eps) + wd * *w);
+    };
+    let body = master
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK));
+    match half_copy {
+        Some(half) => {
+            assert_eq!(half.len(), n, "adamw_step: fp16 copy length mismatch");
+            body.zip(half.par_chunks_mut(CHUNK)).for_each(|((((w, g), m), v), h)| {
+                for i in 0..w.len() {
+                    update(&mut w[i], g[i], &mut m[i], &mut v[i]);
+                    h[i] = f16::from_f32(w[i]);
+                }
+            });
+        }
+        None => body.for_each(|(((w, g), m), v)| {
+            for i in 0..w.len() {
+                update(&mut w[i], g[i], &mut m[i], &mut v[i]);
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unscale_flags_inf_and_nan_and_scales_the_rest() {
+        let mut g = vec![2.0f32; 3 * CHUNK];
+        assert!(unscale_and_check(&mut g, 0.5));
+        assert!(g.iter().all(|&x| x == 1.0));
+        g[CHUNK + 7] = f32::NAN;
+        assert!(!unscale_and_check(&mut g, 0.5));
+        let mut src = vec![f16::from_f32(4.0); 2 * CHUNK + 1];
+        let mut dst = vec![0.0f32; src.len()];
+        assert!(unscale_and_check_f16(&src, 0.25, &mut dst));
+        assert!(dst.iter().all(|&x| x == 1.0));
+        src[2 * CHUNK] = f16::INFINITY;
+        assert!(!unscale_and_check_f16(&src, 0.25, &mut dst));
+    }
+
+    #[test]
+    fn norm_and_clip_factor() {
+        let g: Vec<f32> = (0..3 * CHUNK + 5).map(|i| ((i % 7) as f32) - 3.0).collect();
+        let naive: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum();
+        assert_eq!(grad_norm_sq(&g), naive); // small integers: exact in f64 in any order
+        assert_eq!(clip_factor(0.5, 1.0), 1.0);
+        assert!((clip_factor(4.0, 1.0) - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn first_adamw_step_moves_each_weight_by_lr_against_the_gradient_sign() {
+        // At t = 1, m_hat = g and v_hat = g^2, so the step is lr * g/(|g| + eps) ≈ lr * sign(g).
+        let hp = AdamWParams {
+            lr: 0.1,
+            weight_decay: 0.0,
+            ..AdamWParams::default()
+        };
+        let mut w = vec![1.0f32, 1.0, 1.0];
+        let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
+        let mut half = vec![f16::ZERO; 3];
+        adamw_step(
+            &mut w,
+            &[3.0, -0.01, 0.0],
+            &mut m,
+            &mut v,
+            Some(&mut half),
+            &hp,
+            1,
+            true,
+            1.0,
+        );
+        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-5 && w[2] == 1.0);
+        assert_eq!(half, [f16::from_f32(w[0]), f16::from_f32(w[1]), f16::ONE]);
+    }
+}
