@@ -2,4 +2,5 @@
 //! (and an f32 CPU twin of every kernel).
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod gpu;
