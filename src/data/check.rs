@@ -56,8 +56,9 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
         })
         .collect();
     bar.finish_and_clear();
+    // Samples with scan problems were already dropped; those that fail to decode drop now.
+    let bad: std::collections::HashSet<_> = decode_problems.iter().map(|p| p.file.clone()).collect();
     problems.extend(decode_problems);
-    let bad: std::collections::HashSet<_> = problems.iter().map(|p| p.file.clone()).collect();
 
     let mut report = CheckReport {
         format: dataset.format,

@@ -44,27 +44,12 @@ const AARIZ: [(&str, &str); 29] = [
     ("Sn", "Subnasale"),
 ];
 
-/// ISBI 2015's 19 landmarks in the challenge's order, with the challenge's own names.
-const ISBI: [(&str, &str); 19] = [
-    ("S", "Sella"),
-    ("N", "Nasion"),
-    ("Or", "Orbitale"),
-    ("Po", "Porion"),
-    ("A", "Subspinale"),
-    ("B", "Supramentale"),
-    ("Pog", "Pogonion"),
-    ("Me", "Menton"),
-    ("Gn", "Gnathion"),
-    ("Go", "Gonion"),
-    ("LIT", "Lower incisal incision"),
-    ("UIT", "Upper incisal incision"),
-    ("Ls", "Upper lip"),
-    ("Li", "Lower lip"),
-    ("Sn", "Subnasale"),
-    ("Pog`", "Soft tissue pogonion"),
-    ("PNS", "Posterior nasal spine"),
-    ("ANS", "Anterior nasal spine"),
-    ("Ar", "Articulare"),
+/// ISBI 2015's 19 landmarks in the challenge's order, under their Aariz symbols. (The
+/// challenge's own names differ for some: A = subspinale, B = supramentale, LIT / UIT = lower /
+/// upper incisal incision, Ls / Li = upper / lower lip.)
+const ISBI: [&str; 19] = [
+    "S", "N", "Or", "Po", "A", "B", "Pog", "Me", "Gn", "Go", "LIT", "UIT", "Ls", "Li", "Sn", "Pog`",
+    "PNS", "ANS", "Ar",
 ];
 
 impl LandmarkSet {
@@ -80,9 +65,10 @@ impl LandmarkSet {
         Self::from_table(&AARIZ)
     }
 
-    /// The 19 ISBI 2015 landmarks, under their Aariz symbols.
+    /// The 19 ISBI 2015 landmarks, under their Aariz symbols and titles, so a CSV dataset
+    /// with these columns has exactly this set.
     pub fn isbi19() -> Self {
-        Self::from_table(&ISBI)
+        Self::from_symbols(&ISBI).expect("ISBI symbols are Aariz symbols")
     }
 
     /// A set made of the given symbols, in that order; every symbol must be an Aariz symbol (the
