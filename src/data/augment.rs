@@ -65,10 +65,14 @@ pub struct Transformed {
     pub original_to_net: Affine,
 }
 
-/// True when every point lies on the network frame (pixel centres 0..=size-1).
+/// True when every point lies within the network frame, whose extent under the pixel-centre
+/// convention is [-0.5, W - 0.5] x [-0.5, H - 0.5] (as for any image).
 pub fn all_inside(points: &[[f64; 2]], net: ImageSize) -> bool {
     points.iter().all(|p| {
-        p[0] >= 0.0 && p[1] >= 0.0 && p[0] <= (net.width - 1) as f64 && p[1] <= (net.height - 1) as f64
+        p[0] >= -0.5
+            && p[1] >= -0.5
+            && p[0] <= net.width as f64 - 0.5
+            && p[1] <= net.height as f64 - 0.5
     })
 }
 
