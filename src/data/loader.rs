@@ -7,6 +7,7 @@
 //! memory; the consumer gets them back in order.
 use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -99,12 +100,14 @@ impl Batch {
     }
 }
 
+#[derive(Debug)]
 struct Shared {
     samples: Vec<Sample>,
     cfg: LoaderConfig,
     landmarks: usize,
 }
 
+#[derive(Debug)]
 pub struct Loader {
     shared: Arc<Shared>,
 }
@@ -187,6 +190,7 @@ impl Loader {
             jobs: None,
             results: None,
             workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
         };
         let workers = self.shared.cfg.workers;
         if workers == 0 {
@@ -198,12 +202,16 @@ impl Loader {
         for _ in 0..workers {
             let (shared, order, job_rx, res_tx) =
                 (self.shared.clone(), order.clone(), job_rx.clone(), res_tx.clone());
+            let stop = iter.stop.clone();
             iter.workers.push(std::thread::spawn(move || loop {
                 let job = match job_rx.lock() {
                     Ok(rx) => rx.recv(),
                     Err(_) => return,
                 };
                 let Ok(b) = job else { return };
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 if res_tx.send((b, shared.build(epoch, &order, b))).is_err() {
                     return;
                 }
@@ -280,6 +288,8 @@ pub struct EpochIter {
     jobs: Option<Sender<usize>>,
     results: Option<Receiver<(usize, anyhow::Result<Batch>)>>,
     workers: Vec<JoinHandle<()>>,
+    /// Set on drop, so workers skip the batches still queued.
+    stop: Arc<AtomicBool>,
 }
 
 impl EpochIter {
@@ -329,6 +339,7 @@ impl Iterator for EpochIter {
 
 impl Drop for EpochIter {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         self.jobs = None;
         for worker in self.workers.drain(..) {
             let _ = worker.join();
