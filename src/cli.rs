@@ -20,11 +20,17 @@ pub struct Cli {
 pub enum Command {
     /// Show the GPUs, driver, VRAM and the kernels built into this binary.
     Device(crate::gpu::report::DeviceArgs),
+    /// Check a dataset, or generate phantom radiographs.
+    Data(crate::data::cli::DataArgs),
+    /// Write a downscaled copy of a dataset in the landmark CSV format.
+    Prepare(crate::data::prepare::PrepareArgs),
 }
 
 /// Runs one parsed command line; the exit code says whether the command found problems.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Device(args) => crate::gpu::report::run(&args),
+        Command::Data(args) => crate::data::cli::run(&args),
+        Command::Prepare(args) => crate::data::prepare::run(&args),
     }
 }

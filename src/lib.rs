@@ -2,6 +2,7 @@
 //! (and an f32 CPU twin of every kernel).
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod device;
 pub mod eval;
 pub mod gpu;

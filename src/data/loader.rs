@@ -1,0 +1,348 @@
+//! The threaded batch loader.
+//!
+//! Determinism: an epoch's order is a shuffle seeded by (seed, epoch), and each sample's
+//! augmentation by (seed, epoch, sample index); so batch b of epoch e is the same bytes whatever
+//! the worker count, and training can resume at any epoch. Workers build whole batches; at most
+//! `prefetch` batches are in flight (queued, being built, or built and waiting), which bounds
+//! memory; the consumer gets them back in order.
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::augment::{transform_sample, AugmentConfig};
+use super::geometry::{Affine, ImageSize};
+use super::heatmap::{encode_into, image_to_heatmap};
+use super::image_io::load_gray;
+use super::Sample;
+
+/// Network input = (pixel / 255 - IMAGE_MEAN) / IMAGE_STD: fixed constants (not dataset
+/// statistics) so a checkpoint means the same thing on every dataset; they map [0, 1] to
+/// [-2, 2], and radiographs' mean grey is near 0.5.
+pub const IMAGE_MEAN: f32 = 0.5;
+pub const IMAGE_STD: f32 = 0.25;
+
+/// Workers by default: all cores but one, which is left to the training loop.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1)
+}
+
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub image_size: ImageSize,
+    /// Network input pixels per heatmap pixel.
+    pub stride: usize,
+    /// Target Gaussian sigma in heatmap pixels.
+    pub sigma: f64,
+    pub batch_size: usize,
+    /// `None`: plain letterbox (evaluation).
+    pub augment: Option<AugmentConfig>,
+    pub seed: u64,
+    /// Worker threads; 0 builds batches in the calling thread.
+    pub workers: usize,
+    /// Batches in flight at most (at least 1).
+    pub prefetch: usize,
+    pub shuffle: bool,
+    pub drop_last: bool,
+}
+
+impl LoaderConfig {
+    /// Training defaults: stride 4, sigma 2, batch 4, augmentation on, shuffled, default workers.
+    pub fn new(image_size: ImageSize) -> Self {
+        let workers = default_workers();
+        LoaderConfig {
+            image_size,
+            stride: 4,
+            sigma: 2.0,
+            batch_size: 4,
+            augment: Some(AugmentConfig::default()),
+            seed: 0,
+            workers,
+            prefetch: 2 * workers,
+            shuffle: true,
+            drop_last: true,
+        }
+    }
+
+    pub fn heatmap_size(&self) -> (usize, usize) {
+        (self.image_size.height / self.stride, self.image_size.width / self.stride)
+    }
+}
+
+/// One batch, ready for upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `n * H * W * 1` floats, NHWC, normalised with [`IMAGE_MEAN`] and [`IMAGE_STD`].
+    pub images: Vec<f32>,
+    /// `n * (H / stride) * (W / stride) * K` floats, NHWC, landmark last.
+    pub heatmaps: Vec<f32>,
+    /// Per sample, its landmarks in network pixels.
+    pub points: Vec<Vec<[f64; 2]>>,
+    /// Per sample, the map network pixels -> original pixels.
+    pub affines: Vec<Affine>,
+    /// Per sample, its index in the loader's sample list.
+    pub indices: Vec<usize>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    samples: Vec<Sample>,
+    cfg: LoaderConfig,
+    landmarks: usize,
+}
+
+#[derive(Debug)]
+pub struct Loader {
+    shared: Arc<Shared>,
+}
+
+/// A 64-bit mix (splitmix64 finaliser), to derive independent seeds from (seed, epoch, index).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn derive_seed(seed: u64, epoch: u64, index: u64) -> u64 {
+    mix(mix(mix(seed) ^ epoch) ^ index)
+}
+
+impl Loader {
+    pub fn new(samples: Vec<Sample>, cfg: LoaderConfig) -> anyhow::Result<Loader> {
+        anyhow::ensure!(!samples.is_empty(), "the loader got no samples");
+        anyhow::ensure!(cfg.batch_size > 0, "batch size must be at least 1");
+        anyhow::ensure!(cfg.stride > 0, "stride must be at least 1");
+        anyhow::ensure!(cfg.sigma > 0.0, "sigma must be positive");
+        let ImageSize { height, width } = cfg.image_size;
+        anyhow::ensure!(
+            height >= cfg.stride && width >= cfg.stride && height % cfg.stride == 0 && width % cfg.stride == 0,
+            "image size {height}x{width} must be a multiple of the stride {}",
+            cfg.stride
+        );
+        let landmarks = samples[0].landmarks.len();
+        if let Some(bad) = samples.iter().find(|s| s.landmarks.len() != landmarks) {
+            anyhow::bail!(
+                "{}: {} landmarks where the others have {landmarks}",
+                bad.image_path.display(),
+                bad.landmarks.len()
+            );
+        }
+        Ok(Loader { shared: Arc::new(Shared { samples, cfg, landmarks }) })
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        &self.shared.samples
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.shared.cfg
+    }
+
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.shared.samples.len(), self.shared.cfg.batch_size);
+        if self.shared.cfg.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// The sample order of an epoch.
+    pub fn order(&self, epoch: usize) -> Vec<usize> {
+        self.shared.order(epoch)
+    }
+
+    /// Builds batch `b` of `epoch` in the calling thread (the same bytes the iterator gives).
+    pub fn batch(&self, epoch: usize, b: usize) -> anyhow::Result<Batch> {
+        let order = self.shared.order(epoch);
+        self.shared.build(epoch, &order, b)
+    }
+
+    /// The batches of one epoch, built by the worker threads, in order.
+    pub fn epoch(&self, epoch: usize) -> EpochIter {
+        let total = self.batches_per_epoch();
+        let order = Arc::new(self.shared.order(epoch));
+        let mut iter = EpochIter {
+            shared: self.shared.clone(),
+            epoch,
+            order: order.clone(),
+            next: 0,
+            total,
+            queued: 0,
+            pending: BTreeMap::new(),
+            jobs: None,
+            results: None,
+            workers: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let workers = self.shared.cfg.workers;
+        if workers == 0 {
+            return iter;
+        }
+        let (job_tx, job_rx) = channel::<usize>();
+        let (res_tx, res_rx) = channel::<(usize, anyhow::Result<Batch>)>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..workers {
+            let (shared, order, job_rx, res_tx) =
+                (self.shared.clone(), order.clone(), job_rx.clone(), res_tx.clone());
+            let stop = iter.stop.clone();
+            iter.workers.push(std::thread::spawn(move || loop {
+                let job = match job_rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                let Ok(b) = job else { return };
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if res_tx.send((b, shared.build(epoch, &order, b))).is_err() {
+                    return;
+                }
+            }));
+        }
+        iter.jobs = Some(job_tx);
+        iter.results = Some(res_rx);
+        let ahead = self.shared.cfg.prefetch.max(1).min(total);
+        for _ in 0..ahead {
+            iter.queue_next();
+        }
+        iter
+    }
+}
+
+impl Shared {
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        if self.cfg.shuffle {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.cfg.seed, epoch as u64, u64::MAX));
+            order.shuffle(&mut rng);
+        }
+        order
+    }
+
+    fn build(&self, epoch: usize, order: &[usize], b: usize) -> anyhow::Result<Batch> {
+        let cfg = &self.cfg;
+        let start = b * cfg.batch_size;
+        let indices: Vec<usize> = order[start..(start + cfg.batch_size).min(order.len())].to_vec();
+        let ImageSize { height, width } = cfg.image_size;
+        let (hh, hw) = cfg.heatmap_size();
+        let (k, n) = (self.landmarks, indices.len());
+        let mut batch = Batch {
+            images: vec![0.0; n * height * width],
+            heatmaps: vec![0.0; n * hh * hw * k],
+            points: Vec::with_capacity(n),
+            affines: Vec::with_capacity(n),
+            indices,
+        };
+        for (slot, &index) in batch.indices.iter().enumerate() {
+            let sample = &self.samples[index];
+            let image = load_gray(&sample.image_path)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, epoch as u64, index as u64));
+            let t = transform_sample(
+                &image,
+                &sample.landmarks,
+                cfg.image_size,
+                cfg.augment.as_ref().map(|a| (a, &mut rng)),
+            );
+            let dst = &mut batch.images[slot * height * width..(slot + 1) * height * width];
+            for (d, &v) in dst.iter_mut().zip(&t.image.data) {
+                *d = (v - IMAGE_MEAN) / IMAGE_STD;
+            }
+            let hm_points: Vec<[f64; 2]> =
+                t.points.iter().map(|&p| image_to_heatmap(p, cfg.stride)).collect();
+            let dst = &mut batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
+            encode_into(dst, &hm_points, hh, hw, cfg.sigma);
+            batch.points.push(t.points);
+            batch.affines.push(t.original_to_net.inverse());
+        }
+        Ok(batch)
+    }
+}
+
+/// The batches of one epoch in order; dropping it stops the workers.
+pub struct EpochIter {
+    shared: Arc<Shared>,
+    epoch: usize,
+    order: Arc<Vec<usize>>,
+    next: usize,
+    total: usize,
+    queued: usize,
+    pending: BTreeMap<usize, anyhow::Result<Batch>>,
+    jobs: Option<Sender<usize>>,
+    results: Option<Receiver<(usize, anyhow::Result<Batch>)>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Set on drop, so workers skip the batches still queued.
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochIter {
+    fn queue_next(&mut self) {
+        if self.queued < self.total {
+            if let Some(jobs) = &self.jobs {
+                // A send fails only when every worker has exited, which `next` reports.
+                let _ = jobs.send(self.queued);
+            }
+            self.queued += 1;
+        }
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = anyhow::Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.total {
+            return None;
+        }
+        let b = self.next;
+        self.next += 1;
+        let Some(results) = &self.results else {
+            return Some(self.shared.build(self.epoch, &self.order, b));
+        };
+        let result = loop {
+            if let Some(r) = self.pending.remove(&b) {
+                break r;
+            }
+            match results.recv() {
+                Ok((i, r)) => {
+                    self.pending.insert(i, r);
+                }
+                Err(_) => break Err(anyhow::anyhow!("loader worker threads stopped unexpectedly")),
+            }
+        };
+        self.queue_next();
+        Some(result.with_context(|| format!("loading batch {b} of epoch {}", self.epoch)))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total - self.next;
+        (left, Some(left))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}

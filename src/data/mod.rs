@@ -1,0 +1,329 @@
+//! The data pipeline: landmark sets, dataset formats (Aariz, ISBI 2015, landmark CSV), image
+//! decoding, exact geometry, augmentation, heatmap targets and decoding, the threaded loader, the
+//! `prepare` downscaler and the phantom generator.
+//!
+//! Everything downstream works on [`Sample`]s: an image path, its landmarks in original-image
+//! pixels (x = column, y = row, pixel centres at integer coordinates) and its pixel size.
+pub mod augment;
+pub mod check;
+pub mod cli;
+mod format_aariz;
+mod format_csv;
+mod format_isbi;
+pub mod geometry;
+pub mod heatmap;
+pub mod image_io;
+pub mod landmarks;
+pub mod loader;
+pub mod phantom;
+pub mod prepare;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub use landmarks::LandmarkSet;
+
+/// One of the three conventional splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Split {
+    Train,
+    Valid,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
+
+    /// The lowercase name used for folders, CSV files and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Valid => "valid",
+            Split::Test => "test",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which annotation is the ground truth when a dataset has two annotators (Aariz, ISBI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Annotator {
+    /// The mean of the senior and junior positions (exact, sub-pixel; the official Aariz loader
+    /// rounds it up to whole pixels, which biases every point by +0.25 px on average).
+    #[default]
+    Mean,
+    Senior,
+    Junior,
+}
+
+/// How to read a dataset.
+#[derive(Debug, Clone, Default)]
+pub struct DatasetOptions {
+    pub annotator: Annotator,
+}
+
+/// The on-disk layouts `Dataset::open` recognises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Aariz,
+    Isbi,
+    Csv,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Aariz => "aariz",
+            Format::Isbi => "isbi",
+            Format::Csv => "csv",
+        })
+    }
+}
+
+/// One annotated image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub id: String,
+    pub image_path: PathBuf,
+    /// Original-image pixels, x = column, y = row, in the order of the dataset's landmark set.
+    pub landmarks: Vec<[f64; 2]>,
+    pub pixel_size_mm: f64,
+    /// Image size in pixels, read from the file header when the dataset was opened.
+    pub width: u32,
+    pub height: u32,
+    /// The X-ray machine, when the dataset says (Aariz; a CSV `machine` column).
+    pub machine: Option<String>,
+    /// Cervical vertebral maturation stage 1..=6, when known (Aariz; a CSV `cvm_stage` column).
+    pub cvm_stage: Option<u8>,
+}
+
+/// Something wrong with one file of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Problem { file: file.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+/// A dataset: its landmark set and up to three splits of samples.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub format: Format,
+    landmarks: LandmarkSet,
+    splits: [Option<Vec<Sample>>; 3],
+}
+
+/// What a format reader found: the samples it could read and the problems with the rest.
+pub(crate) struct Scan {
+    pub landmarks: LandmarkSet,
+    pub splits: [Option<Vec<Sample>>; 3],
+    pub problems: Vec<Problem>,
+}
+
+impl Dataset {
+    /// Opens the dataset at `path`, detecting its format; any problem with any sample is an
+    /// error (`cephalo data check` lists them all).
+    pub fn open(path: &Path, opts: &DatasetOptions) -> anyhow::Result<Dataset> {
+        let (dataset, problems) = Self::scan(path, opts)?;
+        if let Some(first) = problems.first() {
+            anyhow::bail!(
+                "{} problem(s) in dataset {}; the first: {first}\n\
+                 run `cephalo data check --dataset-path {}` to list them all",
+                problems.len(),
+                path.display(),
+                path.display()
+            );
+        }
+        Ok(dataset)
+    }
+
+    /// Reads the dataset, keeping every sample that reads cleanly and listing the problems of
+    /// the others. Fails only when the dataset as a whole cannot be read (no recognisable
+    /// layout, an unreadable CSV header, no samples at all).
+    pub fn scan(path: &Path, opts: &DatasetOptions) -> anyhow::Result<(Dataset, Vec<Problem>)> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("dataset folder {} cannot be read", path.display()))?;
+        anyhow::ensure!(meta.is_dir(), "dataset path {} is not a folder", path.display());
+        let format = detect_format(path)?;
+        let scan = match format {
+            Format::Aariz => format_aariz::scan(path, opts)?,
+            Format::Isbi => format_isbi::scan(path, opts)?,
+            Format::Csv => format_csv::scan(path)?,
+        };
+        let Scan { landmarks, splits, mut problems } = scan;
+        let mut splits = splits;
+        for samples in splits.iter_mut().flatten() {
+            samples.retain(|s| match check_sample_geometry(s, &landmarks) {
+                Ok(()) => true,
+                Err(p) => {
+                    problems.push(p);
+                    false
+                }
+            });
+        }
+        let total: usize = splits.iter().flatten().map(Vec::len).sum();
+        if total == 0 && problems.is_empty() {
+            anyhow::bail!("dataset {} ({format}) holds no images", path.display());
+        }
+        let dataset = Dataset { root: path.to_path_buf(), format, landmarks, splits };
+        Ok((dataset, problems))
+    }
+
+    /// The landmark set; the model's output channels follow its order.
+    pub fn landmarks(&self) -> &LandmarkSet {
+        &self.landmarks
+    }
+
+    /// The samples of one split, or `None` when the dataset has no such split.
+    pub fn split(&self, split: Split) -> Option<&[Sample]> {
+        self.splits[split.index()].as_deref()
+    }
+
+    /// The samples of one split, or an error saying that the split is missing or empty.
+    pub fn require_split(&self, split: Split) -> anyhow::Result<&[Sample]> {
+        match self.split(split) {
+            Some(samples) if !samples.is_empty() => Ok(samples),
+            Some(_) => anyhow::bail!(
+                "the '{split}' split of dataset {} is empty",
+                self.root.display()
+            ),
+            None => anyhow::bail!(
+                "dataset {} ({}) has no '{split}' split ({})",
+                self.root.display(),
+                self.format,
+                match self.format {
+                    Format::Csv => format!("expected {split}.csv"),
+                    Format::Aariz => format!("expected a folder named {split}"),
+                    Format::Isbi => "expected RawImage/TrainingData, Test1Data, Test2Data".into(),
+                }
+            ),
+        }
+    }
+}
+
+/// Looks at the folder's layout: CSV files, Aariz split folders, or the ISBI folders.
+fn detect_format(path: &Path) -> anyhow::Result<Format> {
+    if Split::ALL.iter().any(|s| path.join(format!("{s}.csv")).is_file()) {
+        return Ok(Format::Csv);
+    }
+    if find_child(path, "RawImage").is_some() && find_child(path, "AnnotationsByMD").is_some() {
+        return Ok(Format::Isbi);
+    }
+    let has_aariz_split = Split::ALL.iter().any(|s| {
+        find_child(path, s.name()).is_some_and(|d| {
+            find_child(&d, "Cephalograms").is_some() || find_child(&d, "Annotations").is_some()
+        })
+    });
+    if has_aariz_split || find_child(path, "cephalogram_machine_mappings.csv").is_some() {
+        return Ok(Format::Aariz);
+    }
+    anyhow::bail!(
+        "no dataset found in {}: expected train.csv / valid.csv / test.csv (landmark CSV), \
+         train/ valid/ test/ folders with Cephalograms and Annotations (Aariz), or RawImage and \
+         AnnotationsByMD folders (ISBI 2015)",
+        path.display()
+    )
+}
+
+/// The child of `dir` whose name equals `name` ignoring ASCII case (exact match preferred).
+pub(crate) fn find_child(dir: &Path, name: &str) -> Option<PathBuf> {
+    let exact = dir.join(name);
+    if exact.exists() {
+        return Some(exact);
+    }
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut matches: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(name))
+        .map(|e| e.path())
+        .collect();
+    matches.sort();
+    matches.into_iter().next()
+}
+
+/// Image extensions the loaders accept.
+pub(crate) const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+
+pub(crate) fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Plausible radiograph pixel sizes (mm per pixel): anything outside is almost surely a unit
+/// mistake (metres, micrometres, pixels per mm).
+pub const PIXEL_SIZE_RANGE_MM: (f64, f64) = (0.005, 2.0);
+
+/// Cheap per-sample checks that need only the header: the image size is known, every landmark
+/// is finite and inside the image, and the pixel size is plausible.
+fn check_sample_geometry(s: &Sample, set: &LandmarkSet) -> Result<(), Problem> {
+    let (lo, hi) = PIXEL_SIZE_RANGE_MM;
+    if !(s.pixel_size_mm.is_finite() && s.pixel_size_mm >= lo && s.pixel_size_mm <= hi) {
+        return Err(Problem::new(
+            &s.image_path,
+            format!(
+                "pixel size {} mm is not plausible (expected {lo}..{hi} mm per pixel)",
+                s.pixel_size_mm
+            ),
+        ));
+    }
+    for (k, p) in s.landmarks.iter().enumerate() {
+        let symbol = set.symbols.get(k).map(String::as_str).unwrap_or("?");
+        if !(p[0].is_finite() && p[1].is_finite()) {
+            return Err(Problem::new(
+                &s.image_path,
+                format!("landmark {symbol} has a non-finite coordinate ({}, {})", p[0], p[1]),
+            ));
+        }
+        // Under the pixel-centre convention the image covers [-0.5, w - 0.5] x [-0.5, h - 0.5].
+        let inside = p[0] >= -0.5
+            && p[0] <= s.width as f64 - 0.5
+            && p[1] >= -0.5
+            && p[1] <= s.height as f64 - 0.5;
+        if !inside {
+            return Err(Problem::new(
+                &s.image_path,
+                format!(
+                    "landmark {symbol} at ({}, {}) lies outside the {}x{} image",
+                    p[0], p[1], s.width, s.height
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Width and height from the image header, without decoding the pixels.
+pub(crate) fn image_size(path: &Path) -> Result<(u32, u32), Problem> {
+    if !path.is_file() {
+        return Err(Problem::new(path, "image file is missing"));
+    }
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| Problem::new(path, format!("cannot open image: {e}")))?
+        .into_dimensions()
+        .map_err(|e| Problem::new(path, format!("not a readable image: {e}")))
+}

@@ -1,0 +1,119 @@
+//! The threaded loader: shapes, exactness of targets and maps, and determinism across worker
+//! counts and epochs.
+use cephalo::data::geometry::{letterbox, warp, ImageSize};
+use cephalo::data::heatmap::{decode_dark, image_to_heatmap};
+use cephalo::data::loader::{Batch, Loader, LoaderConfig, IMAGE_MEAN, IMAGE_STD};
+use cephalo::data::{phantom, Dataset, DatasetOptions, Sample, Split};
+
+fn phantom_samples(dir: &std::path::Path, count: usize) -> Vec<Sample> {
+    phantom::write_dataset(dir, count, 7, 96, 120).unwrap();
+    let ds = Dataset::open(dir, &DatasetOptions::default()).unwrap();
+    ds.split(Split::Train).unwrap().to_vec()
+}
+
+fn config(workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        batch_size: 3,
+        workers,
+        prefetch: 2,
+        seed: 11,
+        ..LoaderConfig::new(ImageSize { height: 64, width: 48 })
+    }
+}
+
+fn collect(loader: &Loader, epoch: usize) -> Vec<Batch> {
+    loader.epoch(epoch).map(|b| b.unwrap()).collect()
+}
+
+#[test]
+fn data_loader_deterministic_across_worker_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = phantom_samples(tmp.path(), 12); // 8 train images
+    assert_eq!(samples.len(), 8);
+    let reference = Loader::new(samples.clone(), config(0)).unwrap();
+    assert_eq!(reference.batches_per_epoch(), 2); // drop_last: 8 / 3
+    let e0 = collect(&reference, 0);
+    let e1 = collect(&reference, 1);
+    assert_eq!(e0.len(), 2);
+    assert_ne!(e0, e1, "another epoch reshuffles and re-augments");
+    for workers in [1, 3] {
+        let loader = Loader::new(samples.clone(), config(workers)).unwrap();
+        assert_eq!(collect(&loader, 0), e0, "{workers} workers, epoch 0");
+        assert_eq!(collect(&loader, 1), e1, "{workers} workers, epoch 1");
+        assert_eq!(loader.batch(1, 1).unwrap(), e1[1], "a single batch on demand");
+    }
+    let other_seed = Loader::new(samples.clone(), LoaderConfig { seed: 12, ..config(2) }).unwrap();
+    assert_ne!(collect(&other_seed, 0), e0);
+    // An epoch abandoned half-way stops cleanly.
+    let loader = Loader::new(samples, config(2)).unwrap();
+    let mut it = loader.epoch(3);
+    assert!(it.next().unwrap().is_ok());
+    drop(it);
+}
+
+#[test]
+fn data_loader_batches_are_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = phantom_samples(tmp.path(), 12);
+    let cfg = LoaderConfig {
+        augment: None,
+        shuffle: false,
+        drop_last: false,
+        image_size: ImageSize { height: 128, width: 96 },
+        ..config(2)
+    };
+    let (h, w) = (128, 96);
+    let net = cfg.image_size;
+    let loader = Loader::new(samples.clone(), cfg.clone()).unwrap();
+    let batches = collect(&loader, 0);
+    assert_eq!(batches.iter().map(Batch::len).collect::<Vec<_>>(), vec![3, 3, 2]);
+    let (hh, hw) = cfg.heatmap_size();
+    assert_eq!((hh, hw), (32, 24));
+    let k = 19;
+    assert_eq!(batches[2].indices, vec![6, 7]);
+    assert_eq!(batches[2].images.len(), 2 * h * w);
+    assert_eq!(batches[2].heatmaps.len(), 2 * hh * hw * k);
+    let mut checked = 0;
+    for (slot, b) in batches.iter().flat_map(|b| (0..b.len()).map(move |slot| (slot, b))) {
+        let index = b.indices[slot];
+        let s = &samples[index];
+        // Without augmentation: the letterboxed image, normalised by the documented constants.
+        let img = cephalo::data::image_io::load_gray(&s.image_path).unwrap();
+        let map = letterbox(s.width, s.height, net);
+        let want = warp(&img, &map.inverse(), net);
+        let got = &b.images[slot * h * w..(slot + 1) * h * w];
+        for (g, w) in got.iter().zip(&want.data) {
+            assert!((g - (w - IMAGE_MEAN) / IMAGE_STD).abs() < 1e-6);
+        }
+        // Points, maps back to the original, and heatmaps whose peaks decode to the points.
+        let hm = &b.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
+        let peaks = decode_dark(hm, hh, hw, k, cfg.sigma);
+        for (j, p) in b.points[slot].iter().enumerate() {
+            let back = b.affines[slot].apply(*p);
+            assert!((back[0] - s.landmarks[j][0]).abs() < 1e-9 && (back[1] - s.landmarks[j][1]).abs() < 1e-9);
+            let t = image_to_heatmap(*p, cfg.stride);
+            let d = peaks[j].point;
+            // Away from the border (3 sigma + the DARK kernel) decoding is exact to 0.05 px.
+            let m = 6.5;
+            if t[0] > m && t[1] > m && t[0] < hw as f64 - 1.0 - m && t[1] < hh as f64 - 1.0 - m {
+                checked += 1;
+                assert!((d[0] - t[0]).abs() < 0.05 && (d[1] - t[1]).abs() < 0.05, "{d:?} vs {t:?}");
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} interior landmarks checked");
+}
+
+#[test]
+fn data_loader_reports_bad_images_and_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut samples = phantom_samples(tmp.path(), 6);
+    std::fs::write(&samples[1].image_path, b"garbage").unwrap();
+    let loader = Loader::new(samples.clone(), LoaderConfig { shuffle: false, batch_size: 2, ..config(2) }).unwrap();
+    let err = format!("{:#}", loader.epoch(0).next().unwrap().unwrap_err());
+    assert!(err.contains(&samples[1].image_path.display().to_string()) && err.contains("batch 0"), "{err}");
+    let bad = LoaderConfig { image_size: ImageSize { height: 62, width: 48 }, ..config(0) };
+    assert!(Loader::new(samples.clone(), bad).unwrap_err().to_string().contains("stride"));
+    samples[0].landmarks.pop();
+    assert!(Loader::new(samples, config(0)).is_err());
+}
