@@ -1,5 +1,8 @@
 //! `cephalo`: cephalometric landmark detection, trained and run with hand-written CUDA kernels
 //! (and an f32 CPU twin of every kernel).
 pub mod backend;
+pub mod checkpoint;
 pub mod cli;
 pub mod gpu;
+pub mod graph;
+pub mod model;
