@@ -24,6 +24,8 @@ pub enum Command {
     Data(crate::data::cli::DataArgs),
     /// Write a downscaled copy of a dataset in the landmark CSV format.
     Prepare(crate::data::prepare::PrepareArgs),
+    /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
+    Model(crate::model::summary::ModelArgs),
 }
 
 /// Runs one parsed command line; the exit code says whether the command found problems.
@@ -32,5 +34,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device(args) => crate::gpu::report::run(&args),
         Command::Data(args) => crate::data::cli::run(&args),
         Command::Prepare(args) => crate::data::prepare::run(&args),
+        Command::Model(args) => crate::model::summary::run(&args),
     }
 }

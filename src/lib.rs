@@ -6,4 +6,6 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod gpu;
+pub mod graph;
+pub mod model;
 pub mod train;
