@@ -24,6 +24,8 @@ pub enum Command {
     Data(crate::data::cli::DataArgs),
     /// Write a downscaled copy of a dataset in the landmark CSV format.
     Prepare(crate::data::prepare::PrepareArgs),
+    /// Train a landmark detector (`--demo` trains on generated phantoms in minutes).
+    Train(crate::train::args::TrainArgs),
     /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
     Model(crate::model::summary::ModelArgs),
 }
@@ -35,5 +37,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(args) => crate::data::cli::run(&args),
         Command::Prepare(args) => crate::data::prepare::run(&args),
         Command::Model(args) => crate::model::summary::run(&args),
+        Command::Train(args) => crate::train::trainer::run(&args),
     }
 }

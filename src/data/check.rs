@@ -116,7 +116,10 @@ impl CheckReport {
         out += &format!("image sizes  {}\n", tally(sizes, 6));
         let pixel = self.pixel_sizes.iter().map(|(p, n)| (format!("{p} mm"), *n));
         out += &format!("pixel sizes  {}\n", tally(pixel, 6));
-        out += &format!("machines     {}\n", tally(self.machines.iter().map(|(m, n)| (m, *n)), 10));
+        out += &format!(
+            "machines     {}\n",
+            tally(self.machines.iter().map(|(m, n)| (m, *n)), 10)
+        );
         out += &format!("problems     {}\n", self.problems.len());
         for p in &self.problems {
             out += &format!("  {p}\n");

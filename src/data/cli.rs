@@ -54,7 +54,11 @@ pub fn run(args: &DataArgs) -> anyhow::Result<ExitCode> {
             let opts = DatasetOptions { annotator: a.annotator };
             let report = check_dataset(&a.dataset_path, &opts, true)?;
             print!("{}", report.render(&a.dataset_path));
-            Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         DataCommand::Phantom(a) => {
             phantom::write_dataset(&a.out, a.count, a.seed, a.width, a.height)?;

@@ -1,2 +1,3 @@
 //! Evaluation: the metrics every cephalometric paper reports, and reports built from them.
+pub mod inference;
 pub mod metrics;

@@ -39,11 +39,7 @@ impl<B: Backend> Executor<B> {
         for (i, p) in graph.params.iter().enumerate() {
             backend.write_param(ParamId(i), &p.initial_values(seed));
         }
-        Self {
-            graph,
-            plan,
-            backend,
-        }
+        Self { graph, plan, backend }
     }
 
     pub fn graph(&self) -> &Graph {
@@ -110,8 +106,7 @@ impl<B: Backend> Executor<B> {
                 Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
                 Op::BatchNorm { bn, relu } => {
                     if train {
-                        let saved =
-                            self.plan.stats[i].expect("BN statistics are planned in training");
+                        let saved = self.plan.stats[i].expect("BN statistics are planned in training");
                         b.batchnorm_fwd_train(x[0], bn, *relu, y, saved);
                     } else {
                         b.batchnorm_fwd_eval(x[0], bn, *relu, y);
@@ -129,11 +124,7 @@ impl<B: Backend> Executor<B> {
 
     /// Runs every node backward; the output gradient must be in [`output_grad_view`](Self::output_grad_view).
     pub fn backward(&mut self) {
-        assert_eq!(
-            self.plan.options.mode,
-            Mode::Train,
-            "backward needs a training plan"
-        );
+        assert_eq!(self.plan.options.mode, Mode::Train, "backward needs a training plan");
         let n = self.graph.nodes.len();
         let mut written = vec![false; n];
         let mut rebuilt = vec![false; n];

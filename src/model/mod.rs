@@ -2,6 +2,7 @@
 //!
 //! | name (short)            | network                                          |
 //! |-------------------------|--------------------------------------------------|
+//! | `hrnet-w8`              | HRNetV2, width 8 (narrow: the CPU demo)          |
 //! | `hrnet-w18`             | HRNetV2, width 18                                |
 //! | `hrnet-w32` (`hrnet`)   | HRNetV2, width 32                                |
 //! | `hrnet-w48`             | HRNetV2, width 48                                |
@@ -21,7 +22,8 @@ use crate::backend::Shape4;
 use crate::graph::{Graph, GraphBuilder, Init};
 
 /// Every model name the program accepts, canonical names first.
-pub const MODEL_NAMES: [&str; 8] = [
+pub const MODEL_NAMES: [&str; 9] = [
+    "hrnet-w8",
     "hrnet-w18",
     "hrnet-w32",
     "hrnet-w48",
@@ -42,16 +44,15 @@ pub enum Arch {
 /// Resolves a (possibly short) model name to its canonical name and architecture.
 pub fn resolve(name: &str) -> Result<(&'static str, Arch)> {
     Ok(match name.to_ascii_lowercase().as_str() {
+        // Narrow: for the CPU demo and quick experiments, not a published configuration.
+        "hrnet-w8" => ("hrnet-w8", Arch::HrNet { width: 8 }),
         "hrnet-w18" => ("hrnet-w18", Arch::HrNet { width: 18 }),
         "hrnet-w32" | "hrnet" => ("hrnet-w32", Arch::HrNet { width: 32 }),
         "hrnet-w48" => ("hrnet-w48", Arch::HrNet { width: 48 }),
         "resnet18" => ("resnet18", Arch::ResNet(resnet::RESNET18)),
         "resnet34" => ("resnet34", Arch::ResNet(resnet::RESNET34)),
         "resnet50" | "resnet" => ("resnet50", Arch::ResNet(resnet::RESNET50)),
-        _ => bail!(
-            "unknown model {name:?}: choose one of {}",
-            MODEL_NAMES.join(", ")
-        ),
+        _ => bail!("unknown model {name:?}: choose one of {}", MODEL_NAMES.join(", ")),
     })
 }
 
@@ -89,9 +90,7 @@ impl ModelConfig {
         let [h, w] = image_size;
         // Both networks reach 1/32 of the input and come back to 1/4 by exact factors of 2.
         if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
-            bail!(
-                "--image-size {h} {w}: both sides must be positive multiples of 32 (e.g. 768 768)"
-            );
+            bail!("--image-size {h} {w}: both sides must be positive multiples of 32 (e.g. 768 768)");
         }
         Ok(Self {
             model: canonical.to_string(),

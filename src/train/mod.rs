@@ -3,8 +3,10 @@
 //! Host-side pieces here: the loss choice and its per-landmark weights, the learning-rate
 //! schedule, the dynamic loss scaler and the TensorBoard logs. The per-element maths (losses,
 //! unscaling, AdamW) are kernels with CPU twins in `backend::cpu::{loss, optim}`.
+pub mod args;
 pub mod landmark_weights;
 pub mod loss;
 pub mod loss_scaler;
 pub mod schedule;
 pub mod tensorboard;
+pub mod trainer;

@@ -98,9 +98,10 @@ impl WarmupCosineRestarts {
 /// The schedule's command-line flags, to be flattened into a command's arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ScheduleArgs {
-    /// Epochs of linear warmup from ~0 to --lr.
-    #[arg(long, alias = "warmup_epochs", default_value_t = 5.0)]
-    pub warmup_epochs: f64,
+    /// Epochs of linear warmup from ~0 to --lr [default: 5]. (An Option, so that a resumed run
+    /// can tell whether the user asked for a new schedule.)
+    #[arg(long, alias = "warmup_epochs")]
+    pub warmup_epochs: Option<f64>,
     /// Epochs of the first cosine cycle after warmup [default: the remaining epochs, one cycle].
     #[arg(long, alias = "restart_period")]
     pub restart_period: Option<f64>,
@@ -113,17 +114,17 @@ pub struct ScheduleArgs {
 }
 
 impl ScheduleArgs {
+    pub const DEFAULT_WARMUP_EPOCHS: f64 = 5.0;
+
+    pub fn warmup_epochs(&self) -> f64 {
+        self.warmup_epochs.unwrap_or(Self::DEFAULT_WARMUP_EPOCHS)
+    }
+
     /// The schedule for a run of `epochs` epochs peaking at `lr`.
     pub fn build(&self, lr: f64, epochs: f64, iters_per_epoch: u64) -> Result<WarmupCosineRestarts> {
-        let t0 = self.restart_period.unwrap_or(epochs - self.warmup_epochs);
-        WarmupCosineRestarts::new(
-            lr,
-            self.min_lr,
-            self.warmup_epochs,
-            iters_per_epoch,
-            t0,
-            self.restart_mult,
-        )
+        let warmup = self.warmup_epochs();
+        let t0 = self.restart_period.unwrap_or(epochs - warmup);
+        WarmupCosineRestarts::new(lr, self.min_lr, warmup, iters_per_epoch, t0, self.restart_mult)
     }
 }
 
@@ -141,7 +142,11 @@ mod tests {
     #[test]
     fn flags_accept_the_users_spelling_and_default_to_one_cycle() {
         let cli = Cli::parse_from(["x", "--warmup_epochs", "3"]);
-        assert_eq!(cli.schedule.warmup_epochs, 3.0);
+        assert_eq!(cli.schedule.warmup_epochs, Some(3.0));
+        assert_eq!(
+            Cli::parse_from(["x"]).schedule.warmup_epochs(),
+            ScheduleArgs::DEFAULT_WARMUP_EPOCHS
+        );
         let s = cli.schedule.build(2e-4, 50.0, 10).unwrap();
         assert_eq!((s.t0, s.t_mult, s.lr_min), (47.0, 1.0, 0.0));
         let err = Cli::parse_from(["x", "--warmup-epochs", "5"])

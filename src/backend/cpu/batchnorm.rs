@@ -18,11 +18,7 @@ use crate::backend::{BnParams, Shape4};
 const ROWS_PER_JOB: usize = 512;
 
 /// Per-channel sums of `f(row)` over all pixels, in f64, in parallel.
-fn channel_sums<const K: usize>(
-    rows: usize,
-    c: usize,
-    f: impl Fn(usize, &mut [[f64; K]]) + Sync,
-) -> Vec<[f64; K]> {
+fn channel_sums<const K: usize>(rows: usize, c: usize, f: impl Fn(usize, &mut [[f64; K]]) + Sync) -> Vec<[f64; K]> {
     (0..rows.div_ceil(ROWS_PER_JOB))
         .into_par_iter()
         .map(|j| {
@@ -46,15 +42,7 @@ fn channel_sums<const K: usize>(
 }
 
 /// `y = act(gamma * (x - mean) * invstd + beta)` where `saved = [mean; invstd]`.
-fn apply(
-    x: &[f32],
-    c: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    saved: &[f32],
-    relu: bool,
-    y: &mut [f32],
-) {
+fn apply(x: &[f32], c: usize, gamma: &[f32], beta: &[f32], saved: &[f32], relu: bool, y: &mut [f32]) {
     let (mean, invstd) = saved.split_at(c);
     // Folded into one multiply-add per element: y = x * scale + shift.
     let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
@@ -112,11 +100,7 @@ pub fn bn_fwd_train(
         let var = sq[i][0] / m as f64;
         saved[i] = mean[i] as f32;
         saved[c + i] = (1.0 / (var + bp.eps as f64).sqrt()) as f32;
-        let unbiased = if m > 1 {
-            var * m as f64 / (m - 1) as f64
-        } else {
-            var
-        };
+        let unbiased = if m > 1 { var * m as f64 / (m - 1) as f64 } else { var };
         let mo = bp.momentum as f64;
         running_mean[i] = ((1.0 - mo) * running_mean[i] as f64 + mo * mean[i]) as f32;
         running_var[i] = ((1.0 - mo) * running_var[i] as f64 + mo * unbiased) as f32;
@@ -125,15 +109,7 @@ pub fn bn_fwd_train(
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
-pub fn bn_apply_saved(
-    x: &[f32],
-    xs: Shape4,
-    gamma: &[f32],
-    beta: &[f32],
-    saved: &[f32],
-    relu: bool,
-    y: &mut [f32],
-) {
+pub fn bn_apply_saved(x: &[f32], xs: Shape4, gamma: &[f32], beta: &[f32], saved: &[f32], relu: bool, y: &mut [f32]) {
     check(x, xs, gamma, beta, y);
     assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
     apply(x, xs.c, gamma, beta, saved, relu, y);
@@ -205,16 +181,14 @@ pub fn bn_bwd(
     }
     let mean_g: Vec<f32> = sums.iter().map(|s| (s[0] / m as f64) as f32).collect();
     let mean_gx: Vec<f32> = sums.iter().map(|s| (s[1] / m as f64) as f32).collect();
-    dx.par_chunks_mut(c * ROWS_PER_JOB)
-        .enumerate()
-        .for_each(|(j, dxc)| {
-            for (r, dxr) in dxc.chunks_exact_mut(c).enumerate() {
-                let row = j * ROWS_PER_JOB + r;
-                for i in 0..c {
-                    let (g, xhat) = grad_at(row, i);
-                    let v = gamma[i] * invstd[i] * (g - mean_g[i] - xhat * mean_gx[i]);
-                    dxr[i] = if accumulate { dxr[i] + v } else { v };
-                }
+    dx.par_chunks_mut(c * ROWS_PER_JOB).enumerate().for_each(|(j, dxc)| {
+        for (r, dxr) in dxc.chunks_exact_mut(c).enumerate() {
+            let row = j * ROWS_PER_JOB + r;
+            for i in 0..c {
+                let (g, xhat) = grad_at(row, i);
+                let v = gamma[i] * invstd[i] * (g - mean_g[i] - xhat * mean_gx[i]);
+                dxr[i] = if accumulate { dxr[i] + v } else { v };
             }
-        });
+        }
+    });
 }

@@ -72,15 +72,7 @@ fn gemm(
 }
 
 /// Gathers the patch rows of output pixels `p0..p0+m` into `col` (`m x kh*kw*c_in`).
-fn im2col_tile(
-    x: &[f32],
-    xs: Shape4,
-    p: &ConvParams,
-    ys: Shape4,
-    p0: usize,
-    m: usize,
-    col: &mut Vec<f32>,
-) {
+fn im2col_tile(x: &[f32], xs: Shape4, p: &ConvParams, ys: Shape4, p0: usize, m: usize, col: &mut Vec<f32>) {
     let c = xs.c;
     let cols = p.patch_len();
     col.clear();
@@ -156,26 +148,12 @@ fn conv_fwd_into(
 }
 
 /// `y = conv2d(x, w) + bias`. `x` is NHWC `xs`, `w` is KRSC, `y` is NHWC `p.out_shape(xs)`.
-pub fn conv2d_fwd(
-    x: &[f32],
-    xs: Shape4,
-    w: &[f32],
-    p: &ConvParams,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+pub fn conv2d_fwd(x: &[f32], xs: Shape4, w: &[f32], p: &ConvParams, bias: Option<&[f32]>, y: &mut [f32]) {
     conv_fwd_into(x, xs, w, p, bias, y, false);
 }
 
 /// Input gradient: `dx (+)= conv2d_dgrad(dy, w)`, where `dy` has shape `p.out_shape(xs)`.
-pub fn conv2d_dgrad(
-    dy: &[f32],
-    w: &[f32],
-    p: &ConvParams,
-    dx: &mut [f32],
-    xs: Shape4,
-    accumulate: bool,
-) {
+pub fn conv2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: Shape4, accumulate: bool) {
     let ys = p.out_shape(xs);
     assert_eq!(dy.len(), ys.len(), "conv2d_dgrad: dy length");
     assert_eq!(w.len(), p.weight_len(), "conv2d_dgrad: weight length");
@@ -204,9 +182,9 @@ pub fn conv2d_dgrad(
     }
     let cols = taps * k;
     let tp = tile_pixels(cols);
-    dx.par_chunks_mut(tp * c).enumerate().for_each_init(
-        Vec::new,
-        |col: &mut Vec<f32>, (t, dxt)| {
+    dx.par_chunks_mut(tp * c)
+        .enumerate()
+        .for_each_init(Vec::new, |col: &mut Vec<f32>, (t, dxt)| {
             let p0 = t * tp;
             let m = dxt.len() / c;
             col.clear();
@@ -240,8 +218,7 @@ pub fn conv2d_dgrad(
                 }
             }
             gemm(m, cols, c, col, (cols, 1), &wt, (c, 1), beta, dxt, c);
-        },
-    );
+        });
 }
 
 /// Weight gradient `dw = sum over pixels of dy^T * patches` (overwrites `dw`, KRSC).
@@ -331,14 +308,7 @@ pub fn conv_transpose2d_fwd(x: &[f32], xs: Shape4, w: &[f32], p: &ConvParams, y:
 }
 
 /// Input gradient of the transposed convolution: the adjoint convolution's forward.
-pub fn conv_transpose2d_dgrad(
-    dy: &[f32],
-    w: &[f32],
-    p: &ConvParams,
-    dx: &mut [f32],
-    xs: Shape4,
-    accumulate: bool,
-) {
+pub fn conv_transpose2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: Shape4, accumulate: bool) {
     let ys = p.transposed_out_shape(xs);
     conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate);
 }

@@ -54,8 +54,7 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 /// rounding, as the kernel computes it.
 pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f16]) {
     assert_eq!(x.len(), y.len(), "axpy_f16: length mismatch");
-    let body =
-        |(yi, xi): (&mut f16, &f16)| *yi = f16::from_f32(a.mul_add(xi.to_f32(), yi.to_f32()));
+    let body = |(yi, xi): (&mut f16, &f16)| *yi = f16::from_f32(a.mul_add(xi.to_f32(), yi.to_f32()));
     if x.len() >= PAR_MIN {
         y.par_iter_mut().zip(x.par_iter()).for_each(body);
     } else {
@@ -85,18 +84,13 @@ fn for_chunks(out: &mut [f32], body: impl Fn(usize, &mut [f32]) + Send + Sync) {
 pub fn relu_fwd(x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len(), "relu_fwd: length mismatch");
     for_chunks(y, |o, yc| {
-        yc.iter_mut()
-            .zip(&x[o..])
-            .for_each(|(y, &x)| *y = x.max(0.0))
+        yc.iter_mut().zip(&x[o..]).for_each(|(y, &x)| *y = x.max(0.0))
     });
 }
 
 /// `dx (+)= dy * [y > 0]`, from the ReLU output `y` (positive exactly where the input was).
 pub fn relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
-    assert!(
-        y.len() == dx.len() && dy.len() == dx.len(),
-        "relu_bwd: length mismatch"
-    );
+    assert!(y.len() == dx.len() && dy.len() == dx.len(), "relu_bwd: length mismatch");
     for_chunks(dx, |o, dc| {
         for (i, d) in dc.iter_mut().enumerate() {
             let g = if y[o + i] > 0.0 { dy[o + i] } else { 0.0 };
@@ -107,10 +101,7 @@ pub fn relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
 
 /// `y = a + b`.
 pub fn add_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
-    assert!(
-        a.len() == y.len() && b.len() == y.len(),
-        "add_fwd: length mismatch"
-    );
+    assert!(a.len() == y.len() && b.len() == y.len(), "add_fwd: length mismatch");
     for_chunks(y, |o, yc| {
         for (i, v) in yc.iter_mut().enumerate() {
             *v = a[o + i] + b[o + i];
@@ -122,9 +113,7 @@ pub fn add_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
 pub fn add_bwd(dy: &[f32], dx: &mut [f32], accumulate: bool) {
     assert_eq!(dy.len(), dx.len(), "add_bwd: length mismatch");
     for_chunks(dx, |o, dc| {
-        dc.iter_mut()
-            .zip(&dy[o..])
-            .for_each(|(d, &g)| store(d, g, accumulate))
+        dc.iter_mut().zip(&dy[o..]).for_each(|(d, &g)| store(d, g, accumulate))
     });
 }
 
@@ -152,14 +141,7 @@ mod tests {
 
     #[test]
     fn f16_conversion_rounds_to_nearest_even_and_saturates_to_inf() {
-        let src = [
-            1.0f32,
-            65504.0,
-            70000.0,
-            -1e-8,
-            1.0 + 1.0 / 2048.0,
-            1.0 + 3.0 / 2048.0,
-        ];
+        let src = [1.0f32, 65504.0, 70000.0, -1e-8, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0];
         let mut dst = [f16::ZERO; 6];
         convert_f32_to_f16(&src, &mut dst);
         assert_eq!(dst[0], f16::ONE);

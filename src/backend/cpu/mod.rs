@@ -13,9 +13,7 @@ pub mod optim;
 pub mod pool;
 pub mod resample;
 
-use crate::backend::{
-    Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
-};
+use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
 
 /// The CPU backend: one f32 activation arena plus parameter and gradient vectors.
 #[derive(Default)]
@@ -40,16 +38,10 @@ fn range(v: View) -> std::ops::Range<usize> {
 
 /// Borrows `reads` shared and `writes` exclusively from one arena. Panics unless every write
 /// range is disjoint from every other range, which is what makes handing them out sound.
-fn split<'a>(
-    arena: &'a mut [f32],
-    reads: &[View],
-    writes: &[View],
-) -> (Vec<&'a [f32]>, Vec<&'a mut [f32]>) {
+fn split<'a>(arena: &'a mut [f32], reads: &[View], writes: &[View]) -> (Vec<&'a [f32]>, Vec<&'a mut [f32]>) {
     let rr: Vec<_> = reads.iter().map(|&v| range(v)).collect();
     let wr: Vec<_> = writes.iter().map(|&v| range(v)).collect();
-    let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| {
-        a.end <= b.start || b.end <= a.start
-    };
+    let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| a.end <= b.start || b.end <= a.start;
     for (i, w) in wr.iter().enumerate() {
         assert!(
             w.end <= arena.len(),
@@ -60,10 +52,7 @@ fn split<'a>(
             rr.iter().all(|r| disjoint(w, r)),
             "write view {w:?} overlaps a read view"
         );
-        assert!(
-            wr[i + 1..].iter().all(|o| disjoint(w, o)),
-            "write views {w:?} overlap"
-        );
+        assert!(wr[i + 1..].iter().all(|o| disjoint(w, o)), "write views {w:?} overlap");
     }
     for r in &rr {
         assert!(
@@ -102,13 +91,7 @@ impl Backend for CpuBackend {
         self.params = params.iter().map(|p| vec![0.0; p.len]).collect();
         self.grads = params
             .iter()
-            .map(|p| {
-                if p.trainable {
-                    vec![0.0; p.len]
-                } else {
-                    Vec::new()
-                }
-            })
+            .map(|p| if p.trainable { vec![0.0; p.len] } else { Vec::new() })
             .collect();
     }
 
@@ -147,14 +130,7 @@ impl Backend for CpuBackend {
         conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
     }
 
-    fn conv2d_wgrad(
-        &mut self,
-        x: View,
-        dy: View,
-        p: &ConvParams,
-        dw: ParamId,
-        db: Option<ParamId>,
-    ) {
+    fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>) {
         let (xa, dya) = (&self.arena[range(x)], &self.arena[range(dy)]);
         conv::conv2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
         if let Some(db) = db {
@@ -307,10 +283,7 @@ impl Backend for CpuBackend {
     }
 
     fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]) {
-        let widths: Vec<usize> = dxs
-            .iter()
-            .map(|g| g.map_or(0, |g| g.view.shape.c))
-            .collect();
+        let widths: Vec<usize> = dxs.iter().map(|g| g.map_or(0, |g| g.view.shape.c)).collect();
         assert!(
             dxs.iter().all(Option::is_some),
             "concat_bwd: the CPU backend wants every input gradient"

@@ -8,15 +8,7 @@ use rayon::prelude::*;
 use crate::backend::{PoolParams, Shape4};
 
 /// Input position (ih, iw) of the maximum of output (n, oh, ow, ch).
-fn argmax(
-    x: &[f32],
-    xs: Shape4,
-    p: &PoolParams,
-    n: usize,
-    oh: usize,
-    ow: usize,
-    ch: usize,
-) -> (usize, usize) {
+fn argmax(x: &[f32], xs: Shape4, p: &PoolParams, n: usize, oh: usize, ow: usize, ch: usize) -> (usize, usize) {
     let mut best = (f32::NEG_INFINITY, usize::MAX, usize::MAX);
     for r in 0..p.k {
         let ih = (oh * p.stride + r) as isize - p.pad as isize;
@@ -54,33 +46,23 @@ pub fn maxpool_fwd(x: &[f32], xs: Shape4, p: &PoolParams, y: &mut [f32]) {
 }
 
 /// `dx (+)= scatter of dy to the maxima`. Windows overlap, so each image is one serial job.
-pub fn maxpool_bwd(
-    x: &[f32],
-    xs: Shape4,
-    dy: &[f32],
-    p: &PoolParams,
-    dx: &mut [f32],
-    accumulate: bool,
-) {
+pub fn maxpool_bwd(x: &[f32], xs: Shape4, dy: &[f32], p: &PoolParams, dx: &mut [f32], accumulate: bool) {
     let ys = p.out_shape(xs);
     assert!(
         x.len() == xs.len() && dx.len() == xs.len() && dy.len() == ys.len(),
         "maxpool_bwd: length mismatch"
     );
-    dx.par_chunks_mut(xs.h * xs.w * xs.c)
-        .enumerate()
-        .for_each(|(n, dxn)| {
-            if !accumulate {
-                dxn.fill(0.0);
-            }
-            for oh in 0..ys.h {
-                for ow in 0..ys.w {
-                    for ch in 0..xs.c {
-                        let (ih, iw) = argmax(x, xs, p, n, oh, ow, ch);
-                        dxn[(ih * xs.w + iw) * xs.c + ch] +=
-                            dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
-                    }
+    dx.par_chunks_mut(xs.h * xs.w * xs.c).enumerate().for_each(|(n, dxn)| {
+        if !accumulate {
+            dxn.fill(0.0);
+        }
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                for ch in 0..xs.c {
+                    let (ih, iw) = argmax(x, xs, p, n, oh, ow, ch);
+                    dxn[(ih * xs.w + iw) * xs.c + ch] += dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
                 }
             }
-        });
+        }
+    });
 }

@@ -1,0 +1,76 @@
+//! `cephalo train` flags. The users' PyTorch spellings (`--dataset_path`, `--batch_size`,
+//! `--image_size`, `--warmup_epochs`, `--mixed_precision`, `--loss adaptive_wing`) work unchanged.
+use std::path::PathBuf;
+
+use crate::data::Annotator;
+use crate::device::DeviceArg;
+use crate::train::loss::LossArgs;
+use crate::train::schedule::ScheduleArgs;
+
+/// Defaults of the flags that, given on a `--resume` command line, start a new schedule
+/// (the users' fine-tuning recipe) instead of continuing the stored one.
+pub const DEFAULT_EPOCHS: usize = 100;
+pub const DEFAULT_LR: f64 = 5e-4;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset folder: Aariz, ISBI 2015 or landmark-CSV layout (detected).
+    #[arg(long, alias = "dataset_path", required_unless_present = "demo")]
+    pub dataset_path: Option<PathBuf>,
+    /// Network: hrnet (= hrnet-w32), hrnet-w18, hrnet-w48, resnet (= resnet50), resnet18, resnet34.
+    #[arg(long, default_value = "hrnet")]
+    pub model: String,
+    /// Network input height and width (multiples of 32).
+    #[arg(long, alias = "image_size", num_args = 2, value_names = ["H", "W"], default_values_t = [768, 768])]
+    pub image_size: Vec<usize>,
+    #[arg(long, alias = "batch_size", default_value_t = 4)]
+    pub batch_size: usize,
+    /// Epochs to train [default: 100].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Peak learning rate, reached at the end of warmup [default: 5e-4].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW weight decay (not applied to biases and BN parameters).
+    #[arg(long, alias = "weight_decay", default_value_t = 1e-4)]
+    pub weight_decay: f32,
+    #[command(flatten)]
+    pub loss: LossArgs,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Continue from a checkpoint; with --lr, --warmup-epochs or --epochs it fine-tunes instead:
+    /// the weights are kept and a new schedule starts.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// fp16 activations with fp32 master weights and loss scaling [default: on for CUDA; the CPU
+    /// always trains in f32].
+    #[arg(long, alias = "mixed_precision", num_args = 0..=1, default_missing_value = "true")]
+    pub mixed_precision: Option<bool>,
+    #[arg(long, alias = "checkpoint_dir", default_value = "checkpoints")]
+    pub checkpoint_dir: PathBuf,
+    /// TensorBoard event files and the per-epoch CSV go here.
+    #[arg(long, alias = "log_dir", default_value = "logs")]
+    pub log_dir: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t)]
+    pub device: DeviceArg,
+    /// Seeds initialisation, shuffling and augmentation: the same seed gives the same run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Loader threads [default: cores - 1].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Heatmap Gaussian sigma in heatmap pixels.
+    #[arg(long, default_value_t = 2.0)]
+    pub sigma: f64,
+    /// Ground truth when a dataset has two annotators.
+    #[arg(long, value_enum, default_value_t)]
+    pub annotator: Annotator,
+    /// Train without augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Train on generated phantom radiographs with a small model: shows training working in a
+    /// few minutes on a CPU.
+    #[arg(long)]
+    pub demo: bool,
+}

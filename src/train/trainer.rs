@@ -1,0 +1,713 @@
+//! `cephalo train`: the training loop.
+//!
+//! One step: load a batch (worker threads prepare the next ones meanwhile), forward, the heatmap
+//! loss and its gradient in one pass, backward, then AdamW on every trainable tensor with the
+//! learning rate of the warmup + cosine-restarts schedule. Each epoch ends with validation (DARK
+//! decoding, landmarks mapped back to original pixels, MRE/SD/SDR), logs (progress bar, console,
+//! TensorBoard, CSV), `checkpoint_last` and, on a better validation MRE, `checkpoint_best`.
+//!
+//! This version trains on the CPU backend (f32). The CUDA executor (fp16, loss scaling) plugs in
+//! behind the same loop once it exists; until then `--device cuda` says so.
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::cpu::loss::HeatmapShape;
+use crate::backend::cpu::optim::{adamw_step, AdamWParams};
+use crate::backend::{Backend, CpuBackend, ParamId};
+use crate::checkpoint::Checkpoint;
+use crate::data::geometry::ImageSize;
+use crate::data::loader::{default_workers, Loader, LoaderConfig};
+use crate::data::{Dataset, DatasetOptions, Sample, Split};
+use crate::device::{Device, DeviceArg};
+use crate::eval::inference::predict_loader;
+use crate::eval::metrics::{ErrorStats, ImageResult, MetricsReport};
+use crate::graph::exec::Executor;
+use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
+use crate::graph::{Graph, ParamKind};
+use crate::model::ModelConfig;
+use crate::train::args::{TrainArgs, DEFAULT_EPOCHS, DEFAULT_LR};
+use crate::train::loss::HeatmapLoss;
+use crate::train::schedule::WarmupCosineRestarts;
+use crate::train::tensorboard::EventWriter;
+
+/// Heatmaps are 1/4 of the input for every model.
+pub const HEATMAP_STRIDE: usize = 4;
+
+/// What a checkpoint records besides tensors: enough to rebuild the model, decode its heatmaps,
+/// and continue the run exactly where it stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainState {
+    pub model: ModelConfig,
+    pub landmarks: Vec<String>,
+    pub heatmap_stride: usize,
+    pub sigma: f64,
+    /// Epochs finished (the next epoch to run), and batches done in the current one (non-zero
+    /// only after an interrupted epoch).
+    pub epoch: usize,
+    pub batch_in_epoch: usize,
+    /// Optimizer steps taken: AdamW's t and the schedule's iteration.
+    pub step: u64,
+    pub epochs: usize,
+    pub schedule: WarmupCosineRestarts,
+    pub weight_decay: f32,
+    pub seed: u64,
+    /// Best validation MRE (mm) so far; the training loss when the dataset has no valid split.
+    pub best_metric: Option<f64>,
+    /// A hash of the training samples and landmark symbols: resuming on other data is allowed
+    /// (fine-tuning) but is reported.
+    pub dataset_fingerprint: String,
+}
+
+pub fn run(args: &TrainArgs) -> Result<ExitCode> {
+    match args.device.resolve()? {
+        Device::Cpu => {}
+        Device::Cuda(n) if args.device == DeviceArg::Auto => {
+            eprintln!("note: GPU {n} found, but this version has no CUDA training executor yet: training on the CPU")
+        }
+        Device::Cuda(_) => bail!(
+            "--device {}: this version of cephalo cannot train on the GPU yet (the CUDA executor is not built); \
+             use --device cpu",
+            args.device
+        ),
+    }
+    if args.mixed_precision == Some(true) {
+        eprintln!("note: --mixed-precision applies to GPU training; the CPU trains in f32");
+    }
+    let demo_dir;
+    let mut args = args.clone();
+    if args.demo {
+        demo_dir = tempfile::tempdir().context("creating a folder for the demo phantoms")?;
+        apply_demo_settings(&mut args, demo_dir.path())?;
+    }
+    let dataset_path = args
+        .dataset_path
+        .clone()
+        .context("--dataset-path is required (or use --demo)")?;
+    let dataset = Dataset::open(
+        &dataset_path,
+        &DatasetOptions {
+            annotator: args.annotator,
+        },
+    )?;
+    Trainer::new(&args, &dataset)?.train()
+}
+
+/// `--demo`: phantom radiographs, a narrow HRNet at 128x128, a higher learning rate and short
+/// warmup, so loss and MRE visibly fall within minutes on two CPU cores.
+fn apply_demo_settings(args: &mut TrainArgs, dir: &Path) -> Result<()> {
+    eprintln!("demo: drawing 96 phantom radiographs (256x256) into {}", dir.display());
+    crate::data::phantom::write_dataset(dir, 96, args.seed, 256, 256)?;
+    args.dataset_path = Some(dir.to_path_buf());
+    args.model = "hrnet-w8".into();
+    args.image_size = vec![128, 128];
+    args.batch_size = 4;
+    args.epochs.get_or_insert(12);
+    args.lr.get_or_insert(2e-3);
+    args.schedule.warmup_epochs.get_or_insert(1.0);
+    Ok(())
+}
+
+struct Trainer {
+    state: TrainState,
+    exec: Executor<CpuBackend>,
+    eval: Executor<CpuBackend>,
+    train_loader: Loader,
+    valid_loader: Option<Loader>,
+    loss: HeatmapLoss,
+    /// Trainable parameters, with whether weight decay applies (not to biases and BN parameters).
+    trainable: Vec<(ParamId, bool)>,
+    /// AdamW moments, indexed like `trainable`.
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    checkpoint_dir: PathBuf,
+    events: EventWriter,
+    csv_path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Trainer {
+    fn new(args: &TrainArgs, dataset: &Dataset) -> Result<Trainer> {
+        let symbols = dataset.landmarks().symbols.clone();
+        let train_samples = dataset.require_split(Split::Train)?.to_vec();
+        let valid_samples = dataset
+            .split(Split::Valid)
+            .filter(|s| !s.is_empty())
+            .map(<[Sample]>::to_vec);
+        if valid_samples.is_none() {
+            eprintln!(
+                "warning: {} has no valid split: no validation, checkpoint_best follows the training loss",
+                dataset.root.display()
+            );
+        }
+        let fingerprint = fingerprint(&train_samples, &symbols);
+        let resumed = match &args.resume {
+            Some(path) => Some((path.clone(), Checkpoint::load(path)?)),
+            None => None,
+        };
+        let stored: Option<TrainState> = match &resumed {
+            Some((path, ck)) => Some(
+                serde_json::from_value(ck.meta.clone())
+                    .with_context(|| format!("{}: the checkpoint's training state is unreadable", path.display()))?,
+            ),
+            None => None,
+        };
+        let fine_tune =
+            stored.is_some() && (args.lr.is_some() || args.epochs.is_some() || args.schedule.warmup_epochs.is_some());
+
+        let [h, w]: [usize; 2] = args
+            .image_size
+            .clone()
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--image-size takes H W"))?;
+        let model = match &stored {
+            Some(s) => {
+                let wanted = crate::model::resolve(&args.model).map(|(name, _)| name).unwrap_or("");
+                if args.model != "hrnet" && wanted != s.model.model {
+                    bail!(
+                        "the checkpoint holds a {} but --model says {}",
+                        s.model.model,
+                        args.model
+                    );
+                }
+                if s.landmarks != symbols {
+                    bail!(
+                        "the checkpoint predicts landmarks [{}] but the dataset has [{}]",
+                        s.landmarks.join(" "),
+                        symbols.join(" ")
+                    );
+                }
+                ModelConfig {
+                    batch_size: args.batch_size,
+                    ..s.model.clone()
+                }
+            }
+            None => ModelConfig::new(&args.model, 1, symbols.len(), [h, w], args.batch_size)?,
+        };
+        let image_size = ImageSize {
+            height: model.image_size[0],
+            width: model.image_size[1],
+        };
+        let sigma = stored.as_ref().map_or(args.sigma, |s| s.sigma);
+        let seed = match (&stored, fine_tune) {
+            (Some(s), false) => s.seed,
+            _ => args.seed,
+        };
+
+        let workers = args.workers.unwrap_or_else(default_workers);
+        let mut train_cfg = LoaderConfig::new(image_size);
+        train_cfg.stride = HEATMAP_STRIDE;
+        train_cfg.sigma = sigma;
+        train_cfg.batch_size = args.batch_size;
+        train_cfg.seed = seed;
+        train_cfg.workers = workers;
+        train_cfg.prefetch = 2 * workers.max(1);
+        if args.no_augment {
+            train_cfg.augment = None;
+        }
+        if train_samples.len() < args.batch_size {
+            bail!(
+                "the train split has {} images, fewer than --batch-size {}",
+                train_samples.len(),
+                args.batch_size
+            );
+        }
+        let train_loader = Loader::new(train_samples, train_cfg.clone())?;
+        let valid_loader = match valid_samples {
+            Some(samples) => {
+                let cfg = LoaderConfig {
+                    augment: None,
+                    shuffle: false,
+                    drop_last: false,
+                    ..train_cfg
+                };
+                Some(Loader::new(samples, cfg)?)
+            }
+            None => None,
+        };
+
+        let graph = build_graph(&model)?;
+        let eval_graph = graph.clone();
+        let mut exec = Executor::new(
+            graph,
+            PlanOptions::new(Mode::Train, DtypeSizes::F32),
+            CpuBackend::new(),
+            seed,
+        );
+        let eval = Executor::new(
+            eval_graph,
+            PlanOptions::new(Mode::Eval, DtypeSizes::F32),
+            CpuBackend::new(),
+            seed,
+        );
+        let trainable: Vec<(ParamId, bool)> = exec
+            .graph()
+            .params
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind.trainable())
+            .map(|(i, p)| (ParamId(i), p.kind == ParamKind::Weight))
+            .collect();
+        let mut m: Vec<Vec<f32>> = trainable
+            .iter()
+            .map(|(id, _)| vec![0.0; exec.graph().params[id.0].len()])
+            .collect();
+        let mut v = m.clone();
+
+        let iters = train_loader.batches_per_epoch() as u64;
+        let epochs = args
+            .epochs
+            .or(stored.as_ref().filter(|_| !fine_tune).map(|s| s.epochs))
+            .unwrap_or(DEFAULT_EPOCHS);
+        let lr = args.lr.unwrap_or(DEFAULT_LR);
+        let mut state = TrainState {
+            model,
+            landmarks: symbols,
+            heatmap_stride: HEATMAP_STRIDE,
+            sigma,
+            epoch: 0,
+            batch_in_epoch: 0,
+            step: 0,
+            epochs,
+            schedule: args.schedule.build(lr, epochs as f64, iters)?,
+            weight_decay: args.weight_decay,
+            seed,
+            best_metric: None,
+            dataset_fingerprint: fingerprint.clone(),
+        };
+
+        if let (Some((path, ck)), Some(stored)) = (&resumed, stored) {
+            restore_params(&mut exec, ck, path)?;
+            if fine_tune {
+                eprintln!(
+                    "fine-tuning from {}: its weights, a new schedule (lr {lr:e}, {} warmup epochs, {epochs} epochs) \
+                     and fresh optimizer state",
+                    path.display(),
+                    args.schedule.warmup_epochs()
+                );
+            } else {
+                for (i, (id, _)) in trainable.iter().enumerate() {
+                    let name = &exec.graph().params[id.0].name;
+                    let len = m[i].len();
+                    m[i] = ck.get(path, &format!("optim.m.{name}"), &[len])?.to_vec();
+                    v[i] = ck.get(path, &format!("optim.v.{name}"), &[len])?.to_vec();
+                }
+                eprintln!(
+                    "resuming {} at epoch {} (step {}) of {}",
+                    path.display(),
+                    stored.epoch + 1,
+                    stored.step,
+                    stored.epochs
+                );
+                state = stored;
+                state.model.batch_size = args.batch_size;
+                if state.schedule.iters_per_epoch != iters {
+                    bail!(
+                        "the checkpoint's schedule has {} steps per epoch, this run {iters} (another batch size or \
+                         dataset?): give --lr/--epochs to fine-tune with a new schedule instead",
+                        state.schedule.iters_per_epoch
+                    );
+                }
+            }
+            if state.dataset_fingerprint != fingerprint {
+                eprintln!(
+                    "note: the checkpoint was trained on other data than {}",
+                    train_loader_root(&train_loader)
+                );
+                state.dataset_fingerprint = fingerprint;
+            }
+        }
+
+        let loss = HeatmapLoss::from_args(&args.loss, &state.landmarks)?;
+        let events = EventWriter::create(&args.log_dir)?;
+        let csv_path = args.log_dir.join("train_log.csv");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        // First Ctrl-C: finish the step, save checkpoint_last, exit cleanly. Second: exit now.
+        let _ = ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: finishing this step and saving checkpoint_last (Ctrl-C again to quit now)");
+        });
+
+        Ok(Trainer {
+            state,
+            exec,
+            eval,
+            train_loader,
+            valid_loader,
+            loss,
+            trainable,
+            m,
+            v,
+            checkpoint_dir: args.checkpoint_dir.clone(),
+            events,
+            csv_path,
+            stop,
+        })
+    }
+
+    fn train(mut self) -> Result<ExitCode> {
+        let s = &self.state;
+        println!(
+            "training {} ({:.2} M parameters) at {}x{}, batch {}, {} train images, {} epochs, lr {:e}, loss {:?}",
+            s.model.model,
+            self.exec.graph().param_count() as f64 / 1e6,
+            s.model.image_size[0],
+            s.model.image_size[1],
+            s.model.batch_size,
+            self.train_loader.samples().len(),
+            s.epochs,
+            s.schedule.lr_max,
+            self.loss.kind,
+        );
+        while self.state.epoch < self.state.epochs {
+            let started = Instant::now();
+            let (train_loss, images) = self.train_epoch()?;
+            if self.stop.load(Ordering::SeqCst) {
+                let path = self.save("checkpoint_last")?;
+                println!(
+                    "saved {} (epoch {} interrupted); resume with --resume {}",
+                    path.display(),
+                    self.state.epoch + 1,
+                    path.display()
+                );
+                return Ok(ExitCode::from(130));
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+            let report = self.validate()?;
+            self.end_epoch(train_loss, images as f64 / seconds, seconds, report.as_ref())?;
+        }
+        println!(
+            "done: {} epochs; best validation MRE {}",
+            self.state.epochs,
+            fmt_mm(self.state.best_metric)
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Runs the rest of the current epoch; returns the mean training loss and the images seen.
+    fn train_epoch(&mut self) -> Result<(f64, usize)> {
+        let epoch = self.state.epoch;
+        let total = self.train_loader.batches_per_epoch();
+        let bar = ProgressBar::new(total as u64).with_style(
+            ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
+                .expect("valid progress template"),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, self.state.epochs));
+        bar.set_position(self.state.batch_in_epoch as u64);
+        let out = self.exec.graph().output_shape();
+        let shape = HeatmapShape {
+            n: out.n,
+            h: out.h,
+            w: out.w,
+            k: out.c,
+        };
+        let mut grad = vec![0.0f32; out.len()];
+        let (mut loss_sum, mut images) = (0.0, 0usize);
+        let started = Instant::now();
+        for batch in self.train_loader.epoch(epoch).skip(self.state.batch_in_epoch) {
+            let batch = batch?;
+            let lr = self.state.schedule.lr_at(self.state.step);
+            let input = self.exec.input_view();
+            self.exec.backend_mut().write(input, &batch.images);
+            self.exec.forward();
+            let pred = self.exec.backend().read(self.exec.output_view());
+            let loss = self.loss.fwd_bwd_cpu(&pred, &batch.heatmaps, shape, 1.0, &mut grad);
+            if !loss.is_finite() {
+                bail!(
+                    "step {}: the loss is {loss} (non-finite); the network output is {}. Stopping; the last good \
+                     checkpoint in {} is untouched. Try a lower --lr.",
+                    self.state.step + 1,
+                    describe_finiteness(&pred),
+                    self.checkpoint_dir.display()
+                );
+            }
+            self.exec.backward_from(&grad);
+            self.optimizer_step(lr as f32)?;
+            self.state.step += 1;
+            self.state.batch_in_epoch += 1;
+            loss_sum += loss;
+            images += batch.len();
+            self.events
+                .scalars(self.state.step, &[("train/loss", loss), ("train/lr", lr)])?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} lr {lr:.2e} {:.1} img/s",
+                loss_sum / (self.state.batch_in_epoch as f64).max(1.0),
+                images as f64 / started.elapsed().as_secs_f64()
+            ));
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let batches = self.state.batch_in_epoch.max(1);
+        Ok((loss_sum / batches as f64, images))
+    }
+
+    /// AdamW on every trainable tensor; a non-finite gradient stops training naming the tensor.
+    fn optimizer_step(&mut self, lr: f32) -> Result<()> {
+        let t = self.state.step + 1;
+        for (i, &(id, decay)) in self.trainable.iter().enumerate() {
+            let grad = self.exec.param_grad(id);
+            if let Some(bad) = grad.iter().position(|g| !g.is_finite()) {
+                bail!(
+                    "step {t}: the gradient of {} is {} at element {bad}: training diverged. Stopping; the last good \
+                     checkpoint in {} is untouched. Try a lower --lr.",
+                    self.exec.graph().params[id.0].name,
+                    grad[bad],
+                    self.checkpoint_dir.display()
+                );
+            }
+            let mut weights = self.exec.param(id);
+            let hp = AdamWParams {
+                lr,
+                weight_decay: self.state.weight_decay,
+                ..AdamWParams::default()
+            };
+            adamw_step(
+                &mut weights,
+                &grad,
+                &mut self.m[i],
+                &mut self.v[i],
+                None,
+                &hp,
+                t,
+                decay,
+                1.0,
+            );
+            self.exec.set_param(id, &weights);
+        }
+        Ok(())
+    }
+
+    /// Validation metrics with the current weights, or `None` without a valid split.
+    fn validate(&mut self) -> Result<Option<MetricsReport>> {
+        let Some(loader) = &self.valid_loader else {
+            return Ok(None);
+        };
+        for id in 0..self.exec.graph().params.len() {
+            let values = self.exec.param(ParamId(id));
+            self.eval.set_param(ParamId(id), &values);
+        }
+        let predictions = predict_loader(&mut self.eval, loader, self.state.sigma)?;
+        let samples = loader.samples();
+        let images: Vec<ImageResult> = predictions
+            .iter()
+            .map(|p| {
+                let s = &samples[p.index];
+                ImageResult {
+                    predicted: &p.points,
+                    truth: &s.landmarks,
+                    pixel_size_mm: s.pixel_size_mm,
+                    machine: s.machine.as_deref(),
+                }
+            })
+            .collect();
+        Ok(Some(MetricsReport::compute(&self.state.landmarks, &images)))
+    }
+
+    fn end_epoch(
+        &mut self,
+        train_loss: f64,
+        images_per_s: f64,
+        seconds: f64,
+        report: Option<&MetricsReport>,
+    ) -> Result<()> {
+        let epoch = self.state.epoch;
+        let lr = self.state.schedule.lr_at(self.state.step.saturating_sub(1));
+        let overall = report.map(|r| r.overall);
+        let mut line = format!(
+            "epoch {epoch}/{}: train loss {train_loss:.5}, lr {lr:.3e}, {images_per_s:.1} img/s",
+            self.state.epochs
+        );
+        if let Some(o) = overall {
+            line += &format!(
+                ", valid MRE {:.3} ± {:.3} mm, SDR 2/2.5/3/4 mm {:.1}/{:.1}/{:.1}/{:.1} %",
+                o.mre_mm, o.sd_mm, o.sdr_percent[0], o.sdr_percent[1], o.sdr_percent[2], o.sdr_percent[3]
+            );
+        }
+        println!("{line}");
+
+        let step = self.state.step;
+        let mut scalars = vec![
+            ("epoch/train_loss", train_loss),
+            ("epoch/images_per_s", images_per_s),
+            ("epoch/seconds", seconds),
+        ];
+        if let Some(o) = overall {
+            scalars.extend([
+                ("val/mre_mm", o.mre_mm),
+                ("val/sd_mm", o.sd_mm),
+                ("val/sdr_2mm", o.sdr_percent[0]),
+                ("val/sdr_2.5mm", o.sdr_percent[1]),
+                ("val/sdr_3mm", o.sdr_percent[2]),
+                ("val/sdr_4mm", o.sdr_percent[3]),
+            ]);
+        }
+        self.events.scalars(step, &scalars)?;
+        if let Some(r) = report {
+            let tags: Vec<String> = r
+                .per_landmark
+                .iter()
+                .map(|(s, _)| format!("val_landmark_mre_mm/{s}"))
+                .collect();
+            let values: Vec<(&str, f64)> = tags
+                .iter()
+                .zip(&r.per_landmark)
+                .map(|(t, (_, st))| (t.as_str(), st.mre_mm))
+                .collect();
+            self.events.scalars(step, &values)?;
+        }
+        self.events.flush()?;
+        self.append_csv(epoch, lr, train_loss, overall, images_per_s, seconds)?;
+
+        // The best checkpoint follows validation MRE, or the training loss without a valid split.
+        let metric = overall.map_or(train_loss, |o| o.mre_mm);
+        let improved = metric.is_finite() && self.state.best_metric.is_none_or(|best| metric < best);
+        if improved {
+            self.state.best_metric = Some(metric);
+        }
+        self.save("checkpoint_last")?;
+        if improved {
+            let path = self.save("checkpoint_best")?;
+            println!("  new best ({}): {}", fmt_mm(Some(metric)), path.display());
+        }
+        Ok(())
+    }
+
+    fn append_csv(
+        &self,
+        epoch: usize,
+        lr: f64,
+        train_loss: f64,
+        overall: Option<ErrorStats>,
+        images_per_s: f64,
+        seconds: f64,
+    ) -> Result<()> {
+        let new = !self.csv_path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.csv_path)
+            .with_context(|| format!("opening {}", self.csv_path.display()))?;
+        let mut w = csv::Writer::from_writer(file);
+        if new {
+            w.write_record([
+                "epoch",
+                "step",
+                "lr",
+                "train_loss",
+                "val_mre_mm",
+                "val_sd_mm",
+                "val_sdr_2mm",
+                "val_sdr_2.5mm",
+                "val_sdr_3mm",
+                "val_sdr_4mm",
+                "images_per_s",
+                "epoch_seconds",
+            ])?;
+        }
+        let o = overall.map(|o| (o.mre_mm, o.sd_mm, o.sdr_percent));
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.5}")).unwrap_or_default();
+        w.write_record([
+            epoch.to_string(),
+            self.state.step.to_string(),
+            format!("{lr:.6e}"),
+            format!("{train_loss:.6}"),
+            f(o.map(|o| o.0)),
+            f(o.map(|o| o.1)),
+            f(o.map(|o| o.2[0])),
+            f(o.map(|o| o.2[1])),
+            f(o.map(|o| o.2[2])),
+            f(o.map(|o| o.2[3])),
+            format!("{images_per_s:.2}"),
+            format!("{seconds:.1}"),
+        ])?;
+        w.flush()
+            .with_context(|| format!("writing {}", self.csv_path.display()))?;
+        Ok(())
+    }
+
+    /// Writes `<checkpoint_dir>/<name>.safetensors` atomically.
+    fn save(&self, name: &str) -> Result<PathBuf> {
+        let mut ck = Checkpoint {
+            meta: serde_json::to_value(&self.state)?,
+            ..Default::default()
+        };
+        let graph = self.exec.graph();
+        for (i, p) in graph.params.iter().enumerate() {
+            ck.insert(p.name.clone(), p.shape.clone(), self.exec.param(ParamId(i)));
+        }
+        for (i, (id, _)) in self.trainable.iter().enumerate() {
+            let name = &graph.params[id.0].name;
+            ck.insert(format!("optim.m.{name}"), vec![self.m[i].len()], self.m[i].clone());
+            ck.insert(format!("optim.v.{name}"), vec![self.v[i].len()], self.v[i].clone());
+        }
+        let path = self.checkpoint_dir.join(format!("{name}.safetensors"));
+        ck.save(&path)?;
+        Ok(path)
+    }
+}
+
+/// The graph of a model config (any `hrnet-w<N>` width is accepted, e.g. the demo's w8).
+pub fn build_graph(model: &ModelConfig) -> Result<Graph> {
+    model.build()
+}
+
+/// Loads every parameter of the graph from a checkpoint, names and shapes checked.
+pub fn restore_params<B: Backend>(exec: &mut Executor<B>, ck: &Checkpoint, path: &Path) -> Result<()> {
+    let params = exec.graph().params.clone();
+    for (i, p) in params.iter().enumerate() {
+        let data = ck.get(path, &p.name, &p.shape)?;
+        exec.set_param(ParamId(i), data);
+    }
+    Ok(())
+}
+
+fn train_loader_root(loader: &Loader) -> String {
+    loader
+        .samples()
+        .first()
+        .and_then(|s| s.image_path.parent())
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// FNV-1a over the sorted sample ids and the symbols.
+fn fingerprint(samples: &[Sample], symbols: &[String]) -> String {
+    let mut ids: Vec<&str> = samples.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for part in ids.iter().copied().chain(symbols.iter().map(String::as_str)) {
+        for b in part.bytes().chain([0u8]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+fn describe_finiteness(values: &[f32]) -> String {
+    let nan = values.iter().filter(|v| v.is_nan()).count();
+    let inf = values.iter().filter(|v| v.is_infinite()).count();
+    if nan + inf == 0 {
+        "finite".into()
+    } else {
+        format!("{nan} NaN and {inf} inf of {} values", values.len())
+    }
+}
+
+fn fmt_mm(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3} mm")).unwrap_or_else(|| "n/a".into())
+}
