@@ -69,6 +69,10 @@ pub struct TrainArgs {
     /// Train without augmentation.
     #[arg(long)]
     pub no_augment: bool,
+    /// End this invocation after N epochs, leaving checkpoint_last to --resume later (for machines
+    /// that can only train in sessions).
+    #[arg(long, alias = "stop_after")]
+    pub stop_after: Option<usize>,
     /// Train on generated phantom radiographs with a small model: shows training working in a
     /// few minutes on a CPU.
     #[arg(long)]

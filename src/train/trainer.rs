@@ -131,6 +131,7 @@ struct Trainer {
     events: EventWriter,
     csv_path: PathBuf,
     stop: Arc<AtomicBool>,
+    stop_after: Option<usize>,
 }
 
 impl Trainer {
@@ -276,7 +277,11 @@ impl Trainer {
             batch_in_epoch: 0,
             step: 0,
             epochs,
-            schedule: args.schedule.build(lr, epochs as f64, iters)?,
+            schedule: match (&stored, fine_tune) {
+                // Continuing: the stored schedule is used as is (replaced below).
+                (Some(s), false) => s.schedule.clone(),
+                _ => args.schedule.build(lr, epochs as f64, iters)?,
+            },
             weight_decay: args.weight_decay,
             seed,
             best_metric: None,
@@ -352,6 +357,7 @@ impl Trainer {
             events,
             csv_path,
             stop,
+            stop_after: args.stop_after,
         })
     }
 
@@ -369,7 +375,17 @@ impl Trainer {
             s.schedule.lr_max,
             self.loss.kind,
         );
+        let mut run_epochs = 0;
         while self.state.epoch < self.state.epochs {
+            if self.stop_after.is_some_and(|n| run_epochs >= n) {
+                let path = self.checkpoint_dir.join("checkpoint_last.safetensors");
+                println!(
+                    "stopping after {run_epochs} epochs as asked; continue with --resume {}",
+                    path.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            run_epochs += 1;
             let started = Instant::now();
             let (train_loss, images) = self.train_epoch()?;
             if self.stop.load(Ordering::SeqCst) {
