@@ -26,6 +26,8 @@ pub enum Command {
     Prepare(crate::data::prepare::PrepareArgs),
     /// Train a landmark detector (`--demo` trains on generated phantoms in minutes).
     Train(crate::train::args::TrainArgs),
+    /// Accuracy of a checkpoint on a dataset split: MRE, SD, SDR, per landmark and machine.
+    Eval(crate::eval::command::EvalArgs),
     /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
     Model(crate::model::summary::ModelArgs),
 }
@@ -38,5 +40,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prepare(args) => crate::data::prepare::run(&args),
         Command::Model(args) => crate::model::summary::run(&args),
         Command::Train(args) => crate::train::trainer::run(&args),
+        Command::Eval(args) => crate::eval::command::run(&args),
     }
 }

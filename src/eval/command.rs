@@ -1,0 +1,254 @@
+//! `cephalo eval`: a checkpoint's accuracy on a dataset split — MRE ± SD, SDR at 2/2.5/3/4 mm,
+//! the per-landmark table worst first, a per-machine table when machines are known — and an
+//! optional JSON report with every prediction in original pixels.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use crate::backend::CpuBackend;
+use crate::checkpoint::Checkpoint;
+use crate::data::geometry::ImageSize;
+use crate::data::loader::{default_workers, Loader, LoaderConfig};
+use crate::data::{Dataset, DatasetOptions, Split};
+use crate::device::{Device, DeviceArg};
+use crate::eval::inference::{predict_loader, PredictedImage};
+use crate::eval::metrics::{radial_errors_mm, ErrorStats, ImageResult, MetricsReport};
+use crate::graph::exec::Executor;
+use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
+use crate::train::trainer::{build_graph, restore_params, TrainState};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint written by `cephalo train` (.safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset folder (Aariz, ISBI 2015 or landmark-CSV layout).
+    #[arg(long, alias = "dataset_path")]
+    pub dataset_path: PathBuf,
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// Also write the full report, with every prediction, as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, alias = "batch_size", default_value_t = 4)]
+    pub batch_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t)]
+    pub device: DeviceArg,
+    /// Loader threads [default: cores - 1].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long, value_enum, default_value_t)]
+    pub annotator: crate::data::Annotator,
+}
+
+/// A loaded model ready for inference, with what its checkpoint says about it.
+pub struct LoadedModel {
+    pub state: TrainState,
+    pub exec: Executor<CpuBackend>,
+}
+
+/// Loads a checkpoint into an eval-mode CPU executor for `batch_size` images.
+pub fn load_model(path: &Path, batch_size: usize) -> Result<LoadedModel> {
+    let ck = Checkpoint::load(path)?;
+    let mut state: TrainState = serde_json::from_value(ck.meta.clone())
+        .with_context(|| format!("{}: the checkpoint's model description is unreadable", path.display()))?;
+    state.model.batch_size = batch_size.max(1);
+    let graph = build_graph(&state.model)?;
+    let mut exec = Executor::new(
+        graph,
+        PlanOptions::new(Mode::Eval, DtypeSizes::F32),
+        CpuBackend::new(),
+        0,
+    );
+    restore_params(&mut exec, &ck, path)?;
+    Ok(LoadedModel { state, exec })
+}
+
+/// Resolves `--device` for inference: the CPU until the CUDA executor exists.
+pub fn inference_device(arg: DeviceArg) -> Result<()> {
+    match arg.resolve()? {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) if arg == DeviceArg::Auto => Ok(()),
+        Device::Cuda(_) => {
+            bail!("--device {arg}: GPU inference needs the CUDA executor, not in this version; use --device cpu")
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    checkpoint: String,
+    model: &'a str,
+    dataset: String,
+    split: String,
+    metrics: &'a MetricsReport,
+    predictions: Vec<ImageReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct ImageReport<'a> {
+    id: &'a str,
+    image: String,
+    pixel_size_mm: f64,
+    machine: Option<&'a str>,
+    landmarks: Vec<LandmarkReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct LandmarkReport<'a> {
+    symbol: &'a str,
+    predicted: [f64; 2],
+    truth: [f64; 2],
+    error_mm: f64,
+    confidence: f32,
+}
+
+pub fn run(args: &EvalArgs) -> Result<ExitCode> {
+    inference_device(args.device)?;
+    let mut model = load_model(&args.checkpoint, args.batch_size)?;
+    let dataset = Dataset::open(
+        &args.dataset_path,
+        &DatasetOptions {
+            annotator: args.annotator,
+        },
+    )?;
+    let symbols = &dataset.landmarks().symbols;
+    if *symbols != model.state.landmarks {
+        bail!(
+            "{} predicts landmarks [{}], but {} has [{}]: evaluate on a dataset with the same landmark set",
+            args.checkpoint.display(),
+            model.state.landmarks.join(" "),
+            args.dataset_path.display(),
+            symbols.join(" ")
+        );
+    }
+    let samples = dataset.require_split(args.split)?.to_vec();
+    let size = ImageSize {
+        height: model.state.model.image_size[0],
+        width: model.state.model.image_size[1],
+    };
+    let workers = args.workers.unwrap_or_else(default_workers);
+    let mut cfg = LoaderConfig::new(size);
+    cfg.stride = model.state.heatmap_stride;
+    cfg.sigma = model.state.sigma;
+    cfg.batch_size = args.batch_size.max(1);
+    cfg.augment = None;
+    cfg.shuffle = false;
+    cfg.drop_last = false;
+    cfg.workers = workers;
+    cfg.prefetch = 2 * workers.max(1);
+    let loader = Loader::new(samples, cfg)?;
+    let predictions = predict_loader(&mut model.exec, &loader, model.state.sigma)?;
+    let report = metrics_of(&loader, &predictions, symbols);
+
+    print_report(&report, args, loader.samples().len());
+    if let Some(path) = &args.report {
+        let json = Report {
+            checkpoint: args.checkpoint.display().to_string(),
+            model: &model.state.model.model,
+            dataset: args.dataset_path.display().to_string(),
+            split: args.split.to_string(),
+            metrics: &report,
+            predictions: image_reports(&loader, &predictions, symbols),
+        };
+        write_json_atomic(path, &json)?;
+        println!("report: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn metrics_of(loader: &Loader, predictions: &[PredictedImage], symbols: &[String]) -> MetricsReport {
+    let samples = loader.samples();
+    let images: Vec<ImageResult> = predictions
+        .iter()
+        .map(|p| {
+            let s = &samples[p.index];
+            ImageResult {
+                predicted: &p.points,
+                truth: &s.landmarks,
+                pixel_size_mm: s.pixel_size_mm,
+                machine: s.machine.as_deref(),
+            }
+        })
+        .collect();
+    MetricsReport::compute(symbols, &images)
+}
+
+fn image_reports<'a>(
+    loader: &'a Loader,
+    predictions: &'a [PredictedImage],
+    symbols: &'a [String],
+) -> Vec<ImageReport<'a>> {
+    predictions
+        .iter()
+        .map(|p| {
+            let s = &loader.samples()[p.index];
+            let errors = radial_errors_mm(&p.points, &s.landmarks, s.pixel_size_mm);
+            ImageReport {
+                id: &s.id,
+                image: s.image_path.display().to_string(),
+                pixel_size_mm: s.pixel_size_mm,
+                machine: s.machine.as_deref(),
+                landmarks: (0..symbols.len())
+                    .map(|k| LandmarkReport {
+                        symbol: &symbols[k],
+                        predicted: p.points[k],
+                        truth: s.landmarks[k],
+                        error_mm: errors[k],
+                        confidence: p.confidence[k],
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn stats_row(name: &str, s: &ErrorStats) -> String {
+    format!(
+        "{name:<10} {:>7.3} {:>7.3} {:>7.1} {:>7.1} {:>7.1} {:>7.1} {:>6}",
+        s.mre_mm, s.sd_mm, s.sdr_percent[0], s.sdr_percent[1], s.sdr_percent[2], s.sdr_percent[3], s.count
+    )
+}
+
+fn print_report(r: &MetricsReport, args: &EvalArgs, images: usize) {
+    let header = format!(
+        "{:<10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6}",
+        "", "MRE mm", "SD mm", "SDR2%", "SDR2.5%", "SDR3%", "SDR4%", "pairs"
+    );
+    println!(
+        "{} on {} split {} ({images} images)",
+        args.checkpoint.display(),
+        args.dataset_path.display(),
+        args.split
+    );
+    println!("{header}");
+    println!("{}", stats_row("overall", &r.overall));
+    println!("\nper landmark, worst first:\n{header}");
+    for (symbol, s) in r.worst_first() {
+        println!("{}", stats_row(symbol, s));
+    }
+    if !r.per_machine.is_empty() {
+        println!("\nper machine:\n{header}");
+        for (machine, s) in &r.per_machine {
+            println!("{}", stats_row(machine, s));
+        }
+    }
+}
+
+/// Writes JSON through a temporary file and a rename, so a reader never sees half a report.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
+    serde_json::to_writer_pretty(&mut tmp, value).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

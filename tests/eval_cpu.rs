@@ -1,0 +1,124 @@
+//! `cephalo eval` on a checkpoint trained for one epoch on phantoms: the printed metrics and the
+//! JSON report agree with each other and with the ground truth; mismatched inputs are clear errors.
+use std::path::Path;
+
+use cephalo::eval::command::EvalArgs;
+use cephalo::train::args::TrainArgs;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+#[derive(clap::Subcommand)]
+enum Cmd {
+    Train(TrainArgs),
+    Eval(EvalArgs),
+}
+
+fn run(argv: &[&str]) -> anyhow::Result<std::process::ExitCode> {
+    match Cli::parse_from(std::iter::once("cephalo").chain(argv.iter().copied())).cmd {
+        Cmd::Train(a) => cephalo::train::trainer::run(&a),
+        Cmd::Eval(a) => cephalo::eval::command::run(&a),
+    }
+}
+
+fn trained_checkpoint(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let data = dir.join("phantoms");
+    cephalo::data::phantom::write_dataset(&data, 16, 9, 96, 96).unwrap();
+    let ck = dir.join("ck");
+    let logs = dir.join("logs");
+    run(&[
+        "train",
+        "--dataset-path",
+        data.to_str().unwrap(),
+        "--model",
+        "hrnet-w8",
+        "--image-size",
+        "64",
+        "64",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "0",
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ])
+    .unwrap();
+    (data, ck.join("checkpoint_last.safetensors"))
+}
+
+#[test]
+fn eval_report_holds_every_prediction_and_consistent_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, ck) = trained_checkpoint(dir.path());
+    let report = dir.path().join("out/report.json");
+    run(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--dataset-path",
+        data.to_str().unwrap(),
+        "--split",
+        "test",
+        "--report",
+        report.to_str().unwrap(),
+        "--batch-size",
+        "3",
+        "--device",
+        "cpu",
+    ])
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let predictions = json["predictions"].as_array().unwrap();
+    // 16 phantoms: 11 train, 2 valid, 3 test; batch 3 exercises a full batch.
+    assert_eq!(predictions.len(), 3);
+    let mut errors = Vec::new();
+    for p in predictions {
+        let pixel = p["pixel_size_mm"].as_f64().unwrap();
+        for l in p["landmarks"].as_array().unwrap() {
+            let (pr, tr) = (&l["predicted"], &l["truth"]);
+            let dx = pr[0].as_f64().unwrap() - tr[0].as_f64().unwrap();
+            let dy = pr[1].as_f64().unwrap() - tr[1].as_f64().unwrap();
+            let e = dx.hypot(dy) * pixel;
+            assert!((e - l["error_mm"].as_f64().unwrap()).abs() < 1e-9);
+            errors.push(e);
+        }
+    }
+    assert_eq!(errors.len(), 3 * 19);
+    let mre = errors.iter().sum::<f64>() / errors.len() as f64;
+    assert!((mre - json["metrics"]["overall"]["mre_mm"].as_f64().unwrap()).abs() < 1e-9);
+    assert_eq!(json["metrics"]["per_landmark"].as_array().unwrap().len(), 19);
+}
+
+#[test]
+fn eval_refuses_a_missing_checkpoint_and_a_missing_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, ck) = trained_checkpoint(dir.path());
+    let err = run(&[
+        "eval",
+        "--checkpoint",
+        "/nonexistent/ck.safetensors",
+        "--dataset-path",
+        data.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("/nonexistent/ck.safetensors"), "{err:#}");
+    std::fs::remove_file(data.join("test.csv")).unwrap();
+    let err = run(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--dataset-path",
+        data.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("test"), "{err:#}");
+}
