@@ -9,4 +9,5 @@ pub mod eval;
 pub mod gpu;
 pub mod graph;
 pub mod model;
+pub mod predict;
 pub mod train;

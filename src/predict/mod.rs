@@ -1,0 +1,2 @@
+//! Prediction on new images: landmarks, confidences, cephalometric analysis, overlays.
+pub mod analysis;
