@@ -28,6 +28,8 @@ pub enum Command {
     Train(crate::train::args::TrainArgs),
     /// Accuracy of a checkpoint on a dataset split: MRE, SD, SDR, per landmark and machine.
     Eval(crate::eval::command::EvalArgs),
+    /// Landmarks, cephalometric analysis and overlays for new images (no ground truth needed).
+    Predict(crate::predict::command::PredictArgs),
     /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
     Model(crate::model::summary::ModelArgs),
 }
@@ -41,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Model(args) => crate::model::summary::run(&args),
         Command::Train(args) => crate::train::trainer::run(&args),
         Command::Eval(args) => crate::eval::command::run(&args),
+        Command::Predict(args) => crate::predict::command::run(&args),
     }
 }

@@ -95,23 +95,43 @@ pub fn analyse(p: &Points<'_>, pixel_size_mm: Option<f64>) -> Vec<Measurement> {
     // Planes compared through direction vectors that both point forward (posterior to anterior).
     let mandibular = p.get("Go").zip(p.get("Me")).map(|(go, me)| sub(me, go));
     if let (Some(po), Some(or), Some(mp)) = (p.get("Po"), p.get("Or"), mandibular) {
-        out.push(deg("FMA", angle_between(sub(or, po), mp), vec![("Po", "Or"), ("Go", "Me")]));
+        out.push(deg(
+            "FMA",
+            angle_between(sub(or, po), mp),
+            vec![("Po", "Or"), ("Go", "Me")],
+        ));
     }
     if let (Some(s), Some(n), Some(mp)) = (s, n, mandibular) {
-        out.push(deg("SN-MP", angle_between(sub(n, s), mp), vec![("S", "N"), ("Go", "Me")]));
+        out.push(deg(
+            "SN-MP",
+            angle_between(sub(n, s), mp),
+            vec![("S", "N"), ("Go", "Me")],
+        ));
     }
     // Incisor axes from tip to apex; U1-SN is read between that axis and S->N (~103 deg normal),
     // IMPA between the lower incisor (apex->tip) and the mandibular plane pointing back (Me->Go).
     let upper = p.get("UIT").zip(p.get("UIA")).map(|(tip, apex)| sub(apex, tip));
     let lower = p.get("LIT").zip(p.get("LIA")).map(|(tip, apex)| sub(apex, tip));
     if let (Some(s), Some(n), Some(u1)) = (s, n, upper) {
-        out.push(deg("U1-SN", angle_between(u1, sub(n, s)), vec![("UIA", "UIT"), ("S", "N")]));
+        out.push(deg(
+            "U1-SN",
+            angle_between(u1, sub(n, s)),
+            vec![("UIA", "UIT"), ("S", "N")],
+        ));
     }
     if let (Some(l1), Some(mp)) = (lower, mandibular) {
-        out.push(deg("IMPA", angle_between([-l1[0], -l1[1]], [-mp[0], -mp[1]]), vec![("LIA", "LIT"), ("Go", "Me")]));
+        out.push(deg(
+            "IMPA",
+            angle_between([-l1[0], -l1[1]], [-mp[0], -mp[1]]),
+            vec![("LIA", "LIT"), ("Go", "Me")],
+        ));
     }
     if let (Some(u1), Some(l1)) = (upper, lower) {
-        out.push(deg("Interincisal", angle_between(u1, l1), vec![("UIA", "UIT"), ("LIA", "LIT")]));
+        out.push(deg(
+            "Interincisal",
+            angle_between(u1, l1),
+            vec![("UIA", "UIT"), ("LIA", "LIT")],
+        ));
     }
     // Ricketts' E-line (pronasale to soft-tissue pogonion): lips behind it are negative.
     if let (Some(mm), Some(s), Some(n), Some(pn), Some(pog)) = (pixel_size_mm, s, n, p.get("Pn"), p.get("Pog`")) {
@@ -144,11 +164,20 @@ mod tests {
 
     fn measure(symbols: &[&str], points: &[[f64; 2]], mm: Option<f64>) -> Vec<Measurement> {
         let symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
-        analyse(&Points { symbols: &symbols, points }, mm)
+        analyse(
+            &Points {
+                symbols: &symbols,
+                points,
+            },
+            mm,
+        )
     }
 
     fn value(ms: &[Measurement], name: &str) -> f64 {
-        ms.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} missing")).value
+        ms.iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .value
     }
 
     #[test]
@@ -164,11 +193,18 @@ mod tests {
         let or = [850.0, 600.0];
         let go = [400.0, 1000.0];
         let me = polar(go, 25.0, 600.0);
-        let ms = measure(&["S", "N", "A", "B", "Po", "Or", "Go", "Me"], &[s, n, a, b, po, or, go, me], None);
+        let ms = measure(
+            &["S", "N", "A", "B", "Po", "Or", "Go", "Me"],
+            &[s, n, a, b, po, or, go, me],
+            None,
+        );
         assert!((value(&ms, "SNA") - 82.0).abs() < 1e-9);
         assert!((value(&ms, "SNB") - 79.0).abs() < 1e-9);
         assert!((value(&ms, "ANB") - 3.0).abs() < 1e-9);
-        assert_eq!(ms.iter().find(|m| m.name == "ANB").unwrap().interpretation.as_deref(), Some("skeletal Class I"));
+        assert_eq!(
+            ms.iter().find(|m| m.name == "ANB").unwrap().interpretation.as_deref(),
+            Some("skeletal Class I")
+        );
         assert!((value(&ms, "FMA") - 25.0).abs() < 1e-9);
         assert!((value(&ms, "SN-MP") - 25.0).abs() < 1e-9); // S-N is parallel to Frankfort here
         assert!(ms.iter().all(|m| m.name != "IMPA"), "no incisor landmarks, no IMPA");
@@ -194,7 +230,9 @@ mod tests {
         let ls = [1170.0, 1250.0];
         let li = [1210.0, 1380.0];
         let ms = measure(
-            &["S", "N", "UIT", "UIA", "LIT", "LIA", "Go", "Me", "Pn", "Pog`", "Ls", "Li"],
+            &[
+                "S", "N", "UIT", "UIA", "LIT", "LIA", "Go", "Me", "Pn", "Pog`", "Ls", "Li",
+            ],
             &[s, n, uit, uia, lit, lia, go, me, pn, pog_soft, ls, li],
             Some(0.1),
         );
