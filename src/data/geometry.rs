@@ -140,42 +140,49 @@ fn box_reduce(image: &image::GrayImage, factor: usize) -> Plane {
 /// Resamples `image` into an `out` sized plane: output pixel p takes the value around
 /// `out_to_src(p)` in the source; outside the source is 0.
 ///
-/// Anti-aliasing: bilinear interpolation is a tent filter of half-width 1 source pixel, which
-/// is right while the warp's scale s (source pixels per output pixel) is at most 1; a 2400 ->
-/// 768 fit has s ~ 3.1, and plain bilinear would alias (moire on trabecular bone, flickering
-/// thin edges). So: when s >= 2 we first average k x k blocks with k = floor(s) (exact area
-/// filter, one cheap pass over the big image), then resample the reduced image with a tent
-/// filter wide enough for the remaining scale r = s / k in [1, 2) (see [`resample`]). The
-/// reduced pixel i sits at original k (i + 0.5) - 0.5 and that map is composed exactly, so the
-/// prefilter does not move anything. A full area (summed-table) sampler would be slightly
-/// sharper but needs a 64-bit table as big as the image (760 MB for Aariz's largest).
+/// Anti-aliasing: bilinear interpolation is a tent filter of half-width 1 source pixel, right
+/// while the warp's scale s (source pixels per output pixel) is at most 1; a 2400 -> 768 fit
+/// has s ~ 3.1, and plain bilinear would alias (moire on trabecular bone, flickering thin
+/// edges). So:
+/// - 1 < s < 2: a tent of half-width s (at most 4 x 4 taps), the footprint of an output pixel;
+/// - s >= 2: first average k x k blocks with k = floor(s) (exact area filter, one cheap pass
+///   over the big image), then a tent of half-width sqrt(r^2 + 1) for the remaining scale
+///   r = s / k in [1, 2). The extra unit width (blur widths add in quadrature) is needed
+///   because a box filter leaks: 1-pixel stripes reduced by 3 still alternate by a third of
+///   their contrast, and a tent of half-width r sampled at arbitrary phases passes up to 70 %
+///   of that; with the extra width under 20 %.
+///
+/// The reduced pixel i sits at original k (i + 0.5) - 0.5 and that map is composed exactly, so
+/// the prefilter moves nothing. (A full area sampler through a summed-area table would be a
+/// little sharper, but needs a 64-bit table the size of the image: 760 MB for Aariz's largest.)
 pub fn warp(image: &image::GrayImage, out_to_src: &Affine, out: ImageSize) -> Plane {
-    let k = out_to_src.mean_scale().floor().max(1.0) as usize;
+    let s = out_to_src.mean_scale();
+    let k = s.floor().max(1.0) as usize;
     if k >= 2 {
         let kf = k as f64;
         let to_reduced = Affine([1.0 / kf, 0.0, 0.5 / kf - 0.5, 0.0, 1.0 / kf, 0.5 / kf - 0.5]);
-        resample(&box_reduce(image, k), &out_to_src.then(&to_reduced), out)
+        let r = s / kf;
+        let reduced = box_reduce(image, k);
+        resample_tent(&reduced, &out_to_src.then(&to_reduced), out, (r * r + 1.0).sqrt())
+    } else if s > 1.0 + 1e-9 {
+        resample_tent(&Plane::from_gray(image), out_to_src, out, s)
     } else {
-        resample(&Plane::from_gray(image), out_to_src, out)
+        warp_bilinear(&Plane::from_gray(image), out_to_src, out)
     }
 }
 
-/// Resamples a float plane: plain bilinear when the map does not shrink (scale r <= 1), else a
-/// tent of half-width sqrt(r^2 + 1) source pixels. A tent of half-width r alone matches the
-/// output spacing but, sampled at arbitrary phases, still passes up to 70 % of a pattern at the
-/// source's own Nyquist frequency (1-pixel stripes); adding the unit bilinear width in
-/// quadrature, as blur widths add, cuts that below 20 % for the cost of a slightly softer image.
-pub fn resample(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane {
-    let scale = out_to_src.mean_scale();
-    if scale <= 1.0 + 1e-9 {
-        return warp_bilinear(src, out_to_src, out);
-    }
-    let r = (scale * scale + 1.0).sqrt();
+/// Largest tent half-width [`resample_tent`] supports (taps per axis <= 2 * MAX + 1).
+const MAX_TENT: f64 = 3.0;
+
+/// Resamples a float plane with a tent filter of half-width `r` (>= 1) source pixels; outside
+/// the source is 0 (its weights still count, so borders fade as with bilinear).
+pub fn resample_tent(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -> Plane {
+    let r = r.clamp(1.0, MAX_TENT);
+    let inv_r = 1.0 / r;
     let [a, b, c, d, e, f] = out_to_src.0;
     let (sw, sh) = (src.width as isize, src.height as isize);
     let mut data = vec![0f32; out.width * out.height];
-    let mut wx = Vec::with_capacity(8);
-    let mut wy = Vec::with_capacity(8);
+    const TAPS: usize = 2 * MAX_TENT as usize + 1;
     for (v, row) in data.chunks_mut(out.width).enumerate() {
         let v = v as f64;
         let (sx, sy) = (b * v + c, e * v + f);
@@ -186,27 +193,43 @@ pub fn resample(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane {
                 continue;
             }
             let (x0, y0) = ((x - r).ceil() as isize, (y - r).ceil() as isize);
-            let (x1, y1) = ((x + r).floor() as isize, (y + r).floor() as isize);
-            wx.clear();
-            wy.clear();
-            wx.extend((x0..=x1).map(|i| (1.0 - (x - i as f64).abs() / r).max(0.0) as f32));
-            wy.extend((y0..=y1).map(|j| (1.0 - (y - j as f64).abs() / r).max(0.0) as f32));
-            let norm = wx.iter().sum::<f32>() * wy.iter().sum::<f32>();
+            let nx = ((x + r).floor() as isize - x0 + 1) as usize;
+            let ny = ((y + r).floor() as isize - y0 + 1) as usize;
+            let (mut wx, mut wy) = ([0f32; TAPS], [0f32; TAPS]);
+            let (mut sum_x, mut sum_y) = (0f32, 0f32);
+            for (i, w) in wx.iter_mut().enumerate().take(nx) {
+                *w = (1.0 - (x - (x0 + i as isize) as f64).abs() * inv_r).max(0.0) as f32;
+                sum_x += *w;
+            }
+            for (j, w) in wy.iter_mut().enumerate().take(ny) {
+                *w = (1.0 - (y - (y0 + j as isize) as f64).abs() * inv_r).max(0.0) as f32;
+                sum_y += *w;
+            }
+            let inside = x0 >= 0 && y0 >= 0 && x0 + nx as isize <= sw && y0 + ny as isize <= sh;
             let mut acc = 0.0f32;
-            for (j, wyj) in (y0..=y1).zip(&wy) {
-                if j < 0 || j >= sh {
+            for (j, wyj) in wy.iter().enumerate().take(ny) {
+                let yy = y0 + j as isize;
+                if !inside && (yy < 0 || yy >= sh) {
                     continue;
                 }
-                let line = &src.data[(j * sw) as usize..((j + 1) * sw) as usize];
+                let line = &src.data[(yy * sw) as usize..((yy + 1) * sw) as usize];
                 let mut racc = 0.0f32;
-                for (i, wxi) in (x0..=x1).zip(&wx) {
-                    if i >= 0 && i < sw {
-                        racc += wxi * line[i as usize];
+                if inside {
+                    let seg = &line[x0 as usize..x0 as usize + nx];
+                    for (w, v) in wx.iter().zip(seg) {
+                        racc += w * v;
+                    }
+                } else {
+                    for (i, w) in wx.iter().enumerate().take(nx) {
+                        let xx = x0 + i as isize;
+                        if xx >= 0 && xx < sw {
+                            racc += w * line[xx as usize];
+                        }
                     }
                 }
                 acc += wyj * racc;
             }
-            *px = acc / norm;
+            *px = acc / (sum_x * sum_y);
         }
     }
     Plane { width: out.width, height: out.height, data }

@@ -1,0 +1,101 @@
+//! Loader throughput on the real ISBI images at 768x768 (batch 4, augmentation on): full
+//! resolution (1935x2400 JPEG) versus a `prepare`d copy, for 1 and 2 worker threads, plus a
+//! per-stage breakdown for one thread.
+//!
+//! `cargo bench --bench loader` (dataset: $CEPHALO_ISBI or ../shared/data/isbi2015; the prepared
+//! copy is cached under $CARGO_TARGET_DIR/bench-data). $BENCH_WORKERS sets the worker counts
+//! to try (default "1 2").
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cephalo::data::augment::{transform_sample, AugmentConfig};
+use cephalo::data::geometry::ImageSize;
+use cephalo::data::heatmap::{encode, image_to_heatmap};
+use cephalo::data::image_io::load_gray;
+use cephalo::data::loader::{Loader, LoaderConfig};
+use cephalo::data::prepare::prepare_dataset;
+use cephalo::data::{Dataset, DatasetOptions, Sample, Split};
+use rand::SeedableRng;
+
+const NET: ImageSize = ImageSize { height: 768, width: 768 };
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median milliseconds of each stage over `n` samples, one thread: decode, letterbox warp alone,
+/// augmented warp + photometric, heatmaps.
+fn stages(samples: &[Sample], n: usize) -> (f64, f64, f64, f64) {
+    let (mut decode, mut plain, mut transform, mut heat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let cfg = AugmentConfig::default();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for s in samples.iter().take(n) {
+        let t0 = Instant::now();
+        let img = load_gray(&s.image_path).expect("decode");
+        let t1 = Instant::now();
+        std::hint::black_box(transform_sample::<rand_chacha::ChaCha8Rng>(&img, &s.landmarks, NET, None));
+        plain.push(t1.elapsed().as_secs_f64() * 1e3);
+        let t1 = Instant::now();
+        let t = transform_sample(&img, &s.landmarks, NET, Some((&cfg, &mut rng)));
+        let t2 = Instant::now();
+        let pts: Vec<[f64; 2]> = t.points.iter().map(|&p| image_to_heatmap(p, 4)).collect();
+        std::hint::black_box(encode(&pts, 192, 192, 2.0));
+        let t3 = Instant::now();
+        decode.push((t1 - t0).as_secs_f64() * 1e3);
+        transform.push((t2 - t1).as_secs_f64() * 1e3);
+        heat.push((t3 - t2).as_secs_f64() * 1e3);
+    }
+    (median(decode), median(plain), median(transform), median(heat))
+}
+
+/// Images per second over `batches` batches of epoch 0 (after one warm-up batch of epoch 1).
+fn throughput(samples: &[Sample], workers: usize, batches: usize) -> f64 {
+    let cfg = LoaderConfig { workers, prefetch: 2 * workers.max(1), ..LoaderConfig::new(NET) };
+    let loader = Loader::new(samples.to_vec(), cfg).expect("loader");
+    loader.epoch(1).next().expect("a batch").expect("warm-up batch");
+    let start = Instant::now();
+    let mut images = 0;
+    for batch in loader.epoch(0).take(batches) {
+        images += batch.expect("batch").len();
+    }
+    images as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let isbi = std::env::var_os("CEPHALO_ISBI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/data/isbi2015"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let prepared = target.join("bench-data/isbi2015-1024");
+    let workers: Vec<usize> = std::env::var("BENCH_WORKERS")
+        .unwrap_or_else(|_| "1 2".into())
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+
+    let full = Dataset::open(&isbi, &DatasetOptions::default()).expect("ISBI dataset");
+    let t = Instant::now();
+    let summary = prepare_dataset(&full, &prepared, 1024, "jpg", false).expect("prepare");
+    println!(
+        "prepare --max-side 1024: {} written, {} cached, {:.1} s",
+        summary.written,
+        summary.skipped,
+        t.elapsed().as_secs_f64()
+    );
+    let small = Dataset::open(&prepared, &DatasetOptions::default()).expect("prepared copy");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("loader at 768x768, batch 4, augmentation on; {cores} cores visible");
+    for (name, ds, batches) in [("full-resolution 1935x2400", &full, 10), ("prepared 826x1024", &small, 25)] {
+        let train = ds.split(Split::Train).expect("train split");
+        let (d, p, w, h) = stages(train, 15);
+        println!(
+            "{name}: per image, one thread: decode {d:.1} ms, letterbox warp {p:.1} ms, \
+             augmented warp+photometric {w:.1} ms, heatmaps {h:.2} ms"
+        );
+        for &n in &workers {
+            println!("{name}: {n} worker(s): {:.1} images/s", throughput(train, n, batches));
+        }
+    }
+}
