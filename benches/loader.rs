@@ -17,7 +17,10 @@ use cephalo::data::prepare::prepare_dataset;
 use cephalo::data::{Dataset, DatasetOptions, Sample, Split};
 use rand::SeedableRng;
 
-const NET: ImageSize = ImageSize { height: 768, width: 768 };
+const NET: ImageSize = ImageSize {
+    height: 768,
+    width: 768,
+};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -34,7 +37,12 @@ fn stages(samples: &[Sample], n: usize) -> (f64, f64, f64, f64) {
         let t0 = Instant::now();
         let img = load_gray(&s.image_path).expect("decode");
         let t1 = Instant::now();
-        std::hint::black_box(transform_sample::<rand_chacha::ChaCha8Rng>(&img, &s.landmarks, NET, None));
+        std::hint::black_box(transform_sample::<rand_chacha::ChaCha8Rng>(
+            &img,
+            &s.landmarks,
+            NET,
+            None,
+        ));
         plain.push(t1.elapsed().as_secs_f64() * 1e3);
         let t1 = Instant::now();
         let t = transform_sample(&img, &s.landmarks, NET, Some((&cfg, &mut rng)));
@@ -51,7 +59,11 @@ fn stages(samples: &[Sample], n: usize) -> (f64, f64, f64, f64) {
 
 /// Images per second over `batches` batches of epoch 0 (after one warm-up batch of epoch 1).
 fn throughput(samples: &[Sample], workers: usize, batches: usize) -> f64 {
-    let cfg = LoaderConfig { workers, prefetch: 2 * workers.max(1), ..LoaderConfig::new(NET) };
+    let cfg = LoaderConfig {
+        workers,
+        prefetch: 2 * workers.max(1),
+        ..LoaderConfig::new(NET)
+    };
     let loader = Loader::new(samples.to_vec(), cfg).expect("loader");
     loader.epoch(1).next().expect("a batch").expect("warm-up batch");
     let start = Instant::now();
@@ -67,7 +79,9 @@ fn main() {
     let isbi = std::env::var_os("CEPHALO_ISBI")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/data/isbi2015"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let prepared = target.join("bench-data/isbi2015-1024");
     let workers: Vec<usize> = std::env::var("BENCH_WORKERS")
         .unwrap_or_else(|_| "1 2".into())
@@ -87,7 +101,10 @@ fn main() {
     let small = Dataset::open(&prepared, &DatasetOptions::default()).expect("prepared copy");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("loader at 768x768, batch 4, augmentation on; {cores} cores visible");
-    for (name, ds, batches) in [("full-resolution 1935x2400", &full, 10), ("prepared 826x1024", &small, 25)] {
+    for (name, ds, batches) in [
+        ("full-resolution 1935x2400", &full, 10),
+        ("prepared 826x1024", &small, 25),
+    ] {
         let train = ds.split(Split::Train).expect("train split");
         let (d, p, w, h) = stages(train, 15);
         println!(

@@ -37,7 +37,9 @@ fn write(path: &Path, bytes: impl AsRef<[u8]>) {
 
 fn write_png(path: &Path, w: u32, h: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    image::GrayImage::from_pixel(w, h, image::Luma([40])).save(path).unwrap();
+    image::GrayImage::from_pixel(w, h, image::Luma([40]))
+        .save(path)
+        .unwrap();
 }
 
 /// The real annotation with every point moved by (dx, dy); `reverse` reverses the list order.
@@ -73,8 +75,14 @@ fn aariz_tree(dir: &Path) {
         let d = dir.join(split);
         write_png(&d.join(format!("Cephalograms/{id}.png")), 1800, 2000);
         let lm = d.join("Annotations/Cephalometric Landmarks");
-        write(&lm.join(format!("Junior Orthodontists/{id}.json")), shifted_json(0.0, 0.0, false));
-        write(&lm.join(format!("Senior Orthodontists/{id}.json")), shifted_json(4.0, 2.0, true));
+        write(
+            &lm.join(format!("Junior Orthodontists/{id}.json")),
+            shifted_json(0.0, 0.0, false),
+        );
+        write(
+            &lm.join(format!("Senior Orthodontists/{id}.json")),
+            shifted_json(4.0, 2.0, true),
+        );
         write(
             &d.join(format!("Annotations/CVM Stages/{id}.json")),
             format!(r#"{{"ceph_id": "{id}", "cvm_stage": {{"id": "x", "title": "CVM-S3", "value": 3}}}}"#),
@@ -96,7 +104,10 @@ fn data_landmark_sets() {
     assert!(isbi.symbols.iter().all(|s| aariz.index_of(s).is_some()));
     assert_eq!(isbi.symbols[0], "S");
     assert_eq!(isbi.symbols[18], "Ar");
-    assert!(LandmarkSet::from_symbols(&["S", "Xx"]).unwrap_err().to_string().contains("'Xx'"));
+    assert!(LandmarkSet::from_symbols(&["S", "Xx"])
+        .unwrap_err()
+        .to_string()
+        .contains("'Xx'"));
 }
 
 #[test]
@@ -120,9 +131,11 @@ fn data_aariz_tree_mean_senior_junior() {
     let tmp = tempfile::tempdir().unwrap();
     aariz_tree(tmp.path());
     let real = real_points();
-    for (annotator, shift) in
-        [(Annotator::Mean, [2.0, 1.0]), (Annotator::Senior, [4.0, 2.0]), (Annotator::Junior, [0.0, 0.0])]
-    {
+    for (annotator, shift) in [
+        (Annotator::Mean, [2.0, 1.0]),
+        (Annotator::Senior, [4.0, 2.0]),
+        (Annotator::Junior, [0.0, 0.0]),
+    ] {
         let ds = Dataset::open(tmp.path(), &DatasetOptions { annotator }).unwrap();
         assert_eq!(ds.format, Format::Aariz);
         assert_eq!(ds.landmarks(), &LandmarkSet::aariz29());
@@ -151,7 +164,9 @@ fn data_aariz_single_annotator_folder() {
     aariz_tree(tmp.path());
     for split in ["Train", "valid"] {
         std::fs::remove_dir_all(
-            tmp.path().join(split).join("Annotations/Cephalometric Landmarks/Junior Orthodontists"),
+            tmp.path()
+                .join(split)
+                .join("Annotations/Cephalometric Landmarks/Junior Orthodontists"),
         )
         .unwrap();
     }
@@ -159,10 +174,18 @@ fn data_aariz_single_annotator_folder() {
     let s = &ds.split(Split::Train).unwrap()[0];
     let (_, x, y) = real_points()[0].clone();
     assert_eq!(s.landmarks[0], [x + 4.0, y + 2.0], "only the senior folder exists");
-    let err = Dataset::open(tmp.path(), &DatasetOptions { annotator: Annotator::Junior })
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("Cephalometric Landmarks") && err.contains("Junior"), "{err}");
+    let err = Dataset::open(
+        tmp.path(),
+        &DatasetOptions {
+            annotator: Annotator::Junior,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("Cephalometric Landmarks") && err.contains("Junior"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -170,12 +193,18 @@ fn data_isbi_challenge_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let lines = |d: f64| -> String {
-        let mut s: String = (0..19).map(|k| format!("{},{}\n", 100.0 + 10.0 * k as f64 + d, 200.0 + d)).collect();
+        let mut s: String = (0..19)
+            .map(|k| format!("{},{}\n", 100.0 + 10.0 * k as f64 + d, 200.0 + d))
+            .collect();
         s += "1\n2\n"; // classification lines follow the 19 points
         s
     };
     for (folder, id) in [("TrainingData", "001"), ("Test1Data", "151"), ("Test2Data", "301")] {
-        write_png(&root.join(format!("RawImage/{folder}/{id}.bmp")).with_extension("png"), 400, 300);
+        write_png(
+            &root.join(format!("RawImage/{folder}/{id}.bmp")).with_extension("png"),
+            400,
+            300,
+        );
         write(&root.join(format!("AnnotationsByMD/400_senior/{id}.txt")), lines(2.0));
         write(&root.join(format!("AnnotationsByMD/400_junior/{id}.txt")), lines(0.0));
     }
@@ -191,7 +220,10 @@ fn data_isbi_challenge_layout() {
     // A short annotation file names the file, the line and the landmark.
     write(&root.join("AnnotationsByMD/400_senior/001.txt"), "1,2\n3,4\n");
     let err = format!("{:#}", Dataset::open(root, &DatasetOptions::default()).unwrap_err());
-    assert!(err.contains("001.txt") && err.contains("line 3") && err.contains("Or is missing"), "{err}");
+    assert!(
+        err.contains("001.txt") && err.contains("line 3") && err.contains("Or is missing"),
+        "{err}"
+    );
 }
 
 // ---------- bad input ----------
@@ -224,7 +256,10 @@ fn data_csv_good_row_and_metadata() {
 fn data_bad_missing_image() {
     let tmp = csv_dataset("b.png,0.1,10,20,30,40,M1\n");
     let err = open_err(tmp.path());
-    assert!(err.contains("b.png") && err.contains("missing") && err.contains("row 2"), "{err}");
+    assert!(
+        err.contains("b.png") && err.contains("missing") && err.contains("row 2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -247,10 +282,16 @@ fn data_bad_corrupt_image() {
 fn data_bad_malformed_csv() {
     let tmp = csv_dataset("a.png,0.1,abc,20,30,40,M1\n");
     let err = open_err(tmp.path());
-    assert!(err.contains("train.csv") && err.contains("row 2") && err.contains("S_x") && err.contains("'abc'"), "{err}");
+    assert!(
+        err.contains("train.csv") && err.contains("row 2") && err.contains("S_x") && err.contains("'abc'"),
+        "{err}"
+    );
     let tmp = csv_dataset("a.png,0.1,10\n");
     let err = open_err(tmp.path());
-    assert!(err.contains("train.csv") && err.contains("row 2"), "truncated row: {err}");
+    assert!(
+        err.contains("train.csv") && err.contains("row 2"),
+        "truncated row: {err}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     write(&tmp.path().join("train.csv"), "image,pixel_size_mm,S_x\n");
     let err = open_err(tmp.path());
@@ -261,10 +302,16 @@ fn data_bad_malformed_csv() {
 fn data_bad_nan_and_outside() {
     let tmp = csv_dataset("a.png,0.1,NaN,20,30,40,M1\n");
     let err = open_err(tmp.path());
-    assert!(err.contains("a.png") && err.contains("landmark S") && err.contains("non-finite"), "{err}");
+    assert!(
+        err.contains("a.png") && err.contains("landmark S") && err.contains("non-finite"),
+        "{err}"
+    );
     let tmp = csv_dataset("a.png,0.1,10,20,130,40,M1\n");
     let err = open_err(tmp.path());
-    assert!(err.contains("a.png") && err.contains("landmark N") && err.contains("outside"), "{err}");
+    assert!(
+        err.contains("a.png") && err.contains("landmark N") && err.contains("outside"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -302,7 +349,8 @@ fn data_bad_empty_and_missing() {
 
 #[test]
 fn data_bad_aariz_json_cases() {
-    let cases: [(&str, Box<dyn Fn(&Path)>, &[&str]); 5] = [
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: [(&str, Damage, &[&str]); 5] = [
         (
             "truncated JSON",
             Box::new(|f: &Path| {
@@ -346,12 +394,15 @@ fn data_bad_aariz_json_cases() {
     for (name, damage, expected) in cases {
         let tmp = tempfile::tempdir().unwrap();
         aariz_tree(tmp.path());
-        let file = tmp
-            .path()
-            .join(format!("Train/Annotations/Cephalometric Landmarks/Senior Orthodontists/{ID}.json"));
+        let file = tmp.path().join(format!(
+            "Train/Annotations/Cephalometric Landmarks/Senior Orthodontists/{ID}.json"
+        ));
         damage(&file);
         let err = open_err(tmp.path());
-        assert!(err.contains(&format!("Senior Orthodontists/{ID}.json")), "{name}: {err}");
+        assert!(
+            err.contains(&format!("Senior Orthodontists/{ID}.json")),
+            "{name}: {err}"
+        );
         for e in expected {
             assert!(err.contains(e), "{name}: {err}");
         }
@@ -367,7 +418,10 @@ fn data_bad_aariz_pixel_size_and_split() {
         format!("cephalogram_id,machine,pixel_size,image_format,mode\n{ID},X,0.1,jpg,D\n"),
     );
     let err = open_err(tmp.path());
-    assert!(err.contains(&format!("{ID2}.png")) && err.contains("no pixel size"), "{err}");
+    assert!(
+        err.contains(&format!("{ID2}.png")) && err.contains("no pixel size"),
+        "{err}"
+    );
     std::fs::remove_file(tmp.path().join("cephalogram_machine_mappings.csv")).unwrap();
     let err = open_err(tmp.path());
     assert!(err.contains("cephalogram_machine_mappings.csv"), "{err}");
@@ -383,7 +437,11 @@ fn data_bad_aariz_pixel_size_and_split() {
     std::fs::remove_file(tmp.path().join(format!("valid/Cephalograms/{ID2}.png"))).unwrap();
     let (_, problems) = Dataset::scan(tmp.path(), &DatasetOptions::default()).unwrap();
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-    assert!(text.iter().any(|p| p.contains(&format!("{ID2}.json")) && p.contains("has no image")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|p| p.contains(&format!("{ID2}.json")) && p.contains("has no image")),
+        "{text:?}"
+    );
 }
 
 #[test]
@@ -397,7 +455,10 @@ fn data_check_command_exit_status() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("problems     1") && stdout.contains("a.png") && stdout.contains("outside"), "{stdout}");
+    assert!(
+        stdout.contains("problems     1") && stdout.contains("a.png") && stdout.contains("outside"),
+        "{stdout}"
+    );
     assert!(stdout.contains("train        1 images"), "{stdout}");
     let tmp = csv_dataset("a.png,0.1,10,20,30,40,M1\n");
     let out = std::process::Command::new(exe)
@@ -407,5 +468,8 @@ fn data_check_command_exit_status() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(stdout.contains("machines     M1 (1)") && stdout.contains("100x80 (1)"), "{stdout}");
+    assert!(
+        stdout.contains("machines     M1 (1)") && stdout.contains("100x80 (1)"),
+        "{stdout}"
+    );
 }

@@ -1,7 +1,5 @@
 //! Heatmap targets (REFERENCE §3) and their decoding.
-use cephalo::data::heatmap::{
-    decode_argmax_quarter, decode_dark, encode, heatmap_to_image, image_to_heatmap,
-};
+use cephalo::data::heatmap::{decode_argmax_quarter, decode_dark, encode, heatmap_to_image, image_to_heatmap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -26,7 +24,11 @@ fn data_heatmap_encode_values_and_layout() {
         for x in 0..w {
             for (k, p) in points.iter().enumerate().take(2) {
                 let d2 = (x as f64 - p[0]).powi(2) + (y as f64 - p[1]).powi(2);
-                let want = if d2 <= 9.0 * sigma * sigma { (-d2 / (2.0 * sigma * sigma)).exp() } else { 0.0 };
+                let want = if d2 <= 9.0 * sigma * sigma {
+                    (-d2 / (2.0 * sigma * sigma)).exp()
+                } else {
+                    0.0
+                };
                 let got = hm[(y * w + x) * 3 + k] as f64;
                 assert!((got - want).abs() < 1e-6, "({x},{y}) k={k}: {got} vs {want}");
             }
@@ -41,8 +43,14 @@ fn data_heatmap_dark_round_trip_within_005() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (h, w, k, sigma) = (48, 40, 8, 2.0);
     for _ in 0..20 {
-        let points: Vec<[f64; 2]> =
-            (0..k).map(|_| [rng.random_range(4.0..w as f64 - 5.0), rng.random_range(4.0..h as f64 - 5.0)]).collect();
+        let points: Vec<[f64; 2]> = (0..k)
+            .map(|_| {
+                [
+                    rng.random_range(4.0..w as f64 - 5.0),
+                    rng.random_range(4.0..h as f64 - 5.0),
+                ]
+            })
+            .collect();
         let hm = encode(&points, h, w, sigma);
         let dark = decode_dark(&hm, h, w, k, sigma);
         let quarter = decode_argmax_quarter(&hm, h, w, k);
@@ -51,7 +59,10 @@ fn data_heatmap_dark_round_trip_within_005() {
             let err = ((d[0] - p[0]).powi(2) + (d[1] - p[1]).powi(2)).sqrt();
             assert!(err < 0.05, "DARK: {d:?} vs {p:?} ({err})");
             // Quarter offset: within a quarter pixel plus the half-pixel argmax uncertainty.
-            assert!((q[0] - p[0]).abs() <= 0.5 && (q[1] - p[1]).abs() <= 0.5, "quarter: {q:?} vs {p:?}");
+            assert!(
+                (q[0] - p[0]).abs() <= 0.5 && (q[1] - p[1]).abs() <= 0.5,
+                "quarter: {q:?} vs {p:?}"
+            );
             let peak = hm.iter().skip(c).step_by(k).cloned().fold(f32::MIN, f32::max);
             assert_eq!(dark[c].value, peak);
             assert_eq!(quarter[c].value, peak);

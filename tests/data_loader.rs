@@ -97,7 +97,10 @@ fn data_loader_batches_are_exact() {
             let m = 6.5;
             if t[0] > m && t[1] > m && t[0] < hw as f64 - 1.0 - m && t[1] < hh as f64 - 1.0 - m {
                 checked += 1;
-                assert!((d[0] - t[0]).abs() < 0.05 && (d[1] - t[1]).abs() < 0.05, "{d:?} vs {t:?}");
+                assert!(
+                    (d[0] - t[0]).abs() < 0.05 && (d[1] - t[1]).abs() < 0.05,
+                    "{d:?} vs {t:?}"
+                );
             }
         }
     }
@@ -109,11 +112,28 @@ fn data_loader_reports_bad_images_and_config() {
     let tmp = tempfile::tempdir().unwrap();
     let mut samples = phantom_samples(tmp.path(), 6);
     std::fs::write(&samples[1].image_path, b"garbage").unwrap();
-    let loader = Loader::new(samples.clone(), LoaderConfig { shuffle: false, batch_size: 2, ..config(2) }).unwrap();
+    let loader = Loader::new(
+        samples.clone(),
+        LoaderConfig {
+            shuffle: false,
+            batch_size: 2,
+            ..config(2)
+        },
+    )
+    .unwrap();
     let err = format!("{:#}", loader.epoch(0).next().unwrap().unwrap_err());
-    assert!(err.contains(&samples[1].image_path.display().to_string()) && err.contains("batch 0"), "{err}");
-    let bad = LoaderConfig { image_size: ImageSize { height: 62, width: 48 }, ..config(0) };
-    assert!(Loader::new(samples.clone(), bad).unwrap_err().to_string().contains("stride"));
+    assert!(
+        err.contains(&samples[1].image_path.display().to_string()) && err.contains("batch 0"),
+        "{err}"
+    );
+    let bad = LoaderConfig {
+        image_size: ImageSize { height: 62, width: 48 },
+        ..config(0)
+    };
+    assert!(Loader::new(samples.clone(), bad)
+        .unwrap_err()
+        .to_string()
+        .contains("stride"));
     samples[0].landmarks.pop();
     assert!(Loader::new(samples, config(0)).is_err());
 }

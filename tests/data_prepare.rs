@@ -44,9 +44,16 @@ fn data_phantom_writes_a_csv_dataset() {
     let counts: Vec<usize> = Split::ALL.iter().map(|s| ds.split(*s).unwrap().len()).collect();
     assert_eq!(counts, vec![7, 1, 2]);
     let s = &ds.split(Split::Test).unwrap()[1];
-    let ph = phantom::generate(&mut ChaCha8Rng::seed_from_u64(3u64.wrapping_mul(1_000_003) + 9), 128, 160);
+    let ph = phantom::generate(
+        &mut ChaCha8Rng::seed_from_u64(3u64.wrapping_mul(1_000_003) + 9),
+        128,
+        160,
+    );
     for (a, b) in s.landmarks.iter().zip(&ph.landmarks) {
-        assert!((a[0] - b[0]).abs() < 1e-3 && (a[1] - b[1]).abs() < 1e-3, "CSV keeps 3 decimals");
+        assert!(
+            (a[0] - b[0]).abs() < 1e-3 && (a[1] - b[1]).abs() < 1e-3,
+            "CSV keeps 3 decimals"
+        );
     }
 }
 
@@ -54,7 +61,12 @@ fn data_phantom_writes_a_csv_dataset() {
 fn dot_dataset(dir: &Path) -> Vec<[f64; 2]> {
     let set = LandmarkSet::isbi19();
     let points: Vec<[f64; 2]> = (0..19)
-        .map(|k| [80.0 + (k % 4) as f64 * 140.0 + 0.37 * k as f64, 70.0 + (k / 4) as f64 * 150.0 + 0.61 * k as f64])
+        .map(|k| {
+            [
+                80.0 + (k % 4) as f64 * 140.0 + 0.37 * k as f64,
+                70.0 + (k / 4) as f64 * 150.0 + 0.61 * k as f64,
+            ]
+        })
         .collect();
     let sigma = 4.0;
     let img = image::GrayImage::from_fn(600, 800, |x, y| {
@@ -124,16 +136,39 @@ fn data_prepare_and_phantom_commands() {
     let tmp = tempfile::tempdir().unwrap();
     let (ph, small) = (tmp.path().join("ph"), tmp.path().join("small"));
     let run = |args: &[&str]| std::process::Command::new(exe).args(args).output().unwrap();
-    let o = run(&["data", "phantom", "--out", ph.to_str().unwrap(), "--count", "5", "--seed", "2"]);
+    let o = run(&[
+        "data",
+        "phantom",
+        "--out",
+        ph.to_str().unwrap(),
+        "--count",
+        "5",
+        "--seed",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = run(&["prepare", "--dataset-path", ph.to_str().unwrap(), "--out", small.to_str().unwrap(), "--max-side", "100"]);
+    let o = run(&[
+        "prepare",
+        "--dataset-path",
+        ph.to_str().unwrap(),
+        "--out",
+        small.to_str().unwrap(),
+        "--max-side",
+        "100",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("5 written"));
     assert!(small.join("images/train/phantom_0000.jpg").is_file());
     let o = run(&["data", "check", "--dataset-path", small.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(String::from_utf8_lossy(&o.stdout).contains("80x100 (5)"));
-    let o = run(&["prepare", "--dataset-path", tmp.path().join("none").to_str().unwrap(), "--out", small.to_str().unwrap()]);
+    let o = run(&[
+        "prepare",
+        "--dataset-path",
+        tmp.path().join("none").to_str().unwrap(),
+        "--out",
+        small.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("none"));
 }

@@ -68,12 +68,9 @@ pub struct Transformed {
 /// True when every point lies within the network frame, whose extent under the pixel-centre
 /// convention is [-0.5, W - 0.5] x [-0.5, H - 0.5] (as for any image).
 pub fn all_inside(points: &[[f64; 2]], net: ImageSize) -> bool {
-    points.iter().all(|p| {
-        p[0] >= -0.5
-            && p[1] >= -0.5
-            && p[0] <= net.width as f64 - 0.5
-            && p[1] <= net.height as f64 - 0.5
-    })
+    points
+        .iter()
+        .all(|p| p[0] >= -0.5 && p[1] >= -0.5 && p[0] <= net.width as f64 - 0.5 && p[1] <= net.height as f64 - 0.5)
 }
 
 /// Draws the original -> network map: letterbox, then a random flip, rotation and scale about

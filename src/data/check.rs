@@ -70,7 +70,9 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
         problems,
     };
     for split in Split::ALL {
-        let Some(samples) = dataset.split(split) else { continue };
+        let Some(samples) = dataset.split(split) else {
+            continue;
+        };
         let good: Vec<_> = samples.iter().filter(|s| !bad.contains(&s.image_path)).collect();
         report.split_counts[split as usize] = Some(good.len());
         for s in good {
@@ -86,7 +88,7 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
 /// Prints "a (n), b (m)" sorted by count, at most `limit` entries.
 fn tally<K: std::fmt::Display>(entries: impl Iterator<Item = (K, usize)>, limit: usize) -> String {
     let mut v: Vec<(K, usize)> = entries.collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     let more = v.len().saturating_sub(limit);
     let mut parts: Vec<String> = v.into_iter().take(limit).map(|(k, n)| format!("{k} ({n})")).collect();
     if more > 0 {
@@ -116,7 +118,10 @@ impl CheckReport {
         out += &format!("image sizes  {}\n", tally(sizes, 6));
         let pixel = self.pixel_sizes.iter().map(|(p, n)| (format!("{p} mm"), *n));
         out += &format!("pixel sizes  {}\n", tally(pixel, 6));
-        out += &format!("machines     {}\n", tally(self.machines.iter().map(|(m, n)| (m, *n)), 10));
+        out += &format!(
+            "machines     {}\n",
+            tally(self.machines.iter().map(|(m, n)| (m, *n)), 10)
+        );
         out += &format!("problems     {}\n", self.problems.len());
         for p in &self.problems {
             out += &format!("  {p}\n");

@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::{
-    find_child, image_size, is_image_file, landmarks::known_symbols, Annotator, DatasetOptions,
-    LandmarkSet, Problem, Sample, Scan, Split,
+    find_child, image_size, is_image_file, landmarks::known_symbols, Annotator, DatasetOptions, LandmarkSet, Problem,
+    Sample, Scan, Split,
 };
 
 #[derive(Deserialize)]
@@ -59,19 +59,22 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
     };
     let mut splits: [Option<Vec<Sample>>; 3] = Default::default();
     for split in Split::ALL {
-        let Some(dir) = find_child(root, split.name()) else { continue };
+        let Some(dir) = find_child(root, split.name()) else {
+            continue;
+        };
         let samples = scan_split(&dir, &set, &mappings, opts, &mut problems)?;
         splits[split as usize] = Some(samples);
     }
-    Ok(Scan { landmarks: set, splits, problems })
+    Ok(Scan {
+        landmarks: set,
+        splits,
+        problems,
+    })
 }
 
 /// Reads `cephalogram_machine_mappings.csv` (a UTF-8 BOM is allowed):
 /// `cephalogram_id, machine, pixel_size, image_format, mode`.
-fn read_mappings(
-    file: &Path,
-    problems: &mut Vec<Problem>,
-) -> anyhow::Result<HashMap<String, MachineInfo>> {
+fn read_mappings(file: &Path, problems: &mut Vec<Problem>) -> anyhow::Result<HashMap<String, MachineInfo>> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(file)
@@ -86,8 +89,7 @@ fn read_mappings(
             .position(|h| h.trim_start_matches('\u{feff}').trim().eq_ignore_ascii_case(name))
             .with_context(|| format!("{}: no '{name}' column", file.display()))
     };
-    let (id_col, machine_col, size_col) =
-        (find("cephalogram_id")?, find("machine")?, find("pixel_size")?);
+    let (id_col, machine_col, size_col) = (find("cephalogram_id")?, find("machine")?, find("pixel_size")?);
     let mut map = HashMap::new();
     for record in reader.records() {
         let record = match record {
@@ -121,13 +123,12 @@ fn scan_split(
     opts: &DatasetOptions,
     problems: &mut Vec<Problem>,
 ) -> anyhow::Result<Vec<Sample>> {
-    let images_dir = find_child(dir, "Cephalograms")
-        .with_context(|| format!("{}: no Cephalograms folder", dir.display()))?;
-    let annotations = find_child(dir, "Annotations")
-        .with_context(|| format!("{}: no Annotations folder", dir.display()))?;
-    let landmark_dir = find_child(&annotations, "Cephalometric Landmarks").with_context(|| {
-        format!("{}: no 'Cephalometric Landmarks' folder", annotations.display())
-    })?;
+    let images_dir =
+        find_child(dir, "Cephalograms").with_context(|| format!("{}: no Cephalograms folder", dir.display()))?;
+    let annotations =
+        find_child(dir, "Annotations").with_context(|| format!("{}: no Annotations folder", dir.display()))?;
+    let landmark_dir = find_child(&annotations, "Cephalometric Landmarks")
+        .with_context(|| format!("{}: no 'Cephalometric Landmarks' folder", annotations.display()))?;
     let senior = find_child(&landmark_dir, "Senior Orthodontists");
     let junior = find_child(&landmark_dir, "Junior Orthodontists");
     // The annotator folders to read and average; a single existing folder is used as is.
@@ -158,7 +159,11 @@ fn scan_split(
     let mut seen = std::collections::HashSet::new();
     let mut samples = Vec::new();
     for image_path in images {
-        let id = image_path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let id = image_path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         seen.insert(id.clone());
         match read_sample(&id, image_path, set, &sources, cvm_dir.as_deref(), mappings) {
             Ok(sample) => samples.push(sample),
@@ -167,7 +172,9 @@ fn scan_split(
     }
     // An annotation whose image is missing is a problem too (a partial download, a typo).
     for source in &sources {
-        let Ok(entries) = std::fs::read_dir(source) else { continue };
+        let Ok(entries) = std::fs::read_dir(source) else {
+            continue;
+        };
         let mut orphans: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -229,10 +236,9 @@ fn read_sample(
 
 /// One annotator's landmarks, matched to the set by symbol (not by position in the list).
 fn read_landmark_file(file: &Path, set: &LandmarkSet) -> Result<Vec<[f64; 2]>, Problem> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Problem::new(file, format!("cannot read annotation: {e}")))?;
-    let parsed: LandmarkFile = serde_json::from_str(&text)
-        .map_err(|e| Problem::new(file, format!("malformed landmark JSON: {e}")))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Problem::new(file, format!("cannot read annotation: {e}")))?;
+    let parsed: LandmarkFile =
+        serde_json::from_str(&text).map_err(|e| Problem::new(file, format!("malformed landmark JSON: {e}")))?;
     let mut points: Vec<Option<[f64; 2]>> = vec![None; set.len()];
     for lm in parsed.landmarks {
         let Some(k) = set.index_of(&lm.symbol) else {
@@ -249,18 +255,13 @@ fn read_landmark_file(file: &Path, set: &LandmarkSet) -> Result<Vec<[f64; 2]>, P
     points
         .iter()
         .enumerate()
-        .map(|(k, p)| {
-            p.ok_or_else(|| {
-                Problem::new(file, format!("landmark {} is missing", set.symbols[k]))
-            })
-        })
+        .map(|(k, p)| p.ok_or_else(|| Problem::new(file, format!("landmark {} is missing", set.symbols[k]))))
         .collect()
 }
 
 fn read_cvm(file: &Path) -> Result<u8, Problem> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Problem::new(file, format!("cannot read CVM file: {e}")))?;
-    let parsed: CvmFile = serde_json::from_str(&text)
-        .map_err(|e| Problem::new(file, format!("malformed CVM JSON: {e}")))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Problem::new(file, format!("cannot read CVM file: {e}")))?;
+    let parsed: CvmFile =
+        serde_json::from_str(&text).map_err(|e| Problem::new(file, format!("malformed CVM JSON: {e}")))?;
     Ok(parsed.cvm_stage.value)
 }

@@ -34,8 +34,7 @@ pub(crate) fn scan(root: &Path) -> anyhow::Result<Scan> {
             .headers()
             .with_context(|| format!("{}: cannot read the header row", file.display()))?
             .clone();
-        let (set, columns) =
-            parse_header(&header).with_context(|| format!("{}: bad header", file.display()))?;
+        let (set, columns) = parse_header(&header).with_context(|| format!("{}: bad header", file.display()))?;
         match &landmarks {
             None => landmarks = Some((set.clone(), file.clone())),
             Some((first, first_file)) if *first != set => anyhow::bail!(
@@ -66,7 +65,11 @@ pub(crate) fn scan(root: &Path) -> anyhow::Result<Scan> {
         splits[split as usize] = Some(samples);
     }
     let landmarks = landmarks.map(|(set, _)| set).context("no CSV files")?;
-    Ok(Scan { landmarks, splits, problems })
+    Ok(Scan {
+        landmarks,
+        splits,
+        problems,
+    })
 }
 
 /// Reads the landmark list from `<SYM>_x,<SYM>_y` column pairs, in the order they appear.
@@ -102,12 +105,7 @@ fn parse_header(header: &csv::StringRecord) -> anyhow::Result<(LandmarkSet, Colu
     Ok((set, columns))
 }
 
-fn parse_row(
-    root: &Path,
-    record: &csv::StringRecord,
-    columns: &Columns,
-    set: &LandmarkSet,
-) -> Result<Sample, String> {
+fn parse_row(root: &Path, record: &csv::StringRecord, columns: &Columns, set: &LandmarkSet) -> Result<Sample, String> {
     let field = |i: usize, what: &str| -> Result<&str, String> {
         match record.get(i) {
             Some(v) if !v.is_empty() => Ok(v),
@@ -116,7 +114,8 @@ fn parse_row(
     };
     let number = |i: usize, what: &str| -> Result<f64, String> {
         let text = field(i, what)?;
-        text.parse::<f64>().map_err(|_| format!("{what}: '{text}' is not a number"))
+        text.parse::<f64>()
+            .map_err(|_| format!("{what}: '{text}' is not a number"))
     };
     let rel = field(columns.image, "image")?;
     let image_path = root.join(rel);
@@ -137,8 +136,7 @@ fn parse_row(
         None => None,
         Some(v) => Some(v.parse::<u8>().map_err(|_| format!("cvm_stage: '{v}' is not 1..6"))?),
     };
-    let (width, height) =
-        image_size(&image_path).map_err(|p| format!("{}: {}", p.file.display(), p.message))?;
+    let (width, height) = image_size(&image_path).map_err(|p| format!("{}: {}", p.file.display(), p.message))?;
     let id = Path::new(rel)
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

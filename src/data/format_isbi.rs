@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{
-    find_child, image_size, is_image_file, Annotator, DatasetOptions, LandmarkSet, Problem, Sample,
-    Scan, Split,
+    find_child, image_size, is_image_file, Annotator, DatasetOptions, LandmarkSet, Problem, Sample, Scan, Split,
 };
 
 /// The challenge's stated resolution.
@@ -27,7 +26,13 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.is_dir())
-            .filter(|p| p.file_name().unwrap_or_default().to_string_lossy().to_lowercase().contains(word))
+            .filter(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .to_lowercase()
+                    .contains(word)
+            })
             .collect();
         dirs.sort();
         dirs.into_iter().next()
@@ -45,10 +50,14 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
     };
     let mut problems = Vec::new();
     let mut splits: [Option<Vec<Sample>>; 3] = Default::default();
-    for (split, folder) in
-        [(Split::Train, "TrainingData"), (Split::Test, "Test1Data"), (Split::Valid, "Test2Data")]
-    {
-        let Some(dir) = find_child(&raw, folder) else { continue };
+    for (split, folder) in [
+        (Split::Train, "TrainingData"),
+        (Split::Test, "Test1Data"),
+        (Split::Valid, "Test2Data"),
+    ] {
+        let Some(dir) = find_child(&raw, folder) else {
+            continue;
+        };
         let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
             .filter_map(Result::ok)
@@ -65,11 +74,19 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
         }
         splits[split as usize] = Some(samples);
     }
-    Ok(Scan { landmarks: set, splits, problems })
+    Ok(Scan {
+        landmarks: set,
+        splits,
+        problems,
+    })
 }
 
 fn read_sample(image_path: PathBuf, set: &LandmarkSet, sources: &[PathBuf]) -> Result<Sample, Problem> {
-    let id = image_path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let id = image_path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let mut sum = vec![[0.0f64; 2]; set.len()];
     for source in sources {
         let file = source.join(format!("{id}.txt"));
@@ -95,15 +112,14 @@ fn read_sample(image_path: PathBuf, set: &LandmarkSet, sources: &[PathBuf]) -> R
 
 /// The first 19 lines `x,y` of an annotation file.
 fn read_txt(file: &Path, set: &LandmarkSet) -> Result<Vec<[f64; 2]>, Problem> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Problem::new(file, format!("cannot read annotation: {e}")))?;
+    let text = std::fs::read_to_string(file).map_err(|e| Problem::new(file, format!("cannot read annotation: {e}")))?;
     let mut lines = text.lines();
     let mut points = Vec::with_capacity(set.len());
     for (k, symbol) in set.symbols.iter().enumerate() {
         let line = lines.next().map(str::trim).unwrap_or("");
-        let parsed = line.split_once(',').and_then(|(x, y)| {
-            Some([x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?])
-        });
+        let parsed = line
+            .split_once(',')
+            .and_then(|(x, y)| Some([x.trim().parse::<f64>().ok()?, y.trim().parse::<f64>().ok()?]));
         match parsed {
             Some(p) => points.push(p),
             None if line.is_empty() => {

@@ -106,9 +106,12 @@ impl Plane {
 
     /// Back to 8 bits (clamped, rounded).
     pub fn to_gray(&self) -> image::GrayImage {
-        let raw = self.data.iter().map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
-        image::GrayImage::from_raw(self.width as u32, self.height as u32, raw)
-            .expect("plane size matches its data")
+        let raw = self
+            .data
+            .iter()
+            .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        image::GrayImage::from_raw(self.width as u32, self.height as u32, raw).expect("plane size matches its data")
     }
 }
 
@@ -134,7 +137,11 @@ fn box_reduce(image: &image::GrayImage, factor: usize) -> Plane {
             data[ry * rw + rx] = sums[ry * rw + rx] as f32 / (255.0 * (bh * bw) as f32);
         }
     }
-    Plane { width: rw, height: rh, data }
+    Plane {
+        width: rw,
+        height: rh,
+        data,
+    }
 }
 
 /// Resamples `image` into an `out` sized plane: output pixel p takes the value around
@@ -232,7 +239,11 @@ pub fn resample_tent(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -
             *px = acc / (sum_x * sum_y);
         }
     }
-    Plane { width: out.width, height: out.height, data }
+    Plane {
+        width: out.width,
+        height: out.height,
+        data,
+    }
 }
 
 /// Plain bilinear resampling (2 x 2 source pixels per output pixel), outside = 0.
@@ -272,7 +283,11 @@ pub fn warp_bilinear(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane 
             *px = top + (bottom - top) * fy;
         }
     }
-    Plane { width: out.width, height: out.height, data }
+    Plane {
+        width: out.width,
+        height: out.height,
+        data,
+    }
 }
 
 /// Normalised 1-D Gaussian taps for offsets -radius..=radius.

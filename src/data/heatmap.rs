@@ -120,7 +120,10 @@ pub fn decode_dark(heatmaps: &[f32], h: usize, w: usize, k: usize, sigma: f64) -
     (0..k)
         .map(|c| {
             let (x, y, value) = argmax(heatmaps, h, w, k, c);
-            let mut peak = Peak { point: [x as f64, y as f64], value };
+            let mut peak = Peak {
+                point: [x as f64, y as f64],
+                value,
+            };
             if x == 0 || y == 0 || x + 1 >= w || y + 1 >= h {
                 return peak;
             }

@@ -32,7 +32,11 @@ pub fn save_gray_atomic(image: &GrayImage, path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     {
         let mut writer = std::io::BufWriter::new(tmp.as_file());
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         match ext.as_str() {
             "jpg" | "jpeg" => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut writer, 95)
                 .encode_image(image)
@@ -40,13 +44,14 @@ pub fn save_gray_atomic(image: &GrayImage, path: &Path) -> anyhow::Result<()> {
             _ => {
                 let format = image::ImageFormat::from_path(path)
                     .with_context(|| format!("unknown image extension: {}", path.display()))?;
-                image.write_to(&mut writer, format).with_context(|| {
-                    format!("cannot encode {}", path.display())
-                })?
+                image
+                    .write_to(&mut writer, format)
+                    .with_context(|| format!("cannot encode {}", path.display()))?
             }
         }
         std::io::Write::flush(&mut writer)?;
     }
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -48,8 +48,7 @@ const AARIZ: [(&str, &str); 29] = [
 /// challenge's own names differ for some: A = subspinale, B = supramentale, LIT / UIT = lower /
 /// upper incisal incision, Ls / Li = upper / lower lip.)
 const ISBI: [&str; 19] = [
-    "S", "N", "Or", "Po", "A", "B", "Pog", "Me", "Gn", "Go", "LIT", "UIT", "Ls", "Li", "Sn", "Pog`",
-    "PNS", "ANS", "Ar",
+    "S", "N", "Or", "Po", "A", "B", "Pog", "Me", "Gn", "Go", "LIT", "UIT", "Ls", "Li", "Sn", "Pog`", "PNS", "ANS", "Ar",
 ];
 
 impl LandmarkSet {
@@ -74,14 +73,14 @@ impl LandmarkSet {
     /// A set made of the given symbols, in that order; every symbol must be an Aariz symbol (the
     /// error lists the known ones). Titles are Aariz's.
     pub fn from_symbols<S: AsRef<str>>(symbols: &[S]) -> anyhow::Result<Self> {
-        let mut set = LandmarkSet { symbols: Vec::new(), titles: Vec::new() };
+        let mut set = LandmarkSet {
+            symbols: Vec::new(),
+            titles: Vec::new(),
+        };
         for symbol in symbols {
             let symbol = symbol.as_ref();
             let Some(title) = aariz_title(symbol) else {
-                anyhow::bail!(
-                    "unknown landmark symbol '{symbol}'; known symbols: {}",
-                    known_symbols()
-                );
+                anyhow::bail!("unknown landmark symbol '{symbol}'; known symbols: {}", known_symbols());
             };
             if set.index_of(symbol).is_some() {
                 anyhow::bail!("landmark symbol '{symbol}' appears twice");

@@ -6,8 +6,8 @@
 //! `prefetch` batches are in flight (queued, being built, or built and waiting), which bounds
 //! memory; the consumer gets them back in order.
 use std::collections::BTreeMap;
-use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -30,7 +30,11 @@ pub const IMAGE_STD: f32 = 0.25;
 
 /// Workers by default: all cores but one, which is left to the training loop.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).saturating_sub(1).max(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .saturating_sub(1)
+        .max(1)
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +75,10 @@ impl LoaderConfig {
     }
 
     pub fn heatmap_size(&self) -> (usize, usize) {
-        (self.image_size.height / self.stride, self.image_size.width / self.stride)
+        (
+            self.image_size.height / self.stride,
+            self.image_size.width / self.stride,
+        )
     }
 }
 
@@ -144,7 +151,13 @@ impl Loader {
                 bad.landmarks.len()
             );
         }
-        Ok(Loader { shared: Arc::new(Shared { samples, cfg, landmarks }) })
+        Ok(Loader {
+            shared: Arc::new(Shared {
+                samples,
+                cfg,
+                landmarks,
+            }),
+        })
     }
 
     pub fn samples(&self) -> &[Sample] {
@@ -200,8 +213,7 @@ impl Loader {
         let (res_tx, res_rx) = channel::<(usize, anyhow::Result<Batch>)>();
         let job_rx = Arc::new(Mutex::new(job_rx));
         for _ in 0..workers {
-            let (shared, order, job_rx, res_tx) =
-                (self.shared.clone(), order.clone(), job_rx.clone(), res_tx.clone());
+            let (shared, order, job_rx, res_tx) = (self.shared.clone(), order.clone(), job_rx.clone(), res_tx.clone());
             let stop = iter.stop.clone();
             iter.workers.push(std::thread::spawn(move || loop {
                 let job = match job_rx.lock() {
@@ -265,8 +277,7 @@ impl Shared {
             for (d, &v) in dst.iter_mut().zip(&t.image.data) {
                 *d = (v - IMAGE_MEAN) / IMAGE_STD;
             }
-            let hm_points: Vec<[f64; 2]> =
-                t.points.iter().map(|&p| image_to_heatmap(p, cfg.stride)).collect();
+            let hm_points: Vec<[f64; 2]> = t.points.iter().map(|&p| image_to_heatmap(p, cfg.stride)).collect();
             let dst = &mut batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
             encode_into(dst, &hm_points, hh, hw, cfg.sigma);
             batch.points.push(t.points);

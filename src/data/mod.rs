@@ -117,7 +117,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(file: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Problem { file: file.into(), message: message.into() }
+        Problem {
+            file: file.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -164,8 +167,8 @@ impl Dataset {
     /// the others. Fails only when the dataset as a whole cannot be read (no recognisable
     /// layout, an unreadable CSV header, no samples at all).
     pub fn scan(path: &Path, opts: &DatasetOptions) -> anyhow::Result<(Dataset, Vec<Problem>)> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("dataset folder {} cannot be read", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("dataset folder {} cannot be read", path.display()))?;
         anyhow::ensure!(meta.is_dir(), "dataset path {} is not a folder", path.display());
         let format = detect_format(path)?;
         let scan = match format {
@@ -173,7 +176,11 @@ impl Dataset {
             Format::Isbi => format_isbi::scan(path, opts)?,
             Format::Csv => format_csv::scan(path)?,
         };
-        let Scan { landmarks, splits, mut problems } = scan;
+        let Scan {
+            landmarks,
+            splits,
+            mut problems,
+        } = scan;
         let mut splits = splits;
         for samples in splits.iter_mut().flatten() {
             samples.retain(|s| match check_sample_geometry(s, &landmarks) {
@@ -188,7 +195,12 @@ impl Dataset {
         if total == 0 && problems.is_empty() {
             anyhow::bail!("dataset {} ({format}) holds no images", path.display());
         }
-        let dataset = Dataset { root: path.to_path_buf(), format, landmarks, splits };
+        let dataset = Dataset {
+            root: path.to_path_buf(),
+            format,
+            landmarks,
+            splits,
+        };
         Ok((dataset, problems))
     }
 
@@ -206,10 +218,7 @@ impl Dataset {
     pub fn require_split(&self, split: Split) -> anyhow::Result<&[Sample]> {
         match self.split(split) {
             Some(samples) if !samples.is_empty() => Ok(samples),
-            Some(_) => anyhow::bail!(
-                "the '{split}' split of dataset {} is empty",
-                self.root.display()
-            ),
+            Some(_) => anyhow::bail!("the '{split}' split of dataset {} is empty", self.root.display()),
             None => anyhow::bail!(
                 "dataset {} ({}) has no '{split}' split ({})",
                 self.root.display(),
@@ -233,9 +242,8 @@ fn detect_format(path: &Path) -> anyhow::Result<Format> {
         return Ok(Format::Isbi);
     }
     let has_aariz_split = Split::ALL.iter().any(|s| {
-        find_child(path, s.name()).is_some_and(|d| {
-            find_child(&d, "Cephalograms").is_some() || find_child(&d, "Annotations").is_some()
-        })
+        find_child(path, s.name())
+            .is_some_and(|d| find_child(&d, "Cephalograms").is_some() || find_child(&d, "Annotations").is_some())
     });
     if has_aariz_split || find_child(path, "cephalogram_machine_mappings.csv").is_some() {
         return Ok(Format::Aariz);
@@ -299,10 +307,7 @@ fn check_sample_geometry(s: &Sample, set: &LandmarkSet) -> Result<(), Problem> {
             ));
         }
         // Under the pixel-centre convention the image covers [-0.5, w - 0.5] x [-0.5, h - 0.5].
-        let inside = p[0] >= -0.5
-            && p[0] <= s.width as f64 - 0.5
-            && p[1] >= -0.5
-            && p[1] <= s.height as f64 - 0.5;
+        let inside = p[0] >= -0.5 && p[0] <= s.width as f64 - 0.5 && p[1] >= -0.5 && p[1] <= s.height as f64 - 0.5;
         if !inside {
             return Err(Problem::new(
                 &s.image_path,

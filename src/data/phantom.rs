@@ -152,16 +152,18 @@ impl Canvas {
 
     /// A filled polygon (even-odd rule), no anti-aliasing needed at this soft intensity.
     fn polygon(&mut self, vertices: &[[f64; 2]], amp: f32) {
-        let lo = vertices.iter().fold([f64::MAX; 2], |m, p| [m[0].min(p[0]), m[1].min(p[1])]);
-        let hi = vertices.iter().fold([f64::MIN; 2], |m, p| [m[0].max(p[0]), m[1].max(p[1])]);
+        let lo = vertices
+            .iter()
+            .fold([f64::MAX; 2], |m, p| [m[0].min(p[0]), m[1].min(p[1])]);
+        let hi = vertices
+            .iter()
+            .fold([f64::MIN; 2], |m, p| [m[0].max(p[0]), m[1].max(p[1])]);
         self.stamp(lo, hi, amp, |p| {
             let mut inside = false;
             let mut j = vertices.len() - 1;
             for i in 0..vertices.len() {
                 let (a, b) = (vertices[i], vertices[j]);
-                if (a[1] > p[1]) != (b[1] > p[1])
-                    && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0]
-                {
+                if (a[1] > p[1]) != (b[1] > p[1]) && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0] {
                     inside = !inside;
                 }
                 j = i;
@@ -193,8 +195,10 @@ fn try_generate<R: Rng>(rng: &mut R, width: usize, height: usize) -> Option<Phan
         .then(&Affine::rotation(u(6.0).to_radians()))
         .then(&Affine::scaling(zoom, zoom))
         .then(&Affine::translation(wf / 2.0 + u(0.05) * wf, hf / 2.0 + u(0.04) * hf));
-    let mut lm: Vec<[f64; 2]> =
-        TEMPLATE.iter().map(|t| placement.apply([t[0] * 1935.0, t[1] * 2400.0])).collect();
+    let mut lm: Vec<[f64; 2]> = TEMPLATE
+        .iter()
+        .map(|t| placement.apply([t[0] * 1935.0, t[1] * 2400.0]))
+        .collect();
     // Individual anatomy: the mandible (and what it carries) turns about Ar, the maxilla moves
     // forward or back, and every point varies a little on its own.
     let jaw = Affine::translation(-lm[AR][0], -lm[AR][1])
@@ -212,11 +216,20 @@ fn try_generate<R: Rng>(rng: &mut R, width: usize, height: usize) -> Option<Phan
         *p = add(*p, [u(0.012 * sn_len), u(0.012 * sn_len)]);
     }
     let margin = 3.0;
-    if lm.iter().any(|p| p[0] < margin || p[1] < margin || p[0] > wf - 1.0 - margin || p[1] > hf - 1.0 - margin) {
+    if lm
+        .iter()
+        .any(|p| p[0] < margin || p[1] < margin || p[0] > wf - 1.0 - margin || p[1] > hf - 1.0 - margin)
+    {
         return None;
     }
 
-    let mut canvas = Canvas { plane: Plane { width, height, data: vec![0.08; width * height] } };
+    let mut canvas = Canvas {
+        plane: Plane {
+            width,
+            height,
+            data: vec![0.08; width * height],
+        },
+    };
     let unit = sn_len; // anatomy sizes scale with the skull
     let vec = |dx: f64, dy: f64| [dx * unit, dy * unit];
     // Soft tissue: the head's silhouette, whose profile runs through Sn, Ls, Li and Pog`.
@@ -278,7 +291,11 @@ fn try_generate<R: Rng>(rng: &mut R, width: usize, height: usize) -> Option<Phan
     }
     // Mandible: condyle, ramus Ar-Go, body Go-Me, symphysis Me-Gn-Pog-B, alveolus to the incisor.
     canvas.disk(add(lm[AR], vec(-0.02, -0.05)), 0.05 * unit, 0.3);
-    canvas.stroke(&[lm[AR], lm[GO], lm[ME], lm[GN], lm[POG], lm[B], lower_apex], 0.04 * unit, 0.5);
+    canvas.stroke(
+        &[lm[AR], lm[GO], lm[ME], lm[GN], lm[POG], lm[B], lower_apex],
+        0.04 * unit,
+        0.5,
+    );
 
     let mut plane = canvas.plane;
     gaussian_blur(&mut plane, 0.6);
@@ -286,7 +303,10 @@ fn try_generate<R: Rng>(rng: &mut R, width: usize, height: usize) -> Option<Phan
     for v in plane.data.iter_mut() {
         *v = (*v + noise.sample(rng)).clamp(0.0, 1.0);
     }
-    Some(Phantom { image: plane.to_gray(), landmarks: lm })
+    Some(Phantom {
+        image: plane.to_gray(),
+        landmarks: lm,
+    })
 }
 
 /// Writes `count` phantoms as a landmark-CSV dataset in `out` (70 % train, 15 % valid, the rest

@@ -32,7 +32,12 @@ pub struct PrepareArgs {
 }
 
 pub fn run(args: &PrepareArgs) -> anyhow::Result<ExitCode> {
-    let dataset = Dataset::open(&args.dataset_path, &DatasetOptions { annotator: args.annotator })?;
+    let dataset = Dataset::open(
+        &args.dataset_path,
+        &DatasetOptions {
+            annotator: args.annotator,
+        },
+    )?;
     let summary = prepare_dataset(&dataset, &args.out, args.max_side, &args.image_format, true)?;
     println!(
         "prepared {} image(s) into {} ({} written, {} already done)",
@@ -92,7 +97,8 @@ pub fn write_csv_atomic(path: &Path, set: &LandmarkSet, rows: &[CsvRow]) -> anyh
         }
         writer.flush()?;
     }
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -128,7 +134,11 @@ pub fn prepare_dataset(
 ) -> anyhow::Result<PrepareSummary> {
     anyhow::ensure!(max_side >= 16, "--max-side {max_side} is too small (at least 16)");
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let total: usize = Split::ALL.iter().filter_map(|s| dataset.split(*s)).map(<[Sample]>::len).sum();
+    let total: usize = Split::ALL
+        .iter()
+        .filter_map(|s| dataset.split(*s))
+        .map(<[Sample]>::len)
+        .sum();
     let bar = if progress {
         indicatif::ProgressBar::new(total as u64)
     } else {
@@ -141,7 +151,9 @@ pub fn prepare_dataset(
     bar.set_message("preparing");
     let mut summary = PrepareSummary { written: 0, skipped: 0 };
     for split in Split::ALL {
-        let Some(samples) = dataset.split(split) else { continue };
+        let Some(samples) = dataset.split(split) else {
+            continue;
+        };
         let mut ids = std::collections::HashSet::new();
         if let Some(dup) = samples.iter().find(|s| !ids.insert(s.id.as_str())) {
             anyhow::bail!(
@@ -197,7 +209,14 @@ fn prepare_one(
             sample.width,
             sample.height
         );
-        let small = warp(&image, &map.inverse(), ImageSize { height: h as usize, width: w as usize });
+        let small = warp(
+            &image,
+            &map.inverse(),
+            ImageSize {
+                height: h as usize,
+                width: w as usize,
+            },
+        );
         save_gray_atomic(&small.to_gray(), &dest)?;
     }
     let (sx, sy) = (map.0[0], map.0[4]);
