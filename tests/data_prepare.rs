@@ -130,45 +130,35 @@ fn data_prepare_scales_coordinates_exactly_and_resumes() {
     assert_eq!((redo.written, redo.skipped), (1, 0));
 }
 
+/// Runs a command line in-process (see tests/data_formats.rs).
+fn run_cli(args: &[&str]) -> anyhow::Result<std::process::ExitCode> {
+    use clap::Parser;
+    let cli = cephalo::cli::Cli::try_parse_from(std::iter::once("cephalo").chain(args.iter().copied()))?;
+    cephalo::cli::run(cli)
+}
+
 #[test]
 fn data_prepare_and_phantom_commands() {
-    let exe = env!("CARGO_BIN_EXE_cephalo");
+    use std::process::ExitCode;
     let tmp = tempfile::tempdir().unwrap();
     let (ph, small) = (tmp.path().join("ph"), tmp.path().join("small"));
-    let run = |args: &[&str]| std::process::Command::new(exe).args(args).output().unwrap();
-    let o = run(&[
-        "data",
-        "phantom",
-        "--out",
-        ph.to_str().unwrap(),
-        "--count",
-        "5",
-        "--seed",
-        "2",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = run(&[
-        "prepare",
-        "--dataset-path",
-        ph.to_str().unwrap(),
-        "--out",
-        small.to_str().unwrap(),
-        "--max-side",
-        "100",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("5 written"));
+    let (ph_s, small_s) = (ph.to_str().unwrap(), small.to_str().unwrap());
+    let ok = ExitCode::SUCCESS;
+    assert_eq!(
+        run_cli(&["data", "phantom", "--out", ph_s, "--count", "5", "--seed", "2"]).unwrap(),
+        ok
+    );
+    let args = ["prepare", "--dataset-path", ph_s, "--out", small_s, "--max-side", "100"];
+    assert_eq!(run_cli(&args).unwrap(), ok);
     assert!(small.join("images/train/phantom_0000.jpg").is_file());
-    let o = run(&["data", "check", "--dataset-path", small.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("80x100 (5)"));
-    let o = run(&[
-        "prepare",
-        "--dataset-path",
-        tmp.path().join("none").to_str().unwrap(),
-        "--out",
-        small.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("none"));
+    assert_eq!(run_cli(&["data", "check", "--dataset-path", small_s]).unwrap(), ok);
+    let copy = Dataset::open(&small, &DatasetOptions::default()).unwrap();
+    assert!(Split::ALL
+        .iter()
+        .flat_map(|s| copy.split(*s).unwrap())
+        .all(|s| (s.width, s.height) == (80, 100)));
+    let none = tmp.path().join("none");
+    let err = run_cli(&["prepare", "--dataset-path", none.to_str().unwrap(), "--out", small_s]).unwrap_err();
+    assert!(format!("{err:#}").contains("none"), "{err:#}");
+    assert!(run_cli(&["prepare", "--dataset-path", ph_s, "--out", small_s, "--max-side", "x"]).is_err());
 }

@@ -132,7 +132,7 @@ pub fn photometric<R: Rng>(rng: &mut R, cfg: &AugmentConfig, image: &mut Plane) 
         .map(|i| ((i as f32 / (STEPS - 1) as f32).powf(gamma) - 0.5) * contrast + 0.5 + brightness)
         .collect();
     for v in image.data.iter_mut() {
-        *v = curve[(v.clamp(0.0, 1.0) * (STEPS - 1) as f32).round() as usize];
+        *v = curve[(v.clamp(0.0, 1.0) * (STEPS - 1) as f32 + 0.5) as usize];
     }
     if noise_std > 0.0 {
         if let Ok(normal) = Normal::new(0.0f32, noise_std) {
