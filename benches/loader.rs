@@ -22,6 +22,28 @@ const NET: ImageSize = ImageSize {
     width: 768,
 };
 
+/// This thread's CPU time in ms (Linux /proc/thread-self/schedstat, ns resolution): on a
+/// shared machine wall time measures the neighbours as much as the code.
+fn thread_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns / 1e6)
+}
+
+/// The whole process's CPU time in seconds (user + system, all threads; 10 ms ticks).
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // Fields 14 and 15 of stat (utime, stime) are 12 and 13 after the ") state" prefix.
+    if f.len() > 13 {
+        (f[10] + f[11]) / 100.0
+    } else {
+        f64::NAN
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -57,8 +79,9 @@ fn stages(samples: &[Sample], n: usize) -> (f64, f64, f64, f64) {
     (median(decode), median(plain), median(transform), median(heat))
 }
 
-/// Images per second over `batches` batches of epoch 0 (after one warm-up batch of epoch 1).
-fn throughput(samples: &[Sample], workers: usize, batches: usize) -> f64 {
+/// Images per second of wall time, and CPU seconds per image (all threads), over `batches`
+/// batches of epoch 0 (after one warm-up batch of epoch 1).
+fn throughput(samples: &[Sample], workers: usize, batches: usize) -> (f64, f64) {
     let cfg = LoaderConfig {
         workers,
         prefetch: 2 * workers.max(1),
@@ -66,12 +89,13 @@ fn throughput(samples: &[Sample], workers: usize, batches: usize) -> f64 {
     };
     let loader = Loader::new(samples.to_vec(), cfg).expect("loader");
     loader.epoch(1).next().expect("a batch").expect("warm-up batch");
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), process_cpu_s());
     let mut images = 0;
     for batch in loader.epoch(0).take(batches) {
         images += batch.expect("batch").len();
     }
-    images as f64 / start.elapsed().as_secs_f64()
+    let n = images as f64;
+    (n / start.elapsed().as_secs_f64(), (process_cpu_s() - cpu) / n)
 }
 
 fn main() {
@@ -100,7 +124,11 @@ fn main() {
     );
     let small = Dataset::open(&prepared, &DatasetOptions::default()).expect("prepared copy");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("loader at 768x768, batch 4, augmentation on; {cores} cores visible");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "loader at 768x768, batch 4, augmentation on; {cores} cores visible; load average {}",
+        load.split_whitespace().next().unwrap_or("?")
+    );
     for (name, ds, batches) in [
         ("full-resolution 1935x2400", &full, 10),
         ("prepared 826x1024", &small, 25),
@@ -108,11 +136,17 @@ fn main() {
         let train = ds.split(Split::Train).expect("train split");
         let (d, p, w, h) = stages(train, 15);
         println!(
-            "{name}: per image, one thread: decode {d:.1} ms, letterbox warp {p:.1} ms, \
-             augmented warp+photometric {w:.1} ms, heatmaps {h:.2} ms"
+            "{name}: CPU ms per image (median of 15, one thread): decode {d:.1}, letterbox warp {p:.1}, \
+             augmented warp+photometric {w:.1}, heatmaps {h:.2}"
         );
         for &n in &workers {
-            println!("{name}: {n} worker(s): {:.1} images/s", throughput(train, n, batches));
+            let (rate, cpu) = throughput(train, n, batches);
+            println!(
+                "{name}: {n} worker(s): {rate:.1} images/s wall; {:.1} ms CPU per image \
+                 -> {:.0} images/s per fully used core",
+                cpu * 1e3,
+                1.0 / cpu
+            );
         }
     }
 }

@@ -224,7 +224,11 @@ impl Loader {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if res_tx.send((b, shared.build(epoch, &order, b))).is_err() {
+                // A panic would leave the consumer waiting for this batch forever: turn it into
+                // the batch's error instead.
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.build(epoch, &order, b)))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a loader worker panicked while building batch {b}")));
+                if res_tx.send((b, built)).is_err() {
                     return;
                 }
             }));
