@@ -77,12 +77,19 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
         report.split_counts[split as usize] = Some(good.len());
         for s in good {
             *report.image_sizes.entry((s.width, s.height)).or_default() += 1;
-            *report.pixel_sizes.entry(format!("{}", s.pixel_size_mm)).or_default() += 1;
+            *report.pixel_sizes.entry(short_number(s.pixel_size_mm)).or_default() += 1;
             let machine = s.machine.clone().unwrap_or_else(|| "unknown".into());
             *report.machines.entry(machine).or_default() += 1;
         }
     }
     Ok(report)
+}
+
+/// At most 6 decimals, trailing zeros dropped: 0.1 -> "0.1", 0.3125504805 -> "0.31255".
+fn short_number(v: f64) -> String {
+    let text = format!("{v:.6}");
+    let text = text.trim_end_matches('0');
+    text.trim_end_matches('.').to_string()
 }
 
 /// Prints "a (n), b (m)" sorted by count, at most `limit` entries.
