@@ -22,15 +22,6 @@ const NET: ImageSize = ImageSize {
     width: 768,
 };
 
-/// This thread's CPU time in ms (Linux /proc/thread-self/schedstat, ns resolution): on a
-/// shared machine wall time measures the neighbours as much as the code.
-fn thread_cpu_ms() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |ns| ns / 1e6)
-}
-
 /// The whole process's CPU time in seconds (user + system, all threads; 10 ms ticks).
 fn process_cpu_s() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -44,39 +35,48 @@ fn process_cpu_s() -> f64 {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// The fastest of several runs: on a shared machine the other processes only ever add time,
+/// so the minimum is the best estimate of the code's own cost.
+fn fastest(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-/// Median milliseconds of each stage over `n` samples, one thread: decode, letterbox warp alone,
-/// augmented warp + photometric, heatmaps.
-fn stages(samples: &[Sample], n: usize) -> (f64, f64, f64, f64) {
-    let (mut decode, mut plain, mut transform, mut heat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Fastest milliseconds of each stage over `n` samples, one thread: decode, letterbox warp
+/// alone, augmented warp + photometric, heatmaps.
+fn stages(samples: &[Sample], n: usize) -> [f64; 4] {
+    let mut times: [Vec<f64>; 4] = Default::default();
     let cfg = AugmentConfig::default();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     for s in samples.iter().take(n) {
-        let t0 = Instant::now();
+        let t = Instant::now();
         let img = load_gray(&s.image_path).expect("decode");
-        let t1 = Instant::now();
+        times[0].push(ms_since(t));
+        let t = Instant::now();
         std::hint::black_box(transform_sample::<rand_chacha::ChaCha8Rng>(
             &img,
             &s.landmarks,
             NET,
             None,
         ));
-        plain.push(t1.elapsed().as_secs_f64() * 1e3);
-        let t1 = Instant::now();
-        let t = transform_sample(&img, &s.landmarks, NET, Some((&cfg, &mut rng)));
-        let t2 = Instant::now();
-        let pts: Vec<[f64; 2]> = t.points.iter().map(|&p| image_to_heatmap(p, 4)).collect();
+        times[1].push(ms_since(t));
+        let t = Instant::now();
+        let out = transform_sample(&img, &s.landmarks, NET, Some((&cfg, &mut rng)));
+        times[2].push(ms_since(t));
+        let t = Instant::now();
+        let pts: Vec<[f64; 2]> = out.points.iter().map(|&p| image_to_heatmap(p, 4)).collect();
         std::hint::black_box(encode(&pts, 192, 192, 2.0));
-        let t3 = Instant::now();
-        decode.push((t1 - t0).as_secs_f64() * 1e3);
-        transform.push((t2 - t1).as_secs_f64() * 1e3);
-        heat.push((t3 - t2).as_secs_f64() * 1e3);
+        times[3].push(ms_since(t));
     }
-    (median(decode), median(plain), median(transform), median(heat))
+    [
+        fastest(&times[0]),
+        fastest(&times[1]),
+        fastest(&times[2]),
+        fastest(&times[3]),
+    ]
 }
 
 /// Images per second of wall time, and CPU seconds per image (all threads), over `batches`
@@ -134,9 +134,9 @@ fn main() {
         ("prepared 826x1024", &small, 25),
     ] {
         let train = ds.split(Split::Train).expect("train split");
-        let (d, p, w, h) = stages(train, 15);
+        let [d, p, w, h] = stages(train, 15);
         println!(
-            "{name}: CPU ms per image (median of 15, one thread): decode {d:.1}, letterbox warp {p:.1}, \
+            "{name}: ms per image (fastest of 15, one thread): decode {d:.1}, letterbox warp {p:.1}, \
              augmented warp+photometric {w:.1}, heatmaps {h:.2}"
         );
         for &n in &workers {

@@ -178,7 +178,7 @@ pub fn warp(image: &image::GrayImage, out_to_src: &Affine, out: ImageSize) -> Pl
     }
 }
 
-/// Largest tent half-width [`resample_tent`] supports (taps per axis <= 2 * MAX + 1).
+/// Largest tent half-width [`resample_tent`] supports.
 const MAX_TENT: f64 = 3.0;
 
 /// floor(v) for v > -2^20, by truncating a shifted positive number: one instruction, where
@@ -188,15 +188,26 @@ fn floor_shifted(v: f64) -> isize {
     (v + OFFSET) as isize - OFFSET as isize
 }
 
-/// Resamples a float plane with a tent filter of half-width `r` (>= 1) source pixels; outside
-/// the source is 0 (its weights still count, so borders fade as with bilinear).
+/// Resamples a float plane with a tent filter of half-width `r` (1 <= r <= 3) source pixels;
+/// outside the source is 0 (its weights still count, so borders fade as with bilinear).
 pub fn resample_tent(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -> Plane {
     let r = r.clamp(1.0, MAX_TENT);
+    // A fixed tap count per axis lets the compiler unroll the inner loops.
+    if r <= 2.0 {
+        resample_tent_taps::<4>(src, out_to_src, out, r)
+    } else {
+        resample_tent_taps::<6>(src, out_to_src, out, r)
+    }
+}
+
+/// [`resample_tent`] with `N = 2 ceil(r)` taps per axis, starting at floor(x) - N/2 + 1: every
+/// source pixel closer than r is covered; farther ones get weight 0.
+fn resample_tent_taps<const N: usize>(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -> Plane {
     let inv_r = (1.0 / r) as f32;
     let [a, b, c, d, e, f] = out_to_src.0;
     let (sw, sh) = (src.width as isize, src.height as isize);
+    let half = (N / 2) as isize;
     let mut data = vec![0f32; out.width * out.height];
-    const TAPS: usize = 2 * MAX_TENT as usize + 1;
     for (v, row) in data.chunks_mut(out.width).enumerate() {
         let v = v as f64;
         let (sx, sy) = (b * v + c, e * v + f);
@@ -206,46 +217,41 @@ pub fn resample_tent(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -
             if x <= -r || y <= -r || x >= sw as f64 - 1.0 + r || y >= sh as f64 - 1.0 + r {
                 continue;
             }
-            // First and last taps: ceil(x - r) and floor(x + r).
-            let (x0, y0) = (-floor_shifted(r - x), -floor_shifted(r - y));
-            let nx = (floor_shifted(x + r) - x0 + 1) as usize;
-            let ny = (floor_shifted(y + r) - y0 + 1) as usize;
-            let (mut wx, mut wy) = ([0f32; TAPS], [0f32; TAPS]);
-            let (mut sum_x, mut sum_y) = (0f32, 0f32);
+            let (x0, y0) = (floor_shifted(x) - half + 1, floor_shifted(y) - half + 1);
             let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
-            for (i, w) in wx.iter_mut().enumerate().take(nx) {
-                *w = (1.0 - (fx - i as f32).abs() * inv_r).max(0.0);
-                sum_x += *w;
+            let mut wx = [0f32; N];
+            let mut wy = [0f32; N];
+            for i in 0..N {
+                wx[i] = (1.0 - (fx - i as f32).abs() * inv_r).max(0.0);
+                wy[i] = (1.0 - (fy - i as f32).abs() * inv_r).max(0.0);
             }
-            for (j, w) in wy.iter_mut().enumerate().take(ny) {
-                *w = (1.0 - (fy - j as f32).abs() * inv_r).max(0.0);
-                sum_y += *w;
-            }
-            let inside = x0 >= 0 && y0 >= 0 && x0 + nx as isize <= sw && y0 + ny as isize <= sh;
+            let norm = wx.iter().sum::<f32>() * wy.iter().sum::<f32>();
             let mut acc = 0.0f32;
-            for (j, wyj) in wy.iter().enumerate().take(ny) {
-                let yy = y0 + j as isize;
-                if !inside && (yy < 0 || yy >= sh) {
-                    continue;
-                }
-                let line = &src.data[(yy * sw) as usize..((yy + 1) * sw) as usize];
-                let mut racc = 0.0f32;
-                if inside {
-                    let seg = &line[x0 as usize..x0 as usize + nx];
-                    for (w, v) in wx.iter().zip(seg) {
-                        racc += w * v;
+            if x0 >= 0 && y0 >= 0 && x0 + N as isize <= sw && y0 + N as isize <= sh {
+                let base = (y0 * sw + x0) as usize;
+                for (j, wyj) in wy.iter().enumerate() {
+                    let line = &src.data[base + j * sw as usize..][..N];
+                    let mut racc = 0.0f32;
+                    for i in 0..N {
+                        racc += wx[i] * line[i];
                     }
-                } else {
-                    for (i, w) in wx.iter().enumerate().take(nx) {
+                    acc += wyj * racc;
+                }
+            } else {
+                for (j, wyj) in wy.iter().enumerate() {
+                    let yy = y0 + j as isize;
+                    if yy < 0 || yy >= sh {
+                        continue;
+                    }
+                    for (i, wxi) in wx.iter().enumerate() {
                         let xx = x0 + i as isize;
                         if xx >= 0 && xx < sw {
-                            racc += w * line[xx as usize];
+                            acc += wyj * wxi * src.data[(yy * sw + xx) as usize];
                         }
                     }
                 }
-                acc += wyj * racc;
             }
-            *px = acc / (sum_x * sum_y);
+            *px = acc / norm;
         }
     }
     Plane {
