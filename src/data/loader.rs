@@ -143,6 +143,12 @@ impl Loader {
             "image size {height}x{width} must be a multiple of the stride {}",
             cfg.stride
         );
+        anyhow::ensure!(
+            !cfg.drop_last || samples.len() >= cfg.batch_size,
+            "batch size {} is larger than the {} samples, so every batch would be dropped",
+            cfg.batch_size,
+            samples.len()
+        );
         let landmarks = samples[0].landmarks.len();
         if let Some(bad) = samples.iter().find(|s| s.landmarks.len() != landmarks) {
             anyhow::bail!(
