@@ -134,8 +134,14 @@ fn data_loader_reports_bad_images_and_config() {
         .unwrap_err()
         .to_string()
         .contains("stride"));
-    let too_big = LoaderConfig { batch_size: 50, ..config(0) };
-    assert!(Loader::new(samples.clone(), too_big).unwrap_err().to_string().contains("batch size 50"));
+    let too_big = LoaderConfig {
+        batch_size: 50,
+        ..config(0)
+    };
+    assert!(Loader::new(samples.clone(), too_big)
+        .unwrap_err()
+        .to_string()
+        .contains("batch size 50"));
     samples[0].landmarks.pop();
     assert!(Loader::new(samples, config(0)).is_err());
 }
@@ -169,12 +175,12 @@ fn data_loader_real_isbi_round_trip() {
     // One heatmap pixel is 4 network pixels = 4 * 2400 / 256 = 37.5 original pixels here.
     let tolerance = 0.05 * 4.0 * 2400.0 / 256.0;
     let mut worst: f64 = 0.0;
-    for slot in 0..2 {
+    for (slot, sample) in samples.iter().enumerate() {
         let hm = &batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
         let peaks = decode_dark(hm, hh, hw, k, cfg.sigma);
         for (j, peak) in peaks.iter().enumerate() {
             let original = batch.affines[slot].apply(heatmap_to_image(peak.point, cfg.stride));
-            let want = samples[slot].landmarks[j];
+            let want = sample.landmarks[j];
             let err = ((original[0] - want[0]).powi(2) + (original[1] - want[1]).powi(2)).sqrt();
             worst = worst.max(err);
             assert!(
