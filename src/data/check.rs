@@ -28,12 +28,7 @@ pub struct CheckReport {
 pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyhow::Result<CheckReport> {
     let (dataset, mut problems) = Dataset::scan(path, opts)?;
     let samples: Vec<_> = Split::ALL.iter().filter_map(|s| dataset.split(*s)).flatten().collect();
-    let bar = if progress {
-        indicatif::ProgressBar::new(samples.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_message("decoding");
+    let bar = super::progress_bar(samples.len(), "decoding", progress);
     let decode_problems: Vec<Problem> = samples
         .par_iter()
         .filter_map(|s| {
