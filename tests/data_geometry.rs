@@ -380,3 +380,20 @@ fn data_resample_tent_matches_naive_reference() {
         }
     }
 }
+
+#[test]
+fn data_image_size_from_flag_values() {
+    assert_eq!(
+        ImageSize::from_hw(&[768, 640]).unwrap(),
+        ImageSize {
+            height: 768,
+            width: 640
+        }
+    );
+    for bad in [&[768][..], &[768, 768, 3], &[0, 768], &[768, 100000]] {
+        assert!(ImageSize::from_hw(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("--image-size"));
+    }
+}

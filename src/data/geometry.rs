@@ -71,6 +71,17 @@ pub struct ImageSize {
     pub width: usize,
 }
 
+impl ImageSize {
+    /// From the two values of `--image-size H W` (clap: `num_args = 2`), rejecting anything but
+    /// two sizes from 16 to 8192.
+    pub fn from_hw(values: &[usize]) -> anyhow::Result<ImageSize> {
+        match values {
+            [h, w] if (16..=8192).contains(h) && (16..=8192).contains(w) => Ok(ImageSize { height: *h, width: *w }),
+            _ => anyhow::bail!("--image-size takes two sizes, height then width, each 16 to 8192 (e.g. 768 768)"),
+        }
+    }
+}
+
 /// The map from original pixels to network pixels that fits a `width` x `height` image into
 /// `net` preserving aspect ratio, centred, padding the rest (letterbox).
 pub fn letterbox(width: u32, height: u32, net: ImageSize) -> Affine {
