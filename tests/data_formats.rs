@@ -349,7 +349,8 @@ fn data_bad_empty_and_missing() {
 
 #[test]
 fn data_bad_aariz_json_cases() {
-    let cases: [(&str, Box<dyn Fn(&Path)>, &[&str]); 5] = [
+    type Damage = Box<dyn Fn(&Path)>;
+    let cases: [(&str, Damage, &[&str]); 5] = [
         (
             "truncated JSON",
             Box::new(|f: &Path| {
@@ -443,32 +444,43 @@ fn data_bad_aariz_pixel_size_and_split() {
     );
 }
 
+/// Runs a command line in-process (the CLI code itself, without spawning the binary, whose
+/// path in a shared target folder another checkout may overwrite mid-test).
+fn run_cli(args: &[&str]) -> anyhow::Result<std::process::ExitCode> {
+    use clap::Parser;
+    let cli = cephalo::cli::Cli::try_parse_from(std::iter::once("cephalo").chain(args.iter().copied()))?;
+    cephalo::cli::run(cli)
+}
+
 #[test]
 fn data_check_command_exit_status() {
-    let exe = env!("CARGO_BIN_EXE_cephalo");
+    use std::process::ExitCode;
     let tmp = csv_dataset("a.png,0.1,10,20,30,40,M1\na.png,0.1,10,20,300,40,M1\n");
-    let out = std::process::Command::new(exe)
-        .args(["data", "check", "--dataset-path"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("problems     1") && stdout.contains("a.png") && stdout.contains("outside"),
-        "{stdout}"
+    let path = tmp.path().to_str().unwrap();
+    assert_eq!(
+        run_cli(&["data", "check", "--dataset-path", path]).unwrap(),
+        ExitCode::from(1)
     );
-    assert!(stdout.contains("train        1 images"), "{stdout}");
+    let report = cephalo::data::check::check_dataset(tmp.path(), &DatasetOptions::default(), false).unwrap();
+    let text = report.render(tmp.path());
+    assert!(
+        text.contains("problems     1") && text.contains("a.png") && text.contains("outside"),
+        "{text}"
+    );
+    assert!(text.contains("train        1 images"), "{text}");
     let tmp = csv_dataset("a.png,0.1,10,20,30,40,M1\n");
-    let out = std::process::Command::new(exe)
-        .args(["data", "check", "--dataset-path"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("machines     M1 (1)") && stdout.contains("100x80 (1)"),
-        "{stdout}"
+    let path = tmp.path().to_str().unwrap();
+    assert_eq!(
+        run_cli(&["data", "check", "--dataset-path", path]).unwrap(),
+        ExitCode::SUCCESS
     );
+    let text = cephalo::data::check::check_dataset(tmp.path(), &DatasetOptions::default(), false)
+        .unwrap()
+        .render(tmp.path());
+    assert!(
+        text.contains("machines     M1 (1)") && text.contains("100x80 (1)"),
+        "{text}"
+    );
+    let err = run_cli(&["data", "check", "--dataset-path", "/nonexistent/x"]).unwrap_err();
+    assert!(format!("{err:#}").contains("/nonexistent/x"));
 }

@@ -313,3 +313,87 @@ fn data_gaussian_blur_keeps_constants_and_mass() {
         p.data[15 * 31 + 15]
     );
 }
+
+#[test]
+fn data_augment_args_map_to_config() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        aug: cephalo::data::cli::AugmentArgs,
+    }
+    let cli = Cli::try_parse_from(["x"]).unwrap();
+    assert_eq!(cli.aug.to_config().unwrap(), Some(AugmentConfig::default()));
+    let cli = Cli::try_parse_from(["x", "--aug-rotation", "5", "--aug-hflip"]).unwrap();
+    let cfg = cli.aug.to_config().unwrap().unwrap();
+    assert_eq!((cfg.rotation_deg, cfg.hflip), (5.0, true));
+    assert_eq!(
+        Cli::try_parse_from(["x", "--no-augment"])
+            .unwrap()
+            .aug
+            .to_config()
+            .unwrap(),
+        None
+    );
+    let err = Cli::try_parse_from(["x", "--aug-scale", "-1"]).map(|c| c.aug.to_config());
+    assert!(!matches!(err, Ok(Ok(_))), "a negative range is rejected");
+}
+
+/// The tent resampler against a naive sum over every source pixel.
+#[test]
+fn data_resample_tent_matches_naive_reference() {
+    use cephalo::data::geometry::resample_tent;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let src = Plane {
+        width: 23,
+        height: 17,
+        data: (0..23 * 17).map(|_| rng.random::<f32>()).collect(),
+    };
+    let out = ImageSize { height: 9, width: 11 };
+    for r in [1.0, 1.37, 2.0, 2.6] {
+        let map = Affine::rotation(0.3)
+            .then(&Affine::scaling(1.9, 1.9))
+            .then(&Affine::translation(-2.0, 1.5));
+        let got = resample_tent(&src, &map, out, r);
+        for v in 0..out.height {
+            for u in 0..out.width {
+                let [x, y] = map.apply([u as f64, v as f64]);
+                let (mut acc, mut norm) = (0.0f64, 0.0f64);
+                // Weights over all integer positions near (x, y), in or out of the image.
+                for j in (y - 4.0).floor() as i64..=(y + 4.0).ceil() as i64 {
+                    for i in (x - 4.0).floor() as i64..=(x + 4.0).ceil() as i64 {
+                        let w = (1.0 - (x - i as f64).abs() / r).max(0.0) * (1.0 - (y - j as f64).abs() / r).max(0.0);
+                        norm += w;
+                        if i >= 0 && j >= 0 && i < 23 && j < 17 {
+                            acc += w * src.data[(j * 23 + i) as usize] as f64;
+                        }
+                    }
+                }
+                let want = if x <= -r || y <= -r || x >= 22.0 + r || y >= 16.0 + r {
+                    0.0
+                } else {
+                    acc / norm
+                };
+                let g = got.data[v * out.width + u] as f64;
+                assert!((g - want).abs() < 1e-5, "r={r} ({u},{v}): {g} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn data_image_size_from_flag_values() {
+    assert_eq!(
+        ImageSize::from_hw(&[768, 640]).unwrap(),
+        ImageSize {
+            height: 768,
+            width: 640
+        }
+    );
+    for bad in [&[768][..], &[768, 768, 3], &[0, 768], &[768, 100000]] {
+        assert!(ImageSize::from_hw(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("--image-size"));
+    }
+}

@@ -134,6 +134,68 @@ fn data_loader_reports_bad_images_and_config() {
         .unwrap_err()
         .to_string()
         .contains("stride"));
+    let too_big = LoaderConfig {
+        batch_size: 50,
+        ..config(0)
+    };
+    assert!(Loader::new(samples.clone(), too_big)
+        .unwrap_err()
+        .to_string()
+        .contains("batch size 50"));
     samples[0].landmarks.pop();
     assert!(Loader::new(samples, config(0)).is_err());
+}
+
+/// The whole chain on real radiographs: ISBI images -> letterbox -> heatmaps -> DARK ->
+/// network pixels -> original pixels lands on the annotated landmarks.
+#[test]
+fn data_loader_real_isbi_round_trip() {
+    use cephalo::data::heatmap::heatmap_to_image;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/isbi2015");
+    let ds = Dataset::open(&path, &DatasetOptions::default()).unwrap();
+    let samples = ds.split(Split::Valid).unwrap()[..2].to_vec();
+    let cfg = LoaderConfig {
+        image_size: ImageSize {
+            height: 256,
+            width: 256,
+        },
+        augment: None,
+        shuffle: false,
+        batch_size: 2,
+        workers: 1,
+        ..LoaderConfig::new(ImageSize {
+            height: 256,
+            width: 256,
+        })
+    };
+    let loader = Loader::new(samples.clone(), cfg.clone()).unwrap();
+    let batch = loader.epoch(0).next().unwrap().unwrap();
+    let (hh, hw) = cfg.heatmap_size();
+    let k = 19;
+    // One heatmap pixel is 4 network pixels = 4 * 2400 / 256 = 37.5 original pixels here.
+    let tolerance = 0.05 * 4.0 * 2400.0 / 256.0;
+    let mut worst: f64 = 0.0;
+    for (slot, sample) in samples.iter().enumerate() {
+        let hm = &batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
+        let peaks = decode_dark(hm, hh, hw, k, cfg.sigma);
+        for (j, peak) in peaks.iter().enumerate() {
+            let original = batch.affines[slot].apply(heatmap_to_image(peak.point, cfg.stride));
+            let want = sample.landmarks[j];
+            let err = ((original[0] - want[0]).powi(2) + (original[1] - want[1]).powi(2)).sqrt();
+            worst = worst.max(err);
+            assert!(
+                err < tolerance,
+                "image {} landmark {j}: {original:?} vs {want:?}",
+                samples[slot].id
+            );
+        }
+    }
+    assert!(worst > 0.0, "the decode is not a copy of the input");
+    // Images are real content, not padding: the radiograph's mean is well above black.
+    let mean = batch.images[..256 * 256]
+        .iter()
+        .map(|v| v * IMAGE_STD + IMAGE_MEAN)
+        .sum::<f32>()
+        / 65536.0;
+    assert!(mean > 0.1, "{mean}");
 }

@@ -28,12 +28,7 @@ pub struct CheckReport {
 pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyhow::Result<CheckReport> {
     let (dataset, mut problems) = Dataset::scan(path, opts)?;
     let samples: Vec<_> = Split::ALL.iter().filter_map(|s| dataset.split(*s)).flatten().collect();
-    let bar = if progress {
-        indicatif::ProgressBar::new(samples.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_message("decoding");
+    let bar = super::progress_bar(samples.len(), "decoding", progress);
     let decode_problems: Vec<Problem> = samples
         .par_iter()
         .filter_map(|s| {
@@ -70,12 +65,14 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
         problems,
     };
     for split in Split::ALL {
-        let Some(samples) = dataset.split(split) else { continue };
+        let Some(samples) = dataset.split(split) else {
+            continue;
+        };
         let good: Vec<_> = samples.iter().filter(|s| !bad.contains(&s.image_path)).collect();
         report.split_counts[split as usize] = Some(good.len());
         for s in good {
             *report.image_sizes.entry((s.width, s.height)).or_default() += 1;
-            *report.pixel_sizes.entry(format!("{}", s.pixel_size_mm)).or_default() += 1;
+            *report.pixel_sizes.entry(short_number(s.pixel_size_mm)).or_default() += 1;
             let machine = s.machine.clone().unwrap_or_else(|| "unknown".into());
             *report.machines.entry(machine).or_default() += 1;
         }
@@ -83,10 +80,17 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
     Ok(report)
 }
 
+/// At most 6 decimals, trailing zeros dropped: 0.1 -> "0.1", 0.3125504805 -> "0.31255".
+fn short_number(v: f64) -> String {
+    let text = format!("{v:.6}");
+    let text = text.trim_end_matches('0');
+    text.trim_end_matches('.').to_string()
+}
+
 /// Prints "a (n), b (m)" sorted by count, at most `limit` entries.
 fn tally<K: std::fmt::Display>(entries: impl Iterator<Item = (K, usize)>, limit: usize) -> String {
     let mut v: Vec<(K, usize)> = entries.collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     let more = v.len().saturating_sub(limit);
     let mut parts: Vec<String> = v.into_iter().take(limit).map(|(k, n)| format!("{k} ({n})")).collect();
     if more > 0 {

@@ -55,7 +55,9 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
         (Split::Test, "Test1Data"),
         (Split::Valid, "Test2Data"),
     ] {
-        let Some(dir) = find_child(&raw, folder) else { continue };
+        let Some(dir) = find_child(&raw, folder) else {
+            continue;
+        };
         let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
             .filter_map(Result::ok)

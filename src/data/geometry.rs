@@ -71,6 +71,17 @@ pub struct ImageSize {
     pub width: usize,
 }
 
+impl ImageSize {
+    /// From the two values of `--image-size H W` (clap: `num_args = 2`), rejecting anything but
+    /// two sizes from 16 to 8192.
+    pub fn from_hw(values: &[usize]) -> anyhow::Result<ImageSize> {
+        match values {
+            [h, w] if (16..=8192).contains(h) && (16..=8192).contains(w) => Ok(ImageSize { height: *h, width: *w }),
+            _ => anyhow::bail!("--image-size takes two sizes, height then width, each 16 to 8192 (e.g. 768 768)"),
+        }
+    }
+}
+
 /// The map from original pixels to network pixels that fits a `width` x `height` image into
 /// `net` preserving aspect ratio, centred, padding the rest (letterbox).
 pub fn letterbox(width: u32, height: u32, net: ImageSize) -> Affine {
@@ -109,7 +120,7 @@ impl Plane {
         let raw = self
             .data
             .iter()
-            .map(|&v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+            .map(|&v| (v * 255.0 + 0.5).clamp(0.0, 255.0) as u8)
             .collect();
         image::GrayImage::from_raw(self.width as u32, self.height as u32, raw).expect("plane size matches its data")
     }
@@ -147,42 +158,67 @@ fn box_reduce(image: &image::GrayImage, factor: usize) -> Plane {
 /// Resamples `image` into an `out` sized plane: output pixel p takes the value around
 /// `out_to_src(p)` in the source; outside the source is 0.
 ///
-/// Anti-aliasing: bilinear interpolation is a tent filter of half-width 1 source pixel, which
-/// is right while the warp's scale s (source pixels per output pixel) is at most 1; a 2400 ->
-/// 768 fit has s ~ 3.1, and plain bilinear would alias (moire on trabecular bone, flickering
-/// thin edges). So: when s >= 2 we first average k x k blocks with k = floor(s) (exact area
-/// filter, one cheap pass over the big image), then resample the reduced image with a tent
-/// filter wide enough for the remaining scale r = s / k in [1, 2) (see [`resample`]). The
-/// reduced pixel i sits at original k (i + 0.5) - 0.5 and that map is composed exactly, so the
-/// prefilter does not move anything. A full area (summed-table) sampler would be slightly
-/// sharper but needs a 64-bit table as big as the image (760 MB for Aariz's largest).
+/// Anti-aliasing: bilinear interpolation is a tent filter of half-width 1 source pixel, right
+/// while the warp's scale s (source pixels per output pixel) is at most 1; a 2400 -> 768 fit
+/// has s ~ 3.1, and plain bilinear would alias (moire on trabecular bone, flickering thin
+/// edges). So:
+/// - 1 < s < 2: a tent of half-width s (at most 4 x 4 taps), the footprint of an output pixel;
+/// - s >= 2: first average k x k blocks with k = floor(s) (exact area filter, one cheap pass
+///   over the big image), then a tent of half-width sqrt(r^2 + 1) for the remaining scale
+///   r = s / k in [1, 2). The extra unit width (blur widths add in quadrature) is needed
+///   because a box filter leaks: 1-pixel stripes reduced by 3 still alternate by a third of
+///   their contrast, and a tent of half-width r sampled at arbitrary phases passes up to 70 %
+///   of that; with the extra width under 20 %.
+///
+/// The reduced pixel i sits at original k (i + 0.5) - 0.5 and that map is composed exactly, so
+/// the prefilter moves nothing. (A full area sampler through a summed-area table would be a
+/// little sharper, but needs a 64-bit table the size of the image: 760 MB for Aariz's largest.)
 pub fn warp(image: &image::GrayImage, out_to_src: &Affine, out: ImageSize) -> Plane {
-    let k = out_to_src.mean_scale().floor().max(1.0) as usize;
+    let s = out_to_src.mean_scale();
+    let k = s.floor().max(1.0) as usize;
     if k >= 2 {
         let kf = k as f64;
         let to_reduced = Affine([1.0 / kf, 0.0, 0.5 / kf - 0.5, 0.0, 1.0 / kf, 0.5 / kf - 0.5]);
-        resample(&box_reduce(image, k), &out_to_src.then(&to_reduced), out)
+        let r = s / kf;
+        let reduced = box_reduce(image, k);
+        resample_tent(&reduced, &out_to_src.then(&to_reduced), out, (r * r + 1.0).sqrt())
+    } else if s > 1.0 + 1e-9 {
+        resample_tent(&Plane::from_gray(image), out_to_src, out, s)
     } else {
-        resample(&Plane::from_gray(image), out_to_src, out)
+        warp_bilinear(&Plane::from_gray(image), out_to_src, out)
     }
 }
 
-/// Resamples a float plane: plain bilinear when the map does not shrink (scale r <= 1), else a
-/// tent of half-width sqrt(r^2 + 1) source pixels. A tent of half-width r alone matches the
-/// output spacing but, sampled at arbitrary phases, still passes up to 70 % of a pattern at the
-/// source's own Nyquist frequency (1-pixel stripes); adding the unit bilinear width in
-/// quadrature, as blur widths add, cuts that below 20 % for the cost of a slightly softer image.
-pub fn resample(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane {
-    let scale = out_to_src.mean_scale();
-    if scale <= 1.0 + 1e-9 {
-        return warp_bilinear(src, out_to_src, out);
+/// Largest tent half-width [`resample_tent`] supports.
+const MAX_TENT: f64 = 3.0;
+
+/// floor(v) for v > -2^20, by truncating a shifted positive number: one instruction, where
+/// `f64::floor` is a library call on baseline x86-64 and showed up in profiles.
+fn floor_shifted(v: f64) -> isize {
+    const OFFSET: f64 = 1_048_576.0;
+    (v + OFFSET) as isize - OFFSET as isize
+}
+
+/// Resamples a float plane with a tent filter of half-width `r` (1 <= r <= 3) source pixels;
+/// outside the source is 0 (its weights still count, so borders fade as with bilinear).
+pub fn resample_tent(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -> Plane {
+    let r = r.clamp(1.0, MAX_TENT);
+    // A fixed tap count per axis lets the compiler unroll the inner loops.
+    if r <= 2.0 {
+        resample_tent_taps::<4>(src, out_to_src, out, r)
+    } else {
+        resample_tent_taps::<6>(src, out_to_src, out, r)
     }
-    let r = (scale * scale + 1.0).sqrt();
+}
+
+/// [`resample_tent`] with `N = 2 ceil(r)` taps per axis, starting at floor(x) - N/2 + 1: every
+/// source pixel closer than r is covered; farther ones get weight 0.
+fn resample_tent_taps<const N: usize>(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -> Plane {
+    let inv_r = (1.0 / r) as f32;
     let [a, b, c, d, e, f] = out_to_src.0;
     let (sw, sh) = (src.width as isize, src.height as isize);
+    let half = (N / 2) as isize;
     let mut data = vec![0f32; out.width * out.height];
-    let mut wx = Vec::with_capacity(8);
-    let mut wy = Vec::with_capacity(8);
     for (v, row) in data.chunks_mut(out.width).enumerate() {
         let v = v as f64;
         let (sx, sy) = (b * v + c, e * v + f);
@@ -192,26 +228,39 @@ pub fn resample(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane {
             if x <= -r || y <= -r || x >= sw as f64 - 1.0 + r || y >= sh as f64 - 1.0 + r {
                 continue;
             }
-            let (x0, y0) = ((x - r).ceil() as isize, (y - r).ceil() as isize);
-            let (x1, y1) = ((x + r).floor() as isize, (y + r).floor() as isize);
-            wx.clear();
-            wy.clear();
-            wx.extend((x0..=x1).map(|i| (1.0 - (x - i as f64).abs() / r).max(0.0) as f32));
-            wy.extend((y0..=y1).map(|j| (1.0 - (y - j as f64).abs() / r).max(0.0) as f32));
+            let (x0, y0) = (floor_shifted(x) - half + 1, floor_shifted(y) - half + 1);
+            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+            let mut wx = [0f32; N];
+            let mut wy = [0f32; N];
+            for i in 0..N {
+                wx[i] = (1.0 - (fx - i as f32).abs() * inv_r).max(0.0);
+                wy[i] = (1.0 - (fy - i as f32).abs() * inv_r).max(0.0);
+            }
             let norm = wx.iter().sum::<f32>() * wy.iter().sum::<f32>();
             let mut acc = 0.0f32;
-            for (j, wyj) in (y0..=y1).zip(&wy) {
-                if j < 0 || j >= sh {
-                    continue;
+            if x0 >= 0 && y0 >= 0 && x0 + N as isize <= sw && y0 + N as isize <= sh {
+                let base = (y0 * sw + x0) as usize;
+                for (j, wyj) in wy.iter().enumerate() {
+                    let line = &src.data[base + j * sw as usize..][..N];
+                    let mut racc = 0.0f32;
+                    for i in 0..N {
+                        racc += wx[i] * line[i];
+                    }
+                    acc += wyj * racc;
                 }
-                let line = &src.data[(j * sw) as usize..((j + 1) * sw) as usize];
-                let mut racc = 0.0f32;
-                for (i, wxi) in (x0..=x1).zip(&wx) {
-                    if i >= 0 && i < sw {
-                        racc += wxi * line[i as usize];
+            } else {
+                for (j, wyj) in wy.iter().enumerate() {
+                    let yy = y0 + j as isize;
+                    if yy < 0 || yy >= sh {
+                        continue;
+                    }
+                    for (i, wxi) in wx.iter().enumerate() {
+                        let xx = x0 + i as isize;
+                        if xx >= 0 && xx < sw {
+                            acc += wyj * wxi * src.data[(yy * sw + xx) as usize];
+                        }
                     }
                 }
-                acc += wyj * racc;
             }
             *px = acc / norm;
         }
@@ -244,9 +293,8 @@ pub fn warp_bilinear(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane 
             if x <= -1.0 || y <= -1.0 || x >= sw as f64 || y >= sh as f64 {
                 continue;
             }
-            let (x0, y0) = (x.floor(), y.floor());
-            let (fx, fy) = ((x - x0) as f32, (y - y0) as f32);
-            let (x0, y0) = (x0 as isize, y0 as isize);
+            let (x0, y0) = (floor_shifted(x), floor_shifted(y));
+            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
             let inside = x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh;
             let (p00, p10, p01, p11) = if inside {
                 let i = (y0 * sw + x0) as usize;

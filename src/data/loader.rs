@@ -143,6 +143,12 @@ impl Loader {
             "image size {height}x{width} must be a multiple of the stride {}",
             cfg.stride
         );
+        anyhow::ensure!(
+            !cfg.drop_last || samples.len() >= cfg.batch_size,
+            "batch size {} is larger than the {} samples, so every batch would be dropped",
+            cfg.batch_size,
+            samples.len()
+        );
         let landmarks = samples[0].landmarks.len();
         if let Some(bad) = samples.iter().find(|s| s.landmarks.len() != landmarks) {
             anyhow::bail!(
@@ -224,7 +230,11 @@ impl Loader {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                if res_tx.send((b, shared.build(epoch, &order, b))).is_err() {
+                // A panic would leave the consumer waiting for this batch forever: turn it into
+                // the batch's error instead.
+                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.build(epoch, &order, b)))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a loader worker panicked while building batch {b}")));
+                if res_tx.send((b, built)).is_err() {
                     return;
                 }
             }));

@@ -321,6 +321,20 @@ fn check_sample_geometry(s: &Sample, set: &LandmarkSet) -> Result<(), Problem> {
     Ok(())
 }
 
+/// A progress bar for long data work ("preparing [=====>   ] 120/300 (12s left)"), or a hidden
+/// one when `visible` is false (tests, library callers).
+pub(crate) fn progress_bar(len: usize, message: &'static str, visible: bool) -> indicatif::ProgressBar {
+    if !visible {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta} left)") {
+        bar.set_style(style);
+    }
+    bar.set_message(message);
+    bar
+}
+
 /// Width and height from the image header, without decoding the pixels.
 pub(crate) fn image_size(path: &Path) -> Result<(u32, u32), Problem> {
     if !path.is_file() {

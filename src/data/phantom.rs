@@ -318,7 +318,7 @@ pub fn write_dataset(out: &Path, count: usize, seed: u64, width: usize, height: 
     let n_train = (count * 70 / 100).max(1);
     let n_valid = (count * 15 / 100).max(1);
     let mut rows: [Vec<(PathBuf, Vec<[f64; 2]>)>; 3] = Default::default();
-    let bar = indicatif::ProgressBar::new(count as u64);
+    let bar = super::progress_bar(count, "drawing", true);
     for i in 0..count {
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
         let phantom = generate(&mut rng, width, height);

@@ -139,19 +139,12 @@ pub fn prepare_dataset(
         .filter_map(|s| dataset.split(*s))
         .map(<[Sample]>::len)
         .sum();
-    let bar = if progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta} left)")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message("preparing");
+    let bar = super::progress_bar(total, "preparing", progress);
     let mut summary = PrepareSummary { written: 0, skipped: 0 };
     for split in Split::ALL {
-        let Some(samples) = dataset.split(split) else { continue };
+        let Some(samples) = dataset.split(split) else {
+            continue;
+        };
         let mut ids = std::collections::HashSet::new();
         if let Some(dup) = samples.iter().find(|s| !ids.insert(s.id.as_str())) {
             anyhow::bail!(

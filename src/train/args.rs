@@ -2,6 +2,7 @@
 //! `--image_size`, `--warmup_epochs`, `--mixed_precision`, `--loss adaptive_wing`) work unchanged.
 use std::path::PathBuf;
 
+use crate::data::cli::AugmentArgs;
 use crate::data::Annotator;
 use crate::device::DeviceArg;
 use crate::train::loss::LossArgs;
@@ -66,9 +67,8 @@ pub struct TrainArgs {
     /// Ground truth when a dataset has two annotators.
     #[arg(long, value_enum, default_value_t)]
     pub annotator: Annotator,
-    /// Train without augmentation.
-    #[arg(long)]
-    pub no_augment: bool,
+    #[command(flatten)]
+    pub augment: AugmentArgs,
     /// End this invocation after N epochs, leaving checkpoint_last to --resume later (for machines
     /// that can only train in sessions).
     #[arg(long, alias = "stop_after")]

@@ -210,9 +210,7 @@ impl Trainer {
         train_cfg.seed = seed;
         train_cfg.workers = workers;
         train_cfg.prefetch = 2 * workers.max(1);
-        if args.no_augment {
-            train_cfg.augment = None;
-        }
+        train_cfg.augment = args.augment.to_config()?;
         if train_samples.len() < args.batch_size {
             bail!(
                 "the train split has {} images, fewer than --batch-size {}",
