@@ -20,11 +20,14 @@ pub struct Cli {
 pub enum Command {
     /// Show the GPUs, driver, VRAM and the kernels built into this binary.
     Device(crate::gpu::report::DeviceArgs),
+    /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
+    Model(crate::model::summary::ModelArgs),
 }
 
 /// Runs one parsed command line; the exit code says whether the command found problems.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Device(args) => crate::gpu::report::run(&args),
+        Command::Model(args) => crate::model::summary::run(&args),
     }
 }

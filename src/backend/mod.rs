@@ -1,5 +1,278 @@
 //! Compute backends. Every op exists three times under the same name: the CUDA kernel in
 //! `kernels/<family>.cu`, its launch wrapper in `backend/cuda/<family>.rs`, and the f32 CPU twin in
 //! `backend/cpu/<family>.rs`, which is the reference the kernel is tested against.
+//!
+//! # Why tensors are (arena offset, shape) handles
+//! The graph executor never owns memory. The memory planner gives every activation, every
+//! saved-for-backward tensor and every activation gradient a byte offset in ONE arena, and the
+//! executor hands the backend [`View`]s: `(offset, shape)`. Each backend resolves a view against
+//! its own arena: the CPU backend as a slice of a `Vec<f32>`, the CUDA backend as a raw device
+//! pointer `arena_base + offset` into fp16 memory. So the executor and the planner are written
+//! once, the plan is the same for both backends (it is computed for the backend's element sizes,
+//! see [`crate::graph::plan::DtypeSizes`]), and a whole step can later be captured as a CUDA
+//! graph because no call allocates. Parameters (weights, BN affine parameters and running
+//! statistics) are not activations: they live for the whole run, so backends keep them in their
+//! own storage addressed by [`ParamId`], with one gradient buffer per trainable parameter.
+//!
+//! # Gradient conventions
+//! * Activation gradients: every backward method takes a [`Grad`] target whose `accumulate`
+//!   flag says whether to add to what is there (a tensor read by several nodes receives one
+//!   contribution per reader) or to overwrite it (the first contribution), so no buffer is ever
+//!   zero-filled.
+//! * Parameter gradients are overwritten: every parameter is used by exactly one node (the graph
+//!   builder guarantees it), so one backward pass writes each parameter gradient once.
 pub mod cpu;
 pub mod cuda;
+
+pub use cpu::CpuBackend;
+
+/// The shape of an activation in NHWC order (channels last, like the GPU kernels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape4 {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Shape4 {
+    pub const fn new(n: usize, h: usize, w: usize, c: usize) -> Self {
+        Self { n, h, w, c }
+    }
+
+    /// Number of elements.
+    pub const fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+
+    /// True when the tensor holds no element.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of pixels (`n * h * w`): the rows of the NHWC matrix `[pixels x c]`.
+    pub const fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+impl std::fmt::Display for Shape4 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}x{}", self.n, self.h, self.w, self.c)
+    }
+}
+
+/// Convolution geometry. Conv2d weights are stored **KRSC**: `[c_out][kh][kw][c_in]`, so that
+/// for NHWC activations the weight is a row-major `[c_out x (kh*kw*c_in)]` matrix and the
+/// convolution is one implicit GEMM (patch rows of `kh*kw*c_in` values times its transpose).
+///
+/// A transposed convolution with the same parameters is the adjoint (the input gradient) of this
+/// convolution with `c_in` and `c_out` swapped; its weight is stored `[c_in][kh][kw][c_out]`,
+/// which is exactly the KRSC weight of that adjoint convolution. (PyTorch's
+/// `ConvTranspose2d.weight` is `[c_in][c_out][kh][kw]`: permute axes (0, 2, 3, 1) to import it.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvParams {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvParams {
+    /// A square `k x k` kernel.
+    pub const fn square(c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+        }
+    }
+
+    /// Weight elements (`c_out * kh * kw * c_in`, the same for the transposed convolution).
+    pub const fn weight_len(&self) -> usize {
+        self.c_out * self.kh * self.kw * self.c_in
+    }
+
+    /// Columns of the patch matrix: `kh * kw * c_in`.
+    pub const fn patch_len(&self) -> usize {
+        self.kh * self.kw * self.c_in
+    }
+
+    /// Output shape of the convolution; panics when the input does not fit the kernel, which the
+    /// graph builder rules out before any op runs.
+    pub fn out_shape(&self, x: Shape4) -> Shape4 {
+        assert_eq!(x.c, self.c_in, "conv input channels");
+        assert!(
+            x.h + 2 * self.pad >= self.kh && x.w + 2 * self.pad >= self.kw,
+            "conv input {x} smaller than kernel {}x{}",
+            self.kh,
+            self.kw
+        );
+        Shape4 {
+            n: x.n,
+            h: (x.h + 2 * self.pad - self.kh) / self.stride + 1,
+            w: (x.w + 2 * self.pad - self.kw) / self.stride + 1,
+            c: self.c_out,
+        }
+    }
+
+    /// Output shape of the transposed convolution: `(h - 1) * stride - 2 * pad + kh`.
+    pub fn transposed_out_shape(&self, x: Shape4) -> Shape4 {
+        assert_eq!(x.c, self.c_in, "transposed conv input channels");
+        Shape4 {
+            n: x.n,
+            h: (x.h - 1) * self.stride + self.kh - 2 * self.pad,
+            w: (x.w - 1) * self.stride + self.kw - 2 * self.pad,
+            c: self.c_out,
+        }
+    }
+
+    /// The convolution whose input gradient this transposed convolution is.
+    pub const fn adjoint(&self) -> Self {
+        Self {
+            c_in: self.c_out,
+            c_out: self.c_in,
+            ..*self
+        }
+    }
+
+    /// Multiply-accumulates of the convolution on input `x`.
+    pub fn macs(&self, x: Shape4) -> u64 {
+        (self.out_shape(x).pixels() * self.c_out * self.patch_len()) as u64
+    }
+}
+
+/// Max-pooling window; padded positions never win (they count as minus infinity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolParams {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl PoolParams {
+    pub fn out_shape(&self, x: Shape4) -> Shape4 {
+        Shape4 {
+            n: x.n,
+            h: (x.h + 2 * self.pad - self.k) / self.stride + 1,
+            w: (x.w + 2 * self.pad - self.k) / self.stride + 1,
+            c: x.c,
+        }
+    }
+}
+
+/// How [`resample`](cpu::resample) interpolates when upsampling by an integer factor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpsampleMode {
+    /// Each output pixel copies the input pixel it falls in (PyTorch `mode="nearest"`).
+    Nearest,
+    /// Bilinear with half-pixel centres (PyTorch `align_corners=False`).
+    Bilinear,
+}
+
+/// Batch-normalisation constants. PyTorch semantics: in training the batch statistics over
+/// `N*H*W` per channel normalise with the biased variance, and the running statistics move by
+/// `momentum` towards the batch mean and the *unbiased* variance (`var * m / (m - 1)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnParams {
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl Default for BnParams {
+    fn default() -> Self {
+        Self {
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
+/// A tensor in the backend's activation arena: a byte offset (from the memory plan) and a shape.
+/// Activations use the backend's activation element size; BN saved statistics are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct View {
+    pub offset: usize,
+    pub shape: Shape4,
+}
+
+/// Where a backward op writes an activation gradient, and whether it adds to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grad {
+    pub view: View,
+    pub accumulate: bool,
+}
+
+/// A parameter (or BN running statistic) in the backend's parameter storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParamId(pub usize);
+
+/// The four parameters of one batch-norm layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnRefs {
+    pub gamma: ParamId,
+    pub beta: ParamId,
+    pub running_mean: ParamId,
+    pub running_var: ParamId,
+    pub params: BnParams,
+}
+
+/// What a backend must know to store one parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub len: usize,
+    /// Trainable parameters get a gradient buffer; running statistics do not.
+    pub trainable: bool,
+}
+
+/// One method per op and direction. Shapes and geometry travel with the call, so an
+/// implementation needs no graph knowledge. All views of one call are disjoint (the planner
+/// guarantees it for tensors live at the same step).
+pub trait Backend {
+    /// Size the activation arena (bytes) and allocate storage for the parameters.
+    fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]);
+    /// Element size in bytes of activations in the arena (4 on the CPU, 2 for fp16 on the GPU).
+    fn activation_bytes(&self) -> usize;
+
+    fn write(&mut self, t: View, data: &[f32]);
+    fn read(&self, t: View) -> Vec<f32>;
+    fn write_param(&mut self, p: ParamId, data: &[f32]);
+    fn read_param(&self, p: ParamId) -> Vec<f32>;
+    fn read_grad(&self, p: ParamId) -> Vec<f32>;
+
+    fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View);
+    fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad);
+    /// Weight gradient and, when the convolution has one, bias gradient.
+    fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>);
+    fn conv_transpose2d_fwd(&mut self, x: View, w: ParamId, p: &ConvParams, y: View);
+    fn conv_transpose2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad);
+    fn conv_transpose2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId);
+
+    /// Training forward: normalise with batch statistics, save `[mean; invstd]` (2C f32) in
+    /// `saved`, update the running statistics; optionally ReLU.
+    fn batchnorm_fwd_train(&mut self, x: View, bn: &BnRefs, relu: bool, y: View, saved: View);
+    fn batchnorm_fwd_eval(&mut self, x: View, bn: &BnRefs, relu: bool, y: View);
+    /// Recompute a training forward output from the saved statistics (no running update).
+    fn batchnorm_recompute(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View);
+    /// Input gradient plus gamma and beta gradients.
+    fn batchnorm_bwd(&mut self, dy: View, x: View, bn: &BnRefs, relu: bool, saved: View, dx: Grad);
+
+    fn relu_fwd(&mut self, x: View, y: View);
+    fn relu_bwd(&mut self, y: View, dy: View, dx: Grad);
+    fn add_fwd(&mut self, a: View, b: View, y: View);
+    fn add_bwd(&mut self, dy: View, da: Option<Grad>, db: Option<Grad>);
+    fn add_relu_fwd(&mut self, a: View, b: View, y: View);
+    fn add_relu_bwd(&mut self, y: View, dy: View, da: Option<Grad>, db: Option<Grad>);
+
+    fn upsample_fwd(&mut self, x: View, mode: UpsampleMode, y: View);
+    fn upsample_bwd(&mut self, dy: View, mode: UpsampleMode, dx: Grad);
+    fn concat_fwd(&mut self, xs: &[View], y: View);
+    fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]);
+    fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View);
+    fn maxpool_bwd(&mut self, x: View, dy: View, p: &PoolParams, dx: Grad);
+}

@@ -54,12 +54,96 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 /// rounding, as the kernel computes it.
 pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f16]) {
     assert_eq!(x.len(), y.len(), "axpy_f16: length mismatch");
-    let body = |(yi, xi): (&mut f16, &f16)| *yi = f16::from_f32(a.mul_add(xi.to_f32(), yi.to_f32()));
+    let body =
+        |(yi, xi): (&mut f16, &f16)| *yi = f16::from_f32(a.mul_add(xi.to_f32(), yi.to_f32()));
     if x.len() >= PAR_MIN {
         y.par_iter_mut().zip(x.par_iter()).for_each(body);
     } else {
         y.iter_mut().zip(x.iter()).for_each(body);
     }
+}
+
+/// Writes `v` into `d`, or adds it when `accumulate` (gradient targets read by several nodes).
+#[inline]
+fn store(d: &mut f32, v: f32, accumulate: bool) {
+    *d = if accumulate { *d + v } else { v };
+}
+
+/// Runs `body(i, out)` over chunks of `out`, in parallel when it is large.
+fn for_chunks(out: &mut [f32], body: impl Fn(usize, &mut [f32]) + Send + Sync) {
+    const CHUNK: usize = 1 << 14;
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(j, o)| body(j * CHUNK, o));
+    } else {
+        body(0, out);
+    }
+}
+
+/// `y = max(x, 0)`.
+pub fn relu_fwd(x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "relu_fwd: length mismatch");
+    for_chunks(y, |o, yc| {
+        yc.iter_mut()
+            .zip(&x[o..])
+            .for_each(|(y, &x)| *y = x.max(0.0))
+    });
+}
+
+/// `dx (+)= dy * [y > 0]`, from the ReLU output `y` (positive exactly where the input was).
+pub fn relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+    assert!(
+        y.len() == dx.len() && dy.len() == dx.len(),
+        "relu_bwd: length mismatch"
+    );
+    for_chunks(dx, |o, dc| {
+        for (i, d) in dc.iter_mut().enumerate() {
+            let g = if y[o + i] > 0.0 { dy[o + i] } else { 0.0 };
+            store(d, g, accumulate);
+        }
+    });
+}
+
+/// `y = a + b`.
+pub fn add_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
+    assert!(
+        a.len() == y.len() && b.len() == y.len(),
+        "add_fwd: length mismatch"
+    );
+    for_chunks(y, |o, yc| {
+        for (i, v) in yc.iter_mut().enumerate() {
+            *v = a[o + i] + b[o + i];
+        }
+    });
+}
+
+/// Backward of `a + b` for one operand: `dx (+)= dy`.
+pub fn add_bwd(dy: &[f32], dx: &mut [f32], accumulate: bool) {
+    assert_eq!(dy.len(), dx.len(), "add_bwd: length mismatch");
+    for_chunks(dx, |o, dc| {
+        dc.iter_mut()
+            .zip(&dy[o..])
+            .for_each(|(d, &g)| store(d, g, accumulate))
+    });
+}
+
+/// `y = max(a + b, 0)`: the residual join of ResNet blocks and HRNet fuse layers.
+pub fn add_relu_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
+    assert!(
+        a.len() == y.len() && b.len() == y.len(),
+        "add_relu_fwd: length mismatch"
+    );
+    for_chunks(y, |o, yc| {
+        for (i, v) in yc.iter_mut().enumerate() {
+            *v = (a[o + i] + b[o + i]).max(0.0);
+        }
+    });
+}
+
+/// Backward of `max(a + b, 0)` for one operand: `dx (+)= dy * [y > 0]` (same as [`relu_bwd`]).
+pub fn add_relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+    relu_bwd(y, dy, dx, accumulate);
 }
 
 #[cfg(test)]
@@ -68,7 +152,14 @@ mod tests {
 
     #[test]
     fn f16_conversion_rounds_to_nearest_even_and_saturates_to_inf() {
-        let src = [1.0f32, 65504.0, 70000.0, -1e-8, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0];
+        let src = [
+            1.0f32,
+            65504.0,
+            70000.0,
+            -1e-8,
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+        ];
         let mut dst = [f16::ZERO; 6];
         convert_f32_to_f16(&src, &mut dst);
         assert_eq!(dst[0], f16::ONE);

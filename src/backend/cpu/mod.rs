@@ -1,2 +1,350 @@
-//! The f32 CPU reference backend: clear code, parallel with rayon, NHWC like the GPU.
+//! The f32 CPU reference backend: clear, parallel with rayon, NHWC like the GPU.
+//!
+//! Each op family is a file of plain functions over slices plus explicit shape/parameter
+//! structs (`conv::conv2d_fwd(x, xs, w, &params, bias, y)`), mirrored argument for argument by
+//! `backend::cuda::<family>`. [`CpuBackend`] adapts them to the [`Backend`] trait: it resolves
+//! [`View`]s (byte offsets from the memory plan) into slices of one f32 arena.
+pub mod batchnorm;
+pub mod concat;
+pub mod conv;
 pub mod elementwise;
+pub mod pool;
+pub mod resample;
+
+use crate::backend::{
+    Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
+};
+
+/// The CPU backend: one f32 activation arena plus parameter and gradient vectors.
+#[derive(Default)]
+pub struct CpuBackend {
+    arena: Vec<f32>,
+    params: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Element range of a view in the f32 arena (stats views are f32 too).
+fn range(v: View) -> std::ops::Range<usize> {
+    assert_eq!(v.offset % 4, 0, "arena offsets are f32-aligned");
+    let start = v.offset / 4;
+    start..start + v.shape.len()
+}
+
+/// Borrows `reads` shared and `writes` exclusively from one arena. Panics unless every write
+/// range is disjoint from every other range, which is what makes handing them out sound.
+fn split<'a>(
+    arena: &'a mut [f32],
+    reads: &[View],
+    writes: &[View],
+) -> (Vec<&'a [f32]>, Vec<&'a mut [f32]>) {
+    let rr: Vec<_> = reads.iter().map(|&v| range(v)).collect();
+    let wr: Vec<_> = writes.iter().map(|&v| range(v)).collect();
+    let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| {
+        a.end <= b.start || b.end <= a.start
+    };
+    for (i, w) in wr.iter().enumerate() {
+        assert!(
+            w.end <= arena.len(),
+            "view {w:?} outside the arena of {} floats",
+            arena.len()
+        );
+        assert!(
+            rr.iter().all(|r| disjoint(w, r)),
+            "write view {w:?} overlaps a read view"
+        );
+        assert!(
+            wr[i + 1..].iter().all(|o| disjoint(w, o)),
+            "write views {w:?} overlap"
+        );
+    }
+    for r in &rr {
+        assert!(
+            r.end <= arena.len(),
+            "view {r:?} outside the arena of {} floats",
+            arena.len()
+        );
+    }
+    let base = arena.as_mut_ptr();
+    // SAFETY: all ranges are inside the arena (checked), writes are disjoint from each other and
+    // from all reads (checked), and the returned borrows live no longer than `arena`'s borrow.
+    unsafe {
+        let reads = rr
+            .into_iter()
+            .map(|r| std::slice::from_raw_parts(base.add(r.start) as *const f32, r.len()))
+            .collect();
+        let writes = wr
+            .into_iter()
+            .map(|r| std::slice::from_raw_parts_mut(base.add(r.start), r.len()))
+            .collect();
+        (reads, writes)
+    }
+}
+
+impl CpuBackend {
+    /// One read view, one write view.
+    fn rw(&mut self, r: View, w: View) -> (&[f32], &mut [f32]) {
+        let (mut rs, mut ws) = split(&mut self.arena, &[r], &[w]);
+        (rs.remove(0), ws.remove(0))
+    }
+}
+
+impl Backend for CpuBackend {
+    fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]) {
+        self.arena = vec![0.0; arena_bytes.div_ceil(4)];
+        self.params = params.iter().map(|p| vec![0.0; p.len]).collect();
+        self.grads = params
+            .iter()
+            .map(|p| {
+                if p.trainable {
+                    vec![0.0; p.len]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+    }
+
+    fn activation_bytes(&self) -> usize {
+        4
+    }
+
+    fn write(&mut self, t: View, data: &[f32]) {
+        self.arena[range(t)].copy_from_slice(data);
+    }
+
+    fn read(&self, t: View) -> Vec<f32> {
+        self.arena[range(t)].to_vec()
+    }
+
+    fn write_param(&mut self, p: ParamId, data: &[f32]) {
+        self.params[p.0].copy_from_slice(data);
+    }
+
+    fn read_param(&self, p: ParamId) -> Vec<f32> {
+        self.params[p.0].clone()
+    }
+
+    fn read_grad(&self, p: ParamId) -> Vec<f32> {
+        self.grads[p.0].clone()
+    }
+
+    fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View) {
+        let (xa, ya) = split_rw(&mut self.arena, x, y);
+        let b = bias.map(|b| self.params[b.0].as_slice());
+        conv::conv2d_fwd(xa, x.shape, &self.params[w.0], p, b, ya);
+    }
+
+    fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
+        let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
+        conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
+    }
+
+    fn conv2d_wgrad(
+        &mut self,
+        x: View,
+        dy: View,
+        p: &ConvParams,
+        dw: ParamId,
+        db: Option<ParamId>,
+    ) {
+        let (xa, dya) = (&self.arena[range(x)], &self.arena[range(dy)]);
+        conv::conv2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
+        if let Some(db) = db {
+            conv::conv2d_bias_grad(dya, dy.shape, &mut self.grads[db.0]);
+        }
+    }
+
+    fn conv_transpose2d_fwd(&mut self, x: View, w: ParamId, p: &ConvParams, y: View) {
+        let (xa, ya) = split_rw(&mut self.arena, x, y);
+        conv::conv_transpose2d_fwd(xa, x.shape, &self.params[w.0], p, ya);
+    }
+
+    fn conv_transpose2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
+        let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
+        conv::conv_transpose2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
+    }
+
+    fn conv_transpose2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId) {
+        let (xa, dya) = (&self.arena[range(x)], &self.arena[range(dy)]);
+        conv::conv_transpose2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
+    }
+
+    fn batchnorm_fwd_train(&mut self, x: View, bn: &BnRefs, relu: bool, y: View, saved: View) {
+        let (reads, mut writes) = split(&mut self.arena, &[x], &[y, saved]);
+        let (ya, sa) = writes.split_at_mut(1);
+        // The running statistics are taken out and put back to borrow them mutably beside gamma.
+        let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
+        let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
+        batchnorm::bn_fwd_train(
+            reads[0],
+            x.shape,
+            &self.params[bn.gamma.0],
+            &self.params[bn.beta.0],
+            bn.params,
+            relu,
+            ya[0],
+            sa[0],
+            &mut rm,
+            &mut rv,
+        );
+        self.params[bn.running_mean.0] = rm;
+        self.params[bn.running_var.0] = rv;
+    }
+
+    fn batchnorm_fwd_eval(&mut self, x: View, bn: &BnRefs, relu: bool, y: View) {
+        let (xa, ya) = split_rw(&mut self.arena, x, y);
+        let p = &self.params;
+        batchnorm::bn_fwd_eval(
+            xa,
+            x.shape,
+            &p[bn.gamma.0],
+            &p[bn.beta.0],
+            &p[bn.running_mean.0],
+            &p[bn.running_var.0],
+            bn.params,
+            relu,
+            ya,
+        );
+    }
+
+    fn batchnorm_recompute(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View) {
+        let (reads, mut writes) = split(&mut self.arena, &[x, saved], &[y]);
+        let p = &self.params;
+        batchnorm::bn_apply_saved(
+            reads[0],
+            x.shape,
+            &p[bn.gamma.0],
+            &p[bn.beta.0],
+            reads[1],
+            relu,
+            writes[0],
+        );
+        let _ = &mut writes;
+    }
+
+    fn batchnorm_bwd(&mut self, dy: View, x: View, bn: &BnRefs, relu: bool, saved: View, dx: Grad) {
+        let (reads, mut writes) = split(&mut self.arena, &[dy, x, saved], &[dx.view]);
+        let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
+        let mut dbeta = std::mem::take(&mut self.grads[bn.beta.0]);
+        batchnorm::bn_bwd(
+            reads[0],
+            reads[1],
+            x.shape,
+            &self.params[bn.gamma.0],
+            &self.params[bn.beta.0],
+            reads[2],
+            relu,
+            writes[0],
+            dx.accumulate,
+            &mut dgamma,
+            &mut dbeta,
+        );
+        self.grads[bn.gamma.0] = dgamma;
+        self.grads[bn.beta.0] = dbeta;
+    }
+
+    fn relu_fwd(&mut self, x: View, y: View) {
+        let (xa, ya) = self.rw(x, y);
+        elementwise::relu_fwd(xa, ya);
+    }
+
+    fn relu_bwd(&mut self, y: View, dy: View, dx: Grad) {
+        let (r, mut w) = split(&mut self.arena, &[y, dy], &[dx.view]);
+        elementwise::relu_bwd(r[0], r[1], w[0], dx.accumulate);
+        let _ = &mut w;
+    }
+
+    fn add_fwd(&mut self, a: View, b: View, y: View) {
+        let (r, mut w) = split(&mut self.arena, &[a, b], &[y]);
+        elementwise::add_fwd(r[0], r[1], w[0]);
+        let _ = &mut w;
+    }
+
+    fn add_bwd(&mut self, dy: View, da: Option<Grad>, db: Option<Grad>) {
+        for g in [da, db].into_iter().flatten() {
+            let (dya, dxa) = self.rw(dy, g.view);
+            elementwise::add_bwd(dya, dxa, g.accumulate);
+        }
+    }
+
+    fn add_relu_fwd(&mut self, a: View, b: View, y: View) {
+        let (r, mut w) = split(&mut self.arena, &[a, b], &[y]);
+        elementwise::add_relu_fwd(r[0], r[1], w[0]);
+        let _ = &mut w;
+    }
+
+    fn add_relu_bwd(&mut self, y: View, dy: View, da: Option<Grad>, db: Option<Grad>) {
+        for g in [da, db].into_iter().flatten() {
+            let (r, mut w) = split(&mut self.arena, &[y, dy], &[g.view]);
+            elementwise::add_relu_bwd(r[0], r[1], w[0], g.accumulate);
+            let _ = &mut w;
+        }
+    }
+
+    fn upsample_fwd(&mut self, x: View, mode: UpsampleMode, y: View) {
+        let (xa, ya) = self.rw(x, y);
+        resample::upsample_fwd(xa, x.shape, mode, ya, y.shape);
+    }
+
+    fn upsample_bwd(&mut self, dy: View, mode: UpsampleMode, dx: Grad) {
+        let (dya, dxa) = self.rw(dy, dx.view);
+        resample::upsample_bwd(dya, dy.shape, mode, dxa, dx.view.shape, dx.accumulate);
+    }
+
+    fn concat_fwd(&mut self, xs: &[View], y: View) {
+        let widths: Vec<usize> = xs.iter().map(|v| v.shape.c).collect();
+        let (r, mut w) = split(&mut self.arena, xs, &[y]);
+        concat::concat_fwd(&r, &widths, w[0]);
+        let _ = &mut w;
+    }
+
+    fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]) {
+        let widths: Vec<usize> = dxs
+            .iter()
+            .map(|g| g.map_or(0, |g| g.view.shape.c))
+            .collect();
+        assert!(
+            dxs.iter().all(Option::is_some),
+            "concat_bwd: the CPU backend wants every input gradient"
+        );
+        let writes: Vec<View> = dxs.iter().flatten().map(|g| g.view).collect();
+        let (r, w) = split(&mut self.arena, &[dy], &writes);
+        let mut targets: Vec<Option<(&mut [f32], bool)>> = w
+            .into_iter()
+            .zip(dxs.iter().flatten())
+            .map(|(s, g)| Some((s, g.accumulate)))
+            .collect();
+        concat::concat_bwd(r[0], &widths, &mut targets);
+    }
+
+    fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View) {
+        let (xa, ya) = self.rw(x, y);
+        pool::maxpool_fwd(xa, x.shape, p, ya);
+    }
+
+    fn maxpool_bwd(&mut self, x: View, dy: View, p: &PoolParams, dx: Grad) {
+        let (r, mut w) = split(&mut self.arena, &[x, dy], &[dx.view]);
+        pool::maxpool_bwd(r[0], x.shape, r[1], p, w[0], dx.accumulate);
+        let _ = &mut w;
+    }
+}
+
+/// One read view and one write view of the arena.
+fn split_rw(arena: &mut [f32], r: View, w: View) -> (&[f32], &mut [f32]) {
+    let (mut rs, mut ws) = split(arena, &[r], &[w]);
+    (rs.remove(0), ws.remove(0))
+}
+
+/// Shape helper for callers that build views by hand (tests, tools).
+pub fn view(offset_floats: usize, shape: Shape4) -> View {
+    View {
+        offset: offset_floats * 4,
+        shape,
+    }
+}

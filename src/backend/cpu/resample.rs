@@ -1,0 +1,126 @@
+//! CPU twins of `kernels/resample.cu`: nearest and bilinear upsampling by an integer factor,
+//! forward and backward.
+//!
+//! Both modes are separable: each output row (and column) is a weighted sum of at most two input
+//! rows (columns). The weights live in per-axis tap tables; backward uses the transposed tables,
+//! so every input pixel *gathers* its gradient and parallel rows never write the same memory.
+use rayon::prelude::*;
+
+use crate::backend::{Shape4, UpsampleMode};
+
+/// For each destination index, the (source index, weight) pairs it sums.
+type Taps = Vec<Vec<(usize, f32)>>;
+
+/// Forward taps of one axis: `n_in` inputs upsampled by `factor`.
+fn forward_taps(n_in: usize, factor: usize, mode: UpsampleMode) -> Taps {
+    (0..n_in * factor)
+        .map(|o| match mode {
+            UpsampleMode::Nearest => vec![(o / factor, 1.0)],
+            UpsampleMode::Bilinear => {
+                // Half-pixel centres (align_corners = false), clamped at the low border.
+                let src = ((o as f32 + 0.5) / factor as f32 - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(n_in - 1);
+                let i1 = (i0 + 1).min(n_in - 1);
+                let l1 = src - i0 as f32;
+                if i1 == i0 {
+                    vec![(i0, 1.0)]
+                } else {
+                    vec![(i0, 1.0 - l1), (i1, l1)]
+                }
+            }
+        })
+        .collect()
+}
+
+/// The transpose of `taps`: for each source index, the (destination, weight) pairs reading it.
+fn transpose(taps: &Taps, n_src: usize) -> Taps {
+    let mut t = vec![Vec::new(); n_src];
+    for (o, list) in taps.iter().enumerate() {
+        for &(i, w) in list {
+            t[i].push((o, w));
+        }
+    }
+    t
+}
+
+/// `dst[n, i, j, :] (+)= sum_{(a, wa) in rows[i]} sum_{(b, wb) in cols[j]} wa * wb * src[n, a, b, :]`.
+fn separable(
+    src: &[f32],
+    ss: Shape4,
+    rows: &Taps,
+    cols: &Taps,
+    dst: &mut [f32],
+    ds: Shape4,
+    accumulate: bool,
+) {
+    let c = ss.c;
+    dst.par_chunks_mut(ds.w * c)
+        .enumerate()
+        .for_each(|(nr, drow)| {
+            let (n, i) = (nr / ds.h, nr % ds.h);
+            if !accumulate {
+                drow.fill(0.0);
+            }
+            for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
+                for &(a, wa) in &rows[i] {
+                    for &(b, wb) in &cols[j] {
+                        let w = wa * wb;
+                        let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
+                        dpix.iter_mut()
+                            .zip(s)
+                            .for_each(|(d, &v)| *d = w.mul_add(v, *d));
+                    }
+                }
+            }
+        });
+}
+
+/// Output shape of upsampling `xs` by `factor`.
+pub fn upsample_shape(xs: Shape4, factor: usize) -> Shape4 {
+    Shape4 {
+        h: xs.h * factor,
+        w: xs.w * factor,
+        ..xs
+    }
+}
+
+/// `y = upsample(x)` by the integer `factor` implied by the shapes (`ys = xs * factor`).
+pub fn upsample_fwd(x: &[f32], xs: Shape4, mode: UpsampleMode, y: &mut [f32], ys: Shape4) {
+    let factor = ys.h / xs.h;
+    assert_eq!(
+        ys,
+        upsample_shape(xs, factor),
+        "upsample: shapes must differ by an integer factor"
+    );
+    assert!(
+        x.len() == xs.len() && y.len() == ys.len(),
+        "upsample_fwd: length mismatch"
+    );
+    let rows = forward_taps(xs.h, factor, mode);
+    let cols = forward_taps(xs.w, factor, mode);
+    separable(x, xs, &rows, &cols, y, ys, false);
+}
+
+/// `dx (+)= upsample^T(dy)`.
+pub fn upsample_bwd(
+    dy: &[f32],
+    ys: Shape4,
+    mode: UpsampleMode,
+    dx: &mut [f32],
+    xs: Shape4,
+    accumulate: bool,
+) {
+    let factor = ys.h / xs.h;
+    assert_eq!(
+        ys,
+        upsample_shape(xs, factor),
+        "upsample: shapes must differ by an integer factor"
+    );
+    assert!(
+        dx.len() == xs.len() && dy.len() == ys.len(),
+        "upsample_bwd: length mismatch"
+    );
+    let rows = transpose(&forward_taps(xs.h, factor, mode), xs.h);
+    let cols = transpose(&forward_taps(xs.w, factor, mode), xs.w);
+    separable(dy, ys, &rows, &cols, dx, xs, accumulate);
+}

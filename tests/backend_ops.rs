@@ -1,0 +1,583 @@
+//! Every CPU op against an independent naive f64 implementation (forward), and every backward
+//! against central finite differences of that naive forward in f64.
+//!
+//! The scalar checked is `L = sum(y * r)` for a random `r`: its gradient with respect to the
+//! inputs is exactly what backward computes from `dy = r`.
+use cephalo::backend::cpu::{batchnorm, concat, conv, elementwise, pool, resample};
+use cephalo::backend::{BnParams, ConvParams, PoolParams, Shape4, UpsampleMode};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+}
+
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// `max |a - b| / max(max |b|, 1e-3)`.
+fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    assert!(e < tol, "{what}: relative error {e:.3e} >= {tol:.0e}");
+}
+
+/// Central differences of `loss` at `x` in f64.
+fn fd_grad(x: &[f64], loss: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-5;
+    let mut v = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            v[i] = x[i] + h;
+            let up = loss(&v);
+            v[i] = x[i] - h;
+            let down = loss(&v);
+            v[i] = x[i];
+            (up - down) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, &y)| x * y as f64).sum()
+}
+
+fn idx(s: Shape4, n: usize, h: usize, w: usize, c: usize) -> usize {
+    ((n * s.h + h) * s.w + w) * s.c + c
+}
+
+// ---------- naive references (f64, straight from the definitions) ----------
+
+fn conv_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams, bias: Option<&[f64]>) -> Vec<f64> {
+    let ys = p.out_shape(xs);
+    let mut y = vec![0.0; ys.len()];
+    for n in 0..ys.n {
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                for k in 0..p.c_out {
+                    let mut acc = bias.map_or(0.0, |b| b[k]);
+                    for r in 0..p.kh {
+                        for s in 0..p.kw {
+                            let ih = (oh * p.stride + r) as isize - p.pad as isize;
+                            let iw = (ow * p.stride + s) as isize - p.pad as isize;
+                            if ih < 0 || iw < 0 || ih >= xs.h as isize || iw >= xs.w as isize {
+                                continue;
+                            }
+                            for c in 0..p.c_in {
+                                acc += x[idx(xs, n, ih as usize, iw as usize, c)]
+                                    * w[((k * p.kh + r) * p.kw + s) * p.c_in + c];
+                            }
+                        }
+                    }
+                    y[idx(ys, n, oh, ow, k)] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Transposed convolution by its scatter definition; `w` is `[c_in][kh][kw][c_out]`.
+fn conv_t_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams) -> Vec<f64> {
+    let ys = p.transposed_out_shape(xs);
+    let mut y = vec![0.0; ys.len()];
+    for n in 0..xs.n {
+        for ih in 0..xs.h {
+            for iw in 0..xs.w {
+                for r in 0..p.kh {
+                    for s in 0..p.kw {
+                        let oh = (ih * p.stride + r) as isize - p.pad as isize;
+                        let ow = (iw * p.stride + s) as isize - p.pad as isize;
+                        if oh < 0 || ow < 0 || oh >= ys.h as isize || ow >= ys.w as isize {
+                            continue;
+                        }
+                        for ci in 0..p.c_in {
+                            for co in 0..p.c_out {
+                                y[idx(ys, n, oh as usize, ow as usize, co)] += x
+                                    [idx(xs, n, ih, iw, ci)]
+                                    * w[((ci * p.kh + r) * p.kw + s) * p.c_out + co];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+fn bn_train_naive(x: &[f64], xs: Shape4, gamma: &[f64], beta: &[f64], relu: bool) -> Vec<f64> {
+    let m = xs.pixels() as f64;
+    let mut y = vec![0.0; x.len()];
+    for c in 0..xs.c {
+        let vals: Vec<f64> = (0..xs.pixels()).map(|p| x[p * xs.c + c]).collect();
+        let mean = vals.iter().sum::<f64>() / m;
+        let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+        for (p, v) in vals.iter().enumerate() {
+            let o = gamma[c] * (v - mean) / (var + 1e-5).sqrt() + beta[c];
+            y[p * xs.c + c] = if relu { o.max(0.0) } else { o };
+        }
+    }
+    y
+}
+
+fn upsample_naive(x: &[f64], xs: Shape4, f: usize, mode: UpsampleMode) -> Vec<f64> {
+    let ys = Shape4 {
+        h: xs.h * f,
+        w: xs.w * f,
+        ..xs
+    };
+    let mut y = vec![0.0; ys.len()];
+    // PyTorch's source coordinate for align_corners=False, clamped below at 0.
+    let src = |o: usize, n_in: usize| -> (usize, usize, f64) {
+        let s = ((o as f64 + 0.5) / f as f64 - 0.5).max(0.0);
+        let i0 = (s.floor() as usize).min(n_in - 1);
+        (i0, (i0 + 1).min(n_in - 1), s - i0 as f64)
+    };
+    for n in 0..ys.n {
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                for c in 0..ys.c {
+                    y[idx(ys, n, oh, ow, c)] = match mode {
+                        UpsampleMode::Nearest => x[idx(xs, n, oh / f, ow / f, c)],
+                        UpsampleMode::Bilinear => {
+                            let (h0, h1, lh) = src(oh, xs.h);
+                            let (w0, w1, lw) = src(ow, xs.w);
+                            let g = |h, w| x[idx(xs, n, h, w, c)];
+                            (1.0 - lh) * ((1.0 - lw) * g(h0, w0) + lw * g(h0, w1))
+                                + lh * ((1.0 - lw) * g(h1, w0) + lw * g(h1, w1))
+                        }
+                    };
+                }
+            }
+        }
+    }
+    y
+}
+
+fn maxpool_naive(x: &[f64], xs: Shape4, p: &PoolParams) -> Vec<f64> {
+    let ys = p.out_shape(xs);
+    let mut y = vec![f64::NEG_INFINITY; ys.len()];
+    for n in 0..ys.n {
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                for c in 0..ys.c {
+                    for r in 0..p.k {
+                        for s in 0..p.k {
+                            let ih = (oh * p.stride + r) as isize - p.pad as isize;
+                            let iw = (ow * p.stride + s) as isize - p.pad as isize;
+                            if ih >= 0 && iw >= 0 && (ih as usize) < xs.h && (iw as usize) < xs.w {
+                                let v = x[idx(xs, n, ih as usize, iw as usize, c)];
+                                let o = &mut y[idx(ys, n, oh, ow, c)];
+                                *o = o.max(v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+// ---------- convolution ----------
+
+/// Random geometries: odd sizes, strides 1 and 2 on odd inputs, 1x1, 7x7.
+fn conv_cases() -> Vec<(Shape4, ConvParams)> {
+    vec![
+        (Shape4::new(2, 5, 7, 3), ConvParams::square(3, 4, 3, 1, 1)),
+        (Shape4::new(1, 7, 9, 5), ConvParams::square(5, 6, 3, 2, 1)),
+        (Shape4::new(2, 6, 5, 8), ConvParams::square(8, 3, 1, 1, 0)),
+        (Shape4::new(1, 7, 7, 4), ConvParams::square(4, 5, 1, 2, 0)),
+        (Shape4::new(1, 11, 9, 2), ConvParams::square(2, 3, 7, 2, 3)),
+        (
+            Shape4::new(1, 6, 6, 3),
+            ConvParams {
+                c_in: 3,
+                c_out: 2,
+                kh: 3,
+                kw: 1,
+                stride: 1,
+                pad: 0,
+            },
+        ),
+    ]
+}
+
+#[test]
+fn conv2d_forward_matches_naive_on_random_geometries() {
+    let mut r = rng(1);
+    let mut cases = conv_cases();
+    // A 24x24 branch as in HRNet's 1/32 resolution at 768, and many random small ones.
+    cases.push((
+        Shape4::new(1, 24, 24, 16),
+        ConvParams::square(16, 8, 3, 1, 1),
+    ));
+    for _ in 0..20 {
+        let k = [1, 2, 3, 4, 5][r.random_range(0..5)];
+        let (c_in, c_out) = (r.random_range(1..9), r.random_range(1..9));
+        let stride = r.random_range(1..3);
+        let pad = r.random_range(0..=k / 2);
+        let xs = Shape4::new(
+            r.random_range(1..3),
+            r.random_range(k..k + 9),
+            r.random_range(k..k + 9),
+            c_in,
+        );
+        cases.push((xs, ConvParams::square(c_in, c_out, k, stride, pad)));
+    }
+    for (xs, p) in cases {
+        let x = random(&mut r, xs.len());
+        let w = random(&mut r, p.weight_len());
+        let b = random(&mut r, p.c_out);
+        let mut y = vec![f32::NAN; p.out_shape(xs).len()]; // poisoned: every element must be written
+        conv::conv2d_fwd(&x, xs, &w, &p, Some(&b), &mut y);
+        let want = conv_naive(&f64s(&x), xs, &f64s(&w), &p, Some(&f64s(&b)));
+        assert_close(&format!("conv {xs} {p:?}"), &y, &want, 1e-5);
+        conv::conv2d_fwd(&x, xs, &w, &p, None, &mut y);
+        assert_close(
+            "conv without bias",
+            &y,
+            &conv_naive(&f64s(&x), xs, &f64s(&w), &p, None),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn large_tiled_conv_matches_naive() {
+    // More pixels than one tile holds, so several tiles run in parallel.
+    let mut r = rng(2);
+    let xs = Shape4::new(1, 40, 37, 12);
+    let p = ConvParams::square(12, 10, 3, 1, 1);
+    let (x, w) = (random(&mut r, xs.len()), random(&mut r, p.weight_len()));
+    let mut y = vec![f32::NAN; p.out_shape(xs).len()];
+    conv::conv2d_fwd(&x, xs, &w, &p, None, &mut y);
+    assert_close(
+        "tiled conv",
+        &y,
+        &conv_naive(&f64s(&x), xs, &f64s(&w), &p, None),
+        1e-5,
+    );
+}
+
+#[test]
+fn conv2d_backward_matches_finite_differences() {
+    let mut r = rng(3);
+    for (xs, p) in conv_cases() {
+        let ys = p.out_shape(xs);
+        let (x, w, b) = (
+            random(&mut r, xs.len()),
+            random(&mut r, p.weight_len()),
+            random(&mut r, p.c_out),
+        );
+        let dy = random(&mut r, ys.len());
+        let (x64, w64, b64) = (f64s(&x), f64s(&w), f64s(&b));
+        let what = format!("conv {xs} {p:?}");
+
+        let mut dx = vec![f32::NAN; xs.len()];
+        conv::conv2d_dgrad(&dy, &w, &p, &mut dx, xs, false);
+        let want = fd_grad(&x64, |x| dot(&conv_naive(x, xs, &w64, &p, Some(&b64)), &dy));
+        assert_close(&format!("{what} dgrad"), &dx, &want, 1e-4);
+        // Accumulating adds the same gradient again.
+        conv::conv2d_dgrad(&dy, &w, &p, &mut dx, xs, true);
+        let twice: Vec<f64> = want.iter().map(|v| 2.0 * v).collect();
+        assert_close(&format!("{what} dgrad accumulate"), &dx, &twice, 1e-4);
+
+        let mut dw = vec![f32::NAN; p.weight_len()];
+        conv::conv2d_wgrad(&x, xs, &dy, &p, &mut dw);
+        let want = fd_grad(&w64, |w| dot(&conv_naive(&x64, xs, w, &p, Some(&b64)), &dy));
+        assert_close(&format!("{what} wgrad"), &dw, &want, 1e-4);
+
+        let mut db = vec![f32::NAN; p.c_out];
+        conv::conv2d_bias_grad(&dy, ys, &mut db);
+        let want = fd_grad(&b64, |b| dot(&conv_naive(&x64, xs, &w64, &p, Some(b)), &dy));
+        assert_close(&format!("{what} bias grad"), &db, &want, 1e-4);
+    }
+}
+
+#[test]
+fn transposed_conv_forward_and_backward() {
+    let mut r = rng(4);
+    let cases = [
+        (Shape4::new(2, 3, 5, 4), ConvParams::square(4, 3, 4, 2, 1)), // the SimpleBaseline deconv
+        (Shape4::new(1, 4, 3, 2), ConvParams::square(2, 5, 3, 2, 1)),
+        (Shape4::new(1, 5, 5, 3), ConvParams::square(3, 2, 3, 1, 1)),
+    ];
+    for (xs, p) in cases {
+        let ys = p.transposed_out_shape(xs);
+        let (x, w, dy) = (
+            random(&mut r, xs.len()),
+            random(&mut r, p.weight_len()),
+            random(&mut r, ys.len()),
+        );
+        let (x64, w64) = (f64s(&x), f64s(&w));
+        let what = format!("conv_transpose {xs} {p:?}");
+        let mut y = vec![f32::NAN; ys.len()];
+        conv::conv_transpose2d_fwd(&x, xs, &w, &p, &mut y);
+        assert_close(&what, &y, &conv_t_naive(&x64, xs, &w64, &p), 1e-5);
+
+        let mut dx = vec![f32::NAN; xs.len()];
+        conv::conv_transpose2d_dgrad(&dy, &w, &p, &mut dx, xs, false);
+        let want = fd_grad(&x64, |x| dot(&conv_t_naive(x, xs, &w64, &p), &dy));
+        assert_close(&format!("{what} dgrad"), &dx, &want, 1e-4);
+
+        let mut dw = vec![f32::NAN; p.weight_len()];
+        conv::conv_transpose2d_wgrad(&x, xs, &dy, &p, &mut dw);
+        let want = fd_grad(&w64, |w| dot(&conv_t_naive(&x64, xs, w, &p), &dy));
+        assert_close(&format!("{what} wgrad"), &dw, &want, 1e-4);
+    }
+}
+
+// ---------- batch norm ----------
+
+#[test]
+fn batchnorm_train_forward_backward_and_running_stats() {
+    let mut r = rng(5);
+    for (xs, relu) in [
+        (Shape4::new(2, 3, 5, 4), false),
+        (Shape4::new(3, 5, 3, 3), true),
+        (Shape4::new(1, 24, 24, 2), true),
+    ] {
+        let c = xs.c;
+        let x: Vec<f32> = random(&mut r, xs.len())
+            .iter()
+            .map(|v| 3.0 * v + 0.5)
+            .collect();
+        let gamma: Vec<f32> = random(&mut r, c).iter().map(|v| v + 1.5).collect();
+        let beta = random(&mut r, c);
+        let (x64, g64, b64) = (f64s(&x), f64s(&gamma), f64s(&beta));
+        let bp = BnParams::default();
+        let mut y = vec![f32::NAN; xs.len()];
+        let mut saved = vec![f32::NAN; 2 * c];
+        let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
+        batchnorm::bn_fwd_train(
+            &x, xs, &gamma, &beta, bp, relu, &mut y, &mut saved, &mut rm, &mut rv,
+        );
+        let want = bn_train_naive(&x64, xs, &g64, &b64, relu);
+        assert_close("bn train forward", &y, &want, 1e-5);
+
+        // Running statistics: momentum 0.1 towards the batch mean and the unbiased variance.
+        let m = xs.pixels() as f64;
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..xs.pixels()).map(|p| x64[p * c + ch]).collect();
+            let mean = vals.iter().sum::<f64>() / m;
+            let var_unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0);
+            assert!((rm[ch] as f64 - (0.9 * 0.5 + 0.1 * mean)).abs() < 1e-5);
+            assert!((rv[ch] as f64 - (0.9 * 2.0 + 0.1 * var_unbiased)).abs() < 1e-4);
+        }
+
+        // Recomputing from the saved statistics reproduces the output exactly.
+        let mut y2 = vec![f32::NAN; xs.len()];
+        batchnorm::bn_apply_saved(&x, xs, &gamma, &beta, &saved, relu, &mut y2);
+        assert_eq!(y, y2);
+
+        let dy = random(&mut r, xs.len());
+        let (mut dx, mut dg, mut db) = (
+            vec![f32::NAN; xs.len()],
+            vec![f32::NAN; c],
+            vec![f32::NAN; c],
+        );
+        batchnorm::bn_bwd(
+            &dy, &x, xs, &gamma, &beta, &saved, relu, &mut dx, false, &mut dg, &mut db,
+        );
+        let want = fd_grad(&x64, |x| dot(&bn_train_naive(x, xs, &g64, &b64, relu), &dy));
+        assert_close("bn dx", &dx, &want, 1e-4);
+        let want = fd_grad(&g64, |g| dot(&bn_train_naive(&x64, xs, g, &b64, relu), &dy));
+        assert_close("bn dgamma", &dg, &want, 1e-4);
+        let want = fd_grad(&b64, |b| dot(&bn_train_naive(&x64, xs, &g64, b, relu), &dy));
+        assert_close("bn dbeta", &db, &want, 1e-4);
+    }
+}
+
+#[test]
+fn batchnorm_eval_uses_running_statistics() {
+    let mut r = rng(6);
+    let xs = Shape4::new(2, 3, 3, 3);
+    let x = random(&mut r, xs.len());
+    let (gamma, beta) = ([1.5f32, -0.5, 2.0], [0.1f32, 0.2, -0.3]);
+    let (rm, rv) = ([0.2f32, -0.1, 0.0], [0.5f32, 2.0, 1.0]);
+    let mut y = vec![f32::NAN; xs.len()];
+    batchnorm::bn_fwd_eval(
+        &x,
+        xs,
+        &gamma,
+        &beta,
+        &rm,
+        &rv,
+        BnParams::default(),
+        true,
+        &mut y,
+    );
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let c = i % 3;
+            let o = gamma[c] as f64 * (v as f64 - rm[c] as f64) / (rv[c] as f64 + 1e-5).sqrt()
+                + beta[c] as f64;
+            o.max(0.0)
+        })
+        .collect();
+    assert_close("bn eval", &y, &want, 1e-6);
+}
+
+// ---------- elementwise ----------
+
+#[test]
+fn relu_add_and_add_relu_with_backward() {
+    let mut r = rng(7);
+    let n = 70_001; // beyond the parallel threshold, with a ragged tail
+    let (a, b, dy) = (random(&mut r, n), random(&mut r, n), random(&mut r, n));
+    let mut y = vec![f32::NAN; n];
+    elementwise::relu_fwd(&a, &mut y);
+    assert!(y.iter().zip(&a).all(|(&y, &a)| y == a.max(0.0)));
+    let mut dx = vec![f32::NAN; n];
+    elementwise::relu_bwd(&y, &dy, &mut dx, false);
+    assert!((0..n).all(|i| dx[i] == if a[i] > 0.0 { dy[i] } else { 0.0 }));
+
+    elementwise::add_fwd(&a, &b, &mut y);
+    assert!((0..n).all(|i| y[i] == a[i] + b[i]));
+    let mut da = vec![1.0f32; n];
+    elementwise::add_bwd(&dy, &mut da, true);
+    assert!((0..n).all(|i| da[i] == 1.0 + dy[i]));
+
+    elementwise::add_relu_fwd(&a, &b, &mut y);
+    assert!((0..n).all(|i| y[i] == (a[i] + b[i]).max(0.0)));
+    elementwise::add_relu_bwd(&y, &dy, &mut da, false);
+    assert!((0..n).all(|i| da[i] == if a[i] + b[i] > 0.0 { dy[i] } else { 0.0 }));
+
+    // Finite differences on a small add_relu, f64.
+    let (a, b) = (random(&mut r, 50), random(&mut r, 50));
+    let dy = random(&mut r, 50);
+    let mut y = vec![0.0; 50];
+    elementwise::add_relu_fwd(&a, &b, &mut y);
+    let mut da = vec![f32::NAN; 50];
+    elementwise::add_relu_bwd(&y, &dy, &mut da, false);
+    let b64 = f64s(&b);
+    let want = fd_grad(&f64s(&a), |a| {
+        let y: Vec<f64> = a.iter().zip(&b64).map(|(x, y)| (x + y).max(0.0)).collect();
+        dot(&y, &dy)
+    });
+    assert_close("add_relu da", &da, &want, 1e-6);
+}
+
+// ---------- resample ----------
+
+#[test]
+fn upsample_forward_and_backward_both_modes() {
+    let mut r = rng(8);
+    for mode in [UpsampleMode::Nearest, UpsampleMode::Bilinear] {
+        for (xs, f) in [
+            (Shape4::new(2, 3, 5, 3), 2),
+            (Shape4::new(1, 3, 3, 2), 4),
+            (Shape4::new(1, 2, 3, 1), 8),
+        ] {
+            let ys = Shape4 {
+                h: xs.h * f,
+                w: xs.w * f,
+                ..xs
+            };
+            let x = random(&mut r, xs.len());
+            let mut y = vec![f32::NAN; ys.len()];
+            resample::upsample_fwd(&x, xs, mode, &mut y, ys);
+            let what = format!("upsample {mode:?} {xs} x{f}");
+            assert_close(&what, &y, &upsample_naive(&f64s(&x), xs, f, mode), 1e-6);
+            let dy = random(&mut r, ys.len());
+            let mut dx = vec![f32::NAN; xs.len()];
+            resample::upsample_bwd(&dy, ys, mode, &mut dx, xs, false);
+            let want = fd_grad(&f64s(&x), |x| dot(&upsample_naive(x, xs, f, mode), &dy));
+            assert_close(&format!("{what} backward"), &dx, &want, 1e-5);
+        }
+    }
+}
+
+// ---------- concat ----------
+
+#[test]
+fn concat_forward_and_backward() {
+    let mut r = rng(9);
+    let pixels = 2 * 3 * 5;
+    let widths = [3usize, 1, 4];
+    let xs: Vec<Vec<f32>> = widths.iter().map(|&w| random(&mut r, pixels * w)).collect();
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    let mut y = vec![f32::NAN; pixels * 8];
+    concat::concat_fwd(&refs, &widths, &mut y);
+    for p in 0..pixels {
+        let want: Vec<f32> = (0..3)
+            .flat_map(|i| xs[i][p * widths[i]..(p + 1) * widths[i]].to_vec())
+            .collect();
+        assert_eq!(&y[p * 8..(p + 1) * 8], &want[..]);
+    }
+    // Backward slices the gradient back; the second input accumulates onto ones.
+    let dy = random(&mut r, pixels * 8);
+    let (mut d0, mut d1, mut d2) = (
+        vec![f32::NAN; pixels * 3],
+        vec![1.0f32; pixels],
+        vec![f32::NAN; pixels * 4],
+    );
+    concat::concat_bwd(
+        &dy,
+        &widths,
+        &mut [
+            Some((&mut d0, false)),
+            Some((&mut d1, true)),
+            Some((&mut d2, false)),
+        ],
+    );
+    for p in 0..pixels {
+        assert_eq!(&d0[p * 3..p * 3 + 3], &dy[p * 8..p * 8 + 3]);
+        assert_eq!(d1[p], 1.0 + dy[p * 8 + 3]);
+        assert_eq!(&d2[p * 4..p * 4 + 4], &dy[p * 8 + 4..p * 8 + 8]);
+    }
+}
+
+// ---------- pool ----------
+
+#[test]
+fn maxpool_forward_and_backward() {
+    let mut r = rng(10);
+    for (xs, p) in [
+        (
+            Shape4::new(2, 7, 9, 3),
+            PoolParams {
+                k: 3,
+                stride: 2,
+                pad: 1,
+            },
+        ),
+        (
+            Shape4::new(1, 6, 6, 2),
+            PoolParams {
+                k: 2,
+                stride: 2,
+                pad: 0,
+            },
+        ),
+    ] {
+        let ys = p.out_shape(xs);
+        let x = random(&mut r, xs.len());
+        let mut y = vec![f32::NAN; ys.len()];
+        pool::maxpool_fwd(&x, xs, &p, &mut y);
+        assert_close("maxpool", &y, &maxpool_naive(&f64s(&x), xs, &p), 1e-12);
+        let dy = random(&mut r, ys.len());
+        let mut dx = vec![f32::NAN; xs.len()];
+        pool::maxpool_bwd(&x, xs, &dy, &p, &mut dx, false);
+        let want = fd_grad(&f64s(&x), |x| dot(&maxpool_naive(x, xs, &p), &dy));
+        assert_close("maxpool backward", &dx, &want, 1e-6);
+    }
+}
