@@ -11,6 +11,7 @@
 // Workspace layout (f32), shared by forward and backward:
 //   partials[chunk][c][3]  forward: (count, mean, M2); backward: (sum g, sum g*xhat, unused)
 //   coeffs[2][c]           backward: (mean of g, mean of g*xhat) per channel
+#include "common.cuh"
 #include "half8_io.cuh"
 
 #define TILE_C 32

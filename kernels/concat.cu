@@ -4,6 +4,7 @@
 // Both directions are the same strided copy of a channel range, once per input: forward copies
 // input i into channels [at, at + width) of every pixel of y; backward copies (or adds) those
 // channels of dy into input i's gradient. Pure data movement: bitwise exact, no atomics.
+#include "common.cuh"
 #include "half8_io.cuh"
 
 // dst[p * dst_c + dst_at + k] (+)= src[p * src_c + src_at + k] for k < width, p < pixels.

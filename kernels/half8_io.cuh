@@ -1,7 +1,9 @@
 // Moving eight fp16 values (16 bytes) between memory and eight fp32 registers, and the
 // accumulate-or-overwrite store every gradient kernel ends with. Device code only.
+//
+// Include it after common.cuh (for half8), and include nothing from here: build.rs inlines one
+// level of local includes for NVRTC, which has no include path.
 #pragma once
-#include "common.cuh"
 
 // f[0..8] = float(p[8 * i .. 8 * i + 8]); p must be 16-byte aligned.
 __device__ __forceinline__ void load8(const __half* p, long long i, float f[8]) {

@@ -5,6 +5,7 @@
 // CPU twin's rule. Backward stores no indices: it recomputes each window's winner from x, and is a
 // gather (each input element sums dy over the windows it won, in ascending window order), so it
 // needs no atomics and gives identical results run to run.
+#include "common.cuh"
 #include "half8_io.cuh"
 
 struct PoolGeometry {
@@ -15,7 +16,7 @@ struct PoolGeometry {
 __device__ __forceinline__ void window_argmax(const __half* __restrict__ x, const PoolGeometry& g,
                                               int b, int oy, int ox, int ch, int* best_h,
                                               int* best_w) {
-    float best = -INFINITY;
+    float best = __uint_as_float(0xff800000u);  // -inf; NVRTC has no INFINITY macro
     *best_h = -1;
     *best_w = -1;
     for (int r = 0; r < g.k; ++r) {

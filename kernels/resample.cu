@@ -8,6 +8,7 @@
 //
 // Tap arithmetic matches the CPU twin operation for operation (half-pixel centres, clamped at the
 // low border), and weights are combined with explicit roundings so nvcc cannot contract them.
+#include "common.cuh"
 #include "half8_io.cuh"
 
 #define MODE_NEAREST 0

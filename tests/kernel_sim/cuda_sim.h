@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <barrier>
 #include <thread>
 #include <vector>
@@ -34,6 +35,7 @@ inline void __syncthreads() { sim_barrier->arrive_and_wait(); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 using std::max;
 using std::min;
 inline void sim_launch(SimDim grid, SimDim block, size_t shared_floats, const std::function<void()>& k) {

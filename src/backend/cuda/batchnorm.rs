@@ -248,6 +248,7 @@ pub fn bn_fwd_train(
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
+#[allow(clippy::too_many_arguments)]
 pub fn bn_apply_saved(
     gpu: &Gpu,
     x: DevSlice<f16>,
