@@ -36,8 +36,11 @@ __device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, 
     n = total;
 }
 
-// Pass 1 of the training statistics: a Welford summary per (chunk, channel).
-// Grid (ceil(c / 32), chunks), block (32, 8).
+// Pass 1 of the training statistics: a (count, mean, M2) summary per (chunk, channel).
+// Grid (ceil(c / 32), chunks), block (32, 8). Each thread sums its rows shifted by the first value
+// it reads (sum and sum of squares of x - shift): as stable as Welford while the shift is within a
+// few standard deviations of the mean, which one sample of the channel is, and without Welford's
+// division per element, which would make this memory-bound pass compute-bound.
 extern "C" __global__ void batchnorm_stats_partial_f16(const __half* __restrict__ x, long long m,
                                                        int c, int chunks,
                                                        float* __restrict__ partials) {
@@ -46,14 +49,20 @@ extern "C" __global__ void batchnorm_stats_partial_f16(const __half* __restrict_
     long long row0, row1;
     chunk_rows(m, chunks, blockIdx.y, &row0, &row1);
     float n = 0.0f, mean = 0.0f, m2 = 0.0f;
-    if (ch < c) {
-        for (long long r = row0 + threadIdx.y; r < row1; r += ROW_LANES) {
-            const float v = __half2float(x[r * c + ch]);
+    long long r = row0 + threadIdx.y;
+    if (ch < c && r < row1) {
+        const float shift = __half2float(x[r * c + ch]);
+        float s = 0.0f, q = 0.0f;
+#pragma unroll 4
+        for (; r < row1; r += ROW_LANES) {
+            const float d = __half2float(x[r * c + ch]) - shift;
+            s += d;
+            q = fmaf(d, d, q);
             n += 1.0f;
-            const float delta = v - mean;
-            mean += delta / n;
-            m2 = fmaf(delta, v - mean, m2);
         }
+        const float s_over_n = s / n;
+        mean = shift + s_over_n;
+        m2 = fmaxf(fmaf(-s, s_over_n, q), 0.0f);
     }
     sh[0][threadIdx.y][threadIdx.x] = n;
     sh[1][threadIdx.y][threadIdx.x] = mean;
