@@ -5,6 +5,7 @@ use half::f16;
 
 use super::as_i32;
 use crate::backend::{PoolParams, Shape4};
+use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// The kernels' geometry arguments `(n, h, w, c, oh, ow, k, stride, pad)`.
@@ -40,16 +41,20 @@ pub fn maxpool_fwd(gpu: &Gpu, x: DevSlice<f16>, xs: Shape4, p: &PoolParams, y: D
         y.len()
     );
     let (xp, yp) = (x.ptr(), y.ptr());
+    let vec = xs.c % 8 == 0 && all_aligned_16(&[xp, yp]);
+    let items = ys.len() / if vec { 8 } else { 1 };
+    let vec = vec as i32;
     let f = gpu.function("pool_maxpool_fwd_f16")?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(&xp).arg(&yp);
     for v in &g {
         launch.arg(v);
     }
+    launch.arg(&vec);
     // SAFETY: x covers xs and y covers ys (checked), and the window always holds a pixel;
     // arguments (const __half*, __half*, int n, int h, int w, int c, int oh, int ow, int k,
-    // int stride, int pad).
-    unsafe { launch.launch(gpu.grid_1d(ys.len())) }?;
+    // int stride, int pad, int vec).
+    unsafe { launch.launch(gpu.grid_1d(items)) }?;
     Ok(())
 }
 
@@ -73,16 +78,19 @@ pub fn maxpool_bwd(
         dx.len()
     );
     let (xp, dyp, dxp, acc) = (x.ptr(), dy.ptr(), dx.ptr(), accumulate as i32);
+    let vec = xs.c % 8 == 0 && all_aligned_16(&[xp, dyp, dxp]);
+    let items = xs.len() / if vec { 8 } else { 1 };
+    let vec = vec as i32;
     let f = gpu.function("pool_maxpool_bwd_f16")?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(&xp).arg(&dyp).arg(&dxp);
     for v in &g {
         launch.arg(v);
     }
-    launch.arg(&acc);
+    launch.arg(&acc).arg(&vec);
     // SAFETY: x and dx cover xs, dy covers ys (checked); arguments (const __half*, const __half*,
     // __half*, int n, int h, int w, int c, int oh, int ow, int k, int stride, int pad,
-    // int accumulate).
-    unsafe { launch.launch(gpu.grid_1d(xs.len())) }?;
+    // int accumulate, int vec).
+    unsafe { launch.launch(gpu.grid_1d(items)) }?;
     Ok(())
 }
