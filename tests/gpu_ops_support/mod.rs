@@ -92,14 +92,15 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert!(e < tol, "{what}: relative error {e:.3e} over {tol:.0e}");
 }
 
-/// Asserts `got` (fp16 from the GPU) equals the CPU's f32 result rounded to fp16, bit for bit:
-/// for ops whose GPU arithmetic is the CPU's operation for operation.
+/// Asserts `got` (fp16 from the GPU) equals the CPU's f32 result rounded to fp16: for ops whose
+/// GPU arithmetic is the CPU's operation for operation. Equal as numbers, so +0 and -0 match
+/// (`max(-0, 0)` may give either) and a NaN (a poisoned element left unwritten) never does.
 pub fn assert_bitwise(what: &str, got: &[f16], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, &w)) in got.iter().zip(want).enumerate() {
         let w = f16::from_f32(w);
         assert!(
-            g.to_bits() == w.to_bits(),
+            *g == w,
             "{what}: element {i} is {g} ({:#06x}), the CPU twin gives {w} ({:#06x})",
             g.to_bits(),
             w.to_bits()
