@@ -556,3 +556,22 @@ pub fn bn_add_relu_bwd(
         gpu, dy, x, xs, gamma, beta, saved, mask, dx, accumulate, dgamma, dbeta, workspace,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_grid_depends_on_the_shape_only_and_caps_its_chunks() {
+        assert_eq!(chunks(1), 1);
+        assert_eq!(chunks(ROWS_PER_CHUNK), 1);
+        assert_eq!(chunks(ROWS_PER_CHUNK + 1), 2);
+        // HRNet-W32 branch 1 at 768 x 768, batch 4: 147456 rows, so the cap applies.
+        assert_eq!(chunks(4 * 192 * 192), MAX_CHUNKS);
+        let xs = Shape4::new(4, 192, 192, 32);
+        assert_eq!(bn_workspace_len(xs), MAX_CHUNKS * 32 * 3 + 2 * 32);
+        let g = reduction_grid(Shape4::new(2, 5, 7, 36));
+        assert_eq!(g.grid_dim, (2, 1, 1));
+        assert_eq!(g.block_dim, (TILE_C, ROW_LANES, 1));
+    }
+}

@@ -36,3 +36,40 @@ pub(crate) fn as_i32(what: &str, v: usize) -> Result<i32> {
     );
     Ok(v as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::kernel_image;
+
+    /// Every kernel a wrapper launches by name exists in this build's kernel image, so a typo in a
+    /// name fails here, on machines without a GPU, rather than at the first launch on one.
+    #[test]
+    fn every_launched_kernel_is_in_the_kernel_image() {
+        let wrappers = [
+            include_str!("batchnorm.rs"),
+            include_str!("concat.rs"),
+            include_str!("elementwise.rs"),
+            include_str!("pool.rs"),
+            include_str!("resample.rs"),
+        ];
+        let mut names = Vec::new();
+        for source in wrappers {
+            for quoted in source.split('"').skip(1).step_by(2) {
+                let is_kernel = ["batchnorm_", "concat_", "elementwise_", "pool_", "resample_"]
+                    .iter()
+                    .any(|family| quoted.starts_with(family))
+                    && quoted.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                if is_kernel {
+                    names.push(quoted);
+                }
+            }
+        }
+        assert!(names.len() >= 20, "found only {names:?}");
+        for name in names {
+            assert!(
+                kernel_image::module_of(name).is_some(),
+                "{name} is launched but not in kernels/*.cu"
+            );
+        }
+    }
+}
