@@ -5,8 +5,11 @@
 // grid of (channel tile, row chunk) blocks that each write one partial per channel to a workspace,
 // then one thread per channel merges the partials in chunk order.
 //
-// Reduction blocks are 32 x 8 threads: threadIdx.x is the channel inside a tile of 32, threadIdx.y
-// one of 8 row lanes, so each warp reads one row's 32 consecutive channels (64 bytes) at a time.
+// Two reduction layouts, chosen by the wrapper: the vector one (c % 8 == 0, aligned tensors) has
+// each thread sum 8 channels read with 16-byte loads (see vec_layout); the scalar one has 32 x 8
+// threads, threadIdx.x the channel inside a tile of 32 and threadIdx.y one of 8 row lanes, so a
+// warp reads one row's 32 consecutive channels (64 bytes) at a time. The row chunks of a launch
+// depend on the shape (and path) only, so results are the same on every GPU and every run.
 //
 // Workspace layout (f32), shared by forward and backward:
 //   partials[chunk][c][3]  forward: (count, mean, M2); backward: (sum g, sum g*xhat, unused)
@@ -24,59 +27,120 @@ __device__ __forceinline__ void chunk_rows(long long m, int chunks, int chunk, l
     *row1 = m * (chunk + 1) / chunks;
 }
 
-// Chan et al.'s merge of two (count, mean, M2) summaries; stable where sum/sum-of-squares is not.
-__device__ __forceinline__ void welford_merge(float& n, float& mean, float& m2, float nb,
-                                             float mean_b, float m2_b) {
-    if (nb == 0.0f) return;
-    const float total = n + nb;
-    const float delta = mean_b - mean;
-    const float fb = nb / total;
-    mean = fmaf(delta, fb, mean);
-    m2 = m2 + m2_b + delta * delta * n * fb;
-    n = total;
+// Summary of rows [row0, row1) of one channel from sums of (x - shift) and (x - shift)^2, where
+// the shift is the chunk's first value of the channel: as stable as Welford while the shift is
+// within a few standard deviations of the mean (one sample of the channel is), yet the per-lane
+// partial sums merge by plain addition and the inner loop has no division.
+__device__ __forceinline__ void shifted_summary(float shift, float s, float q, long long rows,
+                                                float* __restrict__ out) {
+    const float n = (float)rows;
+    const float s_over_n = s / n;
+    out[0] = n;
+    out[1] = shift + s_over_n;
+    out[2] = fmaxf(fmaf(-s, s_over_n, q), 0.0f);
 }
 
-// Pass 1 of the training statistics: a (count, mean, M2) summary per (chunk, channel).
-// Grid (ceil(c / 32), chunks), block (32, 8). Each thread sums its rows shifted by the first value
-// it reads (sum and sum of squares of x - shift): as stable as Welford while the shift is within a
-// few standard deviations of the mean, which one sample of the channel is, and without Welford's
-// division per element, which would make this memory-bound pass compute-bound.
+// Pass 1 of the training statistics, scalar path: a (count, mean, M2) summary per (chunk,
+// channel). Grid (ceil(c / 32), chunks), block (32, 8).
 extern "C" __global__ void batchnorm_stats_partial_f16(const __half* __restrict__ x, long long m,
                                                        int c, int chunks,
                                                        float* __restrict__ partials) {
-    __shared__ float sh[3][ROW_LANES][TILE_C];
+    __shared__ float sh[2][ROW_LANES][TILE_C];
     const int ch = blockIdx.x * TILE_C + threadIdx.x;
     long long row0, row1;
     chunk_rows(m, chunks, blockIdx.y, &row0, &row1);
-    float n = 0.0f, mean = 0.0f, m2 = 0.0f;
-    long long r = row0 + threadIdx.y;
-    if (ch < c && r < row1) {
-        const float shift = __half2float(x[r * c + ch]);
-        float s = 0.0f, q = 0.0f;
+    float shift = 0.0f, s = 0.0f, q = 0.0f;
+    if (ch < c) {
+        shift = __half2float(x[row0 * c + ch]);
 #pragma unroll 4
-        for (; r < row1; r += ROW_LANES) {
+        for (long long r = row0 + threadIdx.y; r < row1; r += ROW_LANES) {
             const float d = __half2float(x[r * c + ch]) - shift;
             s += d;
             q = fmaf(d, d, q);
-            n += 1.0f;
         }
-        const float s_over_n = s / n;
-        mean = shift + s_over_n;
-        m2 = fmaxf(fmaf(-s, s_over_n, q), 0.0f);
     }
-    sh[0][threadIdx.y][threadIdx.x] = n;
-    sh[1][threadIdx.y][threadIdx.x] = mean;
-    sh[2][threadIdx.y][threadIdx.x] = m2;
+    sh[0][threadIdx.y][threadIdx.x] = s;
+    sh[1][threadIdx.y][threadIdx.x] = q;
     __syncthreads();
     if (threadIdx.y == 0 && ch < c) {
         for (int lane = 1; lane < ROW_LANES; ++lane) {
-            welford_merge(n, mean, m2, sh[0][lane][threadIdx.x], sh[1][lane][threadIdx.x],
-                          sh[2][lane][threadIdx.x]);
+            s += sh[0][lane][threadIdx.x];
+            q += sh[1][lane][threadIdx.x];
         }
-        float* p = partials + ((long long)blockIdx.y * c + ch) * 3;
-        p[0] = n;
-        p[1] = mean;
-        p[2] = m2;
+        shifted_summary(shift, s, q, row1 - row0, partials + ((long long)blockIdx.y * c + ch) * 3);
+    }
+}
+
+// The vector path's block layout: 256 threads, `tile` groups of 8 channels side by side (at most
+// 32, so 256 channels) times `lanes` rows in parallel. A warp reads whole 16-byte channel groups
+// of consecutive rows: for c = 32 that is 512 contiguous bytes per load instruction.
+#define VEC_THREADS 256
+__device__ __forceinline__ void vec_layout(int c, int* tile, int* lanes) {
+    *tile = min(c / 8, 32);
+    *lanes = VEC_THREADS / *tile;
+}
+
+// Sums the `width` floats per lane of `sh` (lanes x width) into lane 0's row, in a fixed tree
+// order (deterministic). Every thread of the block must call it.
+__device__ __forceinline__ void tree_sum_lanes(float* sh, int lanes, int width, int lane,
+                                               int offset_in_lane, int count) {
+    int pow2 = 1;
+    while (pow2 < lanes) pow2 <<= 1;
+    for (int off = pow2 / 2; off > 0; off >>= 1) {
+        __syncthreads();
+        if (lane < off && lane + off < lanes) {
+            for (int j = 0; j < count; ++j) {
+                sh[lane * width + offset_in_lane + j] += sh[(lane + off) * width + offset_in_lane + j];
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Pass 1, vector path (c % 8 == 0, x 16-byte aligned): each thread sums 8 channels with 16-byte
+// loads. Grid (ceil(c / 8 / tile), chunks), block 256; 2 x 2048 floats of shared memory.
+extern "C" __global__ void batchnorm_stats_partial_vec_f16(const __half* __restrict__ x,
+                                                           long long m, int c, int chunks,
+                                                           float* __restrict__ partials) {
+    __shared__ float sh_s[VEC_THREADS * 8], sh_q[VEC_THREADS * 8];
+    int tile, lanes;
+    vec_layout(c, &tile, &lanes);
+    const int grp = threadIdx.x % tile, lane = threadIdx.x / tile, width = tile * 8;
+    const int g = blockIdx.x * tile + grp;
+    const bool active = lane < lanes && g < c / 8;
+    long long row0, row1;
+    chunk_rows(m, chunks, blockIdx.y, &row0, &row1);
+    float shift[8], s[8], q[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] = q[j] = shift[j] = 0.0f;
+    if (active) {
+        load8(x, (row0 * c) / 8 + g, shift);
+#pragma unroll 2
+        for (long long r = row0 + lane; r < row1; r += lanes) {
+            float v[8];
+            load8(x, (r * c) / 8 + g, v);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float d = v[j] - shift[j];
+                s[j] += d;
+                q[j] = fmaf(d, d, q[j]);
+            }
+        }
+    }
+    if (lane < lanes) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            sh_s[lane * width + grp * 8 + j] = s[j];
+            sh_q[lane * width + grp * 8 + j] = q[j];
+        }
+    }
+    tree_sum_lanes(sh_s, lanes, width, lane < lanes ? lane : lanes, grp * 8, 8);
+    tree_sum_lanes(sh_q, lanes, width, lane < lanes ? lane : lanes, grp * 8, 8);
+    if (lane == 0 && active) {
+        for (int j = 0; j < 8; ++j) {
+            shifted_summary(shift[j], sh_s[grp * 8 + j], sh_q[grp * 8 + j], row1 - row0,
+                            partials + ((long long)blockIdx.y * c + g * 8 + j) * 3);
+        }
     }
 }
 
@@ -221,6 +285,76 @@ extern "C" __global__ void batchnorm_bwd_partial_f16(
         p[0] = sum_g;
         p[1] = sum_gx;
         p[2] = 0.0f;
+    }
+}
+
+// Backward pass 1, vector path (c % 8 == 0 and dy, x, y_out, d_res 16-byte aligned): 8 channels
+// per thread, the stats kernel's vector layout, lane sums in a fixed tree.
+extern "C" __global__ void batchnorm_bwd_partial_vec_f16(
+    const __half* __restrict__ dy, const __half* __restrict__ x, const float* __restrict__ gamma,
+    const float* __restrict__ beta, const float* __restrict__ saved, int relu,
+    const __half* __restrict__ y_out, __half* __restrict__ d_res, int accumulate_res, long long m,
+    int c, int chunks, float* __restrict__ partials) {
+    __shared__ float sh_g[VEC_THREADS * 8], sh_gx[VEC_THREADS * 8];
+    int tile, lanes;
+    vec_layout(c, &tile, &lanes);
+    const int grp = threadIdx.x % tile, lane = threadIdx.x / tile, width = tile * 8;
+    const int g = blockIdx.x * tile + grp;
+    const bool active = lane < lanes && g < c / 8;
+    long long row0, row1;
+    chunk_rows(m, chunks, blockIdx.y, &row0, &row1);
+    float sum_g[8], sum_gx[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) sum_g[j] = sum_gx[j] = 0.0f;
+    if (active) {
+        float mu[8], invstd[8], ga[8], be[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int ch = g * 8 + j;
+            mu[j] = saved[ch];
+            invstd[j] = saved[c + ch];
+            ga[j] = gamma[ch];
+            be[j] = beta[ch];
+        }
+        for (long long r = row0 + lane; r < row1; r += lanes) {
+            const long long i8 = (r * c) / 8 + g;
+            float gv[8], xv[8], yv[8], old[8];
+            load8(dy, i8, gv);
+            load8(x, i8, xv);
+            if (y_out != nullptr) load8(y_out, i8, yv);
+            if (d_res != nullptr && accumulate_res) load8(d_res, i8, old);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const float xhat = (xv[j] - mu[j]) * invstd[j];
+                float gm = gv[j];
+                if (y_out != nullptr) {
+                    gm = yv[j] > 0.0f ? gm : 0.0f;
+                } else if (relu && fmaf(ga[j], xhat, be[j]) <= 0.0f) {
+                    gm = 0.0f;
+                }
+                if (d_res != nullptr) old[j] = accumulate_or_set(old[j], gm, accumulate_res);
+                sum_g[j] += gm;
+                sum_gx[j] = fmaf(gm, xhat, sum_gx[j]);
+            }
+            if (d_res != nullptr) store8(d_res, i8, old);
+        }
+    }
+    if (lane < lanes) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            sh_g[lane * width + grp * 8 + j] = sum_g[j];
+            sh_gx[lane * width + grp * 8 + j] = sum_gx[j];
+        }
+    }
+    tree_sum_lanes(sh_g, lanes, width, lane < lanes ? lane : lanes, grp * 8, 8);
+    tree_sum_lanes(sh_gx, lanes, width, lane < lanes ? lane : lanes, grp * 8, 8);
+    if (lane == 0 && active) {
+        for (int j = 0; j < 8; ++j) {
+            float* p = partials + ((long long)blockIdx.y * c + g * 8 + j) * 3;
+            p[0] = sh_g[grp * 8 + j];
+            p[1] = sh_gx[grp * 8 + j];
+            p[2] = 0.0f;
+        }
     }
 }
 

@@ -59,9 +59,20 @@ static void test_elementwise() {
 
 // ---------- batchnorm (mirrors the Rust wrapper's launches) ----------
 static int chunks_of(long long m) { long long c = (m + 127) / 128; return (int)std::clamp(c, 1LL, 1024LL); }
+// The reduction grid the wrapper picks: scalar (32 x 8 threads) or vector (256 threads).
+struct Red { int ch; SimDim grid, block; };
+static Red reduction(long long m, int C, int rvec) {
+    if (!rvec) return {chunks_of(m), SimDim{(unsigned)((C + 31) / 32), (unsigned)chunks_of(m), 1}, SimDim{32, 8, 1}};
+    int tile = std::min(C / 8, 32), lanes = 256 / tile;
+    int ch = (int)std::clamp((m + lanes * 8 - 1) / (lanes * 8), 1LL, 1024LL);
+    return {ch, SimDim{(unsigned)((C / 8 + tile - 1) / tile), (unsigned)ch, 1}, SimDim{256, 1, 1}};
+}
 static void test_batchnorm(int N, int Hh, int W, int C) {
+  for (int rvec : {0, 1}) {
+    if (rvec && C % 8) continue;
     long long m = (long long)N * Hh * W, n = m * C;
-    int ch = chunks_of(m);
+    Red red = reduction(m, C, rvec);
+    int ch = red.ch;
     std::vector<float> off(C), spr(C);
     for (int c = 0; c < C; ++c) { off[c] = uni(-3, 3); spr[c] = uni(0.2f, 2); }
     H x(n); for (long long i = 0; i < n; ++i) x[i] = __float2half_rn(off[i % C] + spr[i % C] * uni(-1, 1));
@@ -78,8 +89,10 @@ static void test_batchnorm(int N, int Hh, int W, int C) {
         int relu = mode >= 1;
         const __half* r = mode == 2 ? res.data() : nullptr;
         H y = poison(n);
-        sim_launch(SimDim{(unsigned)((C + 31) / 32), (unsigned)ch, 1}, SimDim{32, 8, 1}, 0,
-                   [&] { batchnorm_stats_partial_f16(x.data(), m, C, ch, ws.data()); });
+        sim_launch(red.grid, red.block, 0, [&] {
+            if (rvec) batchnorm_stats_partial_vec_f16(x.data(), m, C, ch, ws.data());
+            else batchnorm_stats_partial_f16(x.data(), m, C, ch, ws.data());
+        });
         sim_launch(SimDim{(unsigned)((C + 127) / 128)}, SimDim{128}, 0, [&] {
             batchnorm_stats_finalize_f32(ws.data(), m, C, ch, eps, mom, saved.data(), rm.data(), rv.data());
         });
@@ -102,11 +115,11 @@ static void test_batchnorm(int N, int Hh, int W, int C) {
             ry[i] = relu ? std::max(v, 0.0) : v;
         }
         char w[160];
-        snprintf(w, 160, "bn fwd_train %dx%dx%dx%d mode=%d: saved", N, Hh, W, C, mode); check(w, saved, rsm, 1e-6);
-        snprintf(w, 160, "bn fwd_train %dx%dx%dx%d mode=%d: running", N, Hh, W, C, mode);
+        snprintf(w, 160, "bn fwd_train %dx%dx%dx%d rvec=%d mode=%d: saved", N, Hh, W, C, rvec, mode); check(w, saved, rsm, 1e-6);
+        snprintf(w, 160, "bn fwd_train %dx%dx%dx%d rvec=%d mode=%d: running", N, Hh, W, C, rvec, mode);
         std::vector<float> run = rm; run.insert(run.end(), rv.begin(), rv.end());
         std::vector<double> rrun = rrm; rrun.insert(rrun.end(), rrv.begin(), rrv.end()); check(w, run, rrun, 1e-6);
-        snprintf(w, 160, "bn fwd_train %dx%dx%dx%d mode=%d: y", N, Hh, W, C, mode); check(w, f(y), ry, 1e-3);
+        snprintf(w, 160, "bn fwd_train %dx%dx%dx%d rvec=%d mode=%d: y", N, Hh, W, C, rvec, mode); check(w, f(y), ry, 1e-3);
         // Eval forward.
         H ye = poison(n);
         sim_launch(grid1(2), SimDim{64}, 2 * C, [&] {
@@ -128,8 +141,9 @@ static void test_batchnorm(int N, int Hh, int W, int C) {
             const __half* yo = mode == 2 ? y.data() : nullptr;
             __half* dr = mode == 2 ? dres.data() : nullptr;
             int brelu = mode == 1;
-            sim_launch(SimDim{(unsigned)((C + 31) / 32), (unsigned)ch, 1}, SimDim{32, 8, 1}, 0, [&] {
-                batchnorm_bwd_partial_f16(dy.data(), x.data(), gamma.data(), beta.data(), saved.data(), brelu, yo, dr, acc, m, C, ch, ws.data());
+            sim_launch(red.grid, red.block, 0, [&] {
+                if (rvec) batchnorm_bwd_partial_vec_f16(dy.data(), x.data(), gamma.data(), beta.data(), saved.data(), brelu, yo, dr, acc, m, C, ch, ws.data());
+                else batchnorm_bwd_partial_f16(dy.data(), x.data(), gamma.data(), beta.data(), saved.data(), brelu, yo, dr, acc, m, C, ch, ws.data());
             });
             float* coeffs = ws.data() + (size_t)ch * C * 3;
             sim_launch(SimDim{(unsigned)((C + 127) / 128)}, SimDim{128}, 0, [&] {
@@ -152,12 +166,13 @@ static void test_batchnorm(int N, int Hh, int W, int C) {
                 int c = i % C;
                 rdx[i] = (acc ? dx0f[i] : 0) + gamma[c] * saved[C + c] * (g[i] - sg[c] / m - xh[i] * sgx[c] / m);
             }
-            snprintf(w, 160, "bn bwd %dx%dx%dx%d mode=%d acc=%d: dx", N, Hh, W, C, mode, acc); check(w, f(dx), rdx, 2e-3);
-            snprintf(w, 160, "bn bwd %dx%dx%dx%d mode=%d acc=%d: dgamma", N, Hh, W, C, mode, acc); check(w, dg, sgx, 1e-5);
-            snprintf(w, 160, "bn bwd %dx%dx%dx%d mode=%d acc=%d: dbeta", N, Hh, W, C, mode, acc); check(w, db, sg, 1e-5);
-            if (mode == 2) { snprintf(w, 160, "bn bwd %dx%dx%dx%d mode=%d acc=%d: dres", N, Hh, W, C, mode, acc); check(w, f(dres), rdres, 1e-3); }
+            snprintf(w, 160, "bn bwd %dx%dx%dx%d rvec=%d mode=%d acc=%d: dx", N, Hh, W, C, rvec, mode, acc); check(w, f(dx), rdx, 2e-3);
+            snprintf(w, 160, "bn bwd %dx%dx%dx%d rvec=%d mode=%d acc=%d: dgamma", N, Hh, W, C, rvec, mode, acc); check(w, dg, sgx, 1e-5);
+            snprintf(w, 160, "bn bwd %dx%dx%dx%d rvec=%d mode=%d acc=%d: dbeta", N, Hh, W, C, rvec, mode, acc); check(w, db, sg, 1e-5);
+            if (mode == 2) { snprintf(w, 160, "bn bwd %dx%dx%dx%d rvec=%d mode=%d acc=%d: dres", N, Hh, W, C, rvec, mode, acc); check(w, f(dres), rdres, 1e-3); }
         }
     }
+  }
 }
 
 // ---------- resample ----------
@@ -270,6 +285,8 @@ int main() {
     test_batchnorm(4, 13, 17, 32);
     test_batchnorm(2, 5, 3, 29);
     test_batchnorm(4, 12, 12, 64);
+    test_batchnorm(2, 9, 13, 72);
+    test_batchnorm(1, 3, 3, 256);
     test_batchnorm(1, 1, 1, 8);
     test_resample(1, 5, 7, 18, 2);
     test_resample(2, 3, 5, 16, 4);

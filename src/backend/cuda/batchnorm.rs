@@ -1,7 +1,7 @@
 //! Launch wrappers of `kernels/batchnorm.cu`; CPU twins in `backend/cpu/batchnorm.rs`.
 //!
 //! Training statistics and the backward reductions are deterministic two-kernel reductions: a
-//! fixed grid of (channel tile, row chunk) blocks writes per-chunk partials to a caller-provided
+//! fixed grid of (channel tile, row chunk) blocks (16-byte loads when channels come in 8s) writes per-chunk partials to a caller-provided
 //! f32 `workspace` of [`bn_workspace_len`] elements, then one thread per channel merges them in
 //! order. The workspace is an argument (the CPU twins have none) so that the executor can place
 //! it in its arena and a training step allocates nothing; its size depends on the shape only, so
@@ -27,15 +27,70 @@ const ROW_LANES: u32 = 8;
 const ROWS_PER_CHUNK: usize = 128;
 const MAX_CHUNKS: usize = 1024;
 
-/// Row chunks of the reduction grid for `m` rows: a function of the shape only, so the summation
-/// order (and so every result bit) is the same on every GPU.
+/// Row chunks of the scalar reduction grid for `m` rows: a function of the shape only, so the
+/// summation order (and so every result bit) is the same on every GPU.
 fn chunks(m: usize) -> usize {
     m.div_ceil(ROWS_PER_CHUNK).clamp(1, MAX_CHUNKS)
 }
 
-/// f32 elements of the workspace [`bn_fwd_train`] and [`bn_bwd`] need for activations of shape `xs`.
+/// The vector reduction path (`c % 8 == 0`, 16-byte aligned tensors): 256 threads per block as
+/// `tile` groups of 8 channels (at most 32) times `lanes` rows, as `vec_layout` in the kernel.
+const VEC_THREADS: usize = 256;
+/// Rows each lane of a vector reduction block should own at least.
+const VEC_ROWS_PER_LANE: usize = 8;
+
+fn vec_layout(c: usize) -> (usize, usize) {
+    let tile = (c / 8).min(32);
+    (tile, VEC_THREADS / tile)
+}
+
+fn vec_chunks(xs: Shape4) -> usize {
+    let (_, lanes) = vec_layout(xs.c);
+    xs.pixels().div_ceil(lanes * VEC_ROWS_PER_LANE).clamp(1, MAX_CHUNKS)
+}
+
+/// Which reduction kernels run: the vector ones when channels come in 8s and every tensor they
+/// read or write is 16-byte aligned.
+#[derive(Clone, Copy)]
+struct Reduction {
+    vec: bool,
+    chunks: usize,
+    grid: LaunchConfig,
+}
+
+impl Reduction {
+    fn new(xs: Shape4, ptrs: &[u64]) -> Reduction {
+        if xs.c % 8 == 0 && all_aligned_16(ptrs) {
+            let (tile, _) = vec_layout(xs.c);
+            let chunks = vec_chunks(xs);
+            Reduction {
+                vec: true,
+                chunks,
+                grid: LaunchConfig {
+                    grid_dim: ((xs.c / 8).div_ceil(tile) as u32, chunks as u32, 1),
+                    block_dim: (VEC_THREADS as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            }
+        } else {
+            Reduction {
+                vec: false,
+                chunks: chunks(xs.pixels()),
+                grid: reduction_grid(xs),
+            }
+        }
+    }
+}
+
+/// f32 elements of the workspace [`bn_fwd_train`] and [`bn_bwd`] need for activations of shape
+/// `xs` (whichever reduction path runs).
 pub fn bn_workspace_len(xs: Shape4) -> usize {
-    chunks(xs.pixels()) * xs.c * 3 + 2 * xs.c
+    let most = if xs.c % 8 == 0 {
+        chunks(xs.pixels()).max(vec_chunks(xs))
+    } else {
+        chunks(xs.pixels())
+    };
+    most * xs.c * 3 + 2 * xs.c
 }
 
 fn reduction_grid(xs: Shape4) -> LaunchConfig {
@@ -190,11 +245,16 @@ fn batch_stats(
         workspace.len(),
         bn_workspace_len(xs)
     );
-    let (m, ci, nch) = (xs.pixels() as i64, as_i32("channels", c)?, chunks(xs.pixels()) as i32);
     let (xp, wp) = (x.ptr(), workspace.ptr());
-    let f = gpu.function("batchnorm_stats_partial_f16")?;
+    let red = Reduction::new(xs, &[xp]);
+    let (m, ci, nch) = (xs.pixels() as i64, as_i32("channels", c)?, red.chunks as i32);
+    let f = gpu.function(if red.vec {
+        "batchnorm_stats_partial_vec_f16"
+    } else {
+        "batchnorm_stats_partial_f16"
+    })?;
     // SAFETY: x covers m*c halves, the workspace chunks*c*3 floats (checked); arguments
-    // (const __half*, long long, int, int, float*); grid (c/32, chunks) of 32x8 threads.
+    // (const __half*, long long, int, int, float*); the grid and block each kernel expects.
     unsafe {
         gpu.stream()
             .launch_builder(&f)
@@ -203,7 +263,7 @@ fn batch_stats(
             .arg(&ci)
             .arg(&nch)
             .arg(&wp)
-            .launch(reduction_grid(xs))
+            .launch(red.grid)
     }?;
     let (sp, rm, rv) = (saved.ptr(), running_mean.ptr(), running_var.ptr());
     let f = gpu.function("batchnorm_stats_finalize_f32")?;
@@ -406,19 +466,24 @@ fn backward(
         workspace.len(),
         bn_workspace_len(xs)
     );
-    let nch = chunks(xs.pixels());
-    let (m, n, ci, chunks_i) = (xs.pixels() as i64, xs.len() as i64, as_i32("channels", c)?, nch as i32);
     let (dyp, xp, gp, bp, sp) = (dy.ptr(), x.ptr(), gamma.ptr(), beta.ptr(), saved.ptr());
     let (relu, acc_res, acc) = (mask.relu as i32, mask.accumulate_res as i32, accumulate as i32);
     let (yo, dr) = (mask.y_out, mask.d_res);
+    let red = Reduction::new(xs, &[dyp, xp, yo, dr]);
+    let nch = red.chunks;
+    let (m, n, ci, chunks_i) = (xs.pixels() as i64, xs.len() as i64, as_i32("channels", c)?, nch as i32);
     let partials = workspace.ptr();
     let coeffs = workspace.as_ref().sub(nch * c * 3, 2 * c).ptr();
 
-    let f = gpu.function("batchnorm_bwd_partial_f16")?;
+    let f = gpu.function(if red.vec {
+        "batchnorm_bwd_partial_vec_f16"
+    } else {
+        "batchnorm_bwd_partial_f16"
+    })?;
     // SAFETY: dy, x (and y_out, d_res when non-null) cover m*c halves; gamma, beta c floats,
     // saved 2c, partials chunks*c*3 (checked); arguments (const __half*, const __half*,
     // const float*, const float*, const float*, int, const __half*, __half*, int, long long, int,
-    // int, float*); grid (c/32, chunks) of 32x8 threads.
+    // int, float*) for both kernels; the grid and block each expects.
     unsafe {
         gpu.stream()
             .launch_builder(&f)
@@ -435,7 +500,7 @@ fn backward(
             .arg(&ci)
             .arg(&chunks_i)
             .arg(&partials)
-            .launch(reduction_grid(xs))
+            .launch(red.grid)
     }?;
     let (dgp, dbp) = (dgamma.ptr(), dbeta.ptr());
     let f = gpu.function("batchnorm_bwd_finalize_f32")?;
