@@ -173,6 +173,18 @@ extern "C" __global__ void batchnorm_stats_finalize_f32(const float* __restrict_
     running_var[ch] = (float)((1.0 - mo) * (double)running_var[ch] + mo * unbiased);
 }
 
+// The channel of element i in a grid-stride loop, kept up to date by addition: a 64-bit modulo
+// per element would cost more than the memory access it serves.
+struct ChannelCursor {
+    int ch, step, c;
+    __device__ ChannelCursor(long long first, long long stride, int c_)
+        : ch((int)(first % c_)), step((int)(stride % c_)), c(c_) {}
+    __device__ void advance() {
+        ch += step;
+        if (ch >= c) ch -= c;
+    }
+};
+
 // Per-channel scale and shift of the normalisation, staged in shared memory by every block of the
 // elementwise kernels: scale = gamma * invstd, shift = beta - mean * scale, rounded as the CPU
 // twin rounds them (no contraction into an fma). `second` is invstd, or the running variance when
@@ -213,8 +225,9 @@ extern "C" __global__ void batchnorm_fwd_apply_f16(const __half* __restrict__ x,
     if (vec) {
         // c % 8 == 0, so 8 consecutive elements are 8 consecutive channels of one pixel.
         const long long n8 = n / 8;
-        for (long long i = global_thread_index(); i < n8; i += grid_stride()) {
-            const int c0 = (int)((i * 8) % c);
+        ChannelCursor cur(global_thread_index() * 8, grid_stride() * 8, c);
+        for (long long i = global_thread_index(); i < n8; i += grid_stride(), cur.advance()) {
+            const int c0 = cur.ch;
             float v[8], r[8];
             load8(x, i, v);
             if (residual != nullptr) load8(residual, i, r);
@@ -228,8 +241,9 @@ extern "C" __global__ void batchnorm_fwd_apply_f16(const __half* __restrict__ x,
         }
         start = n8 * 8;
     }
-    for (long long i = start + global_thread_index(); i < n; i += grid_stride()) {
-        const int ch = (int)(i % c);
+    ChannelCursor cur(start + global_thread_index(), grid_stride(), c);
+    for (long long i = start + global_thread_index(); i < n; i += grid_stride(), cur.advance()) {
+        const int ch = cur.ch;
         float o = fmaf(__half2float(x[i]), scale[ch], shift[ch]);
         if (residual != nullptr) o += __half2float(residual[i]);
         y[i] = __float2half_rn(relu ? fmaxf(o, 0.0f) : o);
@@ -414,8 +428,9 @@ extern "C" __global__ void batchnorm_bwd_dx_f16(const __half* __restrict__ dy,
     long long start = 0;
     if (vec) {
         const long long n8 = n / 8;
-        for (long long i = global_thread_index(); i < n8; i += grid_stride()) {
-            const int c0 = (int)((i * 8) % c);
+        ChannelCursor cur(global_thread_index() * 8, grid_stride() * 8, c);
+        for (long long i = global_thread_index(); i < n8; i += grid_stride(), cur.advance()) {
+            const int c0 = cur.ch;
             float g[8], xv[8], old[8];
             load8(dy, i, g);
             load8(x, i, xv);
@@ -428,9 +443,10 @@ extern "C" __global__ void batchnorm_bwd_dx_f16(const __half* __restrict__ dy,
         }
         start = n8 * 8;
     }
-    for (long long i = start + global_thread_index(); i < n; i += grid_stride()) {
+    ChannelCursor cur(start + global_thread_index(), grid_stride(), c);
+    for (long long i = start + global_thread_index(); i < n; i += grid_stride(), cur.advance()) {
         const float old = accumulate ? __half2float(dx[i]) : 0.0f;
-        const float v = grad(__half2float(dy[i]), __half2float(x[i]), (int)(i % c), i);
+        const float v = grad(__half2float(dy[i]), __half2float(x[i]), cur.ch, i);
         dx[i] = __float2half_rn(accumulate_or_set(old, v, accumulate));
     }
 }
