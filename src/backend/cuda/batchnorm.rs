@@ -1,0 +1,642 @@
+//! Launch wrappers of `kernels/batchnorm.cu`; CPU twins in `backend/cpu/batchnorm.rs`.
+//!
+//! Training statistics and the backward reductions are deterministic two-kernel reductions: a
+//! fixed grid of (channel tile, row chunk) blocks (16-byte loads when channels come in 8s) writes per-chunk partials to a caller-provided
+//! f32 `workspace` of [`bn_workspace_len`] elements, then one thread per channel merges them in
+//! order. The workspace is an argument (the CPU twins have none) so that the executor can place
+//! it in its arena and a training step allocates nothing; its size depends on the shape only, so
+//! the planner can compute it without a GPU.
+//!
+//! Besides the CPU twins' BN and BN+ReLU, the `bn_add_relu_*` functions fuse the residual join of
+//! ResNet blocks and HRNet fuse layers: `y = max(bn(x) + residual, 0)`. Their CPU reference is the
+//! unfused pair `bn_*` (no ReLU) then `add_relu_fwd`.
+use anyhow::{ensure, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::f16;
+
+use super::{as_i32, grid_1d_shared};
+use crate::backend::{BnParams, Shape4};
+use crate::gpu::memory::all_aligned_16;
+use crate::gpu::{DevSlice, DevSliceMut, Gpu};
+
+/// Channels per reduction block (`TILE_C` in the kernel) and row lanes per block (`ROW_LANES`).
+const TILE_C: u32 = 32;
+const ROW_LANES: u32 = 8;
+/// Rows a reduction block should own at least, and the most row chunks: enough blocks to fill an
+/// H100 at HRNet sizes, few enough partials that the per-channel merge stays cheap.
+const ROWS_PER_CHUNK: usize = 128;
+const MAX_CHUNKS: usize = 1024;
+
+/// Row chunks of the scalar reduction grid for `m` rows: a function of the shape only, so the
+/// summation order (and so every result bit) is the same on every GPU.
+fn chunks(m: usize) -> usize {
+    m.div_ceil(ROWS_PER_CHUNK).clamp(1, MAX_CHUNKS)
+}
+
+/// The vector reduction path (`c % 8 == 0`, 16-byte aligned tensors): 256 threads per block as
+/// `tile` groups of 8 channels (at most 32) times `lanes` rows, as `vec_layout` in the kernel.
+const VEC_THREADS: usize = 256;
+/// Rows each lane of a vector reduction block should own at least.
+const VEC_ROWS_PER_LANE: usize = 8;
+
+fn vec_layout(c: usize) -> (usize, usize) {
+    let tile = (c / 8).min(32);
+    (tile, VEC_THREADS / tile)
+}
+
+fn vec_chunks(xs: Shape4) -> usize {
+    let (_, lanes) = vec_layout(xs.c);
+    xs.pixels().div_ceil(lanes * VEC_ROWS_PER_LANE).clamp(1, MAX_CHUNKS)
+}
+
+/// Which reduction kernels run: the vector ones when channels come in 8s and every tensor they
+/// read or write is 16-byte aligned.
+#[derive(Clone, Copy)]
+struct Reduction {
+    vec: bool,
+    chunks: usize,
+    grid: LaunchConfig,
+}
+
+impl Reduction {
+    fn new(xs: Shape4, ptrs: &[u64]) -> Reduction {
+        if xs.c % 8 == 0 && all_aligned_16(ptrs) {
+            let (tile, _) = vec_layout(xs.c);
+            let chunks = vec_chunks(xs);
+            Reduction {
+                vec: true,
+                chunks,
+                grid: LaunchConfig {
+                    grid_dim: ((xs.c / 8).div_ceil(tile) as u32, chunks as u32, 1),
+                    block_dim: (VEC_THREADS as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            }
+        } else {
+            Reduction {
+                vec: false,
+                chunks: chunks(xs.pixels()),
+                grid: reduction_grid(xs),
+            }
+        }
+    }
+}
+
+/// f32 elements of the workspace [`bn_fwd_train`] and [`bn_bwd`] need for activations of shape
+/// `xs` (whichever reduction path runs).
+pub fn bn_workspace_len(xs: Shape4) -> usize {
+    let most = if xs.c % 8 == 0 {
+        chunks(xs.pixels()).max(vec_chunks(xs))
+    } else {
+        chunks(xs.pixels())
+    };
+    most * xs.c * 3 + 2 * xs.c
+}
+
+fn reduction_grid(xs: Shape4) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (xs.c.div_ceil(TILE_C as usize) as u32, chunks(xs.pixels()) as u32, 1),
+        block_dim: (TILE_C, ROW_LANES, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn per_channel_grid(c: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (c.div_ceil(128) as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    what: &str,
+    x: &DevSlice<f16>,
+    xs: Shape4,
+    gamma: &DevSlice<f32>,
+    beta: &DevSlice<f32>,
+    y_len: usize,
+) -> Result<()> {
+    ensure!(!xs.is_empty(), "{what}: empty activation {xs}");
+    ensure!(x.len() == xs.len(), "{what}: x has {} elements, shape {xs}", x.len());
+    ensure!(y_len == xs.len(), "{what}: output has {y_len} elements, shape {xs}");
+    ensure!(
+        gamma.len() == xs.c && beta.len() == xs.c,
+        "{what}: gamma/beta have {}/{} elements for {} channels",
+        gamma.len(),
+        beta.len(),
+        xs.c
+    );
+    Ok(())
+}
+
+/// The per-channel statistics a normalisation uses: batch `[mean; invstd]`, or running mean and
+/// variance (eval).
+enum Stats<'a> {
+    Saved(DevSlice<'a, f32>),
+    Running {
+        mean: DevSlice<'a, f32>,
+        var: DevSlice<'a, f32>,
+        eps: f32,
+    },
+}
+
+/// `y = act(x * scale + shift (+ residual))`, one pass over the activations.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    stats: Stats,
+    residual: Option<DevSlice<f16>>,
+    relu: bool,
+    y: DevSliceMut<f16>,
+) -> Result<()> {
+    let c = xs.c;
+    let (mean, second, second_is_var, eps) = match stats {
+        Stats::Saved(s) => {
+            ensure!(
+                s.len() == 2 * c,
+                "batchnorm: saved has {} elements, want 2 x {c}",
+                s.len()
+            );
+            (s.ptr(), s.sub(c, c).ptr(), 0i32, 0.0f32)
+        }
+        Stats::Running { mean, var, eps } => {
+            ensure!(
+                mean.len() == c && var.len() == c,
+                "batchnorm: running stats have {}/{} elements for {c} channels",
+                mean.len(),
+                var.len()
+            );
+            (mean.ptr(), var.ptr(), 1i32, eps)
+        }
+    };
+    let r = match residual {
+        Some(r) => {
+            ensure!(
+                r.len() == xs.len(),
+                "batchnorm: residual has {} elements, shape {xs}",
+                r.len()
+            );
+            r.ptr()
+        }
+        None => 0,
+    };
+    let (xp, yp, gp, bp) = (x.ptr(), y.ptr(), gamma.ptr(), beta.ptr());
+    let (n, ci, relu) = (xs.len() as i64, as_i32("channels", c)?, relu as i32);
+    let vec = (c % 8 == 0 && all_aligned_16(&[xp, yp, r])) as i32;
+    let cfg = grid_1d_shared(gpu, xs.len(), 2 * c)?;
+    let f = gpu.function("batchnorm_fwd_apply_f16")?;
+    // SAFETY: x, y (and residual when non-null) cover n elements, gamma/beta/mean/second c floats;
+    // arguments (const __half*, const float*, const float*, const float*, const float*, int,
+    // float, const __half*, int, __half*, long long, int, int); 2c floats of shared memory.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&xp)
+            .arg(&gp)
+            .arg(&bp)
+            .arg(&mean)
+            .arg(&second)
+            .arg(&second_is_var)
+            .arg(&eps)
+            .arg(&r)
+            .arg(&relu)
+            .arg(&yp)
+            .arg(&n)
+            .arg(&ci)
+            .arg(&vec)
+            .launch(cfg)
+    }?;
+    Ok(())
+}
+
+/// Batch statistics into `saved = [mean; invstd]` and the running-statistics update.
+#[allow(clippy::too_many_arguments)]
+fn batch_stats(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    bp: BnParams,
+    saved: &mut DevSliceMut<f32>,
+    running_mean: DevSliceMut<f32>,
+    running_var: DevSliceMut<f32>,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    let c = xs.c;
+    ensure!(
+        saved.len() == 2 * c,
+        "batchnorm: saved has {} elements, want 2 x {c}",
+        saved.len()
+    );
+    ensure!(
+        running_mean.len() == c && running_var.len() == c,
+        "batchnorm: running stats have {}/{} elements for {c} channels",
+        running_mean.len(),
+        running_var.len()
+    );
+    ensure!(
+        workspace.len() >= bn_workspace_len(xs),
+        "batchnorm: workspace of {} floats, {xs} needs {}",
+        workspace.len(),
+        bn_workspace_len(xs)
+    );
+    let (xp, wp) = (x.ptr(), workspace.ptr());
+    let red = Reduction::new(xs, &[xp]);
+    let (m, ci, nch) = (xs.pixels() as i64, as_i32("channels", c)?, red.chunks as i32);
+    let f = gpu.function(if red.vec {
+        "batchnorm_stats_partial_vec_f16"
+    } else {
+        "batchnorm_stats_partial_f16"
+    })?;
+    // SAFETY: x covers m*c halves, the workspace chunks*c*3 floats (checked); arguments
+    // (const __half*, long long, int, int, float*); the grid and block each kernel expects.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&xp)
+            .arg(&m)
+            .arg(&ci)
+            .arg(&nch)
+            .arg(&wp)
+            .launch(red.grid)
+    }?;
+    let (sp, rm, rv) = (saved.ptr(), running_mean.ptr(), running_var.ptr());
+    let f = gpu.function("batchnorm_stats_finalize_f32")?;
+    // SAFETY: partials as above, saved 2c floats, running stats c floats each; arguments
+    // (const float*, long long, int, int, float, float, float*, float*, float*).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&wp)
+            .arg(&m)
+            .arg(&ci)
+            .arg(&nch)
+            .arg(&bp.eps)
+            .arg(&bp.momentum)
+            .arg(&sp)
+            .arg(&rm)
+            .arg(&rv)
+            .launch(per_channel_grid(c))
+    }?;
+    Ok(())
+}
+
+/// Training forward. Writes `y`, `saved = [mean; invstd]` and updates the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_fwd_train(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    bp: BnParams,
+    relu: bool,
+    y: DevSliceMut<f16>,
+    mut saved: DevSliceMut<f32>,
+    running_mean: DevSliceMut<f32>,
+    running_var: DevSliceMut<f32>,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    check("bn_fwd_train", &x, xs, &gamma, &beta, y.len())?;
+    batch_stats(gpu, x, xs, bp, &mut saved, running_mean, running_var, workspace)?;
+    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved.as_ref()), None, relu, y)
+}
+
+/// Recomputes the training output from saved statistics (used by backward instead of storing it).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_apply_saved(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    saved: DevSlice<f32>,
+    relu: bool,
+    y: DevSliceMut<f16>,
+) -> Result<()> {
+    check("bn_apply_saved", &x, xs, &gamma, &beta, y.len())?;
+    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), None, relu, y)
+}
+
+/// Eval forward with the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_fwd_eval(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    running_mean: DevSlice<f32>,
+    running_var: DevSlice<f32>,
+    bp: BnParams,
+    relu: bool,
+    y: DevSliceMut<f16>,
+) -> Result<()> {
+    check("bn_fwd_eval", &x, xs, &gamma, &beta, y.len())?;
+    let stats = Stats::Running {
+        mean: running_mean,
+        var: running_var,
+        eps: bp.eps,
+    };
+    apply(gpu, x, xs, gamma, beta, stats, None, relu, y)
+}
+
+/// Fused training forward of `y = max(bn(x) + residual, 0)`; statistics as [`bn_fwd_train`].
+#[allow(clippy::too_many_arguments)]
+pub fn bn_add_relu_fwd_train(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    bp: BnParams,
+    residual: DevSlice<f16>,
+    y: DevSliceMut<f16>,
+    mut saved: DevSliceMut<f32>,
+    running_mean: DevSliceMut<f32>,
+    running_var: DevSliceMut<f32>,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    check("bn_add_relu_fwd_train", &x, xs, &gamma, &beta, y.len())?;
+    batch_stats(gpu, x, xs, bp, &mut saved, running_mean, running_var, workspace)?;
+    apply(
+        gpu,
+        x,
+        xs,
+        gamma,
+        beta,
+        Stats::Saved(saved.as_ref()),
+        Some(residual),
+        true,
+        y,
+    )
+}
+
+/// Fused `y = max(bn(x) + residual, 0)` from saved statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_add_relu_apply_saved(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    saved: DevSlice<f32>,
+    residual: DevSlice<f16>,
+    y: DevSliceMut<f16>,
+) -> Result<()> {
+    check("bn_add_relu_apply_saved", &x, xs, &gamma, &beta, y.len())?;
+    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), Some(residual), true, y)
+}
+
+/// Fused eval `y = max(bn(x) + residual, 0)` with the running statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_add_relu_fwd_eval(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    running_mean: DevSlice<f32>,
+    running_var: DevSlice<f32>,
+    bp: BnParams,
+    residual: DevSlice<f16>,
+    y: DevSliceMut<f16>,
+) -> Result<()> {
+    check("bn_add_relu_fwd_eval", &x, xs, &gamma, &beta, y.len())?;
+    let stats = Stats::Running {
+        mean: running_mean,
+        var: running_var,
+        eps: bp.eps,
+    };
+    apply(gpu, x, xs, gamma, beta, stats, Some(residual), true, y)
+}
+
+/// Where the gradient reaching the normalised value is masked, and what else gets it.
+struct Mask {
+    /// ReLU recomputed from x (the CPU twin's fused ReLU).
+    relu: bool,
+    /// ReLU read from the stored output of a fused BN+add+ReLU (null: none).
+    y_out: u64,
+    /// The residual's gradient, written during the reduction pass (null: none), and whether to add.
+    d_res: u64,
+    accumulate_res: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    gpu: &Gpu,
+    dy: DevSlice<f16>,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    saved: DevSlice<f32>,
+    mask: Mask,
+    dx: DevSliceMut<f16>,
+    accumulate: bool,
+    dgamma: DevSliceMut<f32>,
+    dbeta: DevSliceMut<f32>,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    let c = xs.c;
+    ensure!(
+        dy.len() == xs.len(),
+        "batchnorm backward: dy has {} elements, shape {xs}",
+        dy.len()
+    );
+    ensure!(
+        saved.len() == 2 * c,
+        "batchnorm backward: saved has {} elements, want 2 x {c}",
+        saved.len()
+    );
+    ensure!(
+        dgamma.len() == c && dbeta.len() == c,
+        "batchnorm backward: dgamma/dbeta have {}/{} elements for {c} channels",
+        dgamma.len(),
+        dbeta.len()
+    );
+    ensure!(
+        workspace.len() >= bn_workspace_len(xs),
+        "batchnorm backward: workspace of {} floats, {xs} needs {}",
+        workspace.len(),
+        bn_workspace_len(xs)
+    );
+    let (dyp, xp, gp, bp, sp) = (dy.ptr(), x.ptr(), gamma.ptr(), beta.ptr(), saved.ptr());
+    let (relu, acc_res, acc) = (mask.relu as i32, mask.accumulate_res as i32, accumulate as i32);
+    let (yo, dr) = (mask.y_out, mask.d_res);
+    let red = Reduction::new(xs, &[dyp, xp, yo, dr]);
+    let nch = red.chunks;
+    let (m, n, ci, chunks_i) = (xs.pixels() as i64, xs.len() as i64, as_i32("channels", c)?, nch as i32);
+    let partials = workspace.ptr();
+    let coeffs = workspace.as_ref().sub(nch * c * 3, 2 * c).ptr();
+
+    let f = gpu.function(if red.vec {
+        "batchnorm_bwd_partial_vec_f16"
+    } else {
+        "batchnorm_bwd_partial_f16"
+    })?;
+    // SAFETY: dy, x (and y_out, d_res when non-null) cover m*c halves; gamma, beta c floats,
+    // saved 2c, partials chunks*c*3 (checked); arguments (const __half*, const __half*,
+    // const float*, const float*, const float*, int, const __half*, __half*, int, long long, int,
+    // int, float*) for both kernels; the grid and block each expects.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&dyp)
+            .arg(&xp)
+            .arg(&gp)
+            .arg(&bp)
+            .arg(&sp)
+            .arg(&relu)
+            .arg(&yo)
+            .arg(&dr)
+            .arg(&acc_res)
+            .arg(&m)
+            .arg(&ci)
+            .arg(&chunks_i)
+            .arg(&partials)
+            .launch(red.grid)
+    }?;
+    let (dgp, dbp) = (dgamma.ptr(), dbeta.ptr());
+    let f = gpu.function("batchnorm_bwd_finalize_f32")?;
+    // SAFETY: partials as above, coeffs 2c floats after them, dgamma/dbeta c floats; arguments
+    // (const float*, long long, int, int, float*, float*, float*).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&partials)
+            .arg(&m)
+            .arg(&ci)
+            .arg(&chunks_i)
+            .arg(&dgp)
+            .arg(&dbp)
+            .arg(&coeffs)
+            .launch(per_channel_grid(c))
+    }?;
+    let dxp = dx.ptr();
+    let vec = (c % 8 == 0 && all_aligned_16(&[dyp, xp, dxp])) as i32;
+    let cfg = grid_1d_shared(gpu, xs.len(), 6 * c)?;
+    let f = gpu.function("batchnorm_bwd_dx_f16")?;
+    // SAFETY: dy, x, dx (and y_out when non-null) cover n halves, the per-channel arrays c or 2c
+    // floats; arguments (const __half*, const __half*, const float*, const float*, const float*,
+    // int, const __half*, const float*, __half*, int, long long, int, int); 6c floats of shared.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&dyp)
+            .arg(&xp)
+            .arg(&gp)
+            .arg(&bp)
+            .arg(&sp)
+            .arg(&relu)
+            .arg(&yo)
+            .arg(&coeffs)
+            .arg(&dxp)
+            .arg(&acc)
+            .arg(&n)
+            .arg(&ci)
+            .arg(&vec)
+            .launch(cfg)
+    }?;
+    Ok(())
+}
+
+/// Backward of the training forward: `dx (+)=`, `dgamma =`, `dbeta =` (see the CPU twin).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_bwd(
+    gpu: &Gpu,
+    dy: DevSlice<f16>,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    saved: DevSlice<f32>,
+    relu: bool,
+    dx: DevSliceMut<f16>,
+    accumulate: bool,
+    dgamma: DevSliceMut<f32>,
+    dbeta: DevSliceMut<f32>,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    check("bn_bwd", &x, xs, &gamma, &beta, dx.len())?;
+    let mask = Mask {
+        relu,
+        y_out: 0,
+        d_res: 0,
+        accumulate_res: false,
+    };
+    backward(
+        gpu, dy, x, xs, gamma, beta, saved, mask, dx, accumulate, dgamma, dbeta, workspace,
+    )
+}
+
+/// Backward of [`bn_add_relu_fwd_train`]: the ReLU mask comes from its output `y`; the residual's
+/// gradient `(d_residual, accumulate)` (when it wants one) is written in the same pass.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_add_relu_bwd(
+    gpu: &Gpu,
+    dy: DevSlice<f16>,
+    y: DevSlice<f16>,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    saved: DevSlice<f32>,
+    dx: DevSliceMut<f16>,
+    accumulate: bool,
+    d_residual: Option<(DevSliceMut<f16>, bool)>,
+    dgamma: DevSliceMut<f32>,
+    dbeta: DevSliceMut<f32>,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    check("bn_add_relu_bwd", &x, xs, &gamma, &beta, dx.len())?;
+    ensure!(
+        y.len() == xs.len(),
+        "bn_add_relu_bwd: y has {} elements, shape {xs}",
+        y.len()
+    );
+    let (d_res, accumulate_res) = match &d_residual {
+        Some((d, acc)) => {
+            ensure!(
+                d.len() == xs.len(),
+                "bn_add_relu_bwd: d_residual has {} elements, shape {xs}",
+                d.len()
+            );
+            (d.ptr(), *acc)
+        }
+        None => (0, false),
+    };
+    let mask = Mask {
+        relu: false,
+        y_out: y.ptr(),
+        d_res,
+        accumulate_res,
+    };
+    backward(
+        gpu, dy, x, xs, gamma, beta, saved, mask, dx, accumulate, dgamma, dbeta, workspace,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reduction_grid_depends_on_the_shape_only_and_caps_its_chunks() {
+        assert_eq!(chunks(1), 1);
+        assert_eq!(chunks(ROWS_PER_CHUNK), 1);
+        assert_eq!(chunks(ROWS_PER_CHUNK + 1), 2);
+        // HRNet-W32 branch 1 at 768 x 768, batch 4: 147456 rows, so the cap applies.
+        assert_eq!(chunks(4 * 192 * 192), MAX_CHUNKS);
+        let xs = Shape4::new(4, 192, 192, 32);
+        assert_eq!(bn_workspace_len(xs), MAX_CHUNKS * 32 * 3 + 2 * 32);
+        let g = reduction_grid(Shape4::new(2, 5, 7, 36));
+        assert_eq!(g.grid_dim, (2, 1, 1));
+        assert_eq!(g.block_dim, (TILE_C, ROW_LANES, 1));
+    }
+}

@@ -1,0 +1,124 @@
+//! Launch wrappers of `kernels/concat.cu`; CPU twins in `backend/cpu/concat.rs`.
+//!
+//! One launch per input: each is a strided copy of one channel range, which keeps the kernel free
+//! of a pointer table (inputs are few: 2 to 4 in HRNet).
+use anyhow::{ensure, Result};
+use cudarc::driver::PushKernelArg;
+use half::f16;
+
+use super::as_i32;
+use crate::gpu::memory::all_aligned_16;
+use crate::gpu::{DevSlice, DevSliceMut, Gpu};
+
+/// One channel range copy: `dst[p, dst_at..+width] (+)= src[p, src_at..+width]` for every pixel.
+#[allow(clippy::too_many_arguments)]
+fn copy_channels(
+    gpu: &Gpu,
+    src: u64,
+    src_c: usize,
+    src_at: usize,
+    dst: u64,
+    dst_c: usize,
+    dst_at: usize,
+    width: usize,
+    pixels: usize,
+    accumulate: bool,
+) -> Result<()> {
+    let vec = [width, src_c, src_at, dst_c, dst_at].iter().all(|v| v % 8 == 0) && all_aligned_16(&[src, dst]);
+    let items = pixels * width / if vec { 8 } else { 1 };
+    let (sc, sa, dc, da, w) = (
+        as_i32("channels", src_c)?,
+        as_i32("channel offset", src_at)?,
+        as_i32("channels", dst_c)?,
+        as_i32("channel offset", dst_at)?,
+        as_i32("width", width)?,
+    );
+    let (p, acc, vec) = (pixels as i64, accumulate as i32, vec as i32);
+    let f = gpu.function("concat_copy_channels_f16")?;
+    // SAFETY: the callers check that src holds pixels*src_c and dst pixels*dst_c halves and that
+    // the ranges fit the strides; arguments (const __half*, int, int, __half*, int, int, int,
+    // long long, int, int).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&src)
+            .arg(&sc)
+            .arg(&sa)
+            .arg(&dst)
+            .arg(&dc)
+            .arg(&da)
+            .arg(&w)
+            .arg(&p)
+            .arg(&acc)
+            .arg(&vec)
+            .launch(gpu.grid_1d(items))
+    }?;
+    Ok(())
+}
+
+/// `y[p, :] = [x0[p, :], x1[p, :], ...]`; `widths[i]` is the channel count of `xs[i]`.
+pub fn concat_fwd(gpu: &Gpu, xs: &[DevSlice<f16>], widths: &[usize], y: DevSliceMut<f16>) -> Result<()> {
+    ensure!(
+        xs.len() == widths.len(),
+        "concat_fwd: {} inputs, {} widths",
+        xs.len(),
+        widths.len()
+    );
+    let c: usize = widths.iter().sum();
+    ensure!(
+        c > 0 && y.len() % c == 0,
+        "concat_fwd: output of {} elements for {c} channels",
+        y.len()
+    );
+    let pixels = y.len() / c;
+    let mut at = 0;
+    for (i, (x, &w)) in xs.iter().zip(widths).enumerate() {
+        ensure!(
+            x.len() == pixels * w,
+            "concat_fwd: input {i} has {} elements, want {pixels} x {w}",
+            x.len()
+        );
+        if w > 0 {
+            copy_channels(gpu, x.ptr(), w, 0, y.ptr(), c, at, w, pixels, false)?;
+        }
+        at += w;
+    }
+    Ok(())
+}
+
+/// `dx_i (+)= dy[:, channels of input i]`, for each input that wants a gradient.
+pub fn concat_bwd(
+    gpu: &Gpu,
+    dy: DevSlice<f16>,
+    widths: &[usize],
+    dxs: &mut [Option<(DevSliceMut<f16>, bool)>],
+) -> Result<()> {
+    ensure!(
+        dxs.len() == widths.len(),
+        "concat_bwd: {} gradients, {} widths",
+        dxs.len(),
+        widths.len()
+    );
+    let c: usize = widths.iter().sum();
+    ensure!(
+        c > 0 && dy.len() % c == 0,
+        "concat_bwd: dy of {} elements for {c} channels",
+        dy.len()
+    );
+    let pixels = dy.len() / c;
+    let mut at = 0;
+    for (i, (dx, &w)) in dxs.iter_mut().zip(widths).enumerate() {
+        if let Some((dx, accumulate)) = dx {
+            ensure!(
+                dx.len() == pixels * w,
+                "concat_bwd: gradient {i} has {} elements, want {pixels} x {w}",
+                dx.len()
+            );
+            if w > 0 {
+                copy_channels(gpu, dy.ptr(), c, at, dx.ptr(), w, 0, w, pixels, *accumulate)?;
+            }
+        }
+        at += w;
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Checks the logic of kernels/{elementwise,batchnorm,resample,concat,pool}.cu on a machine without
+# a GPU: compiles them as host C++ under cuda_sim.h and runs main.cpp's references. Needs g++ >= 11
+# and the CUDA headers (the project's .cuda-toolchain, or CUDA_INCLUDE). Exit status 0 = all pass.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+inc="${CUDA_INCLUDE:-$(dirname "$(find "$root/.cuda-toolchain" /work/main/.cuda-toolchain -name cuda_fp16.h -path '*include*' 2>/dev/null | head -n1)")}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/k"
+cp "$root"/kernels/*.cu "$root"/kernels/*.cuh "$work/k/"
+# Dynamic shared memory has no host spelling: point it at the simulator's buffer.
+sed -i 's/extern __shared__ float staged\[\];/float* staged = sim_dynamic_shared;/' "$work"/k/*.cu
+cp "$here/cuda_sim.h" "$here/main.cpp" "$work/"
+g++ -std=c++20 -O1 -ffp-contract=off -I"$inc" -I"$work" "$work/main.cpp" -o "$work/sim" -lpthread
+"$work/sim"
