@@ -25,7 +25,7 @@ pub enum Command {
     /// Write a downscaled copy of a dataset in the landmark CSV format.
     Prepare(crate::data::prepare::PrepareArgs),
     /// Train a landmark detector (`--demo` trains on generated phantoms in minutes).
-    Train(crate::train::args::TrainArgs),
+    Train(Box<crate::train::args::TrainArgs>),
     /// Accuracy of a checkpoint on a dataset split: MRE, SD, SDR, per landmark and machine.
     Eval(crate::eval::command::EvalArgs),
     /// Landmarks, cephalometric analysis and overlays for new images (no ground truth needed).

@@ -13,7 +13,7 @@ struct Cli {
 }
 #[derive(clap::Subcommand)]
 enum Cmd {
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     Eval(EvalArgs),
 }
 

@@ -14,7 +14,7 @@ struct Cli {
 }
 #[derive(clap::Subcommand)]
 enum Cmd {
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     Predict(PredictArgs),
 }
 
