@@ -237,6 +237,8 @@ pub trait Backend {
     fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]);
     /// Element size in bytes of activations in the arena (4 on the CPU, 2 for fp16 on the GPU).
     fn activation_bytes(&self) -> usize;
+    /// Element size in bytes of BN saved statistics (4: f32 on both backends, 8 for f64 checks).
+    fn stats_bytes(&self) -> usize;
 
     fn write(&mut self, t: View, data: &[f32]);
     fn read(&self, t: View) -> Vec<f32>;

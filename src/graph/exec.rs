@@ -26,6 +26,11 @@ impl<B: Backend> Executor<B> {
             backend.activation_bytes(),
             "plan element size must match the backend's activations"
         );
+        assert_eq!(
+            options.dtypes.stats,
+            backend.stats_bytes(),
+            "plan statistics size must match the backend's"
+        );
         let plan = plan(&graph, options);
         let specs: Vec<ParamSpec> = graph
             .params

@@ -40,6 +40,11 @@ impl DtypeSizes {
         activation: 2,
         stats: 4,
     };
+    /// For `CpuBackend::<f64>` (gradient checks).
+    pub const F64: Self = Self {
+        activation: 8,
+        stats: 8,
+    };
 }
 
 /// Inference only (forward, BN with running statistics) or training (forward and backward).

@@ -5,11 +5,12 @@
 //! recomputes the winner from `x` instead of storing indices.
 use rayon::prelude::*;
 
+use super::Real;
 use crate::backend::{PoolParams, Shape4};
 
 /// Input position (ih, iw) of the maximum of output (n, oh, ow, ch).
-fn argmax(
-    x: &[f32],
+fn argmax<T: Real>(
+    x: &[T],
     xs: Shape4,
     p: &PoolParams,
     n: usize,
@@ -17,7 +18,7 @@ fn argmax(
     ow: usize,
     ch: usize,
 ) -> (usize, usize) {
-    let mut best = (f32::NEG_INFINITY, usize::MAX, usize::MAX);
+    let mut best = (T::ZERO, usize::MAX, usize::MAX);
     for r in 0..p.k {
         let ih = (oh * p.stride + r) as isize - p.pad as isize;
         if ih < 0 || ih >= xs.h as isize {
@@ -38,7 +39,7 @@ fn argmax(
 }
 
 /// `y = maxpool(x)`, `y` of shape `p.out_shape(xs)`.
-pub fn maxpool_fwd(x: &[f32], xs: Shape4, p: &PoolParams, y: &mut [f32]) {
+pub fn maxpool_fwd<T: Real>(x: &[T], xs: Shape4, p: &PoolParams, y: &mut [T]) {
     let ys = p.out_shape(xs);
     assert!(
         x.len() == xs.len() && y.len() == ys.len(),
@@ -54,12 +55,12 @@ pub fn maxpool_fwd(x: &[f32], xs: Shape4, p: &PoolParams, y: &mut [f32]) {
 }
 
 /// `dx (+)= scatter of dy to the maxima`. Windows overlap, so each image is one serial job.
-pub fn maxpool_bwd(
-    x: &[f32],
+pub fn maxpool_bwd<T: Real>(
+    x: &[T],
     xs: Shape4,
-    dy: &[f32],
+    dy: &[T],
     p: &PoolParams,
-    dx: &mut [f32],
+    dx: &mut [T],
     accumulate: bool,
 ) {
     let ys = p.out_shape(xs);
@@ -71,14 +72,14 @@ pub fn maxpool_bwd(
         .enumerate()
         .for_each(|(n, dxn)| {
             if !accumulate {
-                dxn.fill(0.0);
+                dxn.fill(T::ZERO);
             }
             for oh in 0..ys.h {
                 for ow in 0..ys.w {
                     for ch in 0..xs.c {
                         let (ih, iw) = argmax(x, xs, p, n, oh, ow, ch);
-                        dxn[(ih * xs.w + iw) * xs.c + ch] +=
-                            dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
+                        let d = &mut dxn[(ih * xs.w + iw) * xs.c + ch];
+                        *d = *d + dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
                     }
                 }
             }
