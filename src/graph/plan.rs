@@ -137,23 +137,6 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
     let train = options.mode == Mode::Train;
     let bwd_step = |i: usize| 2 * f - i;
 
-    // Readers of each tensor in forward, and the nodes whose backward reads it.
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut bwd_readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (j, node) in graph.nodes.iter().enumerate() {
-        for t in &node.inputs {
-            readers[t.0].push(j);
-        }
-        if train {
-            let (input, output) = saved_by(&node.op);
-            if input {
-                bwd_readers[node.inputs[0].0].push(j);
-            }
-            if output {
-                bwd_readers[j].push(j);
-            }
-        }
-    }
     let mut needs_grad = vec![false; n];
     if train {
         for (i, node) in graph.nodes.iter().enumerate() {
@@ -161,6 +144,24 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
                 Op::Input => options.input_grad,
                 _ => graph.node_params(i) > 0 || node.inputs.iter().any(|t| needs_grad[t.0]),
             };
+        }
+    }
+    // Readers of each tensor in forward, and the nodes whose backward reads it (a node whose
+    // output needs no gradient runs no backward and saves nothing).
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut bwd_readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (j, node) in graph.nodes.iter().enumerate() {
+        for t in &node.inputs {
+            readers[t.0].push(j);
+        }
+        if needs_grad[j] {
+            let (input, output) = saved_by(&node.op);
+            if input {
+                bwd_readers[node.inputs[0].0].push(j);
+            }
+            if output {
+                bwd_readers[j].push(j);
+            }
         }
     }
 
