@@ -1,1 +1,364 @@
-//! placeholder
+//! Checkpoints: one safetensors file holding the weights, the BN running statistics, the
+//! optimizer moments when training, and JSON metadata, shared by train, eval and predict.
+//!
+//! Layout (any safetensors reader opens it, e.g. Python's `safetensors.numpy.load_file`):
+//! * tensors, all `F32`, little-endian, keyed by the model's stable parameter names
+//!   (`stage3.m1.b2.block0.conv1.weight`, `...bn1.running_mean`). Weights are stored in fp32
+//!   and *are* the master weights; the GPU derives its fp16 copy on load. Conv weights are
+//!   `[c_out, kh, kw, c_in]` (KRSC), transposed-conv weights `[c_in, kh, kw, c_out]`;
+//! * optimizer moments as `optim.m.<name>` and `optim.v.<name>` when training;
+//! * `__metadata__` (string -> string): `format` = `cephalo-checkpoint`, `format_version`,
+//!   and `meta`: the JSON of [`Meta`] (model and config, landmark symbols, image size, heatmap
+//!   stride and sigma, epoch, step, scheduler, loss-scaler and RNG state, best metric, dataset
+//!   fingerprint).
+//!
+//! Writes are atomic ([`write_atomically`]): a temporary file in the same directory is written,
+//! fsynced and renamed over the target, so a crash leaves the previous checkpoint intact.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, ParamId};
+use crate::graph::exec::Executor;
+use crate::graph::Graph;
+use crate::model::ModelConfig;
+
+/// Value of the `format` metadata key.
+pub const FORMAT: &str = "cephalo-checkpoint";
+/// Bumped whenever the layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+/// Prefixes of the optimizer's first and second moments.
+pub const MOMENT1_PREFIX: &str = "optim.m.";
+pub const MOMENT2_PREFIX: &str = "optim.v.";
+
+/// Everything besides tensors that a run needs to resume or a prediction needs to interpret
+/// the heatmaps. Opaque training state (scheduler, loss scaler, RNG) is JSON owned by `train`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format_version: u32,
+    pub model: ModelConfig,
+    /// Landmark symbols in heatmap order.
+    pub landmarks: Vec<String>,
+    /// Network input height and width.
+    pub image_size: [usize; 2],
+    pub heatmap_stride: usize,
+    pub heatmap_sigma: f32,
+    pub epoch: u64,
+    pub step: u64,
+    pub scheduler: serde_json::Value,
+    pub loss_scaler: serde_json::Value,
+    pub rng: serde_json::Value,
+    pub best_metric: Option<f64>,
+    pub dataset_fingerprint: Option<String>,
+}
+
+impl Meta {
+    /// Metadata for a fresh model: epoch and step 0, no training state yet.
+    pub fn new(
+        model: ModelConfig,
+        landmarks: Vec<String>,
+        heatmap_stride: usize,
+        heatmap_sigma: f32,
+    ) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            image_size: model.image_size,
+            model,
+            landmarks,
+            heatmap_stride,
+            heatmap_sigma,
+            epoch: 0,
+            step: 0,
+            scheduler: serde_json::Value::Null,
+            loss_scaler: serde_json::Value::Null,
+            rng: serde_json::Value::Null,
+            best_metric: None,
+            dataset_fingerprint: None,
+        }
+    }
+}
+
+/// One stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A checkpoint in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    pub meta: Meta,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// The executor's parameters and running statistics.
+    pub fn from_executor<B: Backend>(ex: &Executor<B>, meta: Meta) -> Self {
+        let tensors = ex
+            .graph()
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    p.name.clone(),
+                    Tensor {
+                        shape: p.shape.clone(),
+                        data: ex.param(ParamId(i)),
+                    },
+                )
+            })
+            .collect();
+        Self { meta, tensors }
+    }
+
+    /// Adds the optimizer's moments for parameter `name`.
+    pub fn insert_moments(&mut self, name: &str, shape: &[usize], m: Vec<f32>, v: Vec<f32>) {
+        self.tensors.insert(
+            format!("{MOMENT1_PREFIX}{name}"),
+            Tensor {
+                shape: shape.to_vec(),
+                data: m,
+            },
+        );
+        self.tensors.insert(
+            format!("{MOMENT2_PREFIX}{name}"),
+            Tensor {
+                shape: shape.to_vec(),
+                data: v,
+            },
+        );
+    }
+
+    /// Checks that the checkpoint holds exactly `graph`'s parameters with the same shapes
+    /// (optimizer moments aside), and says precisely what differs.
+    pub fn check_params(&self, graph: &Graph) -> Result<()> {
+        let expected: HashMap<&str, &[usize]> = graph
+            .params
+            .iter()
+            .map(|p| (p.name.as_str(), p.shape.as_slice()))
+            .collect();
+        let stored: Vec<(&String, &Tensor)> = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with(MOMENT1_PREFIX) && !k.starts_with(MOMENT2_PREFIX))
+            .collect();
+        let mut problems = Vec::new();
+        let missing: Vec<&str> = graph
+            .params
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|n| !self.tensors.contains_key(*n))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "missing {} tensor(s): {}",
+                missing.len(),
+                list(&missing)
+            ));
+        }
+        let unexpected: Vec<&str> = stored
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !expected.contains_key(k))
+            .collect();
+        if !unexpected.is_empty() {
+            problems.push(format!(
+                "unexpected {} tensor(s): {}",
+                unexpected.len(),
+                list(&unexpected)
+            ));
+        }
+        let shapes: Vec<String> = stored
+            .iter()
+            .filter_map(|(k, t)| {
+                let want = expected.get(k.as_str())?;
+                (t.shape.as_slice() != *want).then(|| {
+                    format!(
+                        "{k} is {:?} in the checkpoint but {:?} in the model",
+                        t.shape, want
+                    )
+                })
+            })
+            .collect();
+        if !shapes.is_empty() {
+            problems.push(format!("shape mismatch: {}", list(&shapes)));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "checkpoint of a {} does not fit this model ({} input channel(s), {} landmarks): {}",
+                self.meta.model.model,
+                graph.input_shape().c,
+                graph.output_shape().c,
+                problems.join("; ")
+            )
+        }
+    }
+
+    /// Loads the parameters and running statistics into `ex` after [`check_params`](Self::check_params).
+    pub fn load_into<B: Backend>(&self, ex: &mut Executor<B>) -> Result<()> {
+        self.check_params(ex.graph())?;
+        for i in 0..ex.graph().params.len() {
+            let name = ex.graph().params[i].name.clone();
+            ex.set_param(ParamId(i), &self.tensors[&name].data);
+        }
+        Ok(())
+    }
+}
+
+/// Shows the first few items of a list and how many more there are.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    const SHOW: usize = 5;
+    let mut s: Vec<String> = items.iter().take(SHOW).map(|i| i.to_string()).collect();
+    if items.len() > SHOW {
+        s.push(format!("and {} more", items.len() - SHOW));
+    }
+    s.join(", ")
+}
+
+/// Writes `path` atomically: `write` fills a temporary file in the same directory, which is
+/// fsynced and renamed over `path` only if `write` succeeded. On any error (or a crash) the
+/// previous file at `path` is untouched and the temporary file is removed.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cephalo-tmp-")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "creating a temporary file in {} (does the directory exist and is it writable?)",
+                dir.display()
+            )
+        })?;
+    write(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("flushing {} to disk", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
+    // Make the rename itself durable.
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves `ck` to `path` atomically.
+pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = ck
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            assert_eq!(
+                t.shape.iter().product::<usize>(),
+                t.data.len(),
+                "tensor {k}: shape and data disagree"
+            );
+            (
+                k.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, s)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .context("preparing checkpoint tensors")?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert(
+        "meta".to_string(),
+        serde_json::to_string(&ck.meta).context("encoding checkpoint metadata")?,
+    );
+    let data = safetensors::serialize(views, Some(meta)).context("serialising checkpoint")?;
+    write_atomically(path, |f| Ok(f.write_all(&data)?))
+}
+
+/// Loads a checkpoint, checking its format and version.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let what = || {
+        format!(
+            "checkpoint {} is not a valid safetensors file (truncated or corrupt?)",
+            path.display()
+        )
+    };
+    let st = SafeTensors::deserialize(&bytes).with_context(what)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).with_context(what)?;
+    let meta_map = header.metadata().clone().unwrap_or_default();
+    let format = meta_map
+        .get("format")
+        .map(String::as_str)
+        .unwrap_or("(none)");
+    if format != FORMAT {
+        bail!(
+            "{} is a safetensors file but not a cephalo checkpoint (format {format:?})",
+            path.display()
+        );
+    }
+    let version: u32 = meta_map
+        .get("format_version")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| {
+            format!(
+                "checkpoint {} has no readable format_version",
+                path.display()
+            )
+        })?;
+    if version != FORMAT_VERSION {
+        bail!(
+            "checkpoint {} has format version {version}, this cephalo reads version {FORMAT_VERSION}{}",
+            path.display(),
+            if version > FORMAT_VERSION { ": update cephalo" } else { "" }
+        );
+    }
+    let meta: Meta = serde_json::from_str(meta_map.get("meta").map(String::as_str).unwrap_or(""))
+        .with_context(|| {
+        format!(
+            "checkpoint {}: the `meta` metadata is missing or malformed",
+            path.display()
+        )
+    })?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            bail!(
+                "checkpoint {}: tensor {name} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.insert(
+            name,
+            Tensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(Checkpoint { meta, tensors })
+}
