@@ -96,4 +96,46 @@ fn main() {
         macs as f64 / 1e9,
         100.0 * gflops / all
     );
+
+    // Where the time goes: one timed forward, grouped by op kind and by convolution geometry.
+    let per_node = ex.forward_timed();
+    let graph = ex.graph();
+    let mut by_kind: std::collections::BTreeMap<String, (f64, u64)> = Default::default();
+    let mut by_conv: std::collections::BTreeMap<String, (f64, u64, usize)> = Default::default();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let e = by_kind.entry(node.op.kind().to_string()).or_default();
+        e.0 += per_node[i];
+        e.1 += graph.node_macs(i);
+        if let cephalo::graph::Op::Conv { p, .. } = &node.op {
+            let key = format!(
+                "conv{}x{} s{} {}->{} out {}x{}",
+                p.kh, p.kw, p.stride, p.c_in, p.c_out, node.shape.h, node.shape.w
+            );
+            let e = by_conv.entry(key).or_default();
+            e.0 += per_node[i];
+            e.1 += graph.node_macs(i);
+            e.2 += 1;
+        }
+    }
+    let total: f64 = per_node.iter().sum();
+    println!("timed forward {total:.3} s; by op:");
+    let mut kinds: Vec<_> = by_kind.into_iter().collect();
+    kinds.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    for (k, (t, macs)) in kinds {
+        let rate = if macs > 0 {
+            format!(" {:.1} GFLOP/s", 2.0 * macs as f64 / t / 1e9)
+        } else {
+            String::new()
+        };
+        println!("  {k:<18} {t:>7.3} s {:>5.1}%{rate}", 100.0 * t / total);
+    }
+    println!("slowest convolution shapes:");
+    let mut convs: Vec<_> = by_conv.into_iter().collect();
+    convs.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    for (k, (t, macs, n)) in convs.into_iter().take(12) {
+        println!(
+            "  {k:<36} x{n:<3} {t:>7.3} s {:>6.1} GFLOP/s",
+            2.0 * macs as f64 / t / 1e9
+        );
+    }
 }

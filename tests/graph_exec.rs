@@ -283,3 +283,51 @@ fn eval_mode_normalises_with_running_statistics() {
     );
     assert_eq!(eval.param(rm), moved);
 }
+
+#[test]
+fn fused_conv_bn_inference_matches_the_unfused_ops() {
+    for graph in [
+        tiny_hrnet(),
+        ModelConfig::new("resnet18", 1, 3, [64, 64], 1)
+            .unwrap()
+            .build()
+            .unwrap(),
+    ] {
+        let mut values = test_values(&graph, 4);
+        // Random running statistics (variance positive) so the folding has work to do.
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for (v, p) in values.iter_mut().zip(&graph.params) {
+            match p.kind {
+                ParamKind::RunningMean => *v = Some(normals(&mut rng, p.len(), 0.3)),
+                ParamKind::RunningVar => {
+                    *v = Some(
+                        normals(&mut rng, p.len(), 0.3)
+                            .iter()
+                            .map(|x| 0.5 + x.abs())
+                            .collect(),
+                    )
+                }
+                _ => {}
+            }
+        }
+        let run = |fuse: bool| {
+            let opts = PlanOptions {
+                fuse_conv_bn: fuse,
+                ..PlanOptions::new(Mode::Eval, DtypeSizes::F32)
+            };
+            let mut ex = Executor::new(graph.clone(), opts, CpuBackend::new(), 1);
+            for (i, v) in values.iter().enumerate() {
+                ex.set_param(ParamId(i), v.as_ref().unwrap());
+            }
+            let input: Vec<f32> = (0..graph.input_shape().len())
+                .map(|i| (i as f32 * 0.61).sin())
+                .collect();
+            (ex.predict(&input), ex.graph().nodes.len())
+        };
+        let (fused, fused_nodes) = run(true);
+        let (plain, plain_nodes) = run(false);
+        assert!(fused_nodes < plain_nodes, "some conv+BN pairs must fuse");
+        // Same GEMM, then the same multiply-add per element: identical bits.
+        assert_eq!(fused, plain);
+    }
+}

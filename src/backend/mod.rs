@@ -247,6 +247,20 @@ pub trait Backend {
     fn read_grad(&self, p: ParamId) -> Vec<f32>;
 
     fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View);
+    /// Inference fusion of `conv2d_fwd` and the eval-mode `batchnorm_fwd_eval` (+ ReLU) that
+    /// reads it: the BN becomes a per-channel scale and shift applied to each output tile
+    /// (the conv epilogue), so the conv output never goes to memory. Same result as the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bn_fwd_eval(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        bn: &BnRefs,
+        relu: bool,
+        y: View,
+    );
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad);
     /// Weight gradient and, when the convolution has one, bias gradient.
     fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>);

@@ -62,6 +62,9 @@ pub struct PlanOptions {
     pub input_grad: bool,
     /// Recompute BN(+ReLU) outputs in backward instead of keeping them (see the module doc).
     pub recompute_bn: bool,
+    /// In inference, fold each batch norm into the convolution before it
+    /// ([`Graph::fuse_for_inference`](crate::graph::Graph::fuse_for_inference)).
+    pub fuse_conv_bn: bool,
 }
 
 impl PlanOptions {
@@ -71,6 +74,7 @@ impl PlanOptions {
             dtypes,
             input_grad: false,
             recompute_bn: true,
+            fuse_conv_bn: true,
         }
     }
 }
@@ -123,6 +127,7 @@ pub fn saved_by(op: &Op) -> (bool, bool) {
         Op::MaxPool { .. } => (true, false),                         // where the maxima were
         Op::Relu | Op::AddRelu => (false, true),                     // mask y > 0
         Op::Input | Op::Add | Op::Upsample { .. } | Op::Concat => (false, false),
+        Op::ConvBnEval { .. } => (false, false), // inference only
     }
 }
 

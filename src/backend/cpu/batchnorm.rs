@@ -156,12 +156,36 @@ pub fn bn_fwd_eval<T: Real>(
     check(x, xs, gamma, beta, y);
     let c = xs.c;
     let mut saved = running_mean.to_vec();
-    saved.extend(
-        running_var
-            .iter()
-            .map(|&v| T::ONE / (v + T::from_f64(bp.eps as f64)).sqrt()),
-    );
+    saved.extend(eval_invstd(running_var, bp));
     apply(x, c, gamma, beta, &saved, relu, y);
+}
+
+fn eval_invstd<T: Real>(running_var: &[T], bp: BnParams) -> impl Iterator<Item = T> + '_ {
+    running_var
+        .iter()
+        .map(move |&v| T::ONE / (v + T::from_f64(bp.eps as f64)).sqrt())
+}
+
+/// The eval-mode batch norm as a per-channel affine map `y = x * scale + shift`, for fusing
+/// into the convolution before it.
+pub fn bn_eval_affine<T: Real>(
+    gamma: &[T],
+    beta: &[T],
+    running_mean: &[T],
+    running_var: &[T],
+    bp: BnParams,
+) -> (Vec<T>, Vec<T>) {
+    let scale: Vec<T> = eval_invstd(running_var, bp)
+        .zip(gamma)
+        .map(|(s, &g)| g * s)
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(running_mean)
+        .zip(&scale)
+        .map(|((&b, &m), &s)| b - m * s)
+        .collect();
+    (scale, shift)
 }
 
 /// Backward of the training forward: `dx (+)=`, `dgamma =`, `dbeta =`.

@@ -112,6 +112,15 @@ fn is_pointwise(p: &ConvParams) -> bool {
 
 /// Forward convolution into `y` (shape `p.out_shape(xs)`), overwriting it, or adding to it when
 /// `accumulate`; `bias` (c_out values) is added when given.
+/// Per-channel `y = max?(y * scale + shift)` applied to each output tile while it is in cache.
+#[derive(Clone, Copy)]
+pub struct Affine<'a, T> {
+    pub scale: &'a [T],
+    pub shift: &'a [T],
+    pub relu: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn conv_fwd_into<T: Real>(
     x: &[T],
     xs: Shape4,
@@ -120,6 +129,7 @@ fn conv_fwd_into<T: Real>(
     bias: Option<&[T]>,
     y: &mut [T],
     accumulate: bool,
+    epilogue: Option<Affine<'_, T>>,
 ) {
     let ys = p.out_shape(xs);
     assert_eq!(x.len(), xs.len(), "conv2d_fwd: x length");
@@ -152,7 +162,36 @@ fn conv_fwd_into<T: Real>(
             };
             // y_tile[m x k] = patches[m x cols] * W^T, W row-major [k x cols].
             gemm(m, cols, k, a, (cols, 1), w, (1, cols), beta, ytile, k);
+            if let Some(e) = epilogue {
+                for row in ytile.chunks_exact_mut(k) {
+                    for ((v, &s), &b) in row.iter_mut().zip(e.scale).zip(e.shift) {
+                        let o = v.mul_add(s, b);
+                        *v = if e.relu { o.max(T::ZERO) } else { o };
+                    }
+                }
+            }
         });
+}
+
+/// Inference fusion of a convolution and the eval-mode batch norm (+ ReLU) after it:
+/// `y = act((conv2d(x, w) + bias) * scale + shift)` with the BN folded into `affine` (see
+/// [`batchnorm::bn_eval_affine`](super::batchnorm::bn_eval_affine)). Same result as the two
+/// ops one after the other, up to rounding, without writing the conv output to memory.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_affine_fwd<T: Real>(
+    x: &[T],
+    xs: Shape4,
+    w: &[T],
+    p: &ConvParams,
+    bias: Option<&[T]>,
+    affine: Affine<'_, T>,
+    y: &mut [T],
+) {
+    assert!(
+        affine.scale.len() == p.c_out && affine.shift.len() == p.c_out,
+        "conv2d_affine_fwd: affine length"
+    );
+    conv_fwd_into(x, xs, w, p, bias, y, false, Some(affine));
 }
 
 /// `y = conv2d(x, w) + bias`. `x` is NHWC `xs`, `w` is KRSC, `y` is NHWC `p.out_shape(xs)`.
@@ -164,7 +203,7 @@ pub fn conv2d_fwd<T: Real>(
     bias: Option<&[T]>,
     y: &mut [T],
 ) {
-    conv_fwd_into(x, xs, w, p, bias, y, false);
+    conv_fwd_into(x, xs, w, p, bias, y, false, None);
 }
 
 /// Input gradient: `dx (+)= conv2d_dgrad(dy, w)`, where `dy` has shape `p.out_shape(xs)`.
@@ -341,7 +380,7 @@ pub fn conv_transpose2d_dgrad<T: Real>(
     accumulate: bool,
 ) {
     let ys = p.transposed_out_shape(xs);
-    conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate);
+    conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate, None);
 }
 
 /// Weight gradient of the transposed convolution (overwrites `dw`, `[c_in][kh][kw][c_out]`).

@@ -283,6 +283,34 @@ impl<T: Real> Backend for CpuBackend<T> {
         conv::conv2d_fwd(xa, x.shape, &self.params[w.0], p, b, ya);
     }
 
+    fn conv2d_bn_fwd_eval(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        bn: &BnRefs,
+        relu: bool,
+        y: View,
+    ) {
+        let (xa, ya) = split_rw(&mut self.arena, x, y);
+        let pr = &self.params;
+        let (scale, shift) = batchnorm::bn_eval_affine(
+            &pr[bn.gamma.0],
+            &pr[bn.beta.0],
+            &pr[bn.running_mean.0],
+            &pr[bn.running_var.0],
+            bn.params,
+        );
+        let affine = conv::Affine {
+            scale: &scale,
+            shift: &shift,
+            relu,
+        };
+        let b = bias.map(|b| pr[b.0].as_slice());
+        conv::conv2d_affine_fwd(xa, x.shape, &pr[w.0], p, b, affine, ya);
+    }
+
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
         let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
         conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
