@@ -58,12 +58,7 @@ pub struct Meta {
 
 impl Meta {
     /// Metadata for a fresh model: epoch and step 0, no training state yet.
-    pub fn new(
-        model: ModelConfig,
-        landmarks: Vec<String>,
-        heatmap_stride: usize,
-        heatmap_sigma: f32,
-    ) -> Self {
+    pub fn new(model: ModelConfig, landmarks: Vec<String>, heatmap_stride: usize, heatmap_sigma: f32) -> Self {
         Self {
             format_version: FORMAT_VERSION,
             image_size: model.image_size,
@@ -156,11 +151,7 @@ impl Checkpoint {
             .filter(|n| !self.tensors.contains_key(*n))
             .collect();
         if !missing.is_empty() {
-            problems.push(format!(
-                "missing {} tensor(s): {}",
-                missing.len(),
-                list(&missing)
-            ));
+            problems.push(format!("missing {} tensor(s): {}", missing.len(), list(&missing)));
         }
         let unexpected: Vec<&str> = stored
             .iter()
@@ -178,12 +169,8 @@ impl Checkpoint {
             .iter()
             .filter_map(|(k, t)| {
                 let want = expected.get(k.as_str())?;
-                (t.shape.as_slice() != *want).then(|| {
-                    format!(
-                        "{k} is {:?} in the checkpoint but {:?} in the model",
-                        t.shape, want
-                    )
-                })
+                (t.shape.as_slice() != *want)
+                    .then(|| format!("{k} is {:?} in the checkpoint but {:?} in the model", t.shape, want))
             })
             .collect();
         if !shapes.is_empty() {
@@ -226,10 +213,7 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 /// Writes `path` atomically: `write` fills a temporary file in the same directory, which is
 /// fsynced and renamed over `path` only if `write` succeeded. On any error (or a crash) the
 /// previous file at `path` is untouched and the temporary file is removed.
-pub fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
-) -> Result<()> {
+pub fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -294,8 +278,7 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
 
 /// Loads a checkpoint, checking its format and version.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     let what = || {
         format!(
             "checkpoint {} is not a valid safetensors file (truncated or corrupt?)",
@@ -305,10 +288,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let st = SafeTensors::deserialize(&bytes).with_context(what)?;
     let (_, header) = SafeTensors::read_metadata(&bytes).with_context(what)?;
     let meta_map = header.metadata().clone().unwrap_or_default();
-    let format = meta_map
-        .get("format")
-        .map(String::as_str)
-        .unwrap_or("(none)");
+    let format = meta_map.get("format").map(String::as_str).unwrap_or("(none)");
     if format != FORMAT {
         bail!(
             "{} is a safetensors file but not a cephalo checkpoint (format {format:?})",
@@ -318,26 +298,25 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let version: u32 = meta_map
         .get("format_version")
         .and_then(|v| v.parse().ok())
-        .with_context(|| {
-            format!(
-                "checkpoint {} has no readable format_version",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("checkpoint {} has no readable format_version", path.display()))?;
     if version != FORMAT_VERSION {
         bail!(
             "checkpoint {} has format version {version}, this cephalo reads version {FORMAT_VERSION}{}",
             path.display(),
-            if version > FORMAT_VERSION { ": update cephalo" } else { "" }
+            if version > FORMAT_VERSION {
+                ": update cephalo"
+            } else {
+                ""
+            }
         );
     }
-    let meta: Meta = serde_json::from_str(meta_map.get("meta").map(String::as_str).unwrap_or(""))
-        .with_context(|| {
-        format!(
-            "checkpoint {}: the `meta` metadata is missing or malformed",
-            path.display()
-        )
-    })?;
+    let meta: Meta =
+        serde_json::from_str(meta_map.get("meta").map(String::as_str).unwrap_or("")).with_context(|| {
+            format!(
+                "checkpoint {}: the `meta` metadata is missing or malformed",
+                path.display()
+            )
+        })?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {

@@ -24,11 +24,7 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     let scale = b.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (x as f64 - y).abs())
-        .fold(0.0, f64::max)
-        / scale
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max) / scale
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
@@ -107,9 +103,8 @@ fn conv_t_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams) -> Vec<f64> {
                         }
                         for ci in 0..p.c_in {
                             for co in 0..p.c_out {
-                                y[idx(ys, n, oh as usize, ow as usize, co)] += x
-                                    [idx(xs, n, ih, iw, ci)]
-                                    * w[((ci * p.kh + r) * p.kw + s) * p.c_out + co];
+                                y[idx(ys, n, oh as usize, ow as usize, co)] +=
+                                    x[idx(xs, n, ih, iw, ci)] * w[((ci * p.kh + r) * p.kw + s) * p.c_out + co];
                             }
                         }
                     }
@@ -223,10 +218,7 @@ fn conv2d_forward_matches_naive_on_random_geometries() {
     let mut r = rng(1);
     let mut cases = conv_cases();
     // A 24x24 branch as in HRNet's 1/32 resolution at 768, and many random small ones.
-    cases.push((
-        Shape4::new(1, 24, 24, 16),
-        ConvParams::square(16, 8, 3, 1, 1),
-    ));
+    cases.push((Shape4::new(1, 24, 24, 16), ConvParams::square(16, 8, 3, 1, 1)));
     for _ in 0..20 {
         let k = [1, 2, 3, 4, 5][r.random_range(0..5)];
         let (c_in, c_out) = (r.random_range(1..9), r.random_range(1..9));
@@ -267,12 +259,7 @@ fn large_tiled_conv_matches_naive() {
     let (x, w) = (random(&mut r, xs.len()), random(&mut r, p.weight_len()));
     let mut y = vec![f32::NAN; p.out_shape(xs).len()];
     conv::conv2d_fwd(&x, xs, &w, &p, None, &mut y);
-    assert_close(
-        "tiled conv",
-        &y,
-        &conv_naive(&f64s(&x), xs, &f64s(&w), &p, None),
-        1e-5,
-    );
+    assert_close("tiled conv", &y, &conv_naive(&f64s(&x), xs, &f64s(&w), &p, None), 1e-5);
 }
 
 #[test]
@@ -354,10 +341,7 @@ fn batchnorm_train_forward_backward_and_running_stats() {
         (Shape4::new(1, 24, 24, 2), true),
     ] {
         let c = xs.c;
-        let x: Vec<f32> = random(&mut r, xs.len())
-            .iter()
-            .map(|v| 3.0 * v + 0.5)
-            .collect();
+        let x: Vec<f32> = random(&mut r, xs.len()).iter().map(|v| 3.0 * v + 0.5).collect();
         let gamma: Vec<f32> = random(&mut r, c).iter().map(|v| v + 1.5).collect();
         let beta = random(&mut r, c);
         let (x64, g64, b64) = (f64s(&x), f64s(&gamma), f64s(&beta));
@@ -365,9 +349,7 @@ fn batchnorm_train_forward_backward_and_running_stats() {
         let mut y = vec![f32::NAN; xs.len()];
         let mut saved = vec![f32::NAN; 2 * c];
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
-        batchnorm::bn_fwd_train(
-            &x, xs, &gamma, &beta, bp, relu, &mut y, &mut saved, &mut rm, &mut rv,
-        );
+        batchnorm::bn_fwd_train(&x, xs, &gamma, &beta, bp, relu, &mut y, &mut saved, &mut rm, &mut rv);
         let want = bn_train_naive(&x64, xs, &g64, &b64, relu);
         assert_close("bn train forward", &y, &want, 1e-5);
 
@@ -387,11 +369,7 @@ fn batchnorm_train_forward_backward_and_running_stats() {
         assert_eq!(y, y2);
 
         let dy = random(&mut r, xs.len());
-        let (mut dx, mut dg, mut db) = (
-            vec![f32::NAN; xs.len()],
-            vec![f32::NAN; c],
-            vec![f32::NAN; c],
-        );
+        let (mut dx, mut dg, mut db) = (vec![f32::NAN; xs.len()], vec![f32::NAN; c], vec![f32::NAN; c]);
         batchnorm::bn_bwd(
             &dy, &x, xs, &gamma, &beta, &saved, relu, &mut dx, false, &mut dg, &mut db,
         );
@@ -412,24 +390,13 @@ fn batchnorm_eval_uses_running_statistics() {
     let (gamma, beta) = ([1.5f32, -0.5, 2.0], [0.1f32, 0.2, -0.3]);
     let (rm, rv) = ([0.2f32, -0.1, 0.0], [0.5f32, 2.0, 1.0]);
     let mut y = vec![f32::NAN; xs.len()];
-    batchnorm::bn_fwd_eval(
-        &x,
-        xs,
-        &gamma,
-        &beta,
-        &rm,
-        &rv,
-        BnParams::default(),
-        true,
-        &mut y,
-    );
+    batchnorm::bn_fwd_eval(&x, xs, &gamma, &beta, &rm, &rv, BnParams::default(), true, &mut y);
     let want: Vec<f64> = x
         .iter()
         .enumerate()
         .map(|(i, &v)| {
             let c = i % 3;
-            let o = gamma[c] as f64 * (v as f64 - rm[c] as f64) / (rv[c] as f64 + 1e-5).sqrt()
-                + beta[c] as f64;
+            let o = gamma[c] as f64 * (v as f64 - rm[c] as f64) / (rv[c] as f64 + 1e-5).sqrt() + beta[c] as f64;
             o.max(0.0)
         })
         .collect();
@@ -533,11 +500,7 @@ fn concat_forward_and_backward() {
     concat::concat_bwd(
         &dy,
         &widths,
-        &mut [
-            Some((&mut d0, false)),
-            Some((&mut d1, true)),
-            Some((&mut d2, false)),
-        ],
+        &mut [Some((&mut d0, false)), Some((&mut d1, true)), Some((&mut d2, false))],
     );
     for p in 0..pixels {
         assert_eq!(&d0[p * 3..p * 3 + 3], &dy[p * 8..p * 8 + 3]);

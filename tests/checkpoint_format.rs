@@ -45,26 +45,16 @@ fn round_trip_restores_weights_statistics_metadata_and_outputs() {
     // Non-trivial running statistics, so their round trip is visible.
     let rv = a.graph().param_id("layer1.0.bn1.running_var").unwrap();
     let n = a.graph().params[rv.0].len();
-    a.set_param(
-        rv,
-        &(0..n).map(|i| 1.0 + i as f32 / 7.0).collect::<Vec<_>>(),
-    );
+    a.set_param(rv, &(0..n).map(|i| 1.0 + i as f32 / 7.0).collect::<Vec<_>>());
     let mut ck = Checkpoint::from_executor(&a, meta(&cfg));
-    ck.insert_moments(
-        "conv1.weight",
-        &[64, 7, 7, 1],
-        vec![0.5; 64 * 49],
-        vec![0.25; 64 * 49],
-    );
+    ck.insert_moments("conv1.weight", &[64, 7, 7, 1], vec![0.5; 64 * 49], vec![0.25; 64 * 49]);
     checkpoint::save(&path, &ck).unwrap();
 
     let loaded = checkpoint::load(&path).unwrap();
     assert_eq!(loaded, ck);
     let mut b = executor(&cfg, 2); // different initial weights
     loaded.load_into(&mut b).unwrap();
-    let input: Vec<f32> = (0..cfg.input_shape().len())
-        .map(|i| (i as f32 * 0.37).sin())
-        .collect();
+    let input: Vec<f32> = (0..cfg.input_shape().len()).map(|i| (i as f32 * 0.37).sin()).collect();
     assert_eq!(a.predict(&input), b.predict(&input));
     assert_eq!(b.param(rv), a.param(rv));
 }
@@ -137,11 +127,7 @@ fn a_failed_write_leaves_the_previous_file_intact() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(
-        leftovers.len(),
-        1,
-        "temporary file left behind: {leftovers:?}"
-    );
+    assert_eq!(leftovers.len(), 1, "temporary file left behind: {leftovers:?}");
 }
 
 #[test]
@@ -162,11 +148,7 @@ fn errors_say_what_is_wrong() {
     // A checkpoint of a 3-landmark model loaded into a 5-landmark one.
     let path = dir.path().join("three.safetensors");
     let cfg3 = config(3);
-    checkpoint::save(
-        &path,
-        &Checkpoint::from_executor(&executor(&cfg3, 1), meta(&cfg3)),
-    )
-    .unwrap();
+    checkpoint::save(&path, &Checkpoint::from_executor(&executor(&cfg3, 1), meta(&cfg3))).unwrap();
     let ck = checkpoint::load(&path).unwrap();
     let mut five = executor(&config(5), 1);
     let e = format!("{:#}", ck.load_into(&mut five).unwrap_err());
@@ -188,16 +170,10 @@ fn errors_say_what_is_wrong() {
     );
     let mut three = executor(&cfg3, 1);
     let e = format!("{:#}", partial.load_into(&mut three).unwrap_err());
-    assert!(
-        e.contains("missing 1 tensor(s): layer2.0.conv1.weight"),
-        "{e}"
-    );
+    assert!(e.contains("missing 1 tensor(s): layer2.0.conv1.weight"), "{e}");
     assert!(e.contains("unexpected 1 tensor(s): extra.weight"), "{e}");
     // Nothing was half-loaded: the check runs before any write.
-    assert_ne!(
-        three.param(ParamId(0)),
-        vec![0.0; three.graph().params[0].len()]
-    );
+    assert_ne!(three.param(ParamId(0)), vec![0.0; three.graph().params[0].len()]);
 
     // A future format version is refused with a hint.
     let mut bytes = std::fs::read(&path).unwrap();
@@ -209,8 +185,5 @@ fn errors_say_what_is_wrong() {
     let future = dir.path().join("future.safetensors");
     std::fs::write(&future, &bytes).unwrap();
     let e = format!("{:#}", checkpoint::load(Path::new(&future)).unwrap_err());
-    assert!(
-        e.contains("format version 9") && e.contains("update cephalo"),
-        "{e}"
-    );
+    assert!(e.contains("format version 9") && e.contains("update cephalo"), "{e}");
 }

@@ -120,13 +120,7 @@ fn gradcheck(graph: Graph, groups: &[&str], seed: u64) {
     };
 
     let v = f64v(normals(&mut rng, input.len(), 1.0));
-    let shifted = |s: f64| {
-        input
-            .iter()
-            .zip(&v)
-            .map(|(x, v)| x + s * v)
-            .collect::<Vec<f64>>()
-    };
+    let shifted = |s: f64| input.iter().zip(&v).map(|(x, v)| x + s * v).collect::<Vec<f64>>();
     let plus = loss(&mut ex, &shifted(h), &r);
     let minus = loss(&mut ex, &shifted(-h), &r);
     check("input", dot(&input_grad, &v), plus, minus);
@@ -141,13 +135,7 @@ fn gradcheck(graph: Graph, groups: &[&str], seed: u64) {
         let theta = ex.backend().param_exact(id).to_vec();
         let analytic_grad = ex.backend().grad_exact(id).to_vec();
         let v = f64v(normals(&mut rng, theta.len(), 1.0));
-        let at = |s: f64| {
-            theta
-                .iter()
-                .zip(&v)
-                .map(|(t, v)| t + s * v)
-                .collect::<Vec<f64>>()
-        };
+        let at = |s: f64| theta.iter().zip(&v).map(|(t, v)| t + s * v).collect::<Vec<f64>>();
         ex.backend_mut().write_param_exact(id, &at(h));
         let plus = loss(&mut ex, &input, &r);
         ex.backend_mut().write_param_exact(id, &at(-h));
@@ -277,10 +265,7 @@ fn eval_mode_normalises_with_running_statistics() {
     // Running mean after one step from 0 is 0.1 * batch mean: check one BN layer directly.
     let rm = graph.param_id("stem_bn.running_mean").unwrap();
     let moved = train.param(rm);
-    assert!(
-        moved.iter().any(|&v| v != 0.0),
-        "running mean must move in training"
-    );
+    assert!(moved.iter().any(|&v| v != 0.0), "running mean must move in training");
     assert_eq!(eval.param(rm), moved);
 }
 
@@ -300,12 +285,7 @@ fn fused_conv_bn_inference_matches_the_unfused_ops() {
             match p.kind {
                 ParamKind::RunningMean => *v = Some(normals(&mut rng, p.len(), 0.3)),
                 ParamKind::RunningVar => {
-                    *v = Some(
-                        normals(&mut rng, p.len(), 0.3)
-                            .iter()
-                            .map(|x| 0.5 + x.abs())
-                            .collect(),
-                    )
+                    *v = Some(normals(&mut rng, p.len(), 0.3).iter().map(|x| 0.5 + x.abs()).collect())
                 }
                 _ => {}
             }

@@ -8,10 +8,7 @@ use cephalo::model::{ModelConfig, MODEL_NAMES};
 #[test]
 fn every_model_plan_is_overlap_free() {
     for model in &MODEL_NAMES[..6] {
-        let g = ModelConfig::new(model, 1, 19, [128, 96], 2)
-            .unwrap()
-            .build()
-            .unwrap();
+        let g = ModelConfig::new(model, 1, 19, [128, 96], 2).unwrap().build().unwrap();
         let mut arenas = Vec::new();
         for (mode, dtypes) in [
             (Mode::Train, DtypeSizes::F16),
@@ -22,10 +19,7 @@ fn every_model_plan_is_overlap_free() {
             if let Err(e) = p.check() {
                 panic!("{model} {mode:?}: {e}");
             }
-            assert!(
-                p.arena_bytes >= p.live_peak_bytes,
-                "{model}: arena below the live peak"
-            );
+            assert!(p.arena_bytes >= p.live_peak_bytes, "{model}: arena below the live peak");
             // First-fit decreasing keeps the arena near the lower bound.
             assert!(
                 (p.arena_bytes as f64) < 1.3 * p.live_peak_bytes as f64,
@@ -35,14 +29,8 @@ fn every_model_plan_is_overlap_free() {
             );
             arenas.push(p.arena_bytes);
         }
-        assert!(
-            arenas[1] < arenas[0],
-            "{model}: inference must need less than training"
-        );
-        assert!(
-            arenas[2] > arenas[0],
-            "{model}: f32 activations need more than fp16"
-        );
+        assert!(arenas[1] < arenas[0], "{model}: inference must need less than training");
+        assert!(arenas[2] > arenas[0], "{model}: f32 activations need more than fp16");
     }
 }
 
@@ -63,8 +51,7 @@ fn the_check_catches_an_overlap() {
         .unwrap()
         .offset;
     for b in &mut p.buffers {
-        if b.kind == cephalo::graph::plan::BufferKind::Forward(cephalo::graph::TensorId(input + 1))
-        {
+        if b.kind == cephalo::graph::plan::BufferKind::Forward(cephalo::graph::TensorId(input + 1)) {
             b.offset = fwd;
         }
     }

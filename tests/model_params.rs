@@ -62,18 +62,10 @@ fn resnet_backbones_have_the_torchvision_counts() {
         ("resnet50", 23_508_032, true, [3, 4, 6, 3]),
     ] {
         let g = build(model, 3, 29);
-        assert_eq!(
-            resnet_backbone(bottleneck, blocks, 3),
-            want,
-            "{model}: derivation"
-        );
+        assert_eq!(resnet_backbone(bottleneck, blocks, 3), want, "{model}: derivation");
         assert_eq!(backbone_param_count(&g), want, "{model}: graph backbone");
         let c_out = if bottleneck { 2048 } else { 512 };
-        assert_eq!(
-            g.param_count(),
-            want + deconv_head(c_out, 29),
-            "{model}: with head"
-        );
+        assert_eq!(g.param_count(), want + deconv_head(c_out, 29), "{model}: with head");
         // Grayscale input: conv1 has 1 input channel instead of 3.
         let gray = build(model, 1, 29);
         assert_eq!(gray.param_count(), g.param_count() - conv(2, 64, 7));
@@ -104,8 +96,7 @@ fn hrnet_backbone(c_in: usize, w: usize) -> usize {
         blocks + fuses
     };
     let stem = conv(c_in, 64, 3) + bn(64) + conv(64, 64, 3) + bn(64);
-    let bottleneck =
-        |c: usize| conv(c, 64, 1) + bn(64) + conv(64, 64, 3) + bn(64) + conv(64, 256, 1) + bn(256);
+    let bottleneck = |c: usize| conv(c, 64, 1) + bn(64) + conv(64, 64, 3) + bn(64) + conv(64, 256, 1) + bn(256);
     let layer1 = bottleneck(64) + conv(64, 256, 1) + bn(256) + 3 * bottleneck(256);
     let t1 = conv(256, w, 3) + bn(w) + conv(256, 2 * w, 3) + bn(2 * w);
     let t2 = conv(2 * w, 4 * w, 3) + bn(4 * w);

@@ -49,11 +49,7 @@ impl<B: Backend> Executor<B> {
         for (i, p) in graph.params.iter().enumerate() {
             backend.write_param(ParamId(i), &p.initial_values(seed));
         }
-        Self {
-            graph,
-            plan,
-            backend,
-        }
+        Self { graph, plan, backend }
     }
 
     pub fn graph(&self) -> &Graph {
@@ -135,13 +131,7 @@ impl<B: Backend> Executor<B> {
         match &node.op {
             Op::Input => {}
             Op::Conv { p, w, bias } => b.conv2d_fwd(x[0], *w, *bias, p, y),
-            Op::ConvBnEval {
-                p,
-                w,
-                bias,
-                bn,
-                relu,
-            } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, y),
+            Op::ConvBnEval { p, w, bias, bn, relu } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, y),
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
             Op::BatchNorm { bn, relu } => {
                 if train {
@@ -162,11 +152,7 @@ impl<B: Backend> Executor<B> {
 
     /// Runs every node backward; the output gradient must be in [`output_grad_view`](Self::output_grad_view).
     pub fn backward(&mut self) {
-        assert_eq!(
-            self.plan.options.mode,
-            Mode::Train,
-            "backward needs a training plan"
-        );
+        assert_eq!(self.plan.options.mode, Mode::Train, "backward needs a training plan");
         let n = self.graph.nodes.len();
         let mut written = vec![false; n];
         let mut rebuilt = vec![false; n];

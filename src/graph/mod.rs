@@ -160,10 +160,7 @@ impl ParamInfo {
             Init::Ones => vec![1.0; n],
             Init::Normal { std } => normal_values(n, std, seed ^ fnv1a(&self.name)),
             Init::KaimingFanOut => {
-                let fan_out = self.shape[0]
-                    * self.shape[1..self.shape.len() - 1]
-                        .iter()
-                        .product::<usize>();
+                let fan_out = self.shape[0] * self.shape[1..self.shape.len() - 1].iter().product::<usize>();
                 normal_values(n, (2.0 / fan_out as f32).sqrt(), seed ^ fnv1a(&self.name))
             }
         }
@@ -220,10 +217,7 @@ impl Graph {
             Op::Conv { w, bias, .. } => std::iter::once(*w).chain(*bias).collect(),
             Op::ConvTranspose { w, .. } => vec![*w],
             Op::BatchNorm { bn, .. } => vec![bn.gamma, bn.beta],
-            Op::ConvBnEval { w, bias, bn, .. } => std::iter::once(*w)
-                .chain(*bias)
-                .chain([bn.gamma, bn.beta])
-                .collect(),
+            Op::ConvBnEval { w, bias, bn, .. } => std::iter::once(*w).chain(*bias).chain([bn.gamma, bn.beta]).collect(),
             _ => Vec::new(),
         };
         ids.iter().map(|id| self.params[id.0].len()).sum()
@@ -234,9 +228,7 @@ impl Graph {
         let node = &self.nodes[i];
         match &node.op {
             Op::Conv { p, .. } | Op::ConvBnEval { p, .. } => p.macs(self.shape(node.inputs[0])),
-            Op::ConvTranspose { p, .. } => {
-                (self.shape(node.inputs[0]).pixels() * p.weight_len()) as u64
-            }
+            Op::ConvTranspose { p, .. } => (self.shape(node.inputs[0]).pixels() * p.weight_len()) as u64,
             _ => 0,
         }
     }
@@ -266,19 +258,9 @@ impl Graph {
                     if readers[src.0] == 1 && src != self.output {
                         // The conv was skipped below; the fused node reads the conv's input.
                         let conv = &self.nodes[src.0];
-                        out.op = Op::ConvBnEval {
-                            p,
-                            w,
-                            bias,
-                            bn,
-                            relu,
-                        };
+                        out.op = Op::ConvBnEval { p, w, bias, bn, relu };
                         out.inputs = conv.inputs.clone();
-                        out.name = format!(
-                            "{}+{}",
-                            conv.name,
-                            node.name.rsplit('.').next().unwrap_or_default()
-                        );
+                        out.name = format!("{}+{}", conv.name, node.name.rsplit('.').next().unwrap_or_default());
                     }
                 }
             }
@@ -366,10 +348,7 @@ impl GraphBuilder {
 
     fn push(&mut self, local: &str, op: Op, inputs: Vec<TensorId>, shape: Shape4) -> TensorId {
         let name = self.full_name(local);
-        assert!(
-            self.names.insert(name.clone()),
-            "duplicate layer name {name}"
-        );
+        assert!(self.names.insert(name.clone()), "duplicate layer name {name}");
         self.nodes.push(Node {
             name,
             op,
@@ -379,14 +358,7 @@ impl GraphBuilder {
         TensorId(self.nodes.len() - 1)
     }
 
-    fn param(
-        &mut self,
-        layer: &str,
-        role: &str,
-        shape: Vec<usize>,
-        kind: ParamKind,
-        init: Init,
-    ) -> ParamId {
+    fn param(&mut self, layer: &str, role: &str, shape: Vec<usize>, kind: ParamKind, init: Init) -> ParamId {
         let name = format!("{}.{role}", self.full_name(layer));
         self.params.push(ParamInfo {
             name,
@@ -398,15 +370,7 @@ impl GraphBuilder {
     }
 
     /// `k x k` convolution with "same" padding (`k / 2`), optional bias.
-    pub fn conv(
-        &mut self,
-        name: &str,
-        x: TensorId,
-        c_out: usize,
-        k: usize,
-        stride: usize,
-        bias: bool,
-    ) -> TensorId {
+    pub fn conv(&mut self, name: &str, x: TensorId, c_out: usize, k: usize, stride: usize, bias: bool) -> TensorId {
         let xs = self.shape(x);
         let p = ConvParams::square(xs.c, c_out, k, stride, k / 2);
         let w = self.param(
@@ -416,8 +380,7 @@ impl GraphBuilder {
             ParamKind::Weight,
             self.conv_init,
         );
-        let bias =
-            bias.then(|| self.param(name, "bias", vec![c_out], ParamKind::Bias, Init::Zeros));
+        let bias = bias.then(|| self.param(name, "bias", vec![c_out], ParamKind::Bias, Init::Zeros));
         let shape = p.out_shape(xs);
         self.push(name, Op::Conv { p, w, bias }, vec![x], shape)
     }
@@ -451,20 +414,8 @@ impl GraphBuilder {
         let bn = BnRefs {
             gamma: self.param(name, "weight", vec![c], ParamKind::BnGamma, Init::Ones),
             beta: self.param(name, "bias", vec![c], ParamKind::BnBeta, Init::Zeros),
-            running_mean: self.param(
-                name,
-                "running_mean",
-                vec![c],
-                ParamKind::RunningMean,
-                Init::Zeros,
-            ),
-            running_var: self.param(
-                name,
-                "running_var",
-                vec![c],
-                ParamKind::RunningVar,
-                Init::Ones,
-            ),
+            running_mean: self.param(name, "running_mean", vec![c], ParamKind::RunningMean, Init::Zeros),
+            running_var: self.param(name, "running_var", vec![c], ParamKind::RunningVar, Init::Ones),
             params: self.bn,
         };
         let shape = self.shape(x);
@@ -494,11 +445,7 @@ impl GraphBuilder {
 
     fn binary(&mut self, name: &str, op: Op, a: TensorId, b: TensorId) -> TensorId {
         assert_ne!(a, b, "{name}: adding a tensor to itself is not supported");
-        assert_eq!(
-            self.shape(a),
-            self.shape(b),
-            "{name}: operand shapes differ"
-        );
+        assert_eq!(self.shape(a), self.shape(b), "{name}: operand shapes differ");
         let shape = self.shape(a);
         self.push(name, op, vec![a, b], shape)
     }
@@ -512,13 +459,7 @@ impl GraphBuilder {
     }
 
     /// Upsamples by the integer `factor`.
-    pub fn upsample(
-        &mut self,
-        name: &str,
-        x: TensorId,
-        factor: usize,
-        mode: UpsampleMode,
-    ) -> TensorId {
+    pub fn upsample(&mut self, name: &str, x: TensorId, factor: usize, mode: UpsampleMode) -> TensorId {
         let xs = self.shape(x);
         let shape = Shape4 {
             h: xs.h * factor,
@@ -542,14 +483,7 @@ impl GraphBuilder {
         self.push(name, Op::Concat, xs.to_vec(), Shape4 { c, ..first })
     }
 
-    pub fn maxpool(
-        &mut self,
-        name: &str,
-        x: TensorId,
-        k: usize,
-        stride: usize,
-        pad: usize,
-    ) -> TensorId {
+    pub fn maxpool(&mut self, name: &str, x: TensorId, k: usize, stride: usize, pad: usize) -> TensorId {
         let p = PoolParams { k, stride, pad };
         let shape = p.out_shape(self.shape(x));
         self.push(name, Op::MaxPool { p }, vec![x], shape)
@@ -567,10 +501,7 @@ impl GraphBuilder {
             }
         }
         if let Some(i) = used.iter().position(|u| !u) {
-            panic!(
-                "layer {} does not contribute to the output",
-                self.nodes[i].name
-            );
+            panic!("layer {} does not contribute to the output", self.nodes[i].name);
         }
         Graph {
             nodes: self.nodes,

@@ -182,17 +182,10 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
         if !bwd_readers[i].is_empty() {
             let first_bwd = bwd_step(*bwd_readers[i].iter().max().expect("non-empty"));
             let last_bwd = bwd_step(*bwd_readers[i].iter().min().expect("non-empty"));
-            let recompute = options.recompute_bn
-                && matches!(node.op, Op::BatchNorm { .. })
-                && t != graph.output;
+            let recompute = options.recompute_bn && matches!(node.op, Op::BatchNorm { .. }) && t != graph.output;
             if recompute {
                 recomputed[i] = true;
-                buffers.push((
-                    BufferKind::Recomputed(t),
-                    act(node.shape),
-                    first_bwd,
-                    last_bwd,
-                ));
+                buffers.push((BufferKind::Recomputed(t), act(node.shape), first_bwd, last_bwd));
             } else {
                 last = last.max(last_bwd);
             }
@@ -233,11 +226,7 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
             last,
         })
         .collect();
-    let arena_bytes = buffers
-        .iter()
-        .map(|b| b.offset + b.bytes)
-        .max()
-        .unwrap_or(0);
+    let arena_bytes = buffers.iter().map(|b| b.offset + b.bytes).max().unwrap_or(0);
     let steps = if train { 2 * f + 1 } else { f + 1 };
     let mut live = vec![0usize; steps];
     for b in &buffers {
@@ -267,10 +256,7 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
             shape,
         });
     }
-    debug_assert_eq!(
-        recomputed,
-        rec.iter().map(Option::is_some).collect::<Vec<_>>()
-    );
+    debug_assert_eq!(recomputed, rec.iter().map(Option::is_some).collect::<Vec<_>>());
     Plan {
         options,
         fwd: fwd

@@ -47,9 +47,7 @@ pub fn build(b: &mut GraphBuilder, x: TensorId, width: usize, landmarks: usize) 
         branches = b.scope(format!("stage{}", s + 2), |b| {
             let mut xs = branches.clone();
             for m in 0..modules {
-                xs = b.scope(format!("m{m}"), |b| {
-                    hr_module(b, &xs, &widths[..n_branches])
-                });
+                xs = b.scope(format!("m{m}"), |b| hr_module(b, &xs, &widths[..n_branches]));
             }
             xs
         });
@@ -70,12 +68,7 @@ pub fn build(b: &mut GraphBuilder, x: TensorId, width: usize, landmarks: usize) 
 }
 
 /// Bottleneck (1x1 -> 3x3 -> 1x1 x4 channels); the first block projects the input with a 1x1.
-pub(crate) fn bottleneck(
-    b: &mut GraphBuilder,
-    x: TensorId,
-    planes: usize,
-    project: bool,
-) -> TensorId {
+pub(crate) fn bottleneck(b: &mut GraphBuilder, x: TensorId, planes: usize, project: bool) -> TensorId {
     bottleneck_strided(b, x, planes, 1, project, ("downsample.0", "downsample.1"))
 }
 
@@ -100,13 +93,7 @@ pub(crate) fn bottleneck_strided(
 }
 
 /// BasicBlock (3x3 -> 3x3), identity shortcut unless `project` names a 1x1 projection.
-pub(crate) fn basic_block(
-    b: &mut GraphBuilder,
-    x: TensorId,
-    planes: usize,
-    stride: usize,
-    project: bool,
-) -> TensorId {
+pub(crate) fn basic_block(b: &mut GraphBuilder, x: TensorId, planes: usize, stride: usize, project: bool) -> TensorId {
     let y = b.conv_bn("conv1", "bn1", x, planes, 3, stride, true);
     let y = b.conv_bn("conv2", "bn2", y, planes, 3, 1, false);
     let shortcut = if project {
@@ -127,9 +114,7 @@ fn hr_module(b: &mut GraphBuilder, xs: &[TensorId], widths: &[usize]) -> Vec<Ten
             b.scope(format!("b{i}"), |b| {
                 let mut y = x;
                 for k in 0..BLOCKS_PER_BRANCH {
-                    y = b.scope(format!("block{k}"), |b| {
-                        basic_block(b, y, widths[i], 1, false)
-                    });
+                    y = b.scope(format!("block{k}"), |b| basic_block(b, y, widths[i], 1, false));
                 }
                 y
             })
@@ -174,9 +159,7 @@ fn fuse_path(b: &mut GraphBuilder, x: TensorId, i: usize, j: usize, widths: &[us
         for k in 0..i - j {
             let last = k + 1 == i - j;
             let c = if last { widths[i] } else { widths[j] };
-            y = b.scope(format!("down{k}"), |b| {
-                b.conv_bn("conv", "bn", y, c, 3, 2, !last)
-            });
+            y = b.scope(format!("down{k}"), |b| b.conv_bn("conv", "bn", y, c, 3, 2, !last));
         }
         y
     }

@@ -48,10 +48,7 @@ pub fn resolve(name: &str) -> Result<(&'static str, Arch)> {
         "resnet18" => ("resnet18", Arch::ResNet(resnet::RESNET18)),
         "resnet34" => ("resnet34", Arch::ResNet(resnet::RESNET34)),
         "resnet50" | "resnet" => ("resnet50", Arch::ResNet(resnet::RESNET50)),
-        _ => bail!(
-            "unknown model {name:?}: choose one of {}",
-            MODEL_NAMES.join(", ")
-        ),
+        _ => bail!("unknown model {name:?}: choose one of {}", MODEL_NAMES.join(", ")),
     })
 }
 
@@ -89,9 +86,7 @@ impl ModelConfig {
         let [h, w] = image_size;
         // Both networks reach 1/32 of the input and come back to 1/4 by exact factors of 2.
         if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
-            bail!(
-                "--image-size {h} {w}: both sides must be positive multiples of 32 (e.g. 768 768)"
-            );
+            bail!("--image-size {h} {w}: both sides must be positive multiples of 32 (e.g. 768 768)");
         }
         Ok(Self {
             model: canonical.to_string(),

@@ -44,14 +44,7 @@ pub fn build(b: &mut GraphBuilder, x: TensorId, depth: ResNetDepth, landmarks: u
                 let project = k == 0 && (stride != 1 || channels != planes * expansion);
                 x = b.scope(k, |b| {
                     if depth.bottleneck {
-                        bottleneck_strided(
-                            b,
-                            x,
-                            planes,
-                            stride,
-                            project,
-                            ("downsample.0", "downsample.1"),
-                        )
+                        bottleneck_strided(b, x, planes, stride, project, ("downsample.0", "downsample.1"))
                     } else {
                         basic_block(b, x, planes, stride, project)
                     }

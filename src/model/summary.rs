@@ -69,12 +69,7 @@ pub fn summary(cfg: &ModelConfig, g: &Graph, every_layer: bool) -> String {
     let _ = writeln!(
         out,
         "model {}  input {}x{}x{} (NHWC, batch {})  landmarks {}",
-        cfg.model,
-        cfg.image_size[0],
-        cfg.image_size[1],
-        cfg.in_channels,
-        cfg.batch_size,
-        cfg.landmarks
+        cfg.model, cfg.image_size[0], cfg.image_size[1], cfg.in_channels, cfg.batch_size, cfg.landmarks
     );
     let _ = writeln!(
         out,
@@ -103,20 +98,11 @@ pub fn summary(cfg: &ModelConfig, g: &Graph, every_layer: bool) -> String {
                 r.3 += params;
                 r.4 += macs;
             }
-            _ => rows.push((
-                group,
-                node.op.kind().to_string(),
-                node.shape.to_string(),
-                params,
-                macs,
-            )),
+            _ => rows.push((group, node.op.kind().to_string(), node.shape.to_string(), params, macs)),
         }
     }
     for (name, kind, shape, params, macs) in rows {
-        let _ = writeln!(
-            out,
-            "{name:<44} {kind:<18} {shape:>16} {params:>12} {macs:>16}"
-        );
+        let _ = writeln!(out, "{name:<44} {kind:<18} {shape:>16} {params:>12} {macs:>16}");
     }
     let macs = g.macs();
     let _ = writeln!(out, "layers (graph nodes): {}", g.nodes.len());

@@ -19,11 +19,7 @@ use crate::backend::{BnParams, Shape4};
 const ROWS_PER_JOB: usize = 512;
 
 /// Per-channel sums of `f(row)` over all pixels, in f64, in parallel.
-fn channel_sums<const K: usize>(
-    rows: usize,
-    c: usize,
-    f: impl Fn(usize, &mut [[f64; K]]) + Sync,
-) -> Vec<[f64; K]> {
+fn channel_sums<const K: usize>(rows: usize, c: usize, f: impl Fn(usize, &mut [[f64; K]]) + Sync) -> Vec<[f64; K]> {
     (0..rows.div_ceil(ROWS_PER_JOB))
         .into_par_iter()
         .map(|j| {
@@ -47,15 +43,7 @@ fn channel_sums<const K: usize>(
 }
 
 /// `y = act(gamma * (x - mean) * invstd + beta)` where `saved = [mean; invstd]`.
-fn apply<T: Real>(
-    x: &[T],
-    c: usize,
-    gamma: &[T],
-    beta: &[T],
-    saved: &[T],
-    relu: bool,
-    y: &mut [T],
-) {
+fn apply<T: Real>(x: &[T], c: usize, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
     let (mean, invstd) = saved.split_at(c);
     // Folded into one multiply-add per element: y = x * scale + shift.
     let scale: Vec<T> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
@@ -113,11 +101,7 @@ pub fn bn_fwd_train<T: Real>(
         let var = sq[i][0] / m as f64;
         saved[i] = T::from_f64(mean[i]);
         saved[c + i] = T::from_f64(1.0 / (var + bp.eps as f64).sqrt());
-        let unbiased = if m > 1 {
-            var * m as f64 / (m - 1) as f64
-        } else {
-            var
-        };
+        let unbiased = if m > 1 { var * m as f64 / (m - 1) as f64 } else { var };
         let mo = bp.momentum as f64;
         running_mean[i] = T::from_f64((1.0 - mo) * running_mean[i].to_f64() + mo * mean[i]);
         running_var[i] = T::from_f64((1.0 - mo) * running_var[i].to_f64() + mo * unbiased);
@@ -126,15 +110,7 @@ pub fn bn_fwd_train<T: Real>(
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
-pub fn bn_apply_saved<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    gamma: &[T],
-    beta: &[T],
-    saved: &[T],
-    relu: bool,
-    y: &mut [T],
-) {
+pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
     check(x, xs, gamma, beta, y);
     assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
     apply(x, xs.c, gamma, beta, saved, relu, y);
@@ -175,10 +151,7 @@ pub fn bn_eval_affine<T: Real>(
     running_var: &[T],
     bp: BnParams,
 ) -> (Vec<T>, Vec<T>) {
-    let scale: Vec<T> = eval_invstd(running_var, bp)
-        .zip(gamma)
-        .map(|(s, &g)| g * s)
-        .collect();
+    let scale: Vec<T> = eval_invstd(running_var, bp).zip(gamma).map(|(s, &g)| g * s).collect();
     let shift = beta
         .iter()
         .zip(running_mean)
@@ -234,16 +207,14 @@ pub fn bn_bwd<T: Real>(
     }
     let mean_g: Vec<T> = sums.iter().map(|s| T::from_f64(s[0] / m as f64)).collect();
     let mean_gx: Vec<T> = sums.iter().map(|s| T::from_f64(s[1] / m as f64)).collect();
-    dx.par_chunks_mut(c * ROWS_PER_JOB)
-        .enumerate()
-        .for_each(|(j, dxc)| {
-            for (r, dxr) in dxc.chunks_exact_mut(c).enumerate() {
-                let row = j * ROWS_PER_JOB + r;
-                for i in 0..c {
-                    let (g, xhat) = grad_at(row, i);
-                    let v = gamma[i] * invstd[i] * (g - mean_g[i] - xhat * mean_gx[i]);
-                    dxr[i] = if accumulate { dxr[i] + v } else { v };
-                }
+    dx.par_chunks_mut(c * ROWS_PER_JOB).enumerate().for_each(|(j, dxc)| {
+        for (r, dxr) in dxc.chunks_exact_mut(c).enumerate() {
+            let row = j * ROWS_PER_JOB + r;
+            for i in 0..c {
+                let (g, xhat) = grad_at(row, i);
+                let v = gamma[i] * invstd[i] * (g - mean_g[i] - xhat * mean_gx[i]);
+                dxr[i] = if accumulate { dxr[i] + v } else { v };
             }
-        });
+        }
+    });
 }

@@ -72,15 +72,7 @@ fn gemm<T: Real>(
 }
 
 /// Gathers the patch rows of output pixels `p0..p0+m` into `col` (`m x kh*kw*c_in`).
-fn im2col_tile<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    p: &ConvParams,
-    ys: Shape4,
-    p0: usize,
-    m: usize,
-    col: &mut Vec<T>,
-) {
+fn im2col_tile<T: Real>(x: &[T], xs: Shape4, p: &ConvParams, ys: Shape4, p0: usize, m: usize, col: &mut Vec<T>) {
     let c = xs.c;
     let cols = p.patch_len();
     col.clear();
@@ -195,26 +187,12 @@ pub fn conv2d_affine_fwd<T: Real>(
 }
 
 /// `y = conv2d(x, w) + bias`. `x` is NHWC `xs`, `w` is KRSC, `y` is NHWC `p.out_shape(xs)`.
-pub fn conv2d_fwd<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    w: &[T],
-    p: &ConvParams,
-    bias: Option<&[T]>,
-    y: &mut [T],
-) {
+pub fn conv2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, bias: Option<&[T]>, y: &mut [T]) {
     conv_fwd_into(x, xs, w, p, bias, y, false, None);
 }
 
 /// Input gradient: `dx (+)= conv2d_dgrad(dy, w)`, where `dy` has shape `p.out_shape(xs)`.
-pub fn conv2d_dgrad<T: Real>(
-    dy: &[T],
-    w: &[T],
-    p: &ConvParams,
-    dx: &mut [T],
-    xs: Shape4,
-    accumulate: bool,
-) {
+pub fn conv2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let ys = p.out_shape(xs);
     assert_eq!(dy.len(), ys.len(), "conv2d_dgrad: dy length");
     assert_eq!(w.len(), p.weight_len(), "conv2d_dgrad: weight length");
@@ -358,9 +336,7 @@ pub fn conv2d_bias_grad<T: Real>(dy: &[T], ys: Shape4, db: &mut [T]) {
                 a
             },
         );
-    db.iter_mut()
-        .zip(&sums)
-        .for_each(|(d, &s)| *d = T::from_f64(s));
+    db.iter_mut().zip(&sums).for_each(|(d, &s)| *d = T::from_f64(s));
 }
 
 /// Transposed convolution `y = conv_transpose2d(x, w)`; `w` is `[c_in][kh][kw][c_out]`, `y` has
@@ -371,26 +347,13 @@ pub fn conv_transpose2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParam
 }
 
 /// Input gradient of the transposed convolution: the adjoint convolution's forward.
-pub fn conv_transpose2d_dgrad<T: Real>(
-    dy: &[T],
-    w: &[T],
-    p: &ConvParams,
-    dx: &mut [T],
-    xs: Shape4,
-    accumulate: bool,
-) {
+pub fn conv_transpose2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let ys = p.transposed_out_shape(xs);
     conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate, None);
 }
 
 /// Weight gradient of the transposed convolution (overwrites `dw`, `[c_in][kh][kw][c_out]`).
-pub fn conv_transpose2d_wgrad<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    dy: &[T],
-    p: &ConvParams,
-    dw: &mut [T],
-) {
+pub fn conv_transpose2d_wgrad<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &ConvParams, dw: &mut [T]) {
     let ys = p.transposed_out_shape(xs);
     // In the adjoint convolution dy is the input and x the output gradient.
     conv2d_wgrad(dy, ys, x, &p.adjoint(), dw);

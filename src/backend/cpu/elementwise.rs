@@ -56,8 +56,7 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 /// rounding, as the kernel computes it.
 pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f16]) {
     assert_eq!(x.len(), y.len(), "axpy_f16: length mismatch");
-    let body =
-        |(yi, xi): (&mut f16, &f16)| *yi = f16::from_f32(a.mul_add(xi.to_f32(), yi.to_f32()));
+    let body = |(yi, xi): (&mut f16, &f16)| *yi = f16::from_f32(a.mul_add(xi.to_f32(), yi.to_f32()));
     if x.len() >= PAR_MIN {
         y.par_iter_mut().zip(x.par_iter()).for_each(body);
     } else {
@@ -87,25 +86,16 @@ fn for_chunks<T: Real>(out: &mut [T], body: impl Fn(usize, &mut [T]) + Send + Sy
 pub fn relu_fwd<T: Real>(x: &[T], y: &mut [T]) {
     assert_eq!(x.len(), y.len(), "relu_fwd: length mismatch");
     for_chunks(y, |o, yc| {
-        yc.iter_mut()
-            .zip(&x[o..])
-            .for_each(|(y, &x)| *y = x.max(T::ZERO))
+        yc.iter_mut().zip(&x[o..]).for_each(|(y, &x)| *y = x.max(T::ZERO))
     });
 }
 
 /// `dx (+)= dy * [y > 0]`, from the ReLU output `y` (positive exactly where the input was).
 pub fn relu_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], accumulate: bool) {
-    assert!(
-        y.len() == dx.len() && dy.len() == dx.len(),
-        "relu_bwd: length mismatch"
-    );
+    assert!(y.len() == dx.len() && dy.len() == dx.len(), "relu_bwd: length mismatch");
     for_chunks(dx, |o, dc| {
         for (i, d) in dc.iter_mut().enumerate() {
-            let g = if y[o + i] > T::ZERO {
-                dy[o + i]
-            } else {
-                T::ZERO
-            };
+            let g = if y[o + i] > T::ZERO { dy[o + i] } else { T::ZERO };
             store(d, g, accumulate);
         }
     });
@@ -113,10 +103,7 @@ pub fn relu_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], accumulate: bool) {
 
 /// `y = a + b`.
 pub fn add_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
-    assert!(
-        a.len() == y.len() && b.len() == y.len(),
-        "add_fwd: length mismatch"
-    );
+    assert!(a.len() == y.len() && b.len() == y.len(), "add_fwd: length mismatch");
     for_chunks(y, |o, yc| {
         for (i, v) in yc.iter_mut().enumerate() {
             *v = a[o + i] + b[o + i];
@@ -128,9 +115,7 @@ pub fn add_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
 pub fn add_bwd<T: Real>(dy: &[T], dx: &mut [T], accumulate: bool) {
     assert_eq!(dy.len(), dx.len(), "add_bwd: length mismatch");
     for_chunks(dx, |o, dc| {
-        dc.iter_mut()
-            .zip(&dy[o..])
-            .for_each(|(d, &g)| store(d, g, accumulate))
+        dc.iter_mut().zip(&dy[o..]).for_each(|(d, &g)| store(d, g, accumulate))
     });
 }
 
@@ -158,14 +143,7 @@ mod tests {
 
     #[test]
     fn f16_conversion_rounds_to_nearest_even_and_saturates_to_inf() {
-        let src = [
-            1.0f32,
-            65504.0,
-            70000.0,
-            -1e-8,
-            1.0 + 1.0 / 2048.0,
-            1.0 + 3.0 / 2048.0,
-        ];
+        let src = [1.0f32, 65504.0, 70000.0, -1e-8, 1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0];
         let mut dst = [f16::ZERO; 6];
         convert_f32_to_f16(&src, &mut dst);
         assert_eq!(dst[0], f16::ONE);

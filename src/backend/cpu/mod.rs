@@ -15,9 +15,7 @@ pub mod elementwise;
 pub mod pool;
 pub mod resample;
 
-use crate::backend::{
-    Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
-};
+use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
 
 /// The element type of the CPU ops: f32, or f64 for precise gradient checks.
 pub trait Real:
@@ -166,16 +164,10 @@ fn range<T>(v: View) -> std::ops::Range<usize> {
 
 /// Borrows `reads` shared and `writes` exclusively from one arena. Panics unless every write
 /// range is disjoint from every other range, which is what makes handing them out sound.
-fn split<'a, T>(
-    arena: &'a mut [T],
-    reads: &[View],
-    writes: &[View],
-) -> (Vec<&'a [T]>, Vec<&'a mut [T]>) {
+fn split<'a, T>(arena: &'a mut [T], reads: &[View], writes: &[View]) -> (Vec<&'a [T]>, Vec<&'a mut [T]>) {
     let rr: Vec<_> = reads.iter().map(|&v| range::<T>(v)).collect();
     let wr: Vec<_> = writes.iter().map(|&v| range::<T>(v)).collect();
-    let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| {
-        a.end <= b.start || b.end <= a.start
-    };
+    let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| a.end <= b.start || b.end <= a.start;
     for (i, w) in wr.iter().enumerate() {
         assert!(
             w.end <= arena.len(),
@@ -186,10 +178,7 @@ fn split<'a, T>(
             rr.iter().all(|r| disjoint(w, r)),
             "write view {w:?} overlaps a read view"
         );
-        assert!(
-            wr[i + 1..].iter().all(|o| disjoint(w, o)),
-            "write views {w:?} overlap"
-        );
+        assert!(wr[i + 1..].iter().all(|o| disjoint(w, o)), "write views {w:?} overlap");
     }
     for r in &rr {
         assert!(
@@ -228,13 +217,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.params = params.iter().map(|p| vec![T::ZERO; p.len]).collect();
         self.grads = params
             .iter()
-            .map(|p| {
-                if p.trainable {
-                    vec![T::ZERO; p.len]
-                } else {
-                    Vec::new()
-                }
-            })
+            .map(|p| if p.trainable { vec![T::ZERO; p.len] } else { Vec::new() })
             .collect();
     }
 
@@ -249,24 +232,17 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn write(&mut self, t: View, data: &[f32]) {
         let dst = &mut self.arena[range::<T>(t)];
         assert_eq!(dst.len(), data.len(), "write: length");
-        dst.iter_mut()
-            .zip(data)
-            .for_each(|(d, &v)| *d = T::from_f64(v as f64));
+        dst.iter_mut().zip(data).for_each(|(d, &v)| *d = T::from_f64(v as f64));
     }
 
     fn read(&self, t: View) -> Vec<f32> {
-        self.arena[range::<T>(t)]
-            .iter()
-            .map(|v| v.to_f64() as f32)
-            .collect()
+        self.arena[range::<T>(t)].iter().map(|v| v.to_f64() as f32).collect()
     }
 
     fn write_param(&mut self, p: ParamId, data: &[f32]) {
         let dst = &mut self.params[p.0];
         assert_eq!(dst.len(), data.len(), "write_param: length");
-        dst.iter_mut()
-            .zip(data)
-            .for_each(|(d, &v)| *d = T::from_f64(v as f64));
+        dst.iter_mut().zip(data).for_each(|(d, &v)| *d = T::from_f64(v as f64));
     }
 
     fn read_param(&self, p: ParamId) -> Vec<f32> {
@@ -316,14 +292,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
     }
 
-    fn conv2d_wgrad(
-        &mut self,
-        x: View,
-        dy: View,
-        p: &ConvParams,
-        dw: ParamId,
-        db: Option<ParamId>,
-    ) {
+    fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>) {
         let (xa, dya) = (&self.arena[range::<T>(x)], &self.arena[range::<T>(dy)]);
         conv::conv2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
         if let Some(db) = db {
@@ -476,10 +445,7 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]) {
-        let widths: Vec<usize> = dxs
-            .iter()
-            .map(|g| g.map_or(0, |g| g.view.shape.c))
-            .collect();
+        let widths: Vec<usize> = dxs.iter().map(|g| g.map_or(0, |g| g.view.shape.c)).collect();
         assert!(
             dxs.iter().all(Option::is_some),
             "concat_bwd: the CPU backend wants every input gradient"

@@ -9,15 +9,7 @@ use super::Real;
 use crate::backend::{PoolParams, Shape4};
 
 /// Input position (ih, iw) of the maximum of output (n, oh, ow, ch).
-fn argmax<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    p: &PoolParams,
-    n: usize,
-    oh: usize,
-    ow: usize,
-    ch: usize,
-) -> (usize, usize) {
+fn argmax<T: Real>(x: &[T], xs: Shape4, p: &PoolParams, n: usize, oh: usize, ow: usize, ch: usize) -> (usize, usize) {
     let mut best = (T::ZERO, usize::MAX, usize::MAX);
     for r in 0..p.k {
         let ih = (oh * p.stride + r) as isize - p.pad as isize;
@@ -55,33 +47,24 @@ pub fn maxpool_fwd<T: Real>(x: &[T], xs: Shape4, p: &PoolParams, y: &mut [T]) {
 }
 
 /// `dx (+)= scatter of dy to the maxima`. Windows overlap, so each image is one serial job.
-pub fn maxpool_bwd<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    dy: &[T],
-    p: &PoolParams,
-    dx: &mut [T],
-    accumulate: bool,
-) {
+pub fn maxpool_bwd<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &PoolParams, dx: &mut [T], accumulate: bool) {
     let ys = p.out_shape(xs);
     assert!(
         x.len() == xs.len() && dx.len() == xs.len() && dy.len() == ys.len(),
         "maxpool_bwd: length mismatch"
     );
-    dx.par_chunks_mut(xs.h * xs.w * xs.c)
-        .enumerate()
-        .for_each(|(n, dxn)| {
-            if !accumulate {
-                dxn.fill(T::ZERO);
-            }
-            for oh in 0..ys.h {
-                for ow in 0..ys.w {
-                    for ch in 0..xs.c {
-                        let (ih, iw) = argmax(x, xs, p, n, oh, ow, ch);
-                        let d = &mut dxn[(ih * xs.w + iw) * xs.c + ch];
-                        *d = *d + dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
-                    }
+    dx.par_chunks_mut(xs.h * xs.w * xs.c).enumerate().for_each(|(n, dxn)| {
+        if !accumulate {
+            dxn.fill(T::ZERO);
+        }
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                for ch in 0..xs.c {
+                    let (ih, iw) = argmax(x, xs, p, n, oh, ow, ch);
+                    let d = &mut dxn[(ih * xs.w + iw) * xs.c + ch];
+                    *d = *d + dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
                 }
             }
-        });
+        }
+    });
 }

@@ -45,35 +45,23 @@ fn transpose(taps: &Taps, n_src: usize) -> Taps {
 }
 
 /// `dst[n, i, j, :] (+)= sum_{(a, wa) in rows[i]} sum_{(b, wb) in cols[j]} wa * wb * src[n, a, b, :]`.
-fn separable<T: Real>(
-    src: &[T],
-    ss: Shape4,
-    rows: &Taps,
-    cols: &Taps,
-    dst: &mut [T],
-    ds: Shape4,
-    accumulate: bool,
-) {
+fn separable<T: Real>(src: &[T], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut [T], ds: Shape4, accumulate: bool) {
     let c = ss.c;
-    dst.par_chunks_mut(ds.w * c)
-        .enumerate()
-        .for_each(|(nr, drow)| {
-            let (n, i) = (nr / ds.h, nr % ds.h);
-            if !accumulate {
-                drow.fill(T::ZERO);
-            }
-            for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
-                for &(a, wa) in &rows[i] {
-                    for &(b, wb) in &cols[j] {
-                        let w = T::from_f64(wa * wb);
-                        let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
-                        dpix.iter_mut()
-                            .zip(s)
-                            .for_each(|(d, &v)| *d = w.mul_add(v, *d));
-                    }
+    dst.par_chunks_mut(ds.w * c).enumerate().for_each(|(nr, drow)| {
+        let (n, i) = (nr / ds.h, nr % ds.h);
+        if !accumulate {
+            drow.fill(T::ZERO);
+        }
+        for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
+            for &(a, wa) in &rows[i] {
+                for &(b, wb) in &cols[j] {
+                    let w = T::from_f64(wa * wb);
+                    let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
+                    dpix.iter_mut().zip(s).for_each(|(d, &v)| *d = w.mul_add(v, *d));
                 }
             }
-        });
+        }
+    });
 }
 
 /// Output shape of upsampling `xs` by `factor`.
@@ -103,14 +91,7 @@ pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T
 }
 
 /// `dx (+)= upsample^T(dy)`.
-pub fn upsample_bwd<T: Real>(
-    dy: &[T],
-    ys: Shape4,
-    mode: UpsampleMode,
-    dx: &mut [T],
-    xs: Shape4,
-    accumulate: bool,
-) {
+pub fn upsample_bwd<T: Real>(dy: &[T], ys: Shape4, mode: UpsampleMode, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let factor = ys.h / xs.h;
     assert_eq!(
         ys,
