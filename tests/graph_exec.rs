@@ -205,7 +205,9 @@ fn every_op_graph() -> Graph {
     let bil = b.conv("bil", down, 5, 1, 1, false);
     let bil = b.upsample("bil_up", bil, 2, UpsampleMode::Bilinear);
     let sum = b.add("sum", near, bil);
-    let cat = b.concat("cat", &[res, up, sum]);
+    // The graph input joins the concat: without an input gradient it is a hole in concat_bwd.
+    let skip = b.maxpool("skip", x, 2, 2, 0);
+    let cat = b.concat("cat", &[res, skip, up, sum]);
     let out = b.conv("out", cat, 2, 1, 1, true);
     b.finish(out)
 }
@@ -310,4 +312,35 @@ fn fused_conv_bn_inference_matches_the_unfused_ops() {
         // Same GEMM, then the same multiply-add per element: identical bits.
         assert_eq!(fused, plain);
     }
+}
+
+#[test]
+fn skipping_the_input_gradient_changes_no_parameter_gradient() {
+    // Without an input gradient the concat has a hole and the stem conv skips its dgrad.
+    let graph = every_op_graph();
+    let values = test_values(&graph, 12);
+    let run = |input_grad: bool| {
+        let opts = PlanOptions {
+            input_grad,
+            ..PlanOptions::new(Mode::Train, DtypeSizes::F32)
+        };
+        let mut ex = Executor::new(graph.clone(), opts, CpuBackend::new(), 1);
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                ex.set_param(ParamId(i), v);
+            }
+        }
+        let input: Vec<f32> = (0..graph.input_shape().len()).map(|i| (i as f32 * 0.3).cos()).collect();
+        let r: Vec<f32> = (0..graph.output_shape().len())
+            .map(|i| (i as f32 * 0.7).sin())
+            .collect();
+        ex.predict(&input);
+        ex.backward_from(&r);
+        assert_eq!(ex.input_grad().is_some(), input_grad);
+        (0..graph.params.len())
+            .filter(|&i| graph.params[i].kind.trainable())
+            .map(|i| ex.param_grad(ParamId(i)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(false), run(true));
 }

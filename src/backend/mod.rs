@@ -287,7 +287,8 @@ pub trait Backend {
     fn upsample_fwd(&mut self, x: View, mode: UpsampleMode, y: View);
     fn upsample_bwd(&mut self, dy: View, mode: UpsampleMode, dx: Grad);
     fn concat_fwd(&mut self, xs: &[View], y: View);
-    fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]);
+    /// `widths[i]` is input i's channel count (inputs without a gradient still occupy theirs).
+    fn concat_bwd(&mut self, dy: View, widths: &[usize], dxs: &[Option<Grad>]);
     fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View);
     fn maxpool_bwd(&mut self, x: View, dy: View, p: &PoolParams, dx: Grad);
 }

@@ -215,7 +215,10 @@ impl<B: Backend> Executor<B> {
                         self.backend.upsample_bwd(dy, *mode, g);
                     }
                 }
-                Op::Concat => self.backend.concat_bwd(dy, &grads),
+                Op::Concat => {
+                    let widths: Vec<usize> = node.inputs.iter().map(|t| self.graph.shape(*t).c).collect();
+                    self.backend.concat_bwd(dy, &widths, &grads)
+                }
                 Op::MaxPool { p } => {
                     let x = self.saved(input(0), &mut rebuilt);
                     if let Some(g) = grads[0] {

@@ -444,20 +444,15 @@ impl<T: Real> Backend for CpuBackend<T> {
         let _ = &mut w;
     }
 
-    fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]) {
-        let widths: Vec<usize> = dxs.iter().map(|g| g.map_or(0, |g| g.view.shape.c)).collect();
-        assert!(
-            dxs.iter().all(Option::is_some),
-            "concat_bwd: the CPU backend wants every input gradient"
-        );
+    fn concat_bwd(&mut self, dy: View, widths: &[usize], dxs: &[Option<Grad>]) {
         let writes: Vec<View> = dxs.iter().flatten().map(|g| g.view).collect();
         let (r, w) = split(&mut self.arena, &[dy], &writes);
-        let mut targets: Vec<Option<(&mut [T], bool)>> = w
-            .into_iter()
-            .zip(dxs.iter().flatten())
-            .map(|(s, g)| Some((s, g.accumulate)))
+        let mut slices = w.into_iter();
+        let mut targets: Vec<Option<(&mut [T], bool)>> = dxs
+            .iter()
+            .map(|g| g.map(|g| (slices.next().expect("one slice per gradient"), g.accumulate)))
             .collect();
-        concat::concat_bwd(r[0], &widths, &mut targets);
+        concat::concat_bwd(r[0], widths, &mut targets);
     }
 
     fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View) {
