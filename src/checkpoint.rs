@@ -1,253 +1,343 @@
-//! Checkpoints: one safetensors file holding the weights (f32, under their stable graph names),
-//! BN running statistics, and when training the optimizer moments (`optim.m.<name>`,
-//! `optim.v.<name>`), plus JSON metadata under the `cephalo` key of the safetensors header.
+//! Checkpoints: one safetensors file holding the weights, the BN running statistics, the
+//! optimizer moments when training, and JSON metadata, shared by train, eval and predict.
 //!
-//! A Python user opens the weights with `safetensors.numpy.load_file` (or `torch`): every tensor
-//! is little-endian F32 with its logical shape (conv weights KRSC = `[out, kh, kw, in]`).
+//! Layout (any safetensors reader opens it, e.g. Python's `safetensors.numpy.load_file`):
+//! * tensors, all `F32`, little-endian, keyed by the model's stable parameter names
+//!   (`stage3.m1.b2.block0.conv1.weight`, `...bn1.running_mean`). Weights are stored in fp32
+//!   and *are* the master weights; the GPU derives its fp16 copy on load. Conv weights are
+//!   `[c_out, kh, kw, c_in]` (KRSC), transposed-conv weights `[c_in, kh, kw, c_out]`;
+//! * optimizer moments as `optim.m.<name>` and `optim.v.<name>` when training;
+//! * `__metadata__` (string -> string): `format` = `cephalo-checkpoint`, `format_version`,
+//!   and `meta`: the JSON of [`Meta`] (model and config, landmark symbols, image size, heatmap
+//!   stride and sigma, epoch, step, scheduler, loss-scaler and RNG state, best metric, dataset
+//!   fingerprint).
 //!
-//! Writes are atomic: the bytes go to a temporary file in the same directory, are fsynced, and
-//! the file is renamed over the old one, so a crash mid-write leaves the previous checkpoint whole.
+//! Writes are atomic ([`write_atomically`]): a temporary file in the same directory is written,
+//! fsynced and renamed over the target, so a crash leaves the previous checkpoint intact.
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
 
-/// Bumped whenever the layout or the metadata changes incompatibly.
+use crate::backend::{Backend, ParamId};
+use crate::graph::exec::Executor;
+use crate::graph::Graph;
+use crate::model::ModelConfig;
+
+/// Value of the `format` metadata key.
+pub const FORMAT: &str = "cephalo-checkpoint";
+/// Bumped whenever the layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
-/// The safetensors metadata key of our JSON.
-const META_KEY: &str = "cephalo";
+/// Prefixes of the optimizer's first and second moments.
+pub const MOMENT1_PREFIX: &str = "optim.m.";
+pub const MOMENT2_PREFIX: &str = "optim.v.";
 
-/// One named f32 tensor.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything besides tensors that a run needs to resume or a prediction needs to interpret
+/// the heatmaps. Opaque training state (scheduler, loss scaler, RNG) is JSON owned by `train`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub format_version: u32,
+    pub model: ModelConfig,
+    /// Landmark symbols in heatmap order.
+    pub landmarks: Vec<String>,
+    /// Network input height and width.
+    pub image_size: [usize; 2],
+    pub heatmap_stride: usize,
+    pub heatmap_sigma: f32,
+    pub epoch: u64,
+    pub step: u64,
+    pub scheduler: serde_json::Value,
+    pub loss_scaler: serde_json::Value,
+    pub rng: serde_json::Value,
+    pub best_metric: Option<f64>,
+    pub dataset_fingerprint: Option<String>,
+}
+
+impl Meta {
+    /// Metadata for a fresh model: epoch and step 0, no training state yet.
+    pub fn new(model: ModelConfig, landmarks: Vec<String>, heatmap_stride: usize, heatmap_sigma: f32) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            image_size: model.image_size,
+            model,
+            landmarks,
+            heatmap_stride,
+            heatmap_sigma,
+            epoch: 0,
+            step: 0,
+            scheduler: serde_json::Value::Null,
+            loss_scaler: serde_json::Value::Null,
+            rng: serde_json::Value::Null,
+            best_metric: None,
+            dataset_fingerprint: None,
+        }
+    }
+}
+
+/// One stored tensor.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub shape: Vec<usize>,
     pub data: Vec<f32>,
 }
 
-/// A checkpoint in memory: tensors by name and the metadata JSON.
-#[derive(Debug, Clone, Default)]
+/// A checkpoint in memory.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
+    pub meta: Meta,
     pub tensors: BTreeMap<String, Tensor>,
-    pub meta: serde_json::Value,
 }
 
 impl Checkpoint {
-    pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        self.tensors.insert(name.into(), Tensor { shape, data });
-    }
-
-    /// The tensor `name` with exactly `shape`, or an error saying what differs.
-    pub fn get(&self, path: &Path, name: &str, shape: &[usize]) -> Result<&[f32]> {
-        let t = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("{}: the checkpoint has no tensor {name:?}", path.display()))?;
-        if t.shape != shape {
-            bail!(
-                "{}: tensor {name:?} has shape {:?}, the model needs {:?}",
-                path.display(),
-                t.shape,
-                shape
-            );
-        }
-        Ok(&t.data)
-    }
-
-    /// Writes atomically (temporary file, fsync, rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let meta = serde_json::json!({ "format_version": FORMAT_VERSION, "state": self.meta });
-        let header: HashMap<String, String> = [(META_KEY.to_string(), meta.to_string())].into();
-        let bytes: Vec<(&String, Vec<u8>)> = self
-            .tensors
+    /// The executor's parameters and running statistics.
+    pub fn from_executor<B: Backend>(ex: &Executor<B>, meta: Meta) -> Self {
+        let tensors = ex
+            .graph()
+            .params
             .iter()
-            .map(|(name, t)| (name, bytemuck::cast_slice::<f32, u8>(&t.data).to_vec()))
-            .collect();
-        let views = bytes
-            .iter()
-            .zip(self.tensors.values())
-            .map(|((name, raw), t)| Ok((name.as_str(), TensorView::new(Dtype::F32, t.shape.clone(), raw)?)))
-            .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-            .context("preparing checkpoint tensors")?;
-        let buffer = safetensors::serialize(views, Some(header)).context("serialising the checkpoint")?;
-
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        tmp.write_all(&buffer)
-            .with_context(|| format!("writing a checkpoint into {}", dir.display()))?;
-        tmp.as_file().sync_all().context("flushing the checkpoint to disk")?;
-        tmp.persist(path)
-            .with_context(|| format!("replacing {}", path.display()))?;
-        Ok(())
-    }
-
-    /// Reads a checkpoint, checking the format and version.
-    pub fn load(path: &Path) -> Result<Checkpoint> {
-        let bytes = fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not a safetensors checkpoint (truncated or corrupt?): {e}",
-                path.display()
-            )
-        })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: unreadable safetensors header: {e}", path.display()))?;
-        let raw_meta = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .with_context(|| {
-                format!(
-                    "{}: a safetensors file, but not a cephalo checkpoint (no {META_KEY:?} metadata)",
-                    path.display()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    p.name.clone(),
+                    Tensor {
+                        shape: p.shape.clone(),
+                        data: ex.param(ParamId(i)),
+                    },
                 )
-            })?;
-        let meta: serde_json::Value = serde_json::from_str(raw_meta)
-            .with_context(|| format!("{}: the checkpoint metadata is not valid JSON", path.display()))?;
-        let version = meta.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0);
-        if version != FORMAT_VERSION as u64 {
+            })
+            .collect();
+        Self { meta, tensors }
+    }
+
+    /// Adds the optimizer's moments for parameter `name`.
+    pub fn insert_moments(&mut self, name: &str, shape: &[usize], m: Vec<f32>, v: Vec<f32>) {
+        self.tensors.insert(
+            format!("{MOMENT1_PREFIX}{name}"),
+            Tensor {
+                shape: shape.to_vec(),
+                data: m,
+            },
+        );
+        self.tensors.insert(
+            format!("{MOMENT2_PREFIX}{name}"),
+            Tensor {
+                shape: shape.to_vec(),
+                data: v,
+            },
+        );
+    }
+
+    /// Checks that the checkpoint holds exactly `graph`'s parameters with the same shapes
+    /// (optimizer moments aside), and says precisely what differs.
+    pub fn check_params(&self, graph: &Graph) -> Result<()> {
+        let expected: HashMap<&str, &[usize]> = graph
+            .params
+            .iter()
+            .map(|p| (p.name.as_str(), p.shape.as_slice()))
+            .collect();
+        let stored: Vec<(&String, &Tensor)> = self
+            .tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with(MOMENT1_PREFIX) && !k.starts_with(MOMENT2_PREFIX))
+            .collect();
+        let mut problems = Vec::new();
+        let missing: Vec<&str> = graph
+            .params
+            .iter()
+            .map(|p| p.name.as_str())
+            .filter(|n| !self.tensors.contains_key(*n))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("missing {} tensor(s): {}", missing.len(), list(&missing)));
+        }
+        let unexpected: Vec<&str> = stored
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !expected.contains_key(k))
+            .collect();
+        if !unexpected.is_empty() {
+            problems.push(format!(
+                "unexpected {} tensor(s): {}",
+                unexpected.len(),
+                list(&unexpected)
+            ));
+        }
+        let shapes: Vec<String> = stored
+            .iter()
+            .filter_map(|(k, t)| {
+                let want = expected.get(k.as_str())?;
+                (t.shape.as_slice() != *want)
+                    .then(|| format!("{k} is {:?} in the checkpoint but {:?} in the model", t.shape, want))
+            })
+            .collect();
+        if !shapes.is_empty() {
+            problems.push(format!("shape mismatch: {}", list(&shapes)));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
             bail!(
-                "{}: checkpoint format version {version}, this cephalo reads version {FORMAT_VERSION}",
-                path.display()
-            );
+                "checkpoint of a {} does not fit this model ({} input channel(s), {} landmarks): {}",
+                self.meta.model.model,
+                graph.input_shape().c,
+                graph.output_shape().c,
+                problems.join("; ")
+            )
         }
-        let mut tensors = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != Dtype::F32 {
-                bail!(
-                    "{}: tensor {name:?} is {:?}, checkpoints hold F32",
-                    path.display(),
-                    view.dtype()
-                );
-            }
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            tensors.insert(
-                name,
-                Tensor {
-                    shape: view.shape().to_vec(),
-                    data,
-                },
-            );
+    }
+
+    /// Loads the parameters and running statistics into `ex` after [`check_params`](Self::check_params).
+    pub fn load_into<B: Backend>(&self, ex: &mut Executor<B>) -> Result<()> {
+        self.check_params(ex.graph())?;
+        for i in 0..ex.graph().params.len() {
+            let name = ex.graph().params[i].name.clone();
+            ex.set_param(ParamId(i), &self.tensors[&name].data);
         }
-        Ok(Checkpoint {
-            tensors,
-            meta: meta.get("state").cloned().unwrap_or_default(),
-        })
+        Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Shows the first few items of a list and how many more there are.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    const SHOW: usize = 5;
+    let mut s: Vec<String> = items.iter().take(SHOW).map(|i| i.to_string()).collect();
+    if items.len() > SHOW {
+        s.push(format!("and {} more", items.len() - SHOW));
+    }
+    s.join(", ")
+}
 
-    fn sample() -> Checkpoint {
-        let mut c = Checkpoint {
-            meta: serde_json::json!({ "epoch": 3, "model": "hrnet-w32" }),
-            ..Default::default()
-        };
-        c.insert(
-            "stem.conv1.weight",
-            vec![2, 3, 3, 1],
-            (0..18).map(|i| i as f32 * 0.5 - 3.0).collect(),
+/// Writes `path` atomically: `write` fills a temporary file in the same directory, which is
+/// fsynced and renamed over `path` only if `write` succeeded. On any error (or a crash) the
+/// previous file at `path` is untouched and the temporary file is removed.
+pub fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".cephalo-tmp-")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "creating a temporary file in {} (does the directory exist and is it writable?)",
+                dir.display()
+            )
+        })?;
+    write(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("flushing {} to disk", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
+    // Make the rename itself durable.
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves `ck` to `path` atomically.
+pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = ck
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            assert_eq!(
+                t.shape.iter().product::<usize>(),
+                t.data.len(),
+                "tensor {k}: shape and data disagree"
+            );
+            (
+                k.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, s)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
+        .context("preparing checkpoint tensors")?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert(
+        "meta".to_string(),
+        serde_json::to_string(&ck.meta).context("encoding checkpoint metadata")?,
+    );
+    let data = safetensors::serialize(views, Some(meta)).context("serialising checkpoint")?;
+    write_atomically(path, |f| Ok(f.write_all(&data)?))
+}
+
+/// Loads a checkpoint, checking its format and version.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let what = || {
+        format!(
+            "checkpoint {} is not a valid safetensors file (truncated or corrupt?)",
+            path.display()
+        )
+    };
+    let st = SafeTensors::deserialize(&bytes).with_context(what)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).with_context(what)?;
+    let meta_map = header.metadata().clone().unwrap_or_default();
+    let format = meta_map.get("format").map(String::as_str).unwrap_or("(none)");
+    if format != FORMAT {
+        bail!(
+            "{} is a safetensors file but not a cephalo checkpoint (format {format:?})",
+            path.display()
         );
-        c.insert("stem.bn1.running_var", vec![2], vec![1.0, 2.5]);
-        c
     }
-
-    #[test]
-    fn round_trip_keeps_tensors_and_metadata() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ck.safetensors");
-        sample().save(&path).unwrap();
-        let back = Checkpoint::load(&path).unwrap();
-        assert_eq!(back.tensors, sample().tensors);
-        assert_eq!(back.meta["epoch"], 3);
-        assert_eq!(back.get(&path, "stem.bn1.running_var", &[2]).unwrap(), &[1.0, 2.5]);
-        let err = back.get(&path, "stem.bn1.running_var", &[3]).unwrap_err().to_string();
-        assert!(err.contains("shape [2]") && err.contains("[3]"), "{err}");
-        let err = back.get(&path, "nope", &[1]).unwrap_err().to_string();
-        assert!(err.contains("no tensor \"nope\""), "{err}");
-    }
-
-    /// The layout a Python reader sees, parsed from the raw bytes without the safetensors crate:
-    /// an 8-byte little-endian header length, a JSON header with dtype, shape and data offsets,
-    /// then the raw little-endian f32 data.
-    #[test]
-    fn layout_is_plain_safetensors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ck.safetensors");
-        sample().save(&path).unwrap();
-        let bytes = fs::read(&path).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        let w = &header["stem.conv1.weight"];
-        assert_eq!(w["dtype"], "F32");
-        assert_eq!(w["shape"], serde_json::json!([2, 3, 3, 1]));
-        let [start, end] = [
-            w["data_offsets"][0].as_u64().unwrap() as usize,
-            w["data_offsets"][1].as_u64().unwrap() as usize,
-        ];
-        let data = &bytes[8 + n + start..8 + n + end];
-        assert_eq!(f32::from_le_bytes(data[4..8].try_into().unwrap()), -2.5);
-        let meta: serde_json::Value =
-            serde_json::from_str(header["__metadata__"]["cephalo"].as_str().unwrap()).unwrap();
-        assert_eq!(meta["format_version"], FORMAT_VERSION);
-    }
-
-    #[test]
-    fn corrupt_truncated_and_foreign_files_get_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ck.safetensors");
-        sample().save(&path).unwrap();
-        let bytes = fs::read(&path).unwrap();
-        let truncated = dir.path().join("truncated.safetensors");
-        fs::write(&truncated, &bytes[..bytes.len() - 5]).unwrap();
-        let err = format!("{:#}", Checkpoint::load(&truncated).unwrap_err());
-        assert!(
-            err.contains("truncated.safetensors") && err.contains("corrupt"),
-            "{err}"
+    let version: u32 = meta_map
+        .get("format_version")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("checkpoint {} has no readable format_version", path.display()))?;
+    if version != FORMAT_VERSION {
+        bail!(
+            "checkpoint {} has format version {version}, this cephalo reads version {FORMAT_VERSION}{}",
+            path.display(),
+            if version > FORMAT_VERSION {
+                ": update cephalo"
+            } else {
+                ""
+            }
         );
-        let garbage = dir.path().join("garbage.pth");
-        fs::write(&garbage, b"PK\x03\x04 a pytorch zip").unwrap();
-        assert!(format!("{:#}", Checkpoint::load(&garbage).unwrap_err()).contains("garbage.pth"));
-        let missing = format!(
-            "{:#}",
-            Checkpoint::load(&dir.path().join("none.safetensors")).unwrap_err()
-        );
-        assert!(missing.contains("none.safetensors"), "{missing}");
     }
-
-    #[test]
-    fn a_failed_write_leaves_the_previous_file_intact() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ck.safetensors");
-        sample().save(&path).unwrap();
-        let before = fs::read(&path).unwrap();
-        // A tensor whose shape disagrees with its data cannot be serialised: save must fail
-        // before touching the existing file.
-        let mut bad = sample();
-        bad.tensors.insert(
-            "broken".into(),
+    let meta: Meta =
+        serde_json::from_str(meta_map.get("meta").map(String::as_str).unwrap_or("")).with_context(|| {
+            format!(
+                "checkpoint {}: the `meta` metadata is missing or malformed",
+                path.display()
+            )
+        })?;
+    let mut tensors = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            bail!(
+                "checkpoint {}: tensor {name} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.insert(
+            name,
             Tensor {
-                shape: vec![5],
-                data: vec![1.0],
+                shape: view.shape().to_vec(),
+                data,
             },
         );
-        assert!(bad.save(&path).is_err());
-        assert_eq!(fs::read(&path).unwrap(), before);
-        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
     }
+    Ok(Checkpoint { meta, tensors })
 }

@@ -238,6 +238,8 @@ pub trait Backend {
     fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]);
     /// Element size in bytes of activations in the arena (4 on the CPU, 2 for fp16 on the GPU).
     fn activation_bytes(&self) -> usize;
+    /// Element size in bytes of BN saved statistics (4: f32 on both backends, 8 for f64 checks).
+    fn stats_bytes(&self) -> usize;
 
     fn write(&mut self, t: View, data: &[f32]);
     fn read(&self, t: View) -> Vec<f32>;
@@ -246,6 +248,20 @@ pub trait Backend {
     fn read_grad(&self, p: ParamId) -> Vec<f32>;
 
     fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View);
+    /// Inference fusion of `conv2d_fwd` and the eval-mode `batchnorm_fwd_eval` (+ ReLU) that
+    /// reads it: the BN becomes a per-channel scale and shift applied to each output tile
+    /// (the conv epilogue), so the conv output never goes to memory. Same result as the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_bn_fwd_eval(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        bn: &BnRefs,
+        relu: bool,
+        y: View,
+    );
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad);
     /// Weight gradient and, when the convolution has one, bias gradient.
     fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>);
@@ -272,7 +288,8 @@ pub trait Backend {
     fn upsample_fwd(&mut self, x: View, mode: UpsampleMode, y: View);
     fn upsample_bwd(&mut self, dy: View, mode: UpsampleMode, dx: Grad);
     fn concat_fwd(&mut self, xs: &[View], y: View);
-    fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]);
+    /// `widths[i]` is input i's channel count (inputs without a gradient still occupy theirs).
+    fn concat_bwd(&mut self, dy: View, widths: &[usize], dxs: &[Option<Grad>]);
     fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View);
     fn maxpool_bwd(&mut self, x: View, dy: View, p: &PoolParams, dx: Grad);
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
 use crate::backend::CpuBackend;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{self, Meta};
 use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader, LoaderConfig};
 use crate::data::{Dataset, DatasetOptions, Split};
@@ -17,7 +17,7 @@ use crate::eval::inference::{predict_loader, PredictedImage};
 use crate::eval::metrics::{radial_errors_mm, ErrorStats, ImageResult, MetricsReport};
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
-use crate::train::trainer::{build_graph, restore_params, TrainState};
+use crate::train::trainer::build_graph;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
@@ -47,25 +47,19 @@ pub struct EvalArgs {
 
 /// A loaded model ready for inference, with what its checkpoint says about it.
 pub struct LoadedModel {
-    pub state: TrainState,
+    pub meta: Meta,
     pub exec: Executor<CpuBackend>,
 }
 
 /// Loads a checkpoint into an eval-mode CPU executor for `batch_size` images.
 pub fn load_model(path: &Path, batch_size: usize) -> Result<LoadedModel> {
-    let ck = Checkpoint::load(path)?;
-    let mut state: TrainState = serde_json::from_value(ck.meta.clone())
-        .with_context(|| format!("{}: the checkpoint's model description is unreadable", path.display()))?;
-    state.model.batch_size = batch_size.max(1);
-    let graph = build_graph(&state.model)?;
-    let mut exec = Executor::new(
-        graph,
-        PlanOptions::new(Mode::Eval, DtypeSizes::F32),
-        CpuBackend::new(),
-        0,
-    );
-    restore_params(&mut exec, &ck, path)?;
-    Ok(LoadedModel { state, exec })
+    let ck = checkpoint::load(path)?;
+    let mut model = ck.meta.model.clone();
+    model.batch_size = batch_size.max(1);
+    let graph = build_graph(&model)?;
+    let mut exec = Executor::new(graph, PlanOptions::new(Mode::Eval, DtypeSizes::F32), CpuBackend::new(), 0);
+    ck.load_into(&mut exec).with_context(|| format!("loading {}", path.display()))?;
+    Ok(LoadedModel { meta: ck.meta, exec })
 }
 
 /// Resolves `--device` for inference: the CPU until the CUDA executor exists.
@@ -117,24 +111,24 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         },
     )?;
     let symbols = &dataset.landmarks().symbols;
-    if *symbols != model.state.landmarks {
+    if *symbols != model.meta.landmarks {
         bail!(
             "{} predicts landmarks [{}], but {} has [{}]: evaluate on a dataset with the same landmark set",
             args.checkpoint.display(),
-            model.state.landmarks.join(" "),
+            model.meta.landmarks.join(" "),
             args.dataset_path.display(),
             symbols.join(" ")
         );
     }
     let samples = dataset.require_split(args.split)?.to_vec();
     let size = ImageSize {
-        height: model.state.model.image_size[0],
-        width: model.state.model.image_size[1],
+        height: model.meta.model.image_size[0],
+        width: model.meta.model.image_size[1],
     };
     let workers = args.workers.unwrap_or_else(default_workers);
     let mut cfg = LoaderConfig::new(size);
-    cfg.stride = model.state.heatmap_stride;
-    cfg.sigma = model.state.sigma;
+    cfg.stride = model.meta.heatmap_stride;
+    cfg.sigma = model.meta.heatmap_sigma as f64;
     cfg.batch_size = args.batch_size.max(1);
     cfg.augment = None;
     cfg.shuffle = false;
@@ -142,14 +136,14 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     cfg.workers = workers;
     cfg.prefetch = 2 * workers.max(1);
     let loader = Loader::new(samples, cfg)?;
-    let predictions = predict_loader(&mut model.exec, &loader, model.state.sigma)?;
+    let predictions = predict_loader(&mut model.exec, &loader, model.meta.heatmap_sigma as f64)?;
     let report = metrics_of(&loader, &predictions, symbols);
 
     print_report(&report, args, loader.samples().len());
     if let Some(path) = &args.report {
         let json = Report {
             checkpoint: args.checkpoint.display().to_string(),
-            model: &model.state.model.model,
+            model: &model.meta.model.model,
             dataset: args.dataset_path.display().to_string(),
             split: args.split.to_string(),
             metrics: &report,

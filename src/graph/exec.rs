@@ -26,6 +26,16 @@ impl<B: Backend> Executor<B> {
             backend.activation_bytes(),
             "plan element size must match the backend's activations"
         );
+        assert_eq!(
+            options.dtypes.stats,
+            backend.stats_bytes(),
+            "plan statistics size must match the backend's"
+        );
+        let graph = if options.mode == Mode::Eval && options.fuse_conv_bn {
+            graph.fuse_for_inference()
+        } else {
+            graph
+        };
         let plan = plan(&graph, options);
         let specs: Vec<ParamSpec> = graph
             .params
@@ -95,30 +105,48 @@ impl<B: Backend> Executor<B> {
 
     /// Runs every node forward.
     pub fn forward(&mut self) {
+        for i in 0..self.graph.nodes.len() {
+            self.forward_node(i);
+        }
+    }
+
+    /// Runs forward and returns each node's wall time in seconds. Meaningful for synchronous
+    /// backends (the CPU); an asynchronous backend would only report launch times.
+    pub fn forward_timed(&mut self) -> Vec<f64> {
+        (0..self.graph.nodes.len())
+            .map(|i| {
+                let t = std::time::Instant::now();
+                self.forward_node(i);
+                t.elapsed().as_secs_f64()
+            })
+            .collect()
+    }
+
+    fn forward_node(&mut self, i: usize) {
         let train = self.plan.options.mode == Mode::Train;
-        for (i, node) in self.graph.nodes.iter().enumerate() {
-            let y = self.plan.fwd[i];
-            let x: Vec<View> = node.inputs.iter().map(|t| self.plan.fwd[t.0]).collect();
-            let b = &mut self.backend;
-            match &node.op {
-                Op::Input => {}
-                Op::Conv { p, w, bias } => b.conv2d_fwd(x[0], *w, *bias, p, y),
-                Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
-                Op::BatchNorm { bn, relu } => {
-                    if train {
-                        let saved = self.plan.stats[i].expect("BN statistics are planned in training");
-                        b.batchnorm_fwd_train(x[0], bn, *relu, y, saved);
-                    } else {
-                        b.batchnorm_fwd_eval(x[0], bn, *relu, y);
-                    }
+        let node = &self.graph.nodes[i];
+        let y = self.plan.fwd[i];
+        let x: Vec<View> = node.inputs.iter().map(|t| self.plan.fwd[t.0]).collect();
+        let b = &mut self.backend;
+        match &node.op {
+            Op::Input => {}
+            Op::Conv { p, w, bias } => b.conv2d_fwd(x[0], *w, *bias, p, y),
+            Op::ConvBnEval { p, w, bias, bn, relu } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, y),
+            Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
+            Op::BatchNorm { bn, relu } => {
+                if train {
+                    let saved = self.plan.stats[i].expect("BN statistics are planned in training");
+                    b.batchnorm_fwd_train(x[0], bn, *relu, y, saved);
+                } else {
+                    b.batchnorm_fwd_eval(x[0], bn, *relu, y);
                 }
-                Op::Relu => b.relu_fwd(x[0], y),
-                Op::Add => b.add_fwd(x[0], x[1], y),
-                Op::AddRelu => b.add_relu_fwd(x[0], x[1], y),
-                Op::Upsample { mode } => b.upsample_fwd(x[0], *mode, y),
-                Op::Concat => b.concat_fwd(&x, y),
-                Op::MaxPool { p } => b.maxpool_fwd(x[0], p, y),
             }
+            Op::Relu => b.relu_fwd(x[0], y),
+            Op::Add => b.add_fwd(x[0], x[1], y),
+            Op::AddRelu => b.add_relu_fwd(x[0], x[1], y),
+            Op::Upsample { mode } => b.upsample_fwd(x[0], *mode, y),
+            Op::Concat => b.concat_fwd(&x, y),
+            Op::MaxPool { p } => b.maxpool_fwd(x[0], p, y),
         }
     }
 
@@ -150,6 +178,7 @@ impl<B: Backend> Executor<B> {
             let input = |k: usize| node.inputs[k];
             match &node.op {
                 Op::Input => {}
+                Op::ConvBnEval { .. } => unreachable!("fused nodes exist only in inference graphs"),
                 Op::Conv { p, w, bias } => {
                     let x = self.saved(input(0), &mut rebuilt);
                     self.backend.conv2d_wgrad(x, dy, p, *w, *bias);
@@ -186,7 +215,10 @@ impl<B: Backend> Executor<B> {
                         self.backend.upsample_bwd(dy, *mode, g);
                     }
                 }
-                Op::Concat => self.backend.concat_bwd(dy, &grads),
+                Op::Concat => {
+                    let widths: Vec<usize> = node.inputs.iter().map(|t| self.graph.shape(*t).c).collect();
+                    self.backend.concat_bwd(dy, &widths, &grads)
+                }
                 Op::MaxPool { p } => {
                     let x = self.saved(input(0), &mut rebuilt);
                     if let Some(g) = grads[0] {

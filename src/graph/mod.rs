@@ -44,6 +44,15 @@ pub enum Op {
         bn: BnRefs,
         relu: bool,
     },
+    /// Inference only: a convolution with the eval-mode batch norm (+ ReLU) that was its only
+    /// reader folded into its epilogue. Made by [`Graph::fuse_for_inference`].
+    ConvBnEval {
+        p: ConvParams,
+        w: ParamId,
+        bias: Option<ParamId>,
+        bn: BnRefs,
+        relu: bool,
+    },
     Relu,
     Add,
     AddRelu,
@@ -63,6 +72,8 @@ impl Op {
             Op::Input => "input",
             Op::Conv { .. } => "conv",
             Op::ConvTranspose { .. } => "conv_transpose",
+            Op::ConvBnEval { relu: true, .. } => "conv_bn_relu",
+            Op::ConvBnEval { relu: false, .. } => "conv_bn",
             Op::BatchNorm { relu: true, .. } => "bn_relu",
             Op::BatchNorm { relu: false, .. } => "bn",
             Op::Relu => "relu",
@@ -206,6 +217,7 @@ impl Graph {
             Op::Conv { w, bias, .. } => std::iter::once(*w).chain(*bias).collect(),
             Op::ConvTranspose { w, .. } => vec![*w],
             Op::BatchNorm { bn, .. } => vec![bn.gamma, bn.beta],
+            Op::ConvBnEval { w, bias, bn, .. } => std::iter::once(*w).chain(*bias).chain([bn.gamma, bn.beta]).collect(),
             _ => Vec::new(),
         };
         ids.iter().map(|id| self.params[id.0].len()).sum()
@@ -215,7 +227,7 @@ impl Graph {
     pub fn node_macs(&self, i: usize) -> u64 {
         let node = &self.nodes[i];
         match &node.op {
-            Op::Conv { p, .. } => p.macs(self.shape(node.inputs[0])),
+            Op::Conv { p, .. } | Op::ConvBnEval { p, .. } => p.macs(self.shape(node.inputs[0])),
             Op::ConvTranspose { p, .. } => (self.shape(node.inputs[0]).pixels() * p.weight_len()) as u64,
             _ => 0,
         }
@@ -224,6 +236,59 @@ impl Graph {
     /// Forward multiply-accumulates of the whole graph.
     pub fn macs(&self) -> u64 {
         (0..self.nodes.len()).map(|i| self.node_macs(i)).sum()
+    }
+
+    /// The graph for inference with every convolution whose only reader is a batch norm fused
+    /// with it ([`Op::ConvBnEval`]). Parameters are shared unchanged, so weights and checkpoints
+    /// work on both graphs. Only valid with eval-mode batch norm (running statistics).
+    pub fn fuse_for_inference(&self) -> Graph {
+        let mut readers = vec![0usize; self.nodes.len()];
+        for node in &self.nodes {
+            for t in &node.inputs {
+                readers[t.0] += 1;
+            }
+        }
+        let mut new_id: Vec<Option<TensorId>> = vec![None; self.nodes.len()];
+        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut out = node.clone();
+            if let Op::BatchNorm { bn, relu } = node.op {
+                let src = node.inputs[0];
+                if let Op::Conv { p, w, bias } = self.nodes[src.0].op {
+                    if readers[src.0] == 1 && src != self.output {
+                        // The conv was skipped below; the fused node reads the conv's input.
+                        let conv = &self.nodes[src.0];
+                        out.op = Op::ConvBnEval { p, w, bias, bn, relu };
+                        out.inputs = conv.inputs.clone();
+                        out.name = format!("{}+{}", conv.name, node.name.rsplit('.').next().unwrap_or_default());
+                    }
+                }
+            }
+            if let Op::Conv { .. } = node.op {
+                let only_reader_is_bn = readers[i] == 1
+                    && TensorId(i) != self.output
+                    && self
+                        .nodes
+                        .iter()
+                        .any(|n| n.inputs == [TensorId(i)] && matches!(n.op, Op::BatchNorm { .. }));
+                if only_reader_is_bn {
+                    continue;
+                }
+            }
+            out.inputs = out
+                .inputs
+                .iter()
+                .map(|t| new_id[t.0].expect("inputs come first"))
+                .collect();
+            nodes.push(out);
+            new_id[i] = Some(TensorId(nodes.len() - 1));
+        }
+        Graph {
+            nodes,
+            params: self.params.clone(),
+            input: new_id[self.input.0].expect("input kept"),
+            output: new_id[self.output.0].expect("output kept"),
+        }
     }
 
     /// Looks a parameter up by name.

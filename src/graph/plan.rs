@@ -40,6 +40,11 @@ impl DtypeSizes {
         activation: 2,
         stats: 4,
     };
+    /// For `CpuBackend::<f64>` (gradient checks).
+    pub const F64: Self = Self {
+        activation: 8,
+        stats: 8,
+    };
 }
 
 /// Inference only (forward, BN with running statistics) or training (forward and backward).
@@ -57,6 +62,9 @@ pub struct PlanOptions {
     pub input_grad: bool,
     /// Recompute BN(+ReLU) outputs in backward instead of keeping them (see the module doc).
     pub recompute_bn: bool,
+    /// In inference, fold each batch norm into the convolution before it
+    /// ([`Graph::fuse_for_inference`](crate::graph::Graph::fuse_for_inference)).
+    pub fuse_conv_bn: bool,
 }
 
 impl PlanOptions {
@@ -66,6 +74,7 @@ impl PlanOptions {
             dtypes,
             input_grad: false,
             recompute_bn: true,
+            fuse_conv_bn: true,
         }
     }
 }
@@ -118,6 +127,7 @@ pub fn saved_by(op: &Op) -> (bool, bool) {
         Op::MaxPool { .. } => (true, false),                         // where the maxima were
         Op::Relu | Op::AddRelu => (false, true),                     // mask y > 0
         Op::Input | Op::Add | Op::Upsample { .. } | Op::Concat => (false, false),
+        Op::ConvBnEval { .. } => (false, false), // inference only
     }
 }
 
@@ -132,23 +142,6 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
     let train = options.mode == Mode::Train;
     let bwd_step = |i: usize| 2 * f - i;
 
-    // Readers of each tensor in forward, and the nodes whose backward reads it.
-    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut bwd_readers: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (j, node) in graph.nodes.iter().enumerate() {
-        for t in &node.inputs {
-            readers[t.0].push(j);
-        }
-        if train {
-            let (input, output) = saved_by(&node.op);
-            if input {
-                bwd_readers[node.inputs[0].0].push(j);
-            }
-            if output {
-                bwd_readers[j].push(j);
-            }
-        }
-    }
     let mut needs_grad = vec![false; n];
     if train {
         for (i, node) in graph.nodes.iter().enumerate() {
@@ -156,6 +149,24 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
                 Op::Input => options.input_grad,
                 _ => graph.node_params(i) > 0 || node.inputs.iter().any(|t| needs_grad[t.0]),
             };
+        }
+    }
+    // Readers of each tensor in forward, and the nodes whose backward reads it (a node whose
+    // output needs no gradient runs no backward and saves nothing).
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut bwd_readers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (j, node) in graph.nodes.iter().enumerate() {
+        for t in &node.inputs {
+            readers[t.0].push(j);
+        }
+        if needs_grad[j] {
+            let (input, output) = saved_by(&node.op);
+            if input {
+                bwd_readers[node.inputs[0].0].push(j);
+            }
+            if output {
+                bwd_readers[j].push(j);
+            }
         }
     }
 

@@ -118,12 +118,14 @@ pub fn summary(cfg: &ModelConfig, g: &Graph, every_layer: bool) -> String {
         macs as f64 / 1e9,
         macs as f64 / 1e9 / cfg.batch_size as f64
     );
+    // Inference runs the graph with batch norms folded into the convolutions.
+    let fused = g.fuse_for_inference();
     for (label, dtypes) in [
         ("fp16 activations (GPU)", DtypeSizes::F16),
         ("f32 activations (CPU)", DtypeSizes::F32),
     ] {
         let train = plan(g, PlanOptions::new(Mode::Train, dtypes));
-        let eval = plan(g, PlanOptions::new(Mode::Eval, dtypes));
+        let eval = plan(&fused, PlanOptions::new(Mode::Eval, dtypes));
         let _ = writeln!(
             out,
             "activation arena, {label}: training {} (live peak {}), inference {} (live peak {})",

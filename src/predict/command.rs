@@ -107,10 +107,10 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     let images = collect_images(&args.inputs)?;
     prepare_out_dir(&args.out, &args.checkpoint, args.overwrite)?;
     let mut model = load_model(&args.checkpoint, args.batch_size)?;
-    let symbols = model.state.landmarks.clone();
+    let symbols = model.meta.landmarks.clone();
     let size = ImageSize {
-        height: model.state.model.image_size[0],
-        width: model.state.model.image_size[1],
+        height: model.meta.model.image_size[0],
+        width: model.meta.model.image_size[1],
     };
     let out_shape = model.exec.graph().output_shape();
     let (h, w, k, n) = (out_shape.h, out_shape.w, out_shape.c, out_shape.n);
@@ -156,7 +156,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         let heatmaps = model.exec.predict(&input);
         for (slot, (path, image, t)) in ok.into_iter().enumerate() {
             let maps = &heatmaps[slot * h * w * k..(slot + 1) * h * w * k];
-            let peaks = decode_dark(maps, h, w, k, model.state.sigma);
+            let peaks = decode_dark(maps, h, w, k, model.meta.heatmap_sigma as f64);
             let net_to_original = t.original_to_net.inverse();
             let result = Predicted {
                 path,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::cpu::loss::HeatmapShape;
 use crate::backend::cpu::optim::{adamw_step, AdamWParams};
 use crate::backend::{Backend, CpuBackend, ParamId};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader, LoaderConfig};
 use crate::data::{Dataset, DatasetOptions, Sample, Split};
@@ -64,6 +64,46 @@ pub struct TrainState {
     /// A hash of the training samples and landmark symbols: resuming on other data is allowed
     /// (fine-tuning) but is reported.
     pub dataset_fingerprint: String,
+}
+
+impl TrainState {
+    /// The checkpoint metadata: the model part in `Meta`'s own fields, the schedule's position
+    /// in `scheduler`, the seed in `rng`. (The CPU trains in f32: no loss scaler to store.)
+    pub fn to_meta(&self) -> Meta {
+        let mut meta = Meta::new(self.model.clone(), self.landmarks.clone(), self.heatmap_stride, self.sigma as f32);
+        meta.epoch = self.epoch as u64;
+        meta.step = self.step;
+        meta.scheduler = serde_json::json!({
+            "schedule": self.schedule,
+            "epochs": self.epochs,
+            "batch_in_epoch": self.batch_in_epoch,
+            "weight_decay": self.weight_decay,
+        });
+        meta.rng = serde_json::json!({ "seed": self.seed });
+        meta.best_metric = self.best_metric;
+        meta.dataset_fingerprint = Some(self.dataset_fingerprint.clone());
+        meta
+    }
+
+    pub fn from_meta(meta: &Meta, path: &Path) -> Result<TrainState> {
+        let bad = || format!("{}: the checkpoint holds no training state to resume from", path.display());
+        let sched = &meta.scheduler;
+        Ok(TrainState {
+            model: meta.model.clone(),
+            landmarks: meta.landmarks.clone(),
+            heatmap_stride: meta.heatmap_stride,
+            sigma: meta.heatmap_sigma as f64,
+            epoch: meta.epoch as usize,
+            batch_in_epoch: sched["batch_in_epoch"].as_u64().with_context(bad)? as usize,
+            step: meta.step,
+            epochs: sched["epochs"].as_u64().with_context(bad)? as usize,
+            schedule: serde_json::from_value(sched["schedule"].clone()).with_context(bad)?,
+            weight_decay: sched["weight_decay"].as_f64().with_context(bad)? as f32,
+            seed: meta.rng["seed"].as_u64().with_context(bad)?,
+            best_metric: meta.best_metric,
+            dataset_fingerprint: meta.dataset_fingerprint.clone().unwrap_or_default(),
+        })
+    }
 }
 
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
@@ -150,14 +190,11 @@ impl Trainer {
         }
         let fingerprint = fingerprint(&train_samples, &symbols);
         let resumed = match &args.resume {
-            Some(path) => Some((path.clone(), Checkpoint::load(path)?)),
+            Some(path) => Some((path.clone(), checkpoint::load(path)?)),
             None => None,
         };
         let stored: Option<TrainState> = match &resumed {
-            Some((path, ck)) => Some(
-                serde_json::from_value(ck.meta.clone())
-                    .with_context(|| format!("{}: the checkpoint's training state is unreadable", path.display()))?,
-            ),
+            Some((path, ck)) => Some(TrainState::from_meta(&ck.meta, path)?),
             None => None,
         };
         let fine_tune =
@@ -287,7 +324,7 @@ impl Trainer {
         };
 
         if let (Some((path, ck)), Some(stored)) = (&resumed, stored) {
-            restore_params(&mut exec, ck, path)?;
+            ck.load_into(&mut exec).with_context(|| format!("resuming from {}", path.display()))?;
             if fine_tune {
                 eprintln!(
                     "fine-tuning from {}: its weights, a new schedule (lr {lr:e}, {} warmup epochs, {epochs} epochs) \
@@ -299,8 +336,8 @@ impl Trainer {
                 for (i, (id, _)) in trainable.iter().enumerate() {
                     let name = &exec.graph().params[id.0].name;
                     let len = m[i].len();
-                    m[i] = ck.get(path, &format!("optim.m.{name}"), &[len])?.to_vec();
-                    v[i] = ck.get(path, &format!("optim.v.{name}"), &[len])?.to_vec();
+                    m[i] = moment(ck, path, &format!("{}{name}", checkpoint::MOMENT1_PREFIX), len)?;
+                    v[i] = moment(ck, path, &format!("{}{name}", checkpoint::MOMENT2_PREFIX), len)?;
                 }
                 eprintln!(
                     "resuming {} at epoch {} (step {}) of {}",
@@ -329,6 +366,9 @@ impl Trainer {
         }
 
         let loss = HeatmapLoss::from_args(&args.loss, &state.landmarks)?;
+        // Fail now, not after the first epoch, if checkpoints cannot be written.
+        std::fs::create_dir_all(&args.checkpoint_dir)
+            .with_context(|| format!("creating --checkpoint-dir {}", args.checkpoint_dir.display()))?;
         let events = EventWriter::create(&args.log_dir)?;
         let csv_path = args.log_dir.join("train_log.csv");
         let stop = Arc::new(AtomicBool::new(false));
@@ -656,21 +696,14 @@ impl Trainer {
 
     /// Writes `<checkpoint_dir>/<name>.safetensors` atomically.
     fn save(&self, name: &str) -> Result<PathBuf> {
-        let mut ck = Checkpoint {
-            meta: serde_json::to_value(&self.state)?,
-            ..Default::default()
-        };
+        let mut ck = Checkpoint::from_executor(&self.exec, self.state.to_meta());
         let graph = self.exec.graph();
-        for (i, p) in graph.params.iter().enumerate() {
-            ck.insert(p.name.clone(), p.shape.clone(), self.exec.param(ParamId(i)));
-        }
         for (i, (id, _)) in self.trainable.iter().enumerate() {
-            let name = &graph.params[id.0].name;
-            ck.insert(format!("optim.m.{name}"), vec![self.m[i].len()], self.m[i].clone());
-            ck.insert(format!("optim.v.{name}"), vec![self.v[i].len()], self.v[i].clone());
+            let p = &graph.params[id.0];
+            ck.insert_moments(&p.name, &p.shape, self.m[i].clone(), self.v[i].clone());
         }
         let path = self.checkpoint_dir.join(format!("{name}.safetensors"));
-        ck.save(&path)?;
+        checkpoint::save(&path, &ck)?;
         Ok(path)
     }
 }
@@ -680,14 +713,16 @@ pub fn build_graph(model: &ModelConfig) -> Result<Graph> {
     model.build()
 }
 
-/// Loads every parameter of the graph from a checkpoint, names and shapes checked.
-pub fn restore_params<B: Backend>(exec: &mut Executor<B>, ck: &Checkpoint, path: &Path) -> Result<()> {
-    let params = exec.graph().params.clone();
-    for (i, p) in params.iter().enumerate() {
-        let data = ck.get(path, &p.name, &p.shape)?;
-        exec.set_param(ParamId(i), data);
+/// An optimizer moment of `len` values from a checkpoint.
+fn moment(ck: &Checkpoint, path: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
+    match ck.tensors.get(name) {
+        Some(t) if t.data.len() == len => Ok(t.data.clone()),
+        Some(t) => bail!("{}: {name} has {} values, the model needs {len}", path.display(), t.data.len()),
+        None => bail!(
+            "{}: no optimizer state ({name}): it holds weights only; fine-tune from it with --lr/--epochs instead",
+            path.display()
+        ),
     }
-    Ok(())
 }
 
 fn train_loader_root(loader: &Loader) -> String {

@@ -12,6 +12,7 @@
 //! output (and its ReLU mask) is recomputed, never stored. Channel sums accumulate in f64.
 use rayon::prelude::*;
 
+use super::Real;
 use crate::backend::{BnParams, Shape4};
 
 /// Rows (pixels) per parallel job when summing.
@@ -42,24 +43,24 @@ fn channel_sums<const K: usize>(rows: usize, c: usize, f: impl Fn(usize, &mut [[
 }
 
 /// `y = act(gamma * (x - mean) * invstd + beta)` where `saved = [mean; invstd]`.
-fn apply(x: &[f32], c: usize, gamma: &[f32], beta: &[f32], saved: &[f32], relu: bool, y: &mut [f32]) {
+fn apply<T: Real>(x: &[T], c: usize, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
     let (mean, invstd) = saved.split_at(c);
     // Folded into one multiply-add per element: y = x * scale + shift.
-    let scale: Vec<f32> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
-    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    let scale: Vec<T> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
+    let shift: Vec<T> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
     y.par_chunks_mut(c * ROWS_PER_JOB)
         .zip(x.par_chunks(c * ROWS_PER_JOB))
         .for_each(|(yc, xc)| {
             for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
                 for i in 0..c {
                     let v = xr[i].mul_add(scale[i], shift[i]);
-                    yr[i] = if relu { v.max(0.0) } else { v };
+                    yr[i] = if relu { v.max(T::ZERO) } else { v };
                 }
             }
         });
 }
 
-fn check(x: &[f32], xs: Shape4, gamma: &[f32], beta: &[f32], y: &[f32]) {
+fn check<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], y: &[T]) {
     assert_eq!(x.len(), xs.len(), "batchnorm: x length");
     assert_eq!(y.len(), xs.len(), "batchnorm: y length");
     assert_eq!(gamma.len(), xs.c, "batchnorm: gamma length");
@@ -68,48 +69,48 @@ fn check(x: &[f32], xs: Shape4, gamma: &[f32], beta: &[f32], y: &[f32]) {
 
 /// Training forward. Writes `y`, `saved = [mean; invstd]` and updates the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn bn_fwd_train(
-    x: &[f32],
+pub fn bn_fwd_train<T: Real>(
+    x: &[T],
     xs: Shape4,
-    gamma: &[f32],
-    beta: &[f32],
+    gamma: &[T],
+    beta: &[T],
     bp: BnParams,
     relu: bool,
-    y: &mut [f32],
-    saved: &mut [f32],
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
+    y: &mut [T],
+    saved: &mut [T],
+    running_mean: &mut [T],
+    running_var: &mut [T],
 ) {
     check(x, xs, gamma, beta, y);
     let (c, m) = (xs.c, xs.pixels());
     assert_eq!(saved.len(), 2 * c, "batchnorm: saved length");
     let sums = channel_sums::<1>(m, c, |row, acc| {
         for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
-            a[0] += v as f64;
+            a[0] += v.to_f64();
         }
     });
     let mean: Vec<f64> = sums.iter().map(|s| s[0] / m as f64).collect();
     // Two passes (mean, then squared deviations) keep the variance accurate.
     let sq = channel_sums::<1>(m, c, |row, acc| {
         for ((a, &v), mu) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
-            let d = v as f64 - mu;
+            let d = v.to_f64() - mu;
             a[0] += d * d;
         }
     });
     for i in 0..c {
         let var = sq[i][0] / m as f64;
-        saved[i] = mean[i] as f32;
-        saved[c + i] = (1.0 / (var + bp.eps as f64).sqrt()) as f32;
+        saved[i] = T::from_f64(mean[i]);
+        saved[c + i] = T::from_f64(1.0 / (var + bp.eps as f64).sqrt());
         let unbiased = if m > 1 { var * m as f64 / (m - 1) as f64 } else { var };
         let mo = bp.momentum as f64;
-        running_mean[i] = ((1.0 - mo) * running_mean[i] as f64 + mo * mean[i]) as f32;
-        running_var[i] = ((1.0 - mo) * running_var[i] as f64 + mo * unbiased) as f32;
+        running_mean[i] = T::from_f64((1.0 - mo) * running_mean[i].to_f64() + mo * mean[i]);
+        running_var[i] = T::from_f64((1.0 - mo) * running_var[i].to_f64() + mo * unbiased);
     }
     apply(x, c, gamma, beta, saved, relu, y);
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
-pub fn bn_apply_saved(x: &[f32], xs: Shape4, gamma: &[f32], beta: &[f32], saved: &[f32], relu: bool, y: &mut [f32]) {
+pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
     check(x, xs, gamma, beta, y);
     assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
     apply(x, xs.c, gamma, beta, saved, relu, y);
@@ -117,22 +118,47 @@ pub fn bn_apply_saved(x: &[f32], xs: Shape4, gamma: &[f32], beta: &[f32], saved:
 
 /// Eval forward with the running statistics.
 #[allow(clippy::too_many_arguments)]
-pub fn bn_fwd_eval(
-    x: &[f32],
+pub fn bn_fwd_eval<T: Real>(
+    x: &[T],
     xs: Shape4,
-    gamma: &[f32],
-    beta: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
+    gamma: &[T],
+    beta: &[T],
+    running_mean: &[T],
+    running_var: &[T],
     bp: BnParams,
     relu: bool,
-    y: &mut [f32],
+    y: &mut [T],
 ) {
     check(x, xs, gamma, beta, y);
     let c = xs.c;
     let mut saved = running_mean.to_vec();
-    saved.extend(running_var.iter().map(|&v| 1.0 / (v + bp.eps).sqrt()));
+    saved.extend(eval_invstd(running_var, bp));
     apply(x, c, gamma, beta, &saved, relu, y);
+}
+
+fn eval_invstd<T: Real>(running_var: &[T], bp: BnParams) -> impl Iterator<Item = T> + '_ {
+    running_var
+        .iter()
+        .map(move |&v| T::ONE / (v + T::from_f64(bp.eps as f64)).sqrt())
+}
+
+/// The eval-mode batch norm as a per-channel affine map `y = x * scale + shift`, for fusing
+/// into the convolution before it.
+pub fn bn_eval_affine<T: Real>(
+    gamma: &[T],
+    beta: &[T],
+    running_mean: &[T],
+    running_var: &[T],
+    bp: BnParams,
+) -> (Vec<T>, Vec<T>) {
+    let scale: Vec<T> = eval_invstd(running_var, bp).zip(gamma).map(|(s, &g)| g * s).collect();
+    let shift = beta
+        .iter()
+        .zip(running_mean)
+        .zip(&scale)
+        .map(|((&b, &m), &s)| b - m * s)
+        .collect();
+    (scale, shift)
 }
 
 /// Backward of the training forward: `dx (+)=`, `dgamma =`, `dbeta =`.
@@ -141,28 +167,28 @@ pub fn bn_fwd_eval(
 /// `dbeta = sum g`, `dgamma = sum g * xhat`,
 /// `dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m)`.
 #[allow(clippy::too_many_arguments)]
-pub fn bn_bwd(
-    dy: &[f32],
-    x: &[f32],
+pub fn bn_bwd<T: Real>(
+    dy: &[T],
+    x: &[T],
     xs: Shape4,
-    gamma: &[f32],
-    beta: &[f32],
-    saved: &[f32],
+    gamma: &[T],
+    beta: &[T],
+    saved: &[T],
     relu: bool,
-    dx: &mut [f32],
+    dx: &mut [T],
     accumulate: bool,
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
 ) {
     check(x, xs, gamma, beta, dy);
     assert_eq!(dx.len(), xs.len(), "batchnorm: dx length");
     let (c, m) = (xs.c, xs.pixels());
     let (mean, invstd) = saved.split_at(c);
-    let grad_at = |row: usize, i: usize| -> (f32, f32) {
+    let grad_at = |row: usize, i: usize| -> (T, T) {
         let xhat = (x[row * c + i] - mean[i]) * invstd[i];
         let g = dy[row * c + i];
-        let masked = if relu && gamma[i].mul_add(xhat, beta[i]) <= 0.0 {
-            0.0
+        let masked = if relu && gamma[i].mul_add(xhat, beta[i]) <= T::ZERO {
+            T::ZERO
         } else {
             g
         };
@@ -171,16 +197,16 @@ pub fn bn_bwd(
     let sums = channel_sums::<2>(m, c, |row, acc| {
         for (i, a) in acc.iter_mut().enumerate() {
             let (g, xhat) = grad_at(row, i);
-            a[0] += g as f64;
-            a[1] += (g * xhat) as f64;
+            a[0] += g.to_f64();
+            a[1] += (g * xhat).to_f64();
         }
     });
     for i in 0..c {
-        dbeta[i] = sums[i][0] as f32;
-        dgamma[i] = sums[i][1] as f32;
+        dbeta[i] = T::from_f64(sums[i][0]);
+        dgamma[i] = T::from_f64(sums[i][1]);
     }
-    let mean_g: Vec<f32> = sums.iter().map(|s| (s[0] / m as f64) as f32).collect();
-    let mean_gx: Vec<f32> = sums.iter().map(|s| (s[1] / m as f64) as f32).collect();
+    let mean_g: Vec<T> = sums.iter().map(|s| T::from_f64(s[0] / m as f64)).collect();
+    let mean_gx: Vec<T> = sums.iter().map(|s| T::from_f64(s[1] / m as f64)).collect();
     dx.par_chunks_mut(c * ROWS_PER_JOB).enumerate().for_each(|(j, dxc)| {
         for (r, dxr) in dxc.chunks_exact_mut(c).enumerate() {
             let row = j * ROWS_PER_JOB + r;

@@ -3,8 +3,10 @@
 //! gradient back.
 use rayon::prelude::*;
 
+use super::Real;
+
 /// `y[p, :] = [x0[p, :], x1[p, :], ...]`; `widths[i]` is the channel count of `xs[i]`.
-pub fn concat_fwd(xs: &[&[f32]], widths: &[usize], y: &mut [f32]) {
+pub fn concat_fwd<T: Real>(xs: &[&[T]], widths: &[usize], y: &mut [T]) {
     let c: usize = widths.iter().sum();
     assert_eq!(xs.len(), widths.len(), "concat_fwd: one width per input");
     let pixels = y.len() / c;
@@ -21,7 +23,7 @@ pub fn concat_fwd(xs: &[&[f32]], widths: &[usize], y: &mut [f32]) {
 }
 
 /// `dx_i (+)= dy[:, channels of input i]`, for each input that wants a gradient.
-pub fn concat_bwd(dy: &[f32], widths: &[usize], dxs: &mut [Option<(&mut [f32], bool)>]) {
+pub fn concat_bwd<T: Real>(dy: &[T], widths: &[usize], dxs: &mut [Option<(&mut [T], bool)>]) {
     let c: usize = widths.iter().sum();
     let pixels = dy.len() / c;
     let mut at = 0;
@@ -32,7 +34,7 @@ pub fn concat_bwd(dy: &[f32], widths: &[usize], dxs: &mut [Option<(&mut [f32], b
             dx.par_chunks_mut(w).enumerate().for_each(|(p, d)| {
                 let g = &dy[p * c + at..p * c + at + w];
                 if acc {
-                    d.iter_mut().zip(g).for_each(|(d, g)| *d += g);
+                    d.iter_mut().zip(g).for_each(|(d, &g)| *d = *d + g);
                 } else {
                     d.copy_from_slice(g);
                 }

@@ -12,6 +12,7 @@
 //! of the taps that read it), so tiles write disjoint rows and need no atomics or locks.
 use rayon::prelude::*;
 
+use super::Real;
 use crate::backend::{ConvParams, Shape4};
 
 /// Upper bound on one tile's patch buffer (256 KiB of f32): small enough for L2.
@@ -24,16 +25,16 @@ fn tile_pixels(cols: usize) -> usize {
 
 /// `c[m x n] = alpha * a[m x k] * b[k x n] + beta * c`, all given by row and column strides.
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+fn gemm<T: Real>(
     m: usize,
     k: usize,
     n: usize,
-    a: &[f32],
+    a: &[T],
     (rsa, csa): (usize, usize),
-    b: &[f32],
+    b: &[T],
     (rsb, csb): (usize, usize),
-    beta: f32,
-    c: &mut [f32],
+    beta: T,
+    c: &mut [T],
     rsc: usize,
 ) {
     if m == 0 || n == 0 {
@@ -52,11 +53,10 @@ fn gemm(
     assert!((m - 1) * rsc + n - 1 < c.len(), "gemm: c out of bounds");
     // SAFETY: bounds checked above; `c` is exclusively borrowed, `a` and `b` are shared.
     unsafe {
-        matrixmultiply::sgemm(
+        T::gemm(
             m,
             k,
             n,
-            1.0,
             a.as_ptr(),
             rsa as isize,
             csa as isize,
@@ -72,11 +72,11 @@ fn gemm(
 }
 
 /// Gathers the patch rows of output pixels `p0..p0+m` into `col` (`m x kh*kw*c_in`).
-fn im2col_tile(x: &[f32], xs: Shape4, p: &ConvParams, ys: Shape4, p0: usize, m: usize, col: &mut Vec<f32>) {
+fn im2col_tile<T: Real>(x: &[T], xs: Shape4, p: &ConvParams, ys: Shape4, p0: usize, m: usize, col: &mut Vec<T>) {
     let c = xs.c;
     let cols = p.patch_len();
     col.clear();
-    col.resize(m * cols, 0.0);
+    col.resize(m * cols, T::ZERO);
     for (row, dst) in col.chunks_exact_mut(cols).enumerate() {
         let pix = p0 + row;
         let (n, oh, ow) = (pix / (ys.h * ys.w), (pix / ys.w) % ys.h, pix % ys.w);
@@ -104,14 +104,24 @@ fn is_pointwise(p: &ConvParams) -> bool {
 
 /// Forward convolution into `y` (shape `p.out_shape(xs)`), overwriting it, or adding to it when
 /// `accumulate`; `bias` (c_out values) is added when given.
-fn conv_fwd_into(
-    x: &[f32],
+/// Per-channel `y = max?(y * scale + shift)` applied to each output tile while it is in cache.
+#[derive(Clone, Copy)]
+pub struct Affine<'a, T> {
+    pub scale: &'a [T],
+    pub shift: &'a [T],
+    pub relu: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_fwd_into<T: Real>(
+    x: &[T],
     xs: Shape4,
-    w: &[f32],
+    w: &[T],
     p: &ConvParams,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
+    bias: Option<&[T]>,
+    y: &mut [T],
     accumulate: bool,
+    epilogue: Option<Affine<'_, T>>,
 ) {
     let ys = p.out_shape(xs);
     assert_eq!(x.len(), xs.len(), "conv2d_fwd: x length");
@@ -125,18 +135,18 @@ fn conv_fwd_into(
         .for_each_init(Vec::new, |col, (t, ytile)| {
             let p0 = t * tp;
             let m = ytile.len() / k;
-            let mut beta = if accumulate { 1.0 } else { 0.0 };
+            let mut beta = if accumulate { T::ONE } else { T::ZERO };
             if let Some(b) = bias {
                 for row in ytile.chunks_exact_mut(k) {
                     if accumulate {
-                        row.iter_mut().zip(b).for_each(|(v, bi)| *v += bi);
+                        row.iter_mut().zip(b).for_each(|(v, &bi)| *v = *v + bi);
                     } else {
                         row.copy_from_slice(b);
                     }
                 }
-                beta = 1.0;
+                beta = T::ONE;
             }
-            let a: &[f32] = if pointwise {
+            let a: &[T] = if pointwise {
                 &x[p0 * cols..(p0 + m) * cols]
             } else {
                 im2col_tile(x, xs, p, ys, p0, m, col);
@@ -144,22 +154,51 @@ fn conv_fwd_into(
             };
             // y_tile[m x k] = patches[m x cols] * W^T, W row-major [k x cols].
             gemm(m, cols, k, a, (cols, 1), w, (1, cols), beta, ytile, k);
+            if let Some(e) = epilogue {
+                for row in ytile.chunks_exact_mut(k) {
+                    for ((v, &s), &b) in row.iter_mut().zip(e.scale).zip(e.shift) {
+                        let o = v.mul_add(s, b);
+                        *v = if e.relu { o.max(T::ZERO) } else { o };
+                    }
+                }
+            }
         });
 }
 
+/// Inference fusion of a convolution and the eval-mode batch norm (+ ReLU) after it:
+/// `y = act((conv2d(x, w) + bias) * scale + shift)` with the BN folded into `affine` (see
+/// [`batchnorm::bn_eval_affine`](super::batchnorm::bn_eval_affine)). Same result as the two
+/// ops one after the other, up to rounding, without writing the conv output to memory.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_affine_fwd<T: Real>(
+    x: &[T],
+    xs: Shape4,
+    w: &[T],
+    p: &ConvParams,
+    bias: Option<&[T]>,
+    affine: Affine<'_, T>,
+    y: &mut [T],
+) {
+    assert!(
+        affine.scale.len() == p.c_out && affine.shift.len() == p.c_out,
+        "conv2d_affine_fwd: affine length"
+    );
+    conv_fwd_into(x, xs, w, p, bias, y, false, Some(affine));
+}
+
 /// `y = conv2d(x, w) + bias`. `x` is NHWC `xs`, `w` is KRSC, `y` is NHWC `p.out_shape(xs)`.
-pub fn conv2d_fwd(x: &[f32], xs: Shape4, w: &[f32], p: &ConvParams, bias: Option<&[f32]>, y: &mut [f32]) {
-    conv_fwd_into(x, xs, w, p, bias, y, false);
+pub fn conv2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, bias: Option<&[T]>, y: &mut [T]) {
+    conv_fwd_into(x, xs, w, p, bias, y, false, None);
 }
 
 /// Input gradient: `dx (+)= conv2d_dgrad(dy, w)`, where `dy` has shape `p.out_shape(xs)`.
-pub fn conv2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: Shape4, accumulate: bool) {
+pub fn conv2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let ys = p.out_shape(xs);
     assert_eq!(dy.len(), ys.len(), "conv2d_dgrad: dy length");
     assert_eq!(w.len(), p.weight_len(), "conv2d_dgrad: weight length");
     assert_eq!(dx.len(), xs.len(), "conv2d_dgrad: dx length");
     let (k, c) = (p.c_out, p.c_in);
-    let beta = if accumulate { 1.0 } else { 0.0 };
+    let beta = if accumulate { T::ONE } else { T::ZERO };
     if is_pointwise(p) {
         // dx[pixels x c] = dy[pixels x k] * W[k x c]
         let tp = tile_pixels(k.max(c));
@@ -172,7 +211,7 @@ pub fn conv2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: S
     }
     // Weights regrouped as [(r, s, k) x c] so a gathered row of output gradients multiplies it.
     let taps = p.kh * p.kw;
-    let mut wt = vec![0.0f32; p.weight_len()];
+    let mut wt = vec![T::ZERO; p.weight_len()];
     for ki in 0..k {
         for t in 0..taps {
             let src = (ki * taps + t) * c;
@@ -184,11 +223,11 @@ pub fn conv2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: S
     let tp = tile_pixels(cols);
     dx.par_chunks_mut(tp * c)
         .enumerate()
-        .for_each_init(Vec::new, |col: &mut Vec<f32>, (t, dxt)| {
+        .for_each_init(Vec::new, |col: &mut Vec<T>, (t, dxt)| {
             let p0 = t * tp;
             let m = dxt.len() / c;
             col.clear();
-            col.resize(m * cols, 0.0);
+            col.resize(m * cols, T::ZERO);
             for (row, dst) in col.chunks_exact_mut(cols).enumerate() {
                 let pix = p0 + row;
                 let (n, ih, iw) = (pix / (xs.h * xs.w), (pix / xs.w) % xs.h, pix % xs.w);
@@ -222,7 +261,7 @@ pub fn conv2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: S
 }
 
 /// Weight gradient `dw = sum over pixels of dy^T * patches` (overwrites `dw`, KRSC).
-pub fn conv2d_wgrad(x: &[f32], xs: Shape4, dy: &[f32], p: &ConvParams, dw: &mut [f32]) {
+pub fn conv2d_wgrad<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &ConvParams, dw: &mut [T]) {
     let ys = p.out_shape(xs);
     assert_eq!(x.len(), xs.len(), "conv2d_wgrad: x length");
     assert_eq!(dy.len(), ys.len(), "conv2d_wgrad: dy length");
@@ -239,12 +278,12 @@ pub fn conv2d_wgrad(x: &[f32], xs: Shape4, dy: &[f32], p: &ConvParams, dw: &mut 
     let total = (0..chunks)
         .into_par_iter()
         .map(|ch| {
-            let mut acc = vec![0.0f32; dw.len()];
+            let mut acc = vec![T::ZERO; dw.len()];
             let mut col = Vec::new();
             for t in ch * per_chunk..((ch + 1) * per_chunk).min(tiles) {
                 let p0 = t * tp;
                 let m = tp.min(pixels - p0);
-                let a: &[f32] = if pointwise {
+                let a: &[T] = if pointwise {
                     &x[p0 * cols..(p0 + m) * cols]
                 } else {
                     im2col_tile(x, xs, p, ys, p0, m, &mut col);
@@ -259,7 +298,7 @@ pub fn conv2d_wgrad(x: &[f32], xs: Shape4, dy: &[f32], p: &ConvParams, dw: &mut 
                     (1, k),
                     a,
                     (cols, 1),
-                    1.0,
+                    T::ONE,
                     &mut acc,
                     cols,
                 );
@@ -267,17 +306,17 @@ pub fn conv2d_wgrad(x: &[f32], xs: Shape4, dy: &[f32], p: &ConvParams, dw: &mut 
             acc
         })
         .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a.iter_mut().zip(&b).for_each(|(x, &y)| *x = *x + y);
             a
         });
     match total {
         Some(t) => dw.copy_from_slice(&t),
-        None => dw.fill(0.0),
+        None => dw.fill(T::ZERO),
     }
 }
 
 /// Bias gradient: `db[k] = sum over pixels of dy[.., k]` (overwrites `db`).
-pub fn conv2d_bias_grad(dy: &[f32], ys: Shape4, db: &mut [f32]) {
+pub fn conv2d_bias_grad<T: Real>(dy: &[T], ys: Shape4, db: &mut [T]) {
     assert_eq!(dy.len(), ys.len(), "conv2d_bias_grad: dy length");
     assert_eq!(db.len(), ys.c, "conv2d_bias_grad: db length");
     let k = ys.c;
@@ -286,7 +325,7 @@ pub fn conv2d_bias_grad(dy: &[f32], ys: Shape4, db: &mut [f32]) {
         .map(|chunk| {
             let mut s = vec![0.0f64; k];
             for row in chunk.chunks_exact(k) {
-                s.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+                s.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_f64());
             }
             s
         })
@@ -297,24 +336,24 @@ pub fn conv2d_bias_grad(dy: &[f32], ys: Shape4, db: &mut [f32]) {
                 a
             },
         );
-    db.iter_mut().zip(&sums).for_each(|(d, &s)| *d = s as f32);
+    db.iter_mut().zip(&sums).for_each(|(d, &s)| *d = T::from_f64(s));
 }
 
 /// Transposed convolution `y = conv_transpose2d(x, w)`; `w` is `[c_in][kh][kw][c_out]`, `y` has
 /// shape `p.transposed_out_shape(xs)`. It is the input gradient of the adjoint convolution.
-pub fn conv_transpose2d_fwd(x: &[f32], xs: Shape4, w: &[f32], p: &ConvParams, y: &mut [f32]) {
+pub fn conv_transpose2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, y: &mut [T]) {
     let ys = p.transposed_out_shape(xs);
     conv2d_dgrad(x, w, &p.adjoint(), y, ys, false);
 }
 
 /// Input gradient of the transposed convolution: the adjoint convolution's forward.
-pub fn conv_transpose2d_dgrad(dy: &[f32], w: &[f32], p: &ConvParams, dx: &mut [f32], xs: Shape4, accumulate: bool) {
+pub fn conv_transpose2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let ys = p.transposed_out_shape(xs);
-    conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate);
+    conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate, None);
 }
 
 /// Weight gradient of the transposed convolution (overwrites `dw`, `[c_in][kh][kw][c_out]`).
-pub fn conv_transpose2d_wgrad(x: &[f32], xs: Shape4, dy: &[f32], p: &ConvParams, dw: &mut [f32]) {
+pub fn conv_transpose2d_wgrad<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &ConvParams, dw: &mut [T]) {
     let ys = p.transposed_out_shape(xs);
     // In the adjoint convolution dy is the input and x the output gradient.
     conv2d_wgrad(dy, ys, x, &p.adjoint(), dw);

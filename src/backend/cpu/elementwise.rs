@@ -5,6 +5,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::Real;
+
 /// Below this many elements rayon's scheduling costs more than it saves.
 const PAR_MIN: usize = 1 << 16;
 
@@ -64,12 +66,12 @@ pub fn axpy_f16(a: f32, x: &[f16], y: &mut [f16]) {
 
 /// Writes `v` into `d`, or adds it when `accumulate` (gradient targets read by several nodes).
 #[inline]
-fn store(d: &mut f32, v: f32, accumulate: bool) {
+fn store<T: Real>(d: &mut T, v: T, accumulate: bool) {
     *d = if accumulate { *d + v } else { v };
 }
 
 /// Runs `body(i, out)` over chunks of `out`, in parallel when it is large.
-fn for_chunks(out: &mut [f32], body: impl Fn(usize, &mut [f32]) + Send + Sync) {
+fn for_chunks<T: Real>(out: &mut [T], body: impl Fn(usize, &mut [T]) + Send + Sync) {
     const CHUNK: usize = 1 << 14;
     if out.len() >= PAR_MIN {
         out.par_chunks_mut(CHUNK)
@@ -81,26 +83,26 @@ fn for_chunks(out: &mut [f32], body: impl Fn(usize, &mut [f32]) + Send + Sync) {
 }
 
 /// `y = max(x, 0)`.
-pub fn relu_fwd(x: &[f32], y: &mut [f32]) {
+pub fn relu_fwd<T: Real>(x: &[T], y: &mut [T]) {
     assert_eq!(x.len(), y.len(), "relu_fwd: length mismatch");
     for_chunks(y, |o, yc| {
-        yc.iter_mut().zip(&x[o..]).for_each(|(y, &x)| *y = x.max(0.0))
+        yc.iter_mut().zip(&x[o..]).for_each(|(y, &x)| *y = x.max(T::ZERO))
     });
 }
 
 /// `dx (+)= dy * [y > 0]`, from the ReLU output `y` (positive exactly where the input was).
-pub fn relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+pub fn relu_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], accumulate: bool) {
     assert!(y.len() == dx.len() && dy.len() == dx.len(), "relu_bwd: length mismatch");
     for_chunks(dx, |o, dc| {
         for (i, d) in dc.iter_mut().enumerate() {
-            let g = if y[o + i] > 0.0 { dy[o + i] } else { 0.0 };
+            let g = if y[o + i] > T::ZERO { dy[o + i] } else { T::ZERO };
             store(d, g, accumulate);
         }
     });
 }
 
 /// `y = a + b`.
-pub fn add_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn add_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
     assert!(a.len() == y.len() && b.len() == y.len(), "add_fwd: length mismatch");
     for_chunks(y, |o, yc| {
         for (i, v) in yc.iter_mut().enumerate() {
@@ -110,7 +112,7 @@ pub fn add_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
 }
 
 /// Backward of `a + b` for one operand: `dx (+)= dy`.
-pub fn add_bwd(dy: &[f32], dx: &mut [f32], accumulate: bool) {
+pub fn add_bwd<T: Real>(dy: &[T], dx: &mut [T], accumulate: bool) {
     assert_eq!(dy.len(), dx.len(), "add_bwd: length mismatch");
     for_chunks(dx, |o, dc| {
         dc.iter_mut().zip(&dy[o..]).for_each(|(d, &g)| store(d, g, accumulate))
@@ -118,20 +120,20 @@ pub fn add_bwd(dy: &[f32], dx: &mut [f32], accumulate: bool) {
 }
 
 /// `y = max(a + b, 0)`: the residual join of ResNet blocks and HRNet fuse layers.
-pub fn add_relu_fwd(a: &[f32], b: &[f32], y: &mut [f32]) {
+pub fn add_relu_fwd<T: Real>(a: &[T], b: &[T], y: &mut [T]) {
     assert!(
         a.len() == y.len() && b.len() == y.len(),
         "add_relu_fwd: length mismatch"
     );
     for_chunks(y, |o, yc| {
         for (i, v) in yc.iter_mut().enumerate() {
-            *v = (a[o + i] + b[o + i]).max(0.0);
+            *v = (a[o + i] + b[o + i]).max(T::ZERO);
         }
     });
 }
 
 /// Backward of `max(a + b, 0)` for one operand: `dx (+)= dy * [y > 0]` (same as [`relu_bwd`]).
-pub fn add_relu_bwd(y: &[f32], dy: &[f32], dx: &mut [f32], accumulate: bool) {
+pub fn add_relu_bwd<T: Real>(y: &[T], dy: &[T], dx: &mut [T], accumulate: bool) {
     relu_bwd(y, dy, dx, accumulate);
 }
 

@@ -3,7 +3,11 @@
 //! Each op family is a file of plain functions over slices plus explicit shape/parameter
 //! structs (`conv::conv2d_fwd(x, xs, w, &params, bias, y)`), mirrored argument for argument by
 //! `backend::cuda::<family>`. [`CpuBackend`] adapts them to the [`Backend`] trait: it resolves
-//! [`View`]s (byte offsets from the memory plan) into slices of one f32 arena.
+//! [`View`]s (byte offsets from the memory plan) into slices of one arena.
+//!
+//! The functions are generic over [`Real`] (f32 or f64): f32 is the reference the CUDA kernels
+//! are compared with and what CPU inference runs; f64 lets whole-network gradient checks use
+//! finite differences without f32 rounding drowning the signal (`CpuBackend::<f64>`).
 pub mod batchnorm;
 pub mod concat;
 pub mod conv;
@@ -15,32 +19,156 @@ pub mod resample;
 
 use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
 
-/// The CPU backend: one f32 activation arena plus parameter and gradient vectors.
-#[derive(Default)]
-pub struct CpuBackend {
-    arena: Vec<f32>,
-    params: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
+/// The element type of the CPU ops: f32, or f64 for precise gradient checks.
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Default
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    fn max(self, other: Self) -> Self;
+    fn sqrt(self) -> Self;
+    /// `c = alpha * a * b + beta * c` with `alpha = 1` (matrixmultiply's sgemm or dgemm).
+    ///
+    /// # Safety
+    /// As for `matrixmultiply::sgemm`: every element addressed through the strides must lie
+    /// inside the allocations behind the pointers, and `c` must not alias `a` or `b`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
+    );
 }
 
-impl CpuBackend {
+macro_rules! impl_real {
+    ($t:ty, $gemm:path) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            unsafe fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
+            ) {
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+        }
+    };
+}
+impl_real!(f32, matrixmultiply::sgemm);
+impl_real!(f64, matrixmultiply::dgemm);
+
+/// The CPU backend: one activation arena plus parameter and gradient vectors, all of `T`
+/// (BN saved statistics included, so plan it with `DtypeSizes { activation: size_of::<T>(),
+/// stats: size_of::<T>() }`).
+#[derive(Default)]
+pub struct CpuBackend<T: Real = f32> {
+    arena: Vec<T>,
+    params: Vec<Vec<T>>,
+    grads: Vec<Vec<T>>,
+}
+
+impl CpuBackend<f32> {
+    /// The f32 backend (the reference and CPU inference).
     pub fn new() -> Self {
-        Self::default()
+        Self::with_element()
     }
 }
 
-/// Element range of a view in the f32 arena (stats views are f32 too).
-fn range(v: View) -> std::ops::Range<usize> {
-    assert_eq!(v.offset % 4, 0, "arena offsets are f32-aligned");
-    let start = v.offset / 4;
+impl<T: Real> CpuBackend<T> {
+    /// A backend of any element type: `CpuBackend::<f64>::with_element()` for gradient checks.
+    pub fn with_element() -> Self {
+        Self {
+            arena: Vec::new(),
+            params: Vec::new(),
+            grads: Vec::new(),
+        }
+    }
+
+    /// Writes a tensor without rounding through f32.
+    pub fn write_exact(&mut self, t: View, data: &[T]) {
+        self.arena[range::<T>(t)].copy_from_slice(data);
+    }
+
+    pub fn read_exact(&self, t: View) -> Vec<T> {
+        self.arena[range::<T>(t)].to_vec()
+    }
+
+    pub fn write_param_exact(&mut self, p: ParamId, data: &[T]) {
+        self.params[p.0].copy_from_slice(data);
+    }
+
+    pub fn param_exact(&self, p: ParamId) -> &[T] {
+        &self.params[p.0]
+    }
+
+    pub fn grad_exact(&self, p: ParamId) -> &[T] {
+        &self.grads[p.0]
+    }
+}
+
+/// Element range of a view in the arena.
+fn range<T>(v: View) -> std::ops::Range<usize> {
+    let size = std::mem::size_of::<T>();
+    assert_eq!(v.offset % size, 0, "arena offsets are element-aligned");
+    let start = v.offset / size;
     start..start + v.shape.len()
 }
 
 /// Borrows `reads` shared and `writes` exclusively from one arena. Panics unless every write
 /// range is disjoint from every other range, which is what makes handing them out sound.
-fn split<'a>(arena: &'a mut [f32], reads: &[View], writes: &[View]) -> (Vec<&'a [f32]>, Vec<&'a mut [f32]>) {
-    let rr: Vec<_> = reads.iter().map(|&v| range(v)).collect();
-    let wr: Vec<_> = writes.iter().map(|&v| range(v)).collect();
+fn split<'a, T>(arena: &'a mut [T], reads: &[View], writes: &[View]) -> (Vec<&'a [T]>, Vec<&'a mut [T]>) {
+    let rr: Vec<_> = reads.iter().map(|&v| range::<T>(v)).collect();
+    let wr: Vec<_> = writes.iter().map(|&v| range::<T>(v)).collect();
     let disjoint = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| a.end <= b.start || b.end <= a.start;
     for (i, w) in wr.iter().enumerate() {
         assert!(
@@ -67,7 +195,7 @@ fn split<'a>(arena: &'a mut [f32], reads: &[View], writes: &[View]) -> (Vec<&'a 
     unsafe {
         let reads = rr
             .into_iter()
-            .map(|r| std::slice::from_raw_parts(base.add(r.start) as *const f32, r.len()))
+            .map(|r| std::slice::from_raw_parts(base.add(r.start) as *const T, r.len()))
             .collect();
         let writes = wr
             .into_iter()
@@ -77,46 +205,54 @@ fn split<'a>(arena: &'a mut [f32], reads: &[View], writes: &[View]) -> (Vec<&'a 
     }
 }
 
-impl CpuBackend {
+impl<T: Real> CpuBackend<T> {
     /// One read view, one write view.
-    fn rw(&mut self, r: View, w: View) -> (&[f32], &mut [f32]) {
+    fn rw(&mut self, r: View, w: View) -> (&[T], &mut [T]) {
         let (mut rs, mut ws) = split(&mut self.arena, &[r], &[w]);
         (rs.remove(0), ws.remove(0))
     }
 }
 
-impl Backend for CpuBackend {
+impl<T: Real> Backend for CpuBackend<T> {
     fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]) {
-        self.arena = vec![0.0; arena_bytes.div_ceil(4)];
-        self.params = params.iter().map(|p| vec![0.0; p.len]).collect();
+        self.arena = vec![T::ZERO; arena_bytes.div_ceil(std::mem::size_of::<T>())];
+        self.params = params.iter().map(|p| vec![T::ZERO; p.len]).collect();
         self.grads = params
             .iter()
-            .map(|p| if p.trainable { vec![0.0; p.len] } else { Vec::new() })
+            .map(|p| if p.trainable { vec![T::ZERO; p.len] } else { Vec::new() })
             .collect();
     }
 
     fn activation_bytes(&self) -> usize {
-        4
+        std::mem::size_of::<T>()
+    }
+
+    fn stats_bytes(&self) -> usize {
+        std::mem::size_of::<T>()
     }
 
     fn write(&mut self, t: View, data: &[f32]) {
-        self.arena[range(t)].copy_from_slice(data);
+        let dst = &mut self.arena[range::<T>(t)];
+        assert_eq!(dst.len(), data.len(), "write: length");
+        dst.iter_mut().zip(data).for_each(|(d, &v)| *d = T::from_f64(v as f64));
     }
 
     fn read(&self, t: View) -> Vec<f32> {
-        self.arena[range(t)].to_vec()
+        self.arena[range::<T>(t)].iter().map(|v| v.to_f64() as f32).collect()
     }
 
     fn write_param(&mut self, p: ParamId, data: &[f32]) {
-        self.params[p.0].copy_from_slice(data);
+        let dst = &mut self.params[p.0];
+        assert_eq!(dst.len(), data.len(), "write_param: length");
+        dst.iter_mut().zip(data).for_each(|(d, &v)| *d = T::from_f64(v as f64));
     }
 
     fn read_param(&self, p: ParamId) -> Vec<f32> {
-        self.params[p.0].clone()
+        self.params[p.0].iter().map(|v| v.to_f64() as f32).collect()
     }
 
     fn read_grad(&self, p: ParamId) -> Vec<f32> {
-        self.grads[p.0].clone()
+        self.grads[p.0].iter().map(|v| v.to_f64() as f32).collect()
     }
 
     fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View) {
@@ -125,13 +261,41 @@ impl Backend for CpuBackend {
         conv::conv2d_fwd(xa, x.shape, &self.params[w.0], p, b, ya);
     }
 
+    fn conv2d_bn_fwd_eval(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        bn: &BnRefs,
+        relu: bool,
+        y: View,
+    ) {
+        let (xa, ya) = split_rw(&mut self.arena, x, y);
+        let pr = &self.params;
+        let (scale, shift) = batchnorm::bn_eval_affine(
+            &pr[bn.gamma.0],
+            &pr[bn.beta.0],
+            &pr[bn.running_mean.0],
+            &pr[bn.running_var.0],
+            bn.params,
+        );
+        let affine = conv::Affine {
+            scale: &scale,
+            shift: &shift,
+            relu,
+        };
+        let b = bias.map(|b| pr[b.0].as_slice());
+        conv::conv2d_affine_fwd(xa, x.shape, &pr[w.0], p, b, affine, ya);
+    }
+
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
         let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
         conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
     }
 
     fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>) {
-        let (xa, dya) = (&self.arena[range(x)], &self.arena[range(dy)]);
+        let (xa, dya) = (&self.arena[range::<T>(x)], &self.arena[range::<T>(dy)]);
         conv::conv2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
         if let Some(db) = db {
             conv::conv2d_bias_grad(dya, dy.shape, &mut self.grads[db.0]);
@@ -149,7 +313,7 @@ impl Backend for CpuBackend {
     }
 
     fn conv_transpose2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId) {
-        let (xa, dya) = (&self.arena[range(x)], &self.arena[range(dy)]);
+        let (xa, dya) = (&self.arena[range::<T>(x)], &self.arena[range::<T>(dy)]);
         conv::conv_transpose2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
     }
 
@@ -282,20 +446,15 @@ impl Backend for CpuBackend {
         let _ = &mut w;
     }
 
-    fn concat_bwd(&mut self, dy: View, dxs: &[Option<Grad>]) {
-        let widths: Vec<usize> = dxs.iter().map(|g| g.map_or(0, |g| g.view.shape.c)).collect();
-        assert!(
-            dxs.iter().all(Option::is_some),
-            "concat_bwd: the CPU backend wants every input gradient"
-        );
+    fn concat_bwd(&mut self, dy: View, widths: &[usize], dxs: &[Option<Grad>]) {
         let writes: Vec<View> = dxs.iter().flatten().map(|g| g.view).collect();
         let (r, w) = split(&mut self.arena, &[dy], &writes);
-        let mut targets: Vec<Option<(&mut [f32], bool)>> = w
-            .into_iter()
-            .zip(dxs.iter().flatten())
-            .map(|(s, g)| Some((s, g.accumulate)))
+        let mut slices = w.into_iter();
+        let mut targets: Vec<Option<(&mut [T], bool)>> = dxs
+            .iter()
+            .map(|g| g.map(|g| (slices.next().expect("one slice per gradient"), g.accumulate)))
             .collect();
-        concat::concat_bwd(r[0], &widths, &mut targets);
+        concat::concat_bwd(r[0], widths, &mut targets);
     }
 
     fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View) {
@@ -311,7 +470,7 @@ impl Backend for CpuBackend {
 }
 
 /// One read view and one write view of the arena.
-fn split_rw(arena: &mut [f32], r: View, w: View) -> (&[f32], &mut [f32]) {
+fn split_rw<T>(arena: &mut [T], r: View, w: View) -> (&[T], &mut [T]) {
     let (mut rs, mut ws) = split(arena, &[r], &[w]);
     (rs.remove(0), ws.remove(0))
 }

@@ -5,11 +5,12 @@
 //! recomputes the winner from `x` instead of storing indices.
 use rayon::prelude::*;
 
+use super::Real;
 use crate::backend::{PoolParams, Shape4};
 
 /// Input position (ih, iw) of the maximum of output (n, oh, ow, ch).
-fn argmax(x: &[f32], xs: Shape4, p: &PoolParams, n: usize, oh: usize, ow: usize, ch: usize) -> (usize, usize) {
-    let mut best = (f32::NEG_INFINITY, usize::MAX, usize::MAX);
+fn argmax<T: Real>(x: &[T], xs: Shape4, p: &PoolParams, n: usize, oh: usize, ow: usize, ch: usize) -> (usize, usize) {
+    let mut best = (T::ZERO, usize::MAX, usize::MAX);
     for r in 0..p.k {
         let ih = (oh * p.stride + r) as isize - p.pad as isize;
         if ih < 0 || ih >= xs.h as isize {
@@ -30,7 +31,7 @@ fn argmax(x: &[f32], xs: Shape4, p: &PoolParams, n: usize, oh: usize, ow: usize,
 }
 
 /// `y = maxpool(x)`, `y` of shape `p.out_shape(xs)`.
-pub fn maxpool_fwd(x: &[f32], xs: Shape4, p: &PoolParams, y: &mut [f32]) {
+pub fn maxpool_fwd<T: Real>(x: &[T], xs: Shape4, p: &PoolParams, y: &mut [T]) {
     let ys = p.out_shape(xs);
     assert!(
         x.len() == xs.len() && y.len() == ys.len(),
@@ -46,7 +47,7 @@ pub fn maxpool_fwd(x: &[f32], xs: Shape4, p: &PoolParams, y: &mut [f32]) {
 }
 
 /// `dx (+)= scatter of dy to the maxima`. Windows overlap, so each image is one serial job.
-pub fn maxpool_bwd(x: &[f32], xs: Shape4, dy: &[f32], p: &PoolParams, dx: &mut [f32], accumulate: bool) {
+pub fn maxpool_bwd<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &PoolParams, dx: &mut [T], accumulate: bool) {
     let ys = p.out_shape(xs);
     assert!(
         x.len() == xs.len() && dx.len() == xs.len() && dy.len() == ys.len(),
@@ -54,13 +55,14 @@ pub fn maxpool_bwd(x: &[f32], xs: Shape4, dy: &[f32], p: &PoolParams, dx: &mut [
     );
     dx.par_chunks_mut(xs.h * xs.w * xs.c).enumerate().for_each(|(n, dxn)| {
         if !accumulate {
-            dxn.fill(0.0);
+            dxn.fill(T::ZERO);
         }
         for oh in 0..ys.h {
             for ow in 0..ys.w {
                 for ch in 0..xs.c {
                     let (ih, iw) = argmax(x, xs, p, n, oh, ow, ch);
-                    dxn[(ih * xs.w + iw) * xs.c + ch] += dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
+                    let d = &mut dxn[(ih * xs.w + iw) * xs.c + ch];
+                    *d = *d + dy[((n * ys.h + oh) * ys.w + ow) * ys.c + ch];
                 }
             }
         }

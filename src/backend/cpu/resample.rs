@@ -6,10 +6,11 @@
 //! so every input pixel *gathers* its gradient and parallel rows never write the same memory.
 use rayon::prelude::*;
 
+use super::Real;
 use crate::backend::{Shape4, UpsampleMode};
 
 /// For each destination index, the (source index, weight) pairs it sums.
-type Taps = Vec<Vec<(usize, f32)>>;
+type Taps = Vec<Vec<(usize, f64)>>;
 
 /// Forward taps of one axis: `n_in` inputs upsampled by `factor`.
 fn forward_taps(n_in: usize, factor: usize, mode: UpsampleMode) -> Taps {
@@ -18,10 +19,10 @@ fn forward_taps(n_in: usize, factor: usize, mode: UpsampleMode) -> Taps {
             UpsampleMode::Nearest => vec![(o / factor, 1.0)],
             UpsampleMode::Bilinear => {
                 // Half-pixel centres (align_corners = false), clamped at the low border.
-                let src = ((o as f32 + 0.5) / factor as f32 - 0.5).max(0.0);
+                let src = ((o as f64 + 0.5) / factor as f64 - 0.5).max(0.0);
                 let i0 = (src.floor() as usize).min(n_in - 1);
                 let i1 = (i0 + 1).min(n_in - 1);
-                let l1 = src - i0 as f32;
+                let l1 = src - i0 as f64;
                 if i1 == i0 {
                     vec![(i0, 1.0)]
                 } else {
@@ -44,17 +45,17 @@ fn transpose(taps: &Taps, n_src: usize) -> Taps {
 }
 
 /// `dst[n, i, j, :] (+)= sum_{(a, wa) in rows[i]} sum_{(b, wb) in cols[j]} wa * wb * src[n, a, b, :]`.
-fn separable(src: &[f32], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut [f32], ds: Shape4, accumulate: bool) {
+fn separable<T: Real>(src: &[T], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut [T], ds: Shape4, accumulate: bool) {
     let c = ss.c;
     dst.par_chunks_mut(ds.w * c).enumerate().for_each(|(nr, drow)| {
         let (n, i) = (nr / ds.h, nr % ds.h);
         if !accumulate {
-            drow.fill(0.0);
+            drow.fill(T::ZERO);
         }
         for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
             for &(a, wa) in &rows[i] {
                 for &(b, wb) in &cols[j] {
-                    let w = wa * wb;
+                    let w = T::from_f64(wa * wb);
                     let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
                     dpix.iter_mut().zip(s).for_each(|(d, &v)| *d = w.mul_add(v, *d));
                 }
@@ -73,7 +74,7 @@ pub fn upsample_shape(xs: Shape4, factor: usize) -> Shape4 {
 }
 
 /// `y = upsample(x)` by the integer `factor` implied by the shapes (`ys = xs * factor`).
-pub fn upsample_fwd(x: &[f32], xs: Shape4, mode: UpsampleMode, y: &mut [f32], ys: Shape4) {
+pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T], ys: Shape4) {
     let factor = ys.h / xs.h;
     assert_eq!(
         ys,
@@ -90,7 +91,7 @@ pub fn upsample_fwd(x: &[f32], xs: Shape4, mode: UpsampleMode, y: &mut [f32], ys
 }
 
 /// `dx (+)= upsample^T(dy)`.
-pub fn upsample_bwd(dy: &[f32], ys: Shape4, mode: UpsampleMode, dx: &mut [f32], xs: Shape4, accumulate: bool) {
+pub fn upsample_bwd<T: Real>(dy: &[T], ys: Shape4, mode: UpsampleMode, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let factor = ys.h / xs.h;
     assert_eq!(
         ys,
