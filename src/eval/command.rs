@@ -57,8 +57,14 @@ pub fn load_model(path: &Path, batch_size: usize) -> Result<LoadedModel> {
     let mut model = ck.meta.model.clone();
     model.batch_size = batch_size.max(1);
     let graph = build_graph(&model)?;
-    let mut exec = Executor::new(graph, PlanOptions::new(Mode::Eval, DtypeSizes::F32), CpuBackend::new(), 0);
-    ck.load_into(&mut exec).with_context(|| format!("loading {}", path.display()))?;
+    let mut exec = Executor::new(
+        graph,
+        PlanOptions::new(Mode::Eval, DtypeSizes::F32),
+        CpuBackend::new(),
+        0,
+    );
+    ck.load_into(&mut exec)
+        .with_context(|| format!("loading {}", path.display()))?;
     Ok(LoadedModel { meta: ck.meta, exec })
 }
 

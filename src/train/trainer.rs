@@ -70,7 +70,12 @@ impl TrainState {
     /// The checkpoint metadata: the model part in `Meta`'s own fields, the schedule's position
     /// in `scheduler`, the seed in `rng`. (The CPU trains in f32: no loss scaler to store.)
     pub fn to_meta(&self) -> Meta {
-        let mut meta = Meta::new(self.model.clone(), self.landmarks.clone(), self.heatmap_stride, self.sigma as f32);
+        let mut meta = Meta::new(
+            self.model.clone(),
+            self.landmarks.clone(),
+            self.heatmap_stride,
+            self.sigma as f32,
+        );
         meta.epoch = self.epoch as u64;
         meta.step = self.step;
         meta.scheduler = serde_json::json!({
@@ -86,7 +91,12 @@ impl TrainState {
     }
 
     pub fn from_meta(meta: &Meta, path: &Path) -> Result<TrainState> {
-        let bad = || format!("{}: the checkpoint holds no training state to resume from", path.display());
+        let bad = || {
+            format!(
+                "{}: the checkpoint holds no training state to resume from",
+                path.display()
+            )
+        };
         let sched = &meta.scheduler;
         Ok(TrainState {
             model: meta.model.clone(),
@@ -324,7 +334,8 @@ impl Trainer {
         };
 
         if let (Some((path, ck)), Some(stored)) = (&resumed, stored) {
-            ck.load_into(&mut exec).with_context(|| format!("resuming from {}", path.display()))?;
+            ck.load_into(&mut exec)
+                .with_context(|| format!("resuming from {}", path.display()))?;
             if fine_tune {
                 eprintln!(
                     "fine-tuning from {}: its weights, a new schedule (lr {lr:e}, {} warmup epochs, {epochs} epochs) \
@@ -717,7 +728,11 @@ pub fn build_graph(model: &ModelConfig) -> Result<Graph> {
 fn moment(ck: &Checkpoint, path: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
     match ck.tensors.get(name) {
         Some(t) if t.data.len() == len => Ok(t.data.clone()),
-        Some(t) => bail!("{}: {name} has {} values, the model needs {len}", path.display(), t.data.len()),
+        Some(t) => bail!(
+            "{}: {name} has {} values, the model needs {len}",
+            path.display(),
+            t.data.len()
+        ),
         None => bail!(
             "{}: no optimizer state ({name}): it holds weights only; fine-tune from it with --lr/--epochs instead",
             path.display()
