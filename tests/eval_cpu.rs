@@ -1,64 +1,12 @@
 //! `cephalo eval` on a checkpoint trained for one epoch on phantoms: the printed metrics and the
 //! JSON report agree with each other and with the ground truth; mismatched inputs are clear errors.
-use std::path::Path;
-
-use cephalo::eval::command::EvalArgs;
-use cephalo::train::args::TrainArgs;
-use clap::Parser;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-#[derive(clap::Subcommand)]
-enum Cmd {
-    Train(Box<TrainArgs>),
-    Eval(EvalArgs),
-}
-
-fn run(argv: &[&str]) -> anyhow::Result<std::process::ExitCode> {
-    match Cli::parse_from(std::iter::once("cephalo").chain(argv.iter().copied())).cmd {
-        Cmd::Train(a) => cephalo::train::trainer::run(&a),
-        Cmd::Eval(a) => cephalo::eval::command::run(&a),
-    }
-}
-
-fn trained_checkpoint(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let data = dir.join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 16, 9, 96, 96).unwrap();
-    let ck = dir.join("ck");
-    let logs = dir.join("logs");
-    run(&[
-        "train",
-        "--dataset-path",
-        data.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--image-size",
-        "64",
-        "64",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-    ])
-    .unwrap();
-    (data, ck.join("checkpoint_last.safetensors"))
-}
+mod cli_support;
+use cli_support::{run, trained_checkpoint};
 
 #[test]
 fn eval_report_holds_every_prediction_and_consistent_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, ck) = trained_checkpoint(dir.path());
+    let (data, ck) = trained_checkpoint(dir.path(), 16, 9);
     let report = dir.path().join("out/report.json");
     run(&[
         "eval",
@@ -101,7 +49,7 @@ fn eval_report_holds_every_prediction_and_consistent_metrics() {
 #[test]
 fn eval_refuses_a_missing_checkpoint_and_a_missing_split() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, ck) = trained_checkpoint(dir.path());
+    let (data, ck) = trained_checkpoint(dir.path(), 16, 9);
     let err = run(&[
         "eval",
         "--checkpoint",

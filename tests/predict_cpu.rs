@@ -1,64 +1,13 @@
 //! `cephalo predict` end to end on phantoms: JSON in the Aariz schema, the landmark CSV readable
 //! back as a dataset, overlays, a corrupt image skipped with a non-zero exit, and an output
 //! folder of another run protected.
-use std::path::Path;
-
-use cephalo::predict::command::PredictArgs;
-use cephalo::train::args::TrainArgs;
-use clap::Parser;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-#[derive(clap::Subcommand)]
-enum Cmd {
-    Train(Box<TrainArgs>),
-    Predict(PredictArgs),
-}
-
-fn run(argv: &[&str]) -> anyhow::Result<std::process::ExitCode> {
-    match Cli::parse_from(std::iter::once("cephalo").chain(argv.iter().copied())).cmd {
-        Cmd::Train(a) => cephalo::train::trainer::run(&a),
-        Cmd::Predict(a) => cephalo::predict::command::run(&a),
-    }
-}
-
-fn checkpoint(dir: &Path) -> std::path::PathBuf {
-    let data = dir.join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 12, 4, 96, 96).unwrap();
-    let (ck, logs) = (dir.join("ck"), dir.join("logs"));
-    run(&[
-        "train",
-        "--dataset-path",
-        data.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--image-size",
-        "64",
-        "64",
-        "--epochs",
-        "1",
-        "--warmup-epochs",
-        "0",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-    ])
-    .unwrap();
-    ck.join("checkpoint_last.safetensors")
-}
+mod cli_support;
+use cli_support::{run, trained_checkpoint};
 
 #[test]
 fn predict_writes_json_csv_and_overlays_and_skips_bad_images() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = checkpoint(dir.path());
+    let (_, ck) = trained_checkpoint(dir.path(), 12, 4);
     let images = dir.path().join("phantoms/images");
     std::fs::write(images.join("zz_corrupt.png"), b"not a png").unwrap();
     let out = dir.path().join("out");

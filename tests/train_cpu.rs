@@ -2,41 +2,34 @@
 //! run interrupted and resumed ends bit for bit where an uninterrupted run ends.
 use std::path::Path;
 
-use cephalo::train::args::TrainArgs;
-use clap::Parser;
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    train: TrainArgs,
-}
+mod cli_support;
 
 fn train(dir: &Path, data: &Path, extra: &[&str]) -> std::process::ExitCode {
+    let (ck, logs) = (dir.join("ck"), dir.join("logs"));
     let mut argv = vec![
-        "train".to_string(),
-        "--dataset_path".into(),
-        data.display().to_string(),
-        "--model".into(),
-        "hrnet-w8".into(),
-        "--image_size".into(),
-        "64".into(),
-        "64".into(),
-        "--batch_size".into(),
-        "4".into(),
-        "--checkpoint-dir".into(),
-        dir.join("ck").display().to_string(),
-        "--log-dir".into(),
-        dir.join("logs").display().to_string(),
-        "--device".into(),
-        "cpu".into(),
-        "--workers".into(),
-        "1".into(),
-        "--seed".into(),
-        "7".into(),
+        "train",
+        "--dataset_path",
+        data.to_str().unwrap(),
+        "--model",
+        "hrnet-w8",
+        "--image_size",
+        "64",
+        "64",
+        "--batch_size",
+        "4",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--seed",
+        "7",
     ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    let cli = Cli::parse_from(argv);
-    cephalo::train::trainer::run(&cli.train).expect("training runs")
+    argv.extend_from_slice(extra);
+    cli_support::run(&argv).expect("training runs")
 }
 
 fn csv_column(path: &Path, column: &str) -> Vec<f64> {

@@ -13,8 +13,8 @@ use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader, LoaderConfig};
 use crate::data::{Dataset, DatasetOptions, Split};
 use crate::device::{Device, DeviceArg};
-use crate::eval::inference::{predict_loader, PredictedImage};
-use crate::eval::metrics::{radial_errors_mm, ErrorStats, ImageResult, MetricsReport};
+use crate::eval::inference::{metrics_of, predict_loader, PredictedImage};
+use crate::eval::metrics::{radial_errors_mm, ErrorStats, MetricsReport};
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::train::trainer::build_graph;
@@ -143,7 +143,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     cfg.prefetch = 2 * workers.max(1);
     let loader = Loader::new(samples, cfg)?;
     let predictions = predict_loader(&mut model.exec, &loader, model.meta.heatmap_sigma as f64)?;
-    let report = metrics_of(&loader, &predictions, symbols);
+    let report = metrics_of(loader.samples(), &predictions, symbols);
 
     print_report(&report, args, loader.samples().len());
     if let Some(path) = &args.report {
@@ -159,23 +159,6 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
         println!("report: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn metrics_of(loader: &Loader, predictions: &[PredictedImage], symbols: &[String]) -> MetricsReport {
-    let samples = loader.samples();
-    let images: Vec<ImageResult> = predictions
-        .iter()
-        .map(|p| {
-            let s = &samples[p.index];
-            ImageResult {
-                predicted: &p.points,
-                truth: &s.landmarks,
-                pixel_size_mm: s.pixel_size_mm,
-                machine: s.machine.as_deref(),
-            }
-        })
-        .collect();
-    MetricsReport::compute(symbols, &images)
 }
 
 fn image_reports<'a>(

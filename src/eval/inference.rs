@@ -6,6 +6,8 @@ use anyhow::Result;
 use crate::backend::Backend;
 use crate::data::heatmap::{decode_dark, heatmap_to_image};
 use crate::data::loader::Loader;
+use crate::data::Sample;
+use crate::eval::metrics::{ImageResult, MetricsReport};
 use crate::graph::exec::Executor;
 
 /// One image's predicted landmarks.
@@ -62,4 +64,21 @@ pub fn predict_loader<B: Backend>(exec: &mut Executor<B>, loader: &Loader, sigma
     }
     results.sort_by_key(|r| r.index);
     Ok(results)
+}
+
+/// Metrics of `predictions` (from [`predict_loader`]) against the loader's ground truth.
+pub fn metrics_of(samples: &[Sample], predictions: &[PredictedImage], symbols: &[String]) -> MetricsReport {
+    let images: Vec<ImageResult> = predictions
+        .iter()
+        .map(|p| {
+            let s = &samples[p.index];
+            ImageResult {
+                predicted: &p.points,
+                truth: &s.landmarks,
+                pixel_size_mm: s.pixel_size_mm,
+                machine: s.machine.as_deref(),
+            }
+        })
+        .collect();
+    MetricsReport::compute(symbols, &images)
 }

@@ -27,8 +27,8 @@ use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader, LoaderConfig};
 use crate::data::{Dataset, DatasetOptions, Sample, Split};
 use crate::device::{Device, DeviceArg};
-use crate::eval::inference::predict_loader;
-use crate::eval::metrics::{ErrorStats, ImageResult, MetricsReport};
+use crate::eval::inference::{metrics_of, predict_loader};
+use crate::eval::metrics::{ErrorStats, MetricsReport};
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::graph::{Graph, ParamKind};
@@ -567,20 +567,7 @@ impl Trainer {
             self.eval.set_param(ParamId(id), &values);
         }
         let predictions = predict_loader(&mut self.eval, loader, self.state.sigma)?;
-        let samples = loader.samples();
-        let images: Vec<ImageResult> = predictions
-            .iter()
-            .map(|p| {
-                let s = &samples[p.index];
-                ImageResult {
-                    predicted: &p.points,
-                    truth: &s.landmarks,
-                    pixel_size_mm: s.pixel_size_mm,
-                    machine: s.machine.as_deref(),
-                }
-            })
-            .collect();
-        Ok(Some(MetricsReport::compute(&self.state.landmarks, &images)))
+        Ok(Some(metrics_of(loader.samples(), &predictions, &self.state.landmarks)))
     }
 
     fn end_epoch(
