@@ -484,6 +484,7 @@ impl Trainer {
         for batch in self.train_loader.epoch(epoch).skip(self.state.batch_in_epoch) {
             let batch = batch?;
             let lr = self.state.schedule.lr_at(self.state.step);
+            let step_started = Instant::now();
             let input = self.exec.input_view();
             self.exec.backend_mut().write(input, &batch.images);
             self.exec.forward();
@@ -504,8 +505,11 @@ impl Trainer {
             self.state.batch_in_epoch += 1;
             loss_sum += loss;
             images += batch.len();
-            self.events
-                .scalars(self.state.step, &[("train/loss", loss), ("train/lr", lr)])?;
+            let step_ms = step_started.elapsed().as_secs_f64() * 1e3;
+            self.events.scalars(
+                self.state.step,
+                &[("train/loss", loss), ("train/lr", lr), ("train/step_ms", step_ms)],
+            )?;
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.4} lr {lr:.2e} {:.1} img/s",
