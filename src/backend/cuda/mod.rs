@@ -4,13 +4,15 @@
 pub mod batchnorm;
 pub mod concat;
 pub mod elementwise;
+pub mod loss;
+pub mod optim;
 pub mod pool;
 pub mod resample;
 
-use anyhow::{ensure, Result};
-use cudarc::driver::LaunchConfig;
+use anyhow::{ensure, Context as _, Result};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use crate::gpu::Gpu;
+use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// A grid-stride 1-D launch over `items` work items with `shared_floats` f32 of dynamic shared
 /// memory per block (for per-channel constants staged once per block).
@@ -37,6 +39,29 @@ pub(crate) fn as_i32(what: &str, v: usize) -> Result<i32> {
     Ok(v as i32)
 }
 
+/// Sets every byte of `dst` to zero, ordered on the GPU's stream like a kernel launch (no wait).
+pub(crate) fn zero_async<T>(gpu: &Gpu, dst: &mut DevSliceMut<T>) -> Result<()> {
+    let bytes = dst.len() * size_of::<T>();
+    // SAFETY: the view covers `bytes` bytes of live device memory, allocated in the GPU's context
+    // and used on its one stream; zero bits are a valid value of the i32/f64 it is used for.
+    unsafe { cudarc::driver::result::memset_d8_async(dst.ptr(), 0, bytes, gpu.stream().cu_stream()) }
+        .context("zeroing device memory")
+}
+
+/// Copies the one element of `src` to the host, waiting for the stream (and so for every kernel
+/// queued before): the only synchronising call of a step that keeps its scalars on the device.
+pub(crate) fn read_scalar<T: DeviceRepr + Default + Copy>(gpu: &Gpu, what: &str, src: DevSlice<T>) -> Result<T> {
+    ensure!(src.len() == 1, "{what}: a view of {} elements, want 1", src.len());
+    let mut host = [T::default()];
+    // SAFETY: src covers one live T on the device; `host` outlives the copy because the stream is
+    // synchronised below before it is read or dropped (also on the error path of the copy, which
+    // queued nothing).
+    unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, src.ptr(), gpu.stream().cu_stream()) }
+        .with_context(|| format!("{what}: copying from the GPU"))?;
+    gpu.synchronize()?;
+    Ok(host[0])
+}
+
 #[cfg(test)]
 mod tests {
     use crate::gpu::kernel_image;
@@ -49,15 +74,25 @@ mod tests {
             include_str!("batchnorm.rs"),
             include_str!("concat.rs"),
             include_str!("elementwise.rs"),
+            include_str!("loss.rs"),
+            include_str!("optim.rs"),
             include_str!("pool.rs"),
             include_str!("resample.rs"),
         ];
         let mut names = Vec::new();
         for source in wrappers {
             for quoted in source.split('"').skip(1).step_by(2) {
-                let is_kernel = ["batchnorm_", "concat_", "elementwise_", "pool_", "resample_"]
-                    .iter()
-                    .any(|family| quoted.starts_with(family))
+                let is_kernel = [
+                    "batchnorm_",
+                    "concat_",
+                    "elementwise_",
+                    "loss_",
+                    "optim_",
+                    "pool_",
+                    "resample_",
+                ]
+                .iter()
+                .any(|family| quoted.starts_with(family))
                     && quoted.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
                 if is_kernel {
                     names.push(quoted);
