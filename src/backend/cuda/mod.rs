@@ -66,6 +66,37 @@ pub(crate) fn read_scalar<T: DeviceRepr + Default + Copy>(gpu: &Gpu, what: &str,
 mod tests {
     use crate::gpu::kernel_image;
 
+    /// The number of parameters of `extern "C" __global__ void name(...)` in `kernel_source`.
+    fn kernel_arity(kernel_source: &str, name: &str) -> usize {
+        let head = format!("__global__ void {name}(");
+        let start = kernel_source.find(&head).unwrap_or_else(|| panic!("{name} not found")) + head.len();
+        let params = &kernel_source[start..start + kernel_source[start..].find(')').unwrap()];
+        params.split(',').count()
+    }
+
+    /// For every `gpu.function("name")` in `wrapper_source` whose launch pushes its arguments one
+    /// `.arg(..)` at a time, the count of pushes equals the kernel's parameter count: a dropped or
+    /// doubled argument fails here rather than corrupting a launch on a GPU. (Their order and
+    /// types are in each launch's SAFETY comment and are checked by reading and the GPU tests.)
+    fn assert_launch_arities(wrapper_source: &str, kernel_source: &str) -> usize {
+        let mut checked = 0;
+        for piece in wrapper_source.split("gpu.function(\"").skip(1) {
+            let name = &piece[..piece.find('"').unwrap()];
+            let launch = &piece[..piece.find(".launch(").unwrap()];
+            let pushed = launch.matches(".arg(").count();
+            assert_eq!(pushed, kernel_arity(kernel_source, name), "{name}: arguments pushed");
+            checked += 1;
+        }
+        checked
+    }
+
+    #[test]
+    fn loss_and_optim_launches_push_every_kernel_parameter() {
+        let loss = assert_launch_arities(include_str!("loss.rs"), include_str!("../../../kernels/loss.cu"));
+        let optim = assert_launch_arities(include_str!("optim.rs"), include_str!("../../../kernels/optim.cu"));
+        assert_eq!((loss, optim), (3, 5));
+    }
+
     /// Every kernel a wrapper launches by name exists in this build's kernel image, so a typo in a
     /// name fails here, on machines without a GPU, rather than at the first launch on one.
     #[test]
