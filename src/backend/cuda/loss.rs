@@ -3,8 +3,9 @@
 //! Each loss is two launches: the fused loss-and-gradient kernel, whose blocks write one f64
 //! partial sum each into a caller-provided `workspace` of [`loss_workspace_len`] elements, then one
 //! block that adds the partials in a fixed order and divides by the element count. The grid is a
-//! function of the shape only (never of the GPU), so the loss value is bitwise the same on every
-//! GPU and every run. The value stays on the device in `loss` (one f64): the training step queues
+//! function of the shape only (never of the GPU's size), so the summation order is too: the loss
+//! value is bitwise reproducible run to run, and GPUs with different SM counts running the same
+//! machine code agree to the bit. The value stays on the device in `loss` (one f64): the step queues
 //! the rest of its work without waiting, and [`read_loss`] fetches it when the host needs it.
 //!
 //! The CPU twins return the loss; here the workspace and the loss buffer are extra arguments at the
