@@ -5,8 +5,9 @@
 //! flag ([`read_flag`] gives the twin's "all finite"), and the squared norm lands in one f64
 //! ([`read_norm_sq`]). The norm is a two-kernel reduction over a grid that depends on the length
 //! only, with per-block partials in a caller-provided `workspace` of [`grad_norm_workspace_len`]
-//! doubles, so its summation order never depends on the GPU's size and it is bitwise reproducible. `clip_factor` is host arithmetic on the norm
-//! and has no wrapper: use `cpu::optim::clip_factor`.
+//! doubles, so its summation order never depends on the GPU's size and it is bitwise
+//! reproducible. `clip_factor` is host arithmetic on the norm and has no wrapper: use
+//! `cpu::optim::clip_factor`.
 use anyhow::{ensure, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
