@@ -4,13 +4,15 @@
 pub mod batchnorm;
 pub mod concat;
 pub mod elementwise;
+pub mod loss;
+pub mod optim;
 pub mod pool;
 pub mod resample;
 
-use anyhow::{ensure, Result};
-use cudarc::driver::LaunchConfig;
+use anyhow::{ensure, Context as _, Result};
+use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use crate::gpu::Gpu;
+use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// A grid-stride 1-D launch over `items` work items with `shared_floats` f32 of dynamic shared
 /// memory per block (for per-channel constants staged once per block).
@@ -37,9 +39,63 @@ pub(crate) fn as_i32(what: &str, v: usize) -> Result<i32> {
     Ok(v as i32)
 }
 
+/// Sets every byte of `dst` to zero, ordered on the GPU's stream like a kernel launch (no wait).
+pub(crate) fn zero_async<T>(gpu: &Gpu, dst: &mut DevSliceMut<T>) -> Result<()> {
+    let bytes = dst.len() * size_of::<T>();
+    // SAFETY: the view covers `bytes` bytes of live device memory, allocated in the GPU's context
+    // and used on its one stream; zero bits are a valid value of the i32/f64 it is used for.
+    unsafe { cudarc::driver::result::memset_d8_async(dst.ptr(), 0, bytes, gpu.stream().cu_stream()) }
+        .context("zeroing device memory")
+}
+
+/// Copies the one element of `src` to the host, waiting for the stream (and so for every kernel
+/// queued before): the only synchronising call of a step that keeps its scalars on the device.
+pub(crate) fn read_scalar<T: DeviceRepr + Default + Copy>(gpu: &Gpu, what: &str, src: DevSlice<T>) -> Result<T> {
+    ensure!(src.len() == 1, "{what}: a view of {} elements, want 1", src.len());
+    let mut host = [T::default()];
+    // SAFETY: src covers one live T on the device; `host` outlives the copy because the stream is
+    // synchronised below before it is read or dropped (also on the error path of the copy, which
+    // queued nothing).
+    unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, src.ptr(), gpu.stream().cu_stream()) }
+        .with_context(|| format!("{what}: copying from the GPU"))?;
+    gpu.synchronize()?;
+    Ok(host[0])
+}
+
 #[cfg(test)]
 mod tests {
     use crate::gpu::kernel_image;
+
+    /// The number of parameters of `extern "C" __global__ void name(...)` in `kernel_source`.
+    fn kernel_arity(kernel_source: &str, name: &str) -> usize {
+        let head = format!("__global__ void {name}(");
+        let start = kernel_source.find(&head).unwrap_or_else(|| panic!("{name} not found")) + head.len();
+        let params = &kernel_source[start..start + kernel_source[start..].find(')').unwrap()];
+        params.split(',').count()
+    }
+
+    /// For every `gpu.function("name")` in `wrapper_source` whose launch pushes its arguments one
+    /// `.arg(..)` at a time, the count of pushes equals the kernel's parameter count: a dropped or
+    /// doubled argument fails here rather than corrupting a launch on a GPU. (Their order and
+    /// types are in each launch's SAFETY comment and are checked by reading and the GPU tests.)
+    fn assert_launch_arities(wrapper_source: &str, kernel_source: &str) -> usize {
+        let mut checked = 0;
+        for piece in wrapper_source.split("gpu.function(\"").skip(1) {
+            let name = &piece[..piece.find('"').unwrap()];
+            let launch = &piece[..piece.find(".launch(").unwrap()];
+            let pushed = launch.matches(".arg(").count();
+            assert_eq!(pushed, kernel_arity(kernel_source, name), "{name}: arguments pushed");
+            checked += 1;
+        }
+        checked
+    }
+
+    #[test]
+    fn loss_and_optim_launches_push_every_kernel_parameter() {
+        let loss = assert_launch_arities(include_str!("loss.rs"), include_str!("../../../kernels/loss.cu"));
+        let optim = assert_launch_arities(include_str!("optim.rs"), include_str!("../../../kernels/optim.cu"));
+        assert_eq!((loss, optim), (3, 5));
+    }
 
     /// Every kernel a wrapper launches by name exists in this build's kernel image, so a typo in a
     /// name fails here, on machines without a GPU, rather than at the first launch on one.
@@ -49,15 +105,25 @@ mod tests {
             include_str!("batchnorm.rs"),
             include_str!("concat.rs"),
             include_str!("elementwise.rs"),
+            include_str!("loss.rs"),
+            include_str!("optim.rs"),
             include_str!("pool.rs"),
             include_str!("resample.rs"),
         ];
         let mut names = Vec::new();
         for source in wrappers {
             for quoted in source.split('"').skip(1).step_by(2) {
-                let is_kernel = ["batchnorm_", "concat_", "elementwise_", "pool_", "resample_"]
-                    .iter()
-                    .any(|family| quoted.starts_with(family))
+                let is_kernel = [
+                    "batchnorm_",
+                    "concat_",
+                    "elementwise_",
+                    "loss_",
+                    "optim_",
+                    "pool_",
+                    "resample_",
+                ]
+                .iter()
+                .any(|family| quoted.starts_with(family))
                     && quoted.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
                 if is_kernel {
                     names.push(quoted);

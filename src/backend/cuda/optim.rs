@@ -1,0 +1,252 @@
+//! Launch wrappers of `kernels/optim.cu`; CPU twins in `backend/cpu/optim.rs`.
+//!
+//! Where a CPU twin returns a value, the wrapper leaves it on the device instead, so that a
+//! training step queues unscale, norm and AdamW without waiting: the finite check sets an `int`
+//! flag ([`read_flag`] gives the twin's "all finite"), and the squared norm lands in one f64
+//! ([`read_norm_sq`]). The norm is a two-kernel reduction over a grid that depends on the length
+//! only, with per-block partials in a caller-provided `workspace` of [`grad_norm_workspace_len`]
+//! doubles, so its summation order never depends on the GPU's size and it is bitwise
+//! reproducible. `clip_factor` is host arithmetic on the norm and has no wrapper: use
+//! `cpu::optim::clip_factor`.
+use anyhow::{ensure, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::f16;
+
+use super::{read_scalar, zero_async};
+use crate::backend::cpu::optim::AdamWParams;
+use crate::gpu::{DevSlice, DevSliceMut, Gpu};
+
+/// Threads per block of every optimizer kernel (`OPTIM_BLOCK`; the norm's fixed-order block
+/// reduction assumes exactly this many).
+const OPTIM_BLOCK: usize = 256;
+/// The most blocks of a launch, and so the most partials of the norm.
+const MAX_BLOCKS: usize = 1024;
+
+/// `ceil(n / 256)` blocks capped at [`MAX_BLOCKS`]: the kernels' suggested grid, a function of `n`
+/// only. Used for every kernel here, so the elementwise ones cannot differ between GPUs either.
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(OPTIM_BLOCK).clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (OPTIM_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// f64 elements of the workspace [`grad_norm_sq`] needs for `n` gradients: one per block.
+pub fn grad_norm_workspace_len(n: usize) -> usize {
+    grid(n).grid_dim.0 as usize
+}
+
+fn check_flag(what: &str, nonfinite: &DevSliceMut<i32>) -> Result<()> {
+    ensure!(
+        nonfinite.len() == 1,
+        "{what}: the non-finite flag has {} elements, want 1",
+        nonfinite.len()
+    );
+    Ok(())
+}
+
+/// `grads[i] *= inv_scale` in place. Zeroes `nonfinite` first, then sets it when any result is
+/// inf or NaN: after the call it answers for this tensor alone, as the CPU twin's return value
+/// does. Use one flag per call (or one call over a contiguous gradient region) when a step checks
+/// several tensors, since the next call clears it.
+pub fn unscale_and_check(
+    gpu: &Gpu,
+    grads: DevSliceMut<f32>,
+    inv_scale: f32,
+    mut nonfinite: DevSliceMut<i32>,
+) -> Result<()> {
+    check_flag("unscale_and_check", &nonfinite)?;
+    zero_async(gpu, &mut nonfinite)?;
+    let (gp, n, fp) = (grads.ptr(), grads.len() as i64, nonfinite.ptr());
+    let cfg = grid(grads.len());
+    let f = gpu.function("optim_unscale_check_f32")?;
+    // SAFETY: grads covers n floats, the flag one int (checked); arguments (float* grads,
+    // long long n, float inv_scale, int* nonfinite).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&gp)
+            .arg(&n)
+            .arg(&inv_scale)
+            .arg(&fp)
+            .launch(cfg)
+    }?;
+    Ok(())
+}
+
+/// `dst[i] = f32(src[i]) * inv_scale`: the backward pass's fp16 gradients become the optimizer's
+/// fp32 ones. The flag as in [`unscale_and_check`] (zeroed first, then set on any inf or NaN).
+pub fn unscale_and_check_f16(
+    gpu: &Gpu,
+    src: DevSlice<f16>,
+    inv_scale: f32,
+    dst: DevSliceMut<f32>,
+    mut nonfinite: DevSliceMut<i32>,
+) -> Result<()> {
+    ensure!(
+        src.len() == dst.len(),
+        "unscale_and_check_f16: {} elements into {}",
+        src.len(),
+        dst.len()
+    );
+    check_flag("unscale_and_check_f16", &nonfinite)?;
+    zero_async(gpu, &mut nonfinite)?;
+    let (sp, dp, n, fp) = (src.ptr(), dst.ptr(), src.len() as i64, nonfinite.ptr());
+    let f = gpu.function("optim_unscale_check_f16")?;
+    // SAFETY: src and dst cover n elements, the flag one int (checked); arguments
+    // (const __half* grad16, float* grad32, long long n, float inv_scale, int* nonfinite).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&sp)
+            .arg(&dp)
+            .arg(&n)
+            .arg(&inv_scale)
+            .arg(&fp)
+            .launch(grid(src.len()))
+    }?;
+    Ok(())
+}
+
+/// True when the unscale that last wrote `nonfinite` found every value finite (the CPU twins'
+/// return value). Waits for the GPU's stream.
+pub fn read_flag(gpu: &Gpu, nonfinite: DevSlice<i32>) -> Result<bool> {
+    Ok(read_scalar(gpu, "read_flag", nonfinite)? == 0)
+}
+
+/// Sum of squares of `grads` in f64, into `norm_sq[0]`: overwritten, or added to when
+/// `accumulate` (the global norm of many parameter tensors, summed in launch order and so
+/// deterministically). `workspace` holds [`grad_norm_workspace_len`] doubles.
+pub fn grad_norm_sq(
+    gpu: &Gpu,
+    grads: DevSlice<f32>,
+    workspace: DevSliceMut<f64>,
+    mut norm_sq: DevSliceMut<f64>,
+    accumulate: bool,
+) -> Result<()> {
+    let need = grad_norm_workspace_len(grads.len());
+    ensure!(
+        workspace.len() >= need,
+        "grad_norm_sq: workspace of {} doubles, {} gradients need {need}",
+        workspace.len(),
+        grads.len()
+    );
+    ensure!(
+        norm_sq.len() == 1,
+        "grad_norm_sq: the norm buffer has {} elements, want 1",
+        norm_sq.len()
+    );
+    if !accumulate {
+        zero_async(gpu, &mut norm_sq)?;
+    }
+    let (gp, n, wp, op) = (grads.ptr(), grads.len() as i64, workspace.ptr(), norm_sq.ptr());
+    let cfg = grid(grads.len());
+    let count = cfg.grid_dim.0 as i32;
+    let f = gpu.function("optim_grad_norm_sq_f32")?;
+    // SAFETY: grads covers n floats, the workspace one double per block (checked); arguments
+    // (const float* grads, long long n, double* partials); OPTIM_BLOCK threads per block.
+    unsafe { gpu.stream().launch_builder(&f).arg(&gp).arg(&n).arg(&wp).launch(cfg) }?;
+    let f = gpu.function("optim_sum_partials_f64")?;
+    let one = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (OPTIM_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the workspace holds `count` partials written by the launch just queued on this
+    // stream, norm_sq one double; arguments (const double* partials, int count, double* out).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&wp)
+            .arg(&count)
+            .arg(&op)
+            .launch(one)
+    }?;
+    Ok(())
+}
+
+/// The squared norm [`grad_norm_sq`] left in `norm_sq`. Waits for the GPU's stream.
+pub fn read_norm_sq(gpu: &Gpu, norm_sq: DevSlice<f64>) -> Result<f64> {
+    read_scalar(gpu, "read_norm_sq", norm_sq)
+}
+
+/// One AdamW step on one parameter tensor, step number `t` (from 1), as the CPU twin: updates
+/// `master`, `m` and `v` in place and, when given, writes the updated weights rounded to fp16 into
+/// `half_copy`. `decay == false` means weight decay 0 (BN parameters and biases); `grad_mul` is
+/// the clipping factor folded into the gradient read.
+#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_f32` and the CPU twin one to one
+pub fn adamw_step(
+    gpu: &Gpu,
+    master: DevSliceMut<f32>,
+    grad: DevSlice<f32>,
+    m: DevSliceMut<f32>,
+    v: DevSliceMut<f32>,
+    half_copy: Option<DevSliceMut<f16>>,
+    hp: &AdamWParams,
+    t: u64,
+    decay: bool,
+    grad_mul: f32,
+) -> Result<()> {
+    let n = master.len();
+    ensure!(
+        grad.len() == n && m.len() == n && v.len() == n,
+        "adamw_step: master, grad, m and v have {n}, {}, {} and {} elements",
+        grad.len(),
+        m.len(),
+        v.len()
+    );
+    if let Some(h) = &half_copy {
+        ensure!(
+            h.len() == n,
+            "adamw_step: fp16 copy has {} elements, master {n}",
+            h.len()
+        );
+    }
+    ensure!(t >= 1, "adamw_step: steps count from 1, got t = 0");
+    let (bias_corr1, bias_corr2) = hp.bias_corrections(t);
+    let weight_decay = if decay { hp.weight_decay } else { 0.0 };
+    let (wp, gp, mp, vp) = (master.ptr(), grad.ptr(), m.ptr(), v.ptr());
+    let hp16 = half_copy.as_ref().map_or(0, |h| h.ptr());
+    let n64 = n as i64;
+    let f = gpu.function("optim_adamw_f32")?;
+    // SAFETY: master, grad, m, v (and half_copy when non-null) cover n elements (checked);
+    // arguments (float* master, const float* grad, float* m, float* v, __half* half_copy,
+    // long long n, float lr, float beta1, float beta2, float eps, float weight_decay,
+    // float bias_corr1, float bias_corr2, float grad_mul).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&wp)
+            .arg(&gp)
+            .arg(&mp)
+            .arg(&vp)
+            .arg(&hp16)
+            .arg(&n64)
+            .arg(&hp.lr)
+            .arg(&hp.beta1)
+            .arg(&hp.beta2)
+            .arg(&hp.eps)
+            .arg(&weight_decay)
+            .arg(&bias_corr1)
+            .arg(&bias_corr2)
+            .arg(&grad_mul)
+            .launch(grid(n))
+    }?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn norm_grid_depends_on_the_length_only_and_caps_its_blocks() {
+        assert_eq!(grad_norm_workspace_len(0), 1);
+        assert_eq!(grad_norm_workspace_len(1), 1);
+        assert_eq!(grad_norm_workspace_len(256), 1);
+        assert_eq!(grad_norm_workspace_len(257), 2);
+        assert_eq!(grad_norm_workspace_len(9_600_000), MAX_BLOCKS);
+        assert_eq!(grid(1000).block_dim, (OPTIM_BLOCK as u32, 1, 1));
+    }
+}

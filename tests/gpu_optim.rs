@@ -1,0 +1,334 @@
+//! GPU tests of `kernels/optim.cu` against the CPU twins in `backend/cpu/optim.rs`. Ignored without
+//! a GPU; on a GPU machine run them with `--ignored` (a missing GPU then fails).
+//!
+//! Fresh random data every run (the seed is printed), poisoned outputs, sizes 1, 1000 and 9.6M (a
+//! ResNet-sized parameter tensor, past the grid cap). Unscaling is one multiply on both sides, so
+//! it must match bitwise; the norm is f64 on both sides in different orders (relative 1e-12);
+//! AdamW's fp32 state must agree to DESIGN.md's 1e-5 and its fp16 copy to 1e-2.
+mod gpu_ops_support;
+
+use cephalo::backend::cpu::optim::AdamWParams;
+use cephalo::backend::{cpu, cuda};
+use cephalo::gpu::{DeviceBuffer, Gpu};
+use gpu_ops_support::*;
+use half::f16;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+const SIZES: [usize; 4] = [1, 1000, 65_537, 9_600_000];
+
+fn flag(gpu: &Gpu) -> DeviceBuffer<i32> {
+    // Poisoned: neither 0 nor 1, so a flag the wrapper failed to clear reads as "non-finite".
+    upload(gpu, &[0x5a5a_5a5a])
+}
+
+/// Indices of `count` random positions (with repeats) in `0..n`.
+fn positions(rng: &mut ChaCha8Rng, n: usize, count: usize) -> Vec<usize> {
+    (0..count).map(|_| rng.random_range(0..n)).collect()
+}
+
+/// Bitwise equal, except that any NaN matches any NaN: the GPU's arithmetic returns its canonical
+/// NaN where the CPU keeps the input's payload. (The poison is NaN too, so the flag and the planted
+/// positions, not this, are what catch an unwritten output there; everywhere else it is caught.)
+fn assert_bits_f32(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    if let Some(i) = (0..got.len()).find(|&i| !same(got[i], want[i])) {
+        panic!("{what}: element {i} is {} on the GPU, {} on the CPU", got[i], want[i]);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn unscale_f16_matches_cpu_and_flags_planted_nan_and_inf() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for n in SIZES {
+        let inv_scale = 1.0 / [1024.0f32, 65536.0][rng.random_range(0..2)];
+        let mut src = random_f16(&mut rng, n, -3000.0, 3000.0);
+        let mut fd = flag(&gpu);
+        for planted in [None, Some(f16::NAN), Some(f16::INFINITY), Some(f16::NEG_INFINITY), None] {
+            let what = format!("unscale_and_check_f16 n={n} planted={planted:?}");
+            let mut plain = src.clone();
+            if let Some(bad) = planted {
+                for i in positions(&mut rng, n, 1 + n / 100_000) {
+                    plain[i] = bad;
+                }
+            }
+            let mut want = vec![0.0f32; n];
+            let want_ok = cpu::optim::unscale_and_check_f16(&plain, inv_scale, &mut want);
+            assert_eq!(
+                want_ok,
+                planted.is_none(),
+                "{what}: the CPU twin disagrees with the plant"
+            );
+
+            let sd = upload(&gpu, &plain);
+            let mut dd = poisoned_f32(&gpu, n);
+            cuda::optim::unscale_and_check_f16(&gpu, sd.slice(), inv_scale, dd.slice_mut(), fd.slice_mut()).unwrap();
+            // The last case runs after a flagged one on the same flag: it must have been cleared.
+            assert_eq!(
+                cuda::optim::read_flag(&gpu, fd.slice()).unwrap(),
+                want_ok,
+                "{what}: flag"
+            );
+            assert_bits_f32(&what, &dd.to_host(&gpu).unwrap(), &want);
+            src = random_f16(&mut rng, n, -3000.0, 3000.0);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn unscale_f32_matches_cpu_in_place_and_flags_planted_nan_and_inf() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for n in SIZES {
+        let inv_scale = 1.0 / rng.random_range(1.0f32..70_000.0);
+        let mut fd = flag(&gpu);
+        for planted in [None, Some(f32::NAN), Some(f32::INFINITY), Some(f32::NEG_INFINITY), None] {
+            let what = format!("unscale_and_check n={n} planted={planted:?}");
+            let mut grads = random_f32(&mut rng, n, -5000.0, 5000.0);
+            if let Some(bad) = planted {
+                for i in positions(&mut rng, n, 1 + n / 100_000) {
+                    grads[i] = bad;
+                }
+            }
+            let mut gd = upload(&gpu, &grads);
+            let want_ok = cpu::optim::unscale_and_check(&mut grads, inv_scale);
+            assert_eq!(
+                want_ok,
+                planted.is_none(),
+                "{what}: the CPU twin disagrees with the plant"
+            );
+            cuda::optim::unscale_and_check(&gpu, gd.slice_mut(), inv_scale, fd.slice_mut()).unwrap();
+            assert_eq!(
+                cuda::optim::read_flag(&gpu, fd.slice()).unwrap(),
+                want_ok,
+                "{what}: flag"
+            );
+            assert_bits_f32(&what, &gd.to_host(&gpu).unwrap(), &grads);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn grad_norm_matches_cpu_accumulates_and_is_reproducible() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let mut total_want = 0.0f64;
+    let mut total = upload(&gpu, &[f64::NAN]);
+    let mut accumulate = false; // the first tensor overwrites the poisoned total
+    for n in SIZES {
+        let grads = random_f32(&mut rng, n, -2.0, 2.0);
+        let want = cpu::optim::grad_norm_sq(&grads);
+        total_want += want;
+        let gd = upload(&gpu, &grads);
+        let mut ws = upload(&gpu, &vec![f64::NAN; cuda::optim::grad_norm_workspace_len(n)]);
+        let mut first = None;
+        for run in 0..3 {
+            let mut out = upload(&gpu, &[f64::NAN]);
+            cuda::optim::grad_norm_sq(&gpu, gd.slice(), ws.slice_mut(), out.slice_mut(), false).unwrap();
+            let got = cuda::optim::read_norm_sq(&gpu, out.slice()).unwrap();
+            let rel = (got - want).abs() / want;
+            assert!(
+                rel < 1e-12,
+                "grad_norm_sq n={n}: {got} vs CPU {want} (relative {rel:.2e})"
+            );
+            let first = *first.get_or_insert(got);
+            assert_eq!(got.to_bits(), first.to_bits(), "grad_norm_sq n={n}: run {run} differs");
+        }
+        cuda::optim::grad_norm_sq(&gpu, gd.slice(), ws.slice_mut(), total.slice_mut(), accumulate).unwrap();
+        accumulate = true;
+    }
+    let got = cuda::optim::read_norm_sq(&gpu, total.slice()).unwrap();
+    assert!(
+        (got - total_want).abs() / total_want < 1e-12,
+        "accumulated norm {got} vs CPU {total_want}"
+    );
+}
+
+/// One parameter tensor's optimizer state on the host.
+struct State {
+    master: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    half: Vec<f16>,
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn adamw_matches_cpu_over_three_steps() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for n in SIZES {
+        for (decay, with_half) in [(true, true), (false, true), (true, false)] {
+            let hp = AdamWParams {
+                lr: rng.random_range(1e-4..1e-2),
+                beta1: rng.random_range(0.8..0.95),
+                beta2: rng.random_range(0.99..0.9999),
+                eps: 1e-8,
+                weight_decay: rng.random_range(0.01..0.1),
+            };
+            let what = format!("adamw n={n} decay={decay} half={with_half} {hp:?}");
+            // Resuming state: nonzero moments (v > 0), master weights of either sign.
+            let mut cpu_state = State {
+                master: random_f32(&mut rng, n, -1.0, 1.0),
+                m: random_f32(&mut rng, n, -1e-2, 1e-2),
+                v: random_f32(&mut rng, n, 1e-6, 1e-4),
+                half: vec![POISON_F16; n],
+            };
+            let initial = cpu_state.master.clone();
+            let mut wd = upload(&gpu, &cpu_state.master);
+            let mut md = upload(&gpu, &cpu_state.m);
+            let mut vd = upload(&gpu, &cpu_state.v);
+            let mut hd = poisoned_f16(&gpu, n);
+            let t0 = rng.random_range(1..1000u64);
+            for t in t0..t0 + 3 {
+                let grad = random_f32(&mut rng, n, -1e-2, 1e-2);
+                let grad_mul = rng.random_range(0.3f32..1.0);
+                let half = with_half.then_some(&mut cpu_state.half[..]);
+                cpu::optim::adamw_step(
+                    &mut cpu_state.master,
+                    &grad,
+                    &mut cpu_state.m,
+                    &mut cpu_state.v,
+                    half,
+                    &hp,
+                    t,
+                    decay,
+                    grad_mul,
+                );
+                let gd = upload(&gpu, &grad);
+                let half_d = with_half.then(|| hd.slice_mut());
+                cuda::optim::adamw_step(
+                    &gpu,
+                    wd.slice_mut(),
+                    gd.slice(),
+                    md.slice_mut(),
+                    vd.slice_mut(),
+                    half_d,
+                    &hp,
+                    t,
+                    decay,
+                    grad_mul,
+                )
+                .unwrap();
+            }
+            assert_close(
+                &format!("{what}: master"),
+                &wd.to_host(&gpu).unwrap(),
+                &cpu_state.master,
+                1e-5,
+            );
+            assert_close(&format!("{what}: m"), &md.to_host(&gpu).unwrap(), &cpu_state.m, 1e-5);
+            assert_close(&format!("{what}: v"), &vd.to_host(&gpu).unwrap(), &cpu_state.v, 1e-5);
+            let got_half = hd.to_host(&gpu).unwrap();
+            if with_half {
+                assert_close(
+                    &format!("{what}: fp16 copy"),
+                    &to_f32(&got_half),
+                    &to_f32(&cpu_state.half),
+                    1e-2,
+                );
+            } else {
+                assert!(
+                    got_half.iter().all(|h| h.to_bits() == POISON_F16.to_bits()),
+                    "{what}: the fp16 copy was written though none was passed"
+                );
+            }
+            // The steps moved the weights: a kernel that never ran would not pass for one that did.
+            let moved = wd.to_host(&gpu).unwrap();
+            let still = initial.iter().zip(&moved).filter(|(a, b)| a == b).count();
+            assert!(
+                still * 10 <= n,
+                "{what}: {still} of {n} weights did not move in three steps"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decay_flag_reaches_the_kernel() {
+    // A zero gradient isolates weight decay: w -= lr * wd * w, or nothing when decay is false.
+    let gpu = gpu();
+    let hp = AdamWParams {
+        lr: 0.1,
+        weight_decay: 0.5,
+        ..AdamWParams::default()
+    };
+    for decay in [true, false] {
+        let mut wd = upload(&gpu, &[2.0f32]);
+        let (gd, mut md, mut vd) = (
+            upload(&gpu, &[0.0f32]),
+            upload(&gpu, &[0.0f32]),
+            upload(&gpu, &[0.0f32]),
+        );
+        let mut hd = poisoned_f16(&gpu, 1);
+        cuda::optim::adamw_step(
+            &gpu,
+            wd.slice_mut(),
+            gd.slice(),
+            md.slice_mut(),
+            vd.slice_mut(),
+            Some(hd.slice_mut()),
+            &hp,
+            1,
+            decay,
+            1.0,
+        )
+        .unwrap();
+        let want = if decay { 2.0 - 0.1 * 0.5 * 2.0 } else { 2.0 };
+        let got = wd.to_host(&gpu).unwrap()[0];
+        assert!((got - want).abs() < 1e-6, "decay={decay}: {got}, want {want}");
+        assert_eq!(hd.to_host(&gpu).unwrap()[0], f16::from_f32(got));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wrong_arguments_are_errors_not_launches() {
+    let gpu = gpu();
+    let hp = AdamWParams::default();
+    let mut w = upload(&gpu, &[1.0f32; 8]);
+    let g = upload(&gpu, &[1.0f32; 7]);
+    let (mut m, mut v) = (upload(&gpu, &[0.0f32; 8]), upload(&gpu, &[0.0f32; 8]));
+    let r = cuda::optim::adamw_step(
+        &gpu,
+        w.slice_mut(),
+        g.slice(),
+        m.slice_mut(),
+        v.slice_mut(),
+        None,
+        &hp,
+        1,
+        true,
+        1.0,
+    );
+    assert!(r.is_err(), "a short gradient was accepted");
+    let g = upload(&gpu, &[1.0f32; 8]);
+    let r = cuda::optim::adamw_step(
+        &gpu,
+        w.slice_mut(),
+        g.slice(),
+        m.slice_mut(),
+        v.slice_mut(),
+        None,
+        &hp,
+        0,
+        true,
+        1.0,
+    );
+    assert!(r.is_err(), "step 0 was accepted");
+    let mut ws = upload(&gpu, &[0.0f64]);
+    let big = upload(&gpu, &vec![1.0f32; 257]);
+    let mut out = upload(&gpu, &[0.0f64]);
+    let r = cuda::optim::grad_norm_sq(&gpu, big.slice(), ws.slice_mut(), out.slice_mut(), false);
+    assert!(r.is_err(), "a one-partial workspace for two blocks was accepted");
+    let mut two_flags = upload(&gpu, &[0i32, 0]);
+    let r = cuda::optim::unscale_and_check(&gpu, w.slice_mut(), 1.0, two_flags.slice_mut());
+    assert!(r.is_err(), "a two-element flag was accepted");
+    assert_eq!(w.to_host(&gpu).unwrap(), [1.0f32; 8], "a refused call launched anyway");
+}
