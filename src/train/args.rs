@@ -18,7 +18,8 @@ pub struct TrainArgs {
     /// Dataset folder: Aariz, ISBI 2015 or landmark-CSV layout (detected).
     #[arg(long, alias = "dataset_path", required_unless_present = "demo")]
     pub dataset_path: Option<PathBuf>,
-    /// Network: hrnet (= hrnet-w32), hrnet-w18, hrnet-w48, resnet (= resnet50), resnet18, resnet34.
+    /// Network: hrnet (= hrnet-w32), hrnet-w18, hrnet-w48, resnet (= resnet50), resnet18, resnet34,
+    /// or the narrow hrnet-w8. A resumed run takes the network and image size from its checkpoint.
     #[arg(long, default_value = "hrnet")]
     pub model: String,
     /// Network input height and width (multiples of 32).

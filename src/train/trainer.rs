@@ -225,6 +225,13 @@ impl Trainer {
                         args.model
                     );
                 }
+                if [h, w] != [768, 768] && [h, w] != s.model.image_size {
+                    bail!(
+                        "the checkpoint was trained at {}x{} but --image-size says {h}x{w}",
+                        s.model.image_size[0],
+                        s.model.image_size[1]
+                    );
+                }
                 if s.landmarks != symbols {
                     bail!(
                         "the checkpoint predicts landmarks [{}] but the dataset has [{}]",
