@@ -28,6 +28,15 @@ use super::Sample;
 pub const IMAGE_MEAN: f32 = 0.5;
 pub const IMAGE_STD: f32 = 0.25;
 
+/// Writes the network input for one warped image (values in [0, 1]) into `dst`: the one place
+/// the normalisation is applied, for training, evaluation and prediction alike.
+pub fn normalize_into(dst: &mut [f32], plane: &[f32]) {
+    debug_assert_eq!(dst.len(), plane.len());
+    for (d, &v) in dst.iter_mut().zip(plane) {
+        *d = (v - IMAGE_MEAN) / IMAGE_STD;
+    }
+}
+
 /// Workers by default: all cores but one, which is left to the training loop.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
@@ -284,9 +293,7 @@ impl Shared {
                 cfg.augment.as_ref().map(|a| (a, &mut rng)),
             );
             let dst = &mut batch.images[slot * height * width..(slot + 1) * height * width];
-            for (d, &v) in dst.iter_mut().zip(&t.image.data) {
-                *d = (v - IMAGE_MEAN) / IMAGE_STD;
-            }
+            normalize_into(dst, &t.image.data);
             let hm_points: Vec<[f64; 2]> = t.points.iter().map(|&p| image_to_heatmap(p, cfg.stride)).collect();
             let dst = &mut batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
             encode_into(dst, &hm_points, hh, hw, cfg.sigma);

@@ -19,7 +19,7 @@ use crate::data::geometry::ImageSize;
 use crate::data::heatmap::{decode_dark, heatmap_to_image};
 use crate::data::image_io::load_gray;
 use crate::data::landmarks::aariz_title;
-use crate::data::loader::{IMAGE_MEAN, IMAGE_STD};
+use crate::data::loader::normalize_into;
 use crate::device::DeviceArg;
 use crate::eval::command::{inference_device, load_model, write_json_atomic};
 use crate::predict::analysis::{analyse, Measurement, Points};
@@ -149,9 +149,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         }
         let mut input = vec![0.0f32; n * per_in];
         for (slot, (_, _, t)) in ok.iter().enumerate() {
-            for (d, &v) in input[slot * per_in..(slot + 1) * per_in].iter_mut().zip(&t.image.data) {
-                *d = (v - IMAGE_MEAN) / IMAGE_STD;
-            }
+            normalize_into(&mut input[slot * per_in..(slot + 1) * per_in], &t.image.data);
         }
         let heatmaps = model.exec.predict(&input);
         for (slot, (path, image, t)) in ok.into_iter().enumerate() {
