@@ -13,12 +13,21 @@
 #include <vector>
 #include <algorithm>
 #include <functional>
+#include <array>
+#include <memory>
+#include <mutex>
+#define CEPHALO_KERNEL_SIM 1
 struct SimDim { unsigned x = 1, y = 1, z = 1; };
 inline thread_local SimDim threadIdx, blockIdx;
 inline SimDim blockDim, gridDim;
 inline std::barrier<>* sim_barrier;
 inline std::vector<float> sim_shared_store;
 inline float* sim_dynamic_shared;
+// Warps: each thread knows its lane and warp, and the lanes of a warp meet at their own barrier
+// (for __syncwarp and the warp-wide tensor-core primitives emulated in mma_sim.h).
+inline thread_local unsigned sim_lane, sim_warp;
+inline std::vector<std::unique_ptr<std::barrier<>>> sim_warp_barriers;
+inline void __syncwarp(unsigned = 0xffffffffu) { sim_warp_barriers[sim_warp]->arrive_and_wait(); }
 inline void __syncthreads() { sim_barrier->arrive_and_wait(); }
 #ifndef __global__
 #define __global__
@@ -49,6 +58,9 @@ inline void sim_launch(SimDim grid, SimDim block, size_t shared_floats, const st
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 std::barrier<> bar(nt);
                 sim_barrier = &bar;
+                sim_warp_barriers.clear();
+                for (unsigned w = 0; w < (nt + 31) / 32; ++w)
+                    sim_warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - 32 * w)));
                 std::vector<std::thread> ts;
                 for (unsigned tz = 0; tz < block.z; ++tz)
                     for (unsigned ty = 0; ty < block.y; ++ty)
@@ -56,8 +68,12 @@ inline void sim_launch(SimDim grid, SimDim block, size_t shared_floats, const st
                             ts.emplace_back([&, bx, by, bz, tx, ty, tz] {
                                 blockIdx = {bx, by, bz};
                                 threadIdx = {tx, ty, tz};
+                                const unsigned linear = tx + block.x * (ty + block.y * tz);
+                                sim_lane = linear % 32;
+                                sim_warp = linear / 32;
                                 k();
                             });
                 for (auto& t : ts) t.join();
             }
 }
+#include "mma_sim.h"

@@ -13,7 +13,7 @@ mkdir "$work/k"
 cp "$root"/kernels/*.cu "$root"/kernels/*.cuh "$work/k/"
 # Dynamic shared memory has no host spelling: point it at the simulator's buffer.
 sed -i 's/extern __shared__ float staged\[\];/float* staged = sim_dynamic_shared;/' "$work"/k/*.cu
-cp "$here/cuda_sim.h" "$here/main.cpp" "$here/train.cpp" "$work/"
+cp "$here"/*.h "$here"/*.cpp "$work/"
 status=0
 for prog in main train; do
     g++ -std=c++20 -O1 -ffp-contract=off -I"$inc" -I"$work" "$work/$prog.cpp" -o "$work/$prog" -lpthread
