@@ -99,7 +99,9 @@ fn axpy_matches_cpu_bitwise_on_aligned_and_misaligned_views() {
                 .all(|(g, w)| g.to_bits() == w.to_bits());
             assert!(same, "axpy_f16 n={n} offset={offset}");
             // The element before a misaligned view must be untouched.
-            assert_eq!(got[0].to_bits(), yh[0].to_bits());
+            if offset > 0 {
+                assert_eq!(got[0].to_bits(), yh[0].to_bits());
+            }
         }
     }
 }

@@ -93,7 +93,7 @@ static void test_batchnorm(int N, int Hh, int W, int C) {
             if (rvec) batchnorm_stats_partial_vec_f16(x.data(), m, C, ch, ws.data());
             else batchnorm_stats_partial_f16(x.data(), m, C, ch, ws.data());
         });
-        sim_launch(SimDim{(unsigned)((C + 127) / 128)}, SimDim{128}, 0, [&] {
+        sim_launch(SimDim{(unsigned)C}, SimDim{128}, 0, [&] {
             batchnorm_stats_finalize_f32(ws.data(), m, C, ch, eps, mom, saved.data(), rm.data(), rv.data());
         });
         sim_launch(grid1(3), SimDim{64}, 2 * C, [&] {
@@ -146,7 +146,7 @@ static void test_batchnorm(int N, int Hh, int W, int C) {
                 else batchnorm_bwd_partial_f16(dy.data(), x.data(), gamma.data(), beta.data(), saved.data(), brelu, yo, dr, acc, m, C, ch, ws.data());
             });
             float* coeffs = ws.data() + (size_t)ch * C * 3;
-            sim_launch(SimDim{(unsigned)((C + 127) / 128)}, SimDim{128}, 0, [&] {
+            sim_launch(SimDim{(unsigned)C}, SimDim{128}, 0, [&] {
                 batchnorm_bwd_finalize_f32(ws.data(), m, C, ch, dg.data(), db.data(), coeffs);
             });
             sim_launch(grid1(3), SimDim{64}, 6 * C, [&] {

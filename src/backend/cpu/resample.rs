@@ -9,8 +9,10 @@ use rayon::prelude::*;
 use super::Real;
 use crate::backend::{Shape4, UpsampleMode};
 
-/// For each destination index, the (source index, weight) pairs it sums.
-type Taps = Vec<Vec<(usize, f64)>>;
+/// For each destination index, the (source index, weight) pairs it sums. Weights are computed
+/// in f32 with the kernel's operations, so the GPU matches this twin bit for bit at any factor
+/// (HRNet's factors 2, 4 and 8 give exact weights either way; a factor of 3 does not).
+type Taps = Vec<Vec<(usize, f32)>>;
 
 /// Forward taps of one axis: `n_in` inputs upsampled by `factor`.
 fn forward_taps(n_in: usize, factor: usize, mode: UpsampleMode) -> Taps {
@@ -19,10 +21,10 @@ fn forward_taps(n_in: usize, factor: usize, mode: UpsampleMode) -> Taps {
             UpsampleMode::Nearest => vec![(o / factor, 1.0)],
             UpsampleMode::Bilinear => {
                 // Half-pixel centres (align_corners = false), clamped at the low border.
-                let src = ((o as f64 + 0.5) / factor as f64 - 0.5).max(0.0);
+                let src = ((o as f32 + 0.5) / factor as f32 - 0.5).max(0.0);
                 let i0 = (src.floor() as usize).min(n_in - 1);
                 let i1 = (i0 + 1).min(n_in - 1);
-                let l1 = src - i0 as f64;
+                let l1 = src - i0 as f32;
                 if i1 == i0 {
                     vec![(i0, 1.0)]
                 } else {
@@ -55,7 +57,7 @@ fn separable<T: Real>(src: &[T], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut
         for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
             for &(a, wa) in &rows[i] {
                 for &(b, wb) in &cols[j] {
-                    let w = T::from_f64(wa * wb);
+                    let w = T::from_f64((wa * wb) as f64);
                     let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
                     dpix.iter_mut().zip(s).for_each(|(d, &v)| *d = w.mul_add(v, *d));
                 }

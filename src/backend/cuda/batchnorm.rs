@@ -10,7 +10,7 @@
 //! Besides the CPU twins' BN and BN+ReLU, the `bn_add_relu_*` functions fuse the residual join of
 //! ResNet blocks and HRNet fuse layers: `y = max(bn(x) + residual, 0)`. Their CPU reference is the
 //! unfused pair `bn_*` (no ReLU) then `add_relu_fwd`.
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
@@ -101,9 +101,10 @@ fn reduction_grid(xs: Shape4) -> LaunchConfig {
     }
 }
 
-fn per_channel_grid(c: usize) -> LaunchConfig {
+/// The finalize kernels: one block of `FINALIZE_THREADS` (128, as in the kernel) per channel.
+fn finalize_grid(c: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (c.div_ceil(128) as u32, 1, 1),
+        grid_dim: (c as u32, 1, 1),
         block_dim: (128, 1, 1),
         shared_mem_bytes: 0,
     }
@@ -281,7 +282,7 @@ fn batch_stats(
             .arg(&sp)
             .arg(&rm)
             .arg(&rv)
-            .launch(per_channel_grid(c))
+            .launch(finalize_grid(c))
     }?;
     Ok(())
 }
@@ -516,7 +517,7 @@ fn backward(
             .arg(&dgp)
             .arg(&dbp)
             .arg(&coeffs)
-            .launch(per_channel_grid(c))
+            .launch(finalize_grid(c))
     }?;
     let dxp = dx.ptr();
     let vec = (c % 8 == 0 && all_aligned_16(&[dyp, xp, dxp])) as i32;
@@ -620,6 +621,62 @@ pub fn bn_add_relu_bwd(
     backward(
         gpu, dy, x, xs, gamma, beta, saved, mask, dx, accumulate, dgamma, dbeta, workspace,
     )
+}
+
+/// The eval-mode batch norm as `scale`/`shift` per channel for a convolution epilogue, with the
+/// convolution's `bias` folded into `shift` when it has one. Twin of
+/// [`cpu::batchnorm::bn_eval_affine`](crate::backend::cpu::batchnorm::bn_eval_affine) (plus the bias fold).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_eval_affine(
+    gpu: &Gpu,
+    gamma: DevSlice<f32>,
+    beta: DevSlice<f32>,
+    running_mean: DevSlice<f32>,
+    running_var: DevSlice<f32>,
+    bias: Option<DevSlice<f32>>,
+    bp: BnParams,
+    scale: DevSliceMut<f32>,
+    shift: DevSliceMut<f32>,
+) -> Result<()> {
+    let c = gamma.len();
+    let lens = [
+        beta.len(),
+        running_mean.len(),
+        running_var.len(),
+        scale.len(),
+        shift.len(),
+    ];
+    ensure!(
+        lens.iter().all(|&l| l == c) && bias.as_ref().is_none_or(|b| b.len() == c),
+        "bn_eval_affine: {c} channels but parameter lengths {lens:?}"
+    );
+    let f = gpu.function("batchnorm_eval_affine_f32")?;
+    let bias_ptr = bias.map_or(0u64, |b| b.ptr());
+    let (gp, bp_, mp, vp, sp, tp) = (
+        gamma.ptr(),
+        beta.ptr(),
+        running_mean.ptr(),
+        running_var.ptr(),
+        scale.ptr(),
+        shift.ptr(),
+    );
+    let ci = as_i32("channels", c)?;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(&gp)
+        .arg(&bp_)
+        .arg(&mp)
+        .arg(&vp)
+        .arg(&bias_ptr)
+        .arg(&bp.eps)
+        .arg(&ci)
+        .arg(&sp)
+        .arg(&tp);
+    // SAFETY: (gamma, beta, running_mean, running_var, bias or null, eps f32, c i32, scale, shift):
+    // five f32 views of c elements and an optional sixth (checked); the kernel writes scale and
+    // shift only, which the caller holds mutably.
+    unsafe { launch.launch(gpu.grid_1d(c)) }.context("launching batchnorm_eval_affine_f32")?;
+    Ok(())
 }
 
 #[cfg(test)]
