@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything a GPU machine needs (it has no Rust toolchain) into the ignored folder .gpu/:
 # the release binary, every GPU test binary (tests/gpu*.rs) and the benchmarks, plus .gpu/run.sh,
-# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary.
+# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary; and the
+# convolution lists (.gpu/shapes/MODEL.json) for the PyTorch scripts in benches/ (see benches/README.md).
 #
 #   scripts/gpu-bundle.sh            # then carry .gpu to the GPU machine and run: bash .gpu/run.sh
 #   scripts/gpu-bundle.sh --no-bench # skip the benchmark binaries
@@ -21,6 +22,12 @@ mkdir -p "$out/tests" "$out/benches"
 echo "building release binary..."
 cargo build --release --locked --bin cephalo
 cp "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/cephalo" "$out/cephalo"
+
+# The convolution lists that benches/cudnn_reference.py times (768x768, batch 4).
+mkdir -p "$out/shapes"
+for model in hrnet-w18 hrnet-w32 resnet50; do
+  "$out/cephalo" model conv-shapes --model "$model" --image-size 768 768 --batch-size 4 --json > "$out/shapes/$model.json"
+done
 
 # Lists the executables cargo built, as "kind name path" lines.
 executables() {

@@ -1,4 +1,9 @@
-//! `cephalo model summary`: its numbers and its errors for bad flags.
+//! `cephalo model summary` and `cephalo model conv-shapes`: their numbers and their errors for bad flags.
+mod cli_support;
+
+use std::process::ExitCode;
+
+use cephalo::model::conv_shapes::{conv_shapes, conv_shapes_table, ConvKind, ConvShape};
 use cephalo::model::summary::summary;
 use cephalo::model::{resolve, ModelConfig};
 
@@ -36,4 +41,66 @@ fn short_names_and_bad_flags() {
     assert!(e.contains("--in-channels"), "{e}");
     assert!(ModelConfig::new("hrnet", 1, 0, [768, 768], 1).is_err());
     assert!(ModelConfig::new("hrnet", 1, 19, [768, 768], 0).is_err());
+}
+
+#[test]
+fn conv_shapes_command_lists_distinct_convolutions() {
+    for argv in [
+        &[
+            "model",
+            "conv-shapes",
+            "--model",
+            "resnet18",
+            "--image-size",
+            "64",
+            "96",
+            "--batch-size",
+            "2",
+        ][..],
+        &[
+            "model",
+            "conv-shapes",
+            "--model",
+            "hrnet-w18",
+            "--image-size",
+            "64",
+            "64",
+            "--json",
+        ][..],
+    ] {
+        assert_eq!(cli_support::run(argv).unwrap(), ExitCode::SUCCESS, "{argv:?}");
+    }
+    // The JSON the command prints reads back into the same list (benches/cudnn_reference.py reads it).
+    let cfg = ModelConfig::new("resnet50", 1, 29, [128, 96], 3).unwrap();
+    let shapes = conv_shapes(&cfg.build().unwrap());
+    let json = serde_json::to_string_pretty(&shapes).unwrap();
+    assert!(
+        json.contains("\"kind\": \"conv_transpose\"") && json.contains("\"out_h\""),
+        "{json}"
+    );
+    let back: Vec<ConvShape> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, shapes);
+    let stem = &shapes[0];
+    assert_eq!(
+        (stem.kind, stem.n, stem.h, stem.w, stem.c_in, stem.kh),
+        (ConvKind::Conv, 3, 128, 96, 1, 7)
+    );
+    assert!(stem.reads_input && shapes[1..].iter().all(|s| !s.reads_input));
+    let table = conv_shapes_table(&shapes);
+    assert!(table.lines().next().unwrap().starts_with("kind"), "{table}");
+    assert!(table.contains("conv_transpose") && table.contains("4x4"), "{table}");
+}
+
+#[test]
+fn conv_shapes_command_rejects_bad_flags() {
+    let e = cli_support::run(&["model", "conv-shapes", "--model", "vgg16"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vgg16") && e.contains("hrnet-w32"), "{e}");
+    let e = cli_support::run(&["model", "conv-shapes", "--image-size", "100", "768"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiples of 32"), "{e}");
+    assert!(cli_support::run(&["model", "conv-shapes", "--image-size", "768"]).is_err());
+    assert!(cli_support::run(&["model", "conv-shapes", "--batch-size", "0"]).is_err());
 }

@@ -11,6 +11,7 @@
 //!
 //! Input: `in_channels` (1 for grayscale cephalograms, the default, or 3) at the image size;
 //! output: one heatmap per landmark at 1/4 of the input.
+pub mod conv_shapes;
 pub mod hrnet;
 pub mod resnet;
 pub mod summary;

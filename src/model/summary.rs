@@ -1,11 +1,13 @@
 //! `cephalo model summary`: layers, parameters, multiply-accumulates and the memory planner's
-//! activation peaks, without running anything.
+//! activation peaks, without running anything. Also dispatches `cephalo model conv-shapes`
+//! ([`crate::model::conv_shapes`]).
 use std::process::ExitCode;
 
 use anyhow::Result;
 
 use crate::graph::plan::{plan, DtypeSizes, Mode, PlanOptions};
 use crate::graph::Graph;
+use crate::model::conv_shapes::{conv_shapes, conv_shapes_table};
 use crate::model::{backbone_param_count, ModelConfig};
 
 #[derive(Debug, clap::Args)]
@@ -18,10 +20,13 @@ pub struct ModelArgs {
 pub enum ModelCommand {
     /// Print layers, parameter count, multiply-accumulates and planned activation memory.
     Summary(SummaryArgs),
+    /// List every distinct convolution (shape, count, multiply-accumulates); --json for scripts.
+    ConvShapes(ConvShapesArgs),
 }
 
+/// The flags that fix a network's graph, shared by the `model` subcommands.
 #[derive(Debug, clap::Args)]
-pub struct SummaryArgs {
+pub struct NetworkArgs {
     /// hrnet-w18, hrnet-w32 (hrnet), hrnet-w48, resnet18, resnet34, resnet50 (resnet).
     #[arg(long, default_value = "hrnet-w32")]
     pub model: String,
@@ -36,26 +41,61 @@ pub struct SummaryArgs {
     /// 1 for grayscale input, 3 for RGB (ImageNet-style) input.
     #[arg(long, default_value_t = 1)]
     pub in_channels: usize,
+}
+
+impl NetworkArgs {
+    /// The validated config (clear errors for a bad model name or image size).
+    pub fn config(&self) -> Result<ModelConfig> {
+        ModelConfig::new(
+            &self.model,
+            self.in_channels,
+            self.landmarks,
+            [self.image_size[0], self.image_size[1]],
+            self.batch_size,
+        )
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub net: NetworkArgs,
     /// List every layer instead of one line per top-level block.
     #[arg(long)]
     pub layers: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ConvShapesArgs {
+    #[command(flatten)]
+    pub net: NetworkArgs,
+    /// Print a JSON list (the input of benches/cudnn_reference.py) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(args: &ModelArgs) -> Result<ExitCode> {
     match &args.command {
         ModelCommand::Summary(a) => {
-            let cfg = ModelConfig::new(
-                &a.model,
-                a.in_channels,
-                a.landmarks,
-                [a.image_size[0], a.image_size[1]],
-                a.batch_size,
-            )?;
+            let cfg = a.net.config()?;
             let g = cfg.build()?;
             print!("{}", summary(&cfg, &g, a.layers));
-            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::ConvShapes(a) => {
+            let cfg = a.net.config()?;
+            let shapes = conv_shapes(&cfg.build()?);
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&shapes)?);
+            } else {
+                println!(
+                    "model {}  input {}x{}x{} (NHWC, batch {})  landmarks {}",
+                    cfg.model, cfg.image_size[0], cfg.image_size[1], cfg.in_channels, cfg.batch_size, cfg.landmarks
+                );
+                print!("{}", conv_shapes_table(&shapes));
+            }
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn mib(bytes: usize) -> String {
