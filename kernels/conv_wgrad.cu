@@ -7,7 +7,7 @@
 //   K = batch*P*Q output pixels, patch[k][n] = x[img][oh*stride + r - pad][ow*stride + s - pad][c]
 //   (zero outside the image). K is long (147456 at HRNet's top branch) and M*N small, so the
 //   pixels are split over gridDim.z ("split-K"): split z writes its own fp32 partial tile to a
-//   workspace, and conv_wgrad_reduce_f32 adds the splits in split order. Nothing is atomic, the
+//   workspace, and conv_wgrad_reduce_f32 adds the splits in a fixed order. Nothing is atomic, the
 //   split count is a function of the shape only (the wrapper's plan), so every result bit is the
 //   same on every run and every GPU.
 //
@@ -308,7 +308,8 @@ __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const _
                     acc[mt][nt][e] += red[(wm + mt * 16 + gq + 8 * (e / 2)) * BN + wn + nt * 8 + 2 * tq + e % 2];
     }
     float* dst = out + (long long)blockIdx.z * g.k * g.ncols;
-    const bool pairs = (g.ncols % 2) == 0;  // (n, n + 1) then share an 8-byte aligned float2
+    // (n, n + 1) share an 8-byte aligned float2 when rows have even length and out is aligned.
+    const bool pairs = (g.ncols % 2) == 0 && (reinterpret_cast<uintptr_t>(out) & 7) == 0;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -378,31 +379,67 @@ extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x16_f16(WGRAD
     wgrad_tile<64, 16, 2, 1, 2, 3, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 
-// out[i] = sum over s in 0..splits (in that order) of partials[s * len + i]: the deterministic
-// split-K reduction, also used for the bias gradient's per-chunk partials. Grid-stride 1-D
-// launch; `vec`: len % 4 == 0 and both pointers 16-byte aligned (float4 loads and stores).
+// out[i] = the sum over s in 0..splits of partials[s * len + i], in a fixed order: the
+// deterministic split-K reduction, also used for the bias gradient's per-chunk partials.
+// Block (32, WG_RED_LANES): threadIdx.x picks an element (or, with `vec`, four: len % 4 == 0 and
+// both pointers 16-byte aligned), threadIdx.y a lane that adds splits y, y + 8, y + 16, ... in
+// order; lane 0 then adds the 8 lane sums in lane order. The grouping depends on `splits` only.
+// Lanes and 4-deep unrolled loads keep enough loads in flight for 100+ splits (HRNet's top
+// branch) to take a few microseconds, not one memory latency per split. Grid: ceil(elements / 32)
+// blocks (elements = len / 4 with vec, else len), any count (grid-stride).
+#define WG_RED_LANES 8
+template <typename V>
+__device__ __forceinline__ void add_into(V& a, const V& b);
+template <>
+__device__ __forceinline__ void add_into<float>(float& a, const float& b) {
+    a += b;
+}
+template <>
+__device__ __forceinline__ void add_into<float4>(float4& a, const float4& b) {
+    a.x += b.x;
+    a.y += b.y;
+    a.z += b.z;
+    a.w += b.w;
+}
+
+template <typename V>
+__device__ __forceinline__ void reduce_splits(const V* __restrict__ partials, int splits, long long elems,
+                                              V* __restrict__ out, V zero) {
+    __shared__ V lane_sums[WG_RED_LANES][32];
+    const int lane = threadIdx.y;
+    for (long long base = (long long)blockIdx.x * 32; base < elems; base += (long long)gridDim.x * 32) {
+        const long long i = base + threadIdx.x;
+        V acc = zero;
+        if (i < elems) {
+            int s = lane;
+            // Four loads issued before the four ordered adds.
+            for (; s + 3 * WG_RED_LANES < splits; s += 4 * WG_RED_LANES) {
+                V v[4];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) v[u] = partials[(long long)(s + u * WG_RED_LANES) * elems + i];
+#pragma unroll
+                for (int u = 0; u < 4; ++u) add_into(acc, v[u]);
+            }
+            for (; s < splits; s += WG_RED_LANES) add_into(acc, partials[(long long)s * elems + i]);
+        }
+        lane_sums[lane][threadIdx.x] = acc;
+        __syncthreads();
+        if (lane == 0 && i < elems) {
+            V total = lane_sums[0][threadIdx.x];
+            for (int l = 1; l < WG_RED_LANES; ++l) add_into(total, lane_sums[l][threadIdx.x]);
+            out[i] = total;
+        }
+        __syncthreads();
+    }
+}
+
 extern "C" __global__ void conv_wgrad_reduce_f32(const float* __restrict__ partials, int splits, long long len,
                                                  float* __restrict__ out, int vec) {
     if (vec) {
-        const long long n4 = len / 4;
-        const float4* p4 = reinterpret_cast<const float4*>(partials);
-        for (long long i = global_thread_index(); i < n4; i += grid_stride()) {
-            float4 a = p4[i];
-            for (int s = 1; s < splits; ++s) {
-                const float4 b = p4[s * n4 + i];
-                a.x += b.x;
-                a.y += b.y;
-                a.z += b.z;
-                a.w += b.w;
-            }
-            reinterpret_cast<float4*>(out)[i] = a;
-        }
+        reduce_splits<float4>(reinterpret_cast<const float4*>(partials), splits, len / 4,
+                              reinterpret_cast<float4*>(out), make_float4(0.0f, 0.0f, 0.0f, 0.0f));
     } else {
-        for (long long i = global_thread_index(); i < len; i += grid_stride()) {
-            float a = partials[i];
-            for (int s = 1; s < splits; ++s) a += partials[s * len + i];
-            out[i] = a;
-        }
+        reduce_splits<float>(partials, splits, len, out, 0.0f);
     }
 }
 

@@ -65,7 +65,8 @@ static void launch_tile(int ti, bool vec, const __half* x, const __half* dy, flo
 }
 
 static void reduce(const std::vector<float>& partials, int splits, long long len, std::vector<float>& out, int vec) {
-    sim_launch(SimDim{3}, SimDim{64}, 0, [&] { conv_wgrad_reduce_f32(partials.data(), splits, len, out.data(), vec); });
+    // Two blocks of 32 x 8, fewer than the elements need: the grid-stride loop runs too.
+    sim_launch(SimDim{2}, SimDim{32, 8}, 0, [&] { conv_wgrad_reduce_f32(partials.data(), splits, len, out.data(), vec); });
 }
 
 // Runs one convolution's weight gradient through tile `ti` with `splits` splits (1: straight into
@@ -148,6 +149,7 @@ int main() {
     test_bias(37, 29, 1);
     test_bias(1000, 64, 3);
     test_bias(257, 40, 5);
+    test_bias(20000, 8, 45);  // 45 chunks: the reduction's unrolled loads and its remainder
     printf("%s\n", failures ? "conv_wgrad: FAILURES" : "conv_wgrad: all ok");
     return failures ? 1 : 0;
 }
