@@ -123,7 +123,8 @@ fn main() -> Result<()> {
             let mut dw = DeviceBuffer::<f32>::zeros(&gpu, p.weight_len())?;
             let plan = WgradPlan::new(xs, &p);
             let ws_len = conv_wgrad::conv2d_wgrad_workspace_len(xs, &p).max(1);
-            let mut ws = DeviceBuffer::<f32>::zeros(&gpu, if sweep { ws_len.max(8 << 20) } else { ws_len })?;
+            let ws_cap = if sweep { ws_len.max(8 << 20) } else { ws_len };
+            let mut ws = DeviceBuffer::<f32>::zeros(&gpu, ws_cap)?;
             let mut time = |plan: WgradPlan| -> Result<f64> {
                 let t = measure(&gpu, WARMUP, RUNS, || {
                     conv_wgrad::conv2d_wgrad_planned(
@@ -165,7 +166,7 @@ fn main() -> Result<()> {
                 for tile in Tile::ALL {
                     for splits in [base / 4, base / 2, base, base * 2, base * 4, 1] {
                         let cand = WgradPlan::with(xs, &p, tile, splits.max(1));
-                        if cand.partial_len(&p) > ws.len() {
+                        if cand.partial_len(&p) > ws_cap {
                             continue;
                         }
                         let t = time(cand)?;

@@ -17,15 +17,15 @@
 // of mma.m16n8k16 (layouts in mma.cuh). Rows are padded by 8 halves (16 bytes): the eight row
 // addresses of one ldmatrix then fall in eight different 16-byte bank groups, without conflicts.
 //
-// Two loaders, chosen at compile time:
-// - vector (c_in % 8 == 0 and c_out % 8 == 0, 16-byte aligned tensors): each 8-channel chunk of a
+// Two loaders per operand, chosen at compile time (dy by c_out, x by c_in):
+// - vector (channels % 8 == 0, 16-byte aligned tensor): each 8-channel chunk of a
 //   row is one 16-byte cp.async (zero-filled out of the image or past the split's pixels), in a
 //   STAGES-deep pipeline. A thread always loads the same column chunk, so its tap (r, s, c) is
 //   decoded once; the pixel of each of its rows is tracked incrementally from stage to stage.
 // - scalar (any channel counts: the 1-channel stem, HRNet-W18's 18/36, the head's 29): element by
 //   element through registers, each thread with a fixed pixel row and the taps of the tile's
 //   columns decoded once into a shared table.
-// Both fill the same shared tiles, so the two give identical bits.
+// Both fill the same shared tiles, so every combination gives identical bits.
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -94,7 +94,7 @@ struct PixelCursor {
 // pixels. Warps are WARPS_M x WARPS_N x WARPS_K: each owns a (BM/WARPS_M) x (BN/WARPS_N) block of
 // the tile and, when WARPS_K == 2, one of the two k16 halves of every stage (the halves' sums are
 // added through shared memory at the end, in a fixed order).
-template <int BM, int BN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES, bool VEC>
+template <int BM, int BN, int WARPS_M, int WARPS_N, int WARPS_K, int STAGES, bool VEC_A, bool VEC_B>
 __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const __half* __restrict__ dy,
                                            float* __restrict__ out, const WgradGeom g, int steps_per_split) {
     constexpr int THREADS = 32 * WARPS_M * WARPS_N * WARPS_K;
@@ -142,16 +142,16 @@ __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const _
     constexpr int A_ELEMS = WG_BK * BM / THREADS, B_ELEMS = WG_BK * BN / THREADS;
     constexpr int A_ROW_STEP_S = THREADS / BM, B_COL_STEP_S = THREADS / WG_BK;
 
-    const int a_col = VEC ? (tid % (BM / 8)) * 8 : tid % BM;
+    const int a_col = VEC_A ? (tid % (BM / 8)) * 8 : tid % BM;
     const bool a_col_ok = m0 + a_col < g.k;
-    const int a_row0 = VEC ? tid / (BM / 8) : tid / BM;
+    const int a_row0 = VEC_A ? tid / (BM / 8) : tid / BM;
 
     // Vector B: this thread's tap.
     int b_r = 0, b_s = 0, b_c = 0;
     bool b_col_ok = false;
     const int b_col = (tid % (BN / 8)) * 8;
-    PixelCursor bcur[VEC ? B_CHUNKS : 1];
-    if constexpr (VEC) {
+    PixelCursor bcur[VEC_B ? B_CHUNKS : 1];
+    if constexpr (VEC_B) {
         const int n = n0 + b_col;
         b_col_ok = n < g.ncols;
         if (b_col_ok) {
@@ -184,7 +184,7 @@ __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const _
         __half* sa = smem + slot * STAGE_HALVES;
         __half* sb = sa + WG_BK * LDA;
         const int kbase = k_begin + step * WG_BK;
-        if constexpr (VEC) {
+        if constexpr (VEC_A) {
 #pragma unroll
             for (int j = 0; j < A_CHUNKS; ++j) {
                 if (A_TOTAL % THREADS != 0 && tid + j * THREADS >= A_TOTAL) break;
@@ -194,6 +194,17 @@ __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const _
                 const __half* src = ok ? dy + (long long)pix * g.k + m0 + a_col : dy;
                 cp_async_16(sa + row * LDA + a_col, src, ok);
             }
+        } else {
+#pragma unroll 4
+            for (int j = 0; j < A_ELEMS; ++j) {
+                const int row = a_row0 + j * A_ROW_STEP_S;
+                const int pix = kbase + row;
+                __half v = __float2half(0.0f);
+                if (a_col_ok && pix < k_end) v = dy[(long long)pix * g.k + m0 + a_col];
+                sa[row * LDA + a_col] = v;
+            }
+        }
+        if constexpr (VEC_B) {
 #pragma unroll
             for (int j = 0; j < B_CHUNKS; ++j) {
                 if (B_TOTAL % THREADS != 0 && tid + j * THREADS >= B_TOTAL) break;
@@ -206,14 +217,6 @@ __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const _
                 bcur[j].advance(g);
             }
         } else {
-#pragma unroll 4
-            for (int j = 0; j < A_ELEMS; ++j) {
-                const int row = a_row0 + j * A_ROW_STEP_S;
-                const int pix = kbase + row;
-                __half v = __float2half(0.0f);
-                if (a_col_ok && pix < k_end) v = dy[(long long)pix * g.k + m0 + a_col];
-                sa[row * LDA + a_col] = v;
-            }
             const PixelCursor& cu = bcur[0];
             const int row = tid % WG_BK;
             const bool row_ok = cu.pix < k_end;
@@ -344,39 +347,62 @@ __device__ __forceinline__ void wgrad_tile(const __half* __restrict__ x, const _
 
 // 128 x 128, warps 2 x 4 (64 x 32 each): the big layers (c_out >= 128).
 extern "C" __global__ void __launch_bounds__(256, 2) conv_wgrad_t128x128_vec_f16(WGRAD_ARGS) {
-    wgrad_tile<128, 128, 2, 4, 1, 3, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<128, 128, 2, 4, 1, 3, true, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv_wgrad_t128x128_f16(WGRAD_ARGS) {
-    wgrad_tile<128, 128, 2, 4, 1, 3, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<128, 128, 2, 4, 1, 3, false, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
-// 64 x 128, warps 2 x 2 x 2 (32 x 64 each, k halves added at the end): c_out 64.
+// 64 x 128, warps 2 x 2 x 2 (32 x 64 each, k halves added at the end). Not a default any more
+// (64 x 64 measured faster for c_out 64 on an H100), kept for explicit plans.
 extern "C" __global__ void __launch_bounds__(256, 2) conv_wgrad_t64x128_vec_f16(WGRAD_ARGS) {
-    wgrad_tile<64, 128, 2, 2, 2, 3, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<64, 128, 2, 2, 2, 3, true, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) conv_wgrad_t64x128_f16(WGRAD_ARGS) {
-    wgrad_tile<64, 128, 2, 2, 2, 3, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<64, 128, 2, 2, 2, 3, false, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
-// 32 x 128, warps 1 x 2 x 2 (32 x 64 each): c_out 32 (HRNet's top branch).
+// The 128-thread tiles also come with one operand vector and the other scalar (suffix veca: dy
+// by 16-byte copies, x element by element, for the stems on one input channel; vecb: the
+// reverse, for the 29-landmark head).
+// 32 x 128, warps 1 x 2 x 2 (32 x 64 each): c_out <= 32 (HRNet's top branch, the head).
 extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t32x128_vec_f16(WGRAD_ARGS) {
-    wgrad_tile<32, 128, 1, 2, 2, 3, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<32, 128, 1, 2, 2, 3, true, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t32x128_veca_f16(WGRAD_ARGS) {
+    wgrad_tile<32, 128, 1, 2, 2, 3, true, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t32x128_vecb_f16(WGRAD_ARGS) {
+    wgrad_tile<32, 128, 1, 2, 2, 3, false, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t32x128_f16(WGRAD_ARGS) {
-    wgrad_tile<32, 128, 1, 2, 2, 3, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<32, 128, 1, 2, 2, 3, false, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
-// 64 x 64, warps 2 x 2 (32 x 32 each): short patch rows (1x1 convolutions of 32..64 channels,
-// the 7x7 stem on one channel).
+// 64 x 64, warps 2 x 2 (32 x 32 each): c_out 64, short patch rows (1x1 of <= 64 channels, the
+// 7x7 stem on one channel), and layers with too few pixels to fill the GPU with bigger tiles.
 extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x64_vec_f16(WGRAD_ARGS) {
-    wgrad_tile<64, 64, 2, 2, 1, 3, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<64, 64, 2, 2, 1, 3, true, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x64_veca_f16(WGRAD_ARGS) {
+    wgrad_tile<64, 64, 2, 2, 1, 3, true, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x64_vecb_f16(WGRAD_ARGS) {
+    wgrad_tile<64, 64, 2, 2, 1, 3, false, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x64_f16(WGRAD_ARGS) {
-    wgrad_tile<64, 64, 2, 2, 1, 3, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<64, 64, 2, 2, 1, 3, false, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
-// 64 x 16, warps 2 x 1 x 2 (32 x 16 each): very short patch rows (3x3 on one channel: N = 9).
+// 64 x 16, warps 2 x 1 x 2 (32 x 16 each): 3x3 on one channel (N = 9), and the smallest layers,
+// where only many small CTAs fill the GPU.
 extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x16_vec_f16(WGRAD_ARGS) {
-    wgrad_tile<64, 16, 2, 1, 2, 3, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<64, 16, 2, 1, 2, 3, true, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x16_veca_f16(WGRAD_ARGS) {
+    wgrad_tile<64, 16, 2, 1, 2, 3, true, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x16_vecb_f16(WGRAD_ARGS) {
+    wgrad_tile<64, 16, 2, 1, 2, 3, false, true>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 extern "C" __global__ void __launch_bounds__(128, 4) conv_wgrad_t64x16_f16(WGRAD_ARGS) {
-    wgrad_tile<64, 16, 2, 1, 2, 3, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
+    wgrad_tile<64, 16, 2, 1, 2, 3, false, false>(x, dy, out, WGRAD_GEOM, steps_per_split);
 }
 
 // out[i] = the sum over s in 0..splits of partials[s * len + i], in a fixed order: the

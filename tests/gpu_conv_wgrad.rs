@@ -251,7 +251,10 @@ fn plans_are_valid_for_every_conv_of_the_networks() {
             let plan = WgradPlan::new(xs, &p);
             let steps = p.out_shape(xs).pixels().div_ceil(32);
             let what = format!("{model} {} {xs} {p:?}: {plan:?}", node.name);
-            assert_eq!(plan.tile, Tile::for_gemm(p.c_out, p.patch_len()), "{what}");
+            assert!(
+                plan.tile.smem_bytes() <= 99 * 1024,
+                "{what}: shared memory over an sm_86 block's"
+            );
             assert!(plan.splits >= 1 && plan.steps_per_split >= 1, "{what}");
             assert!(plan.splits * plan.steps_per_split >= steps, "{what}: pixels left out");
             assert!(

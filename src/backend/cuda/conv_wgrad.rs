@@ -25,10 +25,10 @@ use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// Pixels per pipeline stage (`WG_BK` in the kernel).
 const BK: usize = 32;
-/// CTAs a split-K launch aims for: four waves of an H100's 132 SMs at one CTA each (it holds two
-/// of the 256-thread tiles and four of the 128-thread ones, so about two waves there), and ten of
-/// an RTX 3070 Ti's 48. A function of nothing but this constant and the shape.
-const TARGET_CTAS: usize = 528;
+/// The GPU the plans are tuned for: an H100's 132 SMs. The plan stays a function of the shape
+/// only (see the module docs); on a smaller GPU (an RTX 3070 Ti has 48 SMs) the same launches just
+/// run in more waves.
+const REFERENCE_SMS: usize = 132;
 /// Fewest pipeline stages (of 32 pixels) a split should own: below that the partial tile's write
 /// and re-read cost more than the split gains.
 const MIN_STEPS_PER_SPLIT: usize = 16;
@@ -48,13 +48,16 @@ const REDUCE_LANES: u32 = 8;
 pub enum Tile {
     /// 128 x 128, 8 warps of 64 x 32: c_out >= 128.
     T128x128,
-    /// 64 x 128, 8 warps of 32 x 64 over two k halves: c_out 64.
+    /// 64 x 128, 8 warps of 32 x 64 over two k halves. No default plan picks it (64 x 64 was
+    /// faster wherever it could be); kept for explicit plans and comparisons.
     T64x128,
     /// 32 x 128, 4 warps of 32 x 64 over two k halves: c_out 32 (HRNet's top branch).
     T32x128,
-    /// 64 x 64, 4 warps of 32 x 32: short patch rows (1x1 of <= 64 channels, 7x7 on one channel).
+    /// 64 x 64, 4 warps of 32 x 32: c_out 64, short patch rows (1x1 of <= 64 channels, 7x7 on one
+    /// channel), and layers with too few pixels for bigger tiles.
     T64x64,
-    /// 64 x 16, 4 warps of 32 x 16 over two k halves: 3x3 on one channel (N = 9).
+    /// 64 x 16, 4 warps of 32 x 16 over two k halves: 3x3 on one channel (N = 9), and the smallest
+    /// layers.
     T64x16,
 }
 
@@ -89,34 +92,74 @@ impl Tile {
         (if pipeline > reduce { pipeline } else { reduce }) + bn * 8
     }
 
-    fn kernel(self, vec: bool) -> &'static str {
-        match (self, vec) {
-            (Tile::T128x128, true) => "conv_wgrad_t128x128_vec_f16",
-            (Tile::T128x128, false) => "conv_wgrad_t128x128_f16",
-            (Tile::T64x128, true) => "conv_wgrad_t64x128_vec_f16",
-            (Tile::T64x128, false) => "conv_wgrad_t64x128_f16",
-            (Tile::T32x128, true) => "conv_wgrad_t32x128_vec_f16",
-            (Tile::T32x128, false) => "conv_wgrad_t32x128_f16",
-            (Tile::T64x64, true) => "conv_wgrad_t64x64_vec_f16",
-            (Tile::T64x64, false) => "conv_wgrad_t64x64_f16",
-            (Tile::T64x16, true) => "conv_wgrad_t64x16_vec_f16",
-            (Tile::T64x16, false) => "conv_wgrad_t64x16_f16",
+    /// The entry point for this tile with dy (`vec_a`) and x (`vec_b`) loaded by 16-byte copies
+    /// or element by element. The 256-thread tiles have no mixed variants: they fall back to
+    /// scalar loads of both (the bits are the same either way).
+    fn kernel(self, vec_a: bool, vec_b: bool) -> &'static str {
+        match (self, vec_a, vec_b) {
+            (Tile::T128x128, true, true) => "conv_wgrad_t128x128_vec_f16",
+            (Tile::T128x128, _, _) => "conv_wgrad_t128x128_f16",
+            (Tile::T64x128, true, true) => "conv_wgrad_t64x128_vec_f16",
+            (Tile::T64x128, _, _) => "conv_wgrad_t64x128_f16",
+            (Tile::T32x128, true, true) => "conv_wgrad_t32x128_vec_f16",
+            (Tile::T32x128, true, false) => "conv_wgrad_t32x128_veca_f16",
+            (Tile::T32x128, false, true) => "conv_wgrad_t32x128_vecb_f16",
+            (Tile::T32x128, false, false) => "conv_wgrad_t32x128_f16",
+            (Tile::T64x64, true, true) => "conv_wgrad_t64x64_vec_f16",
+            (Tile::T64x64, true, false) => "conv_wgrad_t64x64_veca_f16",
+            (Tile::T64x64, false, true) => "conv_wgrad_t64x64_vecb_f16",
+            (Tile::T64x64, false, false) => "conv_wgrad_t64x64_f16",
+            (Tile::T64x16, true, true) => "conv_wgrad_t64x16_vec_f16",
+            (Tile::T64x16, true, false) => "conv_wgrad_t64x16_veca_f16",
+            (Tile::T64x16, false, true) => "conv_wgrad_t64x16_vecb_f16",
+            (Tile::T64x16, false, false) => "conv_wgrad_t64x16_f16",
         }
     }
 
-    /// The tile for a `m x n` weight gradient (m = c_out, n = kh*kw*c_in): the largest that the
-    /// gradient fills, since a split-K launch gets its parallelism from the pixels anyway.
-    pub fn for_gemm(m: usize, n: usize) -> Tile {
+    /// The tile a `m x n` weight gradient (m = c_out, n = kh*kw*c_in) prefers when its pixels
+    /// can fill the GPU: the largest that the gradient fills. (64 x 64 beat 64 x 128 for c_out 64
+    /// on an H100: more CTAs, no k halves to add.)
+    fn preferred(m: usize, n: usize) -> Tile {
         if n <= 16 {
             Tile::T64x16
-        } else if n <= 64 {
+        } else if n <= 64 || (m > 32 && m <= 64) {
             Tile::T64x64
         } else if m <= 32 {
             Tile::T32x128
-        } else if m <= 64 {
-            Tile::T64x128
         } else {
             Tile::T128x128
+        }
+    }
+
+    /// The next smaller tile, for gradients whose pixels cannot give this one enough CTAs.
+    fn smaller(self) -> Option<Tile> {
+        match self {
+            Tile::T128x128 | Tile::T64x128 | Tile::T32x128 => Some(Tile::T64x64),
+            Tile::T64x64 => Some(Tile::T64x16),
+            Tile::T64x16 => None,
+        }
+    }
+
+    /// Fewest CTAs (over all splits) with which this tile is kept rather than a smaller one: one
+    /// per SM, two for 32 x 128. Measured on an H100 over HRNet-W32's and ResNet-50's layers
+    /// (benches/gpu_conv_wgrad.rs with CEPHALO_WGRAD_SWEEP=1): below these a smaller tile with more
+    /// CTAs was faster, above them not.
+    fn min_ctas(self) -> usize {
+        match self {
+            Tile::T32x128 => 2 * REFERENCE_SMS,
+            _ => REFERENCE_SMS,
+        }
+    }
+
+    /// CTAs a split-K launch aims at: two per SM for the 256-thread tiles (as many as fit at
+    /// once), four for the 128-thread ones, eight for 64 x 16 (the 1-channel stem: tiny CTAs).
+    /// The 128-thread tiles never exceed theirs (a second, nearly empty wave cost 30 % on
+    /// HRNet's transition layer); the 256-thread ones round to the nearest count.
+    fn target_ctas(self) -> usize {
+        match self {
+            Tile::T128x128 | Tile::T64x128 => 2 * REFERENCE_SMS,
+            Tile::T32x128 | Tile::T64x64 => 4 * REFERENCE_SMS,
+            Tile::T64x16 => 8 * REFERENCE_SMS,
         }
     }
 }
@@ -131,12 +174,23 @@ pub struct WgradPlan {
 }
 
 impl WgradPlan {
-    /// The default plan for input shape `xs`.
+    /// The default plan for input shape `xs`: the preferred tile, made smaller while the pixels
+    /// cannot give it [`Tile::min_ctas`] CTAs, and the splits that bring it near
+    /// [`Tile::target_ctas`].
     pub fn new(xs: Shape4, p: &ConvParams) -> WgradPlan {
-        let tile = Tile::for_gemm(p.c_out, p.patch_len());
+        let mut tile = Tile::preferred(p.c_out, p.patch_len());
+        while let Some(smaller) = tile.smaller() {
+            if Self::with(xs, p, tile, usize::MAX).ctas(p) >= tile.min_ctas() {
+                break;
+            }
+            tile = smaller;
+        }
         let tiles = Self::tiles(tile, p);
-        let wanted = TARGET_CTAS.div_ceil(tiles);
-        Self::with(xs, p, tile, wanted)
+        let wanted = match tile {
+            Tile::T128x128 | Tile::T64x128 => (tile.target_ctas() + tiles / 2) / tiles,
+            _ => tile.target_ctas() / tiles,
+        };
+        Self::with(xs, p, tile, wanted.max(1))
     }
 
     /// A plan with the given tile and about `splits` splits, cut so that every split owns at least
@@ -338,11 +392,12 @@ pub fn conv2d_wgrad_planned(
     );
 
     let (xp, dyp) = (x.ptr(), dy.ptr());
-    let vec = p.c_in % 8 == 0 && p.c_out % 8 == 0 && all_aligned_16(&[xp, dyp]);
+    let vec_a = p.c_out % 8 == 0 && all_aligned_16(&[dyp]);
+    let vec_b = p.c_in % 8 == 0 && all_aligned_16(&[xp]);
     let tile = plan.tile;
     let (_, _, threads, _, _) = tile.dims();
     let smem = tile.smem_bytes();
-    let name = tile.kernel(vec);
+    let name = tile.kernel(vec_a, vec_b);
     let f = gpu.function(name)?;
     // Above 48 KiB a kernel must opt in to dynamic shared memory (sm_80..sm_90 all allow it).
     if smem > 48 * 1024 {
