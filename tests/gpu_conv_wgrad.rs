@@ -129,6 +129,43 @@ fn check_conv(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: ConvParams, bias: 
         same_f32_bits(&got.dw, &scalar.dw),
         "{what}: the scalar loaders (misaligned x) give other bits than the vector ones"
     );
+
+    // The default plans of these small shapes mostly pick 64 x 16 tiles; every other tile (and
+    // its loader variants: x at an odd element offset) must agree with the CPU twin too.
+    let dyd = upload(gpu, &dy);
+    // The same x values at element 0 (aligned) and at element 1 (2 bytes off 16-byte alignment).
+    let x_at = [upload(gpu, &x), upload(gpu, &[&[f16::ZERO][..], &x[..]].concat())];
+    for tile in Tile::ALL {
+        let plan = WgradPlan::with(xs, &p, tile, 2);
+        let mut bits = Vec::new();
+        for offset in [0, 1] {
+            let mut dw = poisoned_f32(gpu, p.weight_len());
+            let mut ws = poisoned_f32(gpu, plan.partial_len(&p).max(1));
+            conv_wgrad::conv2d_wgrad_planned(
+                gpu,
+                x_at[offset].slice().sub(offset, x.len()),
+                xs,
+                dyd.slice(),
+                &p,
+                plan,
+                dw.slice_mut(),
+                None,
+                ws.slice_mut(),
+            )
+            .unwrap();
+            let dw = dw.to_host(gpu).unwrap();
+            let e = rel_err(&format!("{what} {plan:?}"), &dw, &want);
+            assert!(
+                e < 1e-2,
+                "{what} {plan:?} (x at offset {offset}): relative error {e:.3e}"
+            );
+            bits.push(dw);
+        }
+        assert!(
+            same_f32_bits(&bits[0], &bits[1]),
+            "{what} {plan:?}: loader variants give other bits"
+        );
+    }
 }
 
 #[test]

@@ -151,11 +151,11 @@ impl Tile {
         }
     }
 
-    /// CTAs a split-K launch aims at: two per SM for the 256-thread tiles (as many as fit at
-    /// once), four for the 128-thread ones, eight for 64 x 16 (the 1-channel stem: tiny CTAs).
-    /// The 128-thread tiles never exceed theirs (a second, nearly empty wave cost 30 % on
-    /// HRNet's transition layer); the 256-thread ones round to the nearest count.
-    fn target_ctas(self) -> usize {
+    /// CTAs of this tile the reference GPU runs at once (a "wave"): two per SM for the 256-thread
+    /// tiles, four for the 128-thread ones (registers and shared memory allow that many), and
+    /// eight for 64 x 16, whose CTAs are so short (the 1-channel stem) that more of them measured
+    /// faster.
+    fn wave_ctas(self) -> usize {
         match self {
             Tile::T128x128 | Tile::T64x128 => 2 * REFERENCE_SMS,
             Tile::T32x128 | Tile::T64x64 => 4 * REFERENCE_SMS,
@@ -175,8 +175,8 @@ pub struct WgradPlan {
 
 impl WgradPlan {
     /// The default plan for input shape `xs`: the preferred tile, made smaller while the pixels
-    /// cannot give it [`Tile::min_ctas`] CTAs, and the splits that bring it near
-    /// [`Tile::target_ctas`].
+    /// cannot give it [`Tile::min_ctas`] CTAs, and the split count that minimises waves (of
+    /// [`Tile::wave_ctas`] CTAs) times stages per split.
     pub fn new(xs: Shape4, p: &ConvParams) -> WgradPlan {
         let mut tile = Tile::preferred(p.c_out, p.patch_len());
         while let Some(smaller) = tile.smaller() {
@@ -185,11 +185,16 @@ impl WgradPlan {
             }
             tile = smaller;
         }
+        // Splits minimising (waves of CTAs) x (stages per split): more splits shorten each CTA
+        // but a launch lasts as many CTA lifetimes as it has waves, and a second, nearly empty
+        // wave costs a whole one (measured: 17 splits of HRNet's 480-channel head conv ran 0.50
+        // ms as 272 CTAs, 33 splits 0.33 ms as 528). The first minimum is the fewest splits.
         let tiles = Self::tiles(tile, p);
-        let wanted = match tile {
-            Tile::T128x128 | Tile::T64x128 => (tile.target_ctas() + tiles / 2) / tiles,
-            _ => tile.target_ctas() / tiles,
-        };
+        let steps = conv_pixels(xs, p).div_ceil(BK).max(1);
+        let most = Self::with(xs, p, tile, usize::MAX).splits;
+        let wanted = (1..=most)
+            .min_by_key(|&s| (tiles * s).div_ceil(tile.wave_ctas()) * steps.div_ceil(s))
+            .unwrap_or(1);
         Self::with(xs, p, tile, wanted.max(1))
     }
 
@@ -294,7 +299,7 @@ pub fn conv_transpose2d_wgrad(
         p.c_in
     );
     ensure!(
-        (xs.h - 1) * p.stride + p.kh >= 2 * p.pad + 1 && (xs.w - 1) * p.stride + p.kw >= 2 * p.pad + 1,
+        (xs.h - 1) * p.stride + p.kh > 2 * p.pad && (xs.w - 1) * p.stride + p.kw > 2 * p.pad,
         "conv_transpose2d_wgrad: padding {} leaves no output for input {xs}",
         p.pad
     );
@@ -564,5 +569,27 @@ mod tests {
         let plan = WgradPlan::new(Shape4::new(4, 192, 192, 32), &ConvParams::square(32, 32, 3, 1, 1));
         assert_eq!(plan.tile, Tile::T32x128);
         assert_eq!((plan.splits, plan.steps_per_split), (171, 27));
+    }
+
+    /// Plans that were the fastest of a sweep over tiles and split counts on an H100
+    /// (`CEPHALO_WGRAD_SWEEP=1 cargo bench --bench gpu_conv_wgrad`, 2026-11-23), kept by the
+    /// chooser.
+    #[test]
+    fn plans_match_the_measured_best_ones() {
+        let sq = ConvParams::square;
+        for (xs, p, tile, splits) in [
+            // HRNet-W32's 480-channel head: two full waves (a 17-split plan left 8 CTAs alone in a
+            // second wave and ran 50 % longer).
+            (Shape4::new(4, 192, 192, 480), sq(480, 480, 1, 1, 0), Tile::T128x128, 33),
+            (Shape4::new(4, 96, 96, 64), sq(64, 64, 3, 1, 1), Tile::T64x64, 58),
+            (Shape4::new(4, 48, 48, 32), sq(32, 256, 3, 2, 1), Tile::T64x16, 4),
+            (Shape4::new(4, 48, 48, 64), sq(64, 256, 3, 2, 1), Tile::T64x64, 4),
+            (Shape4::new(4, 24, 24, 512), sq(512, 512, 3, 1, 1), Tile::T128x128, 3),
+            (Shape4::new(4, 48, 48, 256), sq(256, 256, 3, 1, 1), Tile::T128x128, 7),
+            (Shape4::new(4, 768, 768, 1), sq(1, 64, 3, 2, 1), Tile::T64x16, 1024),
+        ] {
+            let plan = WgradPlan::new(xs, &p);
+            assert_eq!((plan.tile, plan.splits), (tile, splits), "{xs} {p:?}");
+        }
     }
 }
