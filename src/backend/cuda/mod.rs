@@ -3,6 +3,7 @@
 //! f32 device views for batch-norm parameters and statistics.
 pub mod batchnorm;
 pub mod concat;
+pub mod conv_wgrad;
 pub mod elementwise;
 pub mod loss;
 pub mod optim;
@@ -104,6 +105,7 @@ mod tests {
         let wrappers = [
             include_str!("batchnorm.rs"),
             include_str!("concat.rs"),
+            include_str!("conv_wgrad.rs"),
             include_str!("elementwise.rs"),
             include_str!("loss.rs"),
             include_str!("optim.rs"),
@@ -116,6 +118,7 @@ mod tests {
                 let is_kernel = [
                     "batchnorm_",
                     "concat_",
+                    "conv_wgrad_",
                     "elementwise_",
                     "loss_",
                     "optim_",
