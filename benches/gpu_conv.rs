@@ -8,10 +8,13 @@
 //! step: the image needs none). One JSON line per shape (`{"kind":"conv",...}`) lets the lead join
 //! the table with a cuDNN one keyed by (n, h, w, c_in, c_out, kh, kw, stride, pad).
 //!
-//! `CONV_BENCH_TILES=1` also times every tile configuration of each shape and prints the fastest,
-//! to tune `pick_tile`. Run: `cargo bench --bench gpu_conv`. Without a GPU it says so and exits 0.
+//! `CONV_BENCH_TILES=1` also times every tile configuration of each shape (the table's and the
+//! experimental forward-only ones), to tune `pick_tile`; `CONV_BENCH_ONLY=<text>` keeps the shapes
+//! whose description contains the text, and `CONV_BENCH_ONCE=1` runs each pass once, untimed
+//! warm-up aside (for a profiler). Run: `cargo bench --bench gpu_conv`. Without a GPU it says so
+//! and exits 0.
 use anyhow::Result;
-use cephalo::backend::cuda::conv::{self, ConvEpilogue, GemmShape, Pass, Tile, TILES};
+use cephalo::backend::cuda::conv::{self, ConvEpilogue, GemmShape, Pass, Tile, EXPERIMENTAL_TILES, TILES};
 use cephalo::backend::{ConvParams, Shape4};
 use cephalo::gpu::timer::measure;
 use cephalo::gpu::{DeviceBuffer, Gpu};
@@ -21,6 +24,15 @@ use half::f16;
 
 const WARMUP: usize = 3;
 const RUNS: usize = 20;
+
+/// Warm-up and timed runs: the defaults, or one of each under `CONV_BENCH_ONCE`.
+fn runs() -> (usize, usize) {
+    if std::env::var_os("CONV_BENCH_ONCE").is_some() {
+        (0, 1)
+    } else {
+        (WARMUP, RUNS)
+    }
+}
 
 /// One distinct convolution of a network.
 struct Conv {
@@ -174,20 +186,25 @@ fn describe(c: &Conv) -> String {
     )
 }
 
-/// Times every tile of one pass and returns "best tile (ms) / picked (ms)".
+/// Times every tile configuration of one pass: "label:ms" pairs.
 fn sweep(gpu: &Gpu, b: &mut Bufs, c: &Conv, pass: Pass) -> Result<String> {
     let vec = match pass {
         Pass::Fwd => c.p.c_in % 8 == 0,
         Pass::Dgrad => c.p.c_out % 8 == 0,
     };
+    let (warmup, runs) = runs();
     let mut all = Vec::new();
-    for t in TILES.iter().filter(|t| t.kernel(pass, vec).is_some()) {
-        let ms = measure(gpu, WARMUP, RUNS, || match pass {
+    for t in TILES
+        .iter()
+        .chain(&EXPERIMENTAL_TILES)
+        .filter(|t| t.kernel(pass, vec).is_some())
+    {
+        let ms = measure(gpu, warmup, runs, || match pass {
             Pass::Fwd => b.fwd(gpu, c, Some(*t)),
             Pass::Dgrad => b.dgrad(gpu, c, Some(*t)),
         })?
         .median_ms;
-        all.push(format!("{}x{}:{ms:.4}", t.bm, t.bn));
+        all.push(format!("{}:{ms:.4}", t.label()));
     }
     Ok(all.join(" "))
 }
@@ -201,6 +218,8 @@ fn main() -> Result<()> {
         }
     };
     let sweep_tiles = std::env::var_os("CONV_BENCH_TILES").is_some();
+    let only = std::env::var("CONV_BENCH_ONLY").unwrap_or_default();
+    let (warmup, runs) = runs();
     let sms = gpu.info().multiprocessors as usize;
     println!("device: {} ({sms} SMs)", gpu.info().name);
     for model in ["hrnet-w32", "resnet50"] {
@@ -211,9 +230,12 @@ fn main() -> Result<()> {
         );
         let (mut total_flop, mut total_fwd, mut total_dgrad_flop, mut total_dgrad) = (0.0, 0.0, 0.0, 0.0);
         for c in distinct_convs(model)? {
+            if !describe(&c).contains(&only) {
+                continue;
+            }
             let mut b = Bufs::new(&gpu, &c)?;
-            let fwd_ms = measure(&gpu, WARMUP, RUNS, || b.fwd(&gpu, &c, None))?.median_ms;
-            let dgrad_ms = measure(&gpu, WARMUP, RUNS, || b.dgrad(&gpu, &c, None))?.median_ms;
+            let fwd_ms = measure(&gpu, warmup, runs, || b.fwd(&gpu, &c, None))?.median_ms;
+            let dgrad_ms = measure(&gpu, warmup, runs, || b.dgrad(&gpu, &c, None))?.median_ms;
             // ========== wgrad timing goes here (the lead merges the conv_wgrad wrapper) ==========
             let gflop = c.flops() / 1e9;
             // The tiles pick_tile gives: a transposed convolution's forward is its adjoint's dgrad
@@ -227,7 +249,7 @@ fn main() -> Result<()> {
             let tf = conv::pick_tile(&gf, gf.cs % 8 == 0, sms);
             let td = conv::pick_tile(&gd, gd.cs % 8 == 0, sms);
             println!(
-                "{:<36} {:>5} {:>8.2} {:>9.4} {:>8.1} {:>9.4} {:>8.1}   {}x{} / {}x{}",
+                "{:<36} {:>5} {:>8.2} {:>9.4} {:>8.1} {:>9.4} {:>8.1}   {} / {}",
                 describe(&c),
                 c.count,
                 gflop,
@@ -235,10 +257,8 @@ fn main() -> Result<()> {
                 gflop / fwd_ms,
                 dgrad_ms,
                 gflop / dgrad_ms,
-                tf.bm,
-                tf.bn,
-                td.bm,
-                td.bn
+                tf.label(),
+                td.label()
             );
             if sweep_tiles && !c.transposed {
                 println!("    fwd   {}", sweep(&gpu, &mut b, &c, Pass::Fwd)?);

@@ -44,7 +44,8 @@
 #include "half8_io.cuh"
 #include "mma.cuh"
 
-// K extent of a shared tile (halves) and threads per block, the same for every configuration.
+// K extent of the general loader's shared tiles (halves) and its threads per block (the vec
+// loader's are template arguments).
 #define CONV_BK 32
 #define CONV_THREADS 128
 // Padding (floats) of a row of the epilogue's staging tile: a half-warp's float2 writes of one
@@ -63,9 +64,13 @@ __device__ __forceinline__ void conv_cp_async_16_ca(void* smem, const void* gmem
 #define conv_cp_async_16_ca cp_async_16
 #endif
 
-// Offset (halves) of chunk `chunk` (8 halves) of row `row` in a swizzled 32-wide tile.
+// Offset (halves) of chunk `chunk` (8 halves) of row `row` in a swizzled BK-wide tile: the
+// eight rows an ldmatrix phase reads land on eight distinct 16-byte bank groups.
+template <int BK>
 __device__ __forceinline__ int conv_swz(int row, int chunk) {
-    return row * CONV_BK + ((chunk ^ ((row >> 1) & 3)) << 3);
+    static_assert(BK == 32 || BK == 64, "32- or 64-half rows");
+    if (BK == 32) return row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3);
+    return row * 64 + ((chunk ^ (row & 7)) << 3);
 }
 
 // The rows of one GEMM launch slice (blockIdx.z) and the taps they read.
@@ -148,13 +153,13 @@ __device__ __forceinline__ int conv_weight_tap(const ConvSlice& c, int i, int j,
 
 // Bytes of dynamic shared memory a configuration needs (the wrapper computes the same): the
 // larger of the pipeline's tiles (plus the general loader's row table) and the epilogue staging.
-__host__ __device__ constexpr int conv_smem_bytes(int bm, int bn, int warps_m, int stages, bool vec) {
-    const int pipeline = vec ? stages * (bm + bn) * CONV_BK * 2 : 2 * (bm + bn) * CONV_BK * 2 + bm * 16;
+__host__ __device__ constexpr int conv_smem_bytes(int bm, int bn, int bk, int warps_m, int stages, bool vec) {
+    const int pipeline = vec ? stages * (bm + bn) * bk * 2 : 2 * (bm + bn) * CONV_BK * 2 + bm * 16;
     const int staging = (bm / warps_m) * (bn + CONV_STAGE_PAD) * 4;
     return pipeline > staging ? pipeline : staging;
 }
 
-template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, bool DGRAD, bool VEC>
+template <int BM, int BN, int BK, int WARPS_M, int WARPS_N, int STAGES, bool DGRAD, bool VEC>
 __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const __half* __restrict__ wgt,
                                            __half* __restrict__ out, int n, int hs, int ws, int cs, int ho,
                                            int wo, int nc, int kh, int kw, int stride, int pad,
@@ -162,13 +167,14 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                                            int relu, int accumulate, int vec_out) {
     constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     constexpr int MT = WM / 16, NT8 = WN / 8;
-    static_assert(WARPS_M * WARPS_N * 32 == CONV_THREADS, "four warps per block");
+    constexpr int NT = WARPS_M * WARPS_N * 32;
     static_assert(WM % 16 == 0 && WN % 16 == 0, "a warp tile is whole 16x16 MMA pairs");
+    static_assert(VEC || (BK == CONV_BK && NT == CONV_THREADS), "the general loader is 4 warps x 32 K");
     constexpr int NSTAGE = VEC ? STAGES : 2;
 
     extern __shared__ float4 conv_smem[];
     __half* const s_a = reinterpret_cast<__half*>(conv_smem);  // [NSTAGE][BM * BK]
-    __half* const s_b = s_a + NSTAGE * BM * CONV_BK;            // [NSTAGE][BN * BK]
+    __half* const s_b = s_a + NSTAGE * BM * BK;                 // [NSTAGE][BN * BK]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;
@@ -178,7 +184,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     if (block_m >= m) return;  // the grid covers the largest slice
     const int kdim = kh * kw * cs;           // a weight row
     const int kslice = sl.rc * sl.sc * cs;   // this slice's K: its taps only
-    const int ktiles = (kslice + CONV_BK - 1) / CONV_BK;
+    const int ktiles = (kslice + BK - 1) / BK;
     const long long image_elems = (long long)hs * ws * cs;
 
     float acc[MT][NT8][4];
@@ -191,23 +197,23 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 
     // Multiplies the tiles in buffer `slot`: two k16 steps of MT x NT8 MMAs per warp.
     auto compute = [&](int slot) {
-        const __half* a = s_a + slot * BM * CONV_BK;
-        const __half* b = s_b + slot * BN * CONV_BK;
+        const __half* a = s_a + slot * BM * BK;
+        const __half* b = s_b + slot * BN * BK;
 #pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
+        for (int kk = 0; kk < BK / 16; ++kk) {
             uint32_t af[MT][4], bf[NT8][2];
 #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 // Matrices 0..3: rows 0-7 / 8-15 of the m16 tile at k chunks 2kk, 2kk+1.
                 const int row = wm * WM + i * 16 + (lane & 15);
-                ldmatrix_x4(af[i], a + conv_swz(row, 2 * kk + (lane >> 4)));
+                ldmatrix_x4(af[i], a + conv_swz<BK>(row, 2 * kk + (lane >> 4)));
             }
 #pragma unroll
             for (int j = 0; j < NT8 / 2; ++j) {
                 // Matrices 0..3: (n 0-7, k lo), (n 0-7, k hi), (n 8-15, k lo), (n 8-15, k hi).
                 const int row = wn * WN + j * 16 + (lane & 7) + ((lane >> 4) << 3);
                 uint32_t t[4];
-                ldmatrix_x4(t, b + conv_swz(row, 2 * kk + ((lane >> 3) & 1)));
+                ldmatrix_x4(t, b + conv_swz<BK>(row, 2 * kk + ((lane >> 3) & 1)));
                 bf[2 * j][0] = t[0];
                 bf[2 * j][1] = t[1];
                 bf[2 * j + 1][0] = t[2];
@@ -221,15 +227,17 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     };
 
     if (VEC) {
-        // Thread t copies chunk t % 4 of rows t / 4 + 32 i: its K offset within a tile is fixed,
-        // so one (r, s, c) state per thread follows the tiles as they are loaded in order.
-        constexpr int A_PER = BM / 32, B_PER = BN / 32;
-        const int kchunk = tid & 3, row0 = tid >> 2;
+        // Thread t copies chunk t % CPR of rows t / CPR + RP i: its K offset within a tile is
+        // fixed, so one (r, s, c) state per thread follows the tiles as they are loaded in order.
+        constexpr int CPR = BK / 8, RP = NT / CPR;  // chunks per row, rows per pass
+        static_assert(BM % RP == 0, "whole passes of A rows");
+        constexpr int A_PER = BM / RP, B_PER = (BN + RP - 1) / RP;
+        const int kchunk = tid % CPR, row0 = tid / CPR;
         long long a_base[A_PER];
         int a_h[A_PER], a_w[A_PER];
 #pragma unroll
         for (int i = 0; i < A_PER; ++i)
-            conv_row<DGRAD>(block_m + row0 + 32 * i, m, sl, stride, pad, image_elems, &a_base[i], &a_h[i], &a_w[i]);
+            conv_row<DGRAD>(block_m + row0 + RP * i, m, sl, stride, pad, image_elems, &a_base[i], &a_h[i], &a_w[i]);
         // (kr, ks) is the slice tap, kc the channel, of this thread's K offset in the next tile.
         int kr = 0, ks = 0, kc = kchunk * 8;
         auto normalize = [&] {
@@ -244,8 +252,8 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
         normalize();
 
         auto load_tile = [&](int slot) {
-            __half* a = s_a + slot * BM * CONV_BK;
-            __half* b = s_b + slot * BN * CONV_BK;
+            __half* a = s_a + slot * BM * BK;
+            __half* b = s_b + slot * BN * BK;
             const bool k_ok = kr < sl.rc;
 #pragma unroll
             for (int i = 0; i < A_PER; ++i) {
@@ -253,17 +261,19 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                 const bool ok = k_ok && conv_tap<DGRAD>(a_h[i], a_w[i], kr, ks, hs, ws, &sh, &sw);
                 // An invalid copy reads nothing but still needs a mapped, aligned address.
                 const __half* g = ok ? src + a_base[i] + (long long)(sh * ws + sw) * cs + kc : src;
-                conv_cp_async_16_ca(a + conv_swz(row0 + 32 * i, kchunk), g, ok);
+                conv_cp_async_16_ca(a + conv_swz<BK>(row0 + RP * i, kchunk), g, ok);
             }
             const int k = conv_weight_tap<DGRAD>(sl, kr, ks, kw, stride) * cs + kc;
 #pragma unroll
             for (int j = 0; j < B_PER; ++j) {
-                const int co = block_n + row0 + 32 * j;
+                const int row = row0 + RP * j;
+                if (BN % RP != 0 && row >= BN) break;  // fewer B rows than threads per pass
+                const int co = block_n + row;
                 const bool ok = k_ok && co < nc;
                 const __half* g = ok ? wgt + (long long)co * kdim + k : wgt;
-                cp_async_16(b + conv_swz(row0 + 32 * j, kchunk), g, ok);
+                cp_async_16(b + conv_swz<BK>(row, kchunk), g, ok);
             }
-            kc += CONV_BK;
+            kc += BK;
             normalize();
         };
 
@@ -287,7 +297,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
         // Thread t gathers K column t % 32 of rows t / 32 + 4 i (a warp covers one row's 32
         // consecutive K values: 64 contiguous bytes of shared memory per store).
         constexpr int A_PER = BM / 4, B_PER = BN / 4;
-        long long* t_base = reinterpret_cast<long long*>(s_b + 2 * BN * CONV_BK);
+        long long* t_base = reinterpret_cast<long long*>(s_b + 2 * BN * BK);
         int* t_h = reinterpret_cast<int*>(t_base + BM);
         int* t_w = t_h + BM;
         for (int row = tid; row < BM; row += CONV_THREADS)
@@ -316,12 +326,12 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
             }
         };
         auto store = [&](int slot) {
-            __half* a = s_a + slot * BM * CONV_BK;
-            __half* b = s_b + slot * BN * CONV_BK;
+            __half* a = s_a + slot * BM * BK;
+            __half* b = s_b + slot * BN * BK;
 #pragma unroll
-            for (int i = 0; i < A_PER; ++i) a[conv_swz(rgrp + 4 * i, col >> 3) + (col & 7)] = ra[i];
+            for (int i = 0; i < A_PER; ++i) a[conv_swz<BK>(rgrp + 4 * i, col >> 3) + (col & 7)] = ra[i];
 #pragma unroll
-            for (int j = 0; j < B_PER; ++j) b[conv_swz(rgrp + 4 * j, col >> 3) + (col & 7)] = rb[j];
+            for (int j = 0; j < B_PER; ++j) b[conv_swz<BK>(rgrp + 4 * j, col >> 3) + (col & 7)] = rb[j];
         };
         gather(0);
         for (int kt = 0; kt < ktiles; ++kt) {
@@ -352,7 +362,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                 }
         }
         __syncthreads();
-        for (int id = tid; id < CHUNKS; id += CONV_THREADS) {
+        for (int id = tid; id < CHUNKS; id += NT) {
             const int r = id / (BN / 8), c8 = (id % (BN / 8)) * 8;
             const int gm = block_m + pass * WM + r, gc = block_n + c8;
             if (gm >= m || gc >= nc) continue;
@@ -396,67 +406,91 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 //   the re-laid-out one dgrad), out (n x ho x wo x nc), n, hs, ws, cs, ho, wo, nc, kh, kw, stride,
 //   pad, scale, shift (nc floats each or null), relu, accumulate, vec_out.
 // Grid (ceil(rows / BM), ceil(nc / BN), slices): forward 1 slice of n*ho*wo rows; dgrad
-// stride*stride slices, rows the largest class's n*hc*wc (see conv_slice). CONV_THREADS threads,
-// conv_smem_bytes(..) of dynamic shared memory.
+// stride*stride slices, rows the largest class's n*hc*wc (see conv_slice). 32 * WARPS_M * WARPS_N
+// threads, conv_smem_bytes(..) of dynamic shared memory (over 48 KiB needs the opt-in attribute).
 #define CONV_PARAMS                                                                                    \
     const __half *__restrict__ src, const __half *__restrict__ wgt, __half *__restrict__ out, int n, int hs, \
         int ws, int cs, int ho, int wo, int nc, int kh, int kw, int stride, int pad,                \
         const float *__restrict__ scale, const float *__restrict__ shift, int relu, int accumulate, int vec_out
 #define CONV_ARGS src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out
 
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_vec_128x128(CONV_PARAMS) {
-    conv_igemm<128, 128, 2, 2, 3, false, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128(CONV_PARAMS) {
+    conv_igemm<128, 128, 32, 2, 2, 3, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_vec_128x64(CONV_PARAMS) {
-    conv_igemm<128, 64, 2, 2, 4, false, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x64(CONV_PARAMS) {
+    conv_igemm<128, 64, 32, 2, 2, 4, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_vec_128x32(CONV_PARAMS) {
-    conv_igemm<128, 32, 4, 1, 4, false, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x32(CONV_PARAMS) {
+    conv_igemm<128, 32, 32, 4, 1, 4, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_vec_64x64(CONV_PARAMS) {
-    conv_igemm<64, 64, 2, 2, 4, false, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x64(CONV_PARAMS) {
+    conv_igemm<64, 64, 32, 2, 2, 4, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_vec_64x32(CONV_PARAMS) {
-    conv_igemm<64, 32, 2, 2, 4, false, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x32(CONV_PARAMS) {
+    conv_igemm<64, 32, 32, 2, 2, 4, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_gen_128x64(CONV_PARAMS) {
-    conv_igemm<128, 64, 2, 2, 2, false, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_128x64(CONV_PARAMS) {
+    conv_igemm<128, 64, 32, 2, 2, 2, false, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_gen_128x32(CONV_PARAMS) {
-    conv_igemm<128, 32, 4, 1, 2, false, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_128x32(CONV_PARAMS) {
+    conv_igemm<128, 32, 32, 4, 1, 2, false, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_gen_64x64(CONV_PARAMS) {
-    conv_igemm<64, 64, 2, 2, 2, false, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_64x64(CONV_PARAMS) {
+    conv_igemm<64, 64, 32, 2, 2, 2, false, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_fwd_gen_64x32(CONV_PARAMS) {
-    conv_igemm<64, 32, 2, 2, 2, false, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_64x32(CONV_PARAMS) {
+    conv_igemm<64, 32, 32, 2, 2, 2, false, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_vec_128x128(CONV_PARAMS) {
-    conv_igemm<128, 128, 2, 2, 3, true, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x128(CONV_PARAMS) {
+    conv_igemm<128, 128, 32, 2, 2, 3, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_vec_128x64(CONV_PARAMS) {
-    conv_igemm<128, 64, 2, 2, 4, true, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x64(CONV_PARAMS) {
+    conv_igemm<128, 64, 32, 2, 2, 4, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_vec_128x32(CONV_PARAMS) {
-    conv_igemm<128, 32, 4, 1, 4, true, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x32(CONV_PARAMS) {
+    conv_igemm<128, 32, 32, 4, 1, 4, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_vec_64x64(CONV_PARAMS) {
-    conv_igemm<64, 64, 2, 2, 4, true, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_64x64(CONV_PARAMS) {
+    conv_igemm<64, 64, 32, 2, 2, 4, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_vec_64x32(CONV_PARAMS) {
-    conv_igemm<64, 32, 2, 2, 4, true, true>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_64x32(CONV_PARAMS) {
+    conv_igemm<64, 32, 32, 2, 2, 4, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_gen_128x64(CONV_PARAMS) {
-    conv_igemm<128, 64, 2, 2, 2, true, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_128x64(CONV_PARAMS) {
+    conv_igemm<128, 64, 32, 2, 2, 2, true, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_gen_128x32(CONV_PARAMS) {
-    conv_igemm<128, 32, 4, 1, 2, true, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_128x32(CONV_PARAMS) {
+    conv_igemm<128, 32, 32, 4, 1, 2, true, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_gen_64x64(CONV_PARAMS) {
-    conv_igemm<64, 64, 2, 2, 2, true, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_64x64(CONV_PARAMS) {
+    conv_igemm<64, 64, 32, 2, 2, 2, true, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(CONV_THREADS) conv_dgrad_gen_64x32(CONV_PARAMS) {
-    conv_igemm<64, 32, 2, 2, 2, true, false>(CONV_ARGS);
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_64x32(CONV_PARAMS) {
+    conv_igemm<64, 32, 32, 2, 2, 2, true, false>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128k64(CONV_PARAMS) {
+    conv_igemm<128, 128, 64, 2, 2, 3, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128s4(CONV_PARAMS) {
+    conv_igemm<128, 128, 32, 2, 2, 4, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256) conv_fwd_vec_256x128(CONV_PARAMS) {
+    conv_igemm<256, 128, 32, 4, 2, 3, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x64k64(CONV_PARAMS) {
+    conv_igemm<128, 64, 64, 2, 2, 3, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x64k64(CONV_PARAMS) {
+    conv_igemm<64, 64, 64, 2, 2, 4, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x32k64(CONV_PARAMS) {
+    conv_igemm<128, 32, 64, 4, 1, 4, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256) conv_fwd_vec_256x32(CONV_PARAMS) {
+    conv_igemm<256, 32, 32, 8, 1, 4, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256) conv_fwd_vec_256x64(CONV_PARAMS) {
+    conv_igemm<256, 64, 32, 4, 2, 4, false, true>(CONV_ARGS);
 }
 
 // dgrad's B operand: wt[ci][t][k] = w[k][t][ci] (t = r * kw + s), so that the input gradient's

@@ -10,7 +10,7 @@
 mod gpu_ops_support;
 
 use cephalo::backend::cpu::conv::{self as cpu_conv, Affine};
-use cephalo::backend::cuda::conv::{self as gpu_conv, ConvEpilogue, GemmShape, Pass, Tile, TILES};
+use cephalo::backend::cuda::conv::{self as gpu_conv, ConvEpilogue, GemmShape, Pass, Tile, EXPERIMENTAL_TILES, TILES};
 use cephalo::backend::{ConvParams, Shape4};
 use cephalo::gpu::{kernel_image, DeviceBuffer, Gpu};
 use cephalo::graph::Op;
@@ -212,7 +212,7 @@ fn every_tile_configuration_matches_the_cpu_twin() {
         (Shape4::new(1, 17, 15, 70), ConvParams::square(70, 18, 3, 2, 1)),
     ];
     for (xs, p) in shapes {
-        for t in TILES {
+        for &t in TILES.iter().chain(&EXPERIMENTAL_TILES) {
             if t.kernel(Pass::Fwd, xs.c % 8 == 0).is_some() {
                 check_fwd(&gpu, &mut rng, xs, &p, Some(t));
             }
@@ -381,7 +381,7 @@ fn tile_table_covers_hrnet_and_resnet_convolutions() {
                 let blocks = (lp.grid.0 * lp.grid.1 * lp.grid.2) as usize;
                 let most = g.slices * g.rows.div_ceil(64) * g.cols.div_ceil(32);
                 assert!(blocks >= sms.min(most), "{what}: {blocks} blocks leave SMs idle");
-                assert!(lp.smem_bytes as usize <= 48 * 1024, "{what}");
+                assert!(lp.smem_bytes as usize <= 99 * 1024, "{what}: over the RTX 30xx limit");
                 count += 1;
             }
         }

@@ -34,26 +34,34 @@ static void check(const std::string& what, const std::vector<float>& got, const 
 
 using Kernel = void (*)(const __half*, const __half*, __half*, int, int, int, int, int, int, int, int, int, int, int,
                         const float*, const float*, int, int, int);
-struct Config { const char* name; int bm, bn, warps_m, stages; bool vec, dgrad; Kernel k; };
+struct Config { const char* name; int bm, bn, bk, warps_m, warps_n, stages; bool vec, dgrad; Kernel k; };
 static const Config CONFIGS[] = {
-    {"fwd_vec_128x128", 128, 128, 2, 3, true, false, conv_fwd_vec_128x128},
-    {"fwd_vec_128x64", 128, 64, 2, 4, true, false, conv_fwd_vec_128x64},
-    {"fwd_vec_128x32", 128, 32, 4, 4, true, false, conv_fwd_vec_128x32},
-    {"fwd_vec_64x64", 64, 64, 2, 4, true, false, conv_fwd_vec_64x64},
-    {"fwd_vec_64x32", 64, 32, 2, 4, true, false, conv_fwd_vec_64x32},
-    {"fwd_gen_128x64", 128, 64, 2, 2, false, false, conv_fwd_gen_128x64},
-    {"fwd_gen_128x32", 128, 32, 4, 2, false, false, conv_fwd_gen_128x32},
-    {"fwd_gen_64x64", 64, 64, 2, 2, false, false, conv_fwd_gen_64x64},
-    {"fwd_gen_64x32", 64, 32, 2, 2, false, false, conv_fwd_gen_64x32},
-    {"dgrad_vec_128x128", 128, 128, 2, 3, true, true, conv_dgrad_vec_128x128},
-    {"dgrad_vec_128x64", 128, 64, 2, 4, true, true, conv_dgrad_vec_128x64},
-    {"dgrad_vec_128x32", 128, 32, 4, 4, true, true, conv_dgrad_vec_128x32},
-    {"dgrad_vec_64x64", 64, 64, 2, 4, true, true, conv_dgrad_vec_64x64},
-    {"dgrad_vec_64x32", 64, 32, 2, 4, true, true, conv_dgrad_vec_64x32},
-    {"dgrad_gen_128x64", 128, 64, 2, 2, false, true, conv_dgrad_gen_128x64},
-    {"dgrad_gen_128x32", 128, 32, 4, 2, false, true, conv_dgrad_gen_128x32},
-    {"dgrad_gen_64x64", 64, 64, 2, 2, false, true, conv_dgrad_gen_64x64},
-    {"dgrad_gen_64x32", 64, 32, 2, 2, false, true, conv_dgrad_gen_64x32},
+    {"fwd_vec_128x128", 128, 128, 32, 2, 2, 3, true, false, conv_fwd_vec_128x128},
+    {"fwd_vec_128x64", 128, 64, 32, 2, 2, 4, true, false, conv_fwd_vec_128x64},
+    {"fwd_vec_128x32", 128, 32, 32, 4, 1, 4, true, false, conv_fwd_vec_128x32},
+    {"fwd_vec_64x64", 64, 64, 32, 2, 2, 4, true, false, conv_fwd_vec_64x64},
+    {"fwd_vec_64x32", 64, 32, 32, 2, 2, 4, true, false, conv_fwd_vec_64x32},
+    {"fwd_gen_128x64", 128, 64, 32, 2, 2, 2, false, false, conv_fwd_gen_128x64},
+    {"fwd_gen_128x32", 128, 32, 32, 4, 1, 2, false, false, conv_fwd_gen_128x32},
+    {"fwd_gen_64x64", 64, 64, 32, 2, 2, 2, false, false, conv_fwd_gen_64x64},
+    {"fwd_gen_64x32", 64, 32, 32, 2, 2, 2, false, false, conv_fwd_gen_64x32},
+    {"dgrad_vec_128x128", 128, 128, 32, 2, 2, 3, true, true, conv_dgrad_vec_128x128},
+    {"dgrad_vec_128x64", 128, 64, 32, 2, 2, 4, true, true, conv_dgrad_vec_128x64},
+    {"dgrad_vec_128x32", 128, 32, 32, 4, 1, 4, true, true, conv_dgrad_vec_128x32},
+    {"dgrad_vec_64x64", 64, 64, 32, 2, 2, 4, true, true, conv_dgrad_vec_64x64},
+    {"dgrad_vec_64x32", 64, 32, 32, 2, 2, 4, true, true, conv_dgrad_vec_64x32},
+    {"dgrad_gen_128x64", 128, 64, 32, 2, 2, 2, false, true, conv_dgrad_gen_128x64},
+    {"dgrad_gen_128x32", 128, 32, 32, 4, 1, 2, false, true, conv_dgrad_gen_128x32},
+    {"dgrad_gen_64x64", 64, 64, 32, 2, 2, 2, false, true, conv_dgrad_gen_64x64},
+    {"dgrad_gen_64x32", 64, 32, 32, 2, 2, 2, false, true, conv_dgrad_gen_64x32},
+    {"fwd_vec_128x128k64", 128, 128, 64, 2, 2, 3, true, false, conv_fwd_vec_128x128k64},
+    {"fwd_vec_128x128s4", 128, 128, 32, 2, 2, 4, true, false, conv_fwd_vec_128x128s4},
+    {"fwd_vec_256x128", 256, 128, 32, 4, 2, 3, true, false, conv_fwd_vec_256x128},
+    {"fwd_vec_128x64k64", 128, 64, 64, 2, 2, 3, true, false, conv_fwd_vec_128x64k64},
+    {"fwd_vec_64x64k64", 64, 64, 64, 2, 2, 4, true, false, conv_fwd_vec_64x64k64},
+    {"fwd_vec_128x32k64", 128, 32, 64, 4, 1, 4, true, false, conv_fwd_vec_128x32k64},
+    {"fwd_vec_256x32", 256, 32, 32, 8, 1, 4, true, false, conv_fwd_vec_256x32},
+    {"fwd_vec_256x64", 256, 64, 32, 4, 2, 4, true, false, conv_fwd_vec_256x64},
 };
 static const Config& config(const std::string& name) {
     for (const auto& c : CONFIGS) if (name == c.name) return c;
@@ -75,9 +83,9 @@ static void launch(const Config& c, const __half* src, const __half* wgt, __half
             rows = std::max(rows, n * sl.hc * sl.wc);
         }
     }
-    const int bytes = conv_smem_bytes(c.bm, c.bn, c.warps_m, c.stages, c.vec);
+    const int bytes = conv_smem_bytes(c.bm, c.bn, c.bk, c.warps_m, c.stages, c.vec);
     SimDim grid{(unsigned)std::max(1, (rows + c.bm - 1) / c.bm), (unsigned)((nc + c.bn - 1) / c.bn), (unsigned)slices};
-    sim_launch(grid, SimDim{CONV_THREADS}, bytes / 4, [&] {
+    sim_launch(grid, SimDim{(unsigned)(32 * c.warps_m * c.warps_n)}, bytes / 4, [&] {
         c.k(src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, acc, vec_out);
     });
 }
@@ -201,6 +209,15 @@ int main() {
     test_fwd({2, 5, 7, 18, 36, 3, 1, 1}, "fwd_gen_64x64", 1, true);
     test_fwd({1, 6, 7, 36, 29, 1, 1, 0}, "fwd_gen_128x32", 1, true);
     test_fwd({1, 7, 5, 3, 40, 3, 2, 1}, "fwd_gen_128x64", 0, false);
+    // The forward-only configurations the benchmark compares (64-wide K steps, 8 warps).
+    test_fwd({1, 9, 11, 24, 136, 3, 1, 1}, "fwd_vec_128x128k64", 1, false);
+    test_fwd({1, 7, 6, 16, 40, 3, 1, 1}, "fwd_vec_128x128s4", 0, false);
+    test_fwd({2, 9, 8, 16, 72, 3, 2, 1}, "fwd_vec_256x128", 1, false);
+    test_fwd({1, 9, 11, 40, 72, 3, 1, 1}, "fwd_vec_128x64k64", 0, true);
+    test_fwd({1, 6, 7, 8, 24, 3, 1, 1}, "fwd_vec_64x64k64", 2, false);
+    test_fwd({1, 9, 11, 72, 29, 1, 1, 0}, "fwd_vec_128x32k64", 1, false);
+    test_fwd({2, 13, 11, 16, 32, 3, 1, 1}, "fwd_vec_256x32", 1, false);
+    test_fwd({1, 15, 19, 8, 64, 3, 1, 1}, "fwd_vec_256x64", 0, false);
     // dgrad, vec loader (dy channels = c_out % 8 == 0), every configuration.
     test_dgrad({2, 7, 9, 24, 16, 3, 1, 1}, "dgrad_vec_64x32");
     test_dgrad({1, 9, 8, 16, 32, 3, 2, 1}, "dgrad_vec_128x32");

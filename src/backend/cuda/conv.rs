@@ -13,7 +13,8 @@
 //!   workspace ([`conv2d_dgrad_workspace_len`] halves), so both GEMMs read B K-contiguous.
 //!
 //! Everything but the launch itself is a function of shapes, so [`plan`] is tested without a GPU.
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context as _, Result};
+use cudarc::driver::sys::CUfunction_attribute_enum;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
@@ -40,15 +41,15 @@ impl ConvEpilogue<'_> {
     };
 }
 
-/// Threads per block of every GEMM kernel (`CONV_THREADS`): four warps.
-const THREADS: u32 = 128;
-/// K extent of a shared tile (`CONV_BK`).
-const BK: usize = 32;
+/// K extent of the general loader's shared tiles (`CONV_BK`).
+const GEN_BK: usize = 32;
 /// Padding of the epilogue's staging rows (`CONV_STAGE_PAD`).
 const STAGE_PAD: usize = 8;
-/// Dynamic shared memory a block may use without opting in; every configuration stays under it,
-/// so no per-kernel attribute is needed on any GPU (the RTX 30xx allow 99 KiB after opting in).
-const MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Dynamic shared memory a block may use without opting in.
+const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
+/// The most any configuration may use after opting in: the RTX 30xx/40xx limit (sm_86/sm_89 allow
+/// 99 KiB per block; sm_80 163 KiB, sm_90 227 KiB), so every tile runs on every supported GPU.
+const MAX_SHARED_BYTES: usize = 99 * 1024;
 
 /// Which implicit GEMM a launch runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,86 +63,116 @@ pub enum Pass {
 /// A block-tile configuration of `conv.cu`: its template arguments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
-    /// Block tile rows (GEMM M: pixels) and columns (GEMM N: channels).
+    /// Block tile rows (GEMM M: pixels), columns (GEMM N: channels) and K step (halves).
     pub bm: usize,
     pub bn: usize,
-    /// Warps along M (the other `4 / warps_m` along N).
+    pub bk: usize,
+    /// Warps along M and along N.
     pub warps_m: usize,
+    pub warps_n: usize,
     /// Depth of the vec loader's cp.async pipeline (the general loader double-buffers).
     pub stages: usize,
 }
 
-/// Every configuration the kernel file instantiates, largest first. The general loader has all
-/// but 128x128 (its register staging would not fit next to 128 accumulators per thread).
+const fn tile(bm: usize, bn: usize, bk: usize, warps_m: usize, warps_n: usize, stages: usize) -> Tile {
+    Tile {
+        bm,
+        bn,
+        bk,
+        warps_m,
+        warps_n,
+        stages,
+    }
+}
+
+/// The configurations [`pick_tile`] chooses from, largest first; each has a forward and a dgrad
+/// kernel for the vec loader and, except 128x128 (its register staging would not fit next to
+/// 128 accumulators per thread), for the general loader.
 pub const TILES: [Tile; 5] = [
-    Tile {
-        bm: 128,
-        bn: 128,
-        warps_m: 2,
-        stages: 3,
-    },
-    Tile {
-        bm: 128,
-        bn: 64,
-        warps_m: 2,
-        stages: 4,
-    },
-    Tile {
-        bm: 128,
-        bn: 32,
-        warps_m: 4,
-        stages: 4,
-    },
-    Tile {
-        bm: 64,
-        bn: 64,
-        warps_m: 2,
-        stages: 4,
-    },
-    Tile {
-        bm: 64,
-        bn: 32,
-        warps_m: 2,
-        stages: 4,
-    },
+    tile(128, 128, 32, 2, 2, 3),
+    tile(128, 64, 32, 2, 2, 4),
+    tile(128, 32, 32, 4, 1, 4),
+    tile(64, 64, 32, 2, 2, 4),
+    tile(64, 32, 32, 2, 2, 4),
+];
+
+/// Forward-only vec configurations the benchmark compares with the table while it is tuned.
+pub const EXPERIMENTAL_TILES: [Tile; 8] = [
+    tile(128, 128, 64, 2, 2, 3),
+    tile(128, 128, 32, 2, 2, 4),
+    tile(256, 128, 32, 4, 2, 3),
+    tile(128, 64, 64, 2, 2, 3),
+    tile(64, 64, 64, 2, 2, 4),
+    tile(128, 32, 64, 4, 1, 4),
+    tile(256, 32, 32, 8, 1, 4),
+    tile(256, 64, 32, 4, 2, 4),
 ];
 
 impl Tile {
     /// The kernel of this tile for a pass and loader; `None` where none is instantiated.
     pub fn kernel(&self, pass: Pass, vec: bool) -> Option<&'static str> {
-        Some(match (pass, vec, self.bm, self.bn) {
-            (Pass::Fwd, true, 128, 128) => "conv_fwd_vec_128x128",
-            (Pass::Fwd, true, 128, 64) => "conv_fwd_vec_128x64",
-            (Pass::Fwd, true, 128, 32) => "conv_fwd_vec_128x32",
-            (Pass::Fwd, true, 64, 64) => "conv_fwd_vec_64x64",
-            (Pass::Fwd, true, 64, 32) => "conv_fwd_vec_64x32",
-            (Pass::Fwd, false, 128, 64) => "conv_fwd_gen_128x64",
-            (Pass::Fwd, false, 128, 32) => "conv_fwd_gen_128x32",
-            (Pass::Fwd, false, 64, 64) => "conv_fwd_gen_64x64",
-            (Pass::Fwd, false, 64, 32) => "conv_fwd_gen_64x32",
-            (Pass::Dgrad, true, 128, 128) => "conv_dgrad_vec_128x128",
-            (Pass::Dgrad, true, 128, 64) => "conv_dgrad_vec_128x64",
-            (Pass::Dgrad, true, 128, 32) => "conv_dgrad_vec_128x32",
-            (Pass::Dgrad, true, 64, 64) => "conv_dgrad_vec_64x64",
-            (Pass::Dgrad, true, 64, 32) => "conv_dgrad_vec_64x32",
-            (Pass::Dgrad, false, 128, 64) => "conv_dgrad_gen_128x64",
-            (Pass::Dgrad, false, 128, 32) => "conv_dgrad_gen_128x32",
-            (Pass::Dgrad, false, 64, 64) => "conv_dgrad_gen_64x64",
-            (Pass::Dgrad, false, 64, 32) => "conv_dgrad_gen_64x32",
+        let t = self;
+        let key = (t.bm, t.bn, t.bk, t.warps_m, t.warps_n, t.stages);
+        Some(match (pass, vec, key) {
+            (Pass::Fwd, true, (128, 128, 32, 2, 2, 3)) => "conv_fwd_vec_128x128",
+            (Pass::Fwd, true, (128, 64, 32, 2, 2, 4)) => "conv_fwd_vec_128x64",
+            (Pass::Fwd, true, (128, 32, 32, 4, 1, 4)) => "conv_fwd_vec_128x32",
+            (Pass::Fwd, true, (64, 64, 32, 2, 2, 4)) => "conv_fwd_vec_64x64",
+            (Pass::Fwd, true, (64, 32, 32, 2, 2, 4)) => "conv_fwd_vec_64x32",
+            (Pass::Fwd, false, (128, 64, 32, 2, 2, 4)) => "conv_fwd_gen_128x64",
+            (Pass::Fwd, false, (128, 32, 32, 4, 1, 4)) => "conv_fwd_gen_128x32",
+            (Pass::Fwd, false, (64, 64, 32, 2, 2, 4)) => "conv_fwd_gen_64x64",
+            (Pass::Fwd, false, (64, 32, 32, 2, 2, 4)) => "conv_fwd_gen_64x32",
+            (Pass::Dgrad, true, (128, 128, 32, 2, 2, 3)) => "conv_dgrad_vec_128x128",
+            (Pass::Dgrad, true, (128, 64, 32, 2, 2, 4)) => "conv_dgrad_vec_128x64",
+            (Pass::Dgrad, true, (128, 32, 32, 4, 1, 4)) => "conv_dgrad_vec_128x32",
+            (Pass::Dgrad, true, (64, 64, 32, 2, 2, 4)) => "conv_dgrad_vec_64x64",
+            (Pass::Dgrad, true, (64, 32, 32, 2, 2, 4)) => "conv_dgrad_vec_64x32",
+            (Pass::Dgrad, false, (128, 64, 32, 2, 2, 4)) => "conv_dgrad_gen_128x64",
+            (Pass::Dgrad, false, (128, 32, 32, 4, 1, 4)) => "conv_dgrad_gen_128x32",
+            (Pass::Dgrad, false, (64, 64, 32, 2, 2, 4)) => "conv_dgrad_gen_64x64",
+            (Pass::Dgrad, false, (64, 32, 32, 2, 2, 4)) => "conv_dgrad_gen_64x32",
+            (Pass::Fwd, true, (128, 128, 64, 2, 2, 3)) => "conv_fwd_vec_128x128k64",
+            (Pass::Fwd, true, (128, 128, 32, 2, 2, 4)) => "conv_fwd_vec_128x128s4",
+            (Pass::Fwd, true, (256, 128, 32, 4, 2, 3)) => "conv_fwd_vec_256x128",
+            (Pass::Fwd, true, (128, 64, 64, 2, 2, 3)) => "conv_fwd_vec_128x64k64",
+            (Pass::Fwd, true, (64, 64, 64, 2, 2, 4)) => "conv_fwd_vec_64x64k64",
+            (Pass::Fwd, true, (128, 32, 64, 4, 1, 4)) => "conv_fwd_vec_128x32k64",
+            (Pass::Fwd, true, (256, 32, 32, 8, 1, 4)) => "conv_fwd_vec_256x32",
+            (Pass::Fwd, true, (256, 64, 32, 4, 2, 4)) => "conv_fwd_vec_256x64",
             _ => return None,
         })
+    }
+
+    /// Threads per block: a warp per warp tile.
+    pub fn threads(&self) -> usize {
+        32 * self.warps_m * self.warps_n
     }
 
     /// Dynamic shared memory of one block, as `conv_smem_bytes` in the kernel file: the larger of
     /// the pipeline's tiles (plus the general loader's per-row table) and the epilogue staging.
     pub fn smem_bytes(&self, vec: bool) -> usize {
         let pipeline = if vec {
-            self.stages * (self.bm + self.bn) * BK * 2
+            self.stages * (self.bm + self.bn) * self.bk * 2
         } else {
-            2 * (self.bm + self.bn) * BK * 2 + self.bm * 16
+            2 * (self.bm + self.bn) * GEN_BK * 2 + self.bm * 16
         };
         let staging = (self.bm / self.warps_m) * (self.bn + STAGE_PAD) * 4;
         pipeline.max(staging)
+    }
+
+    /// A short name, `128x64` or `128x64k64s3/8w` when it differs from the table's usual K step,
+    /// stages or warps.
+    pub fn label(&self) -> String {
+        let mut s = format!("{}x{}", self.bm, self.bn);
+        if self.bk != 32 {
+            s += &format!("k{}", self.bk);
+        }
+        s += &format!("s{}", self.stages);
+        if self.threads() != 128 {
+            s += &format!("/{}w", self.threads() / 32);
+        }
+        s
     }
 
     /// Relative MMA throughput of a full SM running this tile (bigger warp tiles reuse each
@@ -296,7 +327,7 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
     let lp = plan(g.pass, &shape, all_aligned_16(&[g.src, g.wgt]), sms, tile)?;
     // The kernel indexes rows, one image's pixels and K in 32-bit ints; elements in 64-bit.
     as_i32("conv GEMM rows", m)?;
-    as_i32("conv K", g.p.kh * g.p.kw * g.ss.c + BK)?;
+    as_i32("conv K", g.p.kh * g.p.kw * g.ss.c + 64)?;
     as_i32("conv source pixels per image", g.ss.h * g.ss.w)?;
     let (src, wgt, out, scale, shift) = (g.src, g.wgt, g.out, g.scale, g.shift);
     let (n, hs, ws, cs) = (
@@ -320,15 +351,23 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
     let vec_out = (g.os.c % 8 == 0 && all_aligned_16(&[out])) as i32;
     let cfg = LaunchConfig {
         grid_dim: lp.grid,
-        block_dim: (THREADS, 1, 1),
+        block_dim: (lp.tile.threads() as u32, 1, 1),
         shared_mem_bytes: lp.smem_bytes,
     };
     let f = gpu.function(lp.kernel)?;
+    if lp.smem_bytes as usize > DEFAULT_SHARED_BYTES {
+        // Raising the limit is a property of the function, cheap to set again on every launch.
+        f.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            lp.smem_bytes as i32,
+        )
+        .with_context(|| format!("{}: allowing {} bytes of shared memory", lp.kernel, lp.smem_bytes))?;
+    }
     // SAFETY: src covers ss.len() halves, wgt nc*kh*kw*cs, out os.len() (checked by the callers),
     // scale/shift nc floats or null; arguments (const __half*, const __half*, __half*, int n,
     // int hs, int ws, int cs, int ho, int wo, int nc, int kh, int kw, int stride, int pad,
-    // const float*, const float*, int relu, int accumulate, int vec_out); 128 threads and
-    // conv_smem_bytes of dynamic shared memory (Tile::smem_bytes mirrors it).
+    // const float*, const float*, int relu, int accumulate, int vec_out); tile.threads() and
+    // conv_smem_bytes of dynamic shared memory (Tile::smem_bytes mirrors it), allowed above.
     unsafe {
         gpu.stream()
             .launch_builder(&f)
@@ -628,12 +667,15 @@ mod tests {
 
     #[test]
     fn every_tile_has_its_kernels_and_fits_shared_memory() {
-        for t in TILES {
+        for t in TILES.iter().chain(&EXPERIMENTAL_TILES) {
             assert_eq!(t.bm % (16 * t.warps_m), 0, "{t:?}");
-            assert_eq!(t.bn % (16 * (4 / t.warps_m)), 0, "{t:?}");
+            assert_eq!(t.bn % (16 * t.warps_n), 0, "{t:?}");
             for vec in [true, false] {
                 if let Some(name) = t.kernel(Pass::Fwd, vec) {
-                    assert!(t.kernel(Pass::Dgrad, vec).is_some(), "{name} has no dgrad twin");
+                    assert!(
+                        TILES.contains(t) == t.kernel(Pass::Dgrad, vec).is_some(),
+                        "{name}: table tiles and only they have a dgrad twin"
+                    );
                     assert!(t.smem_bytes(vec) <= MAX_SHARED_BYTES, "{name}");
                 }
             }
@@ -641,6 +683,7 @@ mod tests {
         // The same numbers as conv_smem_bytes in the kernel file, for two configurations.
         assert_eq!(TILES[0].smem_bytes(true), 3 * 256 * 64);
         assert_eq!(TILES[1].smem_bytes(false), 2 * 192 * 64 + 128 * 16);
+        assert_eq!(EXPERIMENTAL_TILES[0].smem_bytes(true), 3 * 256 * 128);
     }
 
     fn fwd(m: usize, n: usize) -> GemmShape {
