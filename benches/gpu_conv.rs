@@ -8,13 +8,15 @@
 //! step: the image needs none). One JSON line per shape (`{"kind":"conv",...}`) lets the lead join
 //! the table with a cuDNN one keyed by (n, h, w, c_in, c_out, kh, kw, stride, pad).
 //!
-//! `CONV_BENCH_TILES=1` also times every tile configuration of each shape (the table's and the
-//! experimental forward-only ones), to tune `pick_tile`; `CONV_BENCH_ONLY=<text>` keeps the shapes
+//! `CONV_BENCH_TILES=1` also times every tile configuration of each shape (both vec tables, or the
+//! general loader's), to tune `pick_tile`; `CONV_BENCH_ONLY=<text>` keeps the shapes
 //! whose description contains the text, and `CONV_BENCH_ONCE=1` runs each pass once, untimed
 //! warm-up aside (for a profiler). Run: `cargo bench --bench gpu_conv`. Without a GPU it says so
 //! and exits 0.
 use anyhow::Result;
-use cephalo::backend::cuda::conv::{self, ConvEpilogue, GemmShape, Pass, Tile, EXPERIMENTAL_TILES, TILES};
+use cephalo::backend::cuda::conv::{
+    self, ConvEpilogue, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL, TILES_SMALL_SMEM,
+};
 use cephalo::backend::{ConvParams, Shape4};
 use cephalo::gpu::timer::measure;
 use cephalo::gpu::{DeviceBuffer, Gpu};
@@ -187,21 +189,20 @@ fn describe(c: &Conv) -> String {
 }
 
 /// Times every tile configuration of one pass: "label:ms" pairs.
-fn sweep(gpu: &Gpu, b: &mut Bufs, c: &Conv, pass: Pass) -> Result<String> {
-    let vec = match pass {
-        Pass::Fwd => c.p.c_in % 8 == 0,
-        Pass::Dgrad => c.p.c_out % 8 == 0,
+fn sweep(gpu: &Gpu, b: &mut Bufs, c: &Conv, g: &GemmShape, pass: Pass) -> Result<String> {
+    let tiles: Vec<Tile> = if g.vec_ok() {
+        let mut v = TILES_BIG_SMEM.to_vec();
+        v.extend(TILES_SMALL_SMEM.iter().filter(|t| !TILES_BIG_SMEM.contains(t)));
+        v
+    } else {
+        TILES_GENERAL.to_vec()
     };
     let (warmup, runs) = runs();
     let mut all = Vec::new();
-    for t in TILES
-        .iter()
-        .chain(&EXPERIMENTAL_TILES)
-        .filter(|t| t.kernel(pass, vec).is_some())
-    {
+    for t in tiles {
         let ms = measure(gpu, warmup, runs, || match pass {
-            Pass::Fwd => b.fwd(gpu, c, Some(*t)),
-            Pass::Dgrad => b.dgrad(gpu, c, Some(*t)),
+            Pass::Fwd => b.fwd(gpu, c, Some(t)),
+            Pass::Dgrad => b.dgrad(gpu, c, Some(t)),
         })?
         .median_ms;
         all.push(format!("{}:{ms:.4}", t.label()));
@@ -220,8 +221,13 @@ fn main() -> Result<()> {
     let sweep_tiles = std::env::var_os("CONV_BENCH_TILES").is_some();
     let only = std::env::var("CONV_BENCH_ONLY").unwrap_or_default();
     let (warmup, runs) = runs();
-    let sms = gpu.info().multiprocessors as usize;
-    println!("device: {} ({sms} SMs)", gpu.info().name);
+    let shape = GpuShape::of(&gpu);
+    println!(
+        "device: {} ({} SMs, {} KiB shared memory per SM)",
+        gpu.info().name,
+        shape.sms,
+        shape.smem_per_sm / 1024
+    );
     for model in ["hrnet-w32", "resnet50"] {
         println!("\n{model}, 768x768, batch 4");
         println!(
@@ -246,8 +252,8 @@ fn main() -> Result<()> {
             } else {
                 (GemmShape::fwd(c.xs, &c.p), GemmShape::dgrad(c.xs, &c.p))
             };
-            let tf = conv::pick_tile(&gf, gf.cs % 8 == 0, sms);
-            let td = conv::pick_tile(&gd, gd.cs % 8 == 0, sms);
+            let tf = conv::pick_tile(&gf, gf.vec_ok(), &shape);
+            let td = conv::pick_tile(&gd, gd.vec_ok(), &shape);
             println!(
                 "{:<36} {:>5} {:>8.2} {:>9.4} {:>8.1} {:>9.4} {:>8.1}   {} / {}",
                 describe(&c),
@@ -261,8 +267,8 @@ fn main() -> Result<()> {
                 td.label()
             );
             if sweep_tiles && !c.transposed {
-                println!("    fwd   {}", sweep(&gpu, &mut b, &c, Pass::Fwd)?);
-                println!("    dgrad {}", sweep(&gpu, &mut b, &c, Pass::Dgrad)?);
+                println!("    fwd   {}", sweep(&gpu, &mut b, &c, &gf, Pass::Fwd)?);
+                println!("    dgrad {}", sweep(&gpu, &mut b, &c, &gd, Pass::Dgrad)?);
             }
             let p = &c.p;
             let dgrad_json = if c.dgrad_count > 0 {

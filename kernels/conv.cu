@@ -19,19 +19,22 @@
 // its K runs over that class's taps only (see ConvSlice), so no MMA multiplies a structural zero.
 // The same makes the 4x4 stride-2 transposed convolution (a dgrad) run 4 taps per pixel, not 16.
 //
-// Block tile BM x BN x 32 (K), 4 warps in a WARPS_M x WARPS_N grid, each warp a (BM/WARPS_M) x
-// (BN/WARPS_N) tile of m16n8k16 MMAs fed by ldmatrix from shared memory. K is walked as the flat
-// (r, s, c) index, so a 32-wide K tile may span taps and channel counts that are multiples of 8
-// waste nothing (only the last tile of K is partly zero).
+// Block tile BM x BN x BK (BK = 32 or 64 halves of K), WARPS_M x WARPS_N warps, each warp a
+// (BM/WARPS_M) x (BN/WARPS_N) tile of m16n8k16 MMAs fed by ldmatrix from shared memory. K is
+// walked as the flat (r, s, c) index, so a K tile may span taps and channel counts that are
+// multiples of 8 waste nothing (only the last tile of K is partly zero). Blocks are numbered with
+// the output-channel tiles fastest, so the blocks running together share their pixels.
 // Two loaders fill the shared tiles:
-//   vec (cs % 8 == 0, 16-byte aligned source and weight): 16-byte cp.async of 8 channels with
-//     zero-fill for the padding, a STAGES-deep pipeline (loads of tile k+STAGES-1 are in flight
-//     while tile k is multiplied);
+//   vec (cs % 8 == 0, 16-byte aligned source and weight, at most 32 taps per slice): 16-byte
+//     cp.async of 8 channels with zero-fill for the padding, a STAGES-deep pipeline (loads of
+//     tile k+STAGES-1 are in flight while tile k is multiplied); each thread's rows carry a
+//     precomputed source offset and a bit mask of their in-image taps, so a copy costs a few
+//     instructions;
 //   general (any cs: the 1-channel stem, HRNet-W18's 18/36/72/144, a 29-channel head): each
 //     thread gathers scalars into registers for tile k+1 while tile k is multiplied, then stores
-//     them into the other of two shared buffers.
-// Shared tiles are rows of 32 halves (64 bytes) whose four 16-byte chunks are XOR-swizzled by
-// (row / 2) % 4, so the eight row addresses of every ldmatrix phase hit distinct banks.
+//     them into the other of two shared buffers (BK = 32, 4 warps).
+// Shared tiles are rows of BK halves whose 16-byte chunks are XOR-swizzled (conv_swz), so the
+// eight row addresses of every ldmatrix phase hit distinct banks.
 //
 // Epilogue: the fp32 accumulators go through shared memory (one warp row at a time, reusing the
 // pipeline's buffers) so that each thread then owns 8 consecutive output channels of a pixel:
@@ -180,7 +183,10 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;
     const ConvSlice sl = conv_slice<DGRAD>(blockIdx.z, ho, wo, kh, kw, stride, pad);
     const int m = n * sl.hc * sl.wc;  // rows of this slice; the wrapper checks n*ho*wo fits
-    const int block_m = blockIdx.x * BM, block_n = blockIdx.y * BN;
+    // Blocks walk the output channels' tiles fastest: the blocks running at once share their
+    // pixels (A), read once from DRAM, while the weights (B) are small enough to stay in L2.
+    const int ntiles_n = (nc + BN - 1) / BN;
+    const int block_m = (blockIdx.x / ntiles_n) * BM, block_n = (blockIdx.x % ntiles_n) * BN;
     if (block_m >= m) return;  // the grid covers the largest slice
     const int kdim = kh * kw * cs;           // a weight row
     const int kslice = sl.rc * sl.sc * cs;   // this slice's K: its taps only
@@ -228,50 +234,78 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 
     if (VEC) {
         // Thread t copies chunk t % CPR of rows t / CPR + RP i: its K offset within a tile is
-        // fixed, so one (r, s, c) state per thread follows the tiles as they are loaded in order.
+        // fixed, so one (tap, channel) state per thread follows the tiles as they are loaded in
+        // order, and what depends on the row is set up once: the element offset of the row's
+        // source pixel at tap (0, 0) and a bit mask of the slice taps that land inside the
+        // source (the wrapper sends slices of more than 32 taps to the general loader). A copy
+        // then costs a shift, a 64-bit add and the cp.async.
         constexpr int CPR = BK / 8, RP = NT / CPR;  // chunks per row, rows per pass
         static_assert(BM % RP == 0, "whole passes of A rows");
         constexpr int A_PER = BM / RP, B_PER = (BN + RP - 1) / RP;
         const int kchunk = tid % CPR, row0 = tid / CPR;
-        long long a_base[A_PER];
-        int a_h[A_PER], a_w[A_PER];
+        long long a_off[A_PER];
+        uint32_t a_mask[A_PER];
 #pragma unroll
-        for (int i = 0; i < A_PER; ++i)
-            conv_row<DGRAD>(block_m + row0 + RP * i, m, sl, stride, pad, image_elems, &a_base[i], &a_h[i], &a_w[i]);
-        // (kr, ks) is the slice tap, kc the channel, of this thread's K offset in the next tile.
-        int kr = 0, ks = 0, kc = kchunk * 8;
+        for (int i = 0; i < A_PER; ++i) {
+            long long base;
+            int h0, w0;
+            conv_row<DGRAD>(block_m + row0 + RP * i, m, sl, stride, pad, image_elems, &base, &h0, &w0);
+            a_off[i] = base + ((long long)h0 * ws + w0) * cs;
+            uint32_t mask = 0;
+            for (int ti = 0, t = 0; ti < sl.rc; ++ti)
+                for (int tj = 0; tj < sl.sc; ++tj, ++t) {
+                    int sh, sw;
+                    if (conv_tap<DGRAD>(h0, w0, ti, tj, hs, ws, &sh, &sw)) mask |= 1u << (t & 31);
+                }
+            a_mask[i] = mask;
+        }
+        long long b_off[B_PER];
+        uint32_t b_ok = 0;
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) {
+            const int co = block_n + row0 + RP * j;
+            b_off[j] = (long long)co * kdim;
+            if (co < nc && row0 + RP * j < BN) b_ok |= 1u << j;
+        }
+        // The slice tap (ti, tj) = t and channel kc of this thread's K offset in the next tile,
+        // and the element offsets they give in the source (relative to a row's tap (0, 0)) and
+        // in a weight row.
+        int t = 0, ti = 0, tj = 0, kc = kchunk * 8;
+        long long a_k = 0;
+        int b_k = 0;
+        const int taps = sl.rc * sl.sc;
         auto normalize = [&] {
             while (kc >= cs) {
                 kc -= cs;
-                if (++ks == sl.sc) {
-                    ks = 0;
-                    ++kr;
+                ++t;
+                if (++tj == sl.sc) {
+                    tj = 0;
+                    ++ti;
                 }
             }
+            a_k = ((long long)(DGRAD ? -ti : ti) * ws + (DGRAD ? -tj : tj)) * cs + kc;
+            b_k = conv_weight_tap<DGRAD>(sl, ti, tj, kw, stride) * cs + kc;
         };
         normalize();
 
         auto load_tile = [&](int slot) {
             __half* a = s_a + slot * BM * BK;
             __half* b = s_b + slot * BN * BK;
-            const bool k_ok = kr < sl.rc;
+            const bool k_ok = t < taps;
+            const int bit = t & 31;
 #pragma unroll
             for (int i = 0; i < A_PER; ++i) {
-                int sh, sw;
-                const bool ok = k_ok && conv_tap<DGRAD>(a_h[i], a_w[i], kr, ks, hs, ws, &sh, &sw);
+                const bool ok = k_ok && ((a_mask[i] >> bit) & 1u);
                 // An invalid copy reads nothing but still needs a mapped, aligned address.
-                const __half* g = ok ? src + a_base[i] + (long long)(sh * ws + sw) * cs + kc : src;
+                const __half* g = ok ? src + (a_off[i] + a_k) : src;
                 conv_cp_async_16_ca(a + conv_swz<BK>(row0 + RP * i, kchunk), g, ok);
             }
-            const int k = conv_weight_tap<DGRAD>(sl, kr, ks, kw, stride) * cs + kc;
 #pragma unroll
             for (int j = 0; j < B_PER; ++j) {
-                const int row = row0 + RP * j;
-                if (BN % RP != 0 && row >= BN) break;  // fewer B rows than threads per pass
-                const int co = block_n + row;
-                const bool ok = k_ok && co < nc;
-                const __half* g = ok ? wgt + (long long)co * kdim + k : wgt;
-                cp_async_16(b + conv_swz<BK>(row, kchunk), g, ok);
+                if (BN % RP != 0 && row0 + RP * j >= BN) break;  // fewer B rows than threads per pass
+                const bool ok = k_ok && ((b_ok >> j) & 1u);
+                const __half* g = ok ? wgt + (b_off[j] + b_k) : wgt;
+                cp_async_16(b + conv_swz<BK>(row0 + RP * j, kchunk), g, ok);
             }
             kc += BK;
             normalize();
@@ -401,11 +435,13 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     }
 }
 
-// Entry points: conv_<pass>_<loader>_<BM>x<BN>. Arguments, all variants alike:
+// Entry points: conv_<pass>_<loader>_<BM>x<BN>[k<BK>]. (64x64k64 asks for 3 blocks per SM, what
+// its shared memory allows on an H100 anyway: left alone, ptxas stops at 96 registers and
+// spills.) Arguments, all variants alike:
 //   src (x forward, dy dgrad: n x hs x ws x cs), wgt ([nc][kh][kw][cs]: the KRSC weight forward,
 //   the re-laid-out one dgrad), out (n x ho x wo x nc), n, hs, ws, cs, ho, wo, nc, kh, kw, stride,
 //   pad, scale, shift (nc floats each or null), relu, accumulate, vec_out.
-// Grid (ceil(rows / BM), ceil(nc / BN), slices): forward 1 slice of n*ho*wo rows; dgrad
+// Grid (ceil(rows / BM) * ceil(nc / BN), 1, slices): forward 1 slice of n*ho*wo rows; dgrad
 // stride*stride slices, rows the largest class's n*hc*wc (see conv_slice). 32 * WARPS_M * WARPS_N
 // threads, conv_smem_bytes(..) of dynamic shared memory (over 48 KiB needs the opt-in attribute).
 #define CONV_PARAMS                                                                                    \
@@ -414,19 +450,28 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
         const float *__restrict__ scale, const float *__restrict__ shift, int relu, int accumulate, int vec_out
 #define CONV_ARGS src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out
 
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128k64(CONV_PARAMS) {
+    conv_igemm<128, 128, 64, 2, 2, 3, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x64k64(CONV_PARAMS) {
+    conv_igemm<128, 64, 64, 2, 2, 3, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128, 3) conv_fwd_vec_64x64k64(CONV_PARAMS) {
+    conv_igemm<64, 64, 64, 2, 2, 4, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128k32(CONV_PARAMS) {
     conv_igemm<128, 128, 32, 2, 2, 3, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x64(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x64k32(CONV_PARAMS) {
     conv_igemm<128, 64, 32, 2, 2, 4, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x32(CONV_PARAMS) {
-    conv_igemm<128, 32, 32, 4, 1, 4, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x64(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x64k32(CONV_PARAMS) {
     conv_igemm<64, 64, 32, 2, 2, 4, false, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x32(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x32k32(CONV_PARAMS) {
+    conv_igemm<128, 32, 32, 4, 1, 4, false, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x32k32(CONV_PARAMS) {
     conv_igemm<64, 32, 32, 2, 2, 4, false, true>(CONV_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_128x64(CONV_PARAMS) {
@@ -441,19 +486,28 @@ extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_64x64(CONV_PARAMS
 extern "C" __global__ void __launch_bounds__(128) conv_fwd_gen_64x32(CONV_PARAMS) {
     conv_igemm<64, 32, 32, 2, 2, 2, false, false>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x128(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x128k64(CONV_PARAMS) {
+    conv_igemm<128, 128, 64, 2, 2, 3, true, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x64k64(CONV_PARAMS) {
+    conv_igemm<128, 64, 64, 2, 2, 3, true, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128, 3) conv_dgrad_vec_64x64k64(CONV_PARAMS) {
+    conv_igemm<64, 64, 64, 2, 2, 4, true, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x128k32(CONV_PARAMS) {
     conv_igemm<128, 128, 32, 2, 2, 3, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x64(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x64k32(CONV_PARAMS) {
     conv_igemm<128, 64, 32, 2, 2, 4, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x32(CONV_PARAMS) {
-    conv_igemm<128, 32, 32, 4, 1, 4, true, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_64x64(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_64x64k32(CONV_PARAMS) {
     conv_igemm<64, 64, 32, 2, 2, 4, true, true>(CONV_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_64x32(CONV_PARAMS) {
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_128x32k32(CONV_PARAMS) {
+    conv_igemm<128, 32, 32, 4, 1, 4, true, true>(CONV_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) conv_dgrad_vec_64x32k32(CONV_PARAMS) {
     conv_igemm<64, 32, 32, 2, 2, 4, true, true>(CONV_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_128x64(CONV_PARAMS) {
@@ -467,30 +521,6 @@ extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_64x64(CONV_PARA
 }
 extern "C" __global__ void __launch_bounds__(128) conv_dgrad_gen_64x32(CONV_PARAMS) {
     conv_igemm<64, 32, 32, 2, 2, 2, true, false>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128k64(CONV_PARAMS) {
-    conv_igemm<128, 128, 64, 2, 2, 3, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128s4(CONV_PARAMS) {
-    conv_igemm<128, 128, 32, 2, 2, 4, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) conv_fwd_vec_256x128(CONV_PARAMS) {
-    conv_igemm<256, 128, 32, 4, 2, 3, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x64k64(CONV_PARAMS) {
-    conv_igemm<128, 64, 64, 2, 2, 3, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_64x64k64(CONV_PARAMS) {
-    conv_igemm<64, 64, 64, 2, 2, 4, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x32k64(CONV_PARAMS) {
-    conv_igemm<128, 32, 64, 4, 1, 4, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) conv_fwd_vec_256x32(CONV_PARAMS) {
-    conv_igemm<256, 32, 32, 8, 1, 4, false, true>(CONV_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) conv_fwd_vec_256x64(CONV_PARAMS) {
-    conv_igemm<256, 64, 32, 4, 2, 4, false, true>(CONV_ARGS);
 }
 
 // dgrad's B operand: wt[ci][t][k] = w[k][t][ci] (t = r * kw + s), so that the input gradient's

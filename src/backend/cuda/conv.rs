@@ -5,10 +5,12 @@
 //! Both passes are one tensor-core implicit GEMM whose A operand is gathered from NHWC
 //! activations on the fly (see the kernel file's header). What the wrapper decides:
 //! * the loader: `vec` (16-byte `cp.async`, multi-stage pipeline) when the gathered tensor's
-//!   channels come in 8s and the tensors are 16-byte aligned, else the general scalar gather;
-//! * the block tile, from a small table ([`TILES`]) by the GEMM's M (pixels) and N (output
-//!   channels) and the GPU's SM count, so that a 4x192x192x32 layer (M huge, N = 32) and a
-//!   4x24x24x256 one (M small) both fill the GPU ([`pick_tile`]);
+//!   channels come in 8s, the tensors are 16-byte aligned and the kernel has at most 32 taps,
+//!   else the general scalar gather;
+//! * the block tile, from a small table per loader and GPU class ([`TILES_BIG_SMEM`],
+//!   [`TILES_SMALL_SMEM`], [`TILES_GENERAL`]) by the GEMM's M (pixels) and N (output channels)
+//!   and the GPU's SM count, so that a 4x192x192x32 layer (M huge, N = 32) and a 4x24x24x256
+//!   one (M small) both fill the GPU ([`pick_tile`]);
 //! * dgrad's weight re-layout `[c_out][kh][kw][c_in] -> [c_in][kh][kw][c_out]` into the caller's
 //!   workspace ([`conv2d_dgrad_workspace_len`] halves), so both GEMMs read B K-contiguous.
 //!
@@ -48,7 +50,7 @@ const STAGE_PAD: usize = 8;
 /// Dynamic shared memory a block may use without opting in.
 const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
 /// The most any configuration may use after opting in: the RTX 30xx/40xx limit (sm_86/sm_89 allow
-/// 99 KiB per block; sm_80 163 KiB, sm_90 227 KiB), so every tile runs on every supported GPU.
+/// 99 KiB per block; sm_80 163 KiB, sm_90 227 KiB), so every tile could run on every supported GPU.
 const MAX_SHARED_BYTES: usize = 99 * 1024;
 
 /// Which implicit GEMM a launch runs.
@@ -85,28 +87,48 @@ const fn tile(bm: usize, bn: usize, bk: usize, warps_m: usize, warps_n: usize, s
     }
 }
 
-/// The configurations [`pick_tile`] chooses from, largest first; each has a forward and a dgrad
-/// kernel for the vec loader and, except 128x128 (its register staging would not fit next to
-/// 128 accumulators per thread), for the general loader.
-pub const TILES: [Tile; 5] = [
-    tile(128, 128, 32, 2, 2, 3),
-    tile(128, 64, 32, 2, 2, 4),
+/// The vec-loader configurations for GPUs with at least [`BIG_SMEM_PER_SM`] of shared memory per
+/// SM (A100, H100): 64-wide K steps, measured 5-15 % faster than the 32-wide ones on an H100
+/// (fewer barriers and pipeline waits per MMA), at up to 96 KiB per block. Largest first.
+pub const TILES_BIG_SMEM: [Tile; 5] = [
+    tile(128, 128, 64, 2, 2, 3),
+    tile(128, 64, 64, 2, 2, 3),
+    tile(64, 64, 64, 2, 2, 4),
     tile(128, 32, 32, 4, 1, 4),
-    tile(64, 64, 32, 2, 2, 4),
     tile(64, 32, 32, 2, 2, 4),
 ];
 
-/// Forward-only vec configurations the benchmark compares with the table while it is tuned.
-pub const EXPERIMENTAL_TILES: [Tile; 8] = [
-    tile(128, 128, 64, 2, 2, 3),
-    tile(128, 128, 32, 2, 2, 4),
-    tile(256, 128, 32, 4, 2, 3),
-    tile(128, 64, 64, 2, 2, 3),
-    tile(64, 64, 64, 2, 2, 4),
-    tile(128, 32, 64, 4, 1, 4),
-    tile(256, 32, 32, 8, 1, 4),
-    tile(256, 64, 32, 4, 2, 4),
+/// The vec-loader configurations for GPUs with about 100 KiB per SM (RTX 30xx/40xx): 32-wide K
+/// steps, at most 48 KiB per block, so that two blocks share an SM.
+pub const TILES_SMALL_SMEM: [Tile; 5] = [
+    tile(128, 128, 32, 2, 2, 3),
+    tile(128, 64, 32, 2, 2, 4),
+    tile(64, 64, 32, 2, 2, 4),
+    tile(128, 32, 32, 4, 1, 4),
+    tile(64, 32, 32, 2, 2, 4),
 ];
+
+/// The general loader's configurations (scalar gather, double-buffered 32-wide K steps; no
+/// 128x128: its register staging would not fit next to 128 accumulators per thread).
+pub const TILES_GENERAL: [Tile; 4] = [
+    tile(128, 64, 32, 2, 2, 2),
+    tile(128, 32, 32, 4, 1, 2),
+    tile(64, 64, 32, 2, 2, 2),
+    tile(64, 32, 32, 2, 2, 2),
+];
+
+/// Shared memory per SM from which [`TILES_BIG_SMEM`] is used.
+pub const BIG_SMEM_PER_SM: usize = 160 * 1024;
+
+/// Shared memory per SM of a compute capability (the CUDA programming guide's table): 228 KiB on
+/// sm_90, 164 KiB on sm_80/sm_87, 100 KiB on the consumer parts (sm_86, sm_89, sm_120).
+pub fn smem_per_sm(compute_capability: (u32, u32)) -> usize {
+    match compute_capability {
+        (9, 0) => 228 * 1024,
+        (8, 0) | (8, 7) => 164 * 1024,
+        _ => 100 * 1024,
+    }
+}
 
 impl Tile {
     /// The kernel of this tile for a pass and loader; `None` where none is instantiated.
@@ -114,32 +136,30 @@ impl Tile {
         let t = self;
         let key = (t.bm, t.bn, t.bk, t.warps_m, t.warps_n, t.stages);
         Some(match (pass, vec, key) {
-            (Pass::Fwd, true, (128, 128, 32, 2, 2, 3)) => "conv_fwd_vec_128x128",
-            (Pass::Fwd, true, (128, 64, 32, 2, 2, 4)) => "conv_fwd_vec_128x64",
-            (Pass::Fwd, true, (128, 32, 32, 4, 1, 4)) => "conv_fwd_vec_128x32",
-            (Pass::Fwd, true, (64, 64, 32, 2, 2, 4)) => "conv_fwd_vec_64x64",
-            (Pass::Fwd, true, (64, 32, 32, 2, 2, 4)) => "conv_fwd_vec_64x32",
-            (Pass::Fwd, false, (128, 64, 32, 2, 2, 4)) => "conv_fwd_gen_128x64",
-            (Pass::Fwd, false, (128, 32, 32, 4, 1, 4)) => "conv_fwd_gen_128x32",
-            (Pass::Fwd, false, (64, 64, 32, 2, 2, 4)) => "conv_fwd_gen_64x64",
-            (Pass::Fwd, false, (64, 32, 32, 2, 2, 4)) => "conv_fwd_gen_64x32",
-            (Pass::Dgrad, true, (128, 128, 32, 2, 2, 3)) => "conv_dgrad_vec_128x128",
-            (Pass::Dgrad, true, (128, 64, 32, 2, 2, 4)) => "conv_dgrad_vec_128x64",
-            (Pass::Dgrad, true, (128, 32, 32, 4, 1, 4)) => "conv_dgrad_vec_128x32",
-            (Pass::Dgrad, true, (64, 64, 32, 2, 2, 4)) => "conv_dgrad_vec_64x64",
-            (Pass::Dgrad, true, (64, 32, 32, 2, 2, 4)) => "conv_dgrad_vec_64x32",
-            (Pass::Dgrad, false, (128, 64, 32, 2, 2, 4)) => "conv_dgrad_gen_128x64",
-            (Pass::Dgrad, false, (128, 32, 32, 4, 1, 4)) => "conv_dgrad_gen_128x32",
-            (Pass::Dgrad, false, (64, 64, 32, 2, 2, 4)) => "conv_dgrad_gen_64x64",
-            (Pass::Dgrad, false, (64, 32, 32, 2, 2, 4)) => "conv_dgrad_gen_64x32",
             (Pass::Fwd, true, (128, 128, 64, 2, 2, 3)) => "conv_fwd_vec_128x128k64",
-            (Pass::Fwd, true, (128, 128, 32, 2, 2, 4)) => "conv_fwd_vec_128x128s4",
-            (Pass::Fwd, true, (256, 128, 32, 4, 2, 3)) => "conv_fwd_vec_256x128",
             (Pass::Fwd, true, (128, 64, 64, 2, 2, 3)) => "conv_fwd_vec_128x64k64",
             (Pass::Fwd, true, (64, 64, 64, 2, 2, 4)) => "conv_fwd_vec_64x64k64",
-            (Pass::Fwd, true, (128, 32, 64, 4, 1, 4)) => "conv_fwd_vec_128x32k64",
-            (Pass::Fwd, true, (256, 32, 32, 8, 1, 4)) => "conv_fwd_vec_256x32",
-            (Pass::Fwd, true, (256, 64, 32, 4, 2, 4)) => "conv_fwd_vec_256x64",
+            (Pass::Fwd, true, (128, 128, 32, 2, 2, 3)) => "conv_fwd_vec_128x128k32",
+            (Pass::Fwd, true, (128, 64, 32, 2, 2, 4)) => "conv_fwd_vec_128x64k32",
+            (Pass::Fwd, true, (64, 64, 32, 2, 2, 4)) => "conv_fwd_vec_64x64k32",
+            (Pass::Fwd, true, (128, 32, 32, 4, 1, 4)) => "conv_fwd_vec_128x32k32",
+            (Pass::Fwd, true, (64, 32, 32, 2, 2, 4)) => "conv_fwd_vec_64x32k32",
+            (Pass::Fwd, false, (128, 64, 32, 2, 2, 2)) => "conv_fwd_gen_128x64",
+            (Pass::Fwd, false, (128, 32, 32, 4, 1, 2)) => "conv_fwd_gen_128x32",
+            (Pass::Fwd, false, (64, 64, 32, 2, 2, 2)) => "conv_fwd_gen_64x64",
+            (Pass::Fwd, false, (64, 32, 32, 2, 2, 2)) => "conv_fwd_gen_64x32",
+            (Pass::Dgrad, true, (128, 128, 64, 2, 2, 3)) => "conv_dgrad_vec_128x128k64",
+            (Pass::Dgrad, true, (128, 64, 64, 2, 2, 3)) => "conv_dgrad_vec_128x64k64",
+            (Pass::Dgrad, true, (64, 64, 64, 2, 2, 4)) => "conv_dgrad_vec_64x64k64",
+            (Pass::Dgrad, true, (128, 128, 32, 2, 2, 3)) => "conv_dgrad_vec_128x128k32",
+            (Pass::Dgrad, true, (128, 64, 32, 2, 2, 4)) => "conv_dgrad_vec_128x64k32",
+            (Pass::Dgrad, true, (64, 64, 32, 2, 2, 4)) => "conv_dgrad_vec_64x64k32",
+            (Pass::Dgrad, true, (128, 32, 32, 4, 1, 4)) => "conv_dgrad_vec_128x32k32",
+            (Pass::Dgrad, true, (64, 32, 32, 2, 2, 4)) => "conv_dgrad_vec_64x32k32",
+            (Pass::Dgrad, false, (128, 64, 32, 2, 2, 2)) => "conv_dgrad_gen_128x64",
+            (Pass::Dgrad, false, (128, 32, 32, 4, 1, 2)) => "conv_dgrad_gen_128x32",
+            (Pass::Dgrad, false, (64, 64, 32, 2, 2, 2)) => "conv_dgrad_gen_64x64",
+            (Pass::Dgrad, false, (64, 32, 32, 2, 2, 2)) => "conv_dgrad_gen_64x32",
             _ => return None,
         })
     }
@@ -161,42 +181,46 @@ impl Tile {
         pipeline.max(staging)
     }
 
-    /// A short name, `128x64` or `128x64k64s3/8w` when it differs from the table's usual K step,
-    /// stages or warps.
+    /// A short name: `128x64k64s3`, with `/8w` for other than four warps.
     pub fn label(&self) -> String {
-        let mut s = format!("{}x{}", self.bm, self.bn);
-        if self.bk != 32 {
-            s += &format!("k{}", self.bk);
-        }
-        s += &format!("s{}", self.stages);
+        let mut s = format!("{}x{}k{}s{}", self.bm, self.bn, self.bk, self.stages);
         if self.threads() != 128 {
             s += &format!("/{}w", self.threads() / 32);
         }
         s
     }
 
-    /// Relative MMA throughput of a full SM running this tile (bigger warp tiles reuse each
-    /// shared-memory fragment over more MMAs), and how many blocks an SM holds at once.
-    fn efficiency(&self) -> (f64, usize) {
+    /// The selection model's view of this tile: its throughput relative to 128x128 when it has
+    /// the SM to itself (bigger warp tiles reuse each fragment over more MMAs), and how many of
+    /// its blocks the registers let share an SM. Fitted to the H100 timings of every HRNet-W32
+    /// and ResNet-50 forward convolution (BENCHMARKS.md); the general loader's tiles borrow the
+    /// vec ones' figures (only their relative order matters).
+    fn model(&self) -> (f64, usize) {
         match (self.bm, self.bn) {
             (128, 128) => (1.0, 2),
-            (128, 64) => (0.85, 4),
-            (64, 64) => (0.7, 4),
-            (128, 32) => (0.65, 4),
-            _ => (0.55, 4),
+            (128, 64) => (0.5, 3),
+            (64, 64) => (0.4, 4),
+            (128, 32) => (0.3, 6),
+            _ => (0.25, 8),
         }
     }
 }
 
-/// The shape of one implicit-GEMM launch: `slices` z-slices of at most `rows` rows (GEMM M) each,
-/// `cols` output channels (GEMM N), gathering from a tensor of `cs` channels.
+/// The shape of one implicit-GEMM launch: `slices` z-slices of at most `rows` rows (GEMM M) and
+/// `taps` kernel taps each, `cols` output channels (GEMM N), gathering from a tensor of `cs`
+/// channels (GEMM K = taps * cs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GemmShape {
     pub rows: usize,
     pub slices: usize,
+    pub taps: usize,
     pub cols: usize,
     pub cs: usize,
 }
+
+/// The most kernel taps of a slice the vec loader takes (one bit each in a per-row mask); larger
+/// kernels (none of the networks has one with c_in % 8 == 0) use the general loader.
+pub const VEC_MAX_TAPS: usize = 32;
 
 impl GemmShape {
     /// The forward GEMM of convolution `p` on input `xs`: one slice of every output pixel.
@@ -204,6 +228,7 @@ impl GemmShape {
         GemmShape {
             rows: p.out_shape(xs).pixels(),
             slices: 1,
+            taps: p.kh * p.kw,
             cols: p.c_out,
             cs: p.c_in,
         }
@@ -227,30 +252,77 @@ impl GemmShape {
         GemmShape {
             rows: xs.n * most_h * most_w,
             slices: s * s,
+            taps: p.kh.div_ceil(s) * p.kw.div_ceil(s),
             cols: p.c_in,
             cs: p.c_out,
         }
     }
+
+    /// Whether the vec loader takes this GEMM when the tensors are 16-byte aligned.
+    pub fn vec_ok(&self) -> bool {
+        self.cs % 8 == 0 && self.taps <= VEC_MAX_TAPS
+    }
 }
 
-/// The block tile for `g` on a GPU of `sms` multiprocessors: the configuration with the least
-/// modelled time, where a launch takes as many "waves" as its blocks fill the GPU's block slots,
-/// each wave costing the tile's area over its efficiency. Large tiles win on large GEMMs; small
-/// ones when large ones would leave SMs idle (few pixels, as in HRNet's 1/32 branch) or waste
-/// columns (c_out = 32 in a 128-wide tile).
-pub fn pick_tile(g: &GemmShape, vec: bool, sms: usize) -> Tile {
-    let sms = sms.max(1);
-    let mut best = None;
-    for t in TILES.iter().filter(|t| t.kernel(Pass::Fwd, vec).is_some()) {
-        let (eff, per_sm) = t.efficiency();
-        let blocks = g.slices * g.rows.div_ceil(t.bm) * g.cols.div_ceil(t.bn);
-        let waves = blocks.div_ceil(sms * per_sm);
-        let cost = (waves * per_sm * t.bm * t.bn) as f64 / eff;
-        if best.is_none_or(|(c, _)| cost < c) {
-            best = Some((cost, *t));
+/// The GPU properties the tile choice depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuShape {
+    pub sms: usize,
+    pub smem_per_sm: usize,
+}
+
+impl GpuShape {
+    pub fn of(gpu: &Gpu) -> GpuShape {
+        GpuShape {
+            sms: gpu.info().multiprocessors as usize,
+            smem_per_sm: smem_per_sm(gpu.info().compute_capability),
         }
     }
-    best.expect("TILES holds a configuration for both loaders").1
+
+    /// The configurations a loader chooses from on this GPU.
+    pub fn tiles(&self, vec: bool) -> &'static [Tile] {
+        if !vec {
+            &TILES_GENERAL
+        } else if self.smem_per_sm >= BIG_SMEM_PER_SM {
+            &TILES_BIG_SMEM
+        } else {
+            &TILES_SMALL_SMEM
+        }
+    }
+}
+
+/// Blocks an SM needs resident before its tensor cores are busy (8 warps); with fewer, a block's
+/// time is set by latencies, not by its share of the SM.
+const SATURATING_BLOCKS: usize = 2;
+
+/// The block tile for `g` on GPU `d`: the configuration with the least modelled time. The busiest
+/// SM gets `r = ceil(blocks / sms)` blocks. While they all fit at once (registers and shared
+/// memory allow `per_sm`), its time is their area over the tile's throughput, scaled down when
+/// fewer than [`SATURATING_BLOCKS`] keep it busy; beyond that it runs `ceil(r / per_sm)` full
+/// rounds. Large tiles win on large GEMMs; small ones when large ones would leave SMs idle (few
+/// pixels, as in HRNet's 1/32 branch) or waste columns (c_out = 32 in a 64-wide tile). Fitted to
+/// the H100 forward timings of every HRNet-W32 and ResNet-50 convolution: its picks cost 1 %
+/// more than the best tile of each shape, summed over a step.
+pub fn pick_tile(g: &GemmShape, vec: bool, d: &GpuShape) -> Tile {
+    let sms = d.sms.max(1);
+    let mut best = None;
+    for t in d.tiles(vec) {
+        let (eff, by_regs) = t.model();
+        let per_sm = by_regs.min(d.smem_per_sm / (t.smem_bytes(vec) + 1024)).max(1);
+        let blocks = g.slices * g.rows.div_ceil(t.bm) * g.cols.div_ceil(t.bn);
+        let r = blocks.div_ceil(sms);
+        let area = (t.bm * t.bn) as f64;
+        let cost = if r <= per_sm {
+            r as f64 * area / (eff * (r as f64 / SATURATING_BLOCKS as f64).min(1.0))
+        } else {
+            (r.div_ceil(per_sm) * per_sm) as f64 * area / eff
+        };
+        // On a tie the tile with more blocks: more SMs busy, the same modelled time.
+        if best.is_none_or(|(c, b, _)| cost < c || (cost == c && blocks > b)) {
+            best = Some((cost, blocks, *t));
+        }
+    }
+    best.expect("every tile list is non-empty").2
 }
 
 /// One GEMM launch, decided from shapes (and pointer alignment) only.
@@ -264,35 +336,37 @@ pub struct LaunchPlan {
     pub smem_bytes: u32,
 }
 
-/// The launch of a `pass` GEMM of shape `g`; `aligned`: the gathered tensor and the weight operand
-/// are 16-byte aligned. `tile` forces a configuration (benchmarks), else [`pick_tile`] chooses.
-pub fn plan(pass: Pass, g: &GemmShape, aligned: bool, sms: usize, tile: Option<Tile>) -> Result<LaunchPlan> {
-    let vec = g.cs % 8 == 0 && aligned;
-    let tile = tile.unwrap_or_else(|| pick_tile(g, vec, sms));
+/// The launch of a `pass` GEMM of shape `g` on GPU `d`; `aligned`: the gathered tensor and the
+/// weight operand are 16-byte aligned. `tile` forces a configuration (benchmarks, tests), else
+/// [`pick_tile`] chooses.
+pub fn plan(pass: Pass, g: &GemmShape, aligned: bool, d: &GpuShape, tile: Option<Tile>) -> Result<LaunchPlan> {
+    let vec = g.vec_ok() && aligned;
+    let tile = tile.unwrap_or_else(|| pick_tile(g, vec, d));
     let Some(kernel) = tile.kernel(pass, vec) else {
         anyhow::bail!(
-            "conv: no {}x{} {} kernel for {pass:?}",
-            tile.bm,
-            tile.bn,
-            if vec { "vec" } else { "general" }
+            "conv: no {} kernel {} for {pass:?}",
+            if vec { "vec" } else { "general" },
+            tile.label()
         );
     };
     let smem = tile.smem_bytes(vec);
     ensure!(
         smem <= MAX_SHARED_BYTES,
-        "conv: tile {tile:?} needs {smem} bytes of shared memory"
+        "conv: tile {} needs {smem} bytes of shared memory",
+        tile.label()
     );
-    let (gx, gy) = (g.rows.div_ceil(tile.bm).max(1), g.cols.div_ceil(tile.bn));
+    // One block per (row tile, column tile), the column tiles fastest (see the kernel file).
+    let blocks = g.rows.div_ceil(tile.bm).max(1) * g.cols.div_ceil(tile.bn);
     ensure!(
-        gx <= i32::MAX as usize && gy <= 65535 && g.slices <= 65535,
-        "conv: {g:?} needs a {gx} x {gy} x {} grid, over the launch limits",
+        blocks <= i32::MAX as usize && g.slices <= 65535,
+        "conv: {g:?} needs {blocks} x {} blocks, over the launch limits",
         g.slices
     );
     Ok(LaunchPlan {
         kernel,
         tile,
         vec,
-        grid: (gx as u32, gy as u32, g.slices as u32),
+        grid: (blocks as u32, 1, g.slices as u32),
         smem_bytes: smem as u32,
     })
 }
@@ -323,8 +397,13 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
         Pass::Fwd => GemmShape::fwd(g.ss, &g.p),
         Pass::Dgrad => GemmShape::dgrad(g.os, &g.p),
     };
-    let sms = gpu.info().multiprocessors as usize;
-    let lp = plan(g.pass, &shape, all_aligned_16(&[g.src, g.wgt]), sms, tile)?;
+    let lp = plan(
+        g.pass,
+        &shape,
+        all_aligned_16(&[g.src, g.wgt]),
+        &GpuShape::of(gpu),
+        tile,
+    )?;
     // The kernel indexes rows, one image's pixels and K in 32-bit ints; elements in 64-bit.
     as_i32("conv GEMM rows", m)?;
     as_i32("conv K", g.p.kh * g.p.kw * g.ss.c + 64)?;
@@ -665,31 +744,45 @@ pub fn conv_transpose2d_dgrad(
 mod tests {
     use super::*;
 
+    const H100: GpuShape = GpuShape {
+        sms: 132,
+        smem_per_sm: 228 * 1024,
+    };
+    const RTX_3070_TI: GpuShape = GpuShape {
+        sms: 48,
+        smem_per_sm: 100 * 1024,
+    };
+
     #[test]
     fn every_tile_has_its_kernels_and_fits_shared_memory() {
-        for t in TILES.iter().chain(&EXPERIMENTAL_TILES) {
-            assert_eq!(t.bm % (16 * t.warps_m), 0, "{t:?}");
-            assert_eq!(t.bn % (16 * t.warps_n), 0, "{t:?}");
-            for vec in [true, false] {
-                if let Some(name) = t.kernel(Pass::Fwd, vec) {
-                    assert!(
-                        TILES.contains(t) == t.kernel(Pass::Dgrad, vec).is_some(),
-                        "{name}: table tiles and only they have a dgrad twin"
-                    );
-                    assert!(t.smem_bytes(vec) <= MAX_SHARED_BYTES, "{name}");
-                }
+        for (tiles, vec) in [
+            (&TILES_BIG_SMEM[..], true),
+            (&TILES_SMALL_SMEM, true),
+            (&TILES_GENERAL, false),
+        ] {
+            for t in tiles {
+                assert_eq!(t.bm % (16 * t.warps_m), 0, "{t:?}");
+                assert_eq!(t.bn % (16 * t.warps_n), 0, "{t:?}");
+                let name = t.kernel(Pass::Fwd, vec).expect("forward kernel");
+                assert!(t.kernel(Pass::Dgrad, vec).is_some(), "{name} has no dgrad twin");
+                assert!(t.smem_bytes(vec) <= MAX_SHARED_BYTES, "{name}");
             }
         }
-        // The same numbers as conv_smem_bytes in the kernel file, for two configurations.
-        assert_eq!(TILES[0].smem_bytes(true), 3 * 256 * 64);
-        assert_eq!(TILES[1].smem_bytes(false), 2 * 192 * 64 + 128 * 16);
-        assert_eq!(EXPERIMENTAL_TILES[0].smem_bytes(true), 3 * 256 * 128);
+        // Two blocks of every small-memory tile fit an RTX 30xx SM.
+        for t in TILES_SMALL_SMEM {
+            assert!(2 * (t.smem_bytes(true) + 1024) <= 100 * 1024, "{t:?}");
+        }
+        // The same numbers as conv_smem_bytes in the kernel file, for three configurations.
+        assert_eq!(TILES_BIG_SMEM[0].smem_bytes(true), 3 * 256 * 128);
+        assert_eq!(TILES_SMALL_SMEM[0].smem_bytes(true), 3 * 256 * 64);
+        assert_eq!(TILES_GENERAL[0].smem_bytes(false), 2 * 192 * 64 + 128 * 16);
     }
 
     fn fwd(m: usize, n: usize) -> GemmShape {
         GemmShape {
             rows: m,
             slices: 1,
+            taps: 9,
             cols: n,
             cs: 32,
         }
@@ -697,55 +790,65 @@ mod tests {
 
     #[test]
     fn small_and_narrow_gemms_get_small_tiles() {
-        // A large square GEMM takes the largest tile.
-        assert_eq!(pick_tile(&fwd(4 * 96 * 96, 256), true, 132), TILES[0]);
-        // c_out = 32 never takes a tile wider than 32.
-        assert_eq!(pick_tile(&fwd(4 * 192 * 192, 32), true, 132).bn, 32);
+        for d in [H100, RTX_3070_TI] {
+            // A large square GEMM takes the largest tile.
+            assert_eq!(pick_tile(&fwd(4 * 96 * 96, 256), true, &d), d.tiles(true)[0]);
+            // c_out = 32 never takes a tile wider than 32.
+            assert_eq!(pick_tile(&fwd(4 * 192 * 192, 32), true, &d).bn, 32);
+            // The general loader picks among its own tiles.
+            assert!(TILES_GENERAL.contains(&pick_tile(&fwd(4 * 96 * 96, 256), false, &d)));
+        }
         // Few pixels: smaller than 128x128 so the grid covers more SMs.
-        let t = pick_tile(&fwd(4 * 24 * 24, 256), true, 132);
+        let t = pick_tile(&fwd(4 * 24 * 24, 256), true, &H100);
         assert!(t.bm * t.bn < 128 * 128, "{t:?}");
-        // The general loader never gets the vec-only tile.
-        assert!(pick_tile(&fwd(4 * 96 * 96, 256), false, 132)
-            .kernel(Pass::Fwd, false)
-            .is_some());
+        assert_eq!(smem_per_sm((9, 0)), 228 * 1024);
+        assert_eq!(smem_per_sm((8, 6)), 100 * 1024);
     }
 
     #[test]
     fn dgrad_slices_are_the_stride_parity_classes() {
-        // 3x3 stride 1: one slice of every pixel.
+        // 3x3 stride 1: one slice of every pixel and every tap.
         let g = GemmShape::dgrad(Shape4::new(2, 7, 9, 16), &ConvParams::square(16, 24, 3, 1, 1));
-        assert_eq!((g.rows, g.slices, g.cols, g.cs), (2 * 7 * 9, 1, 16, 24));
-        // Stride 2 pad 1 on 7 x 9: (h + 1) even for h = 1, 3, 5 (3 rows), odd for 0, 2, 4, 6 (4).
+        assert_eq!((g.rows, g.slices, g.taps, g.cols, g.cs), (2 * 7 * 9, 1, 9, 16, 24));
+        // Stride 2 pad 1 on 7 x 9: (h + 1) even for h = 1, 3, 5 (3 rows), odd for 0, 2, 4, 6 (4);
+        // at most 2 x 2 of the 3 x 3 taps per class.
         let g = GemmShape::dgrad(Shape4::new(2, 7, 9, 16), &ConvParams::square(16, 24, 3, 2, 1));
-        assert_eq!((g.rows, g.slices), (2 * 4 * 5, 4));
+        assert_eq!((g.rows, g.slices, g.taps), (2 * 4 * 5, 4, 4));
         // Stride 3 pad 0 on 4 x 4: classes of sizes 2, 1, 1.
         let g = GemmShape::dgrad(Shape4::new(1, 4, 4, 8), &ConvParams::square(8, 8, 2, 3, 0));
-        assert_eq!((g.rows, g.slices), (4, 9));
+        assert_eq!((g.rows, g.slices, g.taps), (4, 9, 1));
     }
 
     #[test]
-    fn plan_picks_the_loader_by_channels_and_alignment() {
-        let g = |cs| GemmShape {
+    fn plan_picks_the_loader_by_channels_taps_and_alignment() {
+        let g = |cs, taps| GemmShape {
             rows: 1000,
             slices: 1,
+            taps,
             cols: 64,
             cs,
         };
-        let p = plan(Pass::Fwd, &g(32), true, 48, None).unwrap();
+        let p = plan(Pass::Fwd, &g(32, 9), true, &RTX_3070_TI, None).unwrap();
         assert!(p.vec && p.kernel.contains("fwd_vec"));
-        assert!(!plan(Pass::Fwd, &g(18), true, 48, None).unwrap().vec);
-        assert!(!plan(Pass::Dgrad, &g(32), false, 48, None).unwrap().vec);
-        assert!(plan(Pass::Fwd, &g(18), true, 48, Some(TILES[0])).is_err());
+        assert!(!plan(Pass::Fwd, &g(18, 9), true, &H100, None).unwrap().vec);
+        assert!(!plan(Pass::Fwd, &g(32, 49), true, &H100, None).unwrap().vec);
+        assert!(!plan(Pass::Dgrad, &g(32, 9), false, &H100, None).unwrap().vec);
+        assert!(plan(Pass::Fwd, &g(18, 9), true, &H100, Some(TILES_BIG_SMEM[0])).is_err());
         let d = GemmShape {
             rows: 1000,
             slices: 4,
+            taps: 4,
             cols: 40,
             cs: 8,
         };
-        let p = plan(Pass::Dgrad, &d, true, 48, Some(TILES[4])).unwrap();
+        let p = plan(Pass::Dgrad, &d, true, &H100, Some(TILES_BIG_SMEM[4])).unwrap();
         assert_eq!(
-            (p.kernel, p.grid),
-            ("conv_dgrad_vec_64x32", (1000usize.div_ceil(64) as u32, 2, 4))
+            (p.kernel, p.grid, p.tile.threads()),
+            (
+                "conv_dgrad_vec_64x32k32",
+                (1000usize.div_ceil(64) as u32 * 2, 1, 4),
+                128
+            )
         );
     }
 }
