@@ -3,6 +3,7 @@
 //! f32 device views for batch-norm parameters and statistics.
 pub mod batchnorm;
 pub mod concat;
+pub mod conv;
 pub mod conv_wgrad;
 pub mod elementwise;
 pub mod loss;
@@ -98,6 +99,20 @@ mod tests {
         assert_eq!((loss, optim), (3, 5));
     }
 
+    /// The same for conv.rs: the re-layout launch by the generic count, and the one GEMM launch
+    /// (its kernel name is chosen at run time) against the `CONV_PARAMS` list all GEMM entry
+    /// points share.
+    #[test]
+    fn conv_launches_push_every_kernel_parameter() {
+        let (wrapper, kernels) = (include_str!("conv.rs"), include_str!("../../../kernels/conv.cu"));
+        assert_eq!(assert_launch_arities(wrapper, kernels), 1);
+        let params = kernels.split("#define CONV_PARAMS").nth(1).unwrap();
+        let params = &params[..params.find("#define").unwrap()];
+        let gemm = wrapper.split("fn launch_gemm").nth(1).unwrap();
+        let gemm = &gemm[..gemm.find(".launch(").unwrap()];
+        assert_eq!(gemm.matches(".arg(").count(), params.matches(',').count() + 1);
+    }
+
     /// Every kernel a wrapper launches by name exists in this build's kernel image, so a typo in a
     /// name fails here, on machines without a GPU, rather than at the first launch on one.
     #[test]
@@ -105,6 +120,7 @@ mod tests {
         let wrappers = [
             include_str!("batchnorm.rs"),
             include_str!("concat.rs"),
+            include_str!("conv.rs"),
             include_str!("conv_wgrad.rs"),
             include_str!("elementwise.rs"),
             include_str!("loss.rs"),
@@ -118,6 +134,7 @@ mod tests {
                 let is_kernel = [
                     "batchnorm_",
                     "concat_",
+                    "conv_",
                     "conv_wgrad_",
                     "elementwise_",
                     "loss_",
