@@ -32,6 +32,8 @@ pub enum Command {
     Predict(crate::predict::command::PredictArgs),
     /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
     Model(crate::model::summary::ModelArgs),
+    /// Time a training step (or inference) on the GPU and report its memory.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Runs one parsed command line; the exit code says whether the command found problems.
@@ -44,5 +46,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(args) => crate::train::trainer::run(&args),
         Command::Eval(args) => crate::eval::command::run(&args),
         Command::Predict(args) => crate::predict::command::run(&args),
+        Command::Bench(args) => crate::bench::run(&args),
     }
 }

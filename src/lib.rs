@@ -1,6 +1,7 @@
 //! `cephalo`: cephalometric landmark detection, trained and run with hand-written CUDA kernels
 //! (and an f32 CPU twin of every kernel).
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

@@ -25,6 +25,7 @@ pub mod cpu;
 pub mod cuda;
 
 pub use cpu::CpuBackend;
+pub use cuda::backend::CudaBackend;
 
 /// The shape of an activation in NHWC order (channels last, like the GPU kernels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -236,6 +237,12 @@ pub struct ParamSpec {
 pub trait Backend {
     /// Size the activation arena (bytes) and allocate storage for the parameters.
     fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]);
+    /// The first error since the last call, if any op failed. The methods return nothing because
+    /// the CPU backend cannot fail; an asynchronous GPU backend keeps its first failure (and skips
+    /// the ops after it) until the caller asks here, after each forward or backward.
+    fn take_error(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Element size in bytes of activations in the arena (4 on the CPU, 2 for fp16 on the GPU).
     fn activation_bytes(&self) -> usize;
     /// Element size in bytes of BN saved statistics (4: f32 on both backends, 8 for f64 checks).

@@ -3,11 +3,12 @@
 //! optional JSON report with every prediction in original pixels.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::backend::CpuBackend;
+use crate::backend::{Backend, CpuBackend, CudaBackend};
 use crate::checkpoint::{self, Meta};
 use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader, LoaderConfig};
@@ -15,8 +16,10 @@ use crate::data::{Dataset, DatasetOptions, Split};
 use crate::device::{Device, DeviceArg};
 use crate::eval::inference::{metrics_of, predict_loader, PredictedImage};
 use crate::eval::metrics::{radial_errors_mm, ErrorStats, MetricsReport};
+use crate::gpu::Gpu;
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
+use crate::graph::Graph;
 use crate::train::trainer::build_graph;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -48,35 +51,88 @@ pub struct EvalArgs {
 /// A loaded model ready for inference, with what its checkpoint says about it.
 pub struct LoadedModel {
     pub meta: Meta,
-    pub exec: Executor<CpuBackend>,
+    pub exec: InferenceExecutor,
 }
 
-/// Loads a checkpoint into an eval-mode CPU executor for `batch_size` images.
-pub fn load_model(path: &Path, batch_size: usize) -> Result<LoadedModel> {
+/// The inference graph on the device it runs on: f32 on the CPU, fp16 (BN folded into the
+/// convolutions) on the GPU.
+pub enum InferenceExecutor {
+    Cpu(Box<Executor<CpuBackend>>),
+    Cuda(Box<Executor<CudaBackend>>),
+}
+
+impl InferenceExecutor {
+    pub fn graph(&self) -> &Graph {
+        match self {
+            Self::Cpu(e) => e.graph(),
+            Self::Cuda(e) => e.graph(),
+        }
+    }
+
+    /// Heatmaps of one input batch.
+    pub fn predict(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        match self {
+            Self::Cpu(e) => Ok(e.predict(input)),
+            Self::Cuda(e) => {
+                let out = e.predict(input);
+                e.backend_mut().take_error().context("inference on the GPU")?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// Landmarks of every image of `loader`.
+    pub fn predict_loader(&mut self, loader: &Loader, sigma: f64) -> Result<Vec<PredictedImage>> {
+        match self {
+            Self::Cpu(e) => predict_loader(e, loader, sigma),
+            Self::Cuda(e) => {
+                let out = predict_loader(e, loader, sigma);
+                e.backend_mut().take_error().context("inference on the GPU")?;
+                out
+            }
+        }
+    }
+}
+
+/// Loads a checkpoint into an eval-mode executor for `batch_size` images on `device`.
+pub fn load_model(path: &Path, batch_size: usize, device: Device) -> Result<LoadedModel> {
     let ck = checkpoint::load(path)?;
     let mut model = ck.meta.model.clone();
     model.batch_size = batch_size.max(1);
     let graph = build_graph(&model)?;
-    let mut exec = Executor::new(
-        graph,
-        PlanOptions::new(Mode::Eval, DtypeSizes::F32),
-        CpuBackend::new(),
-        0,
-    );
-    ck.load_into(&mut exec)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let exec = match device {
+        Device::Cpu => {
+            let mut exec = Executor::new(
+                graph,
+                PlanOptions::new(Mode::Eval, DtypeSizes::F32),
+                CpuBackend::new(),
+                0,
+            );
+            ck.load_into(&mut exec)
+                .with_context(|| format!("loading {}", path.display()))?;
+            InferenceExecutor::Cpu(Box::new(exec))
+        }
+        Device::Cuda(n) => {
+            let gpu = Arc::new(Gpu::open(n)?);
+            let mut exec = Executor::new(
+                graph,
+                PlanOptions::new(Mode::Eval, DtypeSizes::F16),
+                CudaBackend::new(gpu),
+                0,
+            );
+            exec.backend_mut().take_error().context("preparing GPU inference")?;
+            ck.load_into(&mut exec)
+                .with_context(|| format!("loading {}", path.display()))?;
+            exec.backend_mut().take_error().context("uploading the weights")?;
+            InferenceExecutor::Cuda(Box::new(exec))
+        }
+    };
     Ok(LoadedModel { meta: ck.meta, exec })
 }
 
-/// Resolves `--device` for inference: the CPU until the CUDA executor exists.
-pub fn inference_device(arg: DeviceArg) -> Result<()> {
-    match arg.resolve()? {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) if arg == DeviceArg::Auto => Ok(()),
-        Device::Cuda(_) => {
-            bail!("--device {arg}: GPU inference needs the CUDA executor, not in this version; use --device cpu")
-        }
-    }
+/// Resolves `--device` for inference: `auto` takes the GPU when there is one.
+pub fn inference_device(arg: DeviceArg) -> Result<Device> {
+    arg.resolve()
 }
 
 #[derive(Serialize)]
@@ -108,8 +164,8 @@ struct LandmarkReport<'a> {
 }
 
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
-    inference_device(args.device)?;
-    let mut model = load_model(&args.checkpoint, args.batch_size)?;
+    let device = inference_device(args.device)?;
+    let mut model = load_model(&args.checkpoint, args.batch_size, device)?;
     let dataset = Dataset::open(
         &args.dataset_path,
         &DatasetOptions {
@@ -142,7 +198,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     cfg.workers = workers;
     cfg.prefetch = 2 * workers.max(1);
     let loader = Loader::new(samples, cfg)?;
-    let predictions = predict_loader(&mut model.exec, &loader, model.meta.heatmap_sigma as f64)?;
+    let predictions = model.exec.predict_loader(&loader, model.meta.heatmap_sigma as f64)?;
     let report = metrics_of(loader.samples(), &predictions, symbols);
 
     print_report(&report, args, loader.samples().len());

@@ -29,6 +29,18 @@ pub struct DevSliceMut<'a, T> {
 }
 
 impl<'a, T> DevSlice<'a, T> {
+    /// A view of `len` elements at device address `ptr`, with no borrow to tie it to.
+    ///
+    /// # Safety
+    /// The memory must stay allocated, and not be written through another view, for as long as
+    /// the caller uses this one.
+    pub unsafe fn from_raw(ptr: u64, len: usize) -> Self {
+        DevSlice {
+            ptr,
+            len,
+            _borrow: PhantomData,
+        }
+    }
     /// The raw device address, to pass to a kernel.
     pub fn ptr(&self) -> u64 {
         self.ptr
@@ -55,6 +67,18 @@ impl<'a, T> DevSlice<'a, T> {
 }
 
 impl<'a, T> DevSliceMut<'a, T> {
+    /// A writable view of `len` elements at device address `ptr`, with no borrow to tie it to.
+    ///
+    /// # Safety
+    /// The memory must stay allocated, and no other view may overlap it, for as long as the
+    /// caller uses this one.
+    pub unsafe fn from_raw(ptr: u64, len: usize) -> Self {
+        DevSliceMut {
+            ptr,
+            len,
+            _borrow: PhantomData,
+        }
+    }
     pub fn ptr(&self) -> u64 {
         self.ptr
     }
@@ -355,6 +379,52 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Page-locked host memory for uploads that do not wait: the host fills it, the copy to the
+/// device is queued on the GPU's stream, and the call returns. The next fill first waits for the
+/// previous copy out of it (an event), so a training step's input upload overlaps the GPU's work
+/// on whatever was queued before it. (A copy from pageable memory makes the host wait for the
+/// stream first: one idle gap per upload.)
+pub struct Staging<T> {
+    host: Option<cudarc::driver::PinnedHostSlice<T>>,
+    copied: cudarc::driver::CudaEvent,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits + Copy> Staging<T> {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+        Ok(Self {
+            host: None,
+            copied: gpu.context().new_event(flags).context("creating a CUDA event")?,
+        })
+    }
+
+    /// Fills `len` staged elements with `fill` and queues their copy to device address `dst`,
+    /// which must hold `len` elements of `T` and stay allocated until the stream reaches the copy.
+    pub fn upload(&mut self, gpu: &Gpu, dst: u64, len: usize, fill: impl FnOnce(&mut [T])) -> Result<()> {
+        self.copied.synchronize().context("waiting for the previous upload")?;
+        if self.host.as_ref().is_none_or(|h| h.len() < len) {
+            self.host = None;
+            // SAFETY: the memory is written by `fill` before it is copied anywhere.
+            let pinned = unsafe { gpu.context().alloc_pinned::<T>(len.max(1)) }.with_context(|| {
+                format!(
+                    "allocating {} of page-locked host memory",
+                    human_bytes((len * size_of::<T>()) as u64)
+                )
+            })?;
+            self.host = Some(pinned);
+        }
+        let host = self.host.as_mut().expect("allocated").as_mut_slice()?;
+        let staged = &mut host[..len];
+        fill(staged);
+        // SAFETY: `dst` holds `len` elements (the caller's contract); `staged` is page-locked and
+        // is not touched again before `copied` (recorded right after the copy) has completed.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, &*staged, gpu.stream().cu_stream()) }
+            .context("queueing an upload to the GPU")?;
+        self.copied.record(gpu.stream()).context("recording an upload")?;
+        Ok(())
     }
 }
 

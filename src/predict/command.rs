@@ -98,7 +98,7 @@ struct Predicted {
 }
 
 pub fn run(args: &PredictArgs) -> Result<ExitCode> {
-    inference_device(args.device)?;
+    let device = inference_device(args.device)?;
     if let Some(mm) = args.pixel_size {
         if !(mm.is_finite() && mm > 0.0 && mm < 5.0) {
             bail!("--pixel-size {mm}: expected millimetres per pixel, e.g. 0.1");
@@ -106,7 +106,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     }
     let images = collect_images(&args.inputs)?;
     prepare_out_dir(&args.out, &args.checkpoint, args.overwrite)?;
-    let mut model = load_model(&args.checkpoint, args.batch_size)?;
+    let mut model = load_model(&args.checkpoint, args.batch_size, device)?;
     let symbols = model.meta.landmarks.clone();
     let size = ImageSize {
         height: model.meta.model.image_size[0],
@@ -151,7 +151,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         for (slot, (_, _, t)) in ok.iter().enumerate() {
             normalize_into(&mut input[slot * per_in..(slot + 1) * per_in], &t.image.data);
         }
-        let heatmaps = model.exec.predict(&input);
+        let heatmaps = model.exec.predict(&input)?;
         for (slot, (path, image, t)) in ok.into_iter().enumerate() {
             let maps = &heatmaps[slot * h * w * k..(slot + 1) * h * w * k];
             let peaks = decode_dark(maps, h, w, k, model.meta.heatmap_sigma as f64);

@@ -4,6 +4,8 @@
 //! schedule, the dynamic loss scaler and the TensorBoard logs. The per-element maths (losses,
 //! unscaling, AdamW) are kernels with CPU twins in `backend::cpu::{loss, optim}`.
 pub mod args;
+pub mod cuda_engine;
+pub mod engine;
 pub mod landmark_weights;
 pub mod loss;
 pub mod loss_scaler;

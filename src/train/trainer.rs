@@ -6,8 +6,8 @@
 //! decoding, landmarks mapped back to original pixels, MRE/SD/SDR), logs (progress bar, console,
 //! TensorBoard, CSV), `checkpoint_last` and, on a better validation MRE, `checkpoint_best`.
 //!
-//! This version trains on the CPU backend (f32). The CUDA executor (fp16, loss scaling) plugs in
-//! behind the same loop once it exists; until then `--device cuda` says so.
+//! The step runs on the GPU (fp16 with fp32 master weights and dynamic loss scaling) or on the
+//! CPU (f32), see [`Engine`]; everything around it is shared.
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,21 +19,20 @@ use anyhow::{bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::cpu::loss::HeatmapShape;
-use crate::backend::cpu::optim::{adamw_step, AdamWParams};
-use crate::backend::{Backend, CpuBackend, ParamId};
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader, LoaderConfig};
 use crate::data::{Dataset, DatasetOptions, Sample, Split};
-use crate::device::{Device, DeviceArg};
-use crate::eval::inference::{metrics_of, predict_loader};
+use crate::device::Device;
+use crate::eval::inference::metrics_of;
 use crate::eval::metrics::{ErrorStats, MetricsReport};
-use crate::graph::exec::Executor;
-use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
-use crate::graph::{Graph, ParamKind};
+use crate::gpu::memory::human_bytes;
+use crate::gpu::Gpu;
+use crate::graph::Graph;
 use crate::model::ModelConfig;
 use crate::train::args::{TrainArgs, DEFAULT_EPOCHS, DEFAULT_LR};
+use crate::train::cuda_engine::{check_fits, CudaEngine};
+use crate::train::engine::{CpuEngine, Engine, StepParams};
 use crate::train::loss::HeatmapLoss;
 use crate::train::schedule::WarmupCosineRestarts;
 use crate::train::tensorboard::EventWriter;
@@ -117,19 +116,16 @@ impl TrainState {
 }
 
 pub fn run(args: &TrainArgs) -> Result<ExitCode> {
-    match args.device.resolve()? {
-        Device::Cpu => {}
-        Device::Cuda(n) if args.device == DeviceArg::Auto => {
-            eprintln!("note: GPU {n} found, but this version has no CUDA training executor yet: training on the CPU")
+    let device = args.device.resolve()?;
+    match device {
+        Device::Cpu if args.mixed_precision == Some(true) => {
+            eprintln!("note: --mixed-precision applies to GPU training; the CPU trains in f32")
         }
-        Device::Cuda(_) => bail!(
-            "--device {}: this version of cephalo cannot train on the GPU yet (the CUDA executor is not built); \
-             use --device cpu",
-            args.device
+        Device::Cuda(_) if args.mixed_precision == Some(false) => bail!(
+            "--mixed-precision false: GPU training runs in fp16 with fp32 master weights only; use --device cpu for \
+             f32 training"
         ),
-    }
-    if args.mixed_precision == Some(true) {
-        eprintln!("note: --mixed-precision applies to GPU training; the CPU trains in f32");
+        _ => {}
     }
     let demo_dir;
     let mut args = args.clone();
@@ -147,7 +143,7 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             annotator: args.annotator,
         },
     )?;
-    Trainer::new(&args, &dataset)?.train()
+    Trainer::new(&args, &dataset, device)?.train()
 }
 
 /// `--demo`: phantom radiographs, a narrow HRNet at 128x128, a higher learning rate and short
@@ -167,16 +163,10 @@ fn apply_demo_settings(args: &mut TrainArgs, dir: &Path) -> Result<()> {
 
 struct Trainer {
     state: TrainState,
-    exec: Executor<CpuBackend>,
-    eval: Executor<CpuBackend>,
+    engine: Engine,
     train_loader: Loader,
     valid_loader: Option<Loader>,
     loss: HeatmapLoss,
-    /// Trainable parameters, with whether weight decay applies (not to biases and BN parameters).
-    trainable: Vec<(ParamId, bool)>,
-    /// AdamW moments, indexed like `trainable`.
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
     checkpoint_dir: PathBuf,
     events: EventWriter,
     csv_path: PathBuf,
@@ -185,7 +175,7 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(args: &TrainArgs, dataset: &Dataset) -> Result<Trainer> {
+    fn new(args: &TrainArgs, dataset: &Dataset, device: Device) -> Result<Trainer> {
         let symbols = dataset.landmarks().symbols.clone();
         let train_samples = dataset.require_split(Split::Train)?.to_vec();
         let valid_samples = dataset
@@ -287,32 +277,20 @@ impl Trainer {
         };
 
         let graph = build_graph(&model)?;
-        let eval_graph = graph.clone();
-        let mut exec = Executor::new(
-            graph,
-            PlanOptions::new(Mode::Train, DtypeSizes::F32),
-            CpuBackend::new(),
-            seed,
-        );
-        let eval = Executor::new(
-            eval_graph,
-            PlanOptions::new(Mode::Eval, DtypeSizes::F32),
-            CpuBackend::new(),
-            seed,
-        );
-        let trainable: Vec<(ParamId, bool)> = exec
-            .graph()
-            .params
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.kind.trainable())
-            .map(|(i, p)| (ParamId(i), p.kind == ParamKind::Weight))
-            .collect();
-        let mut m: Vec<Vec<f32>> = trainable
-            .iter()
-            .map(|(id, _)| vec![0.0; exec.graph().params[id.0].len()])
-            .collect();
-        let mut v = m.clone();
+        let loss = HeatmapLoss::from_args(&args.loss, &symbols)?;
+        let mut engine = match device {
+            Device::Cpu => Engine::Cpu(Box::new(CpuEngine::new(graph, seed))),
+            Device::Cuda(n) => {
+                let gpu = Arc::new(Gpu::open(n)?);
+                let plan = check_fits(&gpu, &graph, model.batch_size, model.image_size)?;
+                eprintln!(
+                    "training on {} (fp16, fp32 master weights): about {} of GPU memory planned",
+                    gpu.info().name,
+                    human_bytes(plan.total() as u64)
+                );
+                Engine::Cuda(Box::new(CudaEngine::new(gpu, graph, seed, &loss)?))
+            }
+        };
 
         let iters = train_loader.batches_per_epoch() as u64;
         let epochs = args
@@ -341,7 +319,8 @@ impl Trainer {
         };
 
         if let (Some((path, ck)), Some(stored)) = (&resumed, stored) {
-            ck.load_into(&mut exec)
+            engine
+                .load_weights(ck)
                 .with_context(|| format!("resuming from {}", path.display()))?;
             if fine_tune {
                 eprintln!(
@@ -351,12 +330,14 @@ impl Trainer {
                     args.schedule.warmup_epochs()
                 );
             } else {
-                for (i, (id, _)) in trainable.iter().enumerate() {
-                    let name = &exec.graph().params[id.0].name;
-                    let len = m[i].len();
-                    m[i] = moment(ck, path, &format!("{}{name}", checkpoint::MOMENT1_PREFIX), len)?;
-                    v[i] = moment(ck, path, &format!("{}{name}", checkpoint::MOMENT2_PREFIX), len)?;
+                for (i, (id, _)) in engine.trainable().to_vec().into_iter().enumerate() {
+                    let p = &engine.graph().params[id.0];
+                    let (name, len) = (p.name.clone(), p.len());
+                    let m = moment(ck, path, &format!("{}{name}", checkpoint::MOMENT1_PREFIX), len)?;
+                    let v = moment(ck, path, &format!("{}{name}", checkpoint::MOMENT2_PREFIX), len)?;
+                    engine.set_moments(i, m, v)?;
                 }
+                engine.restore_loss_scaler(&ck.meta.loss_scaler)?;
                 eprintln!(
                     "resuming {} at epoch {} (step {}) of {}",
                     path.display(),
@@ -383,7 +364,6 @@ impl Trainer {
             }
         }
 
-        let loss = HeatmapLoss::from_args(&args.loss, &state.landmarks)?;
         // Fail now, not after the first epoch, if checkpoints cannot be written.
         std::fs::create_dir_all(&args.checkpoint_dir)
             .with_context(|| format!("creating --checkpoint-dir {}", args.checkpoint_dir.display()))?;
@@ -401,14 +381,10 @@ impl Trainer {
 
         Ok(Trainer {
             state,
-            exec,
-            eval,
+            engine,
             train_loader,
             valid_loader,
             loss,
-            trainable,
-            m,
-            v,
             checkpoint_dir: args.checkpoint_dir.clone(),
             events,
             csv_path,
@@ -422,7 +398,7 @@ impl Trainer {
         println!(
             "training {} ({:.2} M parameters) at {}x{}, batch {}, {} train images, {} epochs, lr {:e}, loss {:?}",
             s.model.model,
-            self.exec.graph().param_count() as f64 / 1e6,
+            self.engine.graph().param_count() as f64 / 1e6,
             s.model.image_size[0],
             s.model.image_size[1],
             s.model.batch_size,
@@ -478,50 +454,46 @@ impl Trainer {
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, self.state.epochs));
         bar.set_position(self.state.batch_in_epoch as u64);
-        let out = self.exec.graph().output_shape();
-        let shape = HeatmapShape {
-            n: out.n,
-            h: out.h,
-            w: out.w,
-            k: out.c,
-        };
-        let mut grad = vec![0.0f32; out.len()];
         let (mut loss_sum, mut images) = (0.0, 0usize);
         let started = Instant::now();
         for batch in self.train_loader.epoch(epoch).skip(self.state.batch_in_epoch) {
             let batch = batch?;
             let lr = self.state.schedule.lr_at(self.state.step);
             let step_started = Instant::now();
-            let input = self.exec.input_view();
-            self.exec.backend_mut().write(input, &batch.images);
-            self.exec.forward();
-            let pred = self.exec.backend().read(self.exec.output_view());
-            let loss = self.loss.fwd_bwd_cpu(&pred, &batch.heatmaps, shape, 1.0, &mut grad);
-            if !loss.is_finite() {
-                bail!(
-                    "step {}: the loss is {loss} (non-finite); the network output is {}. Stopping; the last good \
-                     checkpoint in {} is untouched. Try a lower --lr.",
-                    self.state.step + 1,
-                    describe_finiteness(&pred),
+            let sp = StepParams {
+                lr: lr as f32,
+                weight_decay: self.state.weight_decay,
+                t: self.state.step + 1 - self.engine.skipped_steps(),
+            };
+            let result = self.engine.step(&batch, &self.loss, sp).map_err(|e| {
+                e.context(format!(
+                    "training stopped; the last good checkpoint in {} is untouched. Try a lower --lr",
                     self.checkpoint_dir.display()
-                );
+                ))
+            })?;
+            let loss = result.loss;
+            if result.skipped {
+                bar.println(format!(
+                    "step {}: fp16 gradients overflowed, step skipped and the loss scale lowered",
+                    self.state.step + 1
+                ));
             }
-            self.exec.backward_from(&grad);
-            self.optimizer_step(lr as f32)?;
             self.state.step += 1;
             self.state.batch_in_epoch += 1;
             loss_sum += loss;
             images += batch.len();
             let step_ms = step_started.elapsed().as_secs_f64() * 1e3;
-            self.events.scalars(
-                self.state.step,
-                &[("train/loss", loss), ("train/lr", lr), ("train/step_ms", step_ms)],
-            )?;
+            let mut scalars = vec![("train/loss", loss), ("train/lr", lr), ("train/step_ms", step_ms)];
+            if self.state.step % 10 == 1 {
+                scalars.extend(self.engine.log_scalars());
+            }
+            self.events.scalars(self.state.step, &scalars)?;
             bar.inc(1);
             bar.set_message(format!(
-                "loss {:.4} lr {lr:.2e} {:.1} img/s",
+                "loss {:.4} lr {lr:.2e} {:.1} img/s {}",
                 loss_sum / (self.state.batch_in_epoch as f64).max(1.0),
-                images as f64 / started.elapsed().as_secs_f64()
+                images as f64 / started.elapsed().as_secs_f64(),
+                self.engine.status()
             ));
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -532,52 +504,12 @@ impl Trainer {
         Ok((loss_sum / batches as f64, images))
     }
 
-    /// AdamW on every trainable tensor; a non-finite gradient stops training naming the tensor.
-    fn optimizer_step(&mut self, lr: f32) -> Result<()> {
-        let t = self.state.step + 1;
-        for (i, &(id, decay)) in self.trainable.iter().enumerate() {
-            let grad = self.exec.param_grad(id);
-            if let Some(bad) = grad.iter().position(|g| !g.is_finite()) {
-                bail!(
-                    "step {t}: the gradient of {} is {} at element {bad}: training diverged. Stopping; the last good \
-                     checkpoint in {} is untouched. Try a lower --lr.",
-                    self.exec.graph().params[id.0].name,
-                    grad[bad],
-                    self.checkpoint_dir.display()
-                );
-            }
-            let mut weights = self.exec.param(id);
-            let hp = AdamWParams {
-                lr,
-                weight_decay: self.state.weight_decay,
-                ..AdamWParams::default()
-            };
-            adamw_step(
-                &mut weights,
-                &grad,
-                &mut self.m[i],
-                &mut self.v[i],
-                None,
-                &hp,
-                t,
-                decay,
-                1.0,
-            );
-            self.exec.set_param(id, &weights);
-        }
-        Ok(())
-    }
-
     /// Validation metrics with the current weights, or `None` without a valid split.
     fn validate(&mut self) -> Result<Option<MetricsReport>> {
         let Some(loader) = &self.valid_loader else {
             return Ok(None);
         };
-        for id in 0..self.exec.graph().params.len() {
-            let values = self.exec.param(ParamId(id));
-            self.eval.set_param(ParamId(id), &values);
-        }
-        let predictions = predict_loader(&mut self.eval, loader, self.state.sigma)?;
+        let predictions = self.engine.predict(loader, self.state.sigma)?;
         Ok(Some(metrics_of(loader.samples(), &predictions, &self.state.landmarks)))
     }
 
@@ -705,12 +637,9 @@ impl Trainer {
 
     /// Writes `<checkpoint_dir>/<name>.safetensors` atomically.
     fn save(&self, name: &str) -> Result<PathBuf> {
-        let mut ck = Checkpoint::from_executor(&self.exec, self.state.to_meta());
-        let graph = self.exec.graph();
-        for (i, (id, _)) in self.trainable.iter().enumerate() {
-            let p = &graph.params[id.0];
-            ck.insert_moments(&p.name, &p.shape, self.m[i].clone(), self.v[i].clone());
-        }
+        let mut meta = self.state.to_meta();
+        meta.loss_scaler = self.engine.loss_scaler_state();
+        let ck = self.engine.checkpoint(meta)?;
         let path = self.checkpoint_dir.join(format!("{name}.safetensors"));
         checkpoint::save(&path, &ck)?;
         Ok(path)
@@ -758,16 +687,6 @@ fn fingerprint(samples: &[Sample], symbols: &[String]) -> String {
         }
     }
     format!("{h:016x}")
-}
-
-fn describe_finiteness(values: &[f32]) -> String {
-    let nan = values.iter().filter(|v| v.is_nan()).count();
-    let inf = values.iter().filter(|v| v.is_infinite()).count();
-    if nan + inf == 0 {
-        "finite".into()
-    } else {
-        format!("{nan} NaN and {inf} inf of {} values", values.len())
-    }
 }
 
 fn fmt_mm(v: Option<f64>) -> String {

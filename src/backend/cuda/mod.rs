@@ -1,6 +1,7 @@
 //! Launch wrappers of `kernels/*.cu`, one file per kernel family, each function named and shaped
 //! like its CPU twin in `backend/cpu/`, with `&Gpu` first, fp16 device views for activations and
 //! f32 device views for batch-norm parameters and statistics.
+pub mod backend;
 pub mod batchnorm;
 pub mod concat;
 pub mod conv;

@@ -1,0 +1,823 @@
+//! [`CudaBackend`]: the [`Backend`] trait on the GPU, op by op the launch wrappers of this folder.
+//!
+//! # Memory
+//! Two device allocations, both made once in [`Backend::prepare`], so a step allocates nothing
+//! (except scratch that grows on the first step only):
+//! * the activation arena, fp16, laid out by the memory planner (views are `(offset, shape)`);
+//!   BN saved statistics inside it are f32;
+//! * the parameter store, three contiguous regions: the fp32 master values of every parameter
+//!   (what the optimizer updates and checkpoints hold), their fp16 copies (what the convolutions
+//!   read), and the fp32 gradients of the trainable ones. Contiguous regions let the optimizer
+//!   unscale, check and measure all gradients in one launch each. Every parameter starts on a
+//!   16-byte boundary in each region, for the kernels' vector paths.
+//!
+//! Convolution weight gradients, BN and bias gradients are fp32 and carry the loss scale of the
+//! output gradient; unscaling is the optimizer's job.
+//!
+//! # Errors
+//! The [`Backend`] methods return nothing (the CPU backend cannot fail), so a failed launch is
+//! kept as the backend's first error, later ops are skipped, and [`Backend::take_error`] hands it
+//! to the caller, which checks it after each forward/backward.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaEvent;
+use half::f16;
+
+use super::{batchnorm as bn, concat, conv, conv_wgrad, elementwise as ew, pool, resample};
+use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
+use crate::gpu::memory::human_bytes;
+use crate::gpu::memory::Staging;
+use crate::gpu::{Arena, DevSlice, DevSliceMut, DeviceBuffer, Gpu};
+
+/// Elements per alignment unit: parameters start on 16-byte boundaries in every region.
+const ALIGN_ELEMS: usize = 8;
+
+/// Where one parameter lives in the store (element offsets into each region).
+#[derive(Clone, Copy, Debug)]
+struct ParamSlot {
+    len: usize,
+    /// Offset into the master (f32) and half (f16) regions: the same element index in both.
+    at: usize,
+    /// Offset into the gradient region, for trainable parameters.
+    grad_at: Option<usize>,
+}
+
+/// The layout of the parameter store; pure arithmetic, so it is tested without a GPU.
+#[derive(Clone, Debug, Default)]
+pub struct ParamLayout {
+    slots: Vec<ParamSlot>,
+    /// Elements of the master and half regions (every parameter, padded).
+    values: usize,
+    /// Elements of the gradient region (trainable parameters, padded).
+    grads: usize,
+}
+
+impl ParamLayout {
+    pub fn new(specs: &[ParamSpec]) -> Self {
+        let (mut values, mut grads) = (0, 0);
+        let slots = specs
+            .iter()
+            .map(|s| {
+                let slot = ParamSlot {
+                    len: s.len,
+                    at: values,
+                    grad_at: s.trainable.then_some(grads),
+                };
+                values += s.len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+                if s.trainable {
+                    grads += s.len.div_ceil(ALIGN_ELEMS) * ALIGN_ELEMS;
+                }
+                slot
+            })
+            .collect();
+        Self { slots, values, grads }
+    }
+
+    /// Bytes of the whole store: f32 masters, f16 copies, f32 gradients.
+    pub fn bytes(&self) -> usize {
+        self.values * (4 + 2) + self.grads * 4
+    }
+
+    /// Elements of the gradient region (the length of [`CudaBackend::all_grads`]).
+    pub fn grad_elements(&self) -> usize {
+        self.grads
+    }
+
+    /// Elements of the master region (the length of [`CudaBackend::all_masters`]), which an
+    /// optimizer's moment buffers mirror element for element.
+    pub fn value_elements(&self) -> usize {
+        self.values
+    }
+
+    /// `(offset, len)` of parameter `p` in the master/half regions, and its gradient offset.
+    pub fn slot(&self, p: ParamId) -> (usize, usize, Option<usize>) {
+        let s = self.slots[p.0];
+        (s.at, s.len, s.grad_at)
+    }
+
+    fn master_offset_bytes(&self, at: usize) -> usize {
+        at * 4
+    }
+    fn half_offset_bytes(&self, at: usize) -> usize {
+        self.values * 4 + at * 2
+    }
+    fn grad_offset_bytes(&self, at: usize) -> usize {
+        self.values * 6 + at * 4
+    }
+}
+
+/// CUDA-event timing of every op, summed per op kind (the `--profile-ops` table).
+struct OpProfile {
+    events: Vec<CudaEvent>,
+    used: usize,
+    spans: Vec<(&'static str, usize)>,
+}
+
+/// Time per op kind: (kind, launches, total milliseconds), slowest first.
+pub type OpTimes = Vec<(&'static str, usize, f64)>;
+
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    act: Option<Arena>,
+    store: Option<Arena>,
+    layout: ParamLayout,
+    scratch_f32: Option<DeviceBuffer<f32>>,
+    scratch_f16: Option<DeviceBuffer<f16>>,
+    /// Folded eval-mode BN (scale then shift, 2 * c floats) per BN, valid until a parameter changes.
+    folds: BTreeMap<ParamId, DeviceBuffer<f32>>,
+    error: Option<anyhow::Error>,
+    profile: Option<OpProfile>,
+    /// Page-locked staging of [`Backend::write`]: the input batch upload does not wait.
+    staging: Option<Staging<f16>>,
+}
+
+impl CudaBackend {
+    pub fn new(gpu: Arc<Gpu>) -> Self {
+        Self {
+            gpu,
+            act: None,
+            store: None,
+            layout: ParamLayout::default(),
+            scratch_f32: None,
+            scratch_f16: None,
+            folds: BTreeMap::new(),
+            error: None,
+            profile: None,
+            staging: None,
+        }
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// Device bytes [`Backend::prepare`] will allocate for this arena and these parameters, before
+    /// the scratch buffers (which [`scratch_estimate`] bounds).
+    pub fn prepared_bytes(arena_bytes: usize, params: &[ParamSpec]) -> usize {
+        arena_bytes + ParamLayout::new(params).bytes()
+    }
+
+    /// Times every op with CUDA events from now on (costs a little: two events per op).
+    pub fn enable_op_profile(&mut self) {
+        self.profile = Some(OpProfile {
+            events: Vec::new(),
+            used: 0,
+            spans: Vec::new(),
+        });
+    }
+
+    /// Waits for the GPU and returns the time per op kind since the last call, slowest first.
+    pub fn take_op_times(&mut self) -> Result<OpTimes> {
+        let Some(profile) = self.profile.as_mut() else {
+            return Ok(Vec::new());
+        };
+        self.gpu.synchronize()?;
+        let mut by_kind: BTreeMap<&'static str, (usize, f64)> = BTreeMap::new();
+        for &(kind, first) in &profile.spans {
+            let ms = profile.events[first].elapsed_ms(&profile.events[first + 1])? as f64;
+            let e = by_kind.entry(kind).or_default();
+            e.0 += 1;
+            e.1 += ms;
+        }
+        profile.spans.clear();
+        profile.used = 0;
+        let mut out: OpTimes = by_kind.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(out)
+    }
+
+    /// Runs one op: skipped after an earlier failure, its error kept, timed when profiling.
+    fn op(&mut self, kind: &'static str, f: impl FnOnce(&mut Self) -> Result<()>) {
+        if self.error.is_some() {
+            return;
+        }
+        let first = match self.profile_event() {
+            Ok(first) => first,
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
+        let result = f(self);
+        if let (Ok(()), Some(first)) = (&result, first) {
+            if let Err(e) = self.profile_stop(kind, first) {
+                self.error = Some(e);
+                return;
+            }
+        }
+        if let Err(e) = result {
+            self.error = Some(e.context(format!("GPU op {kind}")));
+        }
+    }
+
+    /// Records the start event of a profiled op; `None` when not profiling.
+    fn profile_event(&mut self) -> Result<Option<usize>> {
+        let Some(p) = self.profile.as_mut() else {
+            return Ok(None);
+        };
+        while p.events.len() < p.used + 2 {
+            let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+            p.events
+                .push(self.gpu.context().new_event(flags).context("creating a CUDA event")?);
+        }
+        let first = p.used;
+        p.used += 2;
+        p.events[first].record(self.gpu.stream())?;
+        Ok(Some(first))
+    }
+
+    fn profile_stop(&mut self, kind: &'static str, first: usize) -> Result<()> {
+        let p = self.profile.as_mut().expect("profiling");
+        p.events[first + 1].record(self.gpu.stream())?;
+        p.spans.push((kind, first));
+        Ok(())
+    }
+
+    fn act(&self) -> &Arena {
+        self.act.as_ref().expect("CudaBackend used before prepare")
+    }
+
+    fn store(&self) -> &Arena {
+        self.store.as_ref().expect("CudaBackend used before prepare")
+    }
+
+    /// An fp16 activation.
+    fn x(&self, v: View) -> DevSlice<'_, f16> {
+        self.act().view(v.offset, v.shape.len())
+    }
+
+    /// A writable fp16 activation.
+    fn y(&self, v: View) -> DevSliceMut<'_, f16> {
+        // SAFETY: the memory planner gives tensors live at the same step disjoint offsets, and
+        // every op's output is a different tensor from its inputs.
+        unsafe { self.act().view_mut(v.offset, v.shape.len()) }
+    }
+
+    /// f32 BN saved statistics (`[mean; invstd]`, the view's element count).
+    fn stats(&self, v: View) -> DevSlice<'_, f32> {
+        self.act().view(v.offset, v.shape.len())
+    }
+
+    fn stats_mut(&self, v: View) -> DevSliceMut<'_, f32> {
+        // SAFETY: as `y`: the planner's statistics blocks are disjoint from every other tensor.
+        unsafe { self.act().view_mut(v.offset, v.shape.len()) }
+    }
+
+    /// An activation of the arena, for work outside the graph (the loss reads the output).
+    pub fn activation(&self, v: View) -> DevSlice<'_, f16> {
+        self.x(v)
+    }
+
+    /// A writable activation, for work outside the graph (the loss writes the output gradient).
+    ///
+    /// # Safety
+    /// No other live view may overlap `v` while this one is used.
+    pub unsafe fn activation_mut(&self, v: View) -> DevSliceMut<'_, f16> {
+        self.y(v)
+    }
+
+    /// The pending error, if any, without clearing it (for `&self` callers such as saving).
+    pub fn check_error(&self) -> Result<()> {
+        match &self.error {
+            Some(e) => bail!("an earlier GPU op failed: {e:#}"),
+            None => Ok(()),
+        }
+    }
+
+    /// fp32 master value of a parameter.
+    pub fn master(&self, p: ParamId) -> DevSlice<'_, f32> {
+        let (at, len, _) = self.layout.slot(p);
+        self.store().view(self.layout.master_offset_bytes(at), len)
+    }
+
+    fn master_mut(&self, p: ParamId) -> DevSliceMut<'_, f32> {
+        let (at, len, _) = self.layout.slot(p);
+        // SAFETY: parameters occupy disjoint ranges of the store, and one op never receives the
+        // same parameter twice (the graph builder gives every op its own parameters).
+        unsafe { self.store().view_mut(self.layout.master_offset_bytes(at), len) }
+    }
+
+    /// fp16 copy of a parameter (what the convolutions read).
+    fn half(&self, p: ParamId) -> DevSlice<'_, f16> {
+        let (at, len, _) = self.layout.slot(p);
+        self.store().view(self.layout.half_offset_bytes(at), len)
+    }
+
+    fn grad_mut(&self, p: ParamId) -> Result<DevSliceMut<'_, f32>> {
+        let (_, len, grad_at) = self.layout.slot(p);
+        let Some(at) = grad_at else {
+            bail!("parameter {} has no gradient (not trainable)", p.0)
+        };
+        // SAFETY: as `master_mut`, in the gradient region.
+        Ok(unsafe { self.store().view_mut(self.layout.grad_offset_bytes(at), len) })
+    }
+
+    /// Every gradient, contiguous (padding between parameters is zero): for unscale, the
+    /// finite check and the norm in one launch each.
+    pub fn all_grads(&mut self) -> DevSliceMut<'_, f32> {
+        let len = self.layout.grads;
+        // SAFETY: `&mut self` excludes every other view of the store.
+        unsafe { self.store().view_mut(self.layout.grad_offset_bytes(0), len) }
+    }
+
+    /// Views the optimizer needs for parameter `p`: master (f32), gradient (f32), fp16 copy.
+    /// `None` for parameters without a gradient.
+    pub fn optimizer_views(
+        &mut self,
+        p: ParamId,
+    ) -> Option<(DevSliceMut<'_, f32>, DevSlice<'_, f32>, DevSliceMut<'_, f16>)> {
+        let (at, len, grad_at) = self.layout.slot(p);
+        let g = grad_at?;
+        self.folds.clear();
+        let store = self.store();
+        // SAFETY: the three regions are disjoint and `&mut self` excludes other views.
+        unsafe {
+            Some((
+                store.view_mut(self.layout.master_offset_bytes(at), len),
+                store.view(self.layout.grad_offset_bytes(g), len),
+                store.view_mut(self.layout.half_offset_bytes(at), len),
+            ))
+        }
+    }
+
+    /// A f32 scratch view of at least `len` elements (grown, never shrunk: stable after step 1).
+    fn scratch_f32(&mut self, len: usize) -> Result<DevSliceMut<'_, f32>> {
+        let len = len.max(1);
+        if self.scratch_f32.as_ref().is_none_or(|b| b.len() < len) {
+            self.scratch_f32 = None;
+            self.scratch_f32 = Some(DeviceBuffer::zeros(&self.gpu, len).context("allocating f32 scratch")?);
+        }
+        Ok(self.scratch_f32.as_mut().expect("allocated").slice_mut())
+    }
+
+    fn scratch_f16(&mut self, len: usize) -> Result<DevSliceMut<'_, f16>> {
+        let len = len.max(1);
+        if self.scratch_f16.as_ref().is_none_or(|b| b.len() < len) {
+            self.scratch_f16 = None;
+            self.scratch_f16 = Some(DeviceBuffer::zeros(&self.gpu, len).context("allocating f16 scratch")?);
+        }
+        Ok(self.scratch_f16.as_mut().expect("allocated").slice_mut())
+    }
+
+    /// Raw-pointer scratch view: lets a launch borrow the scratch beside `&self` views.
+    fn detach<T>(v: DevSliceMut<'_, T>) -> DevSliceMut<'static, T> {
+        // SAFETY: the scratch buffers are only replaced by scratch_* calls, which happen before
+        // the views of an op are made; the view is used within the op.
+        unsafe { DevSliceMut::from_raw(v.ptr(), v.len()) }
+    }
+
+    /// The folded eval BN of a fused conv, computed once and cached until a parameter changes.
+    fn fold(&mut self, bn_refs: &BnRefs, bias: Option<ParamId>, c: usize) -> Result<DevSlice<'_, f32>> {
+        if !self.folds.contains_key(&bn_refs.gamma) {
+            let mut buf = DeviceBuffer::<f32>::zeros(&self.gpu, 2 * c).context("allocating a BN fold")?;
+            {
+                let mut out = buf.slice_mut();
+                let (scale, shift) = (Self::detach(out.sub_mut(0, c)), Self::detach(out.sub_mut(c, c)));
+                bn::bn_eval_affine(
+                    &self.gpu,
+                    self.master(bn_refs.gamma),
+                    self.master(bn_refs.beta),
+                    self.master(bn_refs.running_mean),
+                    self.master(bn_refs.running_var),
+                    bias.map(|b| self.master(b)),
+                    bn_refs.params,
+                    scale,
+                    shift,
+                )?;
+            }
+            self.folds.insert(bn_refs.gamma, buf);
+        }
+        Ok(self.folds[&bn_refs.gamma].slice())
+    }
+
+    /// Converts to fp16 into page-locked memory and queues the copy (no wait).
+    fn upload_f16(&mut self, t: View, data: &[f32]) -> Result<()> {
+        let (dst, len) = (self.x(t).ptr(), t.shape.len());
+        ensure!(len == data.len(), "write: {} values for a tensor of {len}", data.len());
+        if self.staging.is_none() {
+            self.staging = Some(Staging::new(&self.gpu)?);
+        }
+        let staging = self.staging.as_mut().expect("created");
+        staging.upload(&self.gpu, dst, len, |halves| {
+            half::slice::HalfFloatSliceExt::convert_from_f32_slice(halves, data)
+        })
+    }
+}
+
+/// Copies host values to device memory and waits, so `src` may be dropped at once.
+fn copy_to_device<T: cudarc::driver::DeviceRepr>(gpu: &Gpu, dst: u64, src: &[T]) -> Result<()> {
+    // SAFETY: the caller's view covers `src.len()` elements at `dst`; the stream is synchronised
+    // before `src` can be dropped.
+    unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, gpu.stream().cu_stream()) }
+        .context("copying to the GPU")?;
+    gpu.synchronize()
+}
+
+fn copy_to_host<T: cudarc::driver::DeviceRepr + Default + Clone>(gpu: &Gpu, src: u64, len: usize) -> Result<Vec<T>> {
+    let mut host = vec![T::default(); len];
+    // SAFETY: the caller's view covers `len` elements at `src`; synchronised before reading.
+    unsafe { cudarc::driver::result::memcpy_dtoh_async(host.as_mut_slice(), src, gpu.stream().cu_stream()) }
+        .context("copying from the GPU")?;
+    gpu.synchronize()?;
+    Ok(host)
+}
+
+/// Upper bound of the scratch the ops need for `shapes` (activations of the graph) and `convs`:
+/// added to [`CudaBackend::prepared_bytes`] for the out-of-memory check before training.
+pub fn scratch_estimate(shapes: &[Shape4], convs: &[(Shape4, ConvParams)]) -> usize {
+    let bn = shapes.iter().map(|&s| bn::bn_workspace_len(s)).max().unwrap_or(0) * 4;
+    let wgrad = convs
+        .iter()
+        .map(|(xs, p)| {
+            conv_wgrad::conv2d_wgrad_workspace_len(*xs, p).max(conv_wgrad::conv_transpose2d_wgrad_workspace_len(*xs, p))
+        })
+        .max()
+        .unwrap_or(0)
+        * 4;
+    let dgrad = convs
+        .iter()
+        .map(|(_, p)| conv::conv2d_dgrad_workspace_len(p))
+        .max()
+        .unwrap_or(0)
+        * 2;
+    bn.max(wgrad) + dgrad
+}
+
+impl Backend for CudaBackend {
+    fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]) {
+        self.layout = ParamLayout::new(params);
+        self.folds.clear();
+        let result = (|| -> Result<()> {
+            self.act = None;
+            self.store = None;
+            self.act = Some(
+                Arena::new(&self.gpu, arena_bytes.max(16))
+                    .with_context(|| format!("allocating the {} activation arena", human_bytes(arena_bytes as u64)))?,
+            );
+            let store = Arena::new(&self.gpu, self.layout.bytes().max(16))
+                .with_context(|| format!("allocating {} of parameters", human_bytes(self.layout.bytes() as u64)))?;
+            // Zero the store once: gradient padding must read as zero for whole-region reductions.
+            // SAFETY: the new arena is not viewed anywhere else yet.
+            let mut all = unsafe { store.view_mut::<f32>(0, store.capacity() / 4) };
+            super::zero_async(&self.gpu, &mut all)?;
+            self.store = Some(store);
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn take_error(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn activation_bytes(&self) -> usize {
+        2
+    }
+
+    fn stats_bytes(&self) -> usize {
+        4
+    }
+
+    fn write(&mut self, t: View, data: &[f32]) {
+        self.op("upload", |b| b.upload_f16(t, data));
+    }
+
+    fn read(&self, t: View) -> Vec<f32> {
+        let halves: Vec<f16> = match copy_to_host(&self.gpu, self.x(t).ptr(), t.shape.len()) {
+            Ok(h) => h,
+            // `read` cannot return an error: a failed copy gives NaNs, which every caller treats
+            // as a diverged result, and the cause stays in the device's error state.
+            Err(_) => return vec![f32::NAN; t.shape.len()],
+        };
+        halves.iter().map(|h| h.to_f32()).collect()
+    }
+
+    fn write_param(&mut self, p: ParamId, data: &[f32]) {
+        self.folds.clear();
+        self.op("write_param", |b| {
+            let master = b.master_mut(p);
+            ensure!(
+                master.len() == data.len(),
+                "parameter {}: {} values for {}",
+                p.0,
+                data.len(),
+                master.len()
+            );
+            copy_to_device(&b.gpu, master.ptr(), data)?;
+            let (at, len, _) = b.layout.slot(p);
+            // SAFETY: the half region of p, disjoint from its master region read here.
+            let half = unsafe { b.store().view_mut(b.layout.half_offset_bytes(at), len) };
+            ew::convert_f32_to_f16(&b.gpu, b.master(p), half)
+        });
+    }
+
+    fn read_param(&self, p: ParamId) -> Vec<f32> {
+        let m = self.master(p);
+        copy_to_host(&self.gpu, m.ptr(), m.len()).unwrap_or_else(|_| vec![f32::NAN; m.len()])
+    }
+
+    fn read_grad(&self, p: ParamId) -> Vec<f32> {
+        let (_, len, grad_at) = self.layout.slot(p);
+        let Some(at) = grad_at else {
+            return Vec::new();
+        };
+        let ptr = self.store().view::<f32>(self.layout.grad_offset_bytes(at), len).ptr();
+        copy_to_host(&self.gpu, ptr, len).unwrap_or_else(|_| vec![f32::NAN; len])
+    }
+
+    fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View) {
+        self.op("conv2d_fwd", |b| {
+            let epilogue = conv::ConvEpilogue {
+                scale: None,
+                shift: bias.map(|id| b.master(id)),
+                relu: false,
+            };
+            conv::conv2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, &epilogue, b.y(y))
+        });
+    }
+
+    fn conv2d_bn_fwd_eval(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        bn_refs: &BnRefs,
+        relu: bool,
+        y: View,
+    ) {
+        self.op("conv2d_bn_fwd_eval", |b| {
+            let c = p.c_out;
+            let fold = b.fold(bn_refs, bias, c)?;
+            // SAFETY: the fold buffer lives in `b.folds` until a parameter changes, which cannot
+            // happen during this op.
+            let fold = unsafe { DevSlice::from_raw(fold.ptr(), fold.len()) };
+            let epilogue = conv::ConvEpilogue {
+                scale: Some(fold.sub(0, c)),
+                shift: Some(fold.sub(c, c)),
+                relu,
+            };
+            conv::conv2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, &epilogue, b.y(y))
+        });
+    }
+
+    fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
+        self.op("conv2d_dgrad", |b| {
+            let ws = Self::detach(b.scratch_f16(conv::conv2d_dgrad_workspace_len(p))?);
+            conv::conv2d_dgrad(
+                &b.gpu,
+                b.x(dy),
+                b.half(w),
+                p,
+                b.y(dx.view),
+                dx.view.shape,
+                dx.accumulate,
+                ws,
+            )
+        });
+    }
+
+    fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>) {
+        self.op("conv2d_wgrad", |b| {
+            let ws = Self::detach(b.scratch_f32(conv_wgrad::conv2d_wgrad_workspace_len(x.shape, p))?);
+            let db = match db {
+                Some(id) => Some(b.grad_mut(id)?),
+                None => None,
+            };
+            conv_wgrad::conv2d_wgrad(&b.gpu, b.x(x), x.shape, b.x(dy), p, b.grad_mut(dw)?, db, ws)
+        });
+    }
+
+    fn conv_transpose2d_fwd(&mut self, x: View, w: ParamId, p: &ConvParams, y: View) {
+        self.op("conv_transpose2d_fwd", |b| {
+            let ws = Self::detach(b.scratch_f16(conv::conv2d_dgrad_workspace_len(&p.adjoint()))?);
+            conv::conv_transpose2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, b.y(y), ws)
+        });
+    }
+
+    fn conv_transpose2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
+        self.op("conv_transpose2d_dgrad", |b| {
+            conv::conv_transpose2d_dgrad(
+                &b.gpu,
+                b.x(dy),
+                b.half(w),
+                p,
+                b.y(dx.view),
+                dx.view.shape,
+                dx.accumulate,
+            )
+        });
+    }
+
+    fn conv_transpose2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId) {
+        self.op("conv_transpose2d_wgrad", |b| {
+            let len = conv_wgrad::conv_transpose2d_wgrad_workspace_len(x.shape, p);
+            let ws = Self::detach(b.scratch_f32(len)?);
+            conv_wgrad::conv_transpose2d_wgrad(&b.gpu, b.x(x), x.shape, b.x(dy), p, b.grad_mut(dw)?, ws)
+        });
+    }
+
+    fn batchnorm_fwd_train(&mut self, x: View, bn_refs: &BnRefs, relu: bool, y: View, saved: View) {
+        self.op("batchnorm_fwd_train", |b| {
+            let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
+            bn::bn_fwd_train(
+                &b.gpu,
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                bn_refs.params,
+                relu,
+                b.y(y),
+                b.stats_mut(saved),
+                b.master_mut(bn_refs.running_mean),
+                b.master_mut(bn_refs.running_var),
+                ws,
+            )
+        });
+    }
+
+    fn batchnorm_fwd_eval(&mut self, x: View, bn_refs: &BnRefs, relu: bool, y: View) {
+        self.op("batchnorm_fwd_eval", |b| {
+            bn::bn_fwd_eval(
+                &b.gpu,
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                b.master(bn_refs.running_mean),
+                b.master(bn_refs.running_var),
+                bn_refs.params,
+                relu,
+                b.y(y),
+            )
+        });
+    }
+
+    fn batchnorm_recompute(&mut self, x: View, bn_refs: &BnRefs, relu: bool, saved: View, y: View) {
+        self.op("batchnorm_recompute", |b| {
+            bn::bn_apply_saved(
+                &b.gpu,
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                b.stats(saved),
+                relu,
+                b.y(y),
+            )
+        });
+    }
+
+    fn batchnorm_bwd(&mut self, dy: View, x: View, bn_refs: &BnRefs, relu: bool, saved: View, dx: Grad) {
+        self.op("batchnorm_bwd", |b| {
+            let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
+            bn::bn_bwd(
+                &b.gpu,
+                b.x(dy),
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                b.stats(saved),
+                relu,
+                b.y(dx.view),
+                dx.accumulate,
+                b.grad_mut(bn_refs.gamma)?,
+                b.grad_mut(bn_refs.beta)?,
+                ws,
+            )
+        });
+    }
+
+    fn relu_fwd(&mut self, x: View, y: View) {
+        self.op("relu_fwd", |b| ew::relu_fwd(&b.gpu, b.x(x), b.y(y)));
+    }
+
+    fn relu_bwd(&mut self, y: View, dy: View, dx: Grad) {
+        self.op("relu_bwd", |b| {
+            ew::relu_bwd(&b.gpu, b.x(y), b.x(dy), b.y(dx.view), dx.accumulate)
+        });
+    }
+
+    fn add_fwd(&mut self, a: View, c: View, y: View) {
+        self.op("add_fwd", |b| ew::add_fwd(&b.gpu, b.x(a), b.x(c), b.y(y)));
+    }
+
+    fn add_bwd(&mut self, dy: View, da: Option<Grad>, db: Option<Grad>) {
+        self.op("add_bwd", |b| {
+            for g in [da, db].into_iter().flatten() {
+                ew::add_bwd(&b.gpu, b.x(dy), b.y(g.view), g.accumulate)?;
+            }
+            Ok(())
+        });
+    }
+
+    fn add_relu_fwd(&mut self, a: View, c: View, y: View) {
+        self.op("add_relu_fwd", |b| ew::add_relu_fwd(&b.gpu, b.x(a), b.x(c), b.y(y)));
+    }
+
+    fn add_relu_bwd(&mut self, y: View, dy: View, da: Option<Grad>, db: Option<Grad>) {
+        self.op("add_relu_bwd", |b| {
+            for g in [da, db].into_iter().flatten() {
+                ew::add_relu_bwd(&b.gpu, b.x(y), b.x(dy), b.y(g.view), g.accumulate)?;
+            }
+            Ok(())
+        });
+    }
+
+    fn upsample_fwd(&mut self, x: View, mode: UpsampleMode, y: View) {
+        self.op("upsample_fwd", |b| {
+            resample::upsample_fwd(&b.gpu, b.x(x), x.shape, mode, b.y(y), y.shape)
+        });
+    }
+
+    fn upsample_bwd(&mut self, dy: View, mode: UpsampleMode, dx: Grad) {
+        self.op("upsample_bwd", |b| {
+            resample::upsample_bwd(
+                &b.gpu,
+                b.x(dy),
+                dy.shape,
+                mode,
+                b.y(dx.view),
+                dx.view.shape,
+                dx.accumulate,
+            )
+        });
+    }
+
+    fn concat_fwd(&mut self, xs: &[View], y: View) {
+        self.op("concat_fwd", |b| {
+            let widths: Vec<usize> = xs.iter().map(|v| v.shape.c).collect();
+            let inputs: Vec<DevSlice<f16>> = xs.iter().map(|&v| b.x(v)).collect();
+            concat::concat_fwd(&b.gpu, &inputs, &widths, b.y(y))
+        });
+    }
+
+    fn concat_bwd(&mut self, dy: View, widths: &[usize], dxs: &[Option<Grad>]) {
+        self.op("concat_bwd", |b| {
+            let mut targets: Vec<Option<(DevSliceMut<f16>, bool)>> =
+                dxs.iter().map(|g| g.map(|g| (b.y(g.view), g.accumulate))).collect();
+            concat::concat_bwd(&b.gpu, b.x(dy), widths, &mut targets)
+        });
+    }
+
+    fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View) {
+        self.op("maxpool_fwd", |b| pool::maxpool_fwd(&b.gpu, b.x(x), x.shape, p, b.y(y)));
+    }
+
+    fn maxpool_bwd(&mut self, x: View, dy: View, p: &PoolParams, dx: Grad) {
+        self.op("maxpool_bwd", |b| {
+            pool::maxpool_bwd(&b.gpu, b.x(x), x.shape, b.x(dy), p, b.y(dx.view), dx.accumulate)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_start_on_16_byte_boundaries_in_disjoint_regions() {
+        let specs = [
+            ParamSpec {
+                len: 9,
+                trainable: true,
+            },
+            ParamSpec {
+                len: 3,
+                trainable: false,
+            },
+            ParamSpec {
+                len: 16,
+                trainable: true,
+            },
+        ];
+        let l = ParamLayout::new(&specs);
+        assert_eq!(l.slot(ParamId(0)), (0, 9, Some(0)));
+        assert_eq!(l.slot(ParamId(1)), (16, 3, None));
+        assert_eq!(l.slot(ParamId(2)), (24, 16, Some(16)));
+        assert_eq!((l.value_elements(), l.grad_elements()), (40, 32));
+        for at in [0, 16, 24] {
+            assert_eq!(l.master_offset_bytes(at) % 16, 0);
+            assert_eq!(l.half_offset_bytes(at) % 16, 0);
+        }
+        assert_eq!(l.grad_offset_bytes(16) % 16, 0);
+        // masters [0, 160), halves [160, 240), grads [240, 368)
+        assert_eq!(l.half_offset_bytes(0), 160);
+        assert_eq!(l.grad_offset_bytes(0), 240);
+        assert_eq!(l.bytes(), 368);
+    }
+}

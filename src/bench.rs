@@ -1,0 +1,263 @@
+//! `cephalo bench`: the speed and memory of one training step (or one inference batch) of a
+//! model on the GPU, measured the way `benches/pytorch_reference.py` measures PyTorch, so the
+//! two JSON reports compare line by line: synthetic inputs and Gaussian targets, warm-up steps,
+//! then CUDA events around each timed step, median and spread; device memory from NVML.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::backend::{Backend, CudaBackend};
+use crate::data::geometry::Affine;
+use crate::data::loader::Batch;
+use crate::device::{Device, DeviceArg};
+use crate::gpu::memory::human_bytes;
+use crate::gpu::timer::{summarize, Timing};
+use crate::gpu::{vram, Gpu, GpuTimer};
+use crate::graph::exec::Executor;
+use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
+use crate::model::ModelConfig;
+use crate::train::cuda_engine::{check_fits, CudaEngine};
+use crate::train::engine::StepParams;
+use crate::train::landmark_weights::LandmarkWeightsArg;
+use crate::train::loss::{HeatmapLoss, LossArgs, LossKind};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum BenchMode {
+    /// Forward, loss, backward and AdamW: one training step.
+    Train,
+    /// Eval-mode forward (BN folded into the convolutions).
+    Infer,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// hrnet (= hrnet-w32), hrnet-w18, hrnet-w48, resnet50, ...
+    #[arg(long, default_value = "hrnet-w32")]
+    pub model: String,
+    #[arg(long, alias = "image_size", num_args = 2, value_names = ["H", "W"], default_values_t = [768, 768])]
+    pub image_size: Vec<usize>,
+    #[arg(long, alias = "batch_size", default_value_t = 4)]
+    pub batch_size: usize,
+    /// Heatmap channels (29: the Aariz landmarks).
+    #[arg(long, default_value_t = 29)]
+    pub landmarks: usize,
+    #[arg(long, value_enum, default_value_t = BenchMode::Train)]
+    pub mode: BenchMode,
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 30)]
+    pub steps: usize,
+    /// cuda or cuda:N (the benchmark is for the GPU).
+    #[arg(long, default_value = "cuda")]
+    pub device: DeviceArg,
+    /// Also time every op kind with CUDA events (one extra profiled step) and print the table.
+    #[arg(long)]
+    pub profile_ops: bool,
+    /// Write the report as JSON here (stdout gets the human summary).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    tool: &'static str,
+    gpu: String,
+    model: String,
+    mode: BenchMode,
+    image_size: [usize; 2],
+    batch_size: usize,
+    landmarks: usize,
+    parameters: usize,
+    warmup: usize,
+    steps: usize,
+    /// GPU time per step from CUDA events around the whole step.
+    step_ms: Timing,
+    /// Wall-clock per step (includes the host's share, e.g. the upload and the flag read).
+    wall_ms: Timing,
+    images_per_s: f64,
+    /// Bytes this process holds on the device (NVML), and device-wide used bytes.
+    process_vram_bytes: Option<u64>,
+    device_used_bytes: u64,
+    /// What the memory plan allocates (arenas, parameters, optimizer, scratch estimate).
+    planned_bytes: usize,
+    op_times_ms: Vec<(String, usize, f64)>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    let Device::Cuda(ordinal) = args.device.resolve()? else {
+        bail!("--device cpu: `cephalo bench` measures the GPU; use --device cuda")
+    };
+    let [h, w]: [usize; 2] = args
+        .image_size
+        .clone()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--image-size takes H W"))?;
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let model = ModelConfig::new(&args.model, 1, args.landmarks, [h, w], args.batch_size)?;
+    let graph = model.build()?;
+    let gpu = Arc::new(Gpu::open(ordinal)?);
+    let parameters = graph.param_count();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let batch = synthetic_batch(&graph, &mut rng);
+    let timer = GpuTimer::new(&gpu)?;
+    let (mut gpu_ms, mut wall_ms) = (Vec::new(), Vec::new());
+    let (planned, op_times) = match args.mode {
+        BenchMode::Train => {
+            let plan = check_fits(&gpu, &graph, args.batch_size, [h, w])?;
+            let loss = HeatmapLoss::from_args(
+                &LossArgs {
+                    loss: LossKind::AdaptiveWing,
+                    weight_map: true,
+                    landmark_weights: LandmarkWeightsArg::None,
+                },
+                &(0..args.landmarks).map(|i| format!("L{i}")).collect::<Vec<_>>(),
+            )?;
+            let mut engine = CudaEngine::new(gpu.clone(), graph, 1, &loss)?;
+            for i in 0..args.warmup + args.steps {
+                let sp = StepParams {
+                    lr: 1e-4,
+                    weight_decay: 1e-4,
+                    t: i as u64 + 1,
+                };
+                let started = Instant::now();
+                let ms = timer.time_ms(&gpu, || engine.step(&batch, &loss, sp).map(|_| ()))?;
+                if i >= args.warmup {
+                    gpu_ms.push(ms as f64);
+                    wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let mut op_times = Vec::new();
+            if args.profile_ops {
+                engine.backend_mut().enable_op_profile();
+                let sp = StepParams {
+                    lr: 1e-4,
+                    weight_decay: 1e-4,
+                    t: (args.warmup + args.steps + 1) as u64,
+                };
+                engine.step(&batch, &loss, sp)?;
+                op_times = engine.backend_mut().take_op_times()?;
+            }
+            (plan.total(), op_times)
+        }
+        BenchMode::Infer => {
+            let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
+            let mut exec = Executor::new(graph, options, CudaBackend::new(gpu.clone()), 1);
+            exec.backend_mut().take_error().context("preparing the executor")?;
+            let input = exec.input_view();
+            exec.backend_mut().write(input, &batch.images);
+            for i in 0..args.warmup + args.steps {
+                let started = Instant::now();
+                let ms = timer.time_ms(&gpu, || {
+                    exec.forward();
+                    exec.backend_mut().take_error()
+                })?;
+                if i >= args.warmup {
+                    gpu_ms.push(ms as f64);
+                    wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let mut op_times = Vec::new();
+            if args.profile_ops {
+                exec.backend_mut().enable_op_profile();
+                exec.forward();
+                op_times = exec.backend_mut().take_op_times()?;
+            }
+            (exec.plan().arena_bytes + exec.backend().layout().bytes(), op_times)
+        }
+    };
+    let vram = vram::read(&gpu)?;
+    let step_ms = summarize(&mut gpu_ms);
+    let report = Report {
+        tool: "cephalo",
+        gpu: gpu.info().name.clone(),
+        model: model.model.clone(),
+        mode: args.mode,
+        image_size: [h, w],
+        batch_size: args.batch_size,
+        landmarks: args.landmarks,
+        parameters,
+        warmup: args.warmup,
+        steps: args.steps,
+        images_per_s: args.batch_size as f64 / (step_ms.median_ms / 1e3),
+        step_ms,
+        wall_ms: summarize(&mut wall_ms),
+        process_vram_bytes: vram.process_bytes,
+        device_used_bytes: vram.used_bytes,
+        planned_bytes: planned,
+        op_times_ms: op_times.iter().map(|(k, n, ms)| (k.to_string(), *n, *ms)).collect(),
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        crate::eval::command::write_json_atomic(path, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Normalised-looking random images and one Gaussian blob per heatmap channel (the loss then
+/// behaves as in training: most pixels near 0, a few near 1).
+fn synthetic_batch(graph: &crate::graph::Graph, rng: &mut ChaCha8Rng) -> Batch {
+    let input = graph.input_shape();
+    let out = graph.output_shape();
+    let images: Vec<f32> = (0..input.len()).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let mut heatmaps = vec![0.0f32; out.len()];
+    for n in 0..out.n {
+        for k in 0..out.c {
+            let (cy, cx) = (rng.random_range(0..out.h) as f32, rng.random_range(0..out.w) as f32);
+            for y in 0..out.h {
+                for x in 0..out.w {
+                    let d2 = (y as f32 - cy).powi(2) + (x as f32 - cx).powi(2);
+                    heatmaps[((n * out.h + y) * out.w + x) * out.c + k] = (-d2 / 8.0).exp();
+                }
+            }
+        }
+    }
+    Batch {
+        images,
+        heatmaps,
+        points: vec![Vec::new(); input.n],
+        affines: vec![Affine::IDENTITY; input.n],
+        indices: (0..input.n).collect(),
+    }
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{} {:?} {} at {}x{} batch {} on {}: {:.2} ms/step (median of {}, min {:.2}, max {:.2}; wall {:.2}), \
+         {:.1} images/s",
+        r.tool,
+        r.mode,
+        r.model,
+        r.image_size[0],
+        r.image_size[1],
+        r.batch_size,
+        r.gpu,
+        r.step_ms.median_ms,
+        r.steps,
+        r.step_ms.min_ms,
+        r.step_ms.max_ms,
+        r.wall_ms.median_ms,
+        r.images_per_s
+    );
+    println!(
+        "memory: planned {}, this process {} (NVML), device used {}",
+        human_bytes(r.planned_bytes as u64),
+        r.process_vram_bytes.map(human_bytes).unwrap_or_else(|| "n/a".into()),
+        human_bytes(r.device_used_bytes)
+    );
+    if !r.op_times_ms.is_empty() {
+        let total: f64 = r.op_times_ms.iter().map(|t| t.2).sum();
+        println!("{:<26} {:>8} {:>10} {:>7}", "op", "launches", "ms", "share");
+        for (kind, n, ms) in &r.op_times_ms {
+            println!("{kind:<26} {n:>8} {ms:>10.3} {:>6.1}%", 100.0 * ms / total);
+        }
+        println!("{:<26} {:>8} {total:>10.3}", "total (profiled step)", "");
+    }
+}

@@ -1,0 +1,416 @@
+//! The GPU training step: fp16 activations and weight copies, fp32 master weights, moments,
+//! gradients and loss, with dynamic loss scaling (REFERENCE §5).
+//!
+//! One step queues, without waiting: the input upload, forward, the fused loss-and-gradient kernel
+//! (its gradient multiplied by the loss scale before the fp16 cast), backward, and one unscale +
+//! finite check over the whole contiguous gradient region. Then it waits once, for the flag: if
+//! any gradient is inf/NaN the step is skipped (weights, moments and t untouched) and the scale
+//! halves; otherwise AdamW runs on every trainable tensor and writes their fp16 copies. The loss
+//! value is read at the same synchronisation point.
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::backend::cpu::loss::HeatmapShape;
+use crate::backend::cpu::optim::AdamWParams;
+use crate::backend::cuda::{loss as gpu_loss, optim as gpu_optim};
+use crate::backend::{Backend, CudaBackend, ParamId};
+use crate::checkpoint::{Checkpoint, Meta};
+use crate::data::loader::{Batch, Loader};
+use crate::eval::inference::{predict_loader, PredictedImage};
+use crate::gpu::memory::{human_bytes, Staging};
+use crate::gpu::{nvtx, vram, DeviceBuffer, Gpu};
+use crate::graph::exec::Executor;
+use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
+use crate::graph::Graph;
+use crate::train::engine::{describe_finiteness, trainable_params, StepParams, StepResult};
+use crate::train::loss::{HeatmapLoss, LossKind};
+use crate::train::loss_scaler::{DynamicLossScaler, StepOutcome};
+
+pub struct CudaEngine {
+    gpu: Arc<Gpu>,
+    exec: Executor<CudaBackend>,
+    eval: Executor<CudaBackend>,
+    trainable: Vec<(ParamId, bool)>,
+    targets: DeviceBuffer<f32>,
+    target_staging: Staging<f32>,
+    channel_weights: Option<DeviceBuffer<f32>>,
+    loss_workspace: DeviceBuffer<f64>,
+    loss_value: DeviceBuffer<f64>,
+    nonfinite: DeviceBuffer<i32>,
+    /// AdamW moments, laid out like the backend's master region (element for element).
+    m: DeviceBuffer<f32>,
+    v: DeviceBuffer<f32>,
+    scaler: DynamicLossScaler,
+    shape: HeatmapShape,
+}
+
+/// Device memory a training run needs, for the check before anything is allocated.
+pub struct MemoryPlan {
+    pub train_arena: usize,
+    pub eval_arena: usize,
+    pub params: usize,
+    pub optimizer: usize,
+    pub scratch: usize,
+}
+
+impl MemoryPlan {
+    pub fn total(&self) -> usize {
+        self.train_arena + self.eval_arena + self.params + self.optimizer + self.scratch
+    }
+}
+
+fn train_options() -> PlanOptions {
+    PlanOptions::new(Mode::Train, DtypeSizes::F16)
+}
+
+fn eval_options() -> PlanOptions {
+    PlanOptions::new(Mode::Eval, DtypeSizes::F16)
+}
+
+/// What [`CudaEngine::new`] will allocate for `graph`, computed from the plans alone.
+pub fn memory_plan(graph: &Graph) -> MemoryPlan {
+    use crate::backend::ParamSpec;
+    use crate::graph::plan::plan;
+    let train = plan(graph, train_options());
+    let eval_graph = graph.clone().fuse_for_inference();
+    let eval = plan(&eval_graph, eval_options());
+    let specs: Vec<ParamSpec> = graph
+        .params
+        .iter()
+        .map(|p| ParamSpec {
+            len: p.len(),
+            trainable: p.kind.trainable(),
+        })
+        .collect();
+    let layout = crate::backend::cuda::backend::ParamLayout::new(&specs);
+    let shapes: Vec<_> = graph.nodes.iter().map(|n| n.shape).collect();
+    let convs: Vec<_> = graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            crate::graph::Op::Conv { p, .. } | crate::graph::Op::ConvTranspose { p, .. } => {
+                Some((graph.shape(n.inputs[0]), *p))
+            }
+            _ => None,
+        })
+        .collect();
+    let out = graph.output_shape().len();
+    MemoryPlan {
+        train_arena: train.arena_bytes,
+        // The evaluation copy holds its own parameters (masters, fp16 copies, no gradients).
+        eval_arena: eval.arena_bytes + layout.value_elements() * 6,
+        params: layout.bytes(),
+        optimizer: 2 * layout.value_elements() * 4,
+        scratch: crate::backend::cuda::backend::scratch_estimate(&shapes, &convs) + out * 4 + (1 << 20),
+    }
+}
+
+/// Refuses to start when the plan does not fit the GPU's free memory, naming both numbers and
+/// what to lower.
+pub fn check_fits(gpu: &Gpu, graph: &Graph, batch: usize, image: [usize; 2]) -> Result<MemoryPlan> {
+    let plan = memory_plan(graph);
+    let (free, total) = gpu.context().mem_get_info().context("reading free GPU memory")?;
+    // The CUDA context, module images and allocator rounding need a margin beyond the plan.
+    let margin = 256 << 20;
+    let need = plan.total() + margin;
+    if need > free {
+        bail!(
+            "out of GPU memory: training {}x{} at batch {batch} needs about {} (activations {}, parameters and \
+             gradients {}, optimizer {}, evaluation copy {}, scratch {}) but {} has {} free of {}. Lower \
+             --batch-size or --image-size (e.g. --batch-size {} ), or free the GPU.",
+            image[0],
+            image[1],
+            human_bytes(need as u64),
+            human_bytes(plan.train_arena as u64),
+            human_bytes(plan.params as u64),
+            human_bytes(plan.optimizer as u64),
+            human_bytes(plan.eval_arena as u64),
+            human_bytes(plan.scratch as u64),
+            gpu.info().name,
+            human_bytes(free as u64),
+            human_bytes(total as u64),
+            (batch / 2).max(1)
+        );
+    }
+    Ok(plan)
+}
+
+impl CudaEngine {
+    pub fn new(gpu: Arc<Gpu>, graph: Graph, seed: u64, loss: &HeatmapLoss) -> Result<Self> {
+        let eval_graph = graph.clone();
+        let mut exec = Executor::new(graph, train_options(), CudaBackend::new(gpu.clone()), seed);
+        exec.backend_mut()
+            .take_error()
+            .context("preparing the training executor")?;
+        let mut eval = Executor::new(eval_graph, eval_options(), CudaBackend::new(gpu.clone()), seed);
+        eval.backend_mut()
+            .take_error()
+            .context("preparing the evaluation executor")?;
+        let trainable = trainable_params(exec.graph());
+        let out = exec.graph().output_shape();
+        let shape = HeatmapShape {
+            n: out.n,
+            h: out.h,
+            w: out.w,
+            k: out.c,
+        };
+        let values = exec.backend().layout().value_elements();
+        let channel_weights = Some(DeviceBuffer::from_host(&gpu, &loss.channel_weights)?);
+        Ok(Self {
+            targets: DeviceBuffer::zeros(&gpu, shape.len())?,
+            target_staging: Staging::new(&gpu)?,
+            channel_weights,
+            loss_workspace: DeviceBuffer::zeros(&gpu, gpu_loss::loss_workspace_len(shape))?,
+            loss_value: DeviceBuffer::zeros(&gpu, 1)?,
+            nonfinite: DeviceBuffer::zeros(&gpu, 1)?,
+            m: DeviceBuffer::zeros(&gpu, values.max(1))?,
+            v: DeviceBuffer::zeros(&gpu, values.max(1))?,
+            scaler: DynamicLossScaler::default(),
+            gpu,
+            exec,
+            eval,
+            trainable,
+            shape,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        self.exec.graph()
+    }
+
+    pub fn trainable(&self) -> &[(ParamId, bool)] {
+        &self.trainable
+    }
+
+    /// Per-op GPU time of the steps since the last call (with `enable_op_profile`).
+    pub fn backend_mut(&mut self) -> &mut CudaBackend {
+        self.exec.backend_mut()
+    }
+
+    pub fn step(&mut self, batch: &Batch, loss_fn: &HeatmapLoss, sp: StepParams) -> Result<StepResult> {
+        let _step = nvtx::range("train_step");
+        {
+            let _r = nvtx::range("upload");
+            let input = self.exec.input_view();
+            self.exec.backend_mut().write(input, &batch.images);
+            let (dst, len) = (self.targets.slice().ptr(), self.targets.len());
+            ensure!(
+                batch.heatmaps.len() == len,
+                "target heatmaps: {} values for {len}",
+                batch.heatmaps.len()
+            );
+            self.target_staging
+                .upload(&self.gpu, dst, len, |t| t.copy_from_slice(&batch.heatmaps))?;
+        }
+        {
+            let _r = nvtx::range("forward");
+            self.exec.forward();
+        }
+        self.exec
+            .backend_mut()
+            .take_error()
+            .context("forward pass on the GPU")?;
+        let scale = self.scaler.scale();
+        {
+            let _r = nvtx::range("loss");
+            let backend = self.exec.backend();
+            let pred = backend.activation(self.exec.output_view());
+            // SAFETY: the output gradient is a different planned tensor from the output.
+            let grad = unsafe { backend.activation_mut(self.exec.output_grad_view()) };
+            let weights = self.channel_weights.as_ref().expect("uploaded").slice();
+            match loss_fn.kind {
+                LossKind::AdaptiveWing => gpu_loss::awing_fwd_bwd(
+                    &self.gpu,
+                    pred,
+                    self.targets.slice(),
+                    weights,
+                    self.shape,
+                    loss_fn.awing,
+                    loss_fn.weight_map,
+                    scale,
+                    grad,
+                    self.loss_workspace.slice_mut(),
+                    self.loss_value.slice_mut(),
+                )?,
+                LossKind::Heatmap => gpu_loss::mse_fwd_bwd(
+                    &self.gpu,
+                    pred,
+                    self.targets.slice(),
+                    weights,
+                    self.shape,
+                    loss_fn.weight_map,
+                    scale,
+                    grad,
+                    self.loss_workspace.slice_mut(),
+                    self.loss_value.slice_mut(),
+                )?,
+            }
+        }
+        {
+            let _r = nvtx::range("backward");
+            self.exec.backward();
+        }
+        self.exec
+            .backend_mut()
+            .take_error()
+            .context("backward pass on the GPU")?;
+        {
+            let _r = nvtx::range("unscale");
+            let grads = self.exec.backend_mut().all_grads();
+            gpu_optim::unscale_and_check(&self.gpu, grads, 1.0 / scale, self.nonfinite.slice_mut())?;
+        }
+        let loss = gpu_loss::read_loss(&self.gpu, self.loss_value.slice())?;
+        let all_finite = !gpu_optim::read_flag(&self.gpu, self.nonfinite.slice())?;
+        if !loss.is_finite() {
+            let pred = self.exec.backend().read(self.exec.output_view());
+            bail!(
+                "step {}: the loss is {loss} (non-finite); the network output is {}{}.",
+                sp.t,
+                describe_finiteness(&pred),
+                self.first_bad_weight()
+                    .map(|n| format!(", first non-finite weight: {n}"))
+                    .unwrap_or_default()
+            );
+        }
+        match self.scaler.update(all_finite)? {
+            StepOutcome::Skip { .. } => Ok(StepResult { loss, skipped: true }),
+            StepOutcome::Apply { .. } => {
+                let _r = nvtx::range("optimizer");
+                self.optimizer_step(sp)?;
+                Ok(StepResult { loss, skipped: false })
+            }
+        }
+    }
+
+    fn optimizer_step(&mut self, sp: StepParams) -> Result<()> {
+        let hp = AdamWParams {
+            lr: sp.lr,
+            weight_decay: sp.weight_decay,
+            ..AdamWParams::default()
+        };
+        let (m_all, v_all) = (&mut self.m, &mut self.v);
+        let backend = self.exec.backend_mut();
+        for &(id, decay) in &self.trainable {
+            let (at, len, _) = backend.layout().slot(id);
+            let (master, grad, half) = backend.optimizer_views(id).expect("trainable");
+            let mut m = m_all.slice_mut();
+            let mut v = v_all.slice_mut();
+            gpu_optim::adamw_step(
+                &self.gpu,
+                master,
+                grad,
+                m.sub_mut(at, len),
+                v.sub_mut(at, len),
+                Some(half),
+                &hp,
+                sp.t,
+                decay,
+                1.0,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn first_bad_weight(&self) -> Option<String> {
+        self.trainable.iter().find_map(|&(id, _)| {
+            let values = self.exec.param(id);
+            values
+                .iter()
+                .any(|v| !v.is_finite())
+                .then(|| self.exec.graph().params[id.0].name.clone())
+        })
+    }
+
+    pub fn predict(&mut self, loader: &Loader, sigma: f64) -> Result<Vec<PredictedImage>> {
+        let _r = nvtx::range("validation");
+        for id in 0..self.exec.graph().params.len() {
+            let values = self.exec.param(ParamId(id));
+            self.eval.set_param(ParamId(id), &values);
+        }
+        let out = predict_loader(&mut self.eval, loader, sigma);
+        self.eval.backend_mut().take_error().context("validation on the GPU")?;
+        out
+    }
+
+    pub fn checkpoint(&self, meta: Meta) -> Result<Checkpoint> {
+        self.exec.backend().check_error()?;
+        let mut ck = Checkpoint::from_executor(&self.exec, meta);
+        let m = self.m.to_host(&self.gpu)?;
+        let v = self.v.to_host(&self.gpu)?;
+        let graph = self.exec.graph();
+        for &(id, _) in &self.trainable {
+            let (at, len, _) = self.exec.backend().layout().slot(id);
+            let p = &graph.params[id.0];
+            ck.insert_moments(&p.name, &p.shape, m[at..at + len].to_vec(), v[at..at + len].to_vec());
+        }
+        ensure!(
+            ck.tensors.values().all(|t| t.data.iter().all(|x| x.is_finite())),
+            "refusing to write a checkpoint with non-finite values (the GPU state went bad)"
+        );
+        Ok(ck)
+    }
+
+    pub fn load_weights(&mut self, ck: &Checkpoint) -> Result<()> {
+        ck.load_into(&mut self.exec)?;
+        self.exec
+            .backend_mut()
+            .take_error()
+            .context("uploading the checkpoint's weights")
+    }
+
+    pub fn set_moments(&mut self, i: usize, m: &[f32], v: &[f32]) -> Result<()> {
+        let (id, _) = self.trainable[i];
+        let (at, len, _) = self.exec.backend().layout().slot(id);
+        ensure!(
+            m.len() == len && v.len() == len,
+            "moments of {}: wrong length",
+            self.graph().params[id.0].name
+        );
+        let mut host_m = self.m.to_host(&self.gpu)?;
+        let mut host_v = self.v.to_host(&self.gpu)?;
+        host_m[at..at + len].copy_from_slice(m);
+        host_v[at..at + len].copy_from_slice(v);
+        self.m.upload(&self.gpu, &host_m)?;
+        self.v.upload(&self.gpu, &host_v)
+    }
+
+    pub fn skipped_steps(&self) -> u64 {
+        self.scaler.skipped_steps()
+    }
+
+    pub fn loss_scaler_state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.scaler).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn restore_loss_scaler(&mut self, state: &serde_json::Value) -> Result<()> {
+        if !state.is_null() {
+            self.scaler = serde_json::from_value(state.clone()).context("the checkpoint's loss scaler state")?;
+        }
+        Ok(())
+    }
+
+    pub fn log_scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![
+            ("train/loss_scale", self.scaler.scale() as f64),
+            ("train/skipped_steps", self.scaler.skipped_steps() as f64),
+        ];
+        if let Ok(r) = vram::read(&self.gpu) {
+            out.push(("gpu/vram_used_gib", r.used_bytes as f64 / (1u64 << 30) as f64));
+        }
+        out
+    }
+
+    pub fn status(&self) -> String {
+        let vram = vram::read(&self.gpu)
+            .map(|r| {
+                format!(
+                    " VRAM {:.1}/{:.1} GiB",
+                    r.used_bytes as f64 / (1u64 << 30) as f64,
+                    r.total_bytes as f64 / (1u64 << 30) as f64
+                )
+            })
+            .unwrap_or_default();
+        format!("scale {}{vram}", self.scaler.scale())
+    }
+}
