@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds everything a GPU machine needs (it has no Rust toolchain) into the ignored folder .gpu/:
 # the release binary, every GPU test binary (tests/gpu*.rs) and the benchmarks, plus .gpu/run.sh,
-# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary; and the
+# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary, and the
 # convolution lists (.gpu/shapes/MODEL.json) for the PyTorch scripts in benches/ (see benches/README.md).
+# .gpu-pack/gpu.tar.xz is the same folder packed for the device tool's 64 MiB carry limit.
 #
-#   scripts/gpu-bundle.sh            # then carry .gpu to the GPU machine and run: bash .gpu/run.sh
+#   scripts/gpu-bundle.sh            # then carry .gpu-pack (the packed .gpu) to the GPU machine, unpack, run
 #   scripts/gpu-bundle.sh --no-bench # skip the benchmark binaries
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,7 +50,7 @@ if [[ $with_bench == 1 ]]; then
   echo "building benchmarks..."
   cargo bench --locked --no-run --message-format=json 2>/dev/null | executables |
     while read -r kind name path; do
-      if [[ "$kind" == "bench" ]]; then cp "$path" "$out/benches/$name"; fi
+      if [[ "$kind" == "bench" && "$name" == gpu* ]]; then cp "$path" "$out/benches/$name"; fi
     done
 fi
 # Debug info is useless there and the carry limit is 64 MiB.
@@ -81,5 +82,9 @@ echo "test binaries: $passed passed, $failed failed"
 [[ $failed == 0 ]]
 RUN
 chmod +x "$out/run.sh"
-du -sh "$out"
-echo "bundle ready: carry .gpu and run 'bash .gpu/run.sh' (add --bench for benchmarks)"
+# Each test binary links the whole library (about 5 MiB stripped); compressed, the bundle travels
+# well under the 64 MiB a device call may carry.
+mkdir -p "$root/.gpu-pack"
+tar -cJf "$root/.gpu-pack/gpu.tar.xz" -C "$out" .
+du -sh "$out" "$root/.gpu-pack/gpu.tar.xz"
+echo "bundle ready: carry .gpu-pack and run 'mkdir -p .gpu && tar -xJf .gpu-pack/gpu.tar.xz -C .gpu && bash .gpu/run.sh' (add --bench for benchmarks)"
