@@ -88,18 +88,35 @@ const fn tile(bm: usize, bn: usize, bk: usize, warps_m: usize, warps_n: usize, s
 }
 
 /// The vec-loader configurations for GPUs with at least [`BIG_SMEM_PER_SM`] of shared memory per
-/// SM (A100, H100): 64-wide K steps, measured 5-15 % faster than the 32-wide ones on an H100
-/// (fewer barriers and pipeline waits per MMA), at up to 96 KiB per block. Largest first.
-pub const TILES_BIG_SMEM: [Tile; 5] = [
+/// SM (A100, H100): the five block shapes of [`TILES_SMALL_SMEM`], the three larger ones also
+/// with 64-wide K steps (up to 96 KiB per block), which [`pick_tile`] takes from [`k64_from`] on.
+pub const TILES_BIG_SMEM: [Tile; 8] = [
     tile(128, 128, 64, 2, 2, 3),
     tile(128, 64, 64, 2, 2, 3),
     tile(64, 64, 64, 2, 2, 4),
+    tile(128, 128, 32, 2, 2, 3),
+    tile(128, 64, 32, 2, 2, 4),
+    tile(64, 64, 32, 2, 2, 4),
     tile(128, 32, 32, 4, 1, 4),
     tile(64, 32, 32, 2, 2, 4),
 ];
 
+/// The GEMM K (kernel taps x gathered channels) from which a block shape runs faster with
+/// 64-wide K steps than with 32-wide ones on an H100: fewer barriers and pipeline waits per MMA
+/// pay off over long K loops, while short ones gain more from the blocks per SM that the
+/// smaller shared tiles allow. Measured over every HRNet-W32 and ResNet-50 convolution, forward
+/// and dgrad (2026-11-23, `CONV_BENCH_TILES=1 cargo bench --bench gpu_conv`).
+pub fn k64_from(bm: usize, bn: usize) -> usize {
+    match (bm, bn) {
+        (128, 128) => 1024,
+        (128, 64) => 512,
+        (64, 64) => 256,
+        _ => usize::MAX,
+    }
+}
+
 /// The vec-loader configurations for GPUs with about 100 KiB per SM (RTX 30xx/40xx): 32-wide K
-/// steps, at most 48 KiB per block, so that two blocks share an SM.
+/// steps only, at most 48 KiB per block, so that at least two blocks share an SM.
 pub const TILES_SMALL_SMEM: [Tile; 5] = [
     tile(128, 128, 32, 2, 2, 3),
     tile(128, 64, 32, 2, 2, 4),
@@ -192,16 +209,19 @@ impl Tile {
 
     /// The selection model's view of this tile: its throughput relative to 128x128 when it has
     /// the SM to itself (bigger warp tiles reuse each fragment over more MMAs), and how many of
-    /// its blocks the registers let share an SM. Fitted to the H100 timings of every HRNet-W32
-    /// and ResNet-50 forward convolution (BENCHMARKS.md); the general loader's tiles borrow the
-    /// vec ones' figures (only their relative order matters).
+    /// its blocks the registers let share an SM. Fitted to the H100 timings of every tile on
+    /// every HRNet-W32 and ResNet-50 convolution, forward and dgrad (the sweep of
+    /// `CONV_BENCH_TILES=1 cargo bench --bench gpu_conv`, 2026-11-23); the general
+    /// loader's tiles borrow the vec ones' figures (only their relative order matters).
     fn model(&self) -> (f64, usize) {
-        match (self.bm, self.bn) {
-            (128, 128) => (1.0, 2),
-            (128, 64) => (0.5, 3),
-            (64, 64) => (0.4, 4),
-            (128, 32) => (0.3, 6),
-            _ => (0.25, 8),
+        match (self.bm, self.bn, self.bk) {
+            (128, 128, _) => (1.0, 2),
+            (128, 64, 64) => (0.9, 3),
+            (128, 64, _) => (0.9, 4),
+            (64, 64, 64) => (0.7, 4),
+            (64, 64, _) => (0.7, 6),
+            (128, 32, _) => (0.5, 6),
+            _ => (0.5, 8),
         }
     }
 }
@@ -279,14 +299,16 @@ impl GpuShape {
         }
     }
 
-    /// The configurations a loader chooses from on this GPU.
-    pub fn tiles(&self, vec: bool) -> &'static [Tile] {
+    /// The configurations a loader chooses from on this GPU for a GEMM of `k` = taps x channels:
+    /// one per block shape (on big-shared-memory GPUs the 32- or 64-wide K step, by [`k64_from`]).
+    pub fn tiles(&self, vec: bool, k: usize) -> Vec<Tile> {
         if !vec {
-            &TILES_GENERAL
+            TILES_GENERAL.to_vec()
         } else if self.smem_per_sm >= BIG_SMEM_PER_SM {
-            &TILES_BIG_SMEM
+            let wide = |t: &&Tile| (t.bk == 64) == (k >= k64_from(t.bm, t.bn));
+            TILES_BIG_SMEM.iter().filter(wide).copied().collect()
         } else {
-            &TILES_SMALL_SMEM
+            TILES_SMALL_SMEM.to_vec()
         }
     }
 }
@@ -300,13 +322,13 @@ const SATURATING_BLOCKS: usize = 2;
 /// memory allow `per_sm`), its time is their area over the tile's throughput, scaled down when
 /// fewer than [`SATURATING_BLOCKS`] keep it busy; beyond that it runs `ceil(r / per_sm)` full
 /// rounds. Large tiles win on large GEMMs; small ones when large ones would leave SMs idle (few
-/// pixels, as in HRNet's 1/32 branch) or waste columns (c_out = 32 in a 64-wide tile). Fitted to
-/// the H100 forward timings of every HRNet-W32 and ResNet-50 convolution: its picks cost 1 %
-/// more than the best tile of each shape, summed over a step.
+/// pixels, as in HRNet's 1/32 branch) or waste columns (c_out = 32 in a 64-wide tile). On the
+/// H100 timings it was fitted to, its picks cost 1.5 % more than the best of the eight tiles for
+/// each shape, summed over both networks' forward and dgrad convolutions.
 pub fn pick_tile(g: &GemmShape, vec: bool, d: &GpuShape) -> Tile {
     let sms = d.sms.max(1);
     let mut best = None;
-    for t in d.tiles(vec) {
+    for t in &d.tiles(vec, g.taps * g.cs) {
         let (eff, by_regs) = t.model();
         let per_sm = by_regs.min(d.smem_per_sm / (t.smem_bytes(vec) + 1024)).max(1);
         let blocks = g.slices * g.rows.div_ceil(t.bm) * g.cols.div_ceil(t.bn);
@@ -774,6 +796,7 @@ mod tests {
         }
         // The same numbers as conv_smem_bytes in the kernel file, for three configurations.
         assert_eq!(TILES_BIG_SMEM[0].smem_bytes(true), 3 * 256 * 128);
+        assert_eq!(TILES_BIG_SMEM[2].smem_bytes(true), 4 * 128 * 128);
         assert_eq!(TILES_SMALL_SMEM[0].smem_bytes(true), 3 * 256 * 64);
         assert_eq!(TILES_GENERAL[0].smem_bytes(false), 2 * 192 * 64 + 128 * 16);
     }
@@ -792,7 +815,8 @@ mod tests {
     fn small_and_narrow_gemms_get_small_tiles() {
         for d in [H100, RTX_3070_TI] {
             // A large square GEMM takes the largest tile.
-            assert_eq!(pick_tile(&fwd(4 * 96 * 96, 256), true, &d), d.tiles(true)[0]);
+            let t = pick_tile(&fwd(4 * 96 * 96, 256), true, &d);
+            assert_eq!((t.bm, t.bn), (128, 128), "{d:?}");
             // c_out = 32 never takes a tile wider than 32.
             assert_eq!(pick_tile(&fwd(4 * 192 * 192, 32), true, &d).bn, 32);
             // The general loader picks among its own tiles.
@@ -803,6 +827,26 @@ mod tests {
         assert!(t.bm * t.bn < 128 * 128, "{t:?}");
         assert_eq!(smem_per_sm((9, 0)), 228 * 1024);
         assert_eq!(smem_per_sm((8, 6)), 100 * 1024);
+        // Long K loops take 64-wide K steps where shared memory allows, short ones 32.
+        let long = GemmShape {
+            cs: 512,
+            ..fwd(4 * 96 * 96, 256)
+        };
+        assert_eq!(pick_tile(&long, true, &H100).bk, 64);
+        assert_eq!(pick_tile(&long, true, &RTX_3070_TI).bk, 32);
+        assert_eq!(
+            pick_tile(
+                &GemmShape {
+                    taps: 1,
+                    cs: 128,
+                    ..long
+                },
+                true,
+                &H100
+            )
+            .bk,
+            32
+        );
     }
 
     #[test]
@@ -841,7 +885,7 @@ mod tests {
             cols: 40,
             cs: 8,
         };
-        let p = plan(Pass::Dgrad, &d, true, &H100, Some(TILES_BIG_SMEM[4])).unwrap();
+        let p = plan(Pass::Dgrad, &d, true, &H100, Some(TILES_BIG_SMEM[7])).unwrap();
         assert_eq!(
             (p.kernel, p.grid, p.tile.threads()),
             (
