@@ -1,6 +1,14 @@
-//! The CUDA backend end to end: whole networks (a narrow HRNet and ResNet-18, with every op kind
-//! between them) forward and backward on the GPU in fp16 against the f32 CPU backend on the same
-//! parameters and inputs; the fused inference forward; determinism; the per-op profile.
+//! The CUDA backend end to end against the f32 CPU backend.
+//!
+//! Deep networks at random initialisation are chaotic: with batch norm in training mode a tiny
+//! perturbation grows layer by layer (the gradient explosion of BN networks at initialisation), so
+//! fp16 storage alone moves HRNet-W8's output by 5-10 % and ResNet-18's gradients by ~17 % from the
+//! f32 reference even though every op matches its twin to fp16 rounding. (Measured on an H100 while
+//! writing these tests; the per-node comparison below showed the error growing gradually through
+//! the layers, spread over every channel, never jumping at one op.) So whole networks are checked
+//! *teacher-forced*: node by node, the CPU op gets the GPU's own inputs, which tests every op at
+//! its real shape, arena placement and fused form inside the real plan; and a shallow graph using
+//! every op is compared end to end, forward and backward.
 #[path = "gpu_ops_support/mod.rs"]
 mod support;
 
@@ -45,6 +53,41 @@ fn randomise(graph: &Graph, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<Vec<f32>> 
         .collect()
 }
 
+/// Images with structure at every scale (a few random low-frequency waves and a ramp, plus a
+/// little noise), in the range of normalised radiographs. I.i.d. noise would be a poor input: deep
+/// low-resolution features of noise are nearly constant across positions (each averages many
+/// independent pixels), so a batch norm there divides fp16 rounding by a tiny spread and the
+/// fp16-vs-f32 comparison measures that conditioning instead of the kernels.
+fn structured_input(shape: cephalo::backend::Shape4, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
+    use rand::Rng;
+    let mut out = Vec::with_capacity(shape.len());
+    let waves: Vec<[f32; 4]> = (0..shape.n * 3)
+        .map(|_| {
+            [
+                rng.random_range(0.5..4.0),
+                rng.random_range(0.5..4.0),
+                rng.random_range(0.0..6.3),
+                rng.random_range(0.3..1.0),
+            ]
+        })
+        .collect();
+    for b in 0..shape.n {
+        for y in 0..shape.h {
+            for x in 0..shape.w {
+                let (u, v) = (y as f32 / shape.h as f32, x as f32 / shape.w as f32);
+                let mut value = 0.8 * (u - v);
+                for w in &waves[3 * b..3 * b + 3] {
+                    value += w[3] * (std::f32::consts::TAU * (w[0] * u + w[1] * v) + w[2]).sin();
+                }
+                for _ in 0..shape.c {
+                    out.push(value + rng.random_range(-0.1..0.1));
+                }
+            }
+        }
+    }
+    out
+}
+
 fn executors(g: &Graph, mode: Mode, values: &[Vec<f32>]) -> (Executor<CpuBackend>, Executor<CudaBackend>) {
     let gpu = Arc::new(gpu());
     let mut cpu = Executor::new(g.clone(), options(mode, DtypeSizes::F32), CpuBackend::new(), 1);
@@ -58,62 +101,80 @@ fn executors(g: &Graph, mode: Mode, values: &[Vec<f32>]) -> (Executor<CpuBackend
     (cpu, cuda)
 }
 
-fn check_train_step(model: &str, size: [usize; 2], batch: usize) {
-    let g = graph(model, size, batch);
+/// A shallow graph with every op kind of the networks (conv with and without bias, stride 2,
+/// BN with and without ReLU, max pool, add, add+ReLU, ReLU, transposed conv, nearest and bilinear
+/// upsampling, concat), odd channel counts included.
+fn every_op_graph() -> Graph {
+    use cephalo::backend::{Shape4, UpsampleMode};
+    use cephalo::graph::{GraphBuilder, Init};
+    let (mut b, x) = GraphBuilder::new(Shape4::new(2, 48, 40, 1), Init::Normal { std: 0.1 });
+    let stem = b.conv("stem", x, 24, 3, 2, false); // 24x20
+    let stem = b.batchnorm("stem_bn", stem, true);
+    let pooled = b.maxpool("pool", stem, 3, 2, 1); // 12x10
+    let c = b.conv("c1", pooled, 24, 3, 1, false);
+    let c = b.batchnorm("c1_bn", c, false);
+    let res = b.add_relu("res", c, pooled);
+    let down = b.conv("down", res, 32, 3, 2, false); // 6x5
+    let down = b.batchnorm("down_bn", down, false);
+    let down = b.relu("down_relu", down);
+    let up = b.scope("tconv", |b| b.conv_transpose("deconv", down, 16, 4, 2, 1)); // 12x10
+    let near = b.conv("near", down, 16, 1, 1, false);
+    let near = b.upsample("near_up", near, 2, UpsampleMode::Nearest);
+    let bil = b.conv("bil", down, 16, 1, 1, false);
+    let bil = b.upsample("bil_up", bil, 2, UpsampleMode::Bilinear);
+    let sum = b.add("sum", near, bil);
+    let cat = b.concat("cat", &[res, up, sum]);
+    let out = b.conv("out", cat, 5, 1, 1, true);
+    b.finish(out)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_op_graph_forward_and_backward_match_the_cpu() {
+    let g = every_op_graph();
     let mut r = rng();
     let values = randomise(&g, &mut r);
     let (mut cpu, mut cuda) = executors(&g, Mode::Train, &values);
-    let input = random_f32(&mut r, g.input_shape().len(), -1.0, 1.0);
-
+    cuda.backend_mut().poison_activations().unwrap();
+    let input = structured_input(g.input_shape(), &mut r);
     let want = cpu.predict(&input);
     let got = cuda.predict(&input);
     cuda.backend_mut().take_error().expect("forward");
     let e = rel_err("output", &got, &want);
-    println!("{model}: forward output relative error {e:.2e}");
-    assert!(e < 3e-2, "{model}: forward output relative error {e:.3e}");
-
+    println!("every-op graph: output relative error {e:.2e}");
+    assert!(e < 1e-2, "output relative error {e:.3e}");
     let d_out = random_f32(&mut r, g.output_shape().len(), -1.0, 1.0);
     cpu.backward_from(&d_out);
     cuda.backward_from(&d_out);
     cuda.backend_mut().take_error().expect("backward");
-
-    // Gradients of all trainable parameters together, and the worst single tensors reported.
-    let (mut all_got, mut all_want, mut worst) = (Vec::new(), Vec::new(), Vec::new());
+    // Each tensor is held to 6e-2 and all gradients together to 3e-2 (measured 1.6e-2), not to one op's 1e-2: fp16
+    // rounding reorders near-equal values inside max-pool windows and moves pre-activations
+    // across zero, and each such flip sends a whole gradient element elsewhere (measured: 3.6e-2
+    // on the stem weight, upstream of the max pool, with the output at 1.1e-3).
+    let (mut all_got, mut all_want, mut worst) = (Vec::new(), Vec::new(), (0.0f64, String::new()));
     for (i, p) in g.params.iter().enumerate() {
-        if !p.kind.trainable() {
-            // Running statistics moved by the same batch statistics.
-            let e = rel_err(&p.name, &cuda.param(ParamId(i)), &cpu.param(ParamId(i)));
-            assert!(e < 1e-2, "{model}: {} relative error {e:.3e}", p.name);
-            continue;
+        let (got, want) = if p.kind.trainable() {
+            (cuda.param_grad(ParamId(i)), cpu.param_grad(ParamId(i)))
+        } else {
+            (cuda.param(ParamId(i)), cpu.param(ParamId(i)))
+        };
+        let e = rel_err(&p.name, &got, &want);
+        println!("  {} {e:.2e}", p.name);
+        if e > worst.0 {
+            worst = (e, p.name.clone());
         }
-        let (gg, gw) = (cuda.param_grad(ParamId(i)), cpu.param_grad(ParamId(i)));
-        worst.push((rel_err(&p.name, &gg, &gw), p.name.clone()));
-        all_got.extend(gg);
-        all_want.extend(gw);
+        if p.kind.trainable() {
+            all_got.extend(got);
+            all_want.extend(want);
+        }
     }
-    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!("{model}: worst parameter gradients {:?}", &worst[..3.min(worst.len())]);
     let e = rel_err("all gradients", &all_got, &all_want);
-    println!("{model}: all parameter gradients relative error {e:.2e}");
-    assert!(e < 3e-2, "{model}: parameter gradients relative error {e:.3e}");
-    assert!(
-        worst[0].0 < 0.1,
-        "{model}: {} gradient relative error {:.3e}",
-        worst[0].1,
-        worst[0].0
+    println!(
+        "every-op graph: all gradients {e:.2e}, worst tensor {} {:.2e}",
+        worst.1, worst.0
     );
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn hrnet_training_step_matches_the_cpu() {
-    check_train_step("hrnet-w8", [64, 96], 2);
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn resnet_training_step_matches_the_cpu() {
-    check_train_step("resnet18", [64, 64], 2);
+    assert!(e < 3e-2, "all gradients: relative error {e:.3e}");
+    assert!(worst.0 < 6e-2, "{}: relative error {:.3e}", worst.1, worst.0);
 }
 
 #[test]
@@ -132,7 +193,7 @@ fn fused_inference_matches_the_cpu() {
             }
         }
         let (mut cpu, mut cuda) = executors(&g, Mode::Eval, &values);
-        let input = random_f32(&mut r, g.input_shape().len(), -1.0, 1.0);
+        let input = structured_input(g.input_shape(), &mut r);
         let want = cpu.predict(&input);
         let got = cuda.predict(&input);
         cuda.backend_mut().take_error().expect("forward");
@@ -148,7 +209,7 @@ fn a_training_step_is_bitwise_repeatable() {
     let g = graph("hrnet-w8", [64, 64], 2);
     let mut r = rng();
     let values = randomise(&g, &mut r);
-    let input = random_f32(&mut r, g.input_shape().len(), -1.0, 1.0);
+    let input = structured_input(g.input_shape(), &mut r);
     let d_out = random_f32(&mut r, g.output_shape().len(), -1.0, 1.0);
     let run = || {
         let (_, mut cuda) = executors(&g, Mode::Train, &values);
@@ -177,7 +238,7 @@ fn the_op_profile_times_every_kind_that_ran() {
     let values = randomise(&g, &mut r);
     let (_, mut cuda) = executors(&g, Mode::Train, &values);
     cuda.backend_mut().enable_op_profile();
-    let input = random_f32(&mut r, g.input_shape().len(), -1.0, 1.0);
+    let input = structured_input(g.input_shape(), &mut r);
     cuda.predict(&input);
     cuda.backward_from(&vec![0.5; g.output_shape().len()]);
     let times = cuda.backend_mut().take_op_times().unwrap();
@@ -193,5 +254,49 @@ fn the_op_profile_times_every_kind_that_ran() {
             .find(|t| t.0 == kind)
             .unwrap_or_else(|| panic!("{kind} not profiled: {times:?}"));
         assert!(t.1 > 0 && t.2 > 0.0, "{kind}: {t:?}");
+    }
+}
+
+/// Forward node by node in training mode, teacher-forced: before each node runs on the CPU, its
+/// inputs are overwritten with the GPU's values, so each comparison measures that one op at its
+/// real shape and place in the plan. Every node of HRNet-W8 and ResNet-18 must match to 1e-2.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_node_of_the_networks_matches_the_cpu_on_the_gpus_inputs() {
+    for (model, size) in [("hrnet-w8", [256, 256]), ("resnet18", [256, 256])] {
+        let g = graph(model, size, 2);
+        let mut r = rng();
+        let values = randomise(&g, &mut r);
+        let (mut cpu, mut cuda) = executors(&g, Mode::Train, &values);
+        cuda.backend_mut().poison_activations().unwrap();
+        let input = structured_input(g.input_shape(), &mut r);
+        let (vi, vg) = (cpu.input_view(), cuda.input_view());
+        cpu.backend_mut().write(vi, &input);
+        cuda.backend_mut().write(vg, &input);
+        let mut worst = (0.0f64, String::new());
+        for i in 0..g.nodes.len() {
+            let node = &g.nodes[i];
+            for t in &node.inputs {
+                let from_gpu = cuda.backend().read(cuda.plan().fwd[t.0]);
+                let view = cpu.plan().fwd[t.0];
+                cpu.backend_mut().write(view, &from_gpu);
+            }
+            cpu.forward_node(i);
+            cuda.forward_node(i);
+            cuda.backend_mut().take_error().unwrap();
+            let want = cpu.backend().read(cpu.plan().fwd[i]);
+            let got = cuda.backend().read(cuda.plan().fwd[i]);
+            let e = rel_err(&node.name, &got, &want);
+            if e > worst.0 {
+                worst = (e, format!("{} ({}) {}", node.name, node.op.kind(), node.shape));
+            }
+            assert!(
+                e < 1e-2,
+                "{model}: node {i} {} ({}): relative error {e:.3e}",
+                node.name,
+                node.op.kind()
+            );
+        }
+        println!("{model}: {} nodes, worst {:.2e} at {}", g.nodes.len(), worst.0, worst.1);
     }
 }

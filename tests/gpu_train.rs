@@ -95,31 +95,29 @@ fn gpu_resume_is_bitwise_identical_to_an_uninterrupted_run() {
     }
 }
 
+/// The same checkpoint loaded for inference on the CPU (f32) and the GPU (fp16, BN folded)
+/// gives the same heatmaps. (Comparing MREs of a barely trained model would not work: its flat
+/// heatmaps make the decoded peaks jump on tiny differences.)
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn gpu_eval_agrees_with_cpu_eval() {
+fn gpu_inference_of_a_checkpoint_matches_the_cpu() {
+    use cephalo::device::Device;
+    use cephalo::eval::command::load_model;
     let dir = tempfile::tempdir().unwrap();
-    let (data, ck) = cli_support::trained_checkpoint(dir.path(), 12, 9);
-    let report = |device: &str| {
-        let out = dir.path().join(format!("eval-{device}.json"));
-        cli_support::run(&[
-            "eval",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--dataset-path",
-            data.to_str().unwrap(),
-            "--split",
-            "train",
-            "--device",
-            device,
-            "--report",
-            out.to_str().unwrap(),
-        ])
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
-        v["metrics"]["overall"]["mre_mm"].as_f64().unwrap()
-    };
-    let (cpu, gpu) = (report("cpu"), report("cuda"));
-    println!("MRE cpu {cpu} gpu {gpu}");
-    assert!((cpu - gpu).abs() < 0.05 * cpu.max(0.5), "cpu {cpu} mm vs gpu {gpu} mm");
+    let (_, ck) = cli_support::trained_checkpoint(dir.path(), 12, 9);
+    let mut cpu = load_model(&ck, 2, Device::Cpu).unwrap();
+    let mut gpu = load_model(&ck, 2, Device::Cuda(0)).unwrap();
+    let n = cpu.exec.graph().input_shape().len();
+    let input: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let want = cpu.exec.predict(&input).unwrap();
+    let got = gpu.exec.predict(&input).unwrap();
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(&want) {
+        assert!(g.is_finite());
+        num += (*g as f64 - *w as f64).powi(2);
+        den += (*w as f64).powi(2);
+    }
+    let e = (num / den).sqrt();
+    println!("heatmaps relative error {e:.2e}");
+    assert!(e < 2e-2, "GPU heatmaps differ from the CPU's: relative error {e:.3e}");
 }

@@ -122,7 +122,9 @@ impl<B: Backend> Executor<B> {
             .collect()
     }
 
-    fn forward_node(&mut self, i: usize) {
+    /// Runs node `i` forward (its inputs must be computed): for stepping through a network, e.g.
+    /// to compare two backends tensor by tensor.
+    pub fn forward_node(&mut self, i: usize) {
         let train = self.plan.options.mode == Mode::Train;
         let node = &self.graph.nodes[i];
         let y = self.plan.fwd[i];

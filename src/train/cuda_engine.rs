@@ -261,7 +261,8 @@ impl CudaEngine {
             gpu_optim::unscale_and_check(&self.gpu, grads, 1.0 / scale, self.nonfinite.slice_mut())?;
         }
         let loss = gpu_loss::read_loss(&self.gpu, self.loss_value.slice())?;
-        let all_finite = !gpu_optim::read_flag(&self.gpu, self.nonfinite.slice())?;
+        // read_flag answers "every value finite".
+        let all_finite = gpu_optim::read_flag(&self.gpu, self.nonfinite.slice())?;
         if !loss.is_finite() {
             let pred = self.exec.backend().read(self.exec.output_view());
             bail!(
@@ -273,7 +274,17 @@ impl CudaEngine {
                     .unwrap_or_default()
             );
         }
-        match self.scaler.update(all_finite)? {
+        let outcome = match self.scaler.update(all_finite) {
+            Ok(outcome) => outcome,
+            Err(collapsed) => {
+                let culprit = self.first_bad_gradient().unwrap_or_else(|| "none found".into());
+                bail!(
+                    "step {}: {collapsed}; first non-finite gradient (last layer first): {culprit}",
+                    sp.t
+                );
+            }
+        };
+        match outcome {
             StepOutcome::Skip { .. } => Ok(StepResult { loss, skipped: true }),
             StepOutcome::Apply { .. } => {
                 let _r = nvtx::range("optimizer");
@@ -312,6 +323,22 @@ impl CudaEngine {
         Ok(())
     }
 
+    /// The trainable tensor closest to the output whose gradient holds inf/NaN (unscaled, so
+    /// read after the check that found one).
+    fn first_bad_gradient(&self) -> Option<String> {
+        self.trainable.iter().rev().find_map(|&(id, _)| {
+            let grad = self.exec.param_grad(id);
+            let bad = grad.iter().filter(|v| !v.is_finite()).count();
+            (bad > 0).then(|| {
+                format!(
+                    "{} ({bad} of {} values)",
+                    self.exec.graph().params[id.0].name,
+                    grad.len()
+                )
+            })
+        })
+    }
+
     fn first_bad_weight(&self) -> Option<String> {
         self.trainable.iter().find_map(|&(id, _)| {
             let values = self.exec.param(id);
@@ -344,10 +371,9 @@ impl CudaEngine {
             let p = &graph.params[id.0];
             ck.insert_moments(&p.name, &p.shape, m[at..at + len].to_vec(), v[at..at + len].to_vec());
         }
-        ensure!(
-            ck.tensors.values().all(|t| t.data.iter().all(|x| x.is_finite())),
-            "refusing to write a checkpoint with non-finite values (the GPU state went bad)"
-        );
+        if let Some((name, _)) = ck.tensors.iter().find(|(_, t)| t.data.iter().any(|x| !x.is_finite())) {
+            bail!("refusing to write a checkpoint with non-finite values: {name} (the GPU state went bad)");
+        }
         Ok(ck)
     }
 

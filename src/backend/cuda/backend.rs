@@ -164,6 +164,15 @@ impl CudaBackend {
         arena_bytes + ParamLayout::new(params).bytes()
     }
 
+    /// Fills the activation arena with fp16 NaN. Tests call it after `prepare` so that an op
+    /// reading memory nothing wrote shows up as NaN instead of as stale numbers.
+    pub fn poison_activations(&mut self) -> Result<()> {
+        let act = self.act.as_ref().expect("CudaBackend used before prepare");
+        // SAFETY: `&mut self` excludes every other view of the arena.
+        let all = unsafe { act.view_mut::<f16>(0, act.capacity() / 2) };
+        ew::fill_f16(&self.gpu, all, f16::from_bits(0x7e01))
+    }
+
     /// Times every op with CUDA events from now on (costs a little: two events per op).
     pub fn enable_op_profile(&mut self) {
         self.profile = Some(OpProfile {
