@@ -103,9 +103,12 @@ impl<B: Backend> Executor<B> {
         self.plan.grad[self.graph.input.0].map(|v| self.backend.read(v))
     }
 
-    /// Runs every node forward.
+    /// Runs every node forward, in one NVTX range per top-level module (stem, stage2, head, ...),
+    /// so an nsys timeline reads like the network.
     pub fn forward(&mut self) {
+        let mut module = ModuleRanges::new("forward");
         for i in 0..self.graph.nodes.len() {
+            module.enter(&self.graph.nodes[i].name);
             self.forward_node(i);
         }
     }
@@ -156,6 +159,7 @@ impl<B: Backend> Executor<B> {
     pub fn backward(&mut self) {
         assert_eq!(self.plan.options.mode, Mode::Train, "backward needs a training plan");
         let n = self.graph.nodes.len();
+        let mut module = ModuleRanges::new("backward");
         let mut written = vec![false; n];
         let mut rebuilt = vec![false; n];
         written[self.graph.output.0] = true;
@@ -164,6 +168,7 @@ impl<B: Backend> Executor<B> {
                 continue;
             }
             let node = self.graph.nodes[i].clone();
+            module.enter(&node.name);
             let dy = self.plan.grad[i].expect("planned");
             let grads: Vec<Option<Grad>> = node
                 .inputs
@@ -268,5 +273,32 @@ impl<B: Backend> Executor<B> {
             self.graph.params[id.0].name
         );
         self.backend.write_param(id, data);
+    }
+}
+
+/// The NVTX range of the module being run: opened when the first component of the node names
+/// changes (`stage2.m0.b1.conv1` -> `forward stage2`), closed when the next module starts.
+struct ModuleRanges {
+    phase: &'static str,
+    current: String,
+    range: Option<crate::gpu::nvtx::RangeGuard>,
+}
+
+impl ModuleRanges {
+    fn new(phase: &'static str) -> Self {
+        Self {
+            phase,
+            current: String::new(),
+            range: None,
+        }
+    }
+
+    fn enter(&mut self, node_name: &str) {
+        let module = node_name.split('.').next().unwrap_or(node_name);
+        if module != self.current {
+            self.range = None;
+            self.current = module.to_string();
+            self.range = Some(crate::gpu::nvtx::range(&format!("{} {module}", self.phase)));
+        }
     }
 }
