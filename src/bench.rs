@@ -57,8 +57,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cuda")]
     pub device: DeviceArg,
     /// Also time every op kind with CUDA events (one extra profiled step) and print the table.
-    #[arg(long)]
+    #[arg(long, alias = "profile")]
     pub profile_ops: bool,
+    /// Same as `--mode infer`.
+    #[arg(long, conflicts_with = "mode")]
+    pub inference: bool,
     /// Write the report as JSON here (stdout gets the human summary).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -81,6 +84,9 @@ struct Report {
     /// Wall-clock per step (includes the host's share, e.g. the upload and the flag read).
     wall_ms: Timing,
     images_per_s: f64,
+    /// Convolution FLOPs of one step (2 per multiply-accumulate; x3 in training) over the median
+    /// step time.
+    conv_tflops: f64,
     /// Bytes this process holds on the device (NVML), and device-wide used bytes.
     process_vram_bytes: Option<u64>,
     device_used_bytes: u64,
@@ -90,6 +96,7 @@ struct Report {
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    let mode = if args.inference { BenchMode::Infer } else { args.mode };
     let Device::Cuda(ordinal) = args.device.resolve()? else {
         bail!("--device cpu: `cephalo bench` measures the GPU; use --device cuda")
     };
@@ -105,11 +112,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let graph = model.build()?;
     let gpu = Arc::new(Gpu::open(ordinal)?);
     let parameters = graph.param_count();
+    // Convolution FLOPs of one step: forward, and in training both gradients (the first
+    // convolution's input gradient is skipped, a few percent on these networks).
+    let conv_macs: u64 = crate::model::conv_shapes::conv_shapes(&graph)
+        .iter()
+        .map(|c| c.macs * c.count as u64)
+        .sum();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let batch = synthetic_batch(&graph, &mut rng);
     let timer = GpuTimer::new(&gpu)?;
     let (mut gpu_ms, mut wall_ms) = (Vec::new(), Vec::new());
-    let (planned, op_times) = match args.mode {
+    let (planned, op_times) = match mode {
         BenchMode::Train => {
             let plan = check_fits(&gpu, &graph, args.batch_size, [h, w])?;
             let loss = HeatmapLoss::from_args(
@@ -179,7 +192,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         tool: "cephalo",
         gpu: gpu.info().name.clone(),
         model: model.model.clone(),
-        mode: args.mode,
+        mode,
         image_size: [h, w],
         batch_size: args.batch_size,
         landmarks: args.landmarks,
@@ -187,6 +200,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         warmup: args.warmup,
         steps: args.steps,
         images_per_s: args.batch_size as f64 / (step_ms.median_ms / 1e3),
+        conv_tflops: 2.0 * conv_macs as f64 * if mode == BenchMode::Train { 3.0 } else { 1.0 }
+            / (step_ms.median_ms * 1e-3)
+            / 1e12,
         step_ms,
         wall_ms: summarize(&mut wall_ms),
         process_vram_bytes: vram.process_bytes,
@@ -245,6 +261,11 @@ fn print_report(r: &Report) {
         r.step_ms.max_ms,
         r.wall_ms.median_ms,
         r.images_per_s
+    );
+    println!(
+        "convolutions: {:.1} TFLOP/s over the whole step (compare with the GPU's fp16 peak, e.g. from \
+         benches/device_peaks.py)",
+        r.conv_tflops
     );
     println!(
         "memory: planned {}, this process {} (NVML), device used {}",

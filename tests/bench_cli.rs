@@ -1,0 +1,24 @@
+//! `cephalo bench` on a machine without a GPU (or asked for the CPU) refuses with a clear error
+//! instead of measuring the wrong thing; its flags parse in the users' and the spellings.
+mod cli_support;
+
+#[test]
+fn bench_refuses_the_cpu_and_names_the_gpu() {
+    let err = cli_support::run(&["bench", "--device", "cpu"]).unwrap_err().to_string();
+    assert!(err.contains("measures the GPU"), "{err}");
+}
+
+#[test]
+fn bench_flags_parse_in_every_spelling() {
+    use cephalo::cli::Cli;
+    use clap::Parser;
+    for argv in [
+        &["cephalo", "bench", "--model", "resnet50", "--batch_size", "8", "--profile"][..],
+        &["cephalo", "bench", "--inference", "--image-size", "512", "512", "--steps", "5"][..],
+        &["cephalo", "bench", "--mode", "infer", "--profile-ops", "--json", "out.json"][..],
+    ] {
+        Cli::try_parse_from(argv.iter().copied()).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    }
+    assert!(Cli::try_parse_from(["cephalo", "bench", "--inference", "--mode", "train"]).is_err());
+    assert!(Cli::try_parse_from(["cephalo", "bench", "--steps", "many"]).is_err());
+}
