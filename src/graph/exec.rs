@@ -4,7 +4,7 @@
 //! tensors its op saved (see [`saved_by`]) and writes the gradients of its inputs; the first
 //! contribution to a gradient overwrites it, later ones add (so no buffer is zero-filled).
 //! A recomputed BN output is rebuilt just before its first backward reader.
-use crate::backend::{Backend, Grad, ParamId, ParamSpec, View};
+use crate::backend::{Backend, Grad, ParamId, View};
 use crate::graph::plan::{plan, Mode, Plan, PlanOptions};
 use crate::graph::{Graph, Op, TensorId};
 
@@ -37,15 +37,7 @@ impl<B: Backend> Executor<B> {
             graph
         };
         let plan = plan(&graph, options);
-        let specs: Vec<ParamSpec> = graph
-            .params
-            .iter()
-            .map(|p| ParamSpec {
-                len: p.len(),
-                trainable: p.kind.trainable(),
-            })
-            .collect();
-        backend.prepare(plan.arena_bytes, &specs);
+        backend.prepare(plan.arena_bytes, &graph.param_specs());
         for (i, p) in graph.params.iter().enumerate() {
             backend.write_param(ParamId(i), &p.initial_values(seed));
         }

@@ -202,6 +202,17 @@ impl Graph {
         self.shape(self.output)
     }
 
+    /// What a backend must know to store each parameter, in `params` order.
+    pub fn param_specs(&self) -> Vec<crate::backend::ParamSpec> {
+        self.params
+            .iter()
+            .map(|p| crate::backend::ParamSpec {
+                len: p.len(),
+                trainable: p.kind.trainable(),
+            })
+            .collect()
+    }
+
     /// Number of trainable parameters (what PyTorch's `sum(p.numel() for p in parameters())` counts).
     pub fn param_count(&self) -> usize {
         self.params

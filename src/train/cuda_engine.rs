@@ -24,7 +24,7 @@ use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::graph::Graph;
 use crate::train::engine::{describe_finiteness, trainable_params, StepParams, StepResult};
-use crate::train::loss::{HeatmapLoss, LossKind};
+use crate::train::loss::HeatmapLoss;
 use crate::train::loss_scaler::{DynamicLossScaler, StepOutcome};
 
 pub struct CudaEngine {
@@ -70,20 +70,11 @@ fn eval_options() -> PlanOptions {
 
 /// What [`CudaEngine::new`] will allocate for `graph`, computed from the plans alone.
 pub fn memory_plan(graph: &Graph) -> MemoryPlan {
-    use crate::backend::ParamSpec;
     use crate::graph::plan::plan;
     let train = plan(graph, train_options());
     let eval_graph = graph.clone().fuse_for_inference();
     let eval = plan(&eval_graph, eval_options());
-    let specs: Vec<ParamSpec> = graph
-        .params
-        .iter()
-        .map(|p| ParamSpec {
-            len: p.len(),
-            trainable: p.kind.trainable(),
-        })
-        .collect();
-    let layout = crate::backend::cuda::backend::ParamLayout::new(&specs);
+    let layout = crate::backend::cuda::backend::ParamLayout::new(&graph.param_specs());
     let shapes: Vec<_> = graph.nodes.iter().map(|n| n.shape).collect();
     let convs: Vec<_> = graph
         .nodes
@@ -219,33 +210,17 @@ impl CudaEngine {
             // SAFETY: the output gradient is a different planned tensor from the output.
             let grad = unsafe { backend.activation_mut(self.exec.output_grad_view()) };
             let weights = self.channel_weights.as_ref().expect("uploaded").slice();
-            match loss_fn.kind {
-                LossKind::AdaptiveWing => gpu_loss::awing_fwd_bwd(
-                    &self.gpu,
-                    pred,
-                    self.targets.slice(),
-                    weights,
-                    self.shape,
-                    loss_fn.awing,
-                    loss_fn.weight_map,
-                    scale,
-                    grad,
-                    self.loss_workspace.slice_mut(),
-                    self.loss_value.slice_mut(),
-                )?,
-                LossKind::Heatmap => gpu_loss::mse_fwd_bwd(
-                    &self.gpu,
-                    pred,
-                    self.targets.slice(),
-                    weights,
-                    self.shape,
-                    loss_fn.weight_map,
-                    scale,
-                    grad,
-                    self.loss_workspace.slice_mut(),
-                    self.loss_value.slice_mut(),
-                )?,
-            }
+            loss_fn.fwd_bwd_gpu(
+                &self.gpu,
+                pred,
+                self.targets.slice(),
+                weights,
+                self.shape,
+                scale,
+                grad,
+                self.loss_workspace.slice_mut(),
+                self.loss_value.slice_mut(),
+            )?;
         }
         {
             let _r = nvtx::range("backward");

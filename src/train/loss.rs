@@ -4,7 +4,9 @@
 use anyhow::Result;
 
 use crate::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
+use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 use crate::train::landmark_weights::LandmarkWeightsArg;
+use half::f16;
 
 /// `--loss`: the users' names (`adaptive_wing`, `heatmap`) work unchanged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -69,6 +71,35 @@ impl HeatmapLoss {
                 awing_fwd_bwd(pred, target, w, shape, self.awing, self.weight_map, grad_scale, grad)
             }
             LossKind::Heatmap => mse_fwd_bwd(pred, target, w, shape, self.weight_map, grad_scale, grad),
+        }
+    }
+}
+
+impl HeatmapLoss {
+    /// The same on the GPU: fp16 predictions, f32 targets; the gradient (times `grad_scale`, the
+    /// loss scale) goes to `grad` in fp16 and the mean loss stays on the device in `loss`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fwd_bwd_gpu(
+        &self,
+        gpu: &Gpu,
+        pred: DevSlice<f16>,
+        target: DevSlice<f32>,
+        channel_weights: DevSlice<f32>,
+        shape: HeatmapShape,
+        grad_scale: f32,
+        grad: DevSliceMut<f16>,
+        workspace: DevSliceMut<f64>,
+        loss: DevSliceMut<f64>,
+    ) -> Result<()> {
+        use crate::backend::cuda::loss as gpu_loss;
+        let (w, map) = (channel_weights, self.weight_map);
+        match self.kind {
+            LossKind::AdaptiveWing => gpu_loss::awing_fwd_bwd(
+                gpu, pred, target, w, shape, self.awing, map, grad_scale, grad, workspace, loss,
+            ),
+            LossKind::Heatmap => {
+                gpu_loss::mse_fwd_bwd(gpu, pred, target, w, shape, map, grad_scale, grad, workspace, loss)
+            }
         }
     }
 }

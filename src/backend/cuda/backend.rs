@@ -358,21 +358,11 @@ impl CudaBackend {
 
     /// A f32 scratch view of at least `len` elements (grown, never shrunk: stable after step 1).
     fn scratch_f32(&mut self, len: usize) -> Result<DevSliceMut<'_, f32>> {
-        let len = len.max(1);
-        if self.scratch_f32.as_ref().is_none_or(|b| b.len() < len) {
-            self.scratch_f32 = None;
-            self.scratch_f32 = Some(DeviceBuffer::zeros(&self.gpu, len).context("allocating f32 scratch")?);
-        }
-        Ok(self.scratch_f32.as_mut().expect("allocated").slice_mut())
+        grown(&self.gpu, &mut self.scratch_f32, len)
     }
 
     fn scratch_f16(&mut self, len: usize) -> Result<DevSliceMut<'_, f16>> {
-        let len = len.max(1);
-        if self.scratch_f16.as_ref().is_none_or(|b| b.len() < len) {
-            self.scratch_f16 = None;
-            self.scratch_f16 = Some(DeviceBuffer::zeros(&self.gpu, len).context("allocating f16 scratch")?);
-        }
-        Ok(self.scratch_f16.as_mut().expect("allocated").slice_mut())
+        grown(&self.gpu, &mut self.scratch_f16, len)
     }
 
     /// Raw-pointer scratch view: lets a launch borrow the scratch beside `&self` views.
@@ -418,6 +408,21 @@ impl CudaBackend {
             half::slice::HalfFloatSliceExt::convert_from_f32_slice(halves, data)
         })
     }
+}
+
+/// The buffer in `slot`, reallocated first if it holds fewer than `len` elements. (The old one is
+/// freed in stream order, after the work queued on it.)
+fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    slot: &'a mut Option<DeviceBuffer<T>>,
+    len: usize,
+) -> Result<DevSliceMut<'a, T>> {
+    let len = len.max(1);
+    if slot.as_ref().is_none_or(|b| b.len() < len) {
+        *slot = None;
+        *slot = Some(DeviceBuffer::zeros(gpu, len).context("allocating scratch memory")?);
+    }
+    Ok(slot.as_mut().expect("allocated").slice_mut())
 }
 
 /// Copies host values to device memory and waits, so `src` may be dropped at once.
