@@ -13,9 +13,34 @@ fn bench_flags_parse_in_every_spelling() {
     use cephalo::cli::Cli;
     use clap::Parser;
     for argv in [
-        &["cephalo", "bench", "--model", "resnet50", "--batch_size", "8", "--profile"][..],
-        &["cephalo", "bench", "--inference", "--image-size", "512", "512", "--steps", "5"][..],
-        &["cephalo", "bench", "--mode", "infer", "--profile-ops", "--json", "out.json"][..],
+        &[
+            "cephalo",
+            "bench",
+            "--model",
+            "resnet50",
+            "--batch_size",
+            "8",
+            "--profile",
+        ][..],
+        &[
+            "cephalo",
+            "bench",
+            "--inference",
+            "--image-size",
+            "512",
+            "512",
+            "--steps",
+            "5",
+        ][..],
+        &[
+            "cephalo",
+            "bench",
+            "--mode",
+            "infer",
+            "--profile-ops",
+            "--json",
+            "out.json",
+        ][..],
     ] {
         Cli::try_parse_from(argv.iter().copied()).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     }
