@@ -7,7 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-inc="${CUDA_INCLUDE:-$(dirname "$(find "$root/.cuda-toolchain" -name cuda_fp16.h -path '*include*' 2>/dev/null | head -n1)")}"
+inc="${CUDA_INCLUDE:-$(dirname "$(find -L "$root/.cuda-toolchain" -name cuda_fp16.h -path '*include*' 2>/dev/null | head -n1)")}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/k"
