@@ -12,37 +12,12 @@ fn bench_refuses_the_cpu_and_names_the_gpu() {
 fn bench_flags_parse_in_every_spelling() {
     use cephalo::cli::Cli;
     use clap::Parser;
-    for argv in [
-        &[
-            "cephalo",
-            "bench",
-            "--model",
-            "resnet50",
-            "--batch_size",
-            "8",
-            "--profile",
-        ][..],
-        &[
-            "cephalo",
-            "bench",
-            "--inference",
-            "--image-size",
-            "512",
-            "512",
-            "--steps",
-            "5",
-        ][..],
-        &[
-            "cephalo",
-            "bench",
-            "--mode",
-            "infer",
-            "--profile-ops",
-            "--json",
-            "out.json",
-        ][..],
+    for line in [
+        "cephalo bench --model resnet50 --batch_size 8 --profile",
+        "cephalo bench --inference --image-size 512 512 --steps 5",
+        "cephalo bench --mode infer --profile-ops --json out.json",
     ] {
-        Cli::try_parse_from(argv.iter().copied()).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}"));
     }
     assert!(Cli::try_parse_from(["cephalo", "bench", "--inference", "--mode", "train"]).is_err());
     assert!(Cli::try_parse_from(["cephalo", "bench", "--steps", "many"]).is_err());
