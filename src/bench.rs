@@ -97,6 +97,16 @@ struct Report {
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mode = if args.inference { BenchMode::Infer } else { args.mode };
+    if args.device != DeviceArg::Cpu {
+        // Say what is missing without resolve()'s hint to use the CPU, which bench cannot.
+        match crate::gpu::probe() {
+            crate::gpu::Probe::NoDriver => {
+                bail!("`cephalo bench` measures a CUDA GPU: no NVIDIA driver on this machine")
+            }
+            crate::gpu::Probe::NoDevice(why) => bail!("`cephalo bench` measures a CUDA GPU: {why}"),
+            crate::gpu::Probe::Devices { .. } => {}
+        }
+    }
     let Device::Cuda(ordinal) = args.device.resolve()? else {
         bail!("--device cpu: `cephalo bench` measures the GPU; use --device cuda")
     };

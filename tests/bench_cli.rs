@@ -8,6 +8,19 @@ fn bench_refuses_the_cpu_and_names_the_gpu() {
     assert!(err.contains("measures the GPU"), "{err}");
 }
 
+/// On a machine without a GPU (CI) the default `--device cuda` says so, without suggesting the CPU.
+#[test]
+fn bench_without_a_gpu_says_it_needs_one() {
+    if matches!(cephalo::gpu::probe(), cephalo::gpu::Probe::Devices { .. }) {
+        return; // a GPU machine: nothing to check here
+    }
+    let err = cli_support::run(&["bench"]).unwrap_err().to_string();
+    assert!(
+        err.contains("measures a CUDA GPU") && !err.contains("--device cpu"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bench_flags_parse_in_every_spelling() {
     use cephalo::cli::Cli;
