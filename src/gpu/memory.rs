@@ -159,6 +159,21 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
             .context("uploading to the GPU")
     }
 
+    /// Copies `host` into elements `offset..offset + host.len()`, leaving the rest as it is.
+    pub fn upload_at(&mut self, gpu: &Gpu, offset: usize, host: &[T]) -> Result<()> {
+        if offset + host.len() > self.len() {
+            bail!(
+                "upload of {} elements at {offset} into a buffer of {}",
+                host.len(),
+                self.len()
+            );
+        }
+        let mut range = self.inner.slice_mut(offset..offset + host.len());
+        gpu.stream()
+            .memcpy_htod(host, &mut range)
+            .context("uploading to the GPU")
+    }
+
     pub fn len(&self) -> usize {
         self.inner.len()
     }

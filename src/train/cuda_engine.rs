@@ -368,12 +368,9 @@ impl CudaEngine {
             "moments of {}: wrong length",
             self.graph().params[id.0].name
         );
-        let mut host_m = self.m.to_host(&self.gpu)?;
-        let mut host_v = self.v.to_host(&self.gpu)?;
-        host_m[at..at + len].copy_from_slice(m);
-        host_v[at..at + len].copy_from_slice(v);
-        self.m.upload(&self.gpu, &host_m)?;
-        self.v.upload(&self.gpu, &host_v)
+        // Only this parameter's range: a resume sets every parameter's moments in turn.
+        self.m.upload_at(&self.gpu, at, m)?;
+        self.v.upload_at(&self.gpu, at, v)
     }
 
     pub fn skipped_steps(&self) -> u64 {
