@@ -227,28 +227,34 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Normalised-looking random images and one Gaussian blob per heatmap channel (the loss then
-/// behaves as in training: most pixels near 0, a few near 1).
+/// Random images in the normalised range and training's own targets (`data::heatmap::encode`,
+/// sigma 2) around random landmarks: the loss then behaves as in training, most pixels near 0.
 fn synthetic_batch(graph: &crate::graph::Graph, rng: &mut ChaCha8Rng) -> Batch {
     let input = graph.input_shape();
     let out = graph.output_shape();
     let images: Vec<f32> = (0..input.len()).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let points: Vec<Vec<[f64; 2]>> = (0..out.n)
+        .map(|_| {
+            (0..out.c)
+                .map(|_| [rng.random_range(0.0..out.w as f64), rng.random_range(0.0..out.h as f64)])
+                .collect()
+        })
+        .collect();
+    let per_image = out.h * out.w * out.c;
     let mut heatmaps = vec![0.0f32; out.len()];
-    for n in 0..out.n {
-        for k in 0..out.c {
-            let (cy, cx) = (rng.random_range(0..out.h) as f32, rng.random_range(0..out.w) as f32);
-            for y in 0..out.h {
-                for x in 0..out.w {
-                    let d2 = (y as f32 - cy).powi(2) + (x as f32 - cx).powi(2);
-                    heatmaps[((n * out.h + y) * out.w + x) * out.c + k] = (-d2 / 8.0).exp();
-                }
-            }
-        }
+    for (maps, pts) in heatmaps.chunks_exact_mut(per_image).zip(&points) {
+        crate::data::heatmap::encode_into(maps, pts, out.h, out.w, 2.0);
     }
+    // The batch records landmarks in network pixels; the heatmaps are `stride` times smaller.
+    let stride = (input.h / out.h) as f64;
+    let points = points
+        .iter()
+        .map(|pts| pts.iter().map(|&[x, y]| [x * stride, y * stride]).collect())
+        .collect();
     Batch {
         images,
         heatmaps,
-        points: vec![Vec::new(); input.n],
+        points,
         affines: vec![Affine::IDENTITY; input.n],
         indices: (0..input.n).collect(),
     }
