@@ -559,3 +559,56 @@ fn too_small_workspace_is_an_error() {
     .unwrap_err();
     assert!(err.to_string().contains("workspace"), "{err}");
 }
+
+/// The eval-mode BN folded for a convolution epilogue (with and without the conv's bias) against
+/// the CPU twin `bn_eval_affine` plus the bias fold `shift + bias * scale`, on poisoned outputs.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn eval_affine_fold_matches_the_cpu_twin() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let bp = BnParams::default();
+    for c in [1usize, 29, 256] {
+        let gamma = random_f32(&mut rng, c, 0.5, 1.5);
+        let beta = random_f32(&mut rng, c, -0.5, 0.5);
+        let mean = random_f32(&mut rng, c, -1.0, 1.0);
+        let var = random_f32(&mut rng, c, 0.1, 3.0);
+        let bias = random_f32(&mut rng, c, -0.3, 0.3);
+        let (scale, shift) = cpu::batchnorm::bn_eval_affine(&gamma, &beta, &mean, &var, bp);
+        for with_bias in [false, true] {
+            let (g, b, m, v, bi) = (
+                upload(&gpu, &gamma),
+                upload(&gpu, &beta),
+                upload(&gpu, &mean),
+                upload(&gpu, &var),
+                upload(&gpu, &bias),
+            );
+            let (mut s, mut t) = (poisoned_f32(&gpu, c), poisoned_f32(&gpu, c));
+            let bias_view = with_bias.then(|| bi.slice());
+            cuda::batchnorm::bn_eval_affine(
+                &gpu,
+                g.slice(),
+                b.slice(),
+                m.slice(),
+                v.slice(),
+                bias_view,
+                bp,
+                s.slice_mut(),
+                t.slice_mut(),
+            )
+            .unwrap();
+            let want_shift: Vec<f32> = if with_bias {
+                shift
+                    .iter()
+                    .zip(&scale)
+                    .zip(&bias)
+                    .map(|((&t, &s), &b)| t + b * s)
+                    .collect()
+            } else {
+                shift.clone()
+            };
+            assert_close("scale", &s.to_host(&gpu).unwrap(), &scale, 1e-5);
+            assert_close("shift", &t.to_host(&gpu).unwrap(), &want_shift, 1e-5);
+        }
+    }
+}
