@@ -16,6 +16,7 @@
 //   coeffs[2][c]           backward: (mean of g, mean of g*xhat) per channel
 #include "common.cuh"
 #include "half8_io.cuh"
+#include "bn_summary.cuh"
 
 #define TILE_C 32
 #define ROW_LANES 8
@@ -25,19 +26,6 @@ __device__ __forceinline__ void chunk_rows(long long m, int chunks, int chunk, l
                                            long long* row1) {
     *row0 = m * chunk / chunks;
     *row1 = m * (chunk + 1) / chunks;
-}
-
-// Summary of rows [row0, row1) of one channel from sums of (x - shift) and (x - shift)^2, where
-// the shift is the chunk's first value of the channel: as stable as Welford while the shift is
-// within a few standard deviations of the mean (one sample of the channel is), yet the per-lane
-// partial sums merge by plain addition and the inner loop has no division.
-__device__ __forceinline__ void shifted_summary(float shift, float s, float q, long long rows,
-                                                float* __restrict__ out) {
-    const float n = (float)rows;
-    const float s_over_n = s / n;
-    out[0] = n;
-    out[1] = shift + s_over_n;
-    out[2] = fmaxf(fmaf(-s, s_over_n, q), 0.0f);
 }
 
 // Pass 1 of the training statistics, scalar path: a (count, mean, M2) summary per (chunk,

@@ -42,10 +42,19 @@
 // with one 16-byte store when c_out % 8 == 0 and the output is aligned, else element by element
 // with the columns past c_out masked.
 //
+// BN-statistics epilogue (forward, training): when `stats` is non-null the block also summarises
+// each of its output channels over its rows, from the fp16 values it stores (what a separate
+// statistics pass would read back), as (count, mean, M2) into stats[row tile][channel][3]: the
+// chunk partials of kernels/batchnorm.cu, merged by batchnorm_stats_finalize_f32. So a batch norm
+// after a convolution never rereads the convolution's output for its statistics. The sums are
+// shifted by the channel's value in the block's first row (see bn_summary.cuh); NT / BN groups of
+// threads sum interleaved rows and their sums are added in group order.
+//
 // Deterministic: every output element is one thread's fixed-order sum; no atomics.
 #include "common.cuh"
 #include "half8_io.cuh"
 #include "mma.cuh"
+#include "bn_summary.cuh"
 
 // K extent of the general loader's shared tiles (halves) and its threads per block (the vec
 // loader's are template arguments).
@@ -167,7 +176,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                                            __half* __restrict__ out, int n, int hs, int ws, int cs, int ho,
                                            int wo, int nc, int kh, int kw, int stride, int pad,
                                            const float* __restrict__ scale, const float* __restrict__ shift,
-                                           int relu, int accumulate, int vec_out) {
+                                           int relu, int accumulate, int vec_out, float* __restrict__ stats) {
     constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     constexpr int MT = WM / 16, NT8 = WN / 8;
     constexpr int NT = WARPS_M * WARPS_N * 32;
@@ -382,6 +391,20 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     float* stage = reinterpret_cast<float*>(conv_smem);
     constexpr int LD = BN + CONV_STAGE_PAD;
     constexpr int CHUNKS = WM * BN / 8;  // 8-channel pieces of one warp row's tile
+    // The epilogue's map of an accumulator of column c; one fused multiply-add, like the CPU
+    // twin's mul_add.
+    auto epi = [&](float a, int c) {
+        const float t = fmaf(a, scale ? scale[c] : 1.0f, shift ? shift[c] : 0.0f);
+        return relu ? fmaxf(t, 0.0f) : t;
+    };
+    // BN statistics: thread (st_grp, st_col) sums rows st_grp, st_grp + ST_GROUPS, ... of column
+    // st_col of every warp row's tile. The block is uniform in `with_stats`.
+    constexpr int ST_GROUPS = NT / BN;
+    static_assert(NT % BN == 0, "whole row groups for the statistics");
+    const bool with_stats = !DGRAD && stats != nullptr;
+    const int st_col = tid % BN, st_grp = tid / BN;
+    const bool st_on = with_stats && block_n + st_col < nc;
+    float st_shift = 0.0f, st_s = 0.0f, st_q = 0.0f;
     for (int pass = 0; pass < WARPS_M; ++pass) {
         if (wm == pass) {
 #pragma unroll
@@ -411,9 +434,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
                 const int c = gc + e < nc ? gc + e : gc;  // masked columns read a valid channel
-                // One fused multiply-add, like the CPU twin's mul_add.
-                const float t = fmaf(stage[r * LD + c8 + e], scale ? scale[c] : 1.0f, shift ? shift[c] : 0.0f);
-                v[e] = relu ? fmaxf(t, 0.0f) : t;
+                v[e] = epi(stage[r * LD + c8 + e], c);
             }
             __half* o = out + pixel * nc + gc;
             if (vec_out) {  // nc % 8 == 0 and `out` aligned: the 8 channels exist and are 16 bytes
@@ -431,7 +452,32 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                 }
             }
         }
+        if (st_on) {
+            // The values as stored: rounded to fp16 (never accumulating: the wrapper refuses).
+            const int gc = block_n + st_col;
+            auto stored = [&](int r) { return __half2float(__float2half_rn(epi(stage[r * LD + st_col], gc))); };
+            if (pass == 0) st_shift = stored(0);  // row block_m exists: the grid is exact forward
+            for (int r = st_grp; r < WM && block_m + pass * WM + r < m; r += ST_GROUPS) {
+                const float d = stored(r) - st_shift;
+                st_s += d;
+                st_q = fmaf(d, d, st_q);
+            }
+        }
         __syncthreads();  // the next warp row overwrites the staging tile
+    }
+    if (with_stats) {
+        float* sums = stage;  // [ST_GROUPS][BN][2]
+        sums[(st_grp * BN + st_col) * 2] = st_s;
+        sums[(st_grp * BN + st_col) * 2 + 1] = st_q;
+        __syncthreads();
+        if (st_grp == 0 && st_on) {
+            for (int g = 1; g < ST_GROUPS; ++g) {
+                st_s += sums[(g * BN + st_col) * 2];
+                st_q += sums[(g * BN + st_col) * 2 + 1];
+            }
+            const long long rows = min(BM, m - block_m);
+            shifted_summary(st_shift, st_s, st_q, rows, stats + ((long long)(block_m / BM) * nc + block_n + st_col) * 3);
+        }
     }
 }
 
@@ -440,15 +486,18 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 // spills.) Arguments, all variants alike:
 //   src (x forward, dy dgrad: n x hs x ws x cs), wgt ([nc][kh][kw][cs]: the KRSC weight forward,
 //   the re-laid-out one dgrad), out (n x ho x wo x nc), n, hs, ws, cs, ho, wo, nc, kh, kw, stride,
-//   pad, scale, shift (nc floats each or null), relu, accumulate, vec_out.
+//   pad, scale, shift (nc floats each or null), relu, accumulate, vec_out, stats (forward only:
+//   null, or ceil(rows / BM) * nc * 3 floats of BN-statistics partials, see the header).
 // Grid (ceil(rows / BM) * ceil(nc / BN), 1, slices): forward 1 slice of n*ho*wo rows; dgrad
 // stride*stride slices, rows the largest class's n*hc*wc (see conv_slice). 32 * WARPS_M * WARPS_N
 // threads, conv_smem_bytes(..) of dynamic shared memory (over 48 KiB needs the opt-in attribute).
 #define CONV_PARAMS                                                                                    \
     const __half *__restrict__ src, const __half *__restrict__ wgt, __half *__restrict__ out, int n, int hs, \
         int ws, int cs, int ho, int wo, int nc, int kh, int kw, int stride, int pad,                \
-        const float *__restrict__ scale, const float *__restrict__ shift, int relu, int accumulate, int vec_out
-#define CONV_ARGS src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out
+        const float *__restrict__ scale, const float *__restrict__ shift, int relu, int accumulate, int vec_out, \
+        float *__restrict__ stats
+#define CONV_ARGS \
+    src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out, stats
 
 extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128k64(CONV_PARAMS) {
     conv_igemm<128, 128, 64, 2, 2, 3, false, true>(CONV_ARGS);

@@ -244,9 +244,10 @@ fn the_op_profile_times_every_kind_that_ran() {
     let times = cuda.backend_mut().take_op_times().unwrap();
     for kind in [
         "conv2d_fwd",
+        "conv2d_fwd_bn_stats",
+        "batchnorm_apply_saved",
         "conv2d_dgrad",
         "conv2d_wgrad",
-        "batchnorm_fwd_train",
         "maxpool_fwd",
     ] {
         let t = times

@@ -6,14 +6,18 @@
 //! HRNet-W18 widths (18/36/72/144, the general loader) and W32/ResNet widths (32..2048), a
 //! 29-channel head, the 4x4 stride-2 transposed convolution with 256 channels, odd spatial sizes,
 //! batch 1 and 4, plus random odd shapes. Outputs start poisoned (NaN), accumulating ones random;
-//! tolerance DESIGN.md's 1e-2; a second identical launch must give the same bits.
+//! tolerance DESIGN.md's 1e-2; a second identical launch must give the same bits. The
+//! BN-statistics epilogue (`conv2d_fwd_bn_stats`) is checked against the CPU twin's statistics
+//! of the GPU's own output (1e-5, f32 results).
 mod gpu_ops_support;
 
+use cephalo::backend::cpu::batchnorm::bn_batch_stats;
 use cephalo::backend::cpu::conv::{self as cpu_conv, Affine};
+use cephalo::backend::cuda::batchnorm::StatsTargets;
 use cephalo::backend::cuda::conv::{
     self as gpu_conv, ConvEpilogue, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL, TILES_SMALL_SMEM,
 };
-use cephalo::backend::{ConvParams, Shape4};
+use cephalo::backend::{BnParams, ConvParams, Shape4};
 use cephalo::gpu::{kernel_image, DeviceBuffer, Gpu};
 use cephalo::graph::Op;
 use cephalo::model::ModelConfig;
@@ -129,6 +133,71 @@ fn check_fwd(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile: 
     }
 }
 
+/// The BN-statistics epilogue: `y` the same bits as `conv2d_fwd` with the same bias; `saved =
+/// [mean; invstd]` and the running statistics as the CPU twin's `bn_batch_stats` computes them
+/// from that `y` (so the epilogue's reduction alone is compared, to the f32 tolerance 1e-5); a
+/// repeat gives the same bits. The bias moves the channel means far from 0, where a naive sum of
+/// squares would lose the variance.
+fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams) {
+    let ys = p.out_shape(xs);
+    let c = p.c_out;
+    let x = random_f16(rng, xs.len(), -1.0, 1.0);
+    let w = weights(rng, p);
+    let bias = random_f32(rng, c, 2.0, 6.0);
+    let (xd, wd, bd) = (upload(gpu, &x), upload(gpu, &w), upload(gpu, &bias));
+    let bp = BnParams::default();
+    let running_mean0 = random_f32(rng, c, -1.0, 1.0);
+    let running_var0 = random_f32(rng, c, 0.5, 2.0);
+    let what = format!("fwd+bn-stats {xs} {p:?}");
+    let epilogue = ConvEpilogue {
+        scale: None,
+        shift: Some(bd.slice()),
+        relu: false,
+    };
+    let mut plain = poisoned_f16(gpu, ys.len());
+    gpu_conv::conv2d_fwd(gpu, xd.slice(), xs, wd.slice(), p, &epilogue, plain.slice_mut()).unwrap();
+    let plain = plain.to_host(gpu).unwrap();
+    let run = || {
+        let mut y = poisoned_f16(gpu, ys.len());
+        let mut saved = poisoned_f32(gpu, 2 * c);
+        let mut rm = upload(gpu, &running_mean0);
+        let mut rv = upload(gpu, &running_var0);
+        let mut ws = poisoned_f32(gpu, gpu_conv::conv2d_bn_stats_workspace_len(ys));
+        let targets = StatsTargets {
+            saved: saved.slice_mut(),
+            running_mean: rm.slice_mut(),
+            running_var: rv.slice_mut(),
+        };
+        gpu_conv::conv2d_fwd_bn_stats(
+            gpu,
+            xd.slice(),
+            xs,
+            wd.slice(),
+            p,
+            Some(bd.slice()),
+            y.slice_mut(),
+            bp,
+            targets,
+            ws.slice_mut(),
+        )
+        .unwrap();
+        let host = |b: &DeviceBuffer<f32>| b.to_host(gpu).unwrap();
+        (y.to_host(gpu).unwrap(), host(&saved), host(&rm), host(&rv))
+    };
+    let (y, saved, rm, rv) = run();
+    assert!(same_bits(&y, &plain), "{what}: y differs from conv2d_fwd's");
+    let (mut want_saved, mut want_rm, mut want_rv) = (vec![0.0f32; 2 * c], running_mean0.clone(), running_var0.clone());
+    bn_batch_stats(&to_f32(&y), ys, bp, &mut want_saved, &mut want_rm, &mut want_rv);
+    assert_close(&format!("{what} mean"), &saved[..c], &want_saved[..c], 1e-5);
+    assert_close(&format!("{what} invstd"), &saved[c..], &want_saved[c..], 1e-5);
+    assert_close(&format!("{what} running mean"), &rm, &want_rm, 1e-5);
+    assert_close(&format!("{what} running var"), &rv, &want_rv, 1e-5);
+    let again = run();
+    assert!(same_bits(&again.0, &y), "{what}: repeat y differs");
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&again.1), bits(&saved), "{what}: repeat statistics differ");
+}
+
 /// Input gradient, overwriting and accumulating, vs the CPU twin.
 fn check_dgrad(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile: Option<Tile>) {
     let ys = p.out_shape(xs);
@@ -189,6 +258,21 @@ fn forward_matches_the_cpu_twin() {
     shapes.extend(random_shapes(&mut rng, 24));
     for (xs, p) in shapes {
         check_fwd(&gpu, &mut rng, xs, &p, None);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bn_statistics_epilogue_matches_the_cpu_twin() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let mut shapes = shape_classes();
+    shapes.extend(random_shapes(&mut rng, 12));
+    // HRNet-W32's widest maps, where a row tile is a small part of a channel's pixels.
+    shapes.push((Shape4::new(4, 96, 96, 32), ConvParams::square(32, 32, 3, 1, 1)));
+    shapes.push((Shape4::new(1, 64, 64, 64), ConvParams::square(64, 256, 1, 1, 0)));
+    for (xs, p) in shapes {
+        check_fwd_bn_stats(&gpu, &mut rng, xs, &p);
     }
 }
 

@@ -243,6 +243,47 @@ fn recomputing_bn_outputs_gives_the_same_gradients_with_less_memory() {
     );
 }
 
+/// The convolutions that compute their batch norm's statistics (`bn_stats_in_conv`, what the GPU
+/// does in the convolution epilogue) must change nothing: outputs, every gradient and the running
+/// statistics are the same bits as with the batch norms computing their own.
+#[test]
+fn bn_statistics_from_the_convolution_change_no_bit() {
+    let run = |in_conv: bool| {
+        let graph = tiny_hrnet();
+        let values = test_values(&graph, 9);
+        let opts = PlanOptions {
+            bn_stats_in_conv: in_conv,
+            ..train_options(true, DtypeSizes::F32)
+        };
+        let mut ex = Executor::new(graph, opts, CpuBackend::new(), 9);
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                ex.set_param(ParamId(i), v);
+            }
+        }
+        let fused = ex.plan().bn_stats_by.iter().filter(|b| b.is_some()).count();
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let input = normals(&mut rng, ex.graph().input_shape().len(), 1.0);
+        let r = normals(&mut rng, ex.graph().output_shape().len(), 1.0);
+        let out = ex.predict(&input);
+        ex.backward_from(&r);
+        let params: Vec<Vec<f32>> = (0..ex.graph().params.len()).map(|i| ex.param(ParamId(i))).collect();
+        let grads: Vec<Vec<f32>> = (0..ex.graph().params.len())
+            .filter(|&i| ex.graph().params[i].kind.trainable())
+            .map(|i| ex.param_grad(ParamId(i)))
+            .collect();
+        (out, params, grads, ex.input_grad().unwrap(), fused)
+    };
+    let (out_a, params_a, grads_a, dx_a, fused_a) = run(true);
+    let (out_b, params_b, grads_b, dx_b, fused_b) = run(false);
+    assert!(fused_a > 0, "the tiny HRNet has convolutions followed by batch norms");
+    assert_eq!(fused_b, 0);
+    assert_eq!(out_a, out_b);
+    assert_eq!(params_a, params_b, "running statistics");
+    assert_eq!(grads_a, grads_b);
+    assert_eq!(dx_a, dx_b);
+}
+
 #[test]
 fn eval_mode_normalises_with_running_statistics() {
     // After one training forward, the running statistics moved; eval uses them, so an eval

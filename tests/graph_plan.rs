@@ -1,8 +1,8 @@
 //! The memory planner: no two buffers that are live at the same step share bytes, for every
 //! model in training and inference, and the arena stays close to the live peak.
 use cephalo::backend::Shape4;
-use cephalo::graph::plan::{plan, DtypeSizes, Mode, PlanOptions};
-use cephalo::graph::{GraphBuilder, Init};
+use cephalo::graph::plan::{plan, BufferKind, DtypeSizes, Mode, PlanOptions};
+use cephalo::graph::{GraphBuilder, Init, Op, TensorId};
 use cephalo::model::{ModelConfig, MODEL_NAMES};
 
 #[test]
@@ -86,4 +86,52 @@ fn a_chain_in_inference_needs_two_buffers() {
     t.check().unwrap();
     // Live at b's backward: x, a, b (saved), grad b, grad a = 5 tensors.
     assert_eq!(t.live_peak_bytes, 5 * s.len() * 4);
+}
+
+/// In training every batch norm that reads a convolution read by nothing else gets its statistics
+/// from that convolution, whose step then starts the BN's statistics buffer (written there);
+/// inference plans and plans that turn it off pair nothing.
+#[test]
+fn each_batch_norm_after_a_convolution_gets_its_statistics_from_it() {
+    for model in ["hrnet-w8", "resnet18"] {
+        let g = ModelConfig::new(model, 1, 19, [128, 96], 2).unwrap().build().unwrap();
+        let p = plan(&g, PlanOptions::new(Mode::Train, DtypeSizes::F16));
+        p.check().unwrap();
+        let mut paired = 0;
+        for (j, node) in g.nodes.iter().enumerate() {
+            let Op::BatchNorm { .. } = node.op else {
+                assert_eq!(p.bn_stats_by[j], None, "{model}: {} is no batch norm", node.name);
+                continue;
+            };
+            let src = node.inputs[0].0;
+            let only_reader = g.nodes.iter().filter(|n| n.inputs.contains(&TensorId(src))).count() == 1;
+            let want = (matches!(g.nodes[src].op, Op::Conv { .. }) && only_reader).then_some(src);
+            assert_eq!(p.bn_stats_by[j], want, "{model}: {}", node.name);
+            if let Some(i) = want {
+                paired += 1;
+                assert_eq!(p.bn_stats_of[i], Some(j));
+                let stats = p
+                    .buffers
+                    .iter()
+                    .find(|b| b.kind == BufferKind::Stats(TensorId(j)))
+                    .unwrap();
+                assert_eq!(
+                    stats.first, i,
+                    "{model}: {} statistics live from the convolution",
+                    node.name
+                );
+            }
+        }
+        assert!(paired > 10, "{model}: only {paired} pairs");
+        for opts in [
+            PlanOptions::new(Mode::Eval, DtypeSizes::F16),
+            PlanOptions {
+                bn_stats_in_conv: false,
+                ..PlanOptions::new(Mode::Train, DtypeSizes::F16)
+            },
+        ] {
+            let q = plan(&g, opts);
+            assert!(q.bn_stats_by.iter().chain(&q.bn_stats_of).all(Option::is_none));
+        }
+    }
 }

@@ -269,6 +269,22 @@ pub trait Backend {
         relu: bool,
         y: View,
     );
+    /// Training fusion of `conv2d_fwd` and the training-mode batch norm that reads its output:
+    /// writes `y` as `conv2d_fwd` does, and that BN's batch statistics into `saved` (`[mean;
+    /// invstd]`, 2C f32) with its running statistics updated, as `batchnorm_fwd_train` would from
+    /// `y`. The GPU computes them in the convolution's epilogue, so the BN never rereads `y` for
+    /// them; the BN node then runs [`batchnorm_apply_saved`](Self::batchnorm_apply_saved).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_fwd_bn_stats(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        y: View,
+        bn: &BnRefs,
+        saved: View,
+    );
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad);
     /// Weight gradient and, when the convolution has one, bias gradient.
     fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>);
@@ -280,8 +296,10 @@ pub trait Backend {
     /// `saved`, update the running statistics; optionally ReLU.
     fn batchnorm_fwd_train(&mut self, x: View, bn: &BnRefs, relu: bool, y: View, saved: View);
     fn batchnorm_fwd_eval(&mut self, x: View, bn: &BnRefs, relu: bool, y: View);
-    /// Recompute a training forward output from the saved statistics (no running update).
-    fn batchnorm_recompute(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View);
+    /// Normalise with the statistics in `saved` (no running update): the forward of a BN whose
+    /// statistics came from its convolution ([`conv2d_fwd_bn_stats`](Self::conv2d_fwd_bn_stats)),
+    /// and the rebuild of a training forward output that backward needs but the plan dropped.
+    fn batchnorm_apply_saved(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View);
     /// Input gradient plus gamma and beta gradients.
     fn batchnorm_bwd(&mut self, dy: View, x: View, bn: &BnRefs, relu: bool, saved: View, dx: Grad);
 

@@ -127,13 +127,26 @@ impl<B: Backend> Executor<B> {
         let b = &mut self.backend;
         match &node.op {
             Op::Input => {}
-            Op::Conv { p, w, bias } => b.conv2d_fwd(x[0], *w, *bias, p, y),
+            Op::Conv { p, w, bias } => match self.plan.bn_stats_of[i] {
+                Some(j) => {
+                    let Op::BatchNorm { bn, .. } = &self.graph.nodes[j].op else {
+                        unreachable!("the planner pairs convolutions with batch norms")
+                    };
+                    let saved = self.plan.stats[j].expect("BN statistics are planned in training");
+                    b.conv2d_fwd_bn_stats(x[0], *w, *bias, p, y, bn, saved);
+                }
+                None => b.conv2d_fwd(x[0], *w, *bias, p, y),
+            },
             Op::ConvBnEval { p, w, bias, bn, relu } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, y),
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
             Op::BatchNorm { bn, relu } => {
                 if train {
                     let saved = self.plan.stats[i].expect("BN statistics are planned in training");
-                    b.batchnorm_fwd_train(x[0], bn, *relu, y, saved);
+                    if self.plan.bn_stats_by[i].is_some() {
+                        b.batchnorm_apply_saved(x[0], bn, *relu, saved, y);
+                    } else {
+                        b.batchnorm_fwd_train(x[0], bn, *relu, y, saved);
+                    }
                 } else {
                     b.batchnorm_fwd_eval(x[0], bn, *relu, y);
                 }
@@ -241,7 +254,7 @@ impl<B: Backend> Executor<B> {
             };
             let x = self.plan.fwd[node.inputs[0].0];
             let saved = self.plan.stats[t.0].expect("planned");
-            self.backend.batchnorm_recompute(x, bn, *relu, saved, view);
+            self.backend.batchnorm_apply_saved(x, bn, *relu, saved, view);
             rebuilt[t.0] = true;
         }
         view

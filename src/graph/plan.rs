@@ -11,7 +11,9 @@
 //!   than keeping BN(+ReLU) outputs alive from forward to backward, backward recomputes them
 //!   from the BN input (which BN's own backward keeps anyway) and the saved statistics, just
 //!   before their first backward reader. This removes almost half of the saved activations;
-//! * each BN layer's saved `[mean; invstd]` (f32), from its forward to its backward;
+//! * each BN layer's saved `[mean; invstd]` (f32), from its forward to its backward; when the
+//!   convolution before it computes the statistics (`PlanOptions::bn_stats_in_conv`), from that
+//!   convolution's forward;
 //! * the gradient of each tensor that needs one, from its first contribution (the backward of
 //!   its last reader) to the backward of its producer.
 //!
@@ -65,6 +67,11 @@ pub struct PlanOptions {
     /// In inference, fold each batch norm into the convolution before it
     /// ([`Graph::fuse_for_inference`](crate::graph::Graph::fuse_for_inference)).
     pub fuse_conv_bn: bool,
+    /// In training, a convolution whose only reader is a batch norm computes that BN's batch
+    /// statistics ([`Backend::conv2d_fwd_bn_stats`](crate::backend::Backend::conv2d_fwd_bn_stats)),
+    /// and the BN only applies them: on the GPU the statistics come from the convolution's
+    /// epilogue instead of a second read of its output.
+    pub bn_stats_in_conv: bool,
 }
 
 impl PlanOptions {
@@ -75,6 +82,7 @@ impl PlanOptions {
             input_grad: false,
             recompute_bn: true,
             fuse_conv_bn: true,
+            bn_stats_in_conv: true,
         }
     }
 }
@@ -108,6 +116,11 @@ pub struct Plan {
     pub recomputed: Vec<Option<View>>,
     /// Saved `[mean; invstd]` of each BN node (training only).
     pub stats: Vec<Option<View>>,
+    /// For a convolution node that computes the batch statistics of the BN reading it, that BN
+    /// node (see [`PlanOptions::bn_stats_in_conv`]).
+    pub bn_stats_of: Vec<Option<usize>>,
+    /// For a BN node whose statistics its convolution computes, that convolution node.
+    pub bn_stats_by: Vec<Option<usize>>,
     /// Gradient of each tensor that needs one.
     pub grad: Vec<Option<View>>,
     /// Which tensors receive gradients.
@@ -170,6 +183,20 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
         }
     }
 
+    // Convolutions that compute the statistics of the one BN reading them.
+    let mut bn_stats_of = vec![None; n];
+    let mut bn_stats_by = vec![None; n];
+    if train && options.bn_stats_in_conv {
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if let (Op::Conv { .. }, [j]) = (&node.op, readers[i].as_slice()) {
+                if matches!(graph.nodes[*j].op, Op::BatchNorm { .. }) && TensorId(i) != graph.output {
+                    bn_stats_of[i] = Some(*j);
+                    bn_stats_by[*j] = Some(i);
+                }
+            }
+        }
+    }
+
     let act = |s: Shape4| align(s.len() * options.dtypes.activation);
     let mut buffers = Vec::new();
     let mut recomputed = vec![false; n];
@@ -195,7 +222,7 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
             buffers.push((
                 BufferKind::Stats(t),
                 align(2 * node.shape.c * options.dtypes.stats),
-                i,
+                bn_stats_by[i].unwrap_or(i),
                 bwd_step(i),
             ));
         }
@@ -265,6 +292,8 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
             .collect(),
         recomputed: rec,
         stats,
+        bn_stats_of,
+        bn_stats_by,
         grad,
         needs_grad,
         buffers,

@@ -15,6 +15,8 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <cstring>
+#include <cmath>
 
 static std::mt19937 gen(777);
 static int failures = 0;
@@ -33,7 +35,7 @@ static void check(const std::string& what, const std::vector<float>& got, const 
 }
 
 using Kernel = void (*)(const __half*, const __half*, __half*, int, int, int, int, int, int, int, int, int, int, int,
-                        const float*, const float*, int, int, int);
+                        const float*, const float*, int, int, int, float*);
 struct Config { const char* name; int bm, bn, bk, warps_m, warps_n, stages; bool vec, dgrad; Kernel k; };
 static const Config CONFIGS[] = {
     {"fwd_vec_128x128k64", 128, 128, 64, 2, 2, 3, true, false, conv_fwd_vec_128x128k64},
@@ -71,7 +73,7 @@ static const Config& config(const std::string& name) {
 // dgrad one z-slice per stride parity class, x covering the largest class.
 static void launch(const Config& c, const __half* src, const __half* wgt, __half* out, int n, int hs, int ws, int cs,
                    int ho, int wo, int nc, int kh, int kw, int stride, int pad, const float* scale,
-                   const float* shift, int relu, int acc, int vec_out) {
+                   const float* shift, int relu, int acc, int vec_out, float* stats = nullptr) {
     int rows = n * ho * wo, slices = 1;
     if (c.dgrad) {
         slices = stride * stride;
@@ -84,7 +86,7 @@ static void launch(const Config& c, const __half* src, const __half* wgt, __half
     const int bytes = conv_smem_bytes(c.bm, c.bn, c.bk, c.warps_m, c.stages, c.vec);
     SimDim grid{(unsigned)(std::max(1, (rows + c.bm - 1) / c.bm) * ((nc + c.bn - 1) / c.bn)), 1, (unsigned)slices};
     sim_launch(grid, SimDim{(unsigned)(32 * c.warps_m * c.warps_n)}, bytes / 4, [&] {
-        c.k(src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, acc, vec_out);
+        c.k(src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, acc, vec_out, stats);
     });
 }
 
@@ -155,6 +157,53 @@ static void test_fwd(const Geo& g, const std::string& cname, int epi, bool accum
         for (size_t i = 0; i < ny; ++i) r[i] = want[i] + y0f[i];
         check(describe("fwd accumulate", g, c), f(y0), r, 2e-3);
     }
+}
+
+// Forward with the BN-statistics epilogue: the output must equal the plain forward's bit for bit,
+// and the per-row-tile (count, mean, M2) partials, merged here in double (Chan et al.), must give
+// the mean and biased variance of the stored fp16 output per channel, computed naively.
+static void test_fwd_stats(const Geo& g, const std::string& cname, bool bias) {
+    const Config& c = config(cname);
+    H x = rand_h((size_t)g.n * g.h * g.w * g.cin, -1, 1), w = rand_h((size_t)g.cout * g.k * g.k * g.cin, -1, 1);
+    size_t ny = (size_t)g.n * g.oh() * g.ow() * g.cout;
+    const int m = g.n * g.oh() * g.ow(), tiles = (m + c.bm - 1) / c.bm;
+    std::vector<float> shift(g.cout);
+    for (auto& v : shift) v = uni(2.0, 4.0);  // an offset mean: the shifted sums must cope with it
+    int vec_out = g.cout % 8 == 0;
+    H plain = poison(ny), y = poison(ny);
+    launch(c, x.data(), w.data(), plain.data(), g.n, g.h, g.w, g.cin, g.oh(), g.ow(), g.cout, g.k, g.k, g.stride,
+           g.pad, nullptr, bias ? shift.data() : nullptr, 0, 0, vec_out);
+    std::vector<float> partials((size_t)tiles * g.cout * 3, std::nanf(""));
+    launch(c, x.data(), w.data(), y.data(), g.n, g.h, g.w, g.cin, g.oh(), g.ow(), g.cout, g.k, g.k, g.stride, g.pad,
+           nullptr, bias ? shift.data() : nullptr, 0, 0, vec_out, partials.data());
+    const bool same = std::memcmp(plain.data(), y.data(), ny * sizeof(__half)) == 0;
+    if (!same) failures++;
+    printf("%-84s %s\n", describe("fwd+bn-stats output == plain fwd", g, c).c_str(), same ? "ok" : "FAIL");
+    auto yf = f(y);
+    std::vector<float> got_mean(g.cout), got_var(g.cout);
+    std::vector<double> want_mean(g.cout), want_var(g.cout);
+    bool counts_ok = true;
+    for (int co = 0; co < g.cout; ++co) {
+        double n = 0, mean = 0, m2 = 0;
+        for (int t = 0; t < tiles; ++t) {
+            const float* p = &partials[((size_t)t * g.cout + co) * 3];
+            const double nb = p[0], delta = p[1] - mean, tot = n + nb;
+            mean += delta * nb / tot;
+            m2 += p[2] + delta * delta * n * nb / tot;
+            n = tot;
+        }
+        counts_ok &= n == m;
+        got_mean[co] = (float)mean;
+        got_var[co] = (float)(m2 / m);
+        double s = 0, q = 0;
+        for (int r = 0; r < m; ++r) s += yf[(size_t)r * g.cout + co];
+        want_mean[co] = s / m;
+        for (int r = 0; r < m; ++r) q += std::pow(yf[(size_t)r * g.cout + co] - want_mean[co], 2);
+        want_var[co] = q / m;
+    }
+    if (!counts_ok) failures++;
+    check(describe("fwd+bn-stats mean", g, c) + (counts_ok ? "" : " (counts wrong)"), got_mean, want_mean, 1e-5);
+    check(describe("fwd+bn-stats variance", g, c), got_var, want_var, 1e-4);
 }
 
 // The relayout launch the wrapper makes before every dgrad.
@@ -239,6 +288,15 @@ int main() {
     test_transposed({1, 8, 10, 8, 16, 4, 2, 1}, "dgrad_vec_64x32k32", "fwd_vec_64x32k32");
     test_transposed({1, 6, 8, 16, 29, 4, 2, 1}, "dgrad_gen_64x32", "fwd_vec_64x64k64");
     test_transposed({1, 6, 8, 29, 16, 4, 2, 1}, "dgrad_vec_64x64k64", "fwd_gen_64x32");
+    // BN-statistics epilogue: both loaders, 1 to 4 row groups per column (BN 128 / 64 / 32), a
+    // partial last row tile, masked columns (c_out not a multiple of the tile or of 8), bias.
+    test_fwd_stats({2, 7, 9, 16, 24, 3, 1, 1}, "fwd_vec_64x32k32", false);
+    test_fwd_stats({1, 13, 12, 8, 32, 3, 2, 1}, "fwd_vec_128x32k32", true);
+    test_fwd_stats({2, 9, 10, 32, 72, 1, 1, 0}, "fwd_vec_128x64k32", false);
+    test_fwd_stats({1, 12, 12, 24, 136, 3, 1, 1}, "fwd_vec_128x128k64", true);
+    test_fwd_stats({1, 9, 11, 40, 64, 3, 1, 1}, "fwd_vec_64x64k64", false);
+    test_fwd_stats({2, 9, 9, 1, 18, 3, 2, 1}, "fwd_gen_64x32", true);
+    test_fwd_stats({1, 10, 13, 18, 36, 3, 1, 1}, "fwd_gen_128x64", false);
     printf(failures ? "conv: %d FAILED\n" : "conv: all passed\n", failures);
     return failures ? 1 : 0;
 }

@@ -82,8 +82,26 @@ pub fn bn_fwd_train<T: Real>(
     running_var: &mut [T],
 ) {
     check(x, xs, gamma, beta, y);
+    bn_batch_stats(x, xs, bp, saved, running_mean, running_var);
+    apply(x, xs.c, gamma, beta, saved, relu, y);
+}
+
+/// The statistics half of [`bn_fwd_train`]: `saved = [mean; invstd]` of the batch and the
+/// running-statistics update. (The GPU computes them in the epilogue of the convolution that
+/// writes `x`: `conv::conv2d_fwd_bn_stats`.)
+pub fn bn_batch_stats<T: Real>(
+    x: &[T],
+    xs: Shape4,
+    bp: BnParams,
+    saved: &mut [T],
+    running_mean: &mut [T],
+    running_var: &mut [T],
+) {
     let (c, m) = (xs.c, xs.pixels());
+    assert_eq!(x.len(), xs.len(), "batchnorm: x length");
     assert_eq!(saved.len(), 2 * c, "batchnorm: saved length");
+    assert_eq!(running_mean.len(), c, "batchnorm: running mean length");
+    assert_eq!(running_var.len(), c, "batchnorm: running variance length");
     let sums = channel_sums::<1>(m, c, |row, acc| {
         for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
             a[0] += v.to_f64();
@@ -106,7 +124,6 @@ pub fn bn_fwd_train<T: Real>(
         running_mean[i] = T::from_f64((1.0 - mo) * running_mean[i].to_f64() + mo * mean[i]);
         running_var[i] = T::from_f64((1.0 - mo) * running_var[i].to_f64() + mo * unbiased);
     }
-    apply(x, c, gamma, beta, saved, relu, y);
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).

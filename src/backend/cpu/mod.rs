@@ -289,6 +289,25 @@ impl<T: Real> Backend for CpuBackend<T> {
         conv::conv2d_affine_fwd(xa, x.shape, &pr[w.0], p, b, affine, ya);
     }
 
+    fn conv2d_fwd_bn_stats(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        y: View,
+        bn: &BnRefs,
+        saved: View,
+    ) {
+        self.conv2d_fwd(x, w, bias, p, y);
+        let (reads, mut writes) = split(&mut self.arena, &[y], &[saved]);
+        let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
+        let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
+        batchnorm::bn_batch_stats(reads[0], y.shape, bn.params, writes[0], &mut rm, &mut rv);
+        self.params[bn.running_mean.0] = rm;
+        self.params[bn.running_var.0] = rv;
+    }
+
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
         let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
         conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
@@ -355,7 +374,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         );
     }
 
-    fn batchnorm_recompute(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View) {
+    fn batchnorm_apply_saved(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View) {
         let (reads, mut writes) = split(&mut self.arena, &[x, saved], &[y]);
         let p = &self.params;
         batchnorm::bn_apply_saved(

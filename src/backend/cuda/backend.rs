@@ -446,7 +446,12 @@ fn copy_to_host<T: cudarc::driver::DeviceRepr + Default + Clone>(gpu: &Gpu, src:
 /// Upper bound of the scratch the ops need for `shapes` (activations of the graph) and `convs`:
 /// added to [`CudaBackend::prepared_bytes`] for the out-of-memory check before training.
 pub fn scratch_estimate(shapes: &[Shape4], convs: &[(Shape4, ConvParams)]) -> usize {
-    let bn = shapes.iter().map(|&s| bn::bn_workspace_len(s)).max().unwrap_or(0) * 4;
+    let bn = shapes
+        .iter()
+        .map(|&s| bn::bn_workspace_len(s).max(conv::conv2d_bn_stats_workspace_len(s)))
+        .max()
+        .unwrap_or(0)
+        * 4;
     let wgrad = convs
         .iter()
         .map(|(xs, p)| {
@@ -587,6 +592,39 @@ impl Backend for CudaBackend {
         });
     }
 
+    fn conv2d_fwd_bn_stats(
+        &mut self,
+        x: View,
+        w: ParamId,
+        bias: Option<ParamId>,
+        p: &ConvParams,
+        y: View,
+        bn_refs: &BnRefs,
+        saved: View,
+    ) {
+        self.op("conv2d_fwd_bn_stats", |b| {
+            let ws = Self::detach(b.scratch_f32(conv::conv2d_bn_stats_workspace_len(y.shape))?);
+            let targets = bn::StatsTargets {
+                saved: b.stats_mut(saved),
+                running_mean: b.master_mut(bn_refs.running_mean),
+                running_var: b.master_mut(bn_refs.running_var),
+            };
+            let bias = bias.map(|id| b.master(id));
+            conv::conv2d_fwd_bn_stats(
+                &b.gpu,
+                b.x(x),
+                x.shape,
+                b.half(w),
+                p,
+                bias,
+                b.y(y),
+                bn_refs.params,
+                targets,
+                ws,
+            )
+        });
+    }
+
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
         self.op("conv2d_dgrad", |b| {
             let ws = Self::detach(b.scratch_f16(conv::conv2d_dgrad_workspace_len(p))?);
@@ -680,8 +718,8 @@ impl Backend for CudaBackend {
         });
     }
 
-    fn batchnorm_recompute(&mut self, x: View, bn_refs: &BnRefs, relu: bool, saved: View, y: View) {
-        self.op("batchnorm_recompute", |b| {
+    fn batchnorm_apply_saved(&mut self, x: View, bn_refs: &BnRefs, relu: bool, saved: View, y: View) {
+        self.op("batchnorm_apply_saved", |b| {
             bn::bn_apply_saved(
                 &b.gpu,
                 b.x(x),

@@ -216,30 +216,83 @@ fn apply(
     Ok(())
 }
 
+/// Where the batch statistics of one BN layer go: `saved = [mean; invstd]` and the running
+/// statistics it updates.
+pub struct StatsTargets<'a> {
+    pub saved: DevSliceMut<'a, f32>,
+    pub running_mean: DevSliceMut<'a, f32>,
+    pub running_var: DevSliceMut<'a, f32>,
+}
+
+impl StatsTargets<'_> {
+    pub(super) fn check(&self, c: usize) -> Result<()> {
+        ensure!(
+            self.saved.len() == 2 * c,
+            "batchnorm: saved has {} elements, want 2 x {c}",
+            self.saved.len()
+        );
+        ensure!(
+            self.running_mean.len() == c && self.running_var.len() == c,
+            "batchnorm: running stats have {}/{} elements for {c} channels",
+            self.running_mean.len(),
+            self.running_var.len()
+        );
+        Ok(())
+    }
+}
+
+/// Merges `chunks` per-chunk `(count, mean, M2)` summaries per channel (`partials[chunk][c][3]`,
+/// a device pointer) of `m` rows into `saved` and the running statistics: the second kernel of
+/// the statistics here, and the only one after a convolution whose epilogue wrote the partials
+/// (`conv::conv2d_fwd_bn_stats`).
+pub(super) fn finalize_stats(
+    gpu: &Gpu,
+    partials: u64,
+    m: usize,
+    c: usize,
+    chunks: usize,
+    bp: BnParams,
+    targets: &mut StatsTargets,
+) -> Result<()> {
+    targets.check(c)?;
+    let (m, ci, nch) = (m as i64, as_i32("channels", c)?, as_i32("statistics chunks", chunks)?);
+    let (sp, rm, rv) = (
+        targets.saved.ptr(),
+        targets.running_mean.ptr(),
+        targets.running_var.ptr(),
+    );
+    let f = gpu.function("batchnorm_stats_finalize_f32")?;
+    // SAFETY: partials cover chunks*c*3 floats (the callers' workspace checks), saved 2c floats,
+    // running stats c floats each (checked); arguments (const float*, long long, int, int, float,
+    // float, float*, float*, float*).
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&partials)
+            .arg(&m)
+            .arg(&ci)
+            .arg(&nch)
+            .arg(&bp.eps)
+            .arg(&bp.momentum)
+            .arg(&sp)
+            .arg(&rm)
+            .arg(&rv)
+            .launch(finalize_grid(c))
+    }?;
+    Ok(())
+}
+
 /// Batch statistics into `saved = [mean; invstd]` and the running-statistics update.
-#[allow(clippy::too_many_arguments)]
 fn batch_stats(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
     bp: BnParams,
-    saved: &mut DevSliceMut<f32>,
-    running_mean: DevSliceMut<f32>,
-    running_var: DevSliceMut<f32>,
+    targets: &mut StatsTargets,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
     let c = xs.c;
-    ensure!(
-        saved.len() == 2 * c,
-        "batchnorm: saved has {} elements, want 2 x {c}",
-        saved.len()
-    );
-    ensure!(
-        running_mean.len() == c && running_var.len() == c,
-        "batchnorm: running stats have {}/{} elements for {c} channels",
-        running_mean.len(),
-        running_var.len()
-    );
+    targets.check(c)?;
     ensure!(
         workspace.len() >= bn_workspace_len(xs),
         "batchnorm: workspace of {} floats, {xs} needs {}",
@@ -266,25 +319,7 @@ fn batch_stats(
             .arg(&wp)
             .launch(red.grid)
     }?;
-    let (sp, rm, rv) = (saved.ptr(), running_mean.ptr(), running_var.ptr());
-    let f = gpu.function("batchnorm_stats_finalize_f32")?;
-    // SAFETY: partials as above, saved 2c floats, running stats c floats each; arguments
-    // (const float*, long long, int, int, float, float, float*, float*, float*).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&wp)
-            .arg(&m)
-            .arg(&ci)
-            .arg(&nch)
-            .arg(&bp.eps)
-            .arg(&bp.momentum)
-            .arg(&sp)
-            .arg(&rm)
-            .arg(&rv)
-            .launch(finalize_grid(c))
-    }?;
-    Ok(())
+    finalize_stats(gpu, wp, xs.pixels(), c, red.chunks, bp, targets)
 }
 
 /// Training forward. Writes `y`, `saved = [mean; invstd]` and updates the running statistics.
@@ -298,14 +333,20 @@ pub fn bn_fwd_train(
     bp: BnParams,
     relu: bool,
     y: DevSliceMut<f16>,
-    mut saved: DevSliceMut<f32>,
+    saved: DevSliceMut<f32>,
     running_mean: DevSliceMut<f32>,
     running_var: DevSliceMut<f32>,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
     check("bn_fwd_train", &x, xs, &gamma, &beta, y.len())?;
-    batch_stats(gpu, x, xs, bp, &mut saved, running_mean, running_var, workspace)?;
-    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved.as_ref()), None, relu, y)
+    let mut targets = StatsTargets {
+        saved,
+        running_mean,
+        running_var,
+    };
+    batch_stats(gpu, x, xs, bp, &mut targets, workspace)?;
+    let saved = targets.saved.as_ref();
+    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), None, relu, y)
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
@@ -358,24 +399,20 @@ pub fn bn_add_relu_fwd_train(
     bp: BnParams,
     residual: DevSlice<f16>,
     y: DevSliceMut<f16>,
-    mut saved: DevSliceMut<f32>,
+    saved: DevSliceMut<f32>,
     running_mean: DevSliceMut<f32>,
     running_var: DevSliceMut<f32>,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
     check("bn_add_relu_fwd_train", &x, xs, &gamma, &beta, y.len())?;
-    batch_stats(gpu, x, xs, bp, &mut saved, running_mean, running_var, workspace)?;
-    apply(
-        gpu,
-        x,
-        xs,
-        gamma,
-        beta,
-        Stats::Saved(saved.as_ref()),
-        Some(residual),
-        true,
-        y,
-    )
+    let mut targets = StatsTargets {
+        saved,
+        running_mean,
+        running_var,
+    };
+    batch_stats(gpu, x, xs, bp, &mut targets, workspace)?;
+    let saved = targets.saved.as_ref();
+    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), Some(residual), true, y)
 }
 
 /// Fused `y = max(bn(x) + residual, 0)` from saved statistics.

@@ -11,6 +11,9 @@
 //!   [`TILES_SMALL_SMEM`], [`TILES_GENERAL`]) by the GEMM's M (pixels) and N (output channels)
 //!   and the GPU's SM count, so that a 4x192x192x32 layer (M huge, N = 32) and a 4x24x24x256
 //!   one (M small) both fill the GPU ([`pick_tile`]);
+//! * for a convolution whose output feeds a training-mode batch norm ([`conv2d_fwd_bn_stats`]),
+//!   the per-row-tile BN statistics its epilogue writes, and the merge of them into the BN's
+//!   `[mean; invstd]` (the batch-norm wrappers' finalize kernel);
 //! * dgrad's weight re-layout `[c_out][kh][kw][c_in] -> [c_in][kh][kw][c_out]` into the caller's
 //!   workspace ([`conv2d_dgrad_workspace_len`] halves), so both GEMMs read B K-contiguous.
 //!
@@ -21,7 +24,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::as_i32;
-use crate::backend::{ConvParams, Shape4};
+use super::batchnorm::{finalize_stats, StatsTargets};
+use crate::backend::{BnParams, ConvParams, Shape4};
 use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
@@ -408,12 +412,15 @@ struct Gemm {
     shift: u64,
     relu: bool,
     accumulate: bool,
+    /// Forward only: 0, or the BN-statistics partials (`ceil(M / bm) * N * 3` floats).
+    stats: u64,
 }
 
-fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
+/// Launches one GEMM; returns its plan (`None` when the output is empty and nothing ran).
+fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPlan>> {
     let (m, nc) = (g.os.pixels(), g.os.c);
     if m == 0 || nc == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let shape = match g.pass {
         Pass::Fwd => GemmShape::fwd(g.ss, &g.p),
@@ -430,7 +437,7 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
     as_i32("conv GEMM rows", m)?;
     as_i32("conv K", g.p.kh * g.p.kw * g.ss.c + 64)?;
     as_i32("conv source pixels per image", g.ss.h * g.ss.w)?;
-    let (src, wgt, out, scale, shift) = (g.src, g.wgt, g.out, g.scale, g.shift);
+    let (src, wgt, out, scale, shift, stats) = (g.src, g.wgt, g.out, g.scale, g.shift, g.stats);
     let (n, hs, ws, cs) = (
         as_i32("batch", g.ss.n)?,
         as_i32("height", g.ss.h)?,
@@ -467,8 +474,9 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
     // SAFETY: src covers ss.len() halves, wgt nc*kh*kw*cs, out os.len() (checked by the callers),
     // scale/shift nc floats or null; arguments (const __half*, const __half*, __half*, int n,
     // int hs, int ws, int cs, int ho, int wo, int nc, int kh, int kw, int stride, int pad,
-    // const float*, const float*, int relu, int accumulate, int vec_out); tile.threads() and
-    // conv_smem_bytes of dynamic shared memory (Tile::smem_bytes mirrors it), allowed above.
+    // const float*, const float*, int relu, int accumulate, int vec_out, float* stats: null or
+    // ceil(m / bm) * nc * 3 floats, checked by the caller); tile.threads() and conv_smem_bytes
+    // of dynamic shared memory (Tile::smem_bytes mirrors it), allowed above.
     unsafe {
         gpu.stream()
             .launch_builder(&f)
@@ -491,9 +499,10 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<()> {
             .arg(&relu)
             .arg(&accumulate)
             .arg(&vec_out)
+            .arg(&stats)
             .launch(cfg)
     }?;
-    Ok(())
+    Ok(Some(lp))
 }
 
 /// Checks a convolution's geometry and returns its output shape for input `xs`.
@@ -534,8 +543,9 @@ fn fwd_gemm(
     epilogue: &ConvEpilogue,
     y: DevSliceMut<f16>,
     accumulate: bool,
+    stats: u64,
     tile: Option<Tile>,
-) -> Result<()> {
+) -> Result<Option<LaunchPlan>> {
     let ys = out_shape(what, xs, p)?;
     check_len(what, "x", x.len(), xs.len(), xs)?;
     check_len(what, "the weight", w.len(), p.weight_len(), format_args!("{p:?}"))?;
@@ -563,6 +573,7 @@ fn fwd_gemm(
         shift,
         relu: epilogue.relu,
         accumulate,
+        stats,
     };
     launch_gemm(gpu, g, tile)
 }
@@ -577,7 +588,8 @@ pub fn conv2d_fwd(
     epilogue: &ConvEpilogue,
     y: DevSliceMut<f16>,
 ) -> Result<()> {
-    fwd_gemm("conv2d_fwd", gpu, x, xs, w, p, epilogue, y, false, None)
+    fwd_gemm("conv2d_fwd", gpu, x, xs, w, p, epilogue, y, false, 0, None)?;
+    Ok(())
 }
 
 /// [`conv2d_fwd`] through a forced tile configuration (benchmarks and tests compare them).
@@ -592,7 +604,65 @@ pub fn conv2d_fwd_tiled(
     y: DevSliceMut<f16>,
     tile: Tile,
 ) -> Result<()> {
-    fwd_gemm("conv2d_fwd", gpu, x, xs, w, p, epilogue, y, false, Some(tile))
+    fwd_gemm("conv2d_fwd", gpu, x, xs, w, p, epilogue, y, false, 0, Some(tile))?;
+    Ok(())
+}
+
+/// The smallest block-tile M of any configuration: it bounds the row tiles, and so the
+/// BN-statistics partials, of [`conv2d_fwd_bn_stats`].
+const MIN_TILE_ROWS: usize = 64;
+
+/// f32 elements of the workspace [`conv2d_fwd_bn_stats`] needs for an output of shape `ys`: a
+/// `(count, mean, M2)` summary per channel per row tile, for the smallest row tile.
+pub fn conv2d_bn_stats_workspace_len(ys: Shape4) -> usize {
+    ys.pixels().div_ceil(MIN_TILE_ROWS) * ys.c * 3
+}
+
+/// Training fusion of a convolution and the batch norm that reads its output: `y = conv2d(x, w)
+/// (+ bias)` exactly as [`conv2d_fwd`] writes it, and that BN's batch statistics, summarised per
+/// row tile by the epilogue from the fp16 values it stores and merged by the batch-norm finalize
+/// kernel into `targets` (`saved = [mean; invstd]`, running statistics updated), as
+/// `batchnorm::bn_fwd_train` would compute them from `y` without reading it back. The BN then
+/// only applies them (`batchnorm::bn_apply_saved`). `workspace`: at least
+/// [`conv2d_bn_stats_workspace_len`] floats, overwritten. CPU twin: `conv2d_fwd` then
+/// `bn_batch_stats`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_fwd_bn_stats(
+    gpu: &Gpu,
+    x: DevSlice<f16>,
+    xs: Shape4,
+    w: DevSlice<f16>,
+    p: &ConvParams,
+    bias: Option<DevSlice<f32>>,
+    y: DevSliceMut<f16>,
+    bp: BnParams,
+    mut targets: StatsTargets,
+    workspace: DevSliceMut<f32>,
+) -> Result<()> {
+    const WHAT: &str = "conv2d_fwd_bn_stats";
+    let ys = out_shape(WHAT, xs, p)?;
+    ensure!(!ys.is_empty(), "{WHAT}: empty output {ys}");
+    ensure!(
+        workspace.len() >= conv2d_bn_stats_workspace_len(ys),
+        "{WHAT}: workspace of {} floats, {ys} needs {}",
+        workspace.len(),
+        conv2d_bn_stats_workspace_len(ys)
+    );
+    targets.check(ys.c)?;
+    let epilogue = ConvEpilogue {
+        scale: None,
+        shift: bias,
+        relu: false,
+    };
+    let plan = fwd_gemm(WHAT, gpu, x, xs, w, p, &epilogue, y, false, workspace.ptr(), None)?
+        .expect("a non-empty output launches");
+    ensure!(
+        plan.tile.bm >= MIN_TILE_ROWS,
+        "{WHAT}: tile {} has fewer rows than the workspace allows for",
+        plan.tile.label()
+    );
+    let chunks = ys.pixels().div_ceil(plan.tile.bm);
+    finalize_stats(gpu, workspace.ptr(), ys.pixels(), ys.c, chunks, bp, &mut targets)
 }
 
 /// Halves of scratch [`conv2d_dgrad`] needs: the weight re-laid out as `[c_in][kh][kw][c_out]`.
@@ -654,8 +724,10 @@ fn dgrad_gemm(
         shift: 0,
         relu: false,
         accumulate,
+        stats: 0,
     };
-    launch_gemm(gpu, g, tile)
+    launch_gemm(gpu, g, tile)?;
+    Ok(())
 }
 
 /// `dx (+)= conv2d_dgrad(dy, w)`: the input gradient of `y = conv2d(x, w)` with `x` of shape
@@ -758,8 +830,10 @@ pub fn conv_transpose2d_dgrad(
         &ConvEpilogue::NONE,
         dx,
         accumulate,
+        0,
         None,
-    )
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -788,6 +862,10 @@ mod tests {
                 let name = t.kernel(Pass::Fwd, vec).expect("forward kernel");
                 assert!(t.kernel(Pass::Dgrad, vec).is_some(), "{name} has no dgrad twin");
                 assert!(t.smem_bytes(vec) <= MAX_SHARED_BYTES, "{name}");
+                // The BN-statistics epilogue: row groups of whole columns, and at most the
+                // partials conv2d_bn_stats_workspace_len sized the workspace for.
+                assert_eq!(t.threads() % t.bn, 0, "{name}");
+                assert!(t.bm >= MIN_TILE_ROWS, "{name}");
             }
         }
         // Two blocks of every small-memory tile fit an RTX 30xx SM.
