@@ -38,9 +38,11 @@
 //
 // Epilogue: the fp32 accumulators go through shared memory (one warp row at a time, reusing the
 // pipeline's buffers) so that each thread then owns 8 consecutive output channels of a pixel:
-// y = act(acc * scale[c] + shift[c]) (+ old y when accumulating), rounded to fp16 once, written
-// with one 16-byte store when c_out % 8 == 0 and the output is aligned, else element by element
-// with the columns past c_out masked.
+// y = act(acc * scale[c] + shift[c] (+ residual)) (+ old y when accumulating), rounded to fp16
+// once, written with one 16-byte store when c_out % 8 == 0 and the output (and residual) are
+// aligned, else element by element with the columns past c_out masked. The residual (forward
+// only, a tensor of the output's shape) is the join of a ResNet/HRNet block in inference, where
+// the batch norm before it is folded into scale and shift: y = relu(bn(conv(x)) + residual).
 //
 // BN-statistics epilogue (forward, training): when `stats` is non-null the block also summarises
 // each of its output channels over its rows, from the fp16 values it stores (what a separate
@@ -176,7 +178,8 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                                            __half* __restrict__ out, int n, int hs, int ws, int cs, int ho,
                                            int wo, int nc, int kh, int kw, int stride, int pad,
                                            const float* __restrict__ scale, const float* __restrict__ shift,
-                                           int relu, int accumulate, int vec_out, float* __restrict__ stats) {
+                                           int relu, int accumulate, int vec_out,
+                                           const __half* __restrict__ residual, float* __restrict__ stats) {
     constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
     constexpr int MT = WM / 16, NT8 = WN / 8;
     constexpr int NT = WARPS_M * WARPS_N * 32;
@@ -391,10 +394,11 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     float* stage = reinterpret_cast<float*>(conv_smem);
     constexpr int LD = BN + CONV_STAGE_PAD;
     constexpr int CHUNKS = WM * BN / 8;  // 8-channel pieces of one warp row's tile
-    // The epilogue's map of an accumulator of column c; one fused multiply-add, like the CPU
-    // twin's mul_add.
-    auto epi = [&](float a, int c) {
-        const float t = fmaf(a, scale ? scale[c] : 1.0f, shift ? shift[c] : 0.0f);
+    // The epilogue's map of an accumulator of column c (and its residual element r, ignored
+    // without a residual); one fused multiply-add, like the CPU twin's mul_add.
+    auto epi = [&](float a, int c, float r) {
+        float t = fmaf(a, scale ? scale[c] : 1.0f, shift ? shift[c] : 0.0f);
+        if (residual != nullptr) t += r;
         return relu ? fmaxf(t, 0.0f) : t;
     };
     // BN statistics: thread (st_grp, st_col) sums rows st_grp, st_grp + ST_GROUPS, ... of column
@@ -430,14 +434,23 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                 const int j = rem / sl.wc, l = rem - j * sl.wc;
                 pixel = ((long long)img * ho + sl.h_first + stride * j) * wo + sl.w_first + stride * l;
             }
-            float v[8];
+            float v[8], res[8] = {};
+            if (residual != nullptr) {
+                const __half* rp = residual + pixel * nc + gc;
+                if (vec_out) {
+                    load8(rp, 0, res);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) res[e] = gc + e < nc ? __half2float(rp[e]) : 0.0f;
+                }
+            }
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
                 const int c = gc + e < nc ? gc + e : gc;  // masked columns read a valid channel
-                v[e] = epi(stage[r * LD + c8 + e], c);
+                v[e] = epi(stage[r * LD + c8 + e], c, res[e]);
             }
             __half* o = out + pixel * nc + gc;
-            if (vec_out) {  // nc % 8 == 0 and `out` aligned: the 8 channels exist and are 16 bytes
+            if (vec_out) {  // nc % 8 == 0, `out` (and residual) aligned: 8 channels, 16 bytes
                 if (accumulate) {
                     float old[8];
                     load8(o, 0, old);
@@ -455,7 +468,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
         if (st_on) {
             // The values as stored: rounded to fp16 (never accumulating: the wrapper refuses).
             const int gc = block_n + st_col;
-            auto stored = [&](int r) { return __half2float(__float2half_rn(epi(stage[r * LD + st_col], gc))); };
+            auto stored = [&](int r) { return __half2float(__float2half_rn(epi(stage[r * LD + st_col], gc, 0.0f))); };
             if (pass == 0) st_shift = stored(0);  // row block_m exists: the grid is exact forward
             for (int r = st_grp; r < WM && block_m + pass * WM + r < m; r += ST_GROUPS) {
                 const float d = stored(r) - st_shift;
@@ -486,8 +499,9 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 // spills.) Arguments, all variants alike:
 //   src (x forward, dy dgrad: n x hs x ws x cs), wgt ([nc][kh][kw][cs]: the KRSC weight forward,
 //   the re-laid-out one dgrad), out (n x ho x wo x nc), n, hs, ws, cs, ho, wo, nc, kh, kw, stride,
-//   pad, scale, shift (nc floats each or null), relu, accumulate, vec_out, stats (forward only:
-//   null, or ceil(rows / BM) * nc * 3 floats of BN-statistics partials, see the header).
+//   pad, scale, shift (nc floats each or null), relu, accumulate, vec_out, residual (forward only:
+//   null or like out), stats (forward only: null, or ceil(rows / BM) * nc * 3 floats of
+//   BN-statistics partials, see the header).
 // Grid (ceil(rows / BM) * ceil(nc / BN), 1, slices): forward 1 slice of n*ho*wo rows; dgrad
 // stride*stride slices, rows the largest class's n*hc*wc (see conv_slice). 32 * WARPS_M * WARPS_N
 // threads, conv_smem_bytes(..) of dynamic shared memory (over 48 KiB needs the opt-in attribute).
@@ -495,9 +509,10 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     const __half *__restrict__ src, const __half *__restrict__ wgt, __half *__restrict__ out, int n, int hs, \
         int ws, int cs, int ho, int wo, int nc, int kh, int kw, int stride, int pad,                \
         const float *__restrict__ scale, const float *__restrict__ shift, int relu, int accumulate, int vec_out, \
-        float *__restrict__ stats
+        const __half *__restrict__ residual, float *__restrict__ stats
 #define CONV_ARGS \
-    src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out, stats
+    src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out, residual, \
+        stats
 
 extern "C" __global__ void __launch_bounds__(128) conv_fwd_vec_128x128k64(CONV_PARAMS) {
     conv_igemm<128, 128, 64, 2, 2, 3, false, true>(CONV_ARGS);

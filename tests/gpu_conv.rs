@@ -79,7 +79,8 @@ fn random_shapes(rng: &mut ChaCha8Rng, count: usize) -> Vec<(Shape4, ConvParams)
         .collect()
 }
 
-/// Forward: plain, bias (shift only) and scale+shift+ReLU epilogues, vs the CPU twins.
+/// Forward: plain, bias (shift only), scale+shift+ReLU and scale+shift+residual+ReLU (the
+/// inference block join) epilogues, vs the CPU twins.
 fn check_fwd(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile: Option<Tile>) {
     let ys = p.out_shape(xs);
     let x = random_f16(rng, xs.len(), -1.0, 1.0);
@@ -89,8 +90,10 @@ fn check_fwd(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile: 
     let (xf, wf) = (to_f32(&x), to_f32(&w));
     let (xd, wd) = (upload(gpu, &x), upload(gpu, &w));
     let (sd, hd) = (upload(gpu, &scale), upload(gpu, &shift));
+    let residual = random_f16(rng, ys.len(), -1.0, 1.0);
+    let (rf, rd) = (to_f32(&residual), upload(gpu, &residual));
     let what = format!("fwd {xs} {p:?} {tile:?}");
-    for mode in 0..3 {
+    for mode in 0..4 {
         let mut want = vec![0.0f32; ys.len()];
         let epilogue = match mode {
             0 => {
@@ -100,21 +103,23 @@ fn check_fwd(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile: 
             1 => {
                 cpu_conv::conv2d_fwd(&xf, xs, &wf, p, Some(&shift), &mut want);
                 ConvEpilogue {
-                    scale: None,
                     shift: Some(hd.slice()),
-                    relu: false,
+                    ..ConvEpilogue::NONE
                 }
             }
             _ => {
+                let with_residual = mode == 3;
                 let affine = Affine {
                     scale: &scale,
                     shift: &shift,
+                    residual: with_residual.then_some(rf.as_slice()),
                     relu: true,
                 };
                 cpu_conv::conv2d_affine_fwd(&xf, xs, &wf, p, None, affine, &mut want);
                 ConvEpilogue {
                     scale: Some(sd.slice()),
                     shift: Some(hd.slice()),
+                    residual: with_residual.then(|| rd.slice()),
                     relu: true,
                 }
             }
@@ -150,9 +155,8 @@ fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParam
     let running_var0 = random_f32(rng, c, 0.5, 2.0);
     let what = format!("fwd+bn-stats {xs} {p:?}");
     let epilogue = ConvEpilogue {
-        scale: None,
         shift: Some(bd.slice()),
-        relu: false,
+        ..ConvEpilogue::NONE
     };
     let mut plain = poisoned_f16(gpu, ys.len());
     gpu_conv::conv2d_fwd(gpu, xd.slice(), xs, wd.slice(), p, &epilogue, plain.slice_mut()).unwrap();
@@ -410,8 +414,7 @@ fn bad_arguments_are_refused() {
     let scale = upload(&gpu, &[1.0f32; 3]);
     let bad = ConvEpilogue {
         scale: Some(scale.slice()),
-        shift: None,
-        relu: false,
+        ..ConvEpilogue::NONE
     };
     assert!(gpu_conv::conv2d_fwd(&gpu, x.slice(), xs, w.slice(), &p, &bad, y.slice_mut()).is_err());
     let mut ws = poisoned_f16(&gpu, 3);

@@ -350,7 +350,14 @@ fn fused_conv_bn_inference_matches_the_unfused_ops() {
         let (fused, fused_nodes) = run(true);
         let (plain, plain_nodes) = run(false);
         assert!(fused_nodes < plain_nodes, "some conv+BN pairs must fuse");
-        // Same GEMM, then the same multiply-add per element: identical bits.
+        let joins = graph
+            .fuse_for_inference()
+            .nodes
+            .iter()
+            .filter(|n| n.op.kind() == "conv_bn_add_relu")
+            .count();
+        assert!(joins > 0, "the residual joins must fuse too");
+        // Same GEMM, then the same multiply-add (and residual add) per element: identical bits.
         assert_eq!(fused, plain);
     }
 }

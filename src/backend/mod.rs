@@ -257,7 +257,9 @@ pub trait Backend {
     fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View);
     /// Inference fusion of `conv2d_fwd` and the eval-mode `batchnorm_fwd_eval` (+ ReLU) that
     /// reads it: the BN becomes a per-channel scale and shift applied to each output tile
-    /// (the conv epilogue), so the conv output never goes to memory. Same result as the two ops.
+    /// (the conv epilogue), so the conv output never goes to memory. With a `residual`, also the
+    /// block join after the BN: `y = relu(bn(conv(x)) + residual)` (`relu` is then true), as
+    /// `add_relu_fwd` would compute it. Same result as the separate ops.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_bn_fwd_eval(
         &mut self,
@@ -267,6 +269,7 @@ pub trait Backend {
         p: &ConvParams,
         bn: &BnRefs,
         relu: bool,
+        residual: Option<View>,
         y: View,
     );
     /// Training fusion of `conv2d_fwd` and the training-mode batch norm that reads its output:

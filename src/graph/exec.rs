@@ -137,7 +137,14 @@ impl<B: Backend> Executor<B> {
                 }
                 None => b.conv2d_fwd(x[0], *w, *bias, p, y),
             },
-            Op::ConvBnEval { p, w, bias, bn, relu } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, y),
+            Op::ConvBnEval {
+                p,
+                w,
+                bias,
+                bn,
+                relu,
+                residual,
+            } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, residual.then(|| x[1]), y),
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
             Op::BatchNorm { bn, relu } => {
                 if train {

@@ -45,13 +45,16 @@ pub enum Op {
         relu: bool,
     },
     /// Inference only: a convolution with the eval-mode batch norm (+ ReLU) that was its only
-    /// reader folded into its epilogue. Made by [`Graph::fuse_for_inference`].
+    /// reader folded into its epilogue, and with `residual` also the block join after that BN,
+    /// `relu(bn(conv(x)) + input 1)` (`relu` is then true). Made by
+    /// [`Graph::fuse_for_inference`].
     ConvBnEval {
         p: ConvParams,
         w: ParamId,
         bias: Option<ParamId>,
         bn: BnRefs,
         relu: bool,
+        residual: bool,
     },
     Relu,
     Add,
@@ -72,6 +75,7 @@ impl Op {
             Op::Input => "input",
             Op::Conv { .. } => "conv",
             Op::ConvTranspose { .. } => "conv_transpose",
+            Op::ConvBnEval { residual: true, .. } => "conv_bn_add_relu",
             Op::ConvBnEval { relu: true, .. } => "conv_bn_relu",
             Op::ConvBnEval { relu: false, .. } => "conv_bn",
             Op::BatchNorm { relu: true, .. } => "bn_relu",
@@ -250,15 +254,101 @@ impl Graph {
     }
 
     /// The graph for inference with every convolution whose only reader is a batch norm fused
-    /// with it ([`Op::ConvBnEval`]). Parameters are shared unchanged, so weights and checkpoints
-    /// work on both graphs. Only valid with eval-mode batch norm (running statistics).
+    /// with it ([`Op::ConvBnEval`]), and then every residual join (`AddRelu`) one of whose
+    /// inputs is such a fused node without ReLU, read by nothing else, fused into that node too.
+    /// Parameters are shared unchanged, so weights and checkpoints work on both graphs. Only
+    /// valid with eval-mode batch norm (running statistics).
     pub fn fuse_for_inference(&self) -> Graph {
+        self.fuse_conv_bn().fuse_residual_joins()
+    }
+
+    /// How many nodes read each tensor.
+    fn reader_counts(&self) -> Vec<usize> {
         let mut readers = vec![0usize; self.nodes.len()];
         for node in &self.nodes {
             for t in &node.inputs {
                 readers[t.0] += 1;
             }
         }
+        readers
+    }
+
+    /// Each `AddRelu` with an input made by a `ConvBnEval` without ReLU or residual that only it
+    /// reads becomes that convolution with the join in its epilogue. The fused node takes the
+    /// join's place in the order (where both its inputs exist) and the convolution's is dropped.
+    fn fuse_residual_joins(self) -> Graph {
+        let readers = self.reader_counts();
+        let fusable = |t: TensorId| {
+            matches!(
+                self.nodes[t.0].op,
+                Op::ConvBnEval {
+                    relu: false,
+                    residual: false,
+                    ..
+                }
+            ) && readers[t.0] == 1
+                && t != self.output
+        };
+        // For each join: (the convolution it absorbs, the residual).
+        let mut join: Vec<Option<(TensorId, TensorId)>> = vec![None; self.nodes.len()];
+        let mut absorbed = vec![false; self.nodes.len()];
+        for (k, node) in self.nodes.iter().enumerate() {
+            if let (Op::AddRelu, [a, b]) = (&node.op, node.inputs.as_slice()) {
+                let pick = if fusable(*a) {
+                    Some((*a, *b))
+                } else if fusable(*b) {
+                    Some((*b, *a))
+                } else {
+                    None
+                };
+                if let Some((conv, _)) = pick {
+                    absorbed[conv.0] = true;
+                    join[k] = pick;
+                }
+            }
+        }
+        let mut new_id: Vec<Option<TensorId>> = vec![None; self.nodes.len()];
+        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        for (k, node) in self.nodes.iter().enumerate() {
+            if absorbed[k] {
+                continue;
+            }
+            let mut out = node.clone();
+            if let Some((conv, residual)) = join[k] {
+                let c = &self.nodes[conv.0];
+                let Op::ConvBnEval { p, w, bias, bn, .. } = c.op else {
+                    unreachable!("only fused convolutions are absorbed")
+                };
+                out.op = Op::ConvBnEval {
+                    p,
+                    w,
+                    bias,
+                    bn,
+                    relu: true,
+                    residual: true,
+                };
+                out.inputs = vec![c.inputs[0], residual];
+                out.name = format!("{}+{}", c.name, node.name.rsplit('.').next().unwrap_or_default());
+            }
+            out.inputs = out
+                .inputs
+                .iter()
+                .map(|t| new_id[t.0].expect("inputs come first"))
+                .collect();
+            nodes.push(out);
+            new_id[k] = Some(TensorId(nodes.len() - 1));
+        }
+        Graph {
+            nodes,
+            params: self.params,
+            input: new_id[self.input.0].expect("input kept"),
+            output: new_id[self.output.0].expect("output kept"),
+        }
+    }
+
+    /// Every convolution whose only reader is a batch norm, fused with it.
+    fn fuse_conv_bn(&self) -> Graph {
+        let readers = self.reader_counts();
         let mut new_id: Vec<Option<TensorId>> = vec![None; self.nodes.len()];
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
@@ -269,7 +359,14 @@ impl Graph {
                     if readers[src.0] == 1 && src != self.output {
                         // The conv was skipped below; the fused node reads the conv's input.
                         let conv = &self.nodes[src.0];
-                        out.op = Op::ConvBnEval { p, w, bias, bn, relu };
+                        out.op = Op::ConvBnEval {
+                            p,
+                            w,
+                            bias,
+                            bn,
+                            relu,
+                            residual: false,
+                        };
                         out.inputs = conv.inputs.clone();
                         out.name = format!("{}+{}", conv.name, node.name.rsplit('.').next().unwrap_or_default());
                     }

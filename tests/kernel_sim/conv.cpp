@@ -35,7 +35,7 @@ static void check(const std::string& what, const std::vector<float>& got, const 
 }
 
 using Kernel = void (*)(const __half*, const __half*, __half*, int, int, int, int, int, int, int, int, int, int, int,
-                        const float*, const float*, int, int, int, float*);
+                        const float*, const float*, int, int, int, const __half*, float*);
 struct Config { const char* name; int bm, bn, bk, warps_m, warps_n, stages; bool vec, dgrad; Kernel k; };
 static const Config CONFIGS[] = {
     {"fwd_vec_128x128k64", 128, 128, 64, 2, 2, 3, true, false, conv_fwd_vec_128x128k64},
@@ -73,7 +73,8 @@ static const Config& config(const std::string& name) {
 // dgrad one z-slice per stride parity class, x covering the largest class.
 static void launch(const Config& c, const __half* src, const __half* wgt, __half* out, int n, int hs, int ws, int cs,
                    int ho, int wo, int nc, int kh, int kw, int stride, int pad, const float* scale,
-                   const float* shift, int relu, int acc, int vec_out, float* stats = nullptr) {
+                   const float* shift, int relu, int acc, int vec_out, float* stats = nullptr,
+                   const __half* residual = nullptr) {
     int rows = n * ho * wo, slices = 1;
     if (c.dgrad) {
         slices = stride * stride;
@@ -86,7 +87,8 @@ static void launch(const Config& c, const __half* src, const __half* wgt, __half
     const int bytes = conv_smem_bytes(c.bm, c.bn, c.bk, c.warps_m, c.stages, c.vec);
     SimDim grid{(unsigned)(std::max(1, (rows + c.bm - 1) / c.bm) * ((nc + c.bn - 1) / c.bn)), 1, (unsigned)slices};
     sim_launch(grid, SimDim{(unsigned)(32 * c.warps_m * c.warps_n)}, bytes / 4, [&] {
-        c.k(src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, acc, vec_out, stats);
+        c.k(src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, acc, vec_out, residual,
+            stats);
     });
 }
 
@@ -157,6 +159,25 @@ static void test_fwd(const Geo& g, const std::string& cname, int epi, bool accum
         for (size_t i = 0; i < ny; ++i) r[i] = want[i] + y0f[i];
         check(describe("fwd accumulate", g, c), f(y0), r, 2e-3);
     }
+}
+
+// Forward with the residual join in the epilogue: y = relu(acc * scale + shift + residual), through
+// the vector and the masked scalar stores.
+static void test_fwd_residual(const Geo& g, const std::string& cname) {
+    const Config& c = config(cname);
+    H x = rand_h((size_t)g.n * g.h * g.w * g.cin, -1, 1), w = rand_h((size_t)g.cout * g.k * g.k * g.cin, -1, 1);
+    size_t ny = (size_t)g.n * g.oh() * g.ow() * g.cout;
+    H res = rand_h(ny, -1, 1);
+    auto want = ref_fwd(g, f(x), f(w));
+    auto rf = f(res);
+    std::vector<float> scale(g.cout), shift(g.cout);
+    for (int i = 0; i < g.cout; ++i) { scale[i] = uni(0.5, 1.5); shift[i] = uni(-0.5, 0.5); }
+    H y = poison(ny);
+    launch(c, x.data(), w.data(), y.data(), g.n, g.h, g.w, g.cin, g.oh(), g.ow(), g.cout, g.k, g.k, g.stride, g.pad,
+           scale.data(), shift.data(), 1, 0, g.cout % 8 == 0, nullptr, res.data());
+    std::vector<double> r(ny);
+    for (size_t i = 0; i < ny; ++i) r[i] = std::max(want[i] * scale[i % g.cout] + shift[i % g.cout] + rf[i], 0.0);
+    check(describe("fwd scale+shift+residual+relu", g, c), f(y), r, 2e-3);
 }
 
 // Forward with the BN-statistics epilogue: the output must equal the plain forward's bit for bit,
@@ -288,6 +309,11 @@ int main() {
     test_transposed({1, 8, 10, 8, 16, 4, 2, 1}, "dgrad_vec_64x32k32", "fwd_vec_64x32k32");
     test_transposed({1, 6, 8, 16, 29, 4, 2, 1}, "dgrad_gen_64x32", "fwd_vec_64x64k64");
     test_transposed({1, 6, 8, 29, 16, 4, 2, 1}, "dgrad_vec_64x64k64", "fwd_gen_64x32");
+    // Residual join: vector stores, masked scalar stores (c_out % 8 != 0), both loaders.
+    test_fwd_residual({2, 7, 9, 16, 24, 3, 1, 1}, "fwd_vec_64x32k32");
+    test_fwd_residual({1, 9, 8, 32, 64, 1, 1, 0}, "fwd_vec_128x64k64");
+    test_fwd_residual({1, 6, 7, 36, 29, 3, 1, 1}, "fwd_gen_128x32");
+    test_fwd_residual({2, 9, 9, 18, 36, 3, 2, 1}, "fwd_gen_64x64");
     // BN-statistics epilogue: both loaders, 1 to 4 row groups per column (BN 128 / 64 / 32), a
     // partial last row tile, masked columns (c_out not a multiple of the tile or of 8), bias.
     test_fwd_stats({2, 7, 9, 16, 24, 3, 1, 1}, "fwd_vec_64x32k32", false);

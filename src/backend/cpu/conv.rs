@@ -109,11 +109,13 @@ fn is_pointwise(p: &ConvParams) -> bool {
 
 /// Forward convolution into `y` (shape `p.out_shape(xs)`), overwriting it, or adding to it when
 /// `accumulate`; `bias` (c_out values) is added when given.
-/// Per-channel `y = max?(y * scale + shift)` applied to each output tile while it is in cache.
+/// Per-channel `y = max?(y * scale + shift (+ residual))` applied to each output tile while it
+/// is in cache; `residual`, when given, has the output's shape (the inference block join).
 #[derive(Clone, Copy)]
 pub struct Affine<'a, T> {
     pub scale: &'a [T],
     pub shift: &'a [T],
+    pub residual: Option<&'a [T]>,
     pub relu: bool,
 }
 
@@ -161,9 +163,11 @@ fn conv_fwd_into<T: Real>(
             // y_tile[m x k] = patches[m x cols] * W^T, W row-major [k x cols].
             gemm(m, cols, k, a, (cols, 1), w, (1, cols), beta, ytile, k);
             if let Some(e) = epilogue {
-                for row in ytile.chunks_exact_mut(k) {
-                    for ((v, &s), &b) in row.iter_mut().zip(e.scale).zip(e.shift) {
+                for (r, row) in ytile.chunks_exact_mut(k).enumerate() {
+                    let res = e.residual.map(|res| &res[(p0 + r) * k..(p0 + r + 1) * k]);
+                    for (ch, ((v, &s), &b)) in row.iter_mut().zip(e.scale).zip(e.shift).enumerate() {
                         let o = v.mul_add(s, b);
+                        let o = res.map_or(o, |res| o + res[ch]);
                         *v = if e.relu { o.max(T::ZERO) } else { o };
                     }
                 }
@@ -173,8 +177,9 @@ fn conv_fwd_into<T: Real>(
 
 /// Inference fusion of a convolution and the eval-mode batch norm (+ ReLU) after it:
 /// `y = act((conv2d(x, w) + bias) * scale + shift)` with the BN folded into `affine` (see
-/// [`batchnorm::bn_eval_affine`](super::batchnorm::bn_eval_affine)). Same result as the two
-/// ops one after the other, up to rounding, without writing the conv output to memory.
+/// [`batchnorm::bn_eval_affine`](super::batchnorm::bn_eval_affine)), and with a residual the
+/// block join after it too: `y = relu(... + residual)`. Same result as the ops one after the
+/// other, up to rounding, without writing the conv output to memory.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_affine_fwd<T: Real>(
     x: &[T],
@@ -189,6 +194,9 @@ pub fn conv2d_affine_fwd<T: Real>(
         affine.scale.len() == p.c_out && affine.shift.len() == p.c_out,
         "conv2d_affine_fwd: affine length"
     );
+    if let Some(r) = affine.residual {
+        assert_eq!(r.len(), y.len(), "conv2d_affine_fwd: residual length");
+    }
     conv_fwd_into(x, xs, w, p, bias, y, false, Some(affine));
 }
 

@@ -269,9 +269,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         p: &ConvParams,
         bn: &BnRefs,
         relu: bool,
+        residual: Option<View>,
         y: View,
     ) {
-        let (xa, ya) = split_rw(&mut self.arena, x, y);
+        let reads: Vec<View> = std::iter::once(x).chain(residual).collect();
+        let (r, mut writes) = split(&mut self.arena, &reads, &[y]);
+        let (xa, ya) = (r[0], &mut *writes[0]);
         let pr = &self.params;
         let (scale, shift) = batchnorm::bn_eval_affine(
             &pr[bn.gamma.0],
@@ -283,6 +286,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         let affine = conv::Affine {
             scale: &scale,
             shift: &shift,
+            residual: r.get(1).copied(),
             relu,
         };
         let b = bias.map(|b| pr[b.0].as_slice());

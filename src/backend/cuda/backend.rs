@@ -559,9 +559,8 @@ impl Backend for CudaBackend {
     fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View) {
         self.op("conv2d_fwd", |b| {
             let epilogue = conv::ConvEpilogue {
-                scale: None,
                 shift: bias.map(|id| b.master(id)),
-                relu: false,
+                ..conv::ConvEpilogue::NONE
             };
             conv::conv2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, &epilogue, b.y(y))
         });
@@ -575,9 +574,15 @@ impl Backend for CudaBackend {
         p: &ConvParams,
         bn_refs: &BnRefs,
         relu: bool,
+        residual: Option<View>,
         y: View,
     ) {
-        self.op("conv2d_bn_fwd_eval", |b| {
+        let kind = if residual.is_some() {
+            "conv2d_bn_add_relu_fwd_eval"
+        } else {
+            "conv2d_bn_fwd_eval"
+        };
+        self.op(kind, |b| {
             let c = p.c_out;
             let fold = b.fold(bn_refs, bias, c)?;
             // SAFETY: the fold buffer lives in `b.folds` until a parameter changes, which cannot
@@ -586,6 +591,7 @@ impl Backend for CudaBackend {
             let epilogue = conv::ConvEpilogue {
                 scale: Some(fold.sub(0, c)),
                 shift: Some(fold.sub(c, c)),
+                residual: residual.map(|r| b.x(r)),
                 relu,
             };
             conv::conv2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, &epilogue, b.y(y))

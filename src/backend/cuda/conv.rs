@@ -30,12 +30,15 @@ use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// Per-output-channel epilogue applied to the fp32 accumulator before the fp16 store:
-/// `y = act(acc * scale[c] + shift[c])`; `None` means scale 1 / shift 0. Bias = shift only;
-/// inference BN folding = scale and shift; `relu` clamps at 0.
+/// `y = act(acc * scale[c] + shift[c] + residual)`; `None` means scale 1 / shift 0 / no
+/// residual. Bias = shift only; inference BN folding = scale and shift; a residual (a tensor of
+/// the output's shape) is the block join `relu(bn(conv(x)) + residual)` of inference; `relu`
+/// clamps at 0.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvEpilogue<'a> {
     pub scale: Option<DevSlice<'a, f32>>,
     pub shift: Option<DevSlice<'a, f32>>,
+    pub residual: Option<DevSlice<'a, f16>>,
     pub relu: bool,
 }
 
@@ -43,6 +46,7 @@ impl ConvEpilogue<'_> {
     pub const NONE: ConvEpilogue<'static> = ConvEpilogue {
         scale: None,
         shift: None,
+        residual: None,
         relu: false,
     };
 }
@@ -412,6 +416,8 @@ struct Gemm {
     shift: u64,
     relu: bool,
     accumulate: bool,
+    /// Forward only: 0, or a tensor of the output's shape added before the ReLU.
+    residual: u64,
     /// Forward only: 0, or the BN-statistics partials (`ceil(M / bm) * N * 3` floats).
     stats: u64,
 }
@@ -437,7 +443,8 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
     as_i32("conv GEMM rows", m)?;
     as_i32("conv K", g.p.kh * g.p.kw * g.ss.c + 64)?;
     as_i32("conv source pixels per image", g.ss.h * g.ss.w)?;
-    let (src, wgt, out, scale, shift, stats) = (g.src, g.wgt, g.out, g.scale, g.shift, g.stats);
+    let (src, wgt, out, scale, shift) = (g.src, g.wgt, g.out, g.scale, g.shift);
+    let (residual, stats) = (g.residual, g.stats);
     let (n, hs, ws, cs) = (
         as_i32("batch", g.ss.n)?,
         as_i32("height", g.ss.h)?,
@@ -456,7 +463,7 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
         as_i32("padding", g.p.pad)?,
     );
     let (relu, accumulate) = (g.relu as i32, g.accumulate as i32);
-    let vec_out = (g.os.c % 8 == 0 && all_aligned_16(&[out])) as i32;
+    let vec_out = (g.os.c % 8 == 0 && all_aligned_16(&[out, residual])) as i32;
     let cfg = LaunchConfig {
         grid_dim: lp.grid,
         block_dim: (lp.tile.threads() as u32, 1, 1),
@@ -474,8 +481,9 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
     // SAFETY: src covers ss.len() halves, wgt nc*kh*kw*cs, out os.len() (checked by the callers),
     // scale/shift nc floats or null; arguments (const __half*, const __half*, __half*, int n,
     // int hs, int ws, int cs, int ho, int wo, int nc, int kh, int kw, int stride, int pad,
-    // const float*, const float*, int relu, int accumulate, int vec_out, float* stats: null or
-    // ceil(m / bm) * nc * 3 floats, checked by the caller); tile.threads() and conv_smem_bytes
+    // const float*, const float*, int relu, int accumulate, int vec_out, const __half* residual:
+    // null or os.len() halves, float* stats: null or ceil(m / bm) * nc * 3 floats, both checked
+    // by the callers); tile.threads() and conv_smem_bytes
     // of dynamic shared memory (Tile::smem_bytes mirrors it), allowed above.
     unsafe {
         gpu.stream()
@@ -499,6 +507,7 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
             .arg(&relu)
             .arg(&accumulate)
             .arg(&vec_out)
+            .arg(&residual)
             .arg(&stats)
             .launch(cfg)
     }?;
@@ -561,6 +570,17 @@ fn fwd_gemm(
     };
     let scale = per_channel(&epilogue.scale, "the epilogue scale")?;
     let shift = per_channel(&epilogue.shift, "the epilogue shift")?;
+    let residual = match &epilogue.residual {
+        Some(r) => {
+            check_len(what, "the residual", r.len(), ys.len(), ys)?;
+            ensure!(
+                !accumulate && stats == 0,
+                "{what}: a residual joins a plain forward only"
+            );
+            r.ptr()
+        }
+        None => 0,
+    };
     let g = Gemm {
         pass: Pass::Fwd,
         src: x.ptr(),
@@ -573,6 +593,7 @@ fn fwd_gemm(
         shift,
         relu: epilogue.relu,
         accumulate,
+        residual,
         stats,
     };
     launch_gemm(gpu, g, tile)
@@ -650,9 +671,8 @@ pub fn conv2d_fwd_bn_stats(
     );
     targets.check(ys.c)?;
     let epilogue = ConvEpilogue {
-        scale: None,
         shift: bias,
-        relu: false,
+        ..ConvEpilogue::NONE
     };
     let plan = fwd_gemm(WHAT, gpu, x, xs, w, p, &epilogue, y, false, workspace.ptr(), None)?
         .expect("a non-empty output launches");
@@ -724,6 +744,7 @@ fn dgrad_gemm(
         shift: 0,
         relu: false,
         accumulate,
+        residual: 0,
         stats: 0,
     };
     launch_gemm(gpu, g, tile)?;
