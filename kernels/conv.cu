@@ -36,8 +36,9 @@
 // Shared tiles are rows of BK halves whose 16-byte chunks are XOR-swizzled (conv_swz), so the
 // eight row addresses of every ldmatrix phase hit distinct banks.
 //
-// Epilogue: the fp32 accumulators go through shared memory (one warp row at a time, reusing the
-// pipeline's buffers) so that each thread then owns 8 consecutive output channels of a pixel:
+// Epilogue: the fp32 accumulators go through shared memory (reusing the pipeline's buffers: the
+// whole block tile at once where it fits, else one warp row at a time) so that each thread then
+// owns 8 consecutive output channels of a pixel:
 // y = act(acc * scale[c] + shift[c] (+ residual)) (+ old y when accumulating), rounded to fp16
 // once, written with one 16-byte store when c_out % 8 == 0 and the output (and residual) are
 // aligned, else element by element with the columns past c_out masked. The residual (forward
@@ -393,12 +394,20 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
 
     float* stage = reinterpret_cast<float*>(conv_smem);
     constexpr int LD = BN + CONV_STAGE_PAD;
-    constexpr int CHUNKS = WM * BN / 8;  // 8-channel pieces of one warp row's tile
+    // Where the pipeline's buffers hold the whole BM x BN tile, every warp stages at once and the
+    // accumulators die before the stores (one pass: fewer barriers, and registers free for the
+    // epilogue's residual and statistics); else one warp row at a time.
+    constexpr int PIPELINE_BYTES = VEC ? STAGES * (BM + BN) * BK * 2 : 2 * (BM + BN) * CONV_BK * 2 + BM * 16;
+    constexpr bool WHOLE_TILE = BM * LD * 4 <= PIPELINE_BYTES;
+    constexpr int PASSES = WHOLE_TILE ? 1 : WARPS_M;
+    constexpr int PR = WHOLE_TILE ? BM : WM;  // rows staged per pass
+    constexpr int CHUNKS = PR * BN / 8;       // 8-channel pieces of one pass's rows
     // The epilogue's map of an accumulator of column c (and its residual element r, ignored
     // without a residual); one fused multiply-add, like the CPU twin's mul_add.
+    const bool with_residual = !DGRAD && residual != nullptr;
     auto epi = [&](float a, int c, float r) {
         float t = fmaf(a, scale ? scale[c] : 1.0f, shift ? shift[c] : 0.0f);
-        if (residual != nullptr) t += r;
+        if (with_residual) t += r;
         return relu ? fmaxf(t, 0.0f) : t;
     };
     // BN statistics: thread (st_grp, st_col) sums rows st_grp, st_grp + ST_GROUPS, ... of column
@@ -409,13 +418,14 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
     const int st_col = tid % BN, st_grp = tid / BN;
     const bool st_on = with_stats && block_n + st_col < nc;
     float st_shift = 0.0f, st_s = 0.0f, st_q = 0.0f;
-    for (int pass = 0; pass < WARPS_M; ++pass) {
-        if (wm == pass) {
+    for (int pass = 0; pass < PASSES; ++pass) {
+        if (WHOLE_TILE || wm == pass) {
 #pragma unroll
             for (int i = 0; i < MT; ++i)
 #pragma unroll
                 for (int j = 0; j < NT8; ++j) {
-                    const int r = i * 16 + (lane >> 2), c = wn * WN + j * 8 + (lane & 3) * 2;
+                    const int r = (WHOLE_TILE ? wm * WM : 0) + i * 16 + (lane >> 2);
+                    const int c = wn * WN + j * 8 + (lane & 3) * 2;
                     stage[r * LD + c] = acc[i][j][0];
                     stage[r * LD + c + 1] = acc[i][j][1];
                     stage[(r + 8) * LD + c] = acc[i][j][2];
@@ -425,7 +435,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
         __syncthreads();
         for (int id = tid; id < CHUNKS; id += NT) {
             const int r = id / (BN / 8), c8 = (id % (BN / 8)) * 8;
-            const int gm = block_m + pass * WM + r, gc = block_n + c8;
+            const int gm = block_m + pass * PR + r, gc = block_n + c8;
             if (gm >= m || gc >= nc) continue;
             long long pixel = gm;  // forward rows are the output pixels in order
             if (DGRAD) {
@@ -435,7 +445,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
                 pixel = ((long long)img * ho + sl.h_first + stride * j) * wo + sl.w_first + stride * l;
             }
             float v[8], res[8] = {};
-            if (residual != nullptr) {
+            if (with_residual) {
                 const __half* rp = residual + pixel * nc + gc;
                 if (vec_out) {
                     load8(rp, 0, res);
@@ -470,13 +480,13 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
             const int gc = block_n + st_col;
             auto stored = [&](int r) { return __half2float(__float2half_rn(epi(stage[r * LD + st_col], gc, 0.0f))); };
             if (pass == 0) st_shift = stored(0);  // row block_m exists: the grid is exact forward
-            for (int r = st_grp; r < WM && block_m + pass * WM + r < m; r += ST_GROUPS) {
+            for (int r = st_grp; r < PR && block_m + pass * PR + r < m; r += ST_GROUPS) {
                 const float d = stored(r) - st_shift;
                 st_s += d;
                 st_q = fmaf(d, d, st_q);
             }
         }
-        __syncthreads();  // the next warp row overwrites the staging tile
+        __syncthreads();  // the next pass overwrites the staging tile
     }
     if (with_stats) {
         float* sums = stage;  // [ST_GROUPS][BN][2]
