@@ -3,7 +3,9 @@
 //! conv nodes, deduplicated by input shape and parameters, with their count per step), forward and
 //! input gradient, timed with CUDA events (3 warm-up runs, median of 20).
 //!
-//! Per shape: count, GFLOP (2 x MACs of one call), median ms and TFLOP/s of each pass; then the
+//! Per shape: count, GFLOP (2 x MACs of one call), median ms and TFLOP/s of each pass, and the
+//! forward with the BN-statistics epilogue and its merge (`conv2d_fwd_bn_stats`, what training
+//! runs for a convolution followed by a batch norm; its cost over `fwd ms` is the epilogue's); then the
 //! totals of one step weighted by count (the first convolution's input gradient is not part of a
 //! step: the image needs none). One JSON line per shape (`{"kind":"conv",...}`) lets the lead join
 //! the table with a cuDNN one keyed by (n, h, w, c_in, c_out, kh, kw, stride, pad).
@@ -14,10 +16,11 @@
 //! warm-up aside (for a profiler). Run: `cargo bench --bench gpu_conv`. Without a GPU it says so
 //! and exits 0.
 use anyhow::Result;
+use cephalo::backend::cuda::batchnorm::StatsTargets;
 use cephalo::backend::cuda::conv::{
     self, ConvEpilogue, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL, TILES_SMALL_SMEM,
 };
-use cephalo::backend::{ConvParams, Shape4};
+use cephalo::backend::{BnParams, ConvParams, Shape4};
 use cephalo::gpu::timer::measure;
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use cephalo::graph::Op;
@@ -102,6 +105,11 @@ struct Bufs {
     w: DeviceBuffer<f16>,
     y: DeviceBuffer<f16>,
     ws: DeviceBuffer<f16>,
+    /// BN-statistics partials, `[mean; invstd]` and running statistics for `fwd_bn_stats`.
+    partials: DeviceBuffer<f32>,
+    saved: DeviceBuffer<f32>,
+    running_mean: DeviceBuffer<f32>,
+    running_var: DeviceBuffer<f32>,
 }
 
 impl Bufs {
@@ -117,7 +125,33 @@ impl Bufs {
             w: filled(gpu, c.p.weight_len(), 2)?,
             y: filled(gpu, ys.len(), 3)?,
             ws: DeviceBuffer::zeros(gpu, ws_len.max(1))?,
+            partials: DeviceBuffer::zeros(gpu, conv::conv2d_bn_stats_workspace_len(ys))?,
+            saved: DeviceBuffer::zeros(gpu, 2 * ys.c)?,
+            running_mean: DeviceBuffer::zeros(gpu, ys.c)?,
+            running_var: DeviceBuffer::from_host(gpu, &vec![1.0f32; ys.c])?,
         })
+    }
+
+    /// The forward with the BN-statistics epilogue and the merge of its partials (ordinary
+    /// convolutions only).
+    fn fwd_bn_stats(&mut self, gpu: &Gpu, c: &Conv) -> Result<()> {
+        let targets = StatsTargets {
+            saved: self.saved.slice_mut(),
+            running_mean: self.running_mean.slice_mut(),
+            running_var: self.running_var.slice_mut(),
+        };
+        conv::conv2d_fwd_bn_stats(
+            gpu,
+            self.x.slice(),
+            c.xs,
+            self.w.slice(),
+            &c.p,
+            None,
+            self.y.slice_mut(),
+            BnParams::default(),
+            targets,
+            self.partials.slice_mut(),
+        )
     }
 
     /// The forward pass (`tile` only for ordinary convolutions).
@@ -231,8 +265,8 @@ fn main() -> Result<()> {
     for model in ["hrnet-w32", "resnet50"] {
         println!("\n{model}, 768x768, batch 4");
         println!(
-            "{:<36} {:>5} {:>8} {:>9} {:>8} {:>9} {:>8}   tiles (fwd / dgrad)",
-            "shape", "count", "GFLOP", "fwd ms", "TFLOP/s", "dgrad ms", "TFLOP/s"
+            "{:<36} {:>5} {:>8} {:>9} {:>8} {:>9} {:>8} {:>12}   tiles (fwd / dgrad)",
+            "shape", "count", "GFLOP", "fwd ms", "TFLOP/s", "dgrad ms", "TFLOP/s", "+bn-stats ms"
         );
         let (mut total_flop, mut total_fwd, mut total_dgrad_flop, mut total_dgrad) = (0.0, 0.0, 0.0, 0.0);
         for c in distinct_convs(model)? {
@@ -242,7 +276,11 @@ fn main() -> Result<()> {
             let mut b = Bufs::new(&gpu, &c)?;
             let fwd_ms = measure(&gpu, warmup, runs, || b.fwd(&gpu, &c, None))?.median_ms;
             let dgrad_ms = measure(&gpu, warmup, runs, || b.dgrad(&gpu, &c, None))?.median_ms;
-            // ========== wgrad timing goes here (the lead merges the conv_wgrad wrapper) ==========
+            let stats_ms = if c.transposed {
+                None
+            } else {
+                Some(measure(&gpu, warmup, runs, || b.fwd_bn_stats(&gpu, &c))?.median_ms)
+            };
             let gflop = c.flops() / 1e9;
             // The tiles pick_tile gives: a transposed convolution's forward is its adjoint's dgrad
             // GEMM and vice versa.
@@ -255,7 +293,7 @@ fn main() -> Result<()> {
             let tf = conv::pick_tile(&gf, gf.vec_ok(), &shape);
             let td = conv::pick_tile(&gd, gd.vec_ok(), &shape);
             println!(
-                "{:<36} {:>5} {:>8.2} {:>9.4} {:>8.1} {:>9.4} {:>8.1}   {} / {}",
+                "{:<36} {:>5} {:>8.2} {:>9.4} {:>8.1} {:>9.4} {:>8.1} {:>12}   {} / {}",
                 describe(&c),
                 c.count,
                 gflop,
@@ -263,6 +301,7 @@ fn main() -> Result<()> {
                 gflop / fwd_ms,
                 dgrad_ms,
                 gflop / dgrad_ms,
+                stats_ms.map_or("-".to_string(), |ms| format!("{ms:.4}")),
                 tf.label(),
                 td.label()
             );
@@ -276,9 +315,11 @@ fn main() -> Result<()> {
             } else {
                 "null".into()
             };
+            let stats_json = stats_ms.map_or("null".to_string(), |ms| format!("{ms:.5}"));
             println!(
                 "{{\"kind\":\"{}\",\"model\":\"{model}\",\"count\":{},\"n\":{},\"h\":{},\"w\":{},\"c_in\":{},\"c_out\":{},\
-                 \"kh\":{},\"kw\":{},\"stride\":{},\"pad\":{},\"fwd_ms\":{fwd_ms:.5},\"dgrad_ms\":{dgrad_json}}}",
+                 \"kh\":{},\"kw\":{},\"stride\":{},\"pad\":{},\"fwd_ms\":{fwd_ms:.5},\"dgrad_ms\":{dgrad_json},\
+                 \"fwd_bn_stats_ms\":{stats_json}}}",
                 if c.transposed { "conv_transpose" } else { "conv" },
                 c.count,
                 c.xs.n,
