@@ -246,6 +246,8 @@ fn the_op_profile_times_every_kind_that_ran() {
         "conv2d_fwd",
         "conv2d_fwd_bn_stats",
         "batchnorm_apply_saved",
+        "batchnorm_add_relu_apply_saved",
+        "batchnorm_add_relu_bwd",
         "conv2d_dgrad",
         "conv2d_wgrad",
         "maxpool_fwd",
@@ -269,6 +271,9 @@ fn every_node_of_the_networks_matches_the_cpu_on_the_gpus_inputs() {
         let mut r = rng();
         let values = randomise(&g, &mut r);
         let (mut cpu, mut cuda) = executors(&g, Mode::Train, &values);
+        // Node by node through the graph the executors run (with the training fusions).
+        let g = cpu.graph().clone();
+        assert_eq!(&g, cuda.graph());
         cuda.backend_mut().poison_activations().unwrap();
         let input = structured_input(g.input_shape(), &mut r);
         let (vi, vg) = (cpu.input_view(), cuda.input_view());

@@ -284,6 +284,57 @@ fn bn_statistics_from_the_convolution_change_no_bit() {
     assert_eq!(dx_a, dx_b);
 }
 
+/// Training with each batch norm fused into the residual join that reads it
+/// (`fuse_bn_add_relu`, one GPU pass forward and one reduction backward instead of two ops) must
+/// change nothing on the CPU, where the BN output is f32 either way: outputs, every gradient, the
+/// running statistics and the input gradient are the same bits; and it needs no more memory.
+#[test]
+fn bn_add_relu_fusion_in_training_changes_no_bit() {
+    for graph in [tiny_hrnet(), every_op_graph()] {
+        let fused_nodes = graph
+            .fuse_for_training()
+            .nodes
+            .iter()
+            .filter(|n| n.op.kind() == "bn_add_relu")
+            .count();
+        assert!(fused_nodes > 0, "the graph has BN -> add_relu joins");
+        let run = |fuse: bool| {
+            let values = test_values(&graph, 13);
+            let opts = PlanOptions {
+                fuse_bn_add_relu: fuse,
+                ..train_options(true, DtypeSizes::F32)
+            };
+            let mut ex = Executor::new(graph.clone(), opts, CpuBackend::new(), 13);
+            for (i, v) in values.iter().enumerate() {
+                if let Some(v) = v {
+                    ex.set_param(ParamId(i), v);
+                }
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(14);
+            let input = normals(&mut rng, ex.graph().input_shape().len(), 1.0);
+            let r = normals(&mut rng, ex.graph().output_shape().len(), 1.0);
+            let out = ex.predict(&input);
+            ex.backward_from(&r);
+            let params: Vec<Vec<f32>> = (0..ex.graph().params.len()).map(|i| ex.param(ParamId(i))).collect();
+            let grads: Vec<Vec<f32>> = (0..ex.graph().params.len())
+                .filter(|&i| ex.graph().params[i].kind.trainable())
+                .map(|i| ex.param_grad(ParamId(i)))
+                .collect();
+            (out, params, grads, ex.input_grad().unwrap(), ex.plan().arena_bytes)
+        };
+        let (out_a, params_a, grads_a, dx_a, arena_a) = run(true);
+        let (out_b, params_b, grads_b, dx_b, arena_b) = run(false);
+        assert_eq!(out_a, out_b);
+        assert_eq!(params_a, params_b, "running statistics");
+        assert_eq!(grads_a, grads_b);
+        assert_eq!(dx_a, dx_b);
+        assert!(
+            arena_a <= arena_b,
+            "fusing must not cost memory: {arena_a} vs {arena_b}"
+        );
+    }
+}
+
 #[test]
 fn eval_mode_normalises_with_running_statistics() {
     // After one training forward, the running statistics moved; eval uses them, so an eval

@@ -15,7 +15,9 @@ fn every_model_plan_is_overlap_free() {
             (Mode::Eval, DtypeSizes::F16),
             (Mode::Train, DtypeSizes::F32),
         ] {
-            let p = plan(&g, PlanOptions::new(mode, dtypes));
+            // The graph the executor runs: with its mode's fusions.
+            let opts = PlanOptions::new(mode, dtypes);
+            let p = plan(&opts.graph_for(g.clone()), opts);
             if let Err(e) = p.check() {
                 panic!("{model} {mode:?}: {e}");
             }
@@ -134,4 +136,27 @@ fn each_batch_norm_after_a_convolution_gets_its_statistics_from_it() {
             assert!(q.bn_stats_by.iter().chain(&q.bn_stats_of).all(Option::is_none));
         }
     }
+}
+
+/// A join whose residual is the batch norm's own input stays unfused (the fused backward would
+/// write that tensor's two gradients in the wrong order); an ordinary join fuses.
+#[test]
+fn a_join_on_the_batch_norms_own_input_is_not_fused() {
+    let (mut b, x) = GraphBuilder::new(Shape4::new(1, 6, 6, 8), Init::Normal { std: 0.1 });
+    let c = b.conv("c", x, 8, 3, 1, false);
+    let t = b.batchnorm("bn", c, false);
+    let own = b.add_relu("own", t, c);
+    let d = b.conv("d", own, 8, 3, 1, false);
+    let u = b.batchnorm("bn2", d, false);
+    let out = b.add_relu("join", u, own);
+    let g = b.finish(out);
+    let fused = g.fuse_for_training();
+    let kinds: Vec<&str> = fused.nodes.iter().map(|n| n.op.kind()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "bn_add_relu").count(), 1, "{kinds:?}");
+    let last = fused.nodes.last().unwrap();
+    assert_eq!(last.op.kind(), "bn_add_relu");
+    assert_eq!(fused.nodes[last.inputs[0].0].name, "d");
+    plan(&fused, PlanOptions::new(Mode::Train, DtypeSizes::F32))
+        .check()
+        .unwrap();
 }

@@ -305,6 +305,25 @@ pub trait Backend {
     fn batchnorm_apply_saved(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View);
     /// Input gradient plus gamma and beta gradients.
     fn batchnorm_bwd(&mut self, dy: View, x: View, bn: &BnRefs, relu: bool, saved: View, dx: Grad);
+    /// Training fusion of a batch norm (no ReLU) and the residual join that is its only reader:
+    /// `y = max(bn(x) + residual, 0)` with the batch statistics (saved, running update), as
+    /// `batchnorm_fwd_train` then `add_relu_fwd` compute it.
+    fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn: &BnRefs, residual: View, y: View, saved: View);
+    /// The same from the statistics in `saved` (computed by the convolution before it).
+    fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn: &BnRefs, residual: View, saved: View, y: View);
+    /// Backward of the fused BN+add+ReLU: the ReLU mask from its output `y`; the BN input's
+    /// gradient into `dx`, the residual's into `dres` (when it wants one), gamma and beta's.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_add_relu_bwd(
+        &mut self,
+        dy: View,
+        x: View,
+        y: View,
+        bn: &BnRefs,
+        saved: View,
+        dx: Grad,
+        dres: Option<Grad>,
+    );
 
     fn relu_fwd(&mut self, x: View, y: View);
     fn relu_bwd(&mut self, y: View, dy: View, dx: Grad);

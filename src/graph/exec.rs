@@ -31,11 +31,7 @@ impl<B: Backend> Executor<B> {
             backend.stats_bytes(),
             "plan statistics size must match the backend's"
         );
-        let graph = if options.mode == Mode::Eval && options.fuse_conv_bn {
-            graph.fuse_for_inference()
-        } else {
-            graph
-        };
+        let graph = options.graph_for(graph);
         let plan = plan(&graph, options);
         backend.prepare(plan.arena_bytes, &graph.param_specs());
         for (i, p) in graph.params.iter().enumerate() {
@@ -129,7 +125,7 @@ impl<B: Backend> Executor<B> {
             Op::Input => {}
             Op::Conv { p, w, bias } => match self.plan.bn_stats_of[i] {
                 Some(j) => {
-                    let Op::BatchNorm { bn, .. } = &self.graph.nodes[j].op else {
+                    let (Op::BatchNorm { bn, .. } | Op::BatchNormAddRelu { bn }) = &self.graph.nodes[j].op else {
                         unreachable!("the planner pairs convolutions with batch norms")
                     };
                     let saved = self.plan.stats[j].expect("BN statistics are planned in training");
@@ -156,6 +152,15 @@ impl<B: Backend> Executor<B> {
                     }
                 } else {
                     b.batchnorm_fwd_eval(x[0], bn, *relu, y);
+                }
+            }
+            Op::BatchNormAddRelu { bn } => {
+                assert!(train, "fused BN+add+ReLU nodes exist only in training graphs");
+                let saved = self.plan.stats[i].expect("BN statistics are planned in training");
+                if self.plan.bn_stats_by[i].is_some() {
+                    b.batchnorm_add_relu_apply_saved(x[0], bn, x[1], saved, y);
+                } else {
+                    b.batchnorm_add_relu_fwd_train(x[0], bn, x[1], y, saved);
                 }
             }
             Op::Relu => b.relu_fwd(x[0], y),
@@ -217,6 +222,13 @@ impl<B: Backend> Executor<B> {
                     let saved = self.plan.stats[i].expect("planned");
                     let g = grads[0].expect("batch norm reads a tensor that needs a gradient");
                     self.backend.batchnorm_bwd(dy, x, bn, *relu, saved, g);
+                }
+                Op::BatchNormAddRelu { bn } => {
+                    let x = self.saved(input(0), &mut rebuilt);
+                    let y = self.saved(TensorId(i), &mut rebuilt);
+                    let saved = self.plan.stats[i].expect("planned");
+                    let g = grads[0].expect("batch norm reads a tensor that needs a gradient");
+                    self.backend.batchnorm_add_relu_bwd(dy, x, y, bn, saved, g, grads[1]);
                 }
                 Op::Relu => {
                     let y = self.saved(TensorId(i), &mut rebuilt);

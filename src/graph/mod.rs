@@ -44,6 +44,13 @@ pub enum Op {
         bn: BnRefs,
         relu: bool,
     },
+    /// Training only: a batch norm without ReLU and the residual join that was its only reader,
+    /// `max(bn(x) + input 1, 0)` in one pass, and their backward in one (the ReLU mask from the
+    /// output, the residual's gradient written by the BN's reduction pass). Made by
+    /// [`Graph::fuse_for_training`].
+    BatchNormAddRelu {
+        bn: BnRefs,
+    },
     /// Inference only: a convolution with the eval-mode batch norm (+ ReLU) that was its only
     /// reader folded into its epilogue, and with `residual` also the block join after that BN,
     /// `relu(bn(conv(x)) + input 1)` (`relu` is then true). Made by
@@ -80,6 +87,7 @@ impl Op {
             Op::ConvBnEval { relu: false, .. } => "conv_bn",
             Op::BatchNorm { relu: true, .. } => "bn_relu",
             Op::BatchNorm { relu: false, .. } => "bn",
+            Op::BatchNormAddRelu { .. } => "bn_add_relu",
             Op::Relu => "relu",
             Op::Add => "add",
             Op::AddRelu => "add_relu",
@@ -231,7 +239,7 @@ impl Graph {
         let ids: Vec<ParamId> = match &self.nodes[i].op {
             Op::Conv { w, bias, .. } => std::iter::once(*w).chain(*bias).collect(),
             Op::ConvTranspose { w, .. } => vec![*w],
-            Op::BatchNorm { bn, .. } => vec![bn.gamma, bn.beta],
+            Op::BatchNorm { bn, .. } | Op::BatchNormAddRelu { bn } => vec![bn.gamma, bn.beta],
             Op::ConvBnEval { w, bias, bn, .. } => std::iter::once(*w).chain(*bias).chain([bn.gamma, bn.beta]).collect(),
             _ => Vec::new(),
         };
@@ -259,7 +267,24 @@ impl Graph {
     /// Parameters are shared unchanged, so weights and checkpoints work on both graphs. Only
     /// valid with eval-mode batch norm (running statistics).
     pub fn fuse_for_inference(&self) -> Graph {
-        self.fuse_conv_bn().fuse_residual_joins()
+        self.fuse_conv_bn().fuse_into_joins(|producer| match producer.op {
+            Op::ConvBnEval {
+                p,
+                w,
+                bias,
+                bn,
+                relu: false,
+                residual: false,
+            } => Some(Op::ConvBnEval {
+                p,
+                w,
+                bias,
+                bn,
+                relu: true,
+                residual: true,
+            }),
+            _ => None,
+        })
     }
 
     /// How many nodes read each tensor.
@@ -273,38 +298,48 @@ impl Graph {
         readers
     }
 
-    /// Each `AddRelu` with an input made by a `ConvBnEval` without ReLU or residual that only it
-    /// reads becomes that convolution with the join in its epilogue. The fused node takes the
-    /// join's place in the order (where both its inputs exist) and the convolution's is dropped.
-    fn fuse_residual_joins(self) -> Graph {
+    /// The graph for training with each batch norm without ReLU whose only reader is a residual
+    /// join (`AddRelu`) fused with it ([`Op::BatchNormAddRelu`]): the batch-norm output is never
+    /// written, and the join's backward happens inside the batch norm's. Parameters are shared
+    /// unchanged; node ids change.
+    pub fn fuse_for_training(&self) -> Graph {
+        self.clone().fuse_into_joins(|producer| match producer.op {
+            Op::BatchNorm { bn, relu: false } => Some(Op::BatchNormAddRelu { bn }),
+            _ => None,
+        })
+    }
+
+    /// Each `AddRelu` with an input whose producer `absorb` turns into a fused op, and which only
+    /// the join reads, becomes that op with inputs (the producer's input, the join's other input).
+    /// The fused node takes the join's place in the order (where both its inputs exist) and the
+    /// producer's is dropped.
+    fn fuse_into_joins(self, absorb: impl Fn(&Node) -> Option<Op>) -> Graph {
         let readers = self.reader_counts();
-        let fusable = |t: TensorId| {
-            matches!(
-                self.nodes[t.0].op,
-                Op::ConvBnEval {
-                    relu: false,
-                    residual: false,
-                    ..
-                }
-            ) && readers[t.0] == 1
-                && t != self.output
+        let fused = |t: TensorId| {
+            if readers[t.0] == 1 && t != self.output && self.nodes[t.0].inputs.len() == 1 {
+                absorb(&self.nodes[t.0])
+            } else {
+                None
+            }
         };
-        // For each join: (the convolution it absorbs, the residual).
-        let mut join: Vec<Option<(TensorId, TensorId)>> = vec![None; self.nodes.len()];
+        // For each join: (the fused op, the producer it absorbs, the residual).
+        let mut join: Vec<Option<(Op, TensorId, TensorId)>> = vec![None; self.nodes.len()];
         let mut absorbed = vec![false; self.nodes.len()];
         for (k, node) in self.nodes.iter().enumerate() {
             if let (Op::AddRelu, [a, b]) = (&node.op, node.inputs.as_slice()) {
-                let pick = if fusable(*a) {
-                    Some((*a, *b))
-                } else if fusable(*b) {
-                    Some((*b, *a))
-                } else {
-                    None
+                // A producer reading the residual itself stays apart: the fused backward would
+                // write both gradients of that one tensor in the wrong order.
+                let own_input =
+                    |producer: &TensorId, residual: &TensorId| self.nodes[producer.0].inputs[0] == *residual;
+                let pick = match (fused(*a), fused(*b)) {
+                    (Some(op), _) if !own_input(a, b) => Some((op, *a, *b)),
+                    (_, Some(op)) if !own_input(b, a) => Some((op, *b, *a)),
+                    _ => None,
                 };
-                if let Some((conv, _)) = pick {
-                    absorbed[conv.0] = true;
-                    join[k] = pick;
+                if let Some((_, producer, _)) = &pick {
+                    absorbed[producer.0] = true;
                 }
+                join[k] = pick;
             }
         }
         let mut new_id: Vec<Option<TensorId>> = vec![None; self.nodes.len()];
@@ -314,21 +349,11 @@ impl Graph {
                 continue;
             }
             let mut out = node.clone();
-            if let Some((conv, residual)) = join[k] {
-                let c = &self.nodes[conv.0];
-                let Op::ConvBnEval { p, w, bias, bn, .. } = c.op else {
-                    unreachable!("only fused convolutions are absorbed")
-                };
-                out.op = Op::ConvBnEval {
-                    p,
-                    w,
-                    bias,
-                    bn,
-                    relu: true,
-                    residual: true,
-                };
-                out.inputs = vec![c.inputs[0], residual];
-                out.name = format!("{}+{}", c.name, node.name.rsplit('.').next().unwrap_or_default());
+            if let Some((op, producer, residual)) = &join[k] {
+                let p = &self.nodes[producer.0];
+                out.op = op.clone();
+                out.inputs = vec![p.inputs[0], *residual];
+                out.name = format!("{}+{}", p.name, node.name.rsplit('.').next().unwrap_or_default());
             }
             out.inputs = out
                 .inputs

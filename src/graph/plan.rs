@@ -72,6 +72,9 @@ pub struct PlanOptions {
     /// and the BN only applies them: on the GPU the statistics come from the convolution's
     /// epilogue instead of a second read of its output.
     pub bn_stats_in_conv: bool,
+    /// In training, fuse each batch norm without ReLU with the residual join that is its only
+    /// reader ([`Graph::fuse_for_training`]).
+    pub fuse_bn_add_relu: bool,
 }
 
 impl PlanOptions {
@@ -83,6 +86,18 @@ impl PlanOptions {
             recompute_bn: true,
             fuse_conv_bn: true,
             bn_stats_in_conv: true,
+            fuse_bn_add_relu: true,
+        }
+    }
+
+    /// The graph these options run: `graph` with the fusions of its mode applied
+    /// ([`Graph::fuse_for_inference`] or [`Graph::fuse_for_training`]). The executor plans and
+    /// runs this graph; memory estimates must plan it too.
+    pub fn graph_for(&self, graph: Graph) -> Graph {
+        match self.mode {
+            Mode::Eval if self.fuse_conv_bn => graph.fuse_for_inference(),
+            Mode::Train if self.fuse_bn_add_relu => graph.fuse_for_training(),
+            _ => graph,
         }
     }
 }
@@ -137,6 +152,7 @@ pub fn saved_by(op: &Op) -> (bool, bool) {
     match op {
         Op::Conv { .. } | Op::ConvTranspose { .. } => (true, false), // weight gradient
         Op::BatchNorm { .. } => (true, false),                       // xhat and ReLU mask from x
+        Op::BatchNormAddRelu { .. } => (true, true),                 // xhat from x, mask y > 0
         Op::MaxPool { .. } => (true, false),                         // where the maxima were
         Op::Relu | Op::AddRelu => (false, true),                     // mask y > 0
         Op::Input | Op::Add | Op::Upsample { .. } | Op::Concat => (false, false),
@@ -189,7 +205,9 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
     if train && options.bn_stats_in_conv {
         for (i, node) in graph.nodes.iter().enumerate() {
             if let (Op::Conv { .. }, [j]) = (&node.op, readers[i].as_slice()) {
-                if matches!(graph.nodes[*j].op, Op::BatchNorm { .. }) && TensorId(i) != graph.output {
+                let reader = &graph.nodes[*j];
+                let is_bn = matches!(reader.op, Op::BatchNorm { .. } | Op::BatchNormAddRelu { .. });
+                if is_bn && reader.inputs[0] == TensorId(i) && TensorId(i) != graph.output {
                     bn_stats_of[i] = Some(*j);
                     bn_stats_by[*j] = Some(i);
                 }
@@ -218,7 +236,7 @@ pub fn plan(graph: &Graph, options: PlanOptions) -> Plan {
             }
         }
         buffers.push((BufferKind::Forward(t), act(node.shape), i, last));
-        if train && matches!(node.op, Op::BatchNorm { .. }) {
+        if train && matches!(node.op, Op::BatchNorm { .. } | Op::BatchNormAddRelu { .. }) {
             buffers.push((
                 BufferKind::Stats(t),
                 align(2 * node.shape.c * options.dtypes.stats),

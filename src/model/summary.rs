@@ -164,7 +164,8 @@ pub fn summary(cfg: &ModelConfig, g: &Graph, every_layer: bool) -> String {
         ("fp16 activations (GPU)", DtypeSizes::F16),
         ("f32 activations (CPU)", DtypeSizes::F32),
     ] {
-        let train = plan(g, PlanOptions::new(Mode::Train, dtypes));
+        let train_options = PlanOptions::new(Mode::Train, dtypes);
+        let train = plan(&train_options.graph_for(g.clone()), train_options);
         let eval = plan(&fused, PlanOptions::new(Mode::Eval, dtypes));
         let _ = writeln!(
             out,

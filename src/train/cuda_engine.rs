@@ -71,7 +71,8 @@ fn eval_options() -> PlanOptions {
 /// What [`CudaEngine::new`] will allocate for `graph`, computed from the plans alone.
 pub fn memory_plan(graph: &Graph) -> MemoryPlan {
     use crate::graph::plan::plan;
-    let train = plan(graph, train_options());
+    let train_graph = train_options().graph_for(graph.clone());
+    let train = plan(&train_graph, train_options());
     let eval_graph = graph.clone().fuse_for_inference();
     let eval = plan(&eval_graph, eval_options());
     let layout = crate::backend::cuda::backend::ParamLayout::new(&graph.param_specs());

@@ -414,6 +414,83 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.grads[bn.beta.0] = dbeta;
     }
 
+    fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn: &BnRefs, residual: View, y: View, saved: View) {
+        // The unfused pair through a temporary: on the CPU the BN output is f32 either way, so
+        // the result is the pair's to the bit.
+        let mut t = vec![T::ZERO; x.shape.len()];
+        {
+            let (reads, mut writes) = split(&mut self.arena, &[x], &[saved]);
+            let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
+            let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
+            batchnorm::bn_fwd_train(
+                reads[0],
+                x.shape,
+                &self.params[bn.gamma.0],
+                &self.params[bn.beta.0],
+                bn.params,
+                false,
+                &mut t,
+                writes[0],
+                &mut rm,
+                &mut rv,
+            );
+            self.params[bn.running_mean.0] = rm;
+            self.params[bn.running_var.0] = rv;
+        }
+        let (r, mut w) = split(&mut self.arena, &[residual], &[y]);
+        elementwise::add_relu_fwd(&t, r[0], w[0]);
+        let _ = &mut w;
+    }
+
+    fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn: &BnRefs, residual: View, saved: View, y: View) {
+        let mut t = vec![T::ZERO; x.shape.len()];
+        let (r, mut w) = split(&mut self.arena, &[x, saved, residual], &[y]);
+        let p = &self.params;
+        batchnorm::bn_apply_saved(r[0], x.shape, &p[bn.gamma.0], &p[bn.beta.0], r[1], false, &mut t);
+        elementwise::add_relu_fwd(&t, r[2], w[0]);
+        let _ = &mut w;
+    }
+
+    fn batchnorm_add_relu_bwd(
+        &mut self,
+        dy: View,
+        x: View,
+        y: View,
+        bn: &BnRefs,
+        saved: View,
+        dx: Grad,
+        dres: Option<Grad>,
+    ) {
+        // The join's backward (the gradient reaching the BN output, and the residual's), then
+        // the BN's, as the unfused pair runs them.
+        let mut g = vec![T::ZERO; y.shape.len()];
+        {
+            let (r, _) = split(&mut self.arena, &[y, dy], &[]);
+            elementwise::add_relu_bwd(r[0], r[1], &mut g, false);
+        }
+        if let Some(dres) = dres {
+            self.add_relu_bwd(y, dy, Some(dres), None);
+        }
+        let (reads, mut writes) = split(&mut self.arena, &[x, saved], &[dx.view]);
+        let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
+        let mut dbeta = std::mem::take(&mut self.grads[bn.beta.0]);
+        batchnorm::bn_bwd(
+            &g,
+            reads[0],
+            x.shape,
+            &self.params[bn.gamma.0],
+            &self.params[bn.beta.0],
+            reads[1],
+            false,
+            writes[0],
+            dx.accumulate,
+            &mut dgamma,
+            &mut dbeta,
+        );
+        self.grads[bn.gamma.0] = dgamma;
+        self.grads[bn.beta.0] = dbeta;
+    }
+
     fn relu_fwd(&mut self, x: View, y: View) {
         let (xa, ya) = self.rw(x, y);
         elementwise::relu_fwd(xa, ya);

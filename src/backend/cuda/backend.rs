@@ -760,6 +760,72 @@ impl Backend for CudaBackend {
         });
     }
 
+    fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn_refs: &BnRefs, residual: View, y: View, saved: View) {
+        self.op("batchnorm_add_relu_fwd_train", |b| {
+            let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
+            bn::bn_add_relu_fwd_train(
+                &b.gpu,
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                bn_refs.params,
+                b.x(residual),
+                b.y(y),
+                b.stats_mut(saved),
+                b.master_mut(bn_refs.running_mean),
+                b.master_mut(bn_refs.running_var),
+                ws,
+            )
+        });
+    }
+
+    fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn_refs: &BnRefs, residual: View, saved: View, y: View) {
+        self.op("batchnorm_add_relu_apply_saved", |b| {
+            bn::bn_add_relu_apply_saved(
+                &b.gpu,
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                b.stats(saved),
+                b.x(residual),
+                b.y(y),
+            )
+        });
+    }
+
+    fn batchnorm_add_relu_bwd(
+        &mut self,
+        dy: View,
+        x: View,
+        y: View,
+        bn_refs: &BnRefs,
+        saved: View,
+        dx: Grad,
+        dres: Option<Grad>,
+    ) {
+        self.op("batchnorm_add_relu_bwd", |b| {
+            let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
+            bn::bn_add_relu_bwd(
+                &b.gpu,
+                b.x(dy),
+                b.x(y),
+                b.x(x),
+                x.shape,
+                b.master(bn_refs.gamma),
+                b.master(bn_refs.beta),
+                b.stats(saved),
+                b.y(dx.view),
+                dx.accumulate,
+                dres.map(|g| (b.y(g.view), g.accumulate)),
+                b.grad_mut(bn_refs.gamma)?,
+                b.grad_mut(bn_refs.beta)?,
+                ws,
+            )
+        });
+    }
+
     fn relu_fwd(&mut self, x: View, y: View) {
         self.op("relu_fwd", |b| ew::relu_fwd(&b.gpu, b.x(x), b.y(y)));
     }
