@@ -32,6 +32,7 @@ fn main() {
         "CUDA_PATH",
         "CEPHALO_CUDA_ARCHS",
         "CEPHALO_REQUIRE_NVCC",
+        "CEPHALO_KERNEL_WERROR",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -247,7 +248,13 @@ fn nvcc_args(archs: &[u32]) -> Vec<String> {
         // Line info lets ncu and compute-sanitizer point at source lines; it does not slow kernels.
         "-lineinfo".into(),
         "--expt-relaxed-constexpr".into(),
+        // A register spilled to local memory is a silent slowdown: ptxas says so (a build warning),
+        // and under CEPHALO_KERNEL_WERROR=1 (CI) the build fails on it.
+        "-Xptxas=-warn-spills".into(),
     ];
+    if std::env::var_os("CEPHALO_KERNEL_WERROR").is_some_and(|v| v == "1") {
+        args.push("-Xptxas=-Werror".into());
+    }
     for a in archs {
         args.push(format!("-gencode=arch=compute_{a},code=sm_{a}"));
     }
