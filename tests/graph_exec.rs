@@ -49,19 +49,50 @@ fn test_values(graph: &Graph, seed: u64) -> Vec<Option<Vec<f32>>> {
 }
 
 fn executor(graph: Graph, recompute_bn: bool, seed: u64) -> Executor<CpuBackend> {
+    executor_with(graph, train_options(recompute_bn, DtypeSizes::F32), seed)
+}
+
+fn executor_with(graph: Graph, options: PlanOptions, seed: u64) -> Executor<CpuBackend> {
     let values = test_values(&graph, seed);
-    let mut ex = Executor::new(
-        graph,
-        train_options(recompute_bn, DtypeSizes::F32),
-        CpuBackend::new(),
-        seed,
-    );
+    let mut ex = Executor::new(graph, options, CpuBackend::new(), seed);
     for (i, v) in values.iter().enumerate() {
         if let Some(v) = v {
             ex.set_param(ParamId(i), v);
         }
     }
     ex
+}
+
+/// Everything one training step on the CPU produces, for comparing two ways of running it.
+#[derive(Debug, PartialEq)]
+struct StepOutcome {
+    output: Vec<f32>,
+    /// Every parameter after the step's forward (running statistics moved).
+    params: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    input_grad: Vec<f32>,
+}
+
+/// One forward and backward of `graph` under `options` from seeded parameters, input and output
+/// gradient; also returns the plan's arena size.
+fn train_step(graph: Graph, options: PlanOptions, seed: u64) -> (StepOutcome, usize) {
+    let mut ex = executor_with(graph, options, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    let input = normals(&mut rng, ex.graph().input_shape().len(), 1.0);
+    let r = normals(&mut rng, ex.graph().output_shape().len(), 1.0);
+    let output = ex.predict(&input);
+    ex.backward_from(&r);
+    let n = ex.graph().params.len();
+    let outcome = StepOutcome {
+        output,
+        params: (0..n).map(|i| ex.param(ParamId(i))).collect(),
+        grads: (0..n)
+            .filter(|&i| ex.graph().params[i].kind.trainable())
+            .map(|i| ex.param_grad(ParamId(i)))
+            .collect(),
+        input_grad: ex.input_grad().expect("the options ask for the input gradient"),
+    };
+    (outcome, ex.plan().arena_bytes)
 }
 
 type Ex64 = Executor<CpuBackend<f64>>;
@@ -219,24 +250,9 @@ fn every_op_graph_gradients_match_finite_differences() {
 
 #[test]
 fn recomputing_bn_outputs_gives_the_same_gradients_with_less_memory() {
-    let run = |recompute: bool| {
-        let mut ex = executor(tiny_hrnet(), recompute, 5);
-        let mut rng = ChaCha8Rng::seed_from_u64(6);
-        let input = normals(&mut rng, ex.graph().input_shape().len(), 1.0);
-        let r = normals(&mut rng, ex.graph().output_shape().len(), 1.0);
-        let out = ex.predict(&input);
-        ex.backward_from(&r);
-        let grads: Vec<Vec<f32>> = (0..ex.graph().params.len())
-            .filter(|&i| ex.graph().params[i].kind.trainable())
-            .map(|i| ex.param_grad(ParamId(i)))
-            .collect();
-        (out, grads, ex.input_grad().unwrap(), ex.plan().arena_bytes)
-    };
-    let (out_a, grads_a, dx_a, arena_a) = run(true);
-    let (out_b, grads_b, dx_b, arena_b) = run(false);
-    assert_eq!(out_a, out_b);
-    assert_eq!(grads_a, grads_b, "recomputation must be exact");
-    assert_eq!(dx_a, dx_b);
+    let (recomputed, arena_a) = train_step(tiny_hrnet(), train_options(true, DtypeSizes::F32), 5);
+    let (kept, arena_b) = train_step(tiny_hrnet(), train_options(false, DtypeSizes::F32), 5);
+    assert_eq!(recomputed, kept, "recomputation must be exact");
     assert!(
         arena_a < arena_b,
         "recomputing must lower the arena: {arena_a} vs {arena_b}"
@@ -248,40 +264,26 @@ fn recomputing_bn_outputs_gives_the_same_gradients_with_less_memory() {
 /// statistics are the same bits as with the batch norms computing their own.
 #[test]
 fn bn_statistics_from_the_convolution_change_no_bit() {
-    let run = |in_conv: bool| {
-        let graph = tiny_hrnet();
-        let values = test_values(&graph, 9);
-        let opts = PlanOptions {
-            bn_stats_in_conv: in_conv,
-            ..train_options(true, DtypeSizes::F32)
-        };
-        let mut ex = Executor::new(graph, opts, CpuBackend::new(), 9);
-        for (i, v) in values.iter().enumerate() {
-            if let Some(v) = v {
-                ex.set_param(ParamId(i), v);
-            }
-        }
-        let fused = ex.plan().bn_stats_by.iter().filter(|b| b.is_some()).count();
-        let mut rng = ChaCha8Rng::seed_from_u64(10);
-        let input = normals(&mut rng, ex.graph().input_shape().len(), 1.0);
-        let r = normals(&mut rng, ex.graph().output_shape().len(), 1.0);
-        let out = ex.predict(&input);
-        ex.backward_from(&r);
-        let params: Vec<Vec<f32>> = (0..ex.graph().params.len()).map(|i| ex.param(ParamId(i))).collect();
-        let grads: Vec<Vec<f32>> = (0..ex.graph().params.len())
-            .filter(|&i| ex.graph().params[i].kind.trainable())
-            .map(|i| ex.param_grad(ParamId(i)))
-            .collect();
-        (out, params, grads, ex.input_grad().unwrap(), fused)
+    let options = |in_conv: bool| PlanOptions {
+        bn_stats_in_conv: in_conv,
+        ..train_options(true, DtypeSizes::F32)
     };
-    let (out_a, params_a, grads_a, dx_a, fused_a) = run(true);
-    let (out_b, params_b, grads_b, dx_b, fused_b) = run(false);
-    assert!(fused_a > 0, "the tiny HRNet has convolutions followed by batch norms");
-    assert_eq!(fused_b, 0);
-    assert_eq!(out_a, out_b);
-    assert_eq!(params_a, params_b, "running statistics");
-    assert_eq!(grads_a, grads_b);
-    assert_eq!(dx_a, dx_b);
+    let paired = |in_conv: bool| {
+        executor_with(tiny_hrnet(), options(in_conv), 9)
+            .plan()
+            .bn_stats_by
+            .iter()
+            .flatten()
+            .count()
+    };
+    assert!(
+        paired(true) > 0,
+        "the tiny HRNet has convolutions followed by batch norms"
+    );
+    assert_eq!(paired(false), 0);
+    let (a, _) = train_step(tiny_hrnet(), options(true), 9);
+    let (b, _) = train_step(tiny_hrnet(), options(false), 9);
+    assert_eq!(a, b);
 }
 
 /// Training with each batch norm fused into the residual join that reads it
@@ -298,36 +300,13 @@ fn bn_add_relu_fusion_in_training_changes_no_bit() {
             .filter(|n| n.op.kind() == "bn_add_relu")
             .count();
         assert!(fused_nodes > 0, "the graph has BN -> add_relu joins");
-        let run = |fuse: bool| {
-            let values = test_values(&graph, 13);
-            let opts = PlanOptions {
-                fuse_bn_add_relu: fuse,
-                ..train_options(true, DtypeSizes::F32)
-            };
-            let mut ex = Executor::new(graph.clone(), opts, CpuBackend::new(), 13);
-            for (i, v) in values.iter().enumerate() {
-                if let Some(v) = v {
-                    ex.set_param(ParamId(i), v);
-                }
-            }
-            let mut rng = ChaCha8Rng::seed_from_u64(14);
-            let input = normals(&mut rng, ex.graph().input_shape().len(), 1.0);
-            let r = normals(&mut rng, ex.graph().output_shape().len(), 1.0);
-            let out = ex.predict(&input);
-            ex.backward_from(&r);
-            let params: Vec<Vec<f32>> = (0..ex.graph().params.len()).map(|i| ex.param(ParamId(i))).collect();
-            let grads: Vec<Vec<f32>> = (0..ex.graph().params.len())
-                .filter(|&i| ex.graph().params[i].kind.trainable())
-                .map(|i| ex.param_grad(ParamId(i)))
-                .collect();
-            (out, params, grads, ex.input_grad().unwrap(), ex.plan().arena_bytes)
+        let options = |fuse: bool| PlanOptions {
+            fuse_bn_add_relu: fuse,
+            ..train_options(true, DtypeSizes::F32)
         };
-        let (out_a, params_a, grads_a, dx_a, arena_a) = run(true);
-        let (out_b, params_b, grads_b, dx_b, arena_b) = run(false);
-        assert_eq!(out_a, out_b);
-        assert_eq!(params_a, params_b, "running statistics");
-        assert_eq!(grads_a, grads_b);
-        assert_eq!(dx_a, dx_b);
+        let (a, arena_a) = train_step(graph.clone(), options(true), 13);
+        let (b, arena_b) = train_step(graph.clone(), options(false), 13);
+        assert_eq!(a, b);
         assert!(
             arena_a <= arena_b,
             "fusing must not cost memory: {arena_a} vs {arena_b}"
