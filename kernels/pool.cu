@@ -126,6 +126,70 @@ __device__ void maxpool_bwd(const __half* __restrict__ x, const __half* __restri
     }
 }
 
+// Backward for stride S (2: ResNet's 3/2/1 stem pool), one work item = LANES channels of a cell
+// of S x S input pixels. The windows that touch a cell are the same for all its pixels, so each
+// window's winner is found once per cell instead of once per pixel it covers (2.25 times per pixel
+// for 3/2/1); then each pixel adds dy of the windows it won, in ascending window order: the sums of
+// maxpool_bwd, in the same order, so the same bits.
+template <int LANES, int S>
+__device__ void maxpool_bwd_cells(const __half* __restrict__ x, const __half* __restrict__ dy,
+                                  __half* __restrict__ dx, const PoolGeometry& g, int accumulate) {
+    const int groups = g.c / LANES;
+    const int ch = (g.h + S - 1) / S, cw = (g.w + S - 1) / S;
+    const long long items = (long long)g.n * ch * cw * groups;
+    for (long long it = global_thread_index(); it < items; it += grid_stride()) {
+        const int c0 = (int)(it % groups) * LANES;
+        long long cell = it / groups;
+        const int w0 = (int)(cell % cw) * S;  // the cell's first input column and row
+        cell /= cw;
+        const int r0 = (int)(cell % ch) * S;
+        const int b = (int)(cell / ch);
+        const int rows = min(S, g.h - r0), cols = min(S, g.w - w0);
+        float acc[S * S][LANES];
+#pragma unroll
+        for (int p = 0; p < S * S; ++p) {
+            const int ih = r0 + p / S, iw = w0 + p % S;
+            const bool in = p / S < rows && p % S < cols;
+            if (accumulate && in) {
+                load_lanes<LANES>(dx, (((long long)b * g.h + ih) * g.w + iw) * g.c + c0, acc[p]);
+            } else {
+#pragma unroll
+                for (int j = 0; j < LANES; ++j) acc[p][j] = 0.0f;
+            }
+        }
+        // Windows containing a row of the cell: from the first row's lowest to the last row's highest.
+        const int oy0 = max(0, (r0 + g.pad - g.k + g.stride) / g.stride);
+        const int oy1 = min(g.oh - 1, (r0 + rows - 1 + g.pad) / g.stride);
+        const int ox0 = max(0, (w0 + g.pad - g.k + g.stride) / g.stride);
+        const int ox1 = min(g.ow - 1, (w0 + cols - 1 + g.pad) / g.stride);
+        for (int oy = oy0; oy <= oy1; ++oy) {
+            for (int ox = ox0; ox <= ox1; ++ox) {
+                float best[LANES], grad[LANES];
+                int bh[LANES], bw[LANES];
+                window_argmax<LANES>(x, g, b, oy, ox, c0, best, bh, bw);
+                load_lanes<LANES>(dy, (((long long)b * g.oh + oy) * g.ow + ox) * g.c + c0, grad);
+#pragma unroll
+                for (int p = 0; p < S * S; ++p) {
+#pragma unroll
+                    for (int j = 0; j < LANES; ++j) {
+                        if (bh[j] == r0 + p / S && bw[j] == w0 + p % S) acc[p][j] += grad[j];
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < S * S; ++p) {
+            if (p / S >= rows || p % S >= cols) continue;
+            const long long at = (((long long)b * g.h + r0 + p / S) * g.w + w0 + p % S) * g.c + c0;
+            if (LANES == 8) {
+                store8(dx, at / 8, acc[p]);
+            } else {
+                dx[at] = __float2half_rn(acc[p][0]);
+            }
+        }
+    }
+}
+
 // y = maxpool(x); y is (n, oh, ow, c). `vec` (wrapper-checked): c % 8 == 0 and both pointers
 // 16-byte aligned, so each thread handles 8 channels with 16-byte accesses.
 extern "C" __global__ void pool_maxpool_fwd_f16(const __half* __restrict__ x,
@@ -148,7 +212,13 @@ extern "C" __global__ void pool_maxpool_bwd_f16(const __half* __restrict__ x,
                                                 int c, int oh, int ow, int k, int stride, int pad,
                                                 int accumulate, int vec) {
     const PoolGeometry g{n, h, w, c, oh, ow, k, stride, pad};
-    if (vec) {
+    if (stride == 2) {
+        if (vec) {
+            maxpool_bwd_cells<8, 2>(x, dy, dx, g, accumulate);
+        } else {
+            maxpool_bwd_cells<1, 2>(x, dy, dx, g, accumulate);
+        }
+    } else if (vec) {
         maxpool_bwd<8>(x, dy, dx, g, accumulate);
     } else {
         maxpool_bwd<1>(x, dy, dx, g, accumulate);

@@ -285,6 +285,16 @@ static void test_pool(int N, int Hh, int W, int C, int k, int s, int pad) {
         sim_launch(grid1(3), SimDim{64}, 0, [&] { pool_maxpool_bwd_f16(x.data(), dy.data(), dx.data(), N, Hh, W, C, OH, OW, k, s, pad, acc, vec); });
         std::vector<double> want = rdx; if (acc) for (long long i = 0; i < nx; ++i) want[i] += d0f[i];
         snprintf(w, 160, "maxpool bwd %dx%dx%dx%d k%d s%d p%d vec=%d acc=%d", N, Hh, W, C, k, s, pad, vec, acc); check(w, f(dx), want, 1e-3);
+        // The kernel's per-cell form (stride 2) must give the per-pixel form's bits.
+        H dx_any = acc ? d0 : poison(nx);
+        const PoolGeometry g{N, Hh, W, C, OH, OW, k, s, pad};
+        sim_launch(grid1(3), SimDim{64}, 0, [&] {
+            if (vec) maxpool_bwd<8>(x.data(), dy.data(), dx_any.data(), g, acc);
+            else maxpool_bwd<1>(x.data(), dy.data(), dx_any.data(), g, acc);
+        });
+        const bool same = std::memcmp(dx.data(), dx_any.data(), nx * sizeof(__half)) == 0;
+        if (!same) failures++;
+        printf("%-60s %s\n", (std::string(w) + " == per pixel").c_str(), same ? "ok" : "FAIL");
     }
     }
 }
@@ -309,6 +319,9 @@ int main() {
     test_pool(2, 8, 6, 16, 2, 2, 0);
     test_pool(1, 5, 5, 8, 3, 1, 1);
     test_pool(2, 9, 7, 5, 3, 2, 1);
+    test_pool(1, 11, 9, 16, 3, 2, 0);
+    test_pool(2, 7, 8, 8, 1, 2, 0);
+    test_pool(1, 13, 12, 24, 3, 2, 1);
     printf("%d failures\n", failures);
     return failures != 0;
 }
