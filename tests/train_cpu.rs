@@ -57,12 +57,24 @@ fn training_on_phantoms_lowers_loss_and_validation_error() {
     let best_late = mre[3..].iter().cloned().fold(f64::INFINITY, f64::min);
     assert!(best_late < 0.8 * mre[0], "validation MRE should fall: {mre:?}");
     assert!(dir.path().join("ck/checkpoint_best.safetensors").exists());
-    let events = std::fs::read_dir(dir.path().join("logs"))
+    let events: Vec<_> = std::fs::read_dir(dir.path().join("logs"))
         .unwrap()
-        .filter_map(|e| e.ok());
-    assert!(events
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .any(|n| n.starts_with("events.out.tfevents.")));
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("events.out.tfevents."))
+        .collect();
+    assert_eq!(events.len(), 1, "one TensorBoard event file");
+    // Where the time went, per step and per epoch (tags are stored as plain strings).
+    let bytes = std::fs::read(events[0].path()).unwrap();
+    for tag in [
+        "train/loader_wait_ms",
+        "epoch/loader_wait_fraction",
+        "epoch/step_images_per_s",
+    ] {
+        assert!(
+            bytes.windows(tag.len()).any(|w| w == tag.as_bytes()),
+            "{tag} missing from the TensorBoard log"
+        );
+    }
 }
 
 #[test]

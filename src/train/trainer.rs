@@ -161,6 +161,18 @@ fn apply_demo_settings(args: &mut TrainArgs, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What one epoch of training did, and where its time went: blocked on the data loader, or in
+/// the training steps (which on the GPU include waiting for the device).
+struct EpochRun {
+    loss: f64,
+    images: usize,
+    waiting_s: f64,
+    steps_s: f64,
+}
+
+/// The share of an epoch spent waiting for batches above which training is called loader-bound.
+const LOADER_BOUND: f64 = 0.2;
+
 struct Trainer {
     state: TrainState,
     engine: Engine,
@@ -419,7 +431,7 @@ impl Trainer {
             }
             run_epochs += 1;
             let started = Instant::now();
-            let (train_loss, images) = self.train_epoch()?;
+            let epoch_run = self.train_epoch()?;
             if self.stop.load(Ordering::SeqCst) {
                 let path = self.save("checkpoint_last")?;
                 println!(
@@ -434,7 +446,7 @@ impl Trainer {
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
             let report = self.validate()?;
-            self.end_epoch(train_loss, images as f64 / seconds, seconds, report.as_ref())?;
+            self.end_epoch(&epoch_run, seconds, report.as_ref())?;
         }
         println!(
             "done: {} epochs; best validation MRE {}",
@@ -444,8 +456,9 @@ impl Trainer {
         Ok(ExitCode::SUCCESS)
     }
 
-    /// Runs the rest of the current epoch; returns the mean training loss and the images seen.
-    fn train_epoch(&mut self) -> Result<(f64, usize)> {
+    /// Runs the rest of the current epoch: its mean training loss, the images seen and where the
+    /// time went.
+    fn train_epoch(&mut self) -> Result<EpochRun> {
         let epoch = self.state.epoch;
         let total = self.train_loader.batches_per_epoch();
         let bar = ProgressBar::new(total as u64).with_style(
@@ -455,8 +468,15 @@ impl Trainer {
         bar.set_prefix(format!("{}/{}", epoch + 1, self.state.epochs));
         bar.set_position(self.state.batch_in_epoch as u64);
         let (mut loss_sum, mut images) = (0.0, 0usize);
+        let (mut waiting_s, mut steps_s) = (0.0, 0.0);
         let started = Instant::now();
-        for batch in self.train_loader.epoch(epoch).skip(self.state.batch_in_epoch) {
+        let mut batches = self.train_loader.epoch(epoch).skip(self.state.batch_in_epoch);
+        loop {
+            // Time blocked on the loader's workers: zero while they keep ahead of the steps.
+            let wait_started = Instant::now();
+            let Some(batch) = batches.next() else { break };
+            let wait_ms = wait_started.elapsed().as_secs_f64() * 1e3;
+            waiting_s += wait_ms / 1e3;
             let batch = batch?;
             let lr = self.state.schedule.lr_at(self.state.step);
             let step_started = Instant::now();
@@ -483,7 +503,13 @@ impl Trainer {
             loss_sum += loss;
             images += batch.len();
             let step_ms = step_started.elapsed().as_secs_f64() * 1e3;
-            let mut scalars = vec![("train/loss", loss), ("train/lr", lr), ("train/step_ms", step_ms)];
+            steps_s += step_ms / 1e3;
+            let mut scalars = vec![
+                ("train/loss", loss),
+                ("train/lr", lr),
+                ("train/step_ms", step_ms),
+                ("train/loader_wait_ms", wait_ms),
+            ];
             if self.state.step % 10 == 1 {
                 scalars.extend(self.engine.log_scalars());
             }
@@ -501,7 +527,12 @@ impl Trainer {
         }
         bar.finish_and_clear();
         let batches = self.state.batch_in_epoch.max(1);
-        Ok((loss_sum / batches as f64, images))
+        Ok(EpochRun {
+            loss: loss_sum / batches as f64,
+            images,
+            waiting_s,
+            steps_s,
+        })
     }
 
     /// Validation metrics with the current weights, or `None` without a valid split.
@@ -513,19 +544,19 @@ impl Trainer {
         Ok(Some(metrics_of(loader.samples(), &predictions, &self.state.landmarks)))
     }
 
-    fn end_epoch(
-        &mut self,
-        train_loss: f64,
-        images_per_s: f64,
-        seconds: f64,
-        report: Option<&MetricsReport>,
-    ) -> Result<()> {
+    fn end_epoch(&mut self, run: &EpochRun, seconds: f64, report: Option<&MetricsReport>) -> Result<()> {
         let epoch = self.state.epoch;
         let lr = self.state.schedule.lr_at(self.state.step.saturating_sub(1));
         let overall = report.map(|r| r.overall);
+        let train_loss = run.loss;
+        let images_per_s = run.images as f64 / seconds;
+        let waiting = run.waiting_s / seconds.max(1e-9);
         let mut line = format!(
-            "epoch {epoch}/{}: train loss {train_loss:.5}, lr {lr:.3e}, {images_per_s:.1} img/s",
-            self.state.epochs
+            "epoch {epoch}/{}: train loss {train_loss:.5}, lr {lr:.3e}, {images_per_s:.1} img/s (the steps alone {:.1}, \
+             {:.0} % of the epoch waiting for data)",
+            self.state.epochs,
+            run.images as f64 / run.steps_s.max(1e-9),
+            100.0 * waiting
         );
         if let Some(o) = overall {
             line += &format!(
@@ -534,11 +565,20 @@ impl Trainer {
             );
         }
         println!("{line}");
+        if waiting > LOADER_BOUND && run.images > 0 {
+            println!(
+                "  the data loader is the bottleneck: raise --workers (now {}) or train from downscaled copies \
+                 made by `cephalo prepare`",
+                self.train_loader.config().workers
+            );
+        }
 
         let step = self.state.step;
         let mut scalars = vec![
             ("epoch/train_loss", train_loss),
             ("epoch/images_per_s", images_per_s),
+            ("epoch/step_images_per_s", run.images as f64 / run.steps_s.max(1e-9)),
+            ("epoch/loader_wait_fraction", waiting),
             ("epoch/seconds", seconds),
         ];
         if let Some(o) = overall {
