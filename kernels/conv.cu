@@ -411,7 +411,7 @@ __device__ __forceinline__ void conv_igemm(const __half* __restrict__ src, const
         return relu ? fmaxf(t, 0.0f) : t;
     };
     // BN statistics: thread (st_grp, st_col) sums rows st_grp, st_grp + ST_GROUPS, ... of column
-    // st_col of every warp row's tile. The block is uniform in `with_stats`.
+    // st_col of every pass's staged rows. The block is uniform in `with_stats`.
     constexpr int ST_GROUPS = NT / BN;
     static_assert(NT % BN == 0, "whole row groups for the statistics");
     const bool with_stats = !DGRAD && stats != nullptr;
