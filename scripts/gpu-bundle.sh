@@ -58,13 +58,45 @@ strip "$out/cephalo" "$out"/tests/* "$out"/benches/* 2>/dev/null || true
 
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
-# Runs on the GPU machine from the repository root: bash .gpu/run.sh [--bench]
+# Runs on the GPU machine from the repository root:
+#   bash .gpu/run.sh [--bench]     the GPU tests (and the benchmark binaries)
+#   bash .gpu/run.sh --compare     the end-to-end comparison of issue #9 instead: cephalo bench
+#                                  against benches/pytorch_reference.py (AMP eager) for HRNet-W32
+#                                  (768x768 batch 4, training with the op profile, and inference)
+#                                  and ResNet-50 (batch 8); JSON and logs into $OUT (or .gpu/out)
+#   bash .gpu/run.sh --compile     PyTorch with torch.compile on HRNet-W32 (slow to compile: run it
+#                                  in its own device call)
 # A missing GPU fails every GPU test: they are never silently skipped here.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CEPHALO_REPO_ROOT="$(cd "$here/.." && pwd)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$here/cephalo" device || exit 1
+if [[ "${1:-}" == "--compare" || "${1:-}" == "--compile" ]]; then
+  out="${OUT:-$here/out}"
+  mkdir -p "$out"
+  ref="$CEPHALO_REPO_ROOT/benches/pytorch_reference.py"
+  failed=0
+  # Runs one command, its output into $out/<name>.log; a failure is counted, not fatal.
+  run() {
+    local name="$1"; shift
+    echo "== $name: $*"
+    if "$@" >"$out/$name.log" 2>&1; then tail -n 4 "$out/$name.log"; else failed=$((failed + 1)); tail -n 20 "$out/$name.log"; fi
+  }
+  if [[ "$1" == "--compile" ]]; then
+    run torch-compile-hrnet timeout 540 python3 "$ref" --model hrnet-w32 --expect-params 29550173 --compile --warmup 10 --steps 30
+  else
+    run cephalo-hrnet-train "$here/cephalo" bench --model hrnet-w32 --image-size 768 768 --batch-size 4 --profile-ops --json "$out/cephalo-hrnet-train.json"
+    run cephalo-hrnet-infer "$here/cephalo" bench --model hrnet-w32 --mode infer --profile-ops --json "$out/cephalo-hrnet-infer.json"
+    run cephalo-resnet50-b8 "$here/cephalo" bench --model resnet50 --batch-size 8 --profile-ops --json "$out/cephalo-resnet50-b8.json"
+    run torch-hrnet-train python3 "$ref" --model hrnet-w32 --expect-params 29550173
+    run torch-hrnet-infer python3 "$ref" --model hrnet-w32 --expect-params 29550173 --mode infer
+    run torch-resnet50-b8 python3 "$ref" --model resnet50 --batch-size 8 --expect-params 33996509 --steps 30
+  fi
+  echo "comparison runs: $failed failed; outputs in $out"
+  [[ $failed == 0 ]]
+  exit
+fi
 failed=0; passed=0; summary=""
 for t in "$here"/tests/*; do
   name="$(basename "$t")"
