@@ -439,6 +439,13 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
         &GpuShape::of(gpu),
         tile,
     )?;
+    // The statistics workspace is sized for row tiles of MIN_TILE_ROWS (every tile has at least
+    // that many; a unit test checks the tables).
+    ensure!(
+        g.stats == 0 || lp.tile.bm >= MIN_TILE_ROWS,
+        "conv: tile {} has fewer rows than the statistics workspace allows for",
+        lp.tile.label()
+    );
     // The kernel indexes rows, one image's pixels and K in 32-bit ints; elements in 64-bit.
     as_i32("conv GEMM rows", m)?;
     as_i32("conv K", g.p.kh * g.p.kw * g.ss.c + 64)?;
@@ -676,11 +683,6 @@ pub fn conv2d_fwd_bn_stats(
     };
     let plan = fwd_gemm(WHAT, gpu, x, xs, w, p, &epilogue, y, false, workspace.ptr(), None)?
         .expect("a non-empty output launches");
-    ensure!(
-        plan.tile.bm >= MIN_TILE_ROWS,
-        "{WHAT}: tile {} has fewer rows than the workspace allows for",
-        plan.tile.label()
-    );
     let chunks = ys.pixels().div_ceil(plan.tile.bm);
     finalize_stats(gpu, workspace.ptr(), ys.pixels(), ys.c, chunks, bp, &mut targets)
 }
