@@ -303,7 +303,7 @@ impl Graph {
     /// written, and the join's backward happens inside the batch norm's. Parameters are shared
     /// unchanged; node ids change.
     pub fn fuse_for_training(&self) -> Graph {
-        self.clone().fuse_into_joins(|producer| match producer.op {
+        self.fuse_into_joins(|producer| match producer.op {
             Op::BatchNorm { bn, relu: false } => Some(Op::BatchNormAddRelu { bn }),
             _ => None,
         })
@@ -313,7 +313,7 @@ impl Graph {
     /// the join reads, becomes that op with inputs (the producer's input, the join's other input).
     /// The fused node takes the join's place in the order (where both its inputs exist) and the
     /// producer's is dropped.
-    fn fuse_into_joins(self, absorb: impl Fn(&Node) -> Option<Op>) -> Graph {
+    fn fuse_into_joins(&self, absorb: impl Fn(&Node) -> Option<Op>) -> Graph {
         let readers = self.reader_counts();
         let fused = |t: TensorId| {
             if readers[t.0] == 1 && t != self.output && self.nodes[t.0].inputs.len() == 1 {
@@ -322,39 +322,42 @@ impl Graph {
                 None
             }
         };
-        // For each join: (the fused op, the producer it absorbs, the residual).
-        let mut join: Vec<Option<(Op, TensorId, TensorId)>> = vec![None; self.nodes.len()];
+        let mut replaced: Vec<Option<Node>> = vec![None; self.nodes.len()];
         let mut absorbed = vec![false; self.nodes.len()];
         for (k, node) in self.nodes.iter().enumerate() {
-            if let (Op::AddRelu, [a, b]) = (&node.op, node.inputs.as_slice()) {
-                // A producer reading the residual itself stays apart: the fused backward would
-                // write both gradients of that one tensor in the wrong order.
-                let own_input =
-                    |producer: &TensorId, residual: &TensorId| self.nodes[producer.0].inputs[0] == *residual;
-                let pick = match (fused(*a), fused(*b)) {
-                    (Some(op), _) if !own_input(a, b) => Some((op, *a, *b)),
-                    (_, Some(op)) if !own_input(b, a) => Some((op, *b, *a)),
-                    _ => None,
-                };
-                if let Some((_, producer, _)) = &pick {
-                    absorbed[producer.0] = true;
-                }
-                join[k] = pick;
-            }
+            let (Op::AddRelu, [a, b]) = (&node.op, node.inputs.as_slice()) else {
+                continue;
+            };
+            // A producer reading the residual itself stays apart: the fused backward would write
+            // both gradients of that one tensor in the wrong order.
+            let own_input = |producer: &TensorId, residual: &TensorId| self.nodes[producer.0].inputs[0] == *residual;
+            let (op, producer, residual) = match (fused(*a), fused(*b)) {
+                (Some(op), _) if !own_input(a, b) => (op, *a, *b),
+                (_, Some(op)) if !own_input(b, a) => (op, *b, *a),
+                _ => continue,
+            };
+            absorbed[producer.0] = true;
+            let p = &self.nodes[producer.0];
+            replaced[k] = Some(Node {
+                name: fused_name(&p.name, &node.name),
+                op,
+                inputs: vec![p.inputs[0], residual],
+                shape: node.shape,
+            });
         }
+        self.rebuilt(&absorbed, replaced)
+    }
+
+    /// This graph without the `dropped` nodes and with `replaced[k]` (inputs in this graph's ids)
+    /// in place of node k, ids renumbered. A kept node must read kept nodes only.
+    fn rebuilt(&self, dropped: &[bool], replaced: Vec<Option<Node>>) -> Graph {
         let mut new_id: Vec<Option<TensorId>> = vec![None; self.nodes.len()];
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
-        for (k, node) in self.nodes.iter().enumerate() {
-            if absorbed[k] {
+        for (k, (node, replacement)) in self.nodes.iter().zip(replaced).enumerate() {
+            if dropped[k] {
                 continue;
             }
-            let mut out = node.clone();
-            if let Some((op, producer, residual)) = &join[k] {
-                let p = &self.nodes[producer.0];
-                out.op = op.clone();
-                out.inputs = vec![p.inputs[0], *residual];
-                out.name = format!("{}+{}", p.name, node.name.rsplit('.').next().unwrap_or_default());
-            }
+            let mut out = replacement.unwrap_or_else(|| node.clone());
             out.inputs = out
                 .inputs
                 .iter()
@@ -365,7 +368,7 @@ impl Graph {
         }
         Graph {
             nodes,
-            params: self.params,
+            params: self.params.clone(),
             input: new_id[self.input.0].expect("input kept"),
             output: new_id[self.output.0].expect("output kept"),
         }
@@ -374,60 +377,50 @@ impl Graph {
     /// Every convolution whose only reader is a batch norm, fused with it.
     fn fuse_conv_bn(&self) -> Graph {
         let readers = self.reader_counts();
-        let mut new_id: Vec<Option<TensorId>> = vec![None; self.nodes.len()];
-        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
-        for (i, node) in self.nodes.iter().enumerate() {
-            let mut out = node.clone();
-            if let Op::BatchNorm { bn, relu } = node.op {
+        let mut dropped = vec![false; self.nodes.len()];
+        let replaced = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let Op::BatchNorm { bn, relu } = node.op else {
+                    return None;
+                };
                 let src = node.inputs[0];
-                if let Op::Conv { p, w, bias } = self.nodes[src.0].op {
-                    if readers[src.0] == 1 && src != self.output {
-                        // The conv was skipped below; the fused node reads the conv's input.
-                        let conv = &self.nodes[src.0];
-                        out.op = Op::ConvBnEval {
-                            p,
-                            w,
-                            bias,
-                            bn,
-                            relu,
-                            residual: false,
-                        };
-                        out.inputs = conv.inputs.clone();
-                        out.name = format!("{}+{}", conv.name, node.name.rsplit('.').next().unwrap_or_default());
-                    }
+                let conv = &self.nodes[src.0];
+                let Op::Conv { p, w, bias } = conv.op else { return None };
+                if readers[src.0] != 1 || src == self.output {
+                    return None;
                 }
-            }
-            if let Op::Conv { .. } = node.op {
-                let only_reader_is_bn = readers[i] == 1
-                    && TensorId(i) != self.output
-                    && self
-                        .nodes
-                        .iter()
-                        .any(|n| n.inputs == [TensorId(i)] && matches!(n.op, Op::BatchNorm { .. }));
-                if only_reader_is_bn {
-                    continue;
-                }
-            }
-            out.inputs = out
-                .inputs
-                .iter()
-                .map(|t| new_id[t.0].expect("inputs come first"))
-                .collect();
-            nodes.push(out);
-            new_id[i] = Some(TensorId(nodes.len() - 1));
-        }
-        Graph {
-            nodes,
-            params: self.params.clone(),
-            input: new_id[self.input.0].expect("input kept"),
-            output: new_id[self.output.0].expect("output kept"),
-        }
+                // The conv is dropped; the fused node reads the conv's input.
+                dropped[src.0] = true;
+                Some(Node {
+                    name: fused_name(&conv.name, &node.name),
+                    op: Op::ConvBnEval {
+                        p,
+                        w,
+                        bias,
+                        bn,
+                        relu,
+                        residual: false,
+                    },
+                    inputs: conv.inputs.clone(),
+                    shape: node.shape,
+                })
+            })
+            .collect();
+        self.rebuilt(&dropped, replaced)
     }
 
     /// Looks a parameter up by name.
     pub fn param_id(&self, name: &str) -> Option<ParamId> {
         self.params.iter().position(|p| p.name == name).map(ParamId)
     }
+}
+
+/// The name of a fused node: the producer's, then the last component of the absorbing node's
+/// (`stage2.b0.block0.conv2` + `...bn2` -> `stage2.b0.block0.conv2+bn2`).
+fn fused_name(producer: &str, absorbing: &str) -> String {
+    format!("{producer}+{}", absorbing.rsplit('.').next().unwrap_or_default())
 }
 
 /// Builds a [`Graph`]. Layer names are scoped: `b.scope("stage2", |b| b.conv("conv1", ..))`
