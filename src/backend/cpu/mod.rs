@@ -211,6 +211,18 @@ impl<T: Real> CpuBackend<T> {
         let (mut rs, mut ws) = split(&mut self.arena, &[r], &[w]);
         (rs.remove(0), ws.remove(0))
     }
+
+    /// The batch statistics of `x` into `saved` and the BN's running-statistics update: the
+    /// statistics half of every training-mode batch norm (or of the convolution before it).
+    fn batch_stats(&mut self, x: View, bn: &BnRefs, saved: View) {
+        let (reads, mut writes) = split(&mut self.arena, &[x], &[saved]);
+        // The running statistics are taken out and put back to borrow them mutably together.
+        let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
+        let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
+        batchnorm::bn_batch_stats(reads[0], x.shape, bn.params, writes[0], &mut rm, &mut rv);
+        self.params[bn.running_mean.0] = rm;
+        self.params[bn.running_var.0] = rv;
+    }
 }
 
 impl<T: Real> Backend for CpuBackend<T> {
@@ -304,12 +316,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         saved: View,
     ) {
         self.conv2d_fwd(x, w, bias, p, y);
-        let (reads, mut writes) = split(&mut self.arena, &[y], &[saved]);
-        let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
-        let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
-        batchnorm::bn_batch_stats(reads[0], y.shape, bn.params, writes[0], &mut rm, &mut rv);
-        self.params[bn.running_mean.0] = rm;
-        self.params[bn.running_var.0] = rv;
+        self.batch_stats(y, bn, saved);
     }
 
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
@@ -341,25 +348,9 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn batchnorm_fwd_train(&mut self, x: View, bn: &BnRefs, relu: bool, y: View, saved: View) {
-        let (reads, mut writes) = split(&mut self.arena, &[x], &[y, saved]);
-        let (ya, sa) = writes.split_at_mut(1);
-        // The running statistics are taken out and put back to borrow them mutably beside gamma.
-        let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
-        let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
-        batchnorm::bn_fwd_train(
-            reads[0],
-            x.shape,
-            &self.params[bn.gamma.0],
-            &self.params[bn.beta.0],
-            bn.params,
-            relu,
-            ya[0],
-            sa[0],
-            &mut rm,
-            &mut rv,
-        );
-        self.params[bn.running_mean.0] = rm;
-        self.params[bn.running_var.0] = rv;
+        // bn_fwd_train's two halves: the statistics, then the normalisation with them.
+        self.batch_stats(x, bn, saved);
+        self.batchnorm_apply_saved(x, bn, relu, saved, y);
     }
 
     fn batchnorm_fwd_eval(&mut self, x: View, bn: &BnRefs, relu: bool, y: View) {
@@ -415,34 +406,13 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn: &BnRefs, residual: View, y: View, saved: View) {
-        // The unfused pair through a temporary: on the CPU the BN output is f32 either way, so
-        // the result is the pair's to the bit.
-        let mut t = vec![T::ZERO; x.shape.len()];
-        {
-            let (reads, mut writes) = split(&mut self.arena, &[x], &[saved]);
-            let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
-            let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
-            batchnorm::bn_fwd_train(
-                reads[0],
-                x.shape,
-                &self.params[bn.gamma.0],
-                &self.params[bn.beta.0],
-                bn.params,
-                false,
-                &mut t,
-                writes[0],
-                &mut rm,
-                &mut rv,
-            );
-            self.params[bn.running_mean.0] = rm;
-            self.params[bn.running_var.0] = rv;
-        }
-        let (r, mut w) = split(&mut self.arena, &[residual], &[y]);
-        elementwise::add_relu_fwd(&t, r[0], w[0]);
-        let _ = &mut w;
+        self.batch_stats(x, bn, saved);
+        self.batchnorm_add_relu_apply_saved(x, bn, residual, saved, y);
     }
 
     fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn: &BnRefs, residual: View, saved: View, y: View) {
+        // The unfused pair through a temporary: on the CPU the BN output is f32 either way, so
+        // the result is the pair's to the bit.
         let mut t = vec![T::ZERO; x.shape.len()];
         let (r, mut w) = split(&mut self.arena, &[x, saved, residual], &[y]);
         let p = &self.params;
