@@ -46,7 +46,8 @@ fn ms_since(t: Instant) -> f64 {
 }
 
 /// Fastest milliseconds of each stage over `n` samples, one thread: decode, letterbox warp
-/// alone, augmented warp + photometric, heatmaps.
+/// alone, augmented warp + photometric, heatmaps (drawn by the training engine since the loader
+/// hands over landmarks only: on the CPU by this encoder, on the GPU by `heatmap_encode_f32`).
 fn stages(samples: &[Sample], n: usize) -> [f64; 4] {
     let mut times: [Vec<f64>; 4] = Default::default();
     let cfg = AugmentConfig::default();

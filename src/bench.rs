@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::backend::{Backend, CudaBackend};
 use crate::data::geometry::Affine;
+use crate::data::heatmap::heatmap_to_image;
 use crate::data::loader::Batch;
 use crate::device::{Device, DeviceArg};
 use crate::gpu::memory::human_bytes;
@@ -227,33 +228,27 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Random images in the normalised range and training's own targets (`data::heatmap::encode`,
-/// sigma 2) around random landmarks: the loss then behaves as in training, most pixels near 0.
+/// Random images in the normalised range and random landmarks, from which the engine draws
+/// training's own targets (sigma 2, as `cephalo train` by default): the loss then behaves as in
+/// training, most pixels near 0.
 fn synthetic_batch(graph: &crate::graph::Graph, rng: &mut ChaCha8Rng) -> Batch {
     let input = graph.input_shape();
     let out = graph.output_shape();
     let images: Vec<f32> = (0..input.len()).map(|_| rng.random_range(-2.0..2.0)).collect();
-    let points: Vec<Vec<[f64; 2]>> = (0..out.n)
-        .map(|_| {
-            (0..out.c)
-                .map(|_| [rng.random_range(0.0..out.w as f64), rng.random_range(0.0..out.h as f64)])
-                .collect()
-        })
+    let heatmap_points: Vec<[f64; 2]> = (0..out.n * out.c)
+        .map(|_| [rng.random_range(0.0..out.w as f64), rng.random_range(0.0..out.h as f64)])
         .collect();
-    let per_image = out.h * out.w * out.c;
-    let mut heatmaps = vec![0.0f32; out.len()];
-    for (maps, pts) in heatmaps.chunks_exact_mut(per_image).zip(&points) {
-        crate::data::heatmap::encode_into(maps, pts, out.h, out.w, 2.0);
-    }
-    // The batch records landmarks in network pixels; the heatmaps are `stride` times smaller.
-    let stride = (input.h / out.h) as f64;
-    let points = points
-        .iter()
-        .map(|pts| pts.iter().map(|&[x, y]| [x * stride, y * stride]).collect())
+    // The batch also records the landmarks in network pixels.
+    let stride = input.h / out.h;
+    let points = heatmap_points
+        .chunks(out.c)
+        .map(|pts| pts.iter().map(|&p| heatmap_to_image(p, stride)).collect())
         .collect();
     Batch {
         images,
-        heatmaps,
+        heatmap_points,
+        heatmap_size: [out.h, out.w],
+        sigma: 2.0,
         points,
         affines: vec![Affine::IDENTITY; input.n],
         indices: (0..input.n).collect(),

@@ -86,3 +86,32 @@ fn data_heatmap_dark_at_border_returns_argmax() {
     let d = decode_dark(&hm, h, w, 1, 2.0);
     assert_eq!(d[0].point, [0.0, 9.0]);
 }
+
+/// The batch form both engines use (`backend::cpu::heatmap::encode`, the GPU kernel's twin): every
+/// element written over whatever the buffer held, each image its own `encode` of its landmarks, a
+/// missing landmark an all-zero channel.
+#[test]
+fn data_heatmap_batch_encode_is_per_image_encode() {
+    use cephalo::backend::cpu::heatmap;
+    use cephalo::backend::cpu::loss::HeatmapShape;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let shape = HeatmapShape {
+        n: 3,
+        h: 17,
+        w: 13,
+        k: 4,
+    };
+    let mut points: Vec<[f64; 2]> = (0..shape.n * shape.k)
+        .map(|_| [rng.random_range(-3.0..16.0), rng.random_range(-3.0..20.0)])
+        .collect();
+    points[5] = [f64::NAN, 4.0];
+    let mut out = vec![f32::NAN; shape.len()];
+    heatmap::encode(&points, shape, 1.5, &mut out);
+    let per_image = shape.h * shape.w * shape.k;
+    for (i, maps) in out.chunks(per_image).enumerate() {
+        let want = encode(&points[i * shape.k..(i + 1) * shape.k], shape.h, shape.w, 1.5);
+        assert_eq!(maps, &want[..], "image {i}");
+    }
+    assert!((0..shape.h * shape.w).all(|p| out[per_image + p * shape.k + 1] == 0.0));
+    assert!(out.iter().filter(|&&v| v > 0.5).count() >= 3, "few Gaussians drawn");
+}

@@ -72,7 +72,8 @@ fn data_loader_batches_are_exact() {
     let k = 19;
     assert_eq!(batches[2].indices, vec![6, 7]);
     assert_eq!(batches[2].images.len(), 2 * h * w);
-    assert_eq!(batches[2].heatmaps.len(), 2 * hh * hw * k);
+    assert_eq!(batches[2].heatmap_points.len(), 2 * k);
+    assert_eq!(batches[2].target_shape().len(), 2 * hh * hw * k);
     let mut checked = 0;
     for (slot, b) in batches.iter().flat_map(|b| (0..b.len()).map(move |slot| (slot, b))) {
         let index = b.indices[slot];
@@ -86,7 +87,8 @@ fn data_loader_batches_are_exact() {
             assert!((g - (w - IMAGE_MEAN) / IMAGE_STD).abs() < 1e-6);
         }
         // Points, maps back to the original, and heatmaps whose peaks decode to the points.
-        let hm = &b.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
+        let targets = b.encode_targets();
+        let hm = &targets[slot * hh * hw * k..(slot + 1) * hh * hw * k];
         let peaks = decode_dark(hm, hh, hw, k, cfg.sigma);
         for (j, p) in b.points[slot].iter().enumerate() {
             let back = b.affines[slot].apply(*p);
@@ -175,8 +177,9 @@ fn data_loader_real_isbi_round_trip() {
     // One heatmap pixel is 4 network pixels = 4 * 2400 / 256 = 37.5 original pixels here.
     let tolerance = 0.05 * 4.0 * 2400.0 / 256.0;
     let mut worst: f64 = 0.0;
+    let targets = batch.encode_targets();
     for (slot, sample) in samples.iter().enumerate() {
-        let hm = &batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
+        let hm = &targets[slot * hh * hw * k..(slot + 1) * hh * hw * k];
         let peaks = decode_dark(hm, hh, hw, k, cfg.sigma);
         for (j, peak) in peaks.iter().enumerate() {
             let original = batch.affines[slot].apply(heatmap_to_image(peak.point, cfg.stride));

@@ -18,9 +18,10 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::{transform_sample, AugmentConfig};
 use super::geometry::{Affine, ImageSize};
-use super::heatmap::{encode_into, image_to_heatmap};
+use super::heatmap::image_to_heatmap;
 use super::image_io::load_gray;
 use super::Sample;
+use crate::backend::cpu::loss::HeatmapShape;
 
 /// Network input = (pixel / 255 - IMAGE_MEAN) / IMAGE_STD: fixed constants (not dataset
 /// statistics) so a checkpoint means the same thing on every dataset; they map [0, 1] to
@@ -96,8 +97,15 @@ impl LoaderConfig {
 pub struct Batch {
     /// `n * H * W * 1` floats, NHWC, normalised with [`IMAGE_MEAN`] and [`IMAGE_STD`].
     pub images: Vec<f32>,
-    /// `n * (H / stride) * (W / stride) * K` floats, NHWC, landmark last.
-    pub heatmaps: Vec<f32>,
+    /// Per sample and landmark, image-major (`n * K` pairs): the landmark in heatmap pixels, the
+    /// centre of its target Gaussian. The engines draw the targets themselves with
+    /// `backend::{cpu,cuda}::heatmap::encode` ([`Batch::target_shape`], [`Batch::sigma`]), so a
+    /// batch carries no `n * h * w * K` target floats and the GPU step uploads only these.
+    pub heatmap_points: Vec<[f64; 2]>,
+    /// Target heatmap rows and columns: the network input over the stride.
+    pub heatmap_size: [usize; 2],
+    /// Target Gaussian sigma in heatmap pixels.
+    pub sigma: f64,
     /// Per sample, its landmarks in network pixels.
     pub points: Vec<Vec<[f64; 2]>>,
     /// Per sample, the map network pixels -> original pixels.
@@ -113,6 +121,25 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
+    }
+
+    /// The shape of this batch's target heatmaps: `len()` images of `K` channels.
+    pub fn target_shape(&self) -> HeatmapShape {
+        let n = self.len();
+        HeatmapShape {
+            n,
+            h: self.heatmap_size[0],
+            w: self.heatmap_size[1],
+            k: self.heatmap_points.len().checked_div(n).unwrap_or(0),
+        }
+    }
+
+    /// The target heatmaps drawn on the CPU (`target_shape().len()` floats, NHWC, landmark last).
+    pub fn encode_targets(&self) -> Vec<f32> {
+        let shape = self.target_shape();
+        let mut out = vec![0.0; shape.len()];
+        crate::backend::cpu::heatmap::encode(&self.heatmap_points, shape, self.sigma, &mut out);
+        out
     }
 }
 
@@ -277,7 +304,9 @@ impl Shared {
         let (k, n) = (self.landmarks, indices.len());
         let mut batch = Batch {
             images: vec![0.0; n * height * width],
-            heatmaps: vec![0.0; n * hh * hw * k],
+            heatmap_points: Vec::with_capacity(n * k),
+            heatmap_size: [hh, hw],
+            sigma: cfg.sigma,
             points: Vec::with_capacity(n),
             affines: Vec::with_capacity(n),
             indices,
@@ -294,9 +323,9 @@ impl Shared {
             );
             let dst = &mut batch.images[slot * height * width..(slot + 1) * height * width];
             normalize_into(dst, &t.image.data);
-            let hm_points: Vec<[f64; 2]> = t.points.iter().map(|&p| image_to_heatmap(p, cfg.stride)).collect();
-            let dst = &mut batch.heatmaps[slot * hh * hw * k..(slot + 1) * hh * hw * k];
-            encode_into(dst, &hm_points, hh, hw, cfg.sigma);
+            batch
+                .heatmap_points
+                .extend(t.points.iter().map(|&p| image_to_heatmap(p, cfg.stride)));
             batch.points.push(t.points);
             batch.affines.push(t.original_to_net.inverse());
         }

@@ -1,7 +1,8 @@
 //! The GPU training step: fp16 activations and weight copies, fp32 master weights, moments,
 //! gradients and loss, with dynamic loss scaling (REFERENCE §5).
 //!
-//! One step queues, without waiting: the input upload, forward, the fused loss-and-gradient kernel
+//! One step queues, without waiting: the upload of the input images and of the landmarks (the
+//! target heatmaps are drawn from them on the GPU), forward, the fused loss-and-gradient kernel
 //! (its gradient multiplied by the loss scale before the fp16 cast), backward, and one unscale +
 //! finite check over the whole contiguous gradient region. Then it waits once, for the flag: if
 //! any gradient is inf/NaN the step is skipped (weights, moments and t untouched) and the scale
@@ -13,7 +14,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::backend::cpu::loss::HeatmapShape;
 use crate::backend::cpu::optim::AdamWParams;
-use crate::backend::cuda::{loss as gpu_loss, optim as gpu_optim};
+use crate::backend::cuda::{heatmap as gpu_heatmap, loss as gpu_loss, optim as gpu_optim};
 use crate::backend::{Backend, CudaBackend, ParamId};
 use crate::checkpoint::{Checkpoint, Meta};
 use crate::data::loader::{Batch, Loader};
@@ -32,8 +33,11 @@ pub struct CudaEngine {
     exec: Executor<CudaBackend>,
     eval: Executor<CudaBackend>,
     trainable: Vec<(ParamId, bool)>,
+    /// The step's target heatmaps, drawn on the GPU from `target_points`.
     targets: DeviceBuffer<f32>,
-    target_staging: Staging<f32>,
+    /// The batch's landmarks in heatmap pixels, `2 * n * k` doubles, and their page-locked staging.
+    target_points: DeviceBuffer<f64>,
+    point_staging: Staging<f64>,
     channel_weights: Option<DeviceBuffer<f32>>,
     loss_workspace: DeviceBuffer<f64>,
     loss_value: DeviceBuffer<f64>,
@@ -151,7 +155,8 @@ impl CudaEngine {
         let channel_weights = Some(DeviceBuffer::from_host(&gpu, &loss.channel_weights)?);
         Ok(Self {
             targets: DeviceBuffer::zeros(&gpu, shape.len())?,
-            target_staging: Staging::new(&gpu)?,
+            target_points: DeviceBuffer::zeros(&gpu, 2 * shape.n * shape.k)?,
+            point_staging: Staging::new(&gpu)?,
             channel_weights,
             loss_workspace: DeviceBuffer::zeros(&gpu, gpu_loss::loss_workspace_len(shape))?,
             loss_value: DeviceBuffer::zeros(&gpu, 1)?,
@@ -186,14 +191,26 @@ impl CudaEngine {
             let _r = nvtx::range("upload");
             let input = self.exec.input_view();
             self.exec.backend_mut().write(input, &batch.images);
-            let (dst, len) = (self.targets.slice().ptr(), self.targets.len());
             ensure!(
-                batch.heatmaps.len() == len,
-                "target heatmaps: {} values for {len}",
-                batch.heatmaps.len()
+                batch.target_shape() == self.shape,
+                "the batch's targets are {:?}, the network predicts {:?}",
+                batch.target_shape(),
+                self.shape
             );
-            self.target_staging
-                .upload(&self.gpu, dst, len, |t| t.copy_from_slice(&batch.heatmaps))?;
+            let coords: &[f64] = bytemuck::cast_slice(&batch.heatmap_points);
+            let (dst, len) = (self.target_points.slice().ptr(), self.target_points.len());
+            self.point_staging
+                .upload(&self.gpu, dst, len, |t| t.copy_from_slice(coords))?;
+        }
+        {
+            let _r = nvtx::range("targets");
+            gpu_heatmap::encode(
+                &self.gpu,
+                self.target_points.slice(),
+                self.shape,
+                batch.sigma,
+                self.targets.slice_mut(),
+            )?;
         }
         {
             let _r = nvtx::range("forward");

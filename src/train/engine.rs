@@ -1,8 +1,9 @@
 //! Where a training step runs: the CPU in f32, or the GPU in fp16 with fp32 master weights and
 //! dynamic loss scaling. The trainer's loop, schedule, validation cadence, logs and checkpoints
 //! are the same for both; only the step and where parameters live differ.
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
+use crate::backend::cpu::heatmap;
 use crate::backend::cpu::loss::HeatmapShape;
 use crate::backend::cpu::optim::{adamw_step, AdamWParams};
 use crate::backend::{Backend, CpuBackend, ParamId};
@@ -170,6 +171,8 @@ pub struct CpuEngine {
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     grad: Vec<f32>,
+    /// The step's target heatmaps, drawn from the batch's landmarks.
+    targets: Vec<f32>,
 }
 
 impl CpuEngine {
@@ -194,6 +197,7 @@ impl CpuEngine {
             .collect();
         let v = m.clone();
         let grad = vec![0.0; exec.graph().output_shape().len()];
+        let targets = grad.clone();
         Self {
             exec,
             eval,
@@ -201,6 +205,7 @@ impl CpuEngine {
             m,
             v,
             grad,
+            targets,
         }
     }
 
@@ -212,11 +217,17 @@ impl CpuEngine {
             w: out.w,
             k: out.c,
         };
+        ensure!(
+            batch.target_shape() == shape,
+            "the batch's targets are {:?}, the network predicts {shape:?}",
+            batch.target_shape()
+        );
+        heatmap::encode(&batch.heatmap_points, shape, batch.sigma, &mut self.targets);
         let input = self.exec.input_view();
         self.exec.backend_mut().write(input, &batch.images);
         self.exec.forward();
         let pred = self.exec.backend().read(self.exec.output_view());
-        let loss = loss_fn.fwd_bwd_cpu(&pred, &batch.heatmaps, shape, 1.0, &mut self.grad);
+        let loss = loss_fn.fwd_bwd_cpu(&pred, &self.targets, shape, 1.0, &mut self.grad);
         if !loss.is_finite() {
             bail!(
                 "step {}: the loss is {loss} (non-finite); the network output is {}.",

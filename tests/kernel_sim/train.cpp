@@ -1,6 +1,6 @@
-// Runs kernels/loss.cu and kernels/optim.cu under cuda_sim.h against naive double-precision
-// references written from REFERENCE §4/§5 (not from the kernels or the CPU twins), launched with
-// the grids the Rust wrappers (src/backend/cuda/{loss,optim}.rs) use and with other grids, so that
+// Runs kernels/loss.cu, kernels/optim.cu and kernels/heatmap.cu under cuda_sim.h against naive double-precision
+// references written from REFERENCE §3/§4/§5 (not from the kernels or the CPU twins), launched with
+// the grids the Rust wrappers (src/backend/cuda/{loss,optim,heatmap}.rs) use and with other grids, so that
 // the grid-stride loops and the per-block partials are exercised. Built and run by run.sh.
 //
 // The two files each define a `block_sum` helper, so each is included in its own namespace (their
@@ -12,6 +12,9 @@ namespace loss_cu {
 }
 namespace optim_cu {
 #include "k/optim.cu"
+}
+namespace heatmap_cu {
+#include "k/heatmap.cu"
 }
 #include <cstdio>
 #include <random>
@@ -206,6 +209,31 @@ static void test_adamw(long long n, bool decay, bool half) {
     report(s, copy_ok, 0);
 }
 
+// ---------- target heatmaps ----------
+// REFERENCE §3: exp(-d^2 / (2 sigma^2)) within 3 sigma of the landmark, 0 beyond and for a missing
+// one; every element written (the output starts as NaN).
+static void test_heatmap(int N, int Hh, int W, int K, double sigma, unsigned grid) {
+    std::vector<double> pts(2 * N * K);
+    for (int i = 0; i < N * K; ++i) {
+        const int kind = i % 5;
+        pts[2 * i] = kind == 0 ? NAN : uni(-8, W + 8);
+        pts[2 * i + 1] = kind == 1 ? (double)(i % Hh) : uni(-8, Hh + 8);
+    }
+    const long long n = (long long)N * Hh * W * K;
+    std::vector<float> out(n, NAN);
+    std::vector<double> want(n);
+    for (long long i = 0; i < n; ++i) {
+        const int c = i % K, x = (i / K) % W, y = (i / K / W) % Hh, img = i / K / W / Hh;
+        const double px = pts[2 * (img * K + c)], py = pts[2 * (img * K + c) + 1];
+        const double d2 = (x - px) * (x - px) + (y - py) * (y - py);
+        want[i] = std::isfinite(px) && std::isfinite(py) && d2 <= 9 * sigma * sigma ? std::exp(-d2 / (2 * sigma * sigma)) : 0;
+    }
+    sim_launch(SimDim{grid}, SimDim{256}, 0, [&] { heatmap_cu::heatmap_encode_f32(pts.data(), N, Hh, W, K, sigma, out.data()); });
+    char w[160];
+    snprintf(w, 160, "heatmap_encode %dx%dx%dx%d sigma %.2f grid %u", N, Hh, W, K, sigma, grid);
+    check(w, out, want, 1e-6);
+}
+
 int main() {
     for (bool awing : {true, false}) for (bool map : {false, true}) {
         // Scales that keep |grad| inside fp16's range (weights up to 39, AWing slopes up to ~26, over
@@ -217,6 +245,9 @@ int main() {
     for (long long n : {1LL, 1000LL, 5003LL}) test_unscale(n);
     for (long long n : {1LL, 1000LL, 5003LL}) test_norm(n);
     for (long long n : {1LL, 1000LL}) for (bool decay : {false, true}) for (bool half : {false, true}) test_adamw(n, decay, half);
+    test_heatmap(1, 7, 9, 5, 1.0, 1);
+    test_heatmap(2, 13, 11, 3, 2.0, 3);
+    test_heatmap(3, 17, 9, 4, 0.8, 2);
     printf("%d failures\n", failures);
     return failures != 0;
 }

@@ -12,6 +12,7 @@ pub mod batchnorm;
 pub mod concat;
 pub mod conv;
 pub mod elementwise;
+pub mod heatmap;
 pub mod loss;
 pub mod optim;
 pub mod pool;

@@ -7,6 +7,7 @@ pub mod concat;
 pub mod conv;
 pub mod conv_wgrad;
 pub mod elementwise;
+pub mod heatmap;
 pub mod loss;
 pub mod optim;
 pub mod pool;
@@ -94,9 +95,11 @@ mod tests {
     }
 
     #[test]
-    fn loss_and_optim_launches_push_every_kernel_parameter() {
+    fn loss_optim_and_heatmap_launches_push_every_kernel_parameter() {
         let loss = assert_launch_arities(include_str!("loss.rs"), include_str!("../../../kernels/loss.cu"));
         let optim = assert_launch_arities(include_str!("optim.rs"), include_str!("../../../kernels/optim.cu"));
+        let heatmap = assert_launch_arities(include_str!("heatmap.rs"), include_str!("../../../kernels/heatmap.cu"));
+        assert_eq!(heatmap, 1);
         assert_eq!((loss, optim), (3, 5));
     }
 
@@ -124,6 +127,7 @@ mod tests {
             include_str!("conv.rs"),
             include_str!("conv_wgrad.rs"),
             include_str!("elementwise.rs"),
+            include_str!("heatmap.rs"),
             include_str!("loss.rs"),
             include_str!("optim.rs"),
             include_str!("pool.rs"),
