@@ -81,6 +81,28 @@ extern "C" __global__ void optim_sum_partials_f64(const double* __restrict__ par
     if (threadIdx.x == 0) out[0] += all;
 }
 
+// The AdamW update of one element: master/m/v/half_copy at `wi`, the gradient at `gi`. Both AdamW
+// kernels run exactly this, so they agree to the bit.
+__device__ __forceinline__ void adamw_element(float* __restrict__ master,
+                                              const float* __restrict__ grad,
+                                              float* __restrict__ m, float* __restrict__ v,
+                                              __half* __restrict__ half_copy, long long wi,
+                                              long long gi, float lr, float beta1, float beta2,
+                                              float eps, float weight_decay, float bias_corr1,
+                                              float bias_corr2, float grad_mul) {
+    const float g = grad[gi] * grad_mul;
+    const float m_i = beta1 * m[wi] + (1.0f - beta1) * g;
+    const float v_i = beta2 * v[wi] + (1.0f - beta2) * g * g;
+    m[wi] = m_i;
+    v[wi] = v_i;
+    const float m_hat = m_i / bias_corr1;
+    const float v_hat = v_i / bias_corr2;
+    float w = master[wi];
+    w -= lr * (m_hat / (sqrtf(v_hat) + eps) + weight_decay * w);
+    master[wi] = w;
+    if (half_copy != nullptr) half_copy[wi] = __float2half_rn(w);
+}
+
 // One AdamW step on one parameter tensor. CPU twin: adamw_step(master, grad, m, v, half_copy,
 // hp, t, decay, grad_mul), where the host turns t into bias_corr1 = 1 - beta1^t and
 // bias_corr2 = 1 - beta2^t (AdamWParams::bias_corrections) and `decay == false` into
@@ -94,16 +116,38 @@ extern "C" __global__ void optim_adamw_f32(float* __restrict__ master,
                                            float bias_corr2, float grad_mul) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const float g = grad[i] * grad_mul;
-        const float m_i = beta1 * m[i] + (1.0f - beta1) * g;
-        const float v_i = beta2 * v[i] + (1.0f - beta2) * g * g;
-        m[i] = m_i;
-        v[i] = v_i;
-        const float m_hat = m_i / bias_corr1;
-        const float v_hat = v_i / bias_corr2;
-        float w = master[i];
-        w -= lr * (m_hat / (sqrtf(v_hat) + eps) + weight_decay * w);
-        master[i] = w;
-        if (half_copy != nullptr) half_copy[i] = __float2half_rn(w);
+        adamw_element(master, grad, m, v, half_copy, i, i, lr, beta1, beta2, eps, weight_decay,
+                      bias_corr1, bias_corr2, grad_mul);
+    }
+}
+
+// One block's share of a whole-model AdamW step: `len` elements of one tensor, at `value_at` in
+// the master / fp16-copy / moment regions and at `grad_at` in the gradient region; `decay` 0 or 1.
+// Layout shared with the host's AdamWChunk (backend/cpu/optim.rs): 24 bytes, no padding.
+struct AdamWChunk {
+    unsigned long long value_at, grad_at;
+    unsigned int len, decay;
+};
+
+// AdamW on every trainable tensor of a model in one launch, instead of one launch per tensor (over
+// 900 for HRNet-W32, most of them BN vectors of 18-256 elements, so the per-tensor step was bound
+// by launch rate, not memory). The arguments index whole regions; `chunks` (count entries, each at
+// most a few thousand elements of one tensor) say which elements to update and whether to decay
+// them. Each block walks chunks blockIdx.x, blockIdx.x + gridDim.x, ..., so any 1-D grid is
+// correct. CPU twin: adamw_step_chunks(master, grad, m, v, half_copy, chunks, hp, t, grad_mul),
+// with the host's bias corrections as in optim_adamw_f32; weight_decay applies where decay is 1.
+extern "C" __global__ void optim_adamw_chunks_f32(
+    float* __restrict__ master, const float* __restrict__ grad, float* __restrict__ m,
+    float* __restrict__ v, __half* __restrict__ half_copy, const AdamWChunk* __restrict__ chunks,
+    int count, float lr, float beta1, float beta2, float eps, float weight_decay,
+    float bias_corr1, float bias_corr2, float grad_mul) {
+    for (int c = blockIdx.x; c < count; c += gridDim.x) {
+        const AdamWChunk chunk = chunks[c];
+        const float decay = chunk.decay ? weight_decay : 0.0f;
+        for (unsigned int j = threadIdx.x; j < chunk.len; j += blockDim.x) {
+            adamw_element(master, grad, m, v, half_copy, (long long)(chunk.value_at + j),
+                          (long long)(chunk.grad_at + j), lr, beta1, beta2, eps, decay,
+                          bias_corr1, bias_corr2, grad_mul);
+        }
     }
 }

@@ -332,3 +332,171 @@ fn wrong_arguments_are_errors_not_launches() {
     assert!(r.is_err(), "a two-element flag was accepted");
     assert_eq!(w.to_host(&gpu).unwrap(), [1.0f32; 8], "a refused call launched anyway");
 }
+
+/// The one-launch, whole-model AdamW step against its CPU twin and against one GPU launch per
+/// tensor: tensors of model-like lengths (a BN vector, exactly one chunk, one past it, several),
+/// with gaps between them in the value regions (padding, frozen tensors) and a gradient region
+/// that skips the gaps, as the CUDA backend lays parameters out. The gaps must come back untouched
+/// (poisoned fp16 copy included), the tensors equal to the per-tensor launches bit for bit.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
+    use cephalo::backend::cpu::optim::{AdamWChunk, AdamWTensor, ADAMW_CHUNK_LEN};
+    let gpu = gpu();
+    let mut rng = rng();
+    let lens = [
+        18,
+        1,
+        ADAMW_CHUNK_LEN,
+        ADAMW_CHUNK_LEN + 1,
+        3 * ADAMW_CHUNK_LEN + 77,
+        256,
+        36_864,
+    ];
+    let (mut value_at, mut grad_at) = (3, 0);
+    let tensors: Vec<AdamWTensor> = lens
+        .iter()
+        .map(|&len| {
+            let t = AdamWTensor {
+                value_at,
+                grad_at,
+                len,
+                decay: rng.random_bool(0.5),
+            };
+            value_at += len + rng.random_range(0..9);
+            grad_at += len.div_ceil(8) * 8;
+            t
+        })
+        .collect();
+    let (values, grads) = (value_at + 5, grad_at);
+    let hp = AdamWParams {
+        lr: rng.random_range(1e-4..1e-2),
+        weight_decay: rng.random_range(0.01..0.1),
+        ..AdamWParams::default()
+    };
+    let master = random_f32(&mut rng, values, -1.0, 1.0);
+    let m = random_f32(&mut rng, values, -1e-2, 1e-2);
+    let v = random_f32(&mut rng, values, 1e-6, 1e-4);
+    let grad = random_f32(&mut rng, grads, -1e-2, 1e-2);
+    let (t, grad_mul) = (rng.random_range(1..1000u64), 0.75f32);
+    let table = AdamWChunk::table(&tensors);
+
+    // The CPU twin.
+    let (mut cw, mut cm, mut cv, mut ch) = (master.clone(), m.clone(), v.clone(), vec![POISON_F16; values]);
+    cpu::optim::adamw_step_chunks(
+        &mut cw,
+        &grad,
+        &mut cm,
+        &mut cv,
+        Some(&mut ch),
+        &table,
+        &hp,
+        t,
+        grad_mul,
+    );
+
+    // The GPU, one launch.
+    let gd = upload(&gpu, &grad);
+    let (mut wd, mut md, mut vd, mut hd) = (
+        upload(&gpu, &master),
+        upload(&gpu, &m),
+        upload(&gpu, &v),
+        poisoned_f16(&gpu, values),
+    );
+    let chunks = cuda::optim::AdamWChunkTable::new(&gpu, &table).unwrap();
+    cuda::optim::adamw_step_chunks(
+        &gpu,
+        wd.slice_mut(),
+        gd.slice(),
+        md.slice_mut(),
+        vd.slice_mut(),
+        Some(hd.slice_mut()),
+        &chunks,
+        &hp,
+        t,
+        grad_mul,
+    )
+    .unwrap();
+    let (gw, gm, gv, gh) = (
+        wd.to_host(&gpu).unwrap(),
+        md.to_host(&gpu).unwrap(),
+        vd.to_host(&gpu).unwrap(),
+        hd.to_host(&gpu).unwrap(),
+    );
+    assert_close("whole-model adamw: master", &gw, &cw, 1e-5);
+    assert_close("whole-model adamw: m", &gm, &cm, 1e-5);
+    assert_close("whole-model adamw: v", &gv, &cv, 1e-5);
+    assert_close("whole-model adamw: fp16 copy", &to_f32(&gh), &to_f32(&ch), 1e-2);
+    // Outside every tensor: untouched.
+    let inside = |i: usize| tensors.iter().any(|t| (t.value_at..t.value_at + t.len).contains(&i));
+    for i in (0..values).filter(|&i| !inside(i)) {
+        assert_eq!(
+            gw[i].to_bits(),
+            master[i].to_bits(),
+            "gap element {i} of the masters written"
+        );
+        assert_eq!(
+            gh[i].to_bits(),
+            POISON_F16.to_bits(),
+            "gap element {i} of the fp16 copy written"
+        );
+    }
+
+    // The GPU, one launch per tensor: the same bits.
+    let (mut pw, mut pm, mut pv, mut ph) = (
+        upload(&gpu, &master),
+        upload(&gpu, &m),
+        upload(&gpu, &v),
+        poisoned_f16(&gpu, values),
+    );
+    for t_ in &tensors {
+        let (a, g, n) = (t_.value_at, t_.grad_at, t_.len);
+        cuda::optim::adamw_step(
+            &gpu,
+            pw.slice_mut().sub_mut(a, n),
+            gd.slice().sub(g, n),
+            pm.slice_mut().sub_mut(a, n),
+            pv.slice_mut().sub_mut(a, n),
+            Some(ph.slice_mut().sub_mut(a, n)),
+            &hp,
+            t,
+            t_.decay,
+            grad_mul,
+        )
+        .unwrap();
+    }
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(
+        same(&gw, &pw.to_host(&gpu).unwrap()),
+        "masters differ from the per-tensor launches"
+    );
+    assert!(
+        same(&gm, &pm.to_host(&gpu).unwrap()),
+        "m differs from the per-tensor launches"
+    );
+    assert!(
+        same(&gv, &pv.to_host(&gpu).unwrap()),
+        "v differs from the per-tensor launches"
+    );
+    assert!(
+        same_bits(&gh, &ph.to_host(&gpu).unwrap()),
+        "fp16 copies differ from the per-tensor launches"
+    );
+
+    // A table reaching past the regions is refused before any launch.
+    let short = upload(&gpu, &grad[..grads - 1]);
+    let err = cuda::optim::adamw_step_chunks(
+        &gpu,
+        wd.slice_mut(),
+        short.slice(),
+        md.slice_mut(),
+        vd.slice_mut(),
+        None,
+        &chunks,
+        &hp,
+        t,
+        1.0,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("chunks reach"), "{err}");
+}

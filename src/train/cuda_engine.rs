@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::backend::cpu::loss::HeatmapShape;
-use crate::backend::cpu::optim::AdamWParams;
+use crate::backend::cpu::optim::{AdamWChunk, AdamWParams, AdamWTensor};
 use crate::backend::cuda::{heatmap as gpu_heatmap, loss as gpu_loss, optim as gpu_optim};
 use crate::backend::{Backend, CudaBackend, ParamId};
 use crate::checkpoint::{Checkpoint, Meta};
@@ -45,6 +45,9 @@ pub struct CudaEngine {
     /// AdamW moments, laid out like the backend's master region (element for element).
     m: DeviceBuffer<f32>,
     v: DeviceBuffer<f32>,
+    /// Every trainable tensor's place in the parameter regions, cut into the chunks the one-launch
+    /// AdamW step walks.
+    adamw_chunks: gpu_optim::AdamWChunkTable,
     scaler: DynamicLossScaler,
     shape: HeatmapShape,
 }
@@ -70,6 +73,24 @@ fn train_options() -> PlanOptions {
 
 fn eval_options() -> PlanOptions {
     PlanOptions::new(Mode::Eval, DtypeSizes::F16)
+}
+
+/// The one-launch AdamW step's chunks for the `trainable` tensors of `exec`'s parameter layout.
+fn adamw_chunk_table(exec: &Executor<CudaBackend>, trainable: &[(ParamId, bool)]) -> Vec<AdamWChunk> {
+    let layout = exec.backend().layout();
+    let tensors: Vec<AdamWTensor> = trainable
+        .iter()
+        .map(|&(id, decay)| {
+            let (value_at, len, grad_at) = layout.slot(id);
+            AdamWTensor {
+                value_at,
+                grad_at: grad_at.expect("a trainable parameter has a gradient slot"),
+                len,
+                decay,
+            }
+        })
+        .collect();
+    AdamWChunk::table(&tensors)
 }
 
 /// What [`CudaEngine::new`] will allocate for `graph`, computed from the plans alone.
@@ -152,6 +173,7 @@ impl CudaEngine {
             k: out.c,
         };
         let values = exec.backend().layout().value_elements();
+        let adamw_chunks = gpu_optim::AdamWChunkTable::new(&gpu, &adamw_chunk_table(&exec, &trainable))?;
         let channel_weights = Some(DeviceBuffer::from_host(&gpu, &loss.channel_weights)?);
         Ok(Self {
             targets: DeviceBuffer::zeros(&gpu, shape.len())?,
@@ -163,6 +185,7 @@ impl CudaEngine {
             nonfinite: DeviceBuffer::zeros(&gpu, 1)?,
             m: DeviceBuffer::zeros(&gpu, values.max(1))?,
             v: DeviceBuffer::zeros(&gpu, values.max(1))?,
+            adamw_chunks,
             scaler: DynamicLossScaler::default(),
             gpu,
             exec,
@@ -287,33 +310,26 @@ impl CudaEngine {
         }
     }
 
+    /// AdamW on every trainable tensor in one launch (the chunk table made in `new`).
     fn optimizer_step(&mut self, sp: StepParams) -> Result<()> {
         let hp = AdamWParams {
             lr: sp.lr,
             weight_decay: sp.weight_decay,
             ..AdamWParams::default()
         };
-        let (m_all, v_all) = (&mut self.m, &mut self.v);
-        let backend = self.exec.backend_mut();
-        for &(id, decay) in &self.trainable {
-            let (at, len, _) = backend.layout().slot(id);
-            let (master, grad, half) = backend.optimizer_views(id).expect("trainable");
-            let mut m = m_all.slice_mut();
-            let mut v = v_all.slice_mut();
-            gpu_optim::adamw_step(
-                &self.gpu,
-                master,
-                grad,
-                m.sub_mut(at, len),
-                v.sub_mut(at, len),
-                Some(half),
-                &hp,
-                sp.t,
-                decay,
-                1.0,
-            )?;
-        }
-        Ok(())
+        let (master, grad, half) = self.exec.backend_mut().optimizer_regions();
+        gpu_optim::adamw_step_chunks(
+            &self.gpu,
+            master,
+            grad,
+            self.m.slice_mut(),
+            self.v.slice_mut(),
+            Some(half),
+            &self.adamw_chunks,
+            &hp,
+            sp.t,
+            1.0,
+        )
     }
 
     /// The trainable tensor closest to the output whose gradient holds inf/NaN (unscaled, so

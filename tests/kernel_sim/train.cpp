@@ -209,6 +209,37 @@ static void test_adamw(long long n, bool decay, bool half) {
     report(s, copy_ok, 0);
 }
 
+// The whole-model AdamW (one chunk table, gaps between tensors, a gradient region without the gaps)
+// must equal optim_adamw_f32 run per tensor, bit for bit, and leave the gaps alone.
+static void test_adamw_chunks() {
+    struct T { long long at, gat, len; int decay; };
+    std::vector<T> ts;
+    long long at = 3, gat = 0;
+    for (long long len : {18LL, 1LL, 4096LL, 4097LL, 9000LL}) { ts.push_back({at, gat, len, (int)(len % 2)}); at += len + 5; gat += (len + 7) / 8 * 8; }
+    const long long values = at, grads = gat;
+    std::vector<optim_cu::AdamWChunk> chunks;
+    for (auto& t : ts)
+        for (long long s = 0; s < t.len; s += 4096)
+            chunks.push_back({(unsigned long long)(t.at + s), (unsigned long long)(t.gat + s), (unsigned)std::min(4096LL, t.len - s), (unsigned)t.decay});
+    std::vector<float> w(values), m(values), v(values), g(grads);
+    for (long long i = 0; i < values; ++i) { w[i] = uni(-1, 1); m[i] = uni(-1e-2f, 1e-2f); v[i] = uni(1e-6f, 1e-4f); }
+    for (auto& x : g) x = uni(-1e-2f, 1e-2f);
+    auto w2 = w, m2 = m, v2 = v, w0 = w;
+    H h(values, __ushort_as_half(0x7e01)), h2 = h;
+    const float lr = 3e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.05f, bc1 = 0.1f, bc2 = 0.001f, mul = 0.7f;
+    sim_launch(SimDim{3}, SimDim{256}, 0, [&] {
+        optim_cu::optim_adamw_chunks_f32(w.data(), g.data(), m.data(), v.data(), h.data(), chunks.data(), (int)chunks.size(), lr, b1, b2, eps, wd, bc1, bc2, mul);
+    });
+    for (auto& t : ts)
+        sim_launch(SimDim{blocks_for(t.len)}, SimDim{256}, 0, [&] {
+            optim_cu::optim_adamw_f32(w2.data() + t.at, g.data() + t.gat, m2.data() + t.at, v2.data() + t.at, h2.data() + t.at, t.len, lr, b1, b2, eps, t.decay ? wd : 0.0f, bc1, bc2, mul);
+        });
+    bool same = std::memcmp(w.data(), w2.data(), values * 4) == 0 && std::memcmp(m.data(), m2.data(), values * 4) == 0 &&
+                std::memcmp(v.data(), v2.data(), values * 4) == 0 && std::memcmp(h.data(), h2.data(), values * 2) == 0;
+    bool gaps = w[0] == w0[0] && w[ts[1].at - 1] == w0[ts[1].at - 1] && __half_as_ushort(h[values - 1]) == 0x7e01 && w[ts[2].at] != w0[ts[2].at];
+    report("adamw_chunks: per-tensor bits, gaps untouched", same && gaps, 0);
+}
+
 // ---------- target heatmaps ----------
 // REFERENCE §3: exp(-d^2 / (2 sigma^2)) within 3 sigma of the landmark, 0 beyond and for a missing
 // one; every element written (the output starts as NaN).
@@ -245,6 +276,7 @@ int main() {
     for (long long n : {1LL, 1000LL, 5003LL}) test_unscale(n);
     for (long long n : {1LL, 1000LL, 5003LL}) test_norm(n);
     for (long long n : {1LL, 1000LL}) for (bool decay : {false, true}) for (bool half : {false, true}) test_adamw(n, decay, half);
+    test_adamw_chunks();
     test_heatmap(1, 7, 9, 5, 1.0, 1);
     test_heatmap(2, 13, 11, 3, 2.0, 3);
     test_heatmap(3, 17, 9, 4, 0.8, 2);

@@ -157,6 +157,97 @@ pub fn adamw_step(
     }
 }
 
+/// Elements of one [`AdamWChunk`] at most: a GPU block's share of the whole-model step.
+pub const ADAMW_CHUNK_LEN: usize = 4096;
+
+/// A trainable tensor as the whole-model AdamW step sees it: where it lies in the master / fp16
+/// copy / moment regions (`value_at`) and in the gradient region (`grad_at`), and whether it decays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdamWTensor {
+    pub value_at: usize,
+    pub grad_at: usize,
+    pub len: usize,
+    pub decay: bool,
+}
+
+/// Up to [`ADAMW_CHUNK_LEN`] elements of one tensor: one entry of the table
+/// [`adamw_step_chunks`] (and `optim_adamw_chunks_f32`, whose `AdamWChunk` this is byte for byte)
+/// walks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct AdamWChunk {
+    pub value_at: u64,
+    pub grad_at: u64,
+    pub len: u32,
+    /// 1: apply weight decay; 0: not (BN parameters, biases).
+    pub decay: u32,
+}
+
+impl AdamWChunk {
+    /// The table for `tensors`: each cut into pieces of at most [`ADAMW_CHUNK_LEN`] elements, in
+    /// order. Empty tensors give no chunk.
+    pub fn table(tensors: &[AdamWTensor]) -> Vec<AdamWChunk> {
+        tensors
+            .iter()
+            .flat_map(|t| {
+                (0..t.len).step_by(ADAMW_CHUNK_LEN).map(move |start| AdamWChunk {
+                    value_at: (t.value_at + start) as u64,
+                    grad_at: (t.grad_at + start) as u64,
+                    len: (t.len - start).min(ADAMW_CHUNK_LEN) as u32,
+                    decay: u32::from(t.decay),
+                })
+            })
+            .collect()
+    }
+
+    /// One past the last element the chunks touch in the value regions and in the gradient region:
+    /// what the regions handed to the step must cover.
+    pub fn extents(chunks: &[AdamWChunk]) -> (usize, usize) {
+        chunks.iter().fold((0, 0), |(v, g), c| {
+            (
+                v.max((c.value_at + c.len as u64) as usize),
+                g.max((c.grad_at + c.len as u64) as usize),
+            )
+        })
+    }
+}
+
+/// AdamW on every tensor of a model at once: [`adamw_step`] on each chunk's elements, with
+/// `master`, `m`, `v` and `half_copy` the whole value regions and `grad` the whole gradient region.
+/// Elements no chunk names are left as they are. Equal to one [`adamw_step`] per tensor.
+#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_chunks_f32` one to one
+pub fn adamw_step_chunks(
+    master: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    mut half_copy: Option<&mut [f16]>,
+    chunks: &[AdamWChunk],
+    hp: &AdamWParams,
+    t: u64,
+    grad_mul: f32,
+) {
+    let (values, grads) = AdamWChunk::extents(chunks);
+    assert!(
+        master.len() >= values && m.len() >= values && v.len() >= values && grad.len() >= grads,
+        "adamw_step_chunks: the chunks reach element {values} of the values and {grads} of the gradients"
+    );
+    for c in chunks {
+        let (w, g, len) = (c.value_at as usize, c.grad_at as usize, c.len as usize);
+        adamw_step(
+            &mut master[w..w + len],
+            &grad[g..g + len],
+            &mut m[w..w + len],
+            &mut v[w..w + len],
+            half_copy.as_deref_mut().map(|h| &mut h[w..w + len]),
+            hp,
+            t,
+            c.decay != 0,
+            grad_mul,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +300,100 @@ mod tests {
         );
         assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-5 && w[2] == 1.0);
         assert_eq!(half, [f16::from_f32(w[0]), f16::from_f32(w[1]), f16::ONE]);
+    }
+
+    /// Tensors of the lengths a model has (empty, a BN vector, exactly one chunk, one past it, several
+    /// chunks), laid out with gaps (padding, frozen tensors) and a gradient region that skips
+    /// them, as the CUDA backend lays them out.
+    fn model_like() -> (Vec<AdamWTensor>, usize, usize) {
+        let lens = [0, 18, ADAMW_CHUNK_LEN, ADAMW_CHUNK_LEN + 1, 10_000, 3];
+        let (mut value_at, mut grad_at) = (5, 0);
+        let tensors = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let t = AdamWTensor {
+                    value_at,
+                    grad_at,
+                    len,
+                    decay: i % 2 == 0,
+                };
+                value_at += len + 7;
+                grad_at += len.div_ceil(8) * 8;
+                t
+            })
+            .collect();
+        (tensors, value_at, grad_at)
+    }
+
+    #[test]
+    fn chunk_table_covers_each_tensor_once_in_pieces_of_at_most_the_chunk_length() {
+        let (tensors, values, grads) = model_like();
+        let table = AdamWChunk::table(&tensors);
+        assert!(table.iter().all(|c| c.len >= 1 && c.len as usize <= ADAMW_CHUNK_LEN));
+        for t in &tensors {
+            let mine: Vec<_> = table
+                .iter()
+                .filter(|c| (c.value_at as usize) >= t.value_at && (c.value_at as usize) < t.value_at + t.len)
+                .collect();
+            assert_eq!(mine.iter().map(|c| c.len as usize).sum::<usize>(), t.len);
+            assert!(mine.iter().all(
+                |c| c.value_at as usize - t.value_at == c.grad_at as usize - t.grad_at && (c.decay == 1) == t.decay
+            ));
+        }
+        let (v, g) = AdamWChunk::extents(&table);
+        assert!(v <= values && g <= grads);
+        assert_eq!(table.len(), 1 + 1 + 2 + 3 + 1);
+        assert_eq!(
+            size_of::<AdamWChunk>(),
+            24,
+            "the kernel's struct AdamWChunk is 24 bytes"
+        );
+    }
+
+    #[test]
+    fn whole_model_step_equals_one_step_per_tensor_and_touches_nothing_else() {
+        let (tensors, values, grads) = model_like();
+        let hp = AdamWParams {
+            lr: 1e-3,
+            weight_decay: 0.05,
+            ..AdamWParams::default()
+        };
+        let fill = |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
+        let (master, grad, m, v) = (
+            fill(values, 0.37),
+            fill(grads, 0.11),
+            fill(values, 0.05),
+            fill(values, 0.02),
+        );
+        let v: Vec<f32> = v.iter().map(|x| x.abs()).collect();
+        let half: Vec<f16> = master.iter().map(|&x| f16::from_f32(x)).collect();
+        let (mut w1, mut m1, mut v1, mut h1) = (master.clone(), m.clone(), v.clone(), half.clone());
+        let table = AdamWChunk::table(&tensors);
+        adamw_step_chunks(&mut w1, &grad, &mut m1, &mut v1, Some(&mut h1), &table, &hp, 3, 0.5);
+        let (mut w2, mut m2, mut v2, mut h2) = (master.clone(), m.clone(), v.clone(), half.clone());
+        for t in &tensors {
+            let (a, g, n) = (t.value_at, t.grad_at, t.len);
+            adamw_step(
+                &mut w2[a..a + n],
+                &grad[g..g + n],
+                &mut m2[a..a + n],
+                &mut v2[a..a + n],
+                Some(&mut h2[a..a + n]),
+                &hp,
+                3,
+                t.decay,
+                0.5,
+            );
+        }
+        assert!(w1.iter().zip(&w2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(m1.iter().zip(&m2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(v1.iter().zip(&v2).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(h1, h2);
+        // The gaps between tensors are untouched, the tensors are not.
+        let gap = tensors[1].value_at + tensors[1].len;
+        assert_eq!(w1[..5], master[..5]);
+        assert_eq!(w1[gap..gap + 7], master[gap..gap + 7]);
+        assert_ne!(w1[tensors[2].value_at], master[tensors[2].value_at]);
     }
 }

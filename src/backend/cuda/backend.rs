@@ -336,23 +336,19 @@ impl CudaBackend {
         unsafe { self.store().view_mut(self.layout.grad_offset_bytes(0), len) }
     }
 
-    /// Views the optimizer needs for parameter `p`: master (f32), gradient (f32), fp16 copy.
-    /// `None` for parameters without a gradient.
-    pub fn optimizer_views(
-        &mut self,
-        p: ParamId,
-    ) -> Option<(DevSliceMut<'_, f32>, DevSlice<'_, f32>, DevSliceMut<'_, f16>)> {
-        let (at, len, grad_at) = self.layout.slot(p);
-        let g = grad_at?;
+    /// The whole regions a model-wide optimizer step indexes: every master (f32), every gradient
+    /// (f32), every fp16 copy, at the offsets of [`ParamLayout::slot`].
+    pub fn optimizer_regions(&mut self) -> (DevSliceMut<'_, f32>, DevSlice<'_, f32>, DevSliceMut<'_, f16>) {
+        let (values, grads) = (self.layout.values, self.layout.grads);
         self.folds.clear();
         let store = self.store();
         // SAFETY: the three regions are disjoint and `&mut self` excludes other views.
         unsafe {
-            Some((
-                store.view_mut(self.layout.master_offset_bytes(at), len),
-                store.view(self.layout.grad_offset_bytes(g), len),
-                store.view_mut(self.layout.half_offset_bytes(at), len),
-            ))
+            (
+                store.view_mut(self.layout.master_offset_bytes(0), values),
+                store.view(self.layout.grad_offset_bytes(0), grads),
+                store.view_mut(self.layout.half_offset_bytes(0), values),
+            )
         }
     }
 

@@ -13,8 +13,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{read_scalar, zero_async};
-use crate::backend::cpu::optim::AdamWParams;
-use crate::gpu::{DevSlice, DevSliceMut, Gpu};
+use crate::backend::cpu::optim::{AdamWChunk, AdamWParams};
+use crate::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 
 /// Threads per block of every optimizer kernel (`OPTIM_BLOCK`; the norm's fixed-order block
 /// reduction assumes exactly this many).
@@ -232,6 +232,112 @@ pub fn adamw_step(
             .arg(&bias_corr2)
             .arg(&grad_mul)
             .launch(grid(n))
+    }?;
+    Ok(())
+}
+
+/// A whole-model AdamW chunk table ([`AdamWChunk::table`]) on the device, made once per training
+/// run: the layout of the parameters does not change between steps.
+pub struct AdamWChunkTable {
+    /// The chunks as the kernel reads them, three 64-bit words each (`AdamWChunk` is 24 bytes).
+    words: DeviceBuffer<u64>,
+    count: usize,
+    /// One past the last element the chunks touch in the value regions and the gradient region.
+    extents: (usize, usize),
+}
+
+impl AdamWChunkTable {
+    pub fn new(gpu: &Gpu, chunks: &[AdamWChunk]) -> Result<Self> {
+        ensure!(
+            chunks.len() <= i32::MAX as usize,
+            "adamw chunk table: {} chunks do not fit the kernel's int count",
+            chunks.len()
+        );
+        let words: &[u64] = bytemuck::cast_slice(chunks);
+        Ok(Self {
+            // One word even when empty: a device buffer cannot be empty.
+            words: DeviceBuffer::from_host(gpu, if words.is_empty() { &[0] } else { words })?,
+            count: chunks.len(),
+            extents: AdamWChunk::extents(chunks),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// AdamW on every tensor of a model in one launch: [`adamw_step`] on each chunk of `chunks`, with
+/// `master`, `m`, `v` and `half_copy` the whole value regions (element for element) and `grad` the
+/// whole gradient region. Equal to one [`adamw_step`] per tensor, to the bit (the kernels share
+/// their per-element code); elements no chunk names are left as they are.
+#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_chunks_f32` and the CPU twin one to one
+pub fn adamw_step_chunks(
+    gpu: &Gpu,
+    master: DevSliceMut<f32>,
+    grad: DevSlice<f32>,
+    m: DevSliceMut<f32>,
+    v: DevSliceMut<f32>,
+    half_copy: Option<DevSliceMut<f16>>,
+    chunks: &AdamWChunkTable,
+    hp: &AdamWParams,
+    t: u64,
+    grad_mul: f32,
+) -> Result<()> {
+    let (values, grads) = chunks.extents;
+    let half_len = half_copy.as_ref().map_or(values, |h| h.len());
+    ensure!(
+        master.len() >= values && m.len() >= values && v.len() >= values && half_len >= values && grad.len() >= grads,
+        "adamw_step_chunks: the chunks reach element {values} of the values and {grads} of the gradients, but \
+         master, m, v, the fp16 copy and grad have {}, {}, {}, {half_len} and {}",
+        master.len(),
+        m.len(),
+        v.len(),
+        grad.len()
+    );
+    ensure!(t >= 1, "adamw_step_chunks: steps count from 1, got t = 0");
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let (bias_corr1, bias_corr2) = hp.bias_corrections(t);
+    let (wp, gp, mp, vp) = (master.ptr(), grad.ptr(), m.ptr(), v.ptr());
+    let hp16 = half_copy.as_ref().map_or(0, |h| h.ptr());
+    let cp = chunks.words.slice().ptr();
+    let count = chunks.count as i32;
+    let f = gpu.function("optim_adamw_chunks_f32")?;
+    let cfg = LaunchConfig {
+        grid_dim: (chunks.count as u32, 1, 1),
+        block_dim: (OPTIM_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: every chunk lies inside master, m, v, half_copy (when non-null) and grad (the table's
+    // extents, checked above; the table is immutable after `new`); arguments (float* master,
+    // const float* grad, float* m, float* v, __half* half_copy, const AdamWChunk* chunks, int count,
+    // float lr, float beta1, float beta2, float eps, float weight_decay, float bias_corr1,
+    // float bias_corr2, float grad_mul); any 1-D grid is correct, one block per chunk here.
+    unsafe {
+        gpu.stream()
+            .launch_builder(&f)
+            .arg(&wp)
+            .arg(&gp)
+            .arg(&mp)
+            .arg(&vp)
+            .arg(&hp16)
+            .arg(&cp)
+            .arg(&count)
+            .arg(&hp.lr)
+            .arg(&hp.beta1)
+            .arg(&hp.beta2)
+            .arg(&hp.eps)
+            .arg(&hp.weight_decay)
+            .arg(&bias_corr1)
+            .arg(&bias_corr2)
+            .arg(&grad_mul)
+            .launch(cfg)
     }?;
     Ok(())
 }
