@@ -152,7 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                     t: i as u64 + 1,
                 };
                 let started = Instant::now();
-                let ms = timer.time_ms(&gpu, || engine.step(&batch, &loss, sp).map(|_| ()))?;
+                let ms = timer.time_ms(&gpu, || engine.step(&batch, Some(&batch), &loss, sp).map(|_| ()))?;
                 if i >= args.warmup {
                     gpu_ms.push(ms as f64);
                     wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
@@ -166,7 +166,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                     weight_decay: 1e-4,
                     t: (args.warmup + args.steps + 1) as u64,
                 };
-                engine.step(&batch, &loss, sp)?;
+                engine.step(&batch, Some(&batch), &loss, sp)?;
                 op_times = engine.backend_mut().take_op_times()?;
             }
             (plan.total(), op_times)
@@ -231,7 +231,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 /// Random images in the normalised range and random landmarks, from which the engine draws
 /// training's own targets (sigma 2, as `cephalo train` by default): the loss then behaves as in
 /// training, most pixels near 0.
-fn synthetic_batch(graph: &crate::graph::Graph, rng: &mut ChaCha8Rng) -> Batch {
+pub fn synthetic_batch(graph: &crate::graph::Graph, rng: &mut ChaCha8Rng) -> Batch {
     let input = graph.input_shape();
     let out = graph.output_shape();
     let images: Vec<f32> = (0..input.len()).map(|_| rng.random_range(-2.0..2.0)).collect();

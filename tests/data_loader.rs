@@ -51,6 +51,68 @@ fn data_loader_deterministic_across_worker_counts() {
     drop(it);
 }
 
+/// Taking batches early when they are ready (as training does, to upload the next batch during a
+/// step) yields the same batches in the same order; it never blocks, and without workers it has
+/// nothing to offer.
+#[test]
+fn data_loader_next_if_ready_keeps_the_order_and_never_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let samples = phantom_samples(tmp.path(), 12);
+    let cfg = LoaderConfig {
+        batch_size: 2,
+        ..config(2)
+    };
+    let want = collect(
+        &Loader::new(
+            samples.clone(),
+            LoaderConfig {
+                workers: 0,
+                ..cfg.clone()
+            },
+        )
+        .unwrap(),
+        1,
+    );
+    assert_eq!(want.len(), 4);
+    let loader = Loader::new(samples.clone(), cfg).unwrap();
+    let mut it = loader.epoch(1);
+    let mut got = vec![it.next().unwrap().unwrap()];
+    let mut early = 0;
+    while got.len() < want.len() {
+        // Poll until the workers have the next batch, as a slow step would give them time to.
+        let started = std::time::Instant::now();
+        let batch = loop {
+            if let Some(b) = it.next_if_ready() {
+                early += 1;
+                break b.unwrap();
+            }
+            assert!(started.elapsed().as_secs() < 30, "the next batch never became ready");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        got.push(batch);
+    }
+    assert_eq!(got, want);
+    assert_eq!(early, 3);
+    assert!(
+        it.next_if_ready().is_none() && it.next().is_none(),
+        "past the end of the epoch"
+    );
+    let mut sync = Loader::new(
+        samples,
+        LoaderConfig {
+            workers: 0,
+            ..config(0)
+        },
+    )
+    .unwrap()
+    .epoch(0);
+    assert!(
+        sync.next_if_ready().is_none(),
+        "a loader without workers builds on demand only"
+    );
+    assert!(sync.next().is_some());
+}
+
 #[test]
 fn data_loader_batches_are_exact() {
     let tmp = tempfile::tempdir().unwrap();

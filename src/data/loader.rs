@@ -361,6 +361,30 @@ impl EpochIter {
     }
 }
 
+impl EpochIter {
+    /// The next batch if a worker has already built it, without waiting; `None` when it is not
+    /// ready yet, at the end of the epoch, and for a loader without workers (whose batches are built
+    /// on demand). A batch returned here is the one [`Iterator::next`] would have returned: the
+    /// iterator moves past it. Lets training hand the following batch to the GPU engine while the
+    /// current step runs, without ever blocking on the loader.
+    pub fn next_if_ready(&mut self) -> Option<anyhow::Result<Batch>> {
+        if self.next >= self.total {
+            return None;
+        }
+        let results = self.results.as_ref()?;
+        let b = self.next;
+        while !self.pending.contains_key(&b) {
+            // Empty: not built yet. Disconnected: `next` reports the stopped workers.
+            let (i, r) = results.try_recv().ok()?;
+            self.pending.insert(i, r);
+        }
+        let result = self.pending.remove(&b).expect("checked above");
+        self.next += 1;
+        self.queue_next();
+        Some(result.with_context(|| format!("loading batch {b} of epoch {}", self.epoch)))
+    }
+}
+
 impl Iterator for EpochIter {
     type Item = anyhow::Result<Batch>;
 

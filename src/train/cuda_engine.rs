@@ -50,6 +50,30 @@ pub struct CudaEngine {
     adamw_chunks: gpu_optim::AdamWChunkTable,
     scaler: DynamicLossScaler,
     shape: HeatmapShape,
+    /// The batch whose images the previous step queued into the input, if any.
+    staged: Option<StagedInput>,
+}
+
+/// Which batch's images the previous step already queued into the training input: the address and
+/// length of its image buffer and its sample indices. A step whose batch matches skips its upload;
+/// any other batch is uploaded as usual, so a stale staging can cost time but never correctness.
+/// (The batch lives, unmoved in memory, from being staged until its own step: the caller holds
+/// it.)
+#[derive(Debug, PartialEq)]
+struct StagedInput {
+    images: usize,
+    len: usize,
+    indices: Vec<usize>,
+}
+
+impl StagedInput {
+    fn of(batch: &Batch) -> Self {
+        Self {
+            images: batch.images.as_ptr() as usize,
+            len: batch.images.len(),
+            indices: batch.indices.clone(),
+        }
+    }
 }
 
 /// Device memory a training run needs, for the check before anything is allocated.
@@ -192,6 +216,7 @@ impl CudaEngine {
             eval,
             trainable,
             shape,
+            staged: None,
         })
     }
 
@@ -208,12 +233,23 @@ impl CudaEngine {
         self.exec.backend_mut()
     }
 
-    pub fn step(&mut self, batch: &Batch, loss_fn: &HeatmapLoss, sp: StepParams) -> Result<StepResult> {
+    /// One training step on `batch`; with `next`, the images of the batch the caller will pass
+    /// next are converted and queued for upload while the GPU works on this one (see
+    /// [`StagedInput`]), so that step starts without host work on its critical path.
+    pub fn step(
+        &mut self,
+        batch: &Batch,
+        next: Option<&Batch>,
+        loss_fn: &HeatmapLoss,
+        sp: StepParams,
+    ) -> Result<StepResult> {
         let _step = nvtx::range("train_step");
         {
             let _r = nvtx::range("upload");
-            let input = self.exec.input_view();
-            self.exec.backend_mut().write(input, &batch.images);
+            if self.staged.take() != Some(StagedInput::of(batch)) {
+                let input = self.exec.input_view();
+                self.exec.backend_mut().write(input, &batch.images);
+            }
             ensure!(
                 batch.target_shape() == self.shape,
                 "the batch's targets are {:?}, the network predicts {:?}",
@@ -276,6 +312,9 @@ impl CudaEngine {
             let grads = self.exec.backend_mut().all_grads();
             gpu_optim::unscale_and_check(&self.gpu, grads, 1.0 / scale, self.nonfinite.slice_mut())?;
         }
+        if let Some(next) = next {
+            self.stage(next)?;
+        }
         let loss = gpu_loss::read_loss(&self.gpu, self.loss_value.slice())?;
         // read_flag answers "every value finite".
         let all_finite = gpu_optim::read_flag(&self.gpu, self.nonfinite.slice())?;
@@ -308,6 +347,24 @@ impl CudaEngine {
                 Ok(StepResult { loss, skipped: false })
             }
         }
+    }
+
+    /// Queues the upload of `next`'s images into the input, behind this step's backward pass (the
+    /// last reader of the current input), while the GPU is still busy: the host's fp16 conversion
+    /// overlaps the GPU's work. A batch of another size is left to its own step.
+    fn stage(&mut self, next: &Batch) -> Result<()> {
+        let input = self.exec.input_view();
+        if next.images.len() != input.shape.len() {
+            return Ok(());
+        }
+        let _r = nvtx::range("stage next batch");
+        self.exec.backend_mut().write(input, &next.images);
+        self.exec
+            .backend_mut()
+            .take_error()
+            .context("uploading the next batch's images")?;
+        self.staged = Some(StagedInput::of(next));
+        Ok(())
     }
 
     /// AdamW on every trainable tensor in one launch (the chunk table made in `new`).

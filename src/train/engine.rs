@@ -58,10 +58,19 @@ impl Engine {
         }
     }
 
-    pub fn step(&mut self, batch: &Batch, loss: &HeatmapLoss, sp: StepParams) -> Result<StepResult> {
+    /// One training step on `batch`. `next`, when the caller already has the batch it will pass
+    /// next, lets the GPU engine upload that batch's images while the GPU is busy with this step
+    /// (the CPU engine has nothing to overlap and ignores it).
+    pub fn step(
+        &mut self,
+        batch: &Batch,
+        next: Option<&Batch>,
+        loss: &HeatmapLoss,
+        sp: StepParams,
+    ) -> Result<StepResult> {
         match self {
             Engine::Cpu(e) => e.step(batch, loss, sp),
-            Engine::Cuda(e) => e.step(batch, loss, sp),
+            Engine::Cuda(e) => e.step(batch, next, loss, sp),
         }
     }
 

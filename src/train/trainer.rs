@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::data::geometry::ImageSize;
-use crate::data::loader::{default_workers, Loader, LoaderConfig};
+use crate::data::loader::{default_workers, Batch, Loader, LoaderConfig};
 use crate::data::{Dataset, DatasetOptions, Sample, Split};
 use crate::device::Device;
 use crate::eval::inference::metrics_of;
@@ -470,14 +470,26 @@ impl Trainer {
         let (mut loss_sum, mut images) = (0.0, 0usize);
         let (mut waiting_s, mut steps_s) = (0.0, 0.0);
         let started = Instant::now();
-        let mut batches = self.train_loader.epoch(epoch).skip(self.state.batch_in_epoch);
+        let mut batches = self.train_loader.epoch(epoch);
+        if self.state.batch_in_epoch > 0 {
+            // Resuming mid-epoch: the batches already trained on are built and dropped, so the
+            // rest come out exactly as in an uninterrupted run.
+            batches.nth(self.state.batch_in_epoch - 1);
+        }
+        // The following batch, taken from the loader only when already built: the engine uploads
+        // its images while the GPU works on the current step.
+        let mut ready: Option<Result<Batch>> = None;
         loop {
             // Time blocked on the loader's workers: zero while they keep ahead of the steps.
             let wait_started = Instant::now();
-            let Some(batch) = batches.next() else { break };
+            let Some(batch) = ready.take().or_else(|| batches.next()) else {
+                break;
+            };
             let wait_ms = wait_started.elapsed().as_secs_f64() * 1e3;
             waiting_s += wait_ms / 1e3;
             let batch = batch?;
+            ready = batches.next_if_ready();
+            let next = ready.as_ref().and_then(|r| r.as_ref().ok());
             let lr = self.state.schedule.lr_at(self.state.step);
             let step_started = Instant::now();
             let sp = StepParams {
@@ -485,7 +497,7 @@ impl Trainer {
                 weight_decay: self.state.weight_decay,
                 t: self.state.step + 1 - self.engine.skipped_steps(),
             };
-            let result = self.engine.step(&batch, &self.loss, sp).map_err(|e| {
+            let result = self.engine.step(&batch, next, &self.loss, sp).map_err(|e| {
                 e.context(format!(
                     "training stopped; the last good checkpoint in {} is untouched. Try a lower --lr",
                     self.checkpoint_dir.display()
