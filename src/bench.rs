@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::backend::cuda::backend::OpTimes;
 use crate::backend::{Backend, CudaBackend};
 use crate::data::geometry::Affine;
 use crate::data::heatmap::heatmap_to_image;
@@ -93,8 +94,14 @@ struct Report {
     device_used_bytes: u64,
     /// What the memory plan allocates (arenas, parameters, optimizer, scratch estimate).
     planned_bytes: usize,
+    /// With `--profile-ops`: per op kind (kind, launches, ms) and the slowest ops one by one
+    /// (kind, graph node with its output shape, ms), both slowest first.
     op_times_ms: Vec<(String, usize, f64)>,
+    slowest_ops_ms: Vec<(String, String, f64)>,
 }
+
+/// Ops listed one by one with `--profile-ops` (the JSON keeps this many too).
+const SLOWEST_OPS: usize = 30;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mode = if args.inference { BenchMode::Infer } else { args.mode };
@@ -158,7 +165,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                     wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            let mut op_times = Vec::new();
+            let mut op_times = OpTimes::default();
             if args.profile_ops {
                 engine.backend_mut().enable_op_profile();
                 let sp = StepParams {
@@ -188,7 +195,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                     wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
                 }
             }
-            let mut op_times = Vec::new();
+            let mut op_times = OpTimes::default();
             if args.profile_ops {
                 exec.backend_mut().enable_op_profile();
                 exec.forward();
@@ -219,7 +226,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         process_vram_bytes: vram.process_bytes,
         device_used_bytes: vram.used_bytes,
         planned_bytes: planned,
-        op_times_ms: op_times.iter().map(|(k, n, ms)| (k.to_string(), *n, *ms)).collect(),
+        op_times_ms: op_times
+            .by_kind
+            .iter()
+            .map(|(k, n, ms)| (k.to_string(), *n, *ms))
+            .collect(),
+        slowest_ops_ms: op_times
+            .ops
+            .iter()
+            .take(SLOWEST_OPS)
+            .map(|o| (o.kind.to_string(), o.node.clone(), o.ms))
+            .collect(),
     };
     print_report(&report);
     if let Some(path) = &args.json {
@@ -291,5 +308,10 @@ fn print_report(r: &Report) {
             println!("{kind:<26} {n:>8} {ms:>10.3} {:>6.1}%", 100.0 * ms / total);
         }
         println!("{:<26} {:>8} {total:>10.3}", "total (profiled step)", "");
+        println!("the {} slowest ops:", r.slowest_ops_ms.len());
+        println!("{:<26} {:<48} {:>9} {:>7}", "op", "node (output shape)", "ms", "share");
+        for (kind, node, ms) in &r.slowest_ops_ms {
+            println!("{kind:<26} {node:<48} {ms:>9.4} {:>6.2}%", 100.0 * ms / total);
+        }
     }
 }

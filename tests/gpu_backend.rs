@@ -253,10 +253,31 @@ fn the_op_profile_times_every_kind_that_ran() {
         "maxpool_fwd",
     ] {
         let t = times
+            .by_kind
             .iter()
             .find(|t| t.0 == kind)
             .unwrap_or_else(|| panic!("{kind} not profiled: {times:?}"));
         assert!(t.1 > 0 && t.2 > 0.0, "{kind}: {t:?}");
+    }
+    // One by one: every launch, slowest first, each graph op named after its node and shape.
+    assert_eq!(times.ops.len(), times.by_kind.iter().map(|t| t.1).sum::<usize>());
+    assert!(times.ops.windows(2).all(|w| w[0].ms >= w[1].ms));
+    for op in &times.ops {
+        if op.kind == "upload" {
+            assert_eq!(op.node, "-", "the input upload serves no node");
+        } else {
+            let node = cuda
+                .graph()
+                .nodes
+                .iter()
+                .find(|n| op.node.starts_with(&format!("{} ", n.name)));
+            let node = node.unwrap_or_else(|| panic!("{op:?} names no node of the graph"));
+            let s = node.shape;
+            assert!(
+                op.node.ends_with(&format!(" {}x{}x{}x{}", s.n, s.h, s.w, s.c)),
+                "{op:?}"
+            );
+        }
     }
 }
 

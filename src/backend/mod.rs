@@ -248,6 +248,10 @@ pub trait Backend {
     /// Element size in bytes of BN saved statistics (4: f32 on both backends, 8 for f64 checks).
     fn stats_bytes(&self) -> usize;
 
+    /// Names the graph node the ops that follow serve, with its output shape: the executor calls
+    /// it before each node, so a profile can say which layer an op was. No cost by default.
+    fn label(&mut self, _node: &str, _shape: Shape4) {}
+
     fn write(&mut self, t: View, data: &[f32]);
     fn read(&self, t: View) -> Vec<f32>;
     fn write_param(&mut self, p: ParamId, data: &[f32]);

@@ -96,7 +96,9 @@ impl<B: Backend> Executor<B> {
     pub fn forward(&mut self) {
         let mut module = ModuleRanges::new("forward");
         for i in 0..self.graph.nodes.len() {
-            module.enter(&self.graph.nodes[i].name);
+            let node = &self.graph.nodes[i];
+            module.enter(&node.name);
+            self.backend.label(&node.name, node.shape);
             self.forward_node(i);
         }
     }
@@ -186,6 +188,7 @@ impl<B: Backend> Executor<B> {
             }
             let node = self.graph.nodes[i].clone();
             module.enter(&node.name);
+            self.backend.label(&node.name, node.shape);
             let dy = self.plan.grad[i].expect("planned");
             let grads: Vec<Option<Grad>> = node
                 .inputs

@@ -109,15 +109,33 @@ impl ParamLayout {
     }
 }
 
-/// CUDA-event timing of every op, summed per op kind (the `--profile-ops` table).
+/// CUDA-event timing of every op (the `--profile-ops` tables).
 struct OpProfile {
     events: Vec<CudaEvent>,
     used: usize,
-    spans: Vec<(&'static str, usize)>,
+    /// Per timed op: its kind, the node it served (index into `labels`) and its first event.
+    spans: Vec<(&'static str, usize, usize)>,
+    /// "node name NxHxWxC" per labelled node, in the order the executor ran them.
+    labels: Vec<String>,
 }
 
-/// Time per op kind: (kind, launches, total milliseconds), slowest first.
-pub type OpTimes = Vec<(&'static str, usize, f64)>;
+/// One timed op: its kind, the graph node it served ("stage3.m0.b1.conv1 4x48x48x128"; "-" for
+/// work outside the graph, such as the input upload) and its milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    pub kind: &'static str,
+    pub node: String,
+    pub ms: f64,
+}
+
+/// What the op profile measured since the last [`CudaBackend::take_op_times`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpTimes {
+    /// Per op kind: (kind, launches, total milliseconds), slowest first.
+    pub by_kind: Vec<(&'static str, usize, f64)>,
+    /// Every op, slowest first.
+    pub ops: Vec<OpTime>,
+}
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
@@ -179,27 +197,37 @@ impl CudaBackend {
             events: Vec::new(),
             used: 0,
             spans: Vec::new(),
+            labels: vec!["-".into()],
         });
     }
 
-    /// Waits for the GPU and returns the time per op kind since the last call, slowest first.
+    /// Waits for the GPU and returns the times of the ops since the last call, per kind and one by
+    /// one, slowest first.
     pub fn take_op_times(&mut self) -> Result<OpTimes> {
         let Some(profile) = self.profile.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(OpTimes::default());
         };
         self.gpu.synchronize()?;
         let mut by_kind: BTreeMap<&'static str, (usize, f64)> = BTreeMap::new();
-        for &(kind, first) in &profile.spans {
+        let mut ops = Vec::with_capacity(profile.spans.len());
+        for &(kind, label, first) in &profile.spans {
             let ms = profile.events[first].elapsed_ms(&profile.events[first + 1])? as f64;
             let e = by_kind.entry(kind).or_default();
             e.0 += 1;
             e.1 += ms;
+            ops.push(OpTime {
+                kind,
+                node: profile.labels[label].clone(),
+                ms,
+            });
         }
         profile.spans.clear();
+        profile.labels.truncate(1);
         profile.used = 0;
-        let mut out: OpTimes = by_kind.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
-        out.sort_by(|a, b| b.2.total_cmp(&a.2));
-        Ok(out)
+        let mut by_kind: Vec<_> = by_kind.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        by_kind.sort_by(|a, b| b.2.total_cmp(&a.2));
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(OpTimes { by_kind, ops })
     }
 
     /// Runs one op: skipped after an earlier failure, its error kept, timed when profiling.
@@ -245,7 +273,7 @@ impl CudaBackend {
     fn profile_stop(&mut self, kind: &'static str, first: usize) -> Result<()> {
         let p = self.profile.as_mut().expect("profiling");
         p.events[first + 1].record(self.gpu.stream())?;
-        p.spans.push((kind, first));
+        p.spans.push((kind, p.labels.len() - 1, first));
         Ok(())
     }
 
@@ -505,7 +533,17 @@ impl Backend for CudaBackend {
         4
     }
 
+    fn label(&mut self, node: &str, shape: Shape4) {
+        if let Some(p) = self.profile.as_mut() {
+            p.labels
+                .push(format!("{node} {}x{}x{}x{}", shape.n, shape.h, shape.w, shape.c));
+        }
+    }
+
     fn write(&mut self, t: View, data: &[f32]) {
+        if let Some(p) = self.profile.as_mut() {
+            p.labels.push("-".into());
+        }
         self.op("upload", |b| b.upload_f16(t, data));
     }
 
