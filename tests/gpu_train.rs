@@ -190,3 +190,105 @@ fn gpu_staging_the_next_batch_changes_no_bit() {
     });
     assert!(differs, "the batch order changed nothing: the comparison is blind");
 }
+
+/// Validation runs in the training executor's memory (its activations inside the training arena,
+/// its weights the training weights). Its predictions must equal those of a separately allocated
+/// inference executor loaded from a checkpoint of the same weights, and training after it must
+/// go on exactly as if it had not run: validation overwrote the next batch's staged images, so
+/// the step after it must upload them again.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_validation_in_the_training_memory_changes_nothing() {
+    use cephalo::backend::CudaBackend;
+    use cephalo::bench::synthetic_batch;
+    use cephalo::checkpoint::{Checkpoint, Meta};
+    use cephalo::data::geometry::ImageSize;
+    use cephalo::data::loader::{Batch, Loader, LoaderConfig};
+    use cephalo::data::{Dataset, DatasetOptions, Split};
+    use cephalo::eval::inference::predict_loader;
+    use cephalo::graph::exec::Executor;
+    use cephalo::graph::plan::{DtypeSizes, Mode, PlanOptions};
+    use cephalo::model::ModelConfig;
+    use cephalo::train::cuda_engine::CudaEngine;
+    use cephalo::train::engine::StepParams;
+    use cephalo::train::landmark_weights::LandmarkWeightsArg;
+    use cephalo::train::loss::{HeatmapLoss, LossArgs, LossKind};
+    use rand::SeedableRng;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    cephalo::data::phantom::write_dataset(dir.path(), 12, 4, 160, 160).unwrap();
+    let ds = Dataset::open(dir.path(), &DatasetOptions::default()).unwrap();
+    let samples = ds.split(Split::Train).unwrap().to_vec();
+    let k = samples[0].landmarks.len();
+    let loader = Loader::new(
+        samples,
+        LoaderConfig {
+            batch_size: 2,
+            augment: None,
+            shuffle: false,
+            drop_last: false,
+            workers: 0,
+            ..LoaderConfig::new(ImageSize {
+                height: 128,
+                width: 128,
+            })
+        },
+    )
+    .unwrap();
+    let model = ModelConfig::new("hrnet-w8", 1, k, [128, 128], 2).unwrap();
+    let symbols: Vec<String> = (0..k).map(|i| format!("L{i}")).collect();
+    let loss = HeatmapLoss::from_args(
+        &LossArgs {
+            loss: LossKind::AdaptiveWing,
+            weight_map: true,
+            landmark_weights: LandmarkWeightsArg::None,
+        },
+        &symbols,
+    )
+    .unwrap();
+    let gpu = Arc::new(cephalo::gpu::Gpu::open(0).expect("a CUDA GPU"));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let graph = model.build().unwrap();
+    let batches: Vec<Batch> = (0..3).map(|_| synthetic_batch(&graph, &mut rng)).collect();
+    let sp = |t: u64| StepParams {
+        lr: 1e-3,
+        weight_decay: 1e-4,
+        t,
+    };
+    let meta = || Meta::new(model.clone(), symbols.clone(), 4, 2.0);
+
+    let mut engine = CudaEngine::new(gpu.clone(), model.build().unwrap(), 1, &loss).unwrap();
+    engine.step(&batches[0], Some(&batches[1]), &loss, sp(1)).unwrap();
+    engine.step(&batches[1], Some(&batches[2]), &loss, sp(2)).unwrap();
+    let validated = engine.predict(&loader, 2.0).unwrap();
+
+    // The same weights in an inference executor of its own.
+    let ck: Checkpoint = engine.checkpoint(meta()).unwrap();
+    let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
+    let mut separate = Executor::new(model.build().unwrap(), options, CudaBackend::new(gpu.clone()), 1);
+    ck.load_into(&mut separate).unwrap();
+    let alone = predict_loader(&mut separate, &loader, 2.0).unwrap();
+    assert_eq!(validated.len(), alone.len());
+    for (a, b) in validated.iter().zip(&alone) {
+        assert_eq!(a.index, b.index);
+        assert_eq!(a.points, b.points, "image {}: landmarks differ", a.index);
+        assert_eq!(a.confidence, b.confidence, "image {}: confidences differ", a.index);
+    }
+
+    // Training goes on as if validation had not run.
+    engine.step(&batches[2], None, &loss, sp(3)).unwrap();
+    let mut straight = CudaEngine::new(gpu.clone(), model.build().unwrap(), 1, &loss).unwrap();
+    straight.step(&batches[0], Some(&batches[1]), &loss, sp(1)).unwrap();
+    straight.step(&batches[1], Some(&batches[2]), &loss, sp(2)).unwrap();
+    straight.step(&batches[2], None, &loss, sp(3)).unwrap();
+    let (a, b) = (engine.checkpoint(meta()).unwrap(), straight.checkpoint(meta()).unwrap());
+    for (name, t) in &a.tensors {
+        let same = t
+            .data
+            .iter()
+            .zip(&b.tensors[name].data)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs after a validation between steps");
+    }
+}

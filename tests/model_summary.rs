@@ -104,3 +104,24 @@ fn conv_shapes_command_rejects_bad_flags() {
     assert!(cli_support::run(&["model", "conv-shapes", "--image-size", "768"]).is_err());
     assert!(cli_support::run(&["model", "conv-shapes", "--batch-size", "0"]).is_err());
 }
+
+/// The GPU training run's memory plan: validation runs inside the training arena (its own arena is
+/// far smaller) and on the training weights, so it adds nothing, and the total is the sum of the
+/// training parts.
+#[test]
+fn validation_needs_no_device_memory_of_its_own() {
+    use cephalo::graph::plan::{plan, DtypeSizes, Mode, PlanOptions};
+    use cephalo::train::cuda_engine::memory_plan;
+    for (model, batch) in [("hrnet-w32", 2), ("resnet50", 4)] {
+        let g = ModelConfig::new(model, 1, 19, [256, 256], batch)
+            .unwrap()
+            .build()
+            .unwrap();
+        let p = memory_plan(&g);
+        let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
+        let eval = plan(&options.graph_for(g.clone()), options);
+        assert!(eval.arena_bytes > 0 && eval.arena_bytes < p.train_arena, "{model}");
+        assert_eq!(p.eval_arena, 0, "{model}");
+        assert_eq!(p.total(), p.train_arena + p.params + p.optimizer + p.scratch, "{model}");
+    }
+}

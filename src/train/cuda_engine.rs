@@ -79,6 +79,7 @@ impl StagedInput {
 /// Device memory a training run needs, for the check before anything is allocated.
 pub struct MemoryPlan {
     pub train_arena: usize,
+    /// Validation's own activation arena: 0 when it fits inside the training arena, where it runs.
     pub eval_arena: usize,
     pub params: usize,
     pub optimizer: usize,
@@ -139,8 +140,13 @@ pub fn memory_plan(graph: &Graph) -> MemoryPlan {
     let out = graph.output_shape().len();
     MemoryPlan {
         train_arena: train.arena_bytes,
-        // The evaluation copy holds its own parameters (masters, fp16 copies, no gradients).
-        eval_arena: eval.arena_bytes + layout.value_elements() * 6,
+        // The evaluation executor runs inside the training executor's memory (`CudaBackend::sharing`):
+        // nothing of its own unless its arena is the larger one.
+        eval_arena: if eval.arena_bytes > train.arena_bytes {
+            eval.arena_bytes
+        } else {
+            0
+        },
         params: layout.bytes(),
         optimizer: 2 * layout.value_elements() * 4,
         scratch: crate::backend::cuda::backend::scratch_estimate(&shapes, &convs) + out * 4 + (1 << 20),
@@ -156,9 +162,13 @@ pub fn check_fits(gpu: &Gpu, graph: &Graph, batch: usize, image: [usize; 2]) -> 
     let margin = 256 << 20;
     let need = plan.total() + margin;
     if need > free {
+        let validation = match plan.eval_arena {
+            0 => "none of its own".to_string(),
+            bytes => human_bytes(bytes as u64),
+        };
         bail!(
             "out of GPU memory: training {}x{} at batch {batch} needs about {} (activations {}, parameters and \
-             gradients {}, optimizer {}, evaluation copy {}, scratch {}) but {} has {} free of {}. Lower \
+             gradients {}, optimizer {}, validation {validation}, scratch {}) but {} has {} free of {}. Lower \
              --batch-size or --image-size (e.g. --batch-size {} ), or free the GPU.",
             image[0],
             image[1],
@@ -166,7 +176,6 @@ pub fn check_fits(gpu: &Gpu, graph: &Graph, batch: usize, image: [usize; 2]) -> 
             human_bytes(plan.train_arena as u64),
             human_bytes(plan.params as u64),
             human_bytes(plan.optimizer as u64),
-            human_bytes(plan.eval_arena as u64),
             human_bytes(plan.scratch as u64),
             gpu.info().name,
             human_bytes(free as u64),
@@ -184,7 +193,10 @@ impl CudaEngine {
         exec.backend_mut()
             .take_error()
             .context("preparing the training executor")?;
-        let mut eval = Executor::new(eval_graph, eval_options(), CudaBackend::new(gpu.clone()), seed);
+        // Validation runs between steps, in the training executor's memory: its activations inside
+        // the (much larger) training arena, its weights the training weights themselves.
+        let eval_backend = CudaBackend::sharing(exec.backend());
+        let mut eval = Executor::new(eval_graph, eval_options(), eval_backend, seed);
         eval.backend_mut()
             .take_error()
             .context("preparing the evaluation executor")?;
@@ -417,9 +429,18 @@ impl CudaEngine {
 
     pub fn predict(&mut self, loader: &Loader, sigma: f64) -> Result<Vec<PredictedImage>> {
         let _r = nvtx::range("validation");
-        for id in 0..self.exec.graph().params.len() {
-            let values = self.exec.param(ParamId(id));
-            self.eval.set_param(ParamId(id), &values);
+        let (shared_arena, shared_weights) = self.eval.backend().shares_memory_with(self.exec.backend());
+        if shared_weights {
+            self.eval.backend_mut().params_changed();
+        } else {
+            for id in 0..self.exec.graph().params.len() {
+                let values = self.exec.param(ParamId(id));
+                self.eval.set_param(ParamId(id), &values);
+            }
+        }
+        if shared_arena {
+            // Validation overwrites the training arena, and with it any staged input.
+            self.staged = None;
         }
         let out = predict_loader(&mut self.eval, loader, sigma);
         self.eval.backend_mut().take_error().context("validation on the GPU")?;

@@ -36,7 +36,7 @@ use crate::gpu::{Arena, DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 const ALIGN_ELEMS: usize = 8;
 
 /// Where one parameter lives in the store (element offsets into each region).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ParamSlot {
     len: usize,
     /// Offset into the master (f32) and half (f16) regions: the same element index in both.
@@ -46,7 +46,7 @@ struct ParamSlot {
 }
 
 /// The layout of the parameter store; pure arithmetic, so it is tested without a GPU.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ParamLayout {
     slots: Vec<ParamSlot>,
     /// Elements of the master and half regions (every parameter, padded).
@@ -109,6 +109,14 @@ impl ParamLayout {
     }
 }
 
+/// The memory [`CudaBackend::sharing`] offers: an activation arena and a parameter store with its
+/// layout.
+struct SharedMemory {
+    act: Arc<Arena>,
+    store: Arc<Arena>,
+    layout: ParamLayout,
+}
+
 /// CUDA-event timing of every op (the `--profile-ops` tables).
 struct OpProfile {
     events: Vec<CudaEvent>,
@@ -139,8 +147,8 @@ pub struct OpTimes {
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
-    act: Option<Arena>,
-    store: Option<Arena>,
+    act: Option<Arc<Arena>>,
+    store: Option<Arc<Arena>>,
     layout: ParamLayout,
     scratch_f32: Option<DeviceBuffer<f32>>,
     scratch_f16: Option<DeviceBuffer<f16>>,
@@ -148,6 +156,8 @@ pub struct CudaBackend {
     folds: BTreeMap<ParamId, DeviceBuffer<f32>>,
     error: Option<anyhow::Error>,
     profile: Option<OpProfile>,
+    /// Another backend's memory, offered to [`Backend::prepare`] (see [`CudaBackend::sharing`]).
+    offered: Option<SharedMemory>,
     /// Page-locked staging of [`Backend::write`]: the input batch upload does not wait.
     staging: Option<Staging<f16>>,
 }
@@ -164,12 +174,50 @@ impl CudaBackend {
             folds: BTreeMap::new(),
             error: None,
             profile: None,
+            offered: None,
             staging: None,
         }
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
+    }
+
+    /// A backend that runs in `other`'s memory instead of allocating its own: its activations in
+    /// `other`'s activation arena when that is large enough, and its parameters in `other`'s store
+    /// when the parameter layouts are equal (the same graph), so they are `other`'s parameters.
+    /// For the validation executor of a training run, which only ever runs between training steps
+    /// on the same stream: it saves the device memory of a second arena and a second copy of the
+    /// weights. The two must never be used in an interleaved way that expects either arena to keep
+    /// its contents (training keeps nothing in its arena from one step to the next, but the caller
+    /// must forget anything it staged there), and after the parameters change the validation
+    /// backend must be told ([`CudaBackend::params_changed`]). `other` must be prepared.
+    pub fn sharing(other: &CudaBackend) -> Self {
+        let mut backend = Self::new(other.gpu.clone());
+        backend.offered = match (&other.act, &other.store) {
+            (Some(act), Some(store)) => Some(SharedMemory {
+                act: act.clone(),
+                store: store.clone(),
+                layout: other.layout.clone(),
+            }),
+            _ => None,
+        };
+        backend
+    }
+
+    /// Whether this backend's activation arena and parameter store are (respectively) `other`'s.
+    pub fn shares_memory_with(&self, other: &CudaBackend) -> (bool, bool) {
+        let same = |a: &Option<Arc<Arena>>, b: &Option<Arc<Arena>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        (same(&self.act, &other.act), same(&self.store, &other.store))
+    }
+
+    /// Forgets everything derived from the parameters (the folded eval-mode batch norms), for a
+    /// backend whose store another backend writes (see [`CudaBackend::sharing`]).
+    pub fn params_changed(&mut self) {
+        self.folds.clear();
     }
 
     pub fn layout(&self) -> &ParamLayout {
@@ -497,20 +545,29 @@ impl Backend for CudaBackend {
     fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]) {
         self.layout = ParamLayout::new(params);
         self.folds.clear();
+        let offered = self.offered.take();
         let result = (|| -> Result<()> {
             self.act = None;
             self.store = None;
-            self.act = Some(
-                Arena::new(&self.gpu, arena_bytes.max(16))
-                    .with_context(|| format!("allocating the {} activation arena", human_bytes(arena_bytes as u64)))?,
-            );
+            self.act =
+                Some(match &offered {
+                    Some(o) if o.act.capacity() >= arena_bytes => o.act.clone(),
+                    _ => Arc::new(Arena::new(&self.gpu, arena_bytes.max(16)).with_context(|| {
+                        format!("allocating the {} activation arena", human_bytes(arena_bytes as u64))
+                    })?),
+                });
+            if let Some(o) = offered.as_ref().filter(|o| o.layout == self.layout) {
+                // The other backend's parameters, zeroed and written by it.
+                self.store = Some(o.store.clone());
+                return Ok(());
+            }
             let store = Arena::new(&self.gpu, self.layout.bytes().max(16))
                 .with_context(|| format!("allocating {} of parameters", human_bytes(self.layout.bytes() as u64)))?;
             // Zero the store once: gradient padding must read as zero for whole-region reductions.
             // SAFETY: the new arena is not viewed anywhere else yet.
             let mut all = unsafe { store.view_mut::<f32>(0, store.capacity() / 4) };
             super::zero_async(&self.gpu, &mut all)?;
-            self.store = Some(store);
+            self.store = Some(Arc::new(store));
             Ok(())
         })();
         if let Err(e) = result {
