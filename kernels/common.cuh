@@ -17,6 +17,17 @@ __device__ __forceinline__ long long grid_stride() {
     return (long long)gridDim.x * blockDim.x;
 }
 
+// Element i of an NHWC tensor with h x w pixels of c channels per image, as coordinates.
+struct NhwcIndex {
+    long long img;
+    int y, x, c;
+};
+__device__ __forceinline__ NhwcIndex nhwc_index(long long i, int h, int w, int c) {
+    const long long pix = i / c;
+    const long long row = pix / w;
+    return NhwcIndex{row / h, (int)(row % h), (int)(pix % w), (int)(i % c)};
+}
+
 // 16 bytes: the widest single load/store. Eight fp16 or four fp32 values.
 struct __align__(16) half8 {
     __half2 h[4];

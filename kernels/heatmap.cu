@@ -15,6 +15,7 @@
 // may differ from the host's libm, which the rounding to float hides.
 //
 // Launch: any 1-D grid (grid-stride loop).
+#include "common.cuh"
 
 // REFERENCE §3: values beyond this many sigmas are exactly 0 (TRUNCATE_SIGMAS in heatmap.rs).
 #define HEATMAP_TRUNCATE_SIGMAS 3.0
@@ -26,14 +27,8 @@ extern "C" __global__ void heatmap_encode_f32(const double* __restrict__ points,
     const double reach2 = __dmul_rn(reach, reach);
     const double inv = 1.0 / __dmul_rn(__dmul_rn(2.0, sigma), sigma);
     const long long total = (long long)n * h * w * k;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int c = (int)(i % k);
-        const long long pix = i / k;
-        const int x = (int)(pix % w);
-        const long long row = pix / w;
-        const int y = (int)(row % h);
-        const long long img = row / h;
+    for (long long i = global_thread_index(); i < total; i += grid_stride()) {
+        const auto [img, y, x, c] = nhwc_index(i, h, w, k);
         const double px = points[2 * (img * k + c)];
         const double py = points[2 * (img * k + c) + 1];
         float value = 0.0f;

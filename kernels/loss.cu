@@ -16,7 +16,7 @@
 //
 // Launch geometry of the *_fwd_bwd_f16 kernels: blockDim.x = LOSS_BLOCK (256), any gridDim.x
 // >= 1 (e.g. min(ceil(total / 256), 1024)); `partials` holds gridDim.x doubles.
-#include <cuda_fp16.h>
+#include "common.cuh"
 
 #define LOSS_BLOCK 256
 
@@ -98,14 +98,8 @@ __device__ __forceinline__ void weighted_mean_fwd_bwd(
     // Same factor as the CPU twin: computed in double, rounded once to float.
     const float grad_mul = (float)((double)grad_scale / (double)total);
     double sum = 0.0;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int c = (int)(i % k);
-        const long long pix = i / k;
-        const int x = (int)(pix % w);
-        const long long row = pix / w;
-        const int y = (int)(row % h);
-        const long long img = row / h;
+    for (long long i = global_thread_index(); i < total; i += grid_stride()) {
+        const auto [img, y, x, c] = nhwc_index(i, h, w, k);
         float loss, dloss;
         pixel(__half2float(pred[i]), target[i], &loss, &dloss);
         float weight = channel_weights[c];

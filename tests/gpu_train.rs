@@ -2,6 +2,24 @@
 //! with loss scaling; an interrupted run resumes on the GPU to the same step, bit for bit; GPU
 //! inference (`eval --device cuda`) agrees with the CPU on the same checkpoint.
 use std::path::Path;
+use std::sync::Arc;
+
+use cephalo::backend::CudaBackend;
+use cephalo::bench::synthetic_batch;
+use cephalo::checkpoint::{Checkpoint, Meta};
+use cephalo::data::geometry::ImageSize;
+use cephalo::data::loader::{Batch, Loader, LoaderConfig};
+use cephalo::data::{Dataset, DatasetOptions, Split};
+use cephalo::eval::inference::predict_loader;
+use cephalo::gpu::Gpu;
+use cephalo::graph::exec::Executor;
+use cephalo::graph::plan::{DtypeSizes, Mode, PlanOptions};
+use cephalo::model::ModelConfig;
+use cephalo::train::cuda_engine::CudaEngine;
+use cephalo::train::engine::StepParams;
+use cephalo::train::landmark_weights::LandmarkWeightsArg;
+use cephalo::train::loss::{HeatmapLoss, LossArgs, LossKind};
+use rand::SeedableRng;
 
 mod cli_support;
 
@@ -88,11 +106,7 @@ fn gpu_resume_is_bitwise_identical_to_an_uninterrupted_run() {
     let a = cephalo::checkpoint::load(&straight.path().join("ck/checkpoint_last.safetensors")).unwrap();
     let b = cephalo::checkpoint::load(&last).unwrap();
     assert_eq!(a.meta.step, b.meta.step);
-    for (name, t) in &a.tensors {
-        let u = &b.tensors[name];
-        let same = t.data.iter().zip(&u.data).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{name} differs between the straight and the resumed GPU run");
-    }
+    assert_same_tensors(&a, &b, "between the straight and the resumed GPU run");
 }
 
 /// The same checkpoint loaded for inference on the CPU (f32) and the GPU (fp16, BN folded)
@@ -129,29 +143,7 @@ fn gpu_inference_of_a_checkpoint_matches_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_staging_the_next_batch_changes_no_bit() {
-    use cephalo::bench::synthetic_batch;
-    use cephalo::checkpoint::{Checkpoint, Meta};
-    use cephalo::data::loader::Batch;
-    use cephalo::gpu::Gpu;
-    use cephalo::model::ModelConfig;
-    use cephalo::train::cuda_engine::CudaEngine;
-    use cephalo::train::engine::StepParams;
-    use cephalo::train::landmark_weights::LandmarkWeightsArg;
-    use cephalo::train::loss::{HeatmapLoss, LossArgs, LossKind};
-    use rand::SeedableRng;
-    use std::sync::Arc;
-
-    let model = ModelConfig::new("hrnet-w8", 1, 5, [128, 128], 2).unwrap();
-    let symbols: Vec<String> = (0..5).map(|i| format!("L{i}")).collect();
-    let loss = HeatmapLoss::from_args(
-        &LossArgs {
-            loss: LossKind::AdaptiveWing,
-            weight_map: true,
-            landmark_weights: LandmarkWeightsArg::None,
-        },
-        &symbols,
-    )
-    .unwrap();
+    let (model, symbols, loss) = engine_setup(5);
     let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let graph = model.build().unwrap();
@@ -170,19 +162,12 @@ fn gpu_staging_the_next_batch_changes_no_bit() {
             .checkpoint(Meta::new(model.clone(), symbols.clone(), 4, 2.0))
             .unwrap()
     };
-    let same = |a: &Checkpoint, b: &Checkpoint, what: &str| {
-        for (name, t) in &a.tensors {
-            let u = &b.tensors[name];
-            let equal = t.data.iter().zip(&u.data).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(equal, "{name} differs {what}");
-        }
-    };
     let plain = run(&[(0, None), (1, None), (2, None), (3, None)]);
     let staged = run(&[(0, Some(1)), (1, Some(2)), (2, Some(3)), (3, None)]);
-    same(&plain, &staged, "with the next batch staged");
+    assert_same_tensors(&plain, &staged, "with the next batch staged");
     let reordered = run(&[(0, None), (1, None), (3, None), (2, None)]);
     let stale = run(&[(0, Some(1)), (1, Some(2)), (3, None), (2, None)]);
-    same(&reordered, &stale, "after a stale staging");
+    assert_same_tensors(&reordered, &stale, "after a stale staging");
     // The test can fail: other batches give other weights.
     let differs = plain.tensors.iter().any(|(name, t)| {
         let u = &reordered.tensors[name];
@@ -199,23 +184,6 @@ fn gpu_staging_the_next_batch_changes_no_bit() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_validation_in_the_training_memory_changes_nothing() {
-    use cephalo::backend::CudaBackend;
-    use cephalo::bench::synthetic_batch;
-    use cephalo::checkpoint::{Checkpoint, Meta};
-    use cephalo::data::geometry::ImageSize;
-    use cephalo::data::loader::{Batch, Loader, LoaderConfig};
-    use cephalo::data::{Dataset, DatasetOptions, Split};
-    use cephalo::eval::inference::predict_loader;
-    use cephalo::graph::exec::Executor;
-    use cephalo::graph::plan::{DtypeSizes, Mode, PlanOptions};
-    use cephalo::model::ModelConfig;
-    use cephalo::train::cuda_engine::CudaEngine;
-    use cephalo::train::engine::StepParams;
-    use cephalo::train::landmark_weights::LandmarkWeightsArg;
-    use cephalo::train::loss::{HeatmapLoss, LossArgs, LossKind};
-    use rand::SeedableRng;
-    use std::sync::Arc;
-
     let dir = tempfile::tempdir().unwrap();
     cephalo::data::phantom::write_dataset(dir.path(), 12, 4, 160, 160).unwrap();
     let ds = Dataset::open(dir.path(), &DatasetOptions::default()).unwrap();
@@ -236,18 +204,8 @@ fn gpu_validation_in_the_training_memory_changes_nothing() {
         },
     )
     .unwrap();
-    let model = ModelConfig::new("hrnet-w8", 1, k, [128, 128], 2).unwrap();
-    let symbols: Vec<String> = (0..k).map(|i| format!("L{i}")).collect();
-    let loss = HeatmapLoss::from_args(
-        &LossArgs {
-            loss: LossKind::AdaptiveWing,
-            weight_map: true,
-            landmark_weights: LandmarkWeightsArg::None,
-        },
-        &symbols,
-    )
-    .unwrap();
-    let gpu = Arc::new(cephalo::gpu::Gpu::open(0).expect("a CUDA GPU"));
+    let (model, symbols, loss) = engine_setup(k);
+    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let graph = model.build().unwrap();
     let batches: Vec<Batch> = (0..3).map(|_| synthetic_batch(&graph, &mut rng)).collect();
@@ -283,12 +241,28 @@ fn gpu_validation_in_the_training_memory_changes_nothing() {
     straight.step(&batches[1], Some(&batches[2]), &loss, sp(2)).unwrap();
     straight.step(&batches[2], None, &loss, sp(3)).unwrap();
     let (a, b) = (engine.checkpoint(meta()).unwrap(), straight.checkpoint(meta()).unwrap());
+    assert_same_tensors(&a, &b, "after a validation between steps");
+}
+
+/// The engine-level tests' setup: HRNet-W8 at 128x128, batch 2, `k` landmarks, their names and the
+/// default loss (Adaptive Wing with the weight map).
+fn engine_setup(k: usize) -> (ModelConfig, Vec<String>, HeatmapLoss) {
+    let model = ModelConfig::new("hrnet-w8", 1, k, [128, 128], 2).unwrap();
+    let symbols: Vec<String> = (0..k).map(|i| format!("L{i}")).collect();
+    let args = LossArgs {
+        loss: LossKind::AdaptiveWing,
+        weight_map: true,
+        landmark_weights: LandmarkWeightsArg::None,
+    };
+    let loss = HeatmapLoss::from_args(&args, &symbols).unwrap();
+    (model, symbols, loss)
+}
+
+/// Every tensor (weights, statistics, moments) of `a` equals `b`'s to the bit.
+fn assert_same_tensors(a: &Checkpoint, b: &Checkpoint, what: &str) {
     for (name, t) in &a.tensors {
-        let same = t
-            .data
-            .iter()
-            .zip(&b.tensors[name].data)
-            .all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "{name} differs after a validation between steps");
+        let u = &b.tensors[name];
+        let same = t.data.iter().zip(&u.data).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{name} differs {what}");
     }
 }

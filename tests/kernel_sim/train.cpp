@@ -7,6 +7,8 @@
 // extern "C" kernels have distinct names).
 #include "cuda_sim.h"
 using std::isfinite;
+// Shared by loss.cu and heatmap.cu; included once, outside their namespaces.
+#include "k/common.cuh"
 namespace loss_cu {
 #include "k/loss.cu"
 }
