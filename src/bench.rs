@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// Same as `--mode infer`.
     #[arg(long, conflicts_with = "mode")]
     pub inference: bool,
+    /// Training: replay forward and backward from CUDA graphs recorded after the first step
+    /// (experimental; as `cephalo train --cuda-graphs`).
+    #[arg(long, alias = "cuda_graphs")]
+    pub cuda_graphs: bool,
     /// Write the report as JSON here (stdout gets the human summary).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -96,6 +100,9 @@ struct Report {
     planned_bytes: usize,
     /// With `--profile-ops`: per op kind (kind, launches, ms) and the slowest ops one by one
     /// (kind, graph node with its output shape, ms), both slowest first.
+    /// Training with `--cuda-graphs`: whether forward and backward were replayed from graphs (a
+    /// recording that failed leaves this false, with a warning on stderr).
+    cuda_graphs: bool,
     op_times_ms: Vec<(String, usize, f64)>,
     slowest_ops_ms: Vec<(String, String, f64)>,
 }
@@ -140,7 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let batch = synthetic_batch(&graph, &mut rng);
     let timer = GpuTimer::new(&gpu)?;
     let (mut gpu_ms, mut wall_ms) = (Vec::new(), Vec::new());
-    let (planned, op_times) = match mode {
+    let (planned, op_times, replayed_graphs) = match mode {
         BenchMode::Train => {
             let plan = check_fits(&gpu, &graph, args.batch_size, [h, w])?;
             let loss = HeatmapLoss::from_args(
@@ -152,6 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                 &(0..args.landmarks).map(|i| format!("L{i}")).collect::<Vec<_>>(),
             )?;
             let mut engine = CudaEngine::new(gpu.clone(), graph, 1, &loss)?;
+            engine.use_cuda_graphs(args.cuda_graphs);
             for i in 0..args.warmup + args.steps {
                 let sp = StepParams {
                     lr: 1e-4,
@@ -176,7 +184,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                 engine.step(&batch, Some(&batch), &loss, sp)?;
                 op_times = engine.backend_mut().take_op_times()?;
             }
-            (plan.total(), op_times)
+            (plan.total(), op_times, engine.replaying_cuda_graphs())
         }
         BenchMode::Infer => {
             let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
@@ -201,7 +209,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                 exec.forward();
                 op_times = exec.backend_mut().take_op_times()?;
             }
-            (exec.plan().arena_bytes + exec.backend().layout().bytes(), op_times)
+            (
+                exec.plan().arena_bytes + exec.backend().layout().bytes(),
+                op_times,
+                false,
+            )
         }
     };
     let vram = vram::read(&gpu)?;
@@ -226,6 +238,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         process_vram_bytes: vram.process_bytes,
         device_used_bytes: vram.used_bytes,
         planned_bytes: planned,
+        cuda_graphs: replayed_graphs,
         op_times_ms: op_times
             .by_kind
             .iter()
@@ -290,6 +303,9 @@ fn print_report(r: &Report) {
         r.wall_ms.median_ms,
         r.images_per_s
     );
+    if r.cuda_graphs {
+        println!("forward and backward replayed from CUDA graphs (--cuda-graphs)");
+    }
     println!(
         "convolutions: {:.1} TFLOP/s over the whole step (compare with the GPU's fp16 peak, e.g. from \
          benches/device_peaks.py)",

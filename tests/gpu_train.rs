@@ -244,6 +244,41 @@ fn gpu_validation_in_the_training_memory_changes_nothing() {
     assert_same_tensors(&a, &b, "after a validation between steps");
 }
 
+/// Forward and backward replayed from CUDA graphs (`--cuda-graphs`) train to the same bits as
+/// launching op by op: five steps over three batches, with the next batch staged as in training.
+/// The graphs are recorded at the second step and replayed from then on.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_cuda_graphs_change_no_bit() {
+    let (model, symbols, loss) = engine_setup(5);
+    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let graph = model.build().unwrap();
+    let batches: Vec<Batch> = (0..3).map(|_| synthetic_batch(&graph, &mut rng)).collect();
+    let run = |graphs: bool| -> Checkpoint {
+        let mut engine = CudaEngine::new(gpu.clone(), model.build().unwrap(), 1, &loss).unwrap();
+        engine.use_cuda_graphs(graphs);
+        let order = [0, 1, 2, 1, 0];
+        for (t, pair) in order.windows(2).map(Some).chain([None]).enumerate() {
+            let (b, next) = match pair {
+                Some(&[b, n]) => (b, Some(&batches[n])),
+                _ => (order[order.len() - 1], None),
+            };
+            let sp = StepParams {
+                lr: 1e-3,
+                weight_decay: 1e-4,
+                t: t as u64 + 1,
+            };
+            engine.step(&batches[b], next, &loss, sp).unwrap();
+        }
+        assert_eq!(engine.replaying_cuda_graphs(), graphs, "graphs recorded and replayed");
+        engine
+            .checkpoint(Meta::new(model.clone(), symbols.clone(), 4, 2.0))
+            .unwrap()
+    };
+    assert_same_tensors(&run(false), &run(true), "with CUDA graphs");
+}
+
 /// The engine-level tests' setup: HRNet-W8 at 128x128, batch 2, `k` landmarks, their names and the
 /// default loss (Adaptive Wing with the weight map).
 fn engine_setup(k: usize) -> (ModelConfig, Vec<String>, HeatmapLoss) {

@@ -3,6 +3,7 @@
 //!
 //! Everything here degrades to a clear error (never a panic) on machines without the NVIDIA
 //! driver or without a GPU, so the CPU paths of the program keep working there.
+pub mod capture;
 pub mod context;
 pub mod kernel_image;
 pub mod memory;

@@ -62,6 +62,11 @@ pub struct TrainArgs {
     /// Loader threads [default: cores - 1].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// GPU: record the forward and backward passes as CUDA graphs after the first step and replay
+    /// them (one launch per pass instead of one per op). Experimental, off by default; a recording
+    /// that fails falls back to launching op by op, with a warning.
+    #[arg(long, alias = "cuda_graphs")]
+    pub cuda_graphs: bool,
     /// Heatmap Gaussian sigma in heatmap pixels.
     #[arg(long, default_value_t = 2.0)]
     pub sigma: f64,

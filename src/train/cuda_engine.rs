@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context as _, Result};
+use cudarc::driver::CudaGraph;
 
 use crate::backend::cpu::loss::HeatmapShape;
 use crate::backend::cpu::optim::{AdamWChunk, AdamWParams, AdamWTensor};
@@ -19,6 +20,7 @@ use crate::backend::{Backend, CudaBackend, ParamId};
 use crate::checkpoint::{Checkpoint, Meta};
 use crate::data::loader::{Batch, Loader};
 use crate::eval::inference::{predict_loader, PredictedImage};
+use crate::gpu::capture::capture;
 use crate::gpu::memory::{human_bytes, Staging};
 use crate::gpu::{nvtx, vram, DeviceBuffer, Gpu};
 use crate::graph::exec::Executor;
@@ -52,6 +54,33 @@ pub struct CudaEngine {
     shape: HeatmapShape,
     /// The batch whose images the previous step queued into the input, if any.
     staged: Option<StagedInput>,
+    /// Forward and backward as CUDA graphs, when turned on ([`CudaEngine::use_cuda_graphs`]).
+    graphs: Option<StepGraphs>,
+    /// Steps completed (applied or skipped) by this engine.
+    steps_done: u64,
+}
+
+/// The two passes of the training executor.
+#[derive(Clone, Copy, Debug)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+fn run_eagerly(exec: &mut Executor<CudaBackend>, pass: Pass) {
+    match pass {
+        Pass::Forward => exec.forward(),
+        Pass::Backward => exec.backward(),
+    }
+}
+
+/// The recorded passes of [`CudaEngine::use_cuda_graphs`], valid for the backend's scratch
+/// generation they were recorded at.
+#[derive(Default)]
+struct StepGraphs {
+    forward: Option<CudaGraph>,
+    backward: Option<CudaGraph>,
+    scratch_generation: Option<u64>,
 }
 
 /// Which batch's images the previous step already queued into the training input: the address and
@@ -229,6 +258,8 @@ impl CudaEngine {
             trainable,
             shape,
             staged: None,
+            graphs: None,
+            steps_done: 0,
         })
     }
 
@@ -285,12 +316,8 @@ impl CudaEngine {
         }
         {
             let _r = nvtx::range("forward");
-            self.exec.forward();
+            self.run_pass(Pass::Forward).context("forward pass on the GPU")?;
         }
-        self.exec
-            .backend_mut()
-            .take_error()
-            .context("forward pass on the GPU")?;
         let scale = self.scaler.scale();
         {
             let _r = nvtx::range("loss");
@@ -313,12 +340,8 @@ impl CudaEngine {
         }
         {
             let _r = nvtx::range("backward");
-            self.exec.backward();
+            self.run_pass(Pass::Backward).context("backward pass on the GPU")?;
         }
-        self.exec
-            .backend_mut()
-            .take_error()
-            .context("backward pass on the GPU")?;
         {
             let _r = nvtx::range("unscale");
             let grads = self.exec.backend_mut().all_grads();
@@ -351,14 +374,78 @@ impl CudaEngine {
                 );
             }
         };
-        match outcome {
-            StepOutcome::Skip { .. } => Ok(StepResult { loss, skipped: true }),
+        let skipped = match outcome {
+            StepOutcome::Skip { .. } => true,
             StepOutcome::Apply { .. } => {
                 let _r = nvtx::range("optimizer");
                 self.optimizer_step(sp)?;
-                Ok(StepResult { loss, skipped: false })
+                false
+            }
+        };
+        self.steps_done += 1;
+        Ok(StepResult { loss, skipped })
+    }
+
+    /// Records the training step's forward and backward passes as CUDA graphs, from the step after
+    /// the next one on, and replays them instead of launching their kernels one by one (one launch
+    /// per pass instead of over a thousand). Experimental and off by default: every kernel argument
+    /// of the two passes is an arena address or a shape, fixed for the run, and a recording that
+    /// fails or would need memory falls back to launching op by op for the rest of the run, with a
+    /// warning. The loss, the unscale and AdamW, whose arguments change per step, stay outside.
+    pub fn use_cuda_graphs(&mut self, on: bool) {
+        self.graphs = on.then(StepGraphs::default);
+    }
+
+    /// Whether forward and backward are being replayed from recorded CUDA graphs.
+    pub fn replaying_cuda_graphs(&self) -> bool {
+        self.graphs
+            .as_ref()
+            .is_some_and(|g| g.forward.is_some() && g.backward.is_some())
+    }
+
+    /// Queues one pass of the training executor: replayed from its CUDA graph when graphs are on
+    /// (recorded first if need be), else op by op.
+    fn run_pass(&mut self, pass: Pass) -> Result<()> {
+        let generation = self.exec.backend().scratch_generation();
+        // Graphs replay after a whole step has run op by op (every scratch buffer has its size),
+        // never while ops are timed one by one, and only with the scratch addresses they recorded.
+        let replay = self.steps_done > 0 && !self.exec.backend().is_profiling();
+        let Some(graphs) = self.graphs.as_mut().filter(|_| replay) else {
+            run_eagerly(&mut self.exec, pass);
+            return self.exec.backend_mut().take_error();
+        };
+        if graphs.scratch_generation != Some(generation) {
+            *graphs = StepGraphs {
+                scratch_generation: Some(generation),
+                ..StepGraphs::default()
+            };
+        }
+        let slot = match pass {
+            Pass::Forward => &mut graphs.forward,
+            Pass::Backward => &mut graphs.backward,
+        };
+        if slot.is_none() {
+            let exec = &mut self.exec;
+            exec.backend_mut().set_recording(true);
+            let recorded = capture(&self.gpu, || {
+                run_eagerly(exec, pass);
+                exec.backend_mut().take_error()
+            });
+            exec.backend_mut().set_recording(false);
+            match recorded {
+                Ok(graph) => *slot = Some(graph),
+                Err(e) => {
+                    eprintln!("warning: CUDA graphs turned off, the step runs op by op: {e:#}");
+                    self.graphs = None;
+                    run_eagerly(&mut self.exec, pass);
+                    return self.exec.backend_mut().take_error();
+                }
             }
         }
+        slot.as_ref()
+            .expect("recorded above")
+            .launch()
+            .context("launching a recorded CUDA graph")
     }
 
     /// Queues the upload of `next`'s images into the input, behind this step's backward pass (the

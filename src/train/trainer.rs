@@ -121,6 +121,9 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         Device::Cpu if args.mixed_precision == Some(true) => {
             eprintln!("note: --mixed-precision applies to GPU training; the CPU trains in f32")
         }
+        Device::Cpu if args.cuda_graphs => {
+            eprintln!("note: --cuda-graphs applies to GPU training; the CPU runs op by op")
+        }
         Device::Cuda(_) if args.mixed_precision == Some(false) => bail!(
             "--mixed-precision false: GPU training runs in fp16 with fp32 master weights only; use --device cpu for \
              f32 training"
@@ -300,7 +303,9 @@ impl Trainer {
                     gpu.info().name,
                     human_bytes(plan.total() as u64)
                 );
-                Engine::Cuda(Box::new(CudaEngine::new(gpu, graph, seed, &loss)?))
+                let mut engine = CudaEngine::new(gpu, graph, seed, &loss)?;
+                engine.use_cuda_graphs(args.cuda_graphs);
+                Engine::Cuda(Box::new(engine))
             }
         };
 

@@ -152,6 +152,10 @@ pub struct CudaBackend {
     layout: ParamLayout,
     scratch_f32: Option<DeviceBuffer<f32>>,
     scratch_f16: Option<DeviceBuffer<f16>>,
+    /// Reallocations of the two scratch buffers so far (see [`CudaBackend::scratch_generation`]).
+    scratch_generation: u64,
+    /// Ops are being recorded into a CUDA graph (see [`CudaBackend::set_recording`]).
+    recording: bool,
     /// Folded eval-mode BN (scale then shift, 2 * c floats) per BN, valid until a parameter changes.
     folds: BTreeMap<ParamId, DeviceBuffer<f32>>,
     error: Option<anyhow::Error>,
@@ -171,6 +175,8 @@ impl CudaBackend {
             layout: ParamLayout::default(),
             scratch_f32: None,
             scratch_f16: None,
+            scratch_generation: 0,
+            recording: false,
             folds: BTreeMap::new(),
             error: None,
             profile: None,
@@ -430,11 +436,42 @@ impl CudaBackend {
 
     /// A f32 scratch view of at least `len` elements (grown, never shrunk: stable after step 1).
     fn scratch_f32(&mut self, len: usize) -> Result<DevSliceMut<'_, f32>> {
-        grown(&self.gpu, &mut self.scratch_f32, len)
+        grown(
+            &self.gpu,
+            &mut self.scratch_f32,
+            len,
+            &mut self.scratch_generation,
+            self.recording,
+        )
     }
 
     fn scratch_f16(&mut self, len: usize) -> Result<DevSliceMut<'_, f16>> {
-        grown(&self.gpu, &mut self.scratch_f16, len)
+        grown(
+            &self.gpu,
+            &mut self.scratch_f16,
+            len,
+            &mut self.scratch_generation,
+            self.recording,
+        )
+    }
+
+    /// Counts the reallocations of the scratch buffers. Work recorded into a CUDA graph keeps the
+    /// scratch addresses it was recorded with: a graph is valid while this number is unchanged.
+    pub fn scratch_generation(&self) -> u64 {
+        self.scratch_generation
+    }
+
+    /// Marks the ops that follow as recorded into a CUDA graph (`true`) or run (`false`): while
+    /// recording, a scratch buffer that would have to grow makes its op fail instead, because an
+    /// allocation cannot be part of a graph replayed every step.
+    pub fn set_recording(&mut self, recording: bool) {
+        self.recording = recording;
+    }
+
+    /// Whether ops are being timed one by one (`enable_op_profile`): their events cannot be
+    /// replayed from a CUDA graph, so the step then runs op by op.
+    pub fn is_profiling(&self) -> bool {
+        self.profile.is_some()
     }
 
     /// Raw-pointer scratch view: lets a launch borrow the scratch beside `&self` views.
@@ -482,17 +519,25 @@ impl CudaBackend {
     }
 }
 
-/// The buffer in `slot`, reallocated first if it holds fewer than `len` elements. (The old one is
-/// freed in stream order, after the work queued on it.)
+/// The buffer in `slot`, reallocated first if it holds fewer than `len` elements, which bumps
+/// `generation`; refused while `recording` a CUDA graph. (The old one is freed in stream order,
+/// after the work queued on it.)
 fn grown<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     gpu: &Gpu,
     slot: &'a mut Option<DeviceBuffer<T>>,
     len: usize,
+    generation: &mut u64,
+    recording: bool,
 ) -> Result<DevSliceMut<'a, T>> {
     let len = len.max(1);
     if slot.as_ref().is_none_or(|b| b.len() < len) {
+        ensure!(
+            !recording,
+            "a scratch buffer would have to grow to {len} elements while a CUDA graph is recorded"
+        );
         *slot = None;
         *slot = Some(DeviceBuffer::zeros(gpu, len).context("allocating scratch memory")?);
+        *generation += 1;
     }
     Ok(slot.as_mut().expect("allocated").slice_mut())
 }
