@@ -271,7 +271,8 @@ impl CudaEngine {
         &self.trainable
     }
 
-    /// Per-op GPU time of the steps since the last call (with `enable_op_profile`).
+    /// The training executor's backend: its op profile (`enable_op_profile`, `take_op_times`) and
+    /// memory.
     pub fn backend_mut(&mut self) -> &mut CudaBackend {
         self.exec.backend_mut()
     }
@@ -386,9 +387,10 @@ impl CudaEngine {
         Ok(StepResult { loss, skipped })
     }
 
-    /// Records the training step's forward and backward passes as CUDA graphs, from the step after
-    /// the next one on, and replays them instead of launching their kernels one by one (one launch
-    /// per pass instead of over a thousand). Experimental and off by default: every kernel argument
+    /// Records the training step's forward and backward passes as CUDA graphs during the engine's
+    /// second step (the first runs op by op and sizes every scratch buffer) and replays them from
+    /// then on instead of launching their kernels one by one (one launch per pass instead of over a
+    /// thousand). Experimental and off by default: every kernel argument
     /// of the two passes is an arena address or a shape, fixed for the run, and a recording that
     /// fails or would need memory falls back to launching op by op for the rest of the run, with a
     /// warning. The loss, the unscale and AdamW, whose arguments change per step, stay outside.
