@@ -1,13 +1,20 @@
 //! The GPU training step: fp16 activations and weight copies, fp32 master weights, moments,
 //! gradients and loss, with dynamic loss scaling (REFERENCE §5).
 //!
-//! One step queues, without waiting: the upload of the input images and of the landmarks (the
-//! target heatmaps are drawn from them on the GPU), forward, the fused loss-and-gradient kernel
-//! (its gradient multiplied by the loss scale before the fp16 cast), backward, and one unscale +
-//! finite check over the whole contiguous gradient region. Then it waits once, for the flag: if
-//! any gradient is inf/NaN the step is skipped (weights, moments and t untouched) and the scale
-//! halves; otherwise AdamW runs on every trainable tensor and writes their fp16 copies. The loss
-//! value is read at the same synchronisation point.
+//! One step queues, without waiting:
+//! 1. the input images (unless the previous step already queued them, see [`StagedInput`]) and
+//!    the batch's landmarks, from which `heatmap_encode_f32` draws the target heatmaps;
+//! 2. forward (op by op, or one replayed CUDA graph with `--cuda-graphs`);
+//! 3. the fused loss-and-gradient kernel (its gradient multiplied by the loss scale before the
+//!    fp16 cast);
+//! 4. backward (op by op or one graph), then one unscale + finite check over the whole contiguous
+//!    gradient region;
+//! 5. the next batch's images, when the caller has it, behind backward.
+//!
+//! Then it waits once, for the flag and the loss value: if any gradient is inf/NaN the step is
+//! skipped (weights, moments and t untouched) and the scale halves; otherwise one AdamW launch
+//! updates every trainable tensor and writes their fp16 copies. Validation runs between steps in
+//! the same device memory (`CudaBackend::sharing`).
 use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context as _, Result};
