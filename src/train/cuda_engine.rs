@@ -2,7 +2,7 @@
 //! gradients and loss, with dynamic loss scaling (REFERENCE §5).
 //!
 //! One step queues, without waiting:
-//! 1. the input images (unless the previous step already queued them, see [`StagedInput`]) and
+//! 1. the input images (unless the previous step already queued them, see `StagedInput`) and
 //!    the batch's landmarks, from which `heatmap_encode_f32` draws the target heatmaps;
 //! 2. forward (op by op, or one replayed CUDA graph with `--cuda-graphs`);
 //! 3. the fused loss-and-gradient kernel (its gradient multiplied by the loss scale before the
@@ -286,7 +286,7 @@ impl CudaEngine {
 
     /// One training step on `batch`; with `next`, the images of the batch the caller will pass
     /// next are converted and queued for upload while the GPU works on this one (see
-    /// [`StagedInput`]), so that step starts without host work on its critical path.
+    /// `StagedInput`), so that step starts without host work on its critical path.
     pub fn step(
         &mut self,
         batch: &Batch,

@@ -86,7 +86,7 @@ impl ParamLayout {
         self.grads
     }
 
-    /// Elements of the master region (the length of [`CudaBackend::all_masters`]), which an
+    /// Elements of the master region (the masters of [`CudaBackend::optimizer_regions`]), which an
     /// optimizer's moment buffers mirror element for element.
     pub fn value_elements(&self) -> usize {
         self.values
