@@ -3,7 +3,7 @@
 //!
 //! Every convolution is an implicit GEMM on bounded tiles: a tile of output pixels gathers its
 //! patch rows (`kh*kw*c_in` values each, zeros where the kernel hangs over the border) into a
-//! small buffer of at most [`TILE_FLOATS`] floats that stays in cache, and one
+//! small buffer of at most `TILE_FLOATS` floats that stays in cache, and one
 //! `matrixmultiply::sgemm` multiplies it by the KRSC weight matrix. Tiles run in parallel with
 //! rayon; the whole-image im2col matrix is never built. 1x1 stride-1 convolutions skip the
 //! gather: NHWC activations already are the `[pixels x c]` matrix.

@@ -328,7 +328,7 @@ const SATURATING_BLOCKS: usize = 2;
 /// The block tile for `g` on GPU `d`: the configuration with the least modelled time. The busiest
 /// SM gets `r = ceil(blocks / sms)` blocks. While they all fit at once (registers and shared
 /// memory allow `per_sm`), its time is their area over the tile's throughput, scaled down when
-/// fewer than [`SATURATING_BLOCKS`] keep it busy; beyond that it runs `ceil(r / per_sm)` full
+/// fewer than `SATURATING_BLOCKS` keep it busy; beyond that it runs `ceil(r / per_sm)` full
 /// rounds. Large tiles win on large GEMMs; small ones when large ones would leave SMs idle (few
 /// pixels, as in HRNet's 1/32 branch) or waste columns (c_out = 32 in a 64-wide tile). On the
 /// H100 timings it was fitted to, its picks cost 1.5 % more than the best of the eight tiles for

@@ -175,8 +175,8 @@ pub struct WgradPlan {
 
 impl WgradPlan {
     /// The default plan for input shape `xs`: the preferred tile, made smaller while the pixels
-    /// cannot give it [`Tile::min_ctas`] CTAs, and the split count that minimises waves (of
-    /// [`Tile::wave_ctas`] CTAs) times stages per split.
+    /// cannot give it `Tile::min_ctas` CTAs, and the split count that minimises waves (of
+    /// `Tile::wave_ctas` CTAs) times stages per split.
     pub fn new(xs: Shape4, p: &ConvParams) -> WgradPlan {
         let mut tile = Tile::preferred(p.c_out, p.patch_len());
         while let Some(smaller) = tile.smaller() {
@@ -199,7 +199,7 @@ impl WgradPlan {
     }
 
     /// A plan with the given tile and about `splits` splits, cut so that every split owns at least
-    /// [`MIN_STEPS_PER_SPLIT`] stages, the partials fit [`MAX_PARTIAL_FLOATS`], and no split is
+    /// `MIN_STEPS_PER_SPLIT` stages, the partials fit `MAX_PARTIAL_FLOATS`, and no split is
     /// empty. (Public for the benchmark, which compares plans.)
     pub fn with(xs: Shape4, p: &ConvParams, tile: Tile, splits: usize) -> WgradPlan {
         let steps = conv_pixels(xs, p).div_ceil(BK).max(1);
