@@ -62,8 +62,8 @@ cat > "$out/run.sh" <<'RUN'
 #   bash .gpu/run.sh [--bench]     the GPU tests (and the benchmark binaries)
 #   bash .gpu/run.sh --compare     the end-to-end comparison of issue #9 instead: cephalo bench
 #                                  against benches/pytorch_reference.py (AMP eager) for HRNet-W32
-#                                  (768x768 batch 4, training with the op profile and with CUDA
-#                                  graphs, and inference) and ResNet-50 (batch 8, the same two);
+#                                  (768x768 batch 4, training and inference, each with the op
+#                                  profile and with CUDA graphs) and ResNet-50 (batch 8, training);
 #                                  JSON and logs into $OUT (or .gpu/out)
 #   bash .gpu/run.sh --compile     PyTorch with torch.compile on HRNet-W32 (slow to compile: run it
 #                                  in its own device call)
@@ -90,6 +90,7 @@ if [[ "${1:-}" == "--compare" || "${1:-}" == "--compile" ]]; then
     run cephalo-hrnet-train "$here/cephalo" bench --model hrnet-w32 --image-size 768 768 --batch-size 4 --profile-ops --json "$out/cephalo-hrnet-train.json"
     run cephalo-hrnet-train-graphs "$here/cephalo" bench --model hrnet-w32 --image-size 768 768 --batch-size 4 --cuda-graphs --json "$out/cephalo-hrnet-train-graphs.json"
     run cephalo-hrnet-infer "$here/cephalo" bench --model hrnet-w32 --mode infer --profile-ops --json "$out/cephalo-hrnet-infer.json"
+    run cephalo-hrnet-infer-graphs "$here/cephalo" bench --model hrnet-w32 --mode infer --cuda-graphs --json "$out/cephalo-hrnet-infer-graphs.json"
     run cephalo-resnet50-b8 "$here/cephalo" bench --model resnet50 --batch-size 8 --profile-ops --json "$out/cephalo-resnet50-b8.json"
     run cephalo-resnet50-b8-graphs "$here/cephalo" bench --model resnet50 --batch-size 8 --cuda-graphs --json "$out/cephalo-resnet50-b8-graphs.json"
     run torch-hrnet-train python3 "$ref" --model hrnet-w32 --expect-params 29550173

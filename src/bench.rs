@@ -24,7 +24,7 @@ use crate::gpu::{vram, Gpu, GpuTimer};
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::model::ModelConfig;
-use crate::train::cuda_engine::{check_fits, CudaEngine};
+use crate::train::cuda_engine::{check_fits, record_pass, CudaEngine, Pass};
 use crate::train::engine::StepParams;
 use crate::train::landmark_weights::LandmarkWeightsArg;
 use crate::train::loss::{HeatmapLoss, LossArgs, LossKind};
@@ -64,7 +64,7 @@ pub struct BenchArgs {
     /// Same as `--mode infer`.
     #[arg(long, conflicts_with = "mode")]
     pub inference: bool,
-    /// Training: replay forward and backward from CUDA graphs recorded after the first step
+    /// Replay forward (and in training backward) from CUDA graphs recorded after the first step
     /// (experimental; as `cephalo train --cuda-graphs`).
     #[arg(long, alias = "cuda_graphs")]
     pub cuda_graphs: bool,
@@ -100,8 +100,8 @@ struct Report {
     planned_bytes: usize,
     /// With `--profile-ops`: per op kind (kind, launches, ms) and the slowest ops one by one
     /// (kind, graph node with its output shape, ms), both slowest first.
-    /// Training with `--cuda-graphs`: whether forward and backward were replayed from graphs (a
-    /// recording that failed leaves this false, with a warning on stderr).
+    /// With `--cuda-graphs`: whether the passes were replayed from graphs (a recording that failed
+    /// leaves this false, with a warning on stderr).
     cuda_graphs: bool,
     op_times_ms: Vec<(String, usize, f64)>,
     slowest_ops_ms: Vec<(String, String, f64)>,
@@ -192,11 +192,22 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             exec.backend_mut().take_error().context("preparing the executor")?;
             let input = exec.input_view();
             exec.backend_mut().write(input, &batch.images);
+            let mut recorded = None;
             for i in 0..args.warmup + args.steps {
+                // With --cuda-graphs, the forward pass is recorded after the first one ran op by op.
+                if args.cuda_graphs && i == 1 {
+                    match record_pass(&mut exec, Pass::Forward) {
+                        Ok(graph) => recorded = Some(graph),
+                        Err(e) => eprintln!("warning: CUDA graphs turned off, inference runs op by op: {e:#}"),
+                    }
+                }
                 let started = Instant::now();
-                let ms = timer.time_ms(&gpu, || {
-                    exec.forward();
-                    exec.backend_mut().take_error()
+                let ms = timer.time_ms(&gpu, || match &recorded {
+                    Some(graph) => graph.launch().context("launching the recorded forward pass"),
+                    None => {
+                        exec.forward();
+                        exec.backend_mut().take_error()
+                    }
                 })?;
                 if i >= args.warmup {
                     gpu_ms.push(ms as f64);
@@ -212,7 +223,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             (
                 exec.plan().arena_bytes + exec.backend().layout().bytes(),
                 op_times,
-                false,
+                recorded.is_some(),
             )
         }
     };
@@ -304,7 +315,7 @@ fn print_report(r: &Report) {
         r.images_per_s
     );
     if r.cuda_graphs {
-        println!("forward and backward replayed from CUDA graphs (--cuda-graphs)");
+        println!("replayed from CUDA graphs (--cuda-graphs)");
     }
     println!(
         "convolutions: {:.1} TFLOP/s over the whole step (compare with the GPU's fp16 peak, e.g. from \

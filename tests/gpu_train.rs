@@ -279,6 +279,39 @@ fn gpu_cuda_graphs_change_no_bit() {
     assert_same_tensors(&run(false), &run(true), "with CUDA graphs");
 }
 
+/// A recorded forward pass (`record_pass`, as `cephalo bench --mode infer --cuda-graphs` uses it)
+/// replays to the bits of running the pass op by op, and reads the input of the moment: a new
+/// batch written into the input gives that batch's output.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_recorded_inference_replays_the_pass() {
+    use cephalo::backend::Backend;
+    use cephalo::train::cuda_engine::{record_pass, Pass};
+    let (model, _, _) = engine_setup(5);
+    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
+    let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
+    let mut exec = Executor::new(model.build().unwrap(), options, CudaBackend::new(gpu.clone()), 3);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let (a, b) = (synthetic_batch(exec.graph(), &mut rng), synthetic_batch(exec.graph(), &mut rng));
+    let (input, output) = (exec.input_view(), exec.output_view());
+    let eager = |exec: &mut Executor<CudaBackend>, batch: &Batch| {
+        exec.backend_mut().write(input, &batch.images);
+        exec.forward();
+        exec.backend_mut().take_error().unwrap();
+        exec.backend().read(output)
+    };
+    let (want_a, want_b) = (eager(&mut exec, &a), eager(&mut exec, &b));
+    assert_ne!(want_a, want_b);
+    let graph = record_pass(&mut exec, Pass::Forward).unwrap();
+    for (batch, want) in [(&a, &want_a), (&b, &want_b), (&a, &want_a)] {
+        exec.backend_mut().write(input, &batch.images);
+        graph.launch().unwrap();
+        let got = exec.backend().read(output);
+        let same = got.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "the replayed forward pass differs from the op-by-op one");
+    }
+}
+
 /// The engine-level tests' setup: HRNet-W8 at 128x128, batch 2, `k` landmarks, their names and the
 /// default loss (Adaptive Wing with the weight map).
 fn engine_setup(k: usize) -> (ModelConfig, Vec<String>, HeatmapLoss) {

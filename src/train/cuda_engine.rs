@@ -67,9 +67,9 @@ pub struct CudaEngine {
     steps_done: u64,
 }
 
-/// The two passes of the training executor.
+/// The two passes of an executor.
 #[derive(Clone, Copy, Debug)]
-enum Pass {
+pub enum Pass {
     Forward,
     Backward,
 }
@@ -79,6 +79,20 @@ fn run_eagerly(exec: &mut Executor<CudaBackend>, pass: Pass) {
         Pass::Forward => exec.forward(),
         Pass::Backward => exec.backward(),
     }
+}
+
+/// Records one pass of `exec` as a CUDA graph (`gpu::capture`) without running it. Run the pass
+/// once op by op first: a scratch buffer that would have to grow fails the recording. The graph
+/// replays with the arena, parameter and scratch addresses of now.
+pub fn record_pass(exec: &mut Executor<CudaBackend>, pass: Pass) -> Result<CudaGraph> {
+    let gpu = exec.backend().gpu().clone();
+    exec.backend_mut().set_recording(true);
+    let recorded = capture(&gpu, || {
+        run_eagerly(exec, pass);
+        exec.backend_mut().take_error()
+    });
+    exec.backend_mut().set_recording(false);
+    recorded
 }
 
 /// The recorded passes of [`CudaEngine::use_cuda_graphs`], valid for the backend's scratch
@@ -434,14 +448,7 @@ impl CudaEngine {
             Pass::Backward => &mut graphs.backward,
         };
         if slot.is_none() {
-            let exec = &mut self.exec;
-            exec.backend_mut().set_recording(true);
-            let recorded = capture(&self.gpu, || {
-                run_eagerly(exec, pass);
-                exec.backend_mut().take_error()
-            });
-            exec.backend_mut().set_recording(false);
-            match recorded {
+            match record_pass(&mut self.exec, pass) {
                 Ok(graph) => *slot = Some(graph),
                 Err(e) => {
                     eprintln!("warning: CUDA graphs turned off, the step runs op by op: {e:#}");
