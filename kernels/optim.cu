@@ -81,8 +81,11 @@ extern "C" __global__ void optim_sum_partials_f64(const double* __restrict__ par
     if (threadIdx.x == 0) out[0] += all;
 }
 
-// The AdamW update of one element: master/m/v/half_copy at `wi`, the gradient at `gi`. Both AdamW
-// kernels run exactly this, so they agree to the bit.
+// The AdamW update of one element: master/m/v/half_copy at `wi`, the gradient at `gi`. The host
+// turns the step number t into bias_corr1 = 1 - beta1^t and bias_corr2 = 1 - beta2^t
+// (AdamWParams::bias_corrections); weight_decay is 0 for tensors that do not decay (BN parameters,
+// biases); grad_mul folds gradient clipping into the read of the gradient; half_copy may be null
+// (no fp16 copy kept).
 __device__ __forceinline__ void adamw_element(float* __restrict__ master,
                                               const float* __restrict__ grad,
                                               float* __restrict__ m, float* __restrict__ v,
@@ -103,26 +106,8 @@ __device__ __forceinline__ void adamw_element(float* __restrict__ master,
     if (half_copy != nullptr) half_copy[wi] = __float2half_rn(w);
 }
 
-// One AdamW step on one parameter tensor. CPU twin: adamw_step(master, grad, m, v, half_copy,
-// hp, t, decay, grad_mul), where the host turns t into bias_corr1 = 1 - beta1^t and
-// bias_corr2 = 1 - beta2^t (AdamWParams::bias_corrections) and `decay == false` into
-// weight_decay = 0 (BN parameters and biases). half_copy may be null (no fp16 copy kept).
-// grad_mul folds gradient clipping into the read of the gradient.
-extern "C" __global__ void optim_adamw_f32(float* __restrict__ master,
-                                           const float* __restrict__ grad, float* __restrict__ m,
-                                           float* __restrict__ v, __half* __restrict__ half_copy,
-                                           long long n, float lr, float beta1, float beta2,
-                                           float eps, float weight_decay, float bias_corr1,
-                                           float bias_corr2, float grad_mul) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        adamw_element(master, grad, m, v, half_copy, i, i, lr, beta1, beta2, eps, weight_decay,
-                      bias_corr1, bias_corr2, grad_mul);
-    }
-}
-
-// One block's share of a whole-model AdamW step: `len` elements of one tensor, at `value_at` in
-// the master / fp16-copy / moment regions and at `grad_at` in the gradient region; `decay` 0 or 1.
+// One block's share of an AdamW step: `len` elements of one tensor, at `value_at` in the master /
+// fp16-copy / moment regions and at `grad_at` in the gradient region; `decay` 0 or 1.
 // Layout shared with the host's AdamWChunk (backend/cpu/optim.rs): 24 bytes, no padding.
 struct AdamWChunk {
     unsigned long long value_at, grad_at;
@@ -130,12 +115,13 @@ struct AdamWChunk {
 };
 
 // AdamW on every trainable tensor of a model in one launch, instead of one launch per tensor (over
-// 900 for HRNet-W32, most of them BN vectors of 18-256 elements, so the per-tensor step was bound
-// by launch rate, not memory). The arguments index whole regions; `chunks` (count entries, each at
-// most a few thousand elements of one tensor) say which elements to update and whether to decay
-// them. Each block walks chunks blockIdx.x, blockIdx.x + gridDim.x, ..., so any 1-D grid is
-// correct. CPU twin: adamw_step_chunks(master, grad, m, v, half_copy, chunks, hp, t, grad_mul),
-// with the host's bias corrections as in optim_adamw_f32; weight_decay applies where decay is 1.
+// 900 for HRNet-W32, most of them BN vectors of 18-256 elements, so a per-tensor step was bound by
+// the launch rate, not by memory). The arguments index whole regions; `chunks` (count entries,
+// each at most a few thousand elements of one tensor) say which elements to update and whether to
+// decay them. Each block walks chunks blockIdx.x, blockIdx.x + gridDim.x, ..., so any 1-D grid is
+// correct. CPU twin: adamw_step_chunks(master, grad, m, v, half_copy, chunks, hp, t, grad_mul);
+// weight_decay applies where a chunk's decay is 1. (One tensor alone is a table of its chunks:
+// the wrappers' adamw_step.)
 extern "C" __global__ void optim_adamw_chunks_f32(
     float* __restrict__ master, const float* __restrict__ grad, float* __restrict__ m,
     float* __restrict__ v, __half* __restrict__ half_copy, const AdamWChunk* __restrict__ chunks,

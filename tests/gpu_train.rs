@@ -292,7 +292,10 @@ fn gpu_recorded_inference_replays_the_pass() {
     let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
     let mut exec = Executor::new(model.build().unwrap(), options, CudaBackend::new(gpu.clone()), 3);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-    let (a, b) = (synthetic_batch(exec.graph(), &mut rng), synthetic_batch(exec.graph(), &mut rng));
+    let (a, b) = (
+        synthetic_batch(exec.graph(), &mut rng),
+        synthetic_batch(exec.graph(), &mut rng),
+    );
     let (input, output) = (exec.input_view(), exec.output_view());
     let eager = |exec: &mut Executor<CudaBackend>, batch: &Batch| {
         exec.backend_mut().write(input, &batch.images);

@@ -193,9 +193,14 @@ static void test_adamw(long long n, bool decay, bool half) {
             rv[i] = b2 * rv[i] + (1 - b2) * gi * gi;
             rw[i] -= lr * ((rm[i] / bc1) / (std::sqrt(rv[i] / bc2) + eps) + wd * rw[i]);
         }
-        sim_launch(SimDim{blocks_for(n)}, SimDim{256}, 0, [&] {
-            optim_cu::optim_adamw_f32(w.data(), g.data(), m.data(), v.data(), half ? copy.data() : nullptr, n, (float)lr, (float)b1,
-                                      (float)b2, (float)eps, (float)wd, (float)bc1, (float)bc2, mul);
+        // One tensor: its chunks of at most 4096 elements, as AdamWChunk::table cuts them.
+        std::vector<optim_cu::AdamWChunk> chunks;
+        for (long long s = 0; s < n; s += 4096)
+            chunks.push_back({(unsigned long long)s, (unsigned long long)s, (unsigned)std::min(4096LL, n - s), decay ? 1u : 0u});
+        sim_launch(SimDim{2}, SimDim{256}, 0, [&] {
+            optim_cu::optim_adamw_chunks_f32(w.data(), g.data(), m.data(), v.data(), half ? copy.data() : nullptr, chunks.data(),
+                                             (int)chunks.size(), (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, (float)bc1,
+                                             (float)bc2, mul);
         });
     }
     char s[160];
@@ -212,7 +217,8 @@ static void test_adamw(long long n, bool decay, bool half) {
 }
 
 // The whole-model AdamW (one chunk table, gaps between tensors, a gradient region without the gaps)
-// must equal optim_adamw_f32 run per tensor, bit for bit, and leave the gaps alone.
+// must equal the same kernel run per tensor (offsets 0 on each tensor's own arrays, as the wrappers'
+// adamw_step does), bit for bit, and leave the gaps alone.
 static void test_adamw_chunks() {
     struct T { long long at, gat, len; int decay; };
     std::vector<T> ts;
@@ -232,10 +238,15 @@ static void test_adamw_chunks() {
     sim_launch(SimDim{3}, SimDim{256}, 0, [&] {
         optim_cu::optim_adamw_chunks_f32(w.data(), g.data(), m.data(), v.data(), h.data(), chunks.data(), (int)chunks.size(), lr, b1, b2, eps, wd, bc1, bc2, mul);
     });
-    for (auto& t : ts)
-        sim_launch(SimDim{blocks_for(t.len)}, SimDim{256}, 0, [&] {
-            optim_cu::optim_adamw_f32(w2.data() + t.at, g.data() + t.gat, m2.data() + t.at, v2.data() + t.at, h2.data() + t.at, t.len, lr, b1, b2, eps, t.decay ? wd : 0.0f, bc1, bc2, mul);
+    for (auto& t : ts) {
+        std::vector<optim_cu::AdamWChunk> own;
+        for (long long s = 0; s < t.len; s += 4096)
+            own.push_back({(unsigned long long)s, (unsigned long long)s, (unsigned)std::min(4096LL, t.len - s), (unsigned)t.decay});
+        sim_launch(SimDim{1}, SimDim{256}, 0, [&] {
+            optim_cu::optim_adamw_chunks_f32(w2.data() + t.at, g.data() + t.gat, m2.data() + t.at, v2.data() + t.at, h2.data() + t.at,
+                                             own.data(), (int)own.size(), lr, b1, b2, eps, wd, bc1, bc2, mul);
         });
+    }
     bool same = std::memcmp(w.data(), w2.data(), values * 4) == 0 && std::memcmp(m.data(), m2.data(), values * 4) == 0 &&
                 std::memcmp(v.data(), v2.data(), values * 4) == 0 && std::memcmp(h.data(), h2.data(), values * 2) == 0;
     bool gaps = w[0] == w0[0] && w[ts[1].at - 1] == w0[ts[1].at - 1] && __half_as_ushort(h[values - 1]) == 0x7e01 && w[ts[2].at] != w0[ts[2].at];
@@ -277,7 +288,7 @@ int main() {
     test_loss(1, 1, 1, 1, true, true, 1);
     for (long long n : {1LL, 1000LL, 5003LL}) test_unscale(n);
     for (long long n : {1LL, 1000LL, 5003LL}) test_norm(n);
-    for (long long n : {1LL, 1000LL}) for (bool decay : {false, true}) for (bool half : {false, true}) test_adamw(n, decay, half);
+    for (long long n : {1LL, 1000LL, 9000LL}) for (bool decay : {false, true}) for (bool half : {false, true}) test_adamw(n, decay, half);
     test_adamw_chunks();
     test_heatmap(1, 7, 9, 5, 1.0, 1);
     test_heatmap(2, 13, 11, 3, 2.0, 3);

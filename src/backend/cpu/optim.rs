@@ -107,7 +107,7 @@ impl AdamWParams {
 /// w -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd*w)`, with `wd = 0` unless `decay`
 /// (BN parameters and biases are not decayed). When `half_copy` is given it receives the updated
 /// weights rounded to fp16 (round to nearest even, as `__float2half_rn`).
-#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_f32` one to one
+#[allow(clippy::too_many_arguments)] // the optimizer's state and hyper-parameters, one by one
 pub fn adamw_step(
     master: &mut [f32],
     grad: &[f32],

@@ -13,7 +13,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{read_scalar, zero_async};
-use crate::backend::cpu::optim::{AdamWChunk, AdamWParams};
+use crate::backend::cpu::optim::{AdamWChunk, AdamWParams, AdamWTensor};
 use crate::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 
 /// Threads per block of every optimizer kernel (`OPTIM_BLOCK`; the norm's fixed-order block
@@ -171,11 +171,13 @@ pub fn read_norm_sq(gpu: &Gpu, norm_sq: DevSlice<f64>) -> Result<f64> {
     read_scalar(gpu, "read_norm_sq", norm_sq)
 }
 
-/// One AdamW step on one parameter tensor, step number `t` (from 1), as the CPU twin: updates
+/// One AdamW step on one parameter tensor (REFERENCE §5), as the CPU twin `adamw_step`: updates
 /// `master`, `m` and `v` in place and, when given, writes the updated weights rounded to fp16 into
 /// `half_copy`. `decay == false` means weight decay 0 (BN parameters and biases); `grad_mul` is
-/// the clipping factor folded into the gradient read.
-#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_f32` and the CPU twin one to one
+/// the clipping factor folded into the gradient read. It runs [`adamw_step_chunks`] with a table
+/// of this one tensor, made and uploaded per call: for tests and one-off updates; training makes
+/// the table of all its tensors once.
+#[allow(clippy::too_many_arguments)] // mirrors the CPU twin one to one
 pub fn adamw_step(
     gpu: &Gpu,
     master: DevSliceMut<f32>,
@@ -203,37 +205,14 @@ pub fn adamw_step(
             h.len()
         );
     }
-    ensure!(t >= 1, "adamw_step: steps count from 1, got t = 0");
-    let (bias_corr1, bias_corr2) = hp.bias_corrections(t);
-    let weight_decay = if decay { hp.weight_decay } else { 0.0 };
-    let (wp, gp, mp, vp) = (master.ptr(), grad.ptr(), m.ptr(), v.ptr());
-    let hp16 = half_copy.as_ref().map_or(0, |h| h.ptr());
-    let n64 = n as i64;
-    let f = gpu.function("optim_adamw_f32")?;
-    // SAFETY: master, grad, m, v (and half_copy when non-null) cover n elements (checked);
-    // arguments (float* master, const float* grad, float* m, float* v, __half* half_copy,
-    // long long n, float lr, float beta1, float beta2, float eps, float weight_decay,
-    // float bias_corr1, float bias_corr2, float grad_mul).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&wp)
-            .arg(&gp)
-            .arg(&mp)
-            .arg(&vp)
-            .arg(&hp16)
-            .arg(&n64)
-            .arg(&hp.lr)
-            .arg(&hp.beta1)
-            .arg(&hp.beta2)
-            .arg(&hp.eps)
-            .arg(&weight_decay)
-            .arg(&bias_corr1)
-            .arg(&bias_corr2)
-            .arg(&grad_mul)
-            .launch(grid(n))
-    }?;
-    Ok(())
+    let tensor = AdamWTensor {
+        value_at: 0,
+        grad_at: 0,
+        len: n,
+        decay,
+    };
+    let table = AdamWChunkTable::new(gpu, &AdamWChunk::table(&[tensor]))?;
+    adamw_step_chunks(gpu, master, grad, m, v, half_copy, &table, hp, t, grad_mul)
 }
 
 /// A whole-model AdamW chunk table ([`AdamWChunk::table`]) on the device, made once per training
