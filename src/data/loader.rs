@@ -359,9 +359,7 @@ impl EpochIter {
             self.queued += 1;
         }
     }
-}
 
-impl EpochIter {
     /// The next batch if a worker has already built it, without waiting; `None` when it is not
     /// ready yet, at the end of the epoch, and for a loader without workers (whose batches are built
     /// on demand). A batch returned here is the one [`Iterator::next`] would have returned: the
