@@ -80,57 +80,12 @@ __device__ void maxpool_fwd(const __half* __restrict__ x, __half* __restrict__ y
     }
 }
 
-// One work item = LANES channels of one input pixel: the sum of dy over the windows whose maximum
-// it is, in ascending window order.
-template <int LANES>
-__device__ void maxpool_bwd(const __half* __restrict__ x, const __half* __restrict__ dy,
-                            __half* __restrict__ dx, const PoolGeometry& g, int accumulate) {
-    const int groups = g.c / LANES;
-    const long long items = (long long)g.n * g.h * g.w * groups;
-    for (long long it = global_thread_index(); it < items; it += grid_stride()) {
-        const int c0 = (int)(it % groups) * LANES;
-        long long pix = it / groups;
-        const int iw = (int)(pix % g.w);
-        pix /= g.w;
-        const int ih = (int)(pix % g.h);
-        const int b = (int)(pix / g.h);
-        float acc[LANES];
-        if (accumulate) {
-            load_lanes<LANES>(dx, it * LANES, acc);
-        } else {
-#pragma unroll
-            for (int j = 0; j < LANES; ++j) acc[j] = 0.0f;
-        }
-        // Windows containing row ih: oy * stride - pad <= ih < oy * stride - pad + k.
-        const int oy0 = max(0, (ih + g.pad - g.k + g.stride) / g.stride);
-        const int oy1 = min(g.oh - 1, (ih + g.pad) / g.stride);
-        const int ox0 = max(0, (iw + g.pad - g.k + g.stride) / g.stride);
-        const int ox1 = min(g.ow - 1, (iw + g.pad) / g.stride);
-        for (int oy = oy0; oy <= oy1; ++oy) {
-            for (int ox = ox0; ox <= ox1; ++ox) {
-                float best[LANES], grad[LANES];
-                int bh[LANES], bw[LANES];
-                window_argmax<LANES>(x, g, b, oy, ox, c0, best, bh, bw);
-                load_lanes<LANES>(dy, (((long long)b * g.oh + oy) * g.ow + ox) * g.c + c0, grad);
-#pragma unroll
-                for (int j = 0; j < LANES; ++j) {
-                    if (bh[j] == ih && bw[j] == iw) acc[j] += grad[j];
-                }
-            }
-        }
-        if (LANES == 8) {
-            store8(dx, it, acc);
-        } else {
-            dx[it] = __float2half_rn(acc[0]);
-        }
-    }
-}
-
-// Backward for stride S (2: ResNet's 3/2/1 stem pool), one work item = LANES channels of a cell
-// of S x S input pixels. The windows that touch a cell are the same for all its pixels, so each
-// window's winner is found once per cell instead of once per pixel it covers (2.25 times per pixel
-// for 3/2/1); then each pixel adds dy of the windows it won, in ascending window order: the sums of
-// maxpool_bwd, in the same order, so the same bits.
+// Backward, one work item = LANES channels of a cell of S x S input pixels: each pixel gets the sum
+// of dy over the windows whose maximum it is, in ascending window order. S = 1 is the per-pixel
+// form (any stride); S = 2 serves stride 2 (ResNet's 3/2/1 stem pool): the windows that touch a
+// cell are the same for all its pixels, so each window's winner is found once per cell instead of
+// once per pixel it covers (2.25 times per pixel for 3/2/1). Both add the same values in the same
+// order, so they give the same bits.
 template <int LANES, int S>
 __device__ void maxpool_bwd_cells(const __half* __restrict__ x, const __half* __restrict__ dy,
                                   __half* __restrict__ dx, const PoolGeometry& g, int accumulate) {
@@ -219,8 +174,8 @@ extern "C" __global__ void pool_maxpool_bwd_f16(const __half* __restrict__ x,
             maxpool_bwd_cells<1, 2>(x, dy, dx, g, accumulate);
         }
     } else if (vec) {
-        maxpool_bwd<8>(x, dy, dx, g, accumulate);
+        maxpool_bwd_cells<8, 1>(x, dy, dx, g, accumulate);
     } else {
-        maxpool_bwd<1>(x, dy, dx, g, accumulate);
+        maxpool_bwd_cells<1, 1>(x, dy, dx, g, accumulate);
     }
 }

@@ -289,8 +289,8 @@ static void test_pool(int N, int Hh, int W, int C, int k, int s, int pad) {
         H dx_any = acc ? d0 : poison(nx);
         const PoolGeometry g{N, Hh, W, C, OH, OW, k, s, pad};
         sim_launch(grid1(3), SimDim{64}, 0, [&] {
-            if (vec) maxpool_bwd<8>(x.data(), dy.data(), dx_any.data(), g, acc);
-            else maxpool_bwd<1>(x.data(), dy.data(), dx_any.data(), g, acc);
+            if (vec) maxpool_bwd_cells<8, 1>(x.data(), dy.data(), dx_any.data(), g, acc);
+            else maxpool_bwd_cells<1, 1>(x.data(), dy.data(), dx_any.data(), g, acc);
         });
         const bool same = std::memcmp(dx.data(), dx_any.data(), nx * sizeof(__half)) == 0;
         if (!same) failures++;
