@@ -158,15 +158,17 @@ pub fn summary(cfg: &ModelConfig, g: &Graph, every_layer: bool) -> String {
         macs as f64 / 1e9,
         macs as f64 / 1e9 / cfg.batch_size as f64
     );
-    // Inference runs the graph with batch norms folded into the convolutions.
-    let fused = g.fuse_for_inference();
+    // Each plan is of the graph its executor runs (`PlanOptions::graph_for`): the training fusions,
+    // or batch norms folded into the convolutions for inference. The fusions do not depend on the
+    // element size, so each graph is made once.
+    let train_graph = PlanOptions::new(Mode::Train, DtypeSizes::F16).graph_for(g.clone());
+    let eval_graph = PlanOptions::new(Mode::Eval, DtypeSizes::F16).graph_for(g.clone());
     for (label, dtypes) in [
         ("fp16 activations (GPU)", DtypeSizes::F16),
         ("f32 activations (CPU)", DtypeSizes::F32),
     ] {
-        let train_options = PlanOptions::new(Mode::Train, dtypes);
-        let train = plan(&train_options.graph_for(g.clone()), train_options);
-        let eval = plan(&fused, PlanOptions::new(Mode::Eval, dtypes));
+        let train = plan(&train_graph, PlanOptions::new(Mode::Train, dtypes));
+        let eval = plan(&eval_graph, PlanOptions::new(Mode::Eval, dtypes));
         let _ = writeln!(
             out,
             "activation arena, {label}: training {} (live peak {}), inference {} (live peak {})",

@@ -173,7 +173,7 @@ pub fn memory_plan(graph: &Graph) -> MemoryPlan {
     use crate::graph::plan::plan;
     let train_graph = train_options().graph_for(graph.clone());
     let train = plan(&train_graph, train_options());
-    let eval_graph = graph.clone().fuse_for_inference();
+    let eval_graph = eval_options().graph_for(graph.clone());
     let eval = plan(&eval_graph, eval_options());
     let layout = crate::backend::cuda::backend::ParamLayout::new(&graph.param_specs());
     let shapes: Vec<_> = graph.nodes.iter().map(|n| n.shape).collect();

@@ -250,10 +250,10 @@ impl AdamWChunkTable {
     }
 }
 
-/// AdamW on every tensor of a model in one launch: [`adamw_step`] on each chunk of `chunks`, with
-/// `master`, `m`, `v` and `half_copy` the whole value regions (element for element) and `grad` the
-/// whole gradient region. Equal to one [`adamw_step`] per tensor, to the bit (the kernels share
-/// their per-element code); elements no chunk names are left as they are.
+/// AdamW on every tensor of a model in one launch: the update of [`adamw_step`] on each chunk of
+/// `chunks`, with `master`, `m`, `v` and `half_copy` the whole value regions (element for element)
+/// and `grad` the whole gradient region. Equal to one [`adamw_step`] per tensor, to the bit (the
+/// same kernel); elements no chunk names are left as they are.
 #[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_chunks_f32` and the CPU twin one to one
 pub fn adamw_step_chunks(
     gpu: &Gpu,
