@@ -432,15 +432,16 @@ impl<T: Real> Backend for CpuBackend<T> {
         dx: Grad,
         dres: Option<Grad>,
     ) {
-        // The join's backward (the gradient reaching the BN output, and the residual's), then
-        // the BN's, as the unfused pair runs them.
+        // The join's backward, then the BN's, as the unfused pair runs them: the join passes the
+        // same masked gradient to the BN output and to the residual, so it is computed once.
         let mut g = vec![T::ZERO; y.shape.len()];
         {
             let (r, _) = split(&mut self.arena, &[y, dy], &[]);
             elementwise::add_relu_bwd(r[0], r[1], &mut g, false);
         }
         if let Some(dres) = dres {
-            self.add_relu_bwd(y, dy, Some(dres), None);
+            let (_, mut w) = split(&mut self.arena, &[], &[dres.view]);
+            elementwise::add_bwd(&g, w[0], dres.accumulate);
         }
         let (reads, mut writes) = split(&mut self.arena, &[x, saved], &[dx.view]);
         let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
