@@ -125,3 +125,37 @@ fn validation_needs_no_device_memory_of_its_own() {
         assert_eq!(p.total(), p.train_arena + p.params + p.optimizer + p.scratch, "{model}");
     }
 }
+
+/// The planned device memory of GPU training at the users' sizes, printed for BENCHMARKS.md
+/// (`cargo test --release --test model_summary -- --ignored --nocapture training_memory_plans`):
+/// the plan now, and what validation's own arena and copy of the weights (fp32 masters and fp16
+/// copies) added before it ran in the training memory. Ignored: it plans full-size networks.
+#[test]
+#[ignore = "prints the full-size memory plans for BENCHMARKS.md"]
+fn training_memory_plans() {
+    use cephalo::graph::plan::{plan, DtypeSizes, Mode, PlanOptions};
+    use cephalo::train::cuda_engine::memory_plan;
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    for (model, batch) in [("hrnet-w32", 4), ("resnet50", 8)] {
+        let g = ModelConfig::new(model, 1, 29, [768, 768], batch)
+            .unwrap()
+            .build()
+            .unwrap();
+        let p = memory_plan(&g);
+        let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
+        let eval = plan(&options.graph_for(g.clone()), options);
+        let weights_copy = g.params.iter().map(|p| p.len()).sum::<usize>() * 6;
+        assert_eq!(p.eval_arena, 0, "{model}");
+        println!(
+            "{model} 768x768 batch {batch}: planned {:.0} MiB (activations {:.0}, parameters {:.0}, optimizer {:.0}, \
+             scratch {:.0}); validation's own arena {:.0} MiB and weight copy {:.0} MiB are no longer added",
+            mib(p.total()),
+            mib(p.train_arena),
+            mib(p.params),
+            mib(p.optimizer),
+            mib(p.scratch),
+            mib(eval.arena_bytes),
+            mib(weights_copy)
+        );
+    }
+}
