@@ -314,6 +314,12 @@ impl CudaEngine {
             if self.staged.take() != Some(StagedInput::of(batch)) {
                 let input = self.exec.input_view();
                 self.exec.backend_mut().write(input, &batch.images);
+                // Checked here: a graph replay never asks the backend for its pending error, so a
+                // failed upload would otherwise go unseen and the step would train on stale input.
+                self.exec
+                    .backend_mut()
+                    .take_error()
+                    .context("uploading the batch's images")?;
             }
             ensure!(
                 batch.target_shape() == self.shape,
