@@ -205,6 +205,27 @@ fn fused_inference_matches_the_cpu() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn a_backend_sharing_the_weights_keeps_the_values_it_finds() {
+    // The validation executor of a training run is built on the training weights: building it
+    // must not overwrite them with the seed's initial values, whenever it is built.
+    let g = graph("hrnet-w8", [64, 64], 2);
+    let values = randomise(&g, &mut rng());
+    let (_, train) = executors(&g, Mode::Train, &values);
+    let mut eval = Executor::new(
+        g.clone(),
+        options(Mode::Eval, DtypeSizes::F16),
+        CudaBackend::sharing(train.backend()),
+        1,
+    );
+    eval.backend_mut().take_error().expect("prepare");
+    assert_eq!(eval.backend().shares_memory_with(train.backend()), (true, true));
+    for (i, v) in values.iter().enumerate() {
+        assert_eq!(&train.param(ParamId(i)), v, "{} was overwritten", g.params[i].name);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn a_training_step_is_bitwise_repeatable() {
     let g = graph("hrnet-w8", [64, 64], 2);
     let mut r = rng();

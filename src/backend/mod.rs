@@ -237,6 +237,11 @@ pub struct ParamSpec {
 pub trait Backend {
     /// Size the activation arena (bytes) and allocate storage for the parameters.
     fn prepare(&mut self, arena_bytes: usize, params: &[ParamSpec]);
+    /// Whether `prepare` adopted parameters another backend owns and writes (a validation backend
+    /// running on the training weights): the executor then leaves their values alone.
+    fn params_adopted(&self) -> bool {
+        false
+    }
     /// The first error since the last call, if any op failed. The methods return nothing because
     /// the CPU backend cannot fail; an asynchronous GPU backend keeps its first failure (and skips
     /// the ops after it) until the caller asks here, after each forward or backward.

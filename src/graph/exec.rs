@@ -19,7 +19,9 @@ pub struct Executor<B: Backend> {
 
 impl<B: Backend> Executor<B> {
     /// Plans `graph` for `options`, prepares the backend and initialises the parameters from
-    /// `seed` (see [`ParamInfo::initial_values`](crate::graph::ParamInfo::initial_values)).
+    /// `seed` (see [`ParamInfo::initial_values`](crate::graph::ParamInfo::initial_values)),
+    /// unless the backend adopted another's parameters ([`Backend::params_adopted`]): those may
+    /// already be trained, and belong to their owner.
     pub fn new(graph: Graph, options: PlanOptions, mut backend: B, seed: u64) -> Self {
         assert_eq!(
             options.dtypes.activation,
@@ -34,8 +36,10 @@ impl<B: Backend> Executor<B> {
         let graph = options.graph_for(graph);
         let plan = plan(&graph, options);
         backend.prepare(plan.arena_bytes, &graph.param_specs());
-        for (i, p) in graph.params.iter().enumerate() {
-            backend.write_param(ParamId(i), &p.initial_values(seed));
+        if !backend.params_adopted() {
+            for (i, p) in graph.params.iter().enumerate() {
+                backend.write_param(ParamId(i), &p.initial_values(seed));
+            }
         }
         Self { graph, plan, backend }
     }

@@ -162,6 +162,8 @@ pub struct CudaBackend {
     profile: Option<OpProfile>,
     /// Another backend's memory, offered to [`Backend::prepare`] (see [`CudaBackend::sharing`]).
     offered: Option<SharedMemory>,
+    /// `prepare` adopted the offered parameter store: another backend owns and writes it.
+    adopted_params: bool,
     /// Page-locked staging of [`Backend::write`]: the input batch upload does not wait.
     staging: Option<Staging<f16>>,
 }
@@ -181,6 +183,7 @@ impl CudaBackend {
             error: None,
             profile: None,
             offered: None,
+            adopted_params: false,
             staging: None,
         }
     }
@@ -484,6 +487,11 @@ impl CudaBackend {
     /// The folded eval BN of a fused conv, computed once and cached until a parameter changes.
     fn fold(&mut self, bn_refs: &BnRefs, bias: Option<ParamId>, c: usize) -> Result<DevSlice<'_, f32>> {
         if !self.folds.contains_key(&bn_refs.gamma) {
+            // Like a scratch buffer that grows: an allocation cannot be part of a recorded graph.
+            ensure!(
+                !self.recording,
+                "a folded BN would have to be computed while a CUDA graph is recorded"
+            );
             let mut buf = DeviceBuffer::<f32>::zeros(&self.gpu, 2 * c).context("allocating a BN fold")?;
             {
                 let mut out = buf.slice_mut();
@@ -591,6 +599,7 @@ impl Backend for CudaBackend {
         self.layout = ParamLayout::new(params);
         self.folds.clear();
         let offered = self.offered.take();
+        self.adopted_params = false;
         let result = (|| -> Result<()> {
             self.act = None;
             self.store = None;
@@ -604,6 +613,7 @@ impl Backend for CudaBackend {
             if let Some(o) = offered.as_ref().filter(|o| o.layout == self.layout) {
                 // The other backend's parameters, zeroed and written by it.
                 self.store = Some(o.store.clone());
+                self.adopted_params = true;
                 return Ok(());
             }
             let store = Arena::new(&self.gpu, self.layout.bytes().max(16))
@@ -618,6 +628,10 @@ impl Backend for CudaBackend {
         if let Err(e) = result {
             self.error.get_or_insert(e);
         }
+    }
+
+    fn params_adopted(&self) -> bool {
+        self.adopted_params
     }
 
     fn take_error(&mut self) -> Result<()> {
