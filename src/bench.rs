@@ -98,11 +98,11 @@ struct Report {
     device_used_bytes: u64,
     /// What the memory plan allocates (arenas, parameters, optimizer, scratch estimate).
     planned_bytes: usize,
+    /// With `--cuda-graphs`: whether the timed passes were replayed from graphs (a recording that
+    /// failed leaves this false, with a warning on stderr). The `--profile-ops` pass runs op by op.
+    cuda_graphs: bool,
     /// With `--profile-ops`: per op kind (kind, launches, ms) and the slowest ops one by one
     /// (kind, graph node with its output shape, ms), both slowest first.
-    /// With `--cuda-graphs`: whether the passes were replayed from graphs (a recording that failed
-    /// leaves this false, with a warning on stderr).
-    cuda_graphs: bool,
     op_times_ms: Vec<(String, usize, f64)>,
     slowest_ops_ms: Vec<(String, String, f64)>,
 }
@@ -173,6 +173,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                     wall_ms.push(started.elapsed().as_secs_f64() * 1e3);
                 }
             }
+            // Read before the profiled step, which runs op by op: the flag describes the timed steps.
+            let replayed = engine.replaying_cuda_graphs();
             let mut op_times = OpTimes::default();
             if args.profile_ops {
                 engine.backend_mut().enable_op_profile();
@@ -184,7 +186,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                 engine.step(&batch, Some(&batch), &loss, sp)?;
                 op_times = engine.backend_mut().take_op_times()?;
             }
-            (plan.total(), op_times, engine.replaying_cuda_graphs())
+            (plan.total(), op_times, replayed)
         }
         BenchMode::Infer => {
             let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
