@@ -3,13 +3,16 @@
 //
 // Deterministic by construction: no atomics. Reductions over the M = N*H*W rows run in a fixed
 // grid of (channel tile, row chunk) blocks that each write one partial per channel to a workspace,
-// then one thread per channel merges the partials in chunk order.
+// then one block per channel merges the partials in a fixed order (batchnorm_stats_finalize_f32).
 //
 // Two reduction layouts, chosen by the wrapper: the vector one (c % 8 == 0, aligned tensors) has
 // each thread sum 8 channels read with 16-byte loads (see vec_layout); the scalar one has 32 x 8
 // threads, threadIdx.x the channel inside a tile of 32 and threadIdx.y one of 8 row lanes, so a
 // warp reads one row's 32 consecutive channels (64 bytes) at a time. The row chunks of a launch
-// depend on the shape (and path) only, so results are the same on every GPU and every run.
+// depend on the shape (and path) only, so results are the same on every GPU and every run. (The
+// statistics a convolution's epilogue summarises are merged here too, but in row tiles of the
+// convolution's tile, which depends on the GPU's SM count: those are the same on every run, and
+// may differ in the last bits from one GPU model to another.)
 //
 // Workspace layout (f32), shared by forward and backward:
 //   partials[chunk][c][3]  forward: (count, mean, M2); backward: (sum g, sum g*xhat, unused)

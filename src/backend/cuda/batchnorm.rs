@@ -28,7 +28,8 @@ const ROWS_PER_CHUNK: usize = 128;
 const MAX_CHUNKS: usize = 1024;
 
 /// Row chunks of the scalar reduction grid for `m` rows: a function of the shape only, so the
-/// summation order (and so every result bit) is the same on every GPU.
+/// summation order (and so every result bit) is the same on every GPU. (Not so for the statistics
+/// of `conv::conv2d_fwd_bn_stats`, summarised per row tile of the GPU's chosen conv tile.)
 fn chunks(m: usize) -> usize {
     m.div_ceil(ROWS_PER_CHUNK).clamp(1, MAX_CHUNKS)
 }

@@ -654,6 +654,10 @@ pub fn conv2d_bn_stats_workspace_len(ys: Shape4) -> usize {
 /// only applies them (`batchnorm::bn_apply_saved`). `workspace`: at least
 /// [`conv2d_bn_stats_workspace_len`] floats, overwritten. CPU twin: `conv2d_fwd` then
 /// `bn_batch_stats`.
+///
+/// Deterministic run to run; but the row tile, and so how the summaries group the rows, is the
+/// one [`pick_tile`] chose for this GPU's SM count, so the statistics may differ in their last
+/// bits between GPU models (the plain batch-norm reduction's do not).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_fwd_bn_stats(
     gpu: &Gpu,
