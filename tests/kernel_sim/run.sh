@@ -4,7 +4,33 @@
 # (conv_wgrad.cpp) on a machine without a GPU: compiles them as host C++ under cuda_sim.h and
 # runs the programs' references. Needs g++ >= 11
 # and the CUDA headers (the project's .cuda-toolchain, or CUDA_INCLUDE). Exit status 0 = all pass.
+#
+#   run.sh [--sanitize address|thread] [PROGRAM...]     (default: every program, no sanitizer)
+#
+# --sanitize address builds with AddressSanitizer and UndefinedBehaviorSanitizer: an out-of-bounds
+# index into a tensor or into shared memory, or signed overflow in index arithmetic, stops the run
+# (the CPU stand-in for compute-sanitizer's memcheck). --sanitize thread builds with
+# ThreadSanitizer: the simulator runs a block's threads as host threads, so two threads touching
+# the same shared or global value without a __syncthreads between them are reported (the stand-in
+# for racecheck). Both are several times slower than the plain run.
 set -euo pipefail
+sanitize=()
+if [[ ${1:-} == --sanitize ]]; then
+    case ${2:-} in
+        address) sanitize=(-g -fsanitize=address,undefined -fno-sanitize-recover=undefined) ;;
+        thread) sanitize=(-g -fsanitize=thread) ;;
+        *) echo "run.sh: --sanitize takes 'address' or 'thread', not '${2:-}'" >&2; exit 2 ;;
+    esac
+    shift 2
+fi
+programs=("$@")
+[[ ${#programs[@]} -gt 0 ]] || programs=(main train conv conv_wgrad)
+for prog in "${programs[@]}"; do
+    case $prog in
+        main | train | conv | conv_wgrad) ;;
+        *) echo "run.sh: no simulator program '$prog' (main, train, conv, conv_wgrad)" >&2; exit 2 ;;
+    esac
+done
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 inc="${CUDA_INCLUDE:-$(dirname "$(find -L "$root/.cuda-toolchain" -name cuda_fp16.h -path '*include*' 2>/dev/null | head -n1)")}"
@@ -18,8 +44,8 @@ sed -i 's/extern __shared__ __align__(16) unsigned char wgrad_smem\[\];/unsigned
 sed -i 's/extern __shared__ float4 conv_smem\[\];/float4* conv_smem = reinterpret_cast<float4*>(sim_dynamic_shared);/' "$work"/k/*.cu
 cp "$here"/*.h "$here"/*.cpp "$work/"
 status=0
-for prog in main train conv conv_wgrad; do
-    g++ -std=c++20 -O1 -ffp-contract=off -I"$inc" -I"$work" "$work/$prog.cpp" -o "$work/$prog" -lpthread
+for prog in "${programs[@]}"; do
+    g++ -std=c++20 -O1 -ffp-contract=off "${sanitize[@]}" -I"$inc" -I"$work" "$work/$prog.cpp" -o "$work/$prog" -lpthread
     "$work/$prog" || status=1
 done
 exit $status
