@@ -68,6 +68,56 @@ static Red reduction(long long m, int C, int rvec) {
     int ch = (int)std::clamp((m + lanes * 8 - 1) / (lanes * 8), 1LL, 1024LL);
     return {ch, SimDim{(unsigned)((C / 8 + tile - 1) / tile), (unsigned)ch, 1}, SimDim{256, 1, 1}};
 }
+// The statistics finalize alone, over as many row chunks as a convolution's epilogue gives the
+// stem of a 768x768 batch-4 network (9216 tiles of 64 rows): each of the 128 threads of a channel
+// merges dozens of chunk summaries before the tree. Summaries are exact (from double) and rounded
+// once to float, so this measures the merge; an empty chunk and a short last chunk are included,
+// and channels whose mean is far from 0 relative to their spread (as after a conv bias).
+static void test_stats_finalize_many_chunks(int C, int chunks, int rows) {
+    std::vector<float> ws((size_t)chunks * C * 3);
+    std::vector<double> sum(C, 0), sq(C, 0);
+    std::vector<double> off(C), spr(C);
+    for (int c = 0; c < C; ++c) { off[c] = c % 3 == 0 ? 0.0 : uni(-60, 60); spr[c] = uni(0.05f, 2); }
+    long long m = 0;
+    std::vector<std::vector<double>> vals(C);
+    for (int k = 0; k < chunks; ++k) {
+        int r = k == 5 ? 0 : k == chunks - 1 ? rows / 3 : rows;
+        m += r;
+        for (int c = 0; c < C; ++c) {
+            double s = 0, q = 0, mean = 0;
+            std::vector<double> v(r);
+            for (auto& x : v) { x = (double)(float)(off[c] + spr[c] * uni(-1, 1)); s += x; }
+            if (r) mean = s / r;
+            for (double x : v) { q += (x - mean) * (x - mean); sum[c] += x; }
+            vals[c].insert(vals[c].end(), v.begin(), v.end());
+            float* p = &ws[((size_t)k * C + c) * 3];
+            p[0] = (float)r; p[1] = (float)mean; p[2] = (float)q;
+        }
+    }
+    std::vector<double> want_mean(C), want_inv(C);
+    float eps = 1e-5f, mom = 0.1f;
+    for (int c = 0; c < C; ++c) {
+        want_mean[c] = sum[c] / m;
+        for (double x : vals[c]) sq[c] += (x - want_mean[c]) * (x - want_mean[c]);
+        want_inv[c] = 1 / std::sqrt(sq[c] / m + eps);
+    }
+    std::vector<float> saved(2 * C, NAN), rm(C, 0), rv(C, 1);
+    sim_launch(SimDim{(unsigned)C}, SimDim{128}, 0, [&] {
+        batchnorm_stats_finalize_f32(ws.data(), m, C, chunks, eps, mom, saved.data(), rm.data(), rv.data());
+    });
+    char w[160];
+    snprintf(w, 160, "bn stats finalize %d chunks x %d rows, C=%d: mean", chunks, rows, C);
+    check(w, std::vector<float>(saved.begin(), saved.begin() + C), want_mean, 1e-6);
+    snprintf(w, 160, "bn stats finalize %d chunks x %d rows, C=%d: invstd", chunks, rows, C);
+    check(w, std::vector<float>(saved.begin() + C, saved.end()), want_inv, 1e-6);
+    // Per channel too: the relative error of the worst-conditioned channel, not the vector's.
+    double worst = 0;
+    for (int c = 0; c < C; ++c) worst = std::max(worst, std::fabs(saved[C + c] - want_inv[c]) / want_inv[c]);
+    bool ok = worst < 2e-6;
+    if (!ok) failures++;
+    printf("%-60s rel %.2e %s\n", "  worst channel's invstd", worst, ok ? "ok" : "FAIL");
+}
+
 static void test_batchnorm(int N, int Hh, int W, int C) {
   for (int rvec : {0, 1}) {
     if (rvec && C % 8) continue;
@@ -308,6 +358,8 @@ int main() {
     test_batchnorm(2, 9, 13, 72);
     test_batchnorm(1, 3, 3, 256);
     test_batchnorm(1, 1, 1, 8);
+    test_stats_finalize_many_chunks(6, 9216, 64);
+    test_stats_finalize_many_chunks(5, 2304, 128);
     test_resample(1, 5, 7, 18, 2);
     test_resample(2, 3, 5, 16, 4);
     test_resample(1, 2, 3, 8, 8);
