@@ -1,6 +1,6 @@
 // A host-side stand-in for the CUDA execution model, just enough to run the kernels of
 // kernels/*.cu on the CPU without a GPU: blocks run one after another, the threads of a block as
-// OS threads meeting at a std::barrier for __syncthreads, `__shared__` arrays become statics (one
+// OS threads (see sim_launch) meeting at a std::barrier for __syncthreads, `__shared__` arrays become statics (one
 // block at a time) and the fp16 type comes from cuda_fp16.h, which works in host code. Slow and
 // only for small shapes; it checks indexing and logic, not timing or memory-model corner cases.
 #pragma once
@@ -49,33 +49,39 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 using std::max;
 using std::min;
+// One OS thread per thread of the block, made once per launch and walking the blocks in order (a
+// thread per thread per block made thread creation most of the simulator's run time, and more so
+// under the sanitizers). A block starts when every thread has left the previous one: its own
+// barrier, separate from __syncthreads's, so a kernel that syncs after some threads returned
+// still deadlocks here as it would misbehave on a GPU, instead of pairing with this one.
 inline void sim_launch(SimDim grid, SimDim block, size_t shared_floats, const std::function<void()>& k) {
     gridDim = grid;
     blockDim = block;
     sim_shared_store.assign(shared_floats + 1, NAN);
     sim_dynamic_shared = sim_shared_store.data();
     const unsigned nt = block.x * block.y * block.z;
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                std::barrier<> bar(nt);
-                sim_barrier = &bar;
-                sim_warp_barriers.clear();
-                for (unsigned w = 0; w < (nt + 31) / 32; ++w)
-                    sim_warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - 32 * w)));
-                std::vector<std::thread> ts;
-                for (unsigned tz = 0; tz < block.z; ++tz)
-                    for (unsigned ty = 0; ty < block.y; ++ty)
-                        for (unsigned tx = 0; tx < block.x; ++tx)
-                            ts.emplace_back([&, bx, by, bz, tx, ty, tz] {
+    std::barrier<> bar(nt), block_done(nt);
+    sim_barrier = &bar;
+    sim_warp_barriers.clear();
+    for (unsigned w = 0; w < (nt + 31) / 32; ++w)
+        sim_warp_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, nt - 32 * w)));
+    std::vector<std::thread> ts;
+    for (unsigned tz = 0; tz < block.z; ++tz)
+        for (unsigned ty = 0; ty < block.y; ++ty)
+            for (unsigned tx = 0; tx < block.x; ++tx)
+                ts.emplace_back([&, tx, ty, tz] {
+                    threadIdx = {tx, ty, tz};
+                    const unsigned linear = tx + block.x * (ty + block.y * tz);
+                    sim_lane = linear % 32;
+                    sim_warp = linear / 32;
+                    for (unsigned bz = 0; bz < grid.z; ++bz)
+                        for (unsigned by = 0; by < grid.y; ++by)
+                            for (unsigned bx = 0; bx < grid.x; ++bx) {
                                 blockIdx = {bx, by, bz};
-                                threadIdx = {tx, ty, tz};
-                                const unsigned linear = tx + block.x * (ty + block.y * tz);
-                                sim_lane = linear % 32;
-                                sim_warp = linear / 32;
                                 k();
-                            });
-                for (auto& t : ts) t.join();
-            }
+                                block_done.arrive_and_wait();
+                            }
+                });
+    for (auto& t : ts) t.join();
 }
 #include "mma_sim.h"
