@@ -312,14 +312,7 @@ impl CudaEngine {
         {
             let _r = nvtx::range("upload");
             if self.staged.take() != Some(StagedInput::of(batch)) {
-                let input = self.exec.input_view();
-                self.exec.backend_mut().write(input, &batch.images);
-                // Checked here: a graph replay never asks the backend for its pending error, so a
-                // failed upload would otherwise go unseen and the step would train on stale input.
-                self.exec
-                    .backend_mut()
-                    .take_error()
-                    .context("uploading the batch's images")?;
+                self.upload_images(&batch.images, "uploading the batch's images")?;
             }
             ensure!(
                 batch.target_shape() == self.shape,
@@ -479,13 +472,18 @@ impl CudaEngine {
             return Ok(());
         }
         let _r = nvtx::range("stage next batch");
-        self.exec.backend_mut().write(input, &next.images);
-        self.exec
-            .backend_mut()
-            .take_error()
-            .context("uploading the next batch's images")?;
+        self.upload_images(&next.images, "uploading the next batch's images")?;
         self.staged = Some(StagedInput::of(next));
         Ok(())
+    }
+
+    /// Queues `images` into the network's input and reports a failure at once: a graph replay never
+    /// asks the backend for its pending error, so a failed upload would otherwise go unseen and the
+    /// step would train on stale input.
+    fn upload_images(&mut self, images: &[f32], what: &'static str) -> Result<()> {
+        let input = self.exec.input_view();
+        self.exec.backend_mut().write(input, images);
+        self.exec.backend_mut().take_error().context(what)
     }
 
     /// AdamW on every trainable tensor in one launch (the chunk table made in `new`).
