@@ -1,8 +1,9 @@
 // A host-side stand-in for the CUDA execution model, just enough to run the kernels of
 // kernels/*.cu on the CPU without a GPU: blocks run one after another, the threads of a block as
-// OS threads (see sim_launch) meeting at a std::barrier for __syncthreads, `__shared__` arrays become statics (one
-// block at a time) and the fp16 type comes from cuda_fp16.h, which works in host code. Slow and
-// only for small shapes; it checks indexing and logic, not timing or memory-model corner cases.
+// OS threads (see sim_launch) meeting at a std::barrier for __syncthreads, `__shared__` arrays
+// become statics (one block at a time) and the fp16 type comes from cuda_fp16.h, which works in
+// host code. Slow and only for small shapes; it checks indexing and logic, not timing or
+// memory-model corner cases.
 #pragma once
 #include <cuda_fp16.h>
 #include <cmath>

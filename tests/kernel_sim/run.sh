@@ -23,13 +23,14 @@ if [[ ${1:-} == --sanitize ]]; then
     esac
     shift 2
 fi
+every=(main train conv conv_wgrad)
 programs=("$@")
-[[ ${#programs[@]} -gt 0 ]] || programs=(main train conv conv_wgrad)
+[[ ${#programs[@]} -gt 0 ]] || programs=("${every[@]}")
 for prog in "${programs[@]}"; do
-    case $prog in
-        main | train | conv | conv_wgrad) ;;
-        *) echo "run.sh: no simulator program '$prog' (main, train, conv, conv_wgrad)" >&2; exit 2 ;;
-    esac
+    if [[ " ${every[*]} " != *" $prog "* ]]; then
+        echo "run.sh: no simulator program '$prog' (${every[*]})" >&2
+        exit 2
+    fi
 done
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
