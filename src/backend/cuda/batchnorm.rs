@@ -61,7 +61,7 @@ struct Reduction {
 
 impl Reduction {
     fn new(xs: Shape4, ptrs: &[u64]) -> Reduction {
-        if xs.c % 8 == 0 && all_aligned_16(ptrs) {
+        if xs.c.is_multiple_of(8) && all_aligned_16(ptrs) {
             let (tile, _) = vec_layout(xs.c);
             let chunks = vec_chunks(xs);
             Reduction {
@@ -86,7 +86,7 @@ impl Reduction {
 /// f32 elements of the workspace [`bn_fwd_train`] and [`bn_bwd`] need for activations of shape
 /// `xs` (whichever reduction path runs).
 pub fn bn_workspace_len(xs: Shape4) -> usize {
-    let most = if xs.c % 8 == 0 {
+    let most = if xs.c.is_multiple_of(8) {
         chunks(xs.pixels()).max(vec_chunks(xs))
     } else {
         chunks(xs.pixels())
@@ -190,7 +190,7 @@ fn apply(
     };
     let (xp, yp, gp, bp) = (x.ptr(), y.ptr(), gamma.ptr(), beta.ptr());
     let (n, ci, relu) = (xs.len() as i64, as_i32("channels", c)?, relu as i32);
-    let vec = (c % 8 == 0 && all_aligned_16(&[xp, yp, r])) as i32;
+    let vec = (c.is_multiple_of(8) && all_aligned_16(&[xp, yp, r])) as i32;
     let cfg = grid_1d_shared(gpu, xs.len(), 2 * c)?;
     let f = gpu.function("batchnorm_fwd_apply_f16")?;
     // SAFETY: x, y (and residual when non-null) cover n elements, gamma/beta/mean/second c floats;
@@ -558,7 +558,7 @@ fn backward(
             .launch(finalize_grid(c))
     }?;
     let dxp = dx.ptr();
-    let vec = (c % 8 == 0 && all_aligned_16(&[dyp, xp, dxp])) as i32;
+    let vec = (c.is_multiple_of(8) && all_aligned_16(&[dyp, xp, dxp])) as i32;
     let cfg = grid_1d_shared(gpu, xs.len(), 6 * c)?;
     let f = gpu.function("batchnorm_bwd_dx_f16")?;
     // SAFETY: dy, x, dx (and y_out when non-null) cover n halves, the per-channel arrays c or 2c

@@ -66,7 +66,7 @@ pub fn concat_fwd(gpu: &Gpu, xs: &[DevSlice<f16>], widths: &[usize], y: DevSlice
     );
     let c: usize = widths.iter().sum();
     ensure!(
-        c > 0 && y.len() % c == 0,
+        c > 0 && y.len().is_multiple_of(c),
         "concat_fwd: output of {} elements for {c} channels",
         y.len()
     );
@@ -101,7 +101,7 @@ pub fn concat_bwd(
     );
     let c: usize = widths.iter().sum();
     ensure!(
-        c > 0 && dy.len() % c == 0,
+        c > 0 && dy.len().is_multiple_of(c),
         "concat_bwd: dy of {} elements for {c} channels",
         dy.len()
     );

@@ -288,7 +288,7 @@ impl GemmShape {
 
     /// Whether the vec loader takes this GEMM when the tensors are 16-byte aligned.
     pub fn vec_ok(&self) -> bool {
-        self.cs % 8 == 0 && self.taps <= VEC_MAX_TAPS
+        self.cs.is_multiple_of(8) && self.taps <= VEC_MAX_TAPS
     }
 }
 
@@ -470,7 +470,7 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
         as_i32("padding", g.p.pad)?,
     );
     let (relu, accumulate) = (g.relu as i32, g.accumulate as i32);
-    let vec_out = (g.os.c % 8 == 0 && all_aligned_16(&[out, residual])) as i32;
+    let vec_out = (g.os.c.is_multiple_of(8) && all_aligned_16(&[out, residual])) as i32;
     let cfg = LaunchConfig {
         grid_dim: lp.grid,
         block_dim: (lp.tile.threads() as u32, 1, 1),

@@ -397,8 +397,8 @@ pub fn conv2d_wgrad_planned(
     );
 
     let (xp, dyp) = (x.ptr(), dy.ptr());
-    let vec_a = p.c_out % 8 == 0 && all_aligned_16(&[dyp]);
-    let vec_b = p.c_in % 8 == 0 && all_aligned_16(&[xp]);
+    let vec_a = p.c_out.is_multiple_of(8) && all_aligned_16(&[dyp]);
+    let vec_b = p.c_in.is_multiple_of(8) && all_aligned_16(&[xp]);
     let tile = plan.tile;
     let (_, _, threads, _, _) = tile.dims();
     let smem = tile.smem_bytes();
@@ -512,7 +512,7 @@ pub fn conv2d_wgrad_planned(
 fn reduce(gpu: &Gpu, partials: DevSlice<f32>, splits: usize, len: usize, out: &mut DevSliceMut<f32>) -> Result<()> {
     debug_assert!(partials.len() >= splits * len && out.len() == len);
     let (pp, op) = (partials.ptr(), out.ptr());
-    let vec = (len % 4 == 0 && all_aligned_16(&[pp, op])) as i32;
+    let vec = (len.is_multiple_of(4) && all_aligned_16(&[pp, op])) as i32;
     let (splits_i, len_i) = (as_i32("splits", splits)?, len as i64);
     let f = gpu.function("conv_wgrad_reduce_f32")?;
     let elems = if vec == 1 { len / 4 } else { len };

@@ -41,7 +41,7 @@ pub fn maxpool_fwd(gpu: &Gpu, x: DevSlice<f16>, xs: Shape4, p: &PoolParams, y: D
         y.len()
     );
     let (xp, yp) = (x.ptr(), y.ptr());
-    let vec = xs.c % 8 == 0 && all_aligned_16(&[xp, yp]);
+    let vec = xs.c.is_multiple_of(8) && all_aligned_16(&[xp, yp]);
     let items = ys.len() / if vec { 8 } else { 1 };
     let vec = vec as i32;
     let f = gpu.function("pool_maxpool_fwd_f16")?;
@@ -78,7 +78,7 @@ pub fn maxpool_bwd(
         dx.len()
     );
     let (xp, dyp, dxp, acc) = (x.ptr(), dy.ptr(), dx.ptr(), accumulate as i32);
-    let vec = xs.c % 8 == 0 && all_aligned_16(&[xp, dyp, dxp]);
+    let vec = xs.c.is_multiple_of(8) && all_aligned_16(&[xp, dyp, dxp]);
     let items = xs.len() / if vec { 8 } else { 1 };
     let vec = vec as i32;
     let f = gpu.function("pool_maxpool_bwd_f16")?;

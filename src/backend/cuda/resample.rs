@@ -58,7 +58,7 @@ pub fn upsample_fwd(
     );
     let [n, h, w, c, f, m] = geometry(xs, factor, mode)?;
     let (xp, yp) = (x.ptr(), y.ptr());
-    let vec = xs.c % 8 == 0 && all_aligned_16(&[xp, yp]);
+    let vec = xs.c.is_multiple_of(8) && all_aligned_16(&[xp, yp]);
     let items = ys.len() / if vec { 8 } else { 1 };
     let vec = vec as i32;
     let func = gpu.function("resample_upsample_fwd_f16")?;
@@ -100,7 +100,7 @@ pub fn upsample_bwd(
     );
     let [n, h, w, c, f, m] = geometry(xs, factor, mode)?;
     let (dyp, dxp, acc) = (dy.ptr(), dx.ptr(), accumulate as i32);
-    let vec = xs.c % 8 == 0 && all_aligned_16(&[dyp, dxp]);
+    let vec = xs.c.is_multiple_of(8) && all_aligned_16(&[dyp, dxp]);
     let items = xs.len() / if vec { 8 } else { 1 };
     let vec = vec as i32;
     let func = gpu.function("resample_upsample_bwd_f16")?;
