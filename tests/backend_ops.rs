@@ -297,6 +297,78 @@ fn conv2d_backward_matches_finite_differences() {
     }
 }
 
+/// Input and weight gradients of [`conv_naive`] by their definitions: every product of the
+/// forward sends `dy[n, oh, ow, k]` back to the input value and weight it multiplied.
+fn conv_grads_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams, dy: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let ys = p.out_shape(xs);
+    let (mut dx, mut dw) = (vec![0.0; xs.len()], vec![0.0; p.weight_len()]);
+    for n in 0..ys.n {
+        for oh in 0..ys.h {
+            for ow in 0..ys.w {
+                for k in 0..p.c_out {
+                    let g = dy[idx(ys, n, oh, ow, k)];
+                    for r in 0..p.kh {
+                        for s in 0..p.kw {
+                            let ih = (oh * p.stride + r) as isize - p.pad as isize;
+                            let iw = (ow * p.stride + s) as isize - p.pad as isize;
+                            if ih < 0 || iw < 0 || ih >= xs.h as isize || iw >= xs.w as isize {
+                                continue;
+                            }
+                            for c in 0..p.c_in {
+                                let (xi, wi) = (
+                                    idx(xs, n, ih as usize, iw as usize, c),
+                                    ((k * p.kh + r) * p.kw + s) * p.c_in + c,
+                                );
+                                dx[xi] += g * w[wi];
+                                dw[wi] += g * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (dx, dw)
+}
+
+#[test]
+fn conv2d_backward_matches_naive_on_random_geometries() {
+    let mut r = rng(5);
+    let mut cases = conv_cases();
+    // Wide enough for several 16-lane blocks and several weight-gradient pixel chunks.
+    cases.push((Shape4::new(2, 40, 36, 24), ConvParams::square(24, 40, 3, 1, 1)));
+    cases.push((Shape4::new(1, 33, 31, 18), ConvParams::square(18, 32, 3, 2, 1)));
+    for _ in 0..30 {
+        let k = [1, 2, 3, 4, 5][r.random_range(0..5)];
+        let (c_in, c_out) = (r.random_range(1..20), r.random_range(1..20));
+        let stride = r.random_range(1..4);
+        let pad = r.random_range(0..k);
+        let xs = Shape4::new(
+            r.random_range(1..3),
+            r.random_range(k..k + 9),
+            r.random_range(k..k + 9),
+            c_in,
+        );
+        cases.push((xs, ConvParams::square(c_in, c_out, k, stride, pad)));
+    }
+    for (xs, p) in cases {
+        let ys = p.out_shape(xs);
+        let (x, w, dy) = (
+            random(&mut r, xs.len()),
+            random(&mut r, p.weight_len()),
+            random(&mut r, ys.len()),
+        );
+        let (want_dx, want_dw) = conv_grads_naive(&f64s(&x), xs, &f64s(&w), &p, &f64s(&dy));
+        let what = format!("conv {xs} {p:?}");
+        let mut dx = vec![f32::NAN; xs.len()]; // poisoned: every element must be written
+        conv::conv2d_dgrad(&dy, &w, &p, &mut dx, xs, false);
+        assert_close(&format!("{what} dgrad"), &dx, &want_dx, 1e-5);
+        let mut dw = vec![f32::NAN; p.weight_len()];
+        conv::conv2d_wgrad(&x, xs, &dy, &p, &mut dw);
+        assert_close(&format!("{what} wgrad"), &dw, &want_dw, 1e-5);
+    }
+}
+
 #[test]
 fn transposed_conv_forward_and_backward() {
     let mut r = rng(4);

@@ -231,6 +231,40 @@ pub struct ParamSpec {
     pub trainable: bool,
 }
 
+/// One timed op: its kind, the graph node it served ("stage3.m0.b1.conv1 4x48x48x128"; "-" for
+/// work outside the graph, such as the input upload) and its milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    pub kind: &'static str,
+    pub node: String,
+    pub ms: f64,
+}
+
+/// What the op profile measured since the last `take_op_times` of either backend.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpTimes {
+    /// Per op kind: (kind, launches, total milliseconds), slowest first.
+    pub by_kind: Vec<(&'static str, usize, f64)>,
+    /// Every op, slowest first.
+    pub ops: Vec<OpTime>,
+}
+
+impl OpTimes {
+    /// Groups timed ops by kind; both lists slowest first.
+    pub fn from_ops(mut ops: Vec<OpTime>) -> OpTimes {
+        let mut kinds: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
+        for op in &ops {
+            let e = kinds.entry(op.kind).or_default();
+            e.0 += 1;
+            e.1 += op.ms;
+        }
+        let mut by_kind: Vec<_> = kinds.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
+        by_kind.sort_by(|a, b| b.2.total_cmp(&a.2));
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        OpTimes { by_kind, ops }
+    }
+}
+
 /// One method per op and direction. Shapes and geometry travel with the call, so an
 /// implementation needs no graph knowledge. All views of one call are disjoint (the planner
 /// guarantees it for tensors live at the same step).

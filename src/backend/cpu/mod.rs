@@ -17,12 +17,16 @@ pub mod loss;
 pub mod optim;
 pub mod pool;
 pub mod resample;
+pub mod scratch;
+pub mod simd;
 
-use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
+use crate::backend::{
+    Backend, BnRefs, ConvParams, Grad, OpTime, OpTimes, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
+};
 
 /// The element type of the CPU ops: f32, or f64 for precise gradient checks.
 pub trait Real:
-    Copy
+    bytemuck::Pod
     + Send
     + Sync
     + PartialOrd
@@ -116,6 +120,17 @@ pub struct CpuBackend<T: Real = f32> {
     arena: Vec<T>,
     params: Vec<Vec<T>>,
     grads: Vec<Vec<T>>,
+    /// Wall-clock time of every op while profiling (`cephalo bench --device cpu --profile-ops`).
+    profile: Option<OpProfile>,
+}
+
+/// The CPU op profile: the node being run (from [`Backend::label`]) and every op timed so far.
+#[derive(Default)]
+struct OpProfile {
+    node: String,
+    ops: Vec<OpTime>,
+    /// Ops nest (a fused op may run two others): only the outermost is timed.
+    depth: usize,
 }
 
 impl CpuBackend<f32> {
@@ -132,7 +147,42 @@ impl<T: Real> CpuBackend<T> {
             arena: Vec::new(),
             params: Vec::new(),
             grads: Vec::new(),
+            profile: None,
         }
+    }
+
+    /// Starts timing every op (wall clock: the CPU ops are synchronous).
+    pub fn enable_op_profile(&mut self) {
+        self.profile = Some(OpProfile::default());
+    }
+
+    /// The ops timed since the last call, per kind and one by one, slowest first.
+    pub fn take_op_times(&mut self) -> OpTimes {
+        match self.profile.as_mut() {
+            Some(p) => OpTimes::from_ops(std::mem::take(&mut p.ops)),
+            None => OpTimes::default(),
+        }
+    }
+
+    /// Runs one op, timed when profiling.
+    fn timed<R>(&mut self, kind: &'static str, f: impl FnOnce(&mut Self) -> R) -> R {
+        let Some(p) = self.profile.as_mut() else {
+            return f(self);
+        };
+        p.depth += 1;
+        let started = std::time::Instant::now();
+        let result = f(self);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let p = self.profile.as_mut().expect("profiling stays on during an op");
+        p.depth -= 1;
+        if p.depth == 0 {
+            p.ops.push(OpTime {
+                kind,
+                node: p.node.clone(),
+                ms,
+            });
+        }
+        result
     }
 
     /// Writes a tensor without rounding through f32.
@@ -240,6 +290,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         std::mem::size_of::<T>()
     }
 
+    fn label(&mut self, node: &str, shape: Shape4) {
+        if let Some(p) = self.profile.as_mut() {
+            p.node = format!("{node} {}x{}x{}x{}", shape.n, shape.h, shape.w, shape.c);
+        }
+    }
+
     fn stats_bytes(&self) -> usize {
         std::mem::size_of::<T>()
     }
@@ -269,9 +325,11 @@ impl<T: Real> Backend for CpuBackend<T> {
     }
 
     fn conv2d_fwd(&mut self, x: View, w: ParamId, bias: Option<ParamId>, p: &ConvParams, y: View) {
-        let (xa, ya) = split_rw(&mut self.arena, x, y);
-        let b = bias.map(|b| self.params[b.0].as_slice());
-        conv::conv2d_fwd(xa, x.shape, &self.params[w.0], p, b, ya);
+        self.timed("conv2d_fwd", |this| {
+            let (xa, ya) = split_rw(&mut this.arena, x, y);
+            let b = bias.map(|b| this.params[b.0].as_slice());
+            conv::conv2d_fwd(xa, x.shape, &this.params[w.0], p, b, ya);
+        })
     }
 
     fn conv2d_bn_fwd_eval(
@@ -285,25 +343,27 @@ impl<T: Real> Backend for CpuBackend<T> {
         residual: Option<View>,
         y: View,
     ) {
-        let reads: Vec<View> = std::iter::once(x).chain(residual).collect();
-        let (r, mut writes) = split(&mut self.arena, &reads, &[y]);
-        let (xa, ya) = (r[0], &mut *writes[0]);
-        let pr = &self.params;
-        let (scale, shift) = batchnorm::bn_eval_affine(
-            &pr[bn.gamma.0],
-            &pr[bn.beta.0],
-            &pr[bn.running_mean.0],
-            &pr[bn.running_var.0],
-            bn.params,
-        );
-        let affine = conv::Affine {
-            scale: &scale,
-            shift: &shift,
-            residual: r.get(1).copied(),
-            relu,
-        };
-        let b = bias.map(|b| pr[b.0].as_slice());
-        conv::conv2d_affine_fwd(xa, x.shape, &pr[w.0], p, b, affine, ya);
+        self.timed("conv2d_bn_fwd_eval", |this| {
+            let reads: Vec<View> = std::iter::once(x).chain(residual).collect();
+            let (r, mut writes) = split(&mut this.arena, &reads, &[y]);
+            let (xa, ya) = (r[0], &mut *writes[0]);
+            let pr = &this.params;
+            let (scale, shift) = batchnorm::bn_eval_affine(
+                &pr[bn.gamma.0],
+                &pr[bn.beta.0],
+                &pr[bn.running_mean.0],
+                &pr[bn.running_var.0],
+                bn.params,
+            );
+            let affine = conv::Affine {
+                scale: &scale,
+                shift: &shift,
+                residual: r.get(1).copied(),
+                relu,
+            };
+            let b = bias.map(|b| pr[b.0].as_slice());
+            conv::conv2d_affine_fwd(xa, x.shape, &pr[w.0], p, b, affine, ya);
+        })
     }
 
     fn conv2d_fwd_bn_stats(
@@ -316,110 +376,134 @@ impl<T: Real> Backend for CpuBackend<T> {
         bn: &BnRefs,
         saved: View,
     ) {
-        self.conv2d_fwd(x, w, bias, p, y);
-        self.batch_stats(y, bn, saved);
+        self.timed("conv2d_fwd_bn_stats", |this| {
+            this.conv2d_fwd(x, w, bias, p, y);
+            this.batch_stats(y, bn, saved);
+        })
     }
 
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
-        let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
-        conv::conv2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
+        self.timed("conv2d_dgrad", |this| {
+            let (dya, dxa) = split_rw(&mut this.arena, dy, dx.view);
+            conv::conv2d_dgrad(dya, &this.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
+        })
     }
 
     fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>) {
-        let (xa, dya) = (&self.arena[range::<T>(x)], &self.arena[range::<T>(dy)]);
-        conv::conv2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
-        if let Some(db) = db {
-            conv::conv2d_bias_grad(dya, dy.shape, &mut self.grads[db.0]);
-        }
+        self.timed("conv2d_wgrad", |this| {
+            let (xa, dya) = (&this.arena[range::<T>(x)], &this.arena[range::<T>(dy)]);
+            conv::conv2d_wgrad(xa, x.shape, dya, p, &mut this.grads[dw.0]);
+            if let Some(db) = db {
+                conv::conv2d_bias_grad(dya, dy.shape, &mut this.grads[db.0]);
+            }
+        })
     }
 
     fn conv_transpose2d_fwd(&mut self, x: View, w: ParamId, p: &ConvParams, y: View) {
-        let (xa, ya) = split_rw(&mut self.arena, x, y);
-        conv::conv_transpose2d_fwd(xa, x.shape, &self.params[w.0], p, ya);
+        self.timed("conv_transpose2d_fwd", |this| {
+            let (xa, ya) = split_rw(&mut this.arena, x, y);
+            conv::conv_transpose2d_fwd(xa, x.shape, &this.params[w.0], p, ya);
+        })
     }
 
     fn conv_transpose2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
-        let (dya, dxa) = split_rw(&mut self.arena, dy, dx.view);
-        conv::conv_transpose2d_dgrad(dya, &self.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
+        self.timed("conv_transpose2d_dgrad", |this| {
+            let (dya, dxa) = split_rw(&mut this.arena, dy, dx.view);
+            conv::conv_transpose2d_dgrad(dya, &this.params[w.0], p, dxa, dx.view.shape, dx.accumulate);
+        })
     }
 
     fn conv_transpose2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId) {
-        let (xa, dya) = (&self.arena[range::<T>(x)], &self.arena[range::<T>(dy)]);
-        conv::conv_transpose2d_wgrad(xa, x.shape, dya, p, &mut self.grads[dw.0]);
+        self.timed("conv_transpose2d_wgrad", |this| {
+            let (xa, dya) = (&this.arena[range::<T>(x)], &this.arena[range::<T>(dy)]);
+            conv::conv_transpose2d_wgrad(xa, x.shape, dya, p, &mut this.grads[dw.0]);
+        })
     }
 
     fn batchnorm_fwd_train(&mut self, x: View, bn: &BnRefs, relu: bool, y: View, saved: View) {
-        // bn_fwd_train's two halves: the statistics, then the normalisation with them.
-        self.batch_stats(x, bn, saved);
-        self.batchnorm_apply_saved(x, bn, relu, saved, y);
+        self.timed("batchnorm_fwd_train", |this| {
+            // bn_fwd_train's two halves: the statistics, then the normalisation with them.
+            this.batch_stats(x, bn, saved);
+            this.batchnorm_apply_saved(x, bn, relu, saved, y);
+        })
     }
 
     fn batchnorm_fwd_eval(&mut self, x: View, bn: &BnRefs, relu: bool, y: View) {
-        let (xa, ya) = split_rw(&mut self.arena, x, y);
-        let p = &self.params;
-        batchnorm::bn_fwd_eval(
-            xa,
-            x.shape,
-            &p[bn.gamma.0],
-            &p[bn.beta.0],
-            &p[bn.running_mean.0],
-            &p[bn.running_var.0],
-            bn.params,
-            relu,
-            ya,
-        );
+        self.timed("batchnorm_fwd_eval", |this| {
+            let (xa, ya) = split_rw(&mut this.arena, x, y);
+            let p = &this.params;
+            batchnorm::bn_fwd_eval(
+                xa,
+                x.shape,
+                &p[bn.gamma.0],
+                &p[bn.beta.0],
+                &p[bn.running_mean.0],
+                &p[bn.running_var.0],
+                bn.params,
+                relu,
+                ya,
+            );
+        })
     }
 
     fn batchnorm_apply_saved(&mut self, x: View, bn: &BnRefs, relu: bool, saved: View, y: View) {
-        let (reads, mut writes) = split(&mut self.arena, &[x, saved], &[y]);
-        let p = &self.params;
-        batchnorm::bn_apply_saved(
-            reads[0],
-            x.shape,
-            &p[bn.gamma.0],
-            &p[bn.beta.0],
-            reads[1],
-            relu,
-            writes[0],
-        );
-        let _ = &mut writes;
+        self.timed("batchnorm_apply_saved", |this| {
+            let (reads, mut writes) = split(&mut this.arena, &[x, saved], &[y]);
+            let p = &this.params;
+            batchnorm::bn_apply_saved(
+                reads[0],
+                x.shape,
+                &p[bn.gamma.0],
+                &p[bn.beta.0],
+                reads[1],
+                relu,
+                writes[0],
+            );
+            let _ = &mut writes;
+        })
     }
 
     fn batchnorm_bwd(&mut self, dy: View, x: View, bn: &BnRefs, relu: bool, saved: View, dx: Grad) {
-        let (reads, mut writes) = split(&mut self.arena, &[dy, x, saved], &[dx.view]);
-        let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
-        let mut dbeta = std::mem::take(&mut self.grads[bn.beta.0]);
-        batchnorm::bn_bwd(
-            reads[0],
-            reads[1],
-            x.shape,
-            &self.params[bn.gamma.0],
-            &self.params[bn.beta.0],
-            reads[2],
-            relu,
-            writes[0],
-            dx.accumulate,
-            &mut dgamma,
-            &mut dbeta,
-        );
-        self.grads[bn.gamma.0] = dgamma;
-        self.grads[bn.beta.0] = dbeta;
+        self.timed("batchnorm_bwd", |this| {
+            let (reads, mut writes) = split(&mut this.arena, &[dy, x, saved], &[dx.view]);
+            let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
+            let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
+            batchnorm::bn_bwd(
+                reads[0],
+                reads[1],
+                x.shape,
+                &this.params[bn.gamma.0],
+                &this.params[bn.beta.0],
+                reads[2],
+                relu,
+                writes[0],
+                dx.accumulate,
+                &mut dgamma,
+                &mut dbeta,
+            );
+            this.grads[bn.gamma.0] = dgamma;
+            this.grads[bn.beta.0] = dbeta;
+        })
     }
 
     fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn: &BnRefs, residual: View, y: View, saved: View) {
-        self.batch_stats(x, bn, saved);
-        self.batchnorm_add_relu_apply_saved(x, bn, residual, saved, y);
+        self.timed("batchnorm_add_relu_fwd_train", |this| {
+            this.batch_stats(x, bn, saved);
+            this.batchnorm_add_relu_apply_saved(x, bn, residual, saved, y);
+        })
     }
 
     fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn: &BnRefs, residual: View, saved: View, y: View) {
-        // The unfused pair through a temporary: on the CPU the BN output is f32 either way, so
-        // the result is the pair's to the bit.
-        let mut t = vec![T::ZERO; x.shape.len()];
-        let (r, mut w) = split(&mut self.arena, &[x, saved, residual], &[y]);
-        let p = &self.params;
-        batchnorm::bn_apply_saved(r[0], x.shape, &p[bn.gamma.0], &p[bn.beta.0], r[1], false, &mut t);
-        elementwise::add_relu_fwd(&t, r[2], w[0]);
-        let _ = &mut w;
+        self.timed("batchnorm_add_relu_apply_saved", |this| {
+            // The unfused pair through a temporary: on the CPU the BN output is f32 either way, so
+            // the result is the pair's to the bit.
+            let mut t = vec![T::ZERO; x.shape.len()];
+            let (r, mut w) = split(&mut this.arena, &[x, saved, residual], &[y]);
+            let p = &this.params;
+            batchnorm::bn_apply_saved(r[0], x.shape, &p[bn.gamma.0], &p[bn.beta.0], r[1], false, &mut t);
+            elementwise::add_relu_fwd(&t, r[2], w[0]);
+            let _ = &mut w;
+        })
     }
 
     fn batchnorm_add_relu_bwd(
@@ -432,112 +516,138 @@ impl<T: Real> Backend for CpuBackend<T> {
         dx: Grad,
         dres: Option<Grad>,
     ) {
-        // The join's backward, then the BN's, as the unfused pair runs them: the join passes the
-        // same masked gradient to the BN output and to the residual, so it is computed once.
-        let mut g = vec![T::ZERO; y.shape.len()];
-        {
-            let (r, _) = split(&mut self.arena, &[y, dy], &[]);
-            elementwise::add_relu_bwd(r[0], r[1], &mut g, false);
-        }
-        if let Some(dres) = dres {
-            let (_, mut w) = split(&mut self.arena, &[], &[dres.view]);
-            elementwise::add_bwd(&g, w[0], dres.accumulate);
-        }
-        let (reads, mut writes) = split(&mut self.arena, &[x, saved], &[dx.view]);
-        let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
-        let mut dbeta = std::mem::take(&mut self.grads[bn.beta.0]);
-        batchnorm::bn_bwd(
-            &g,
-            reads[0],
-            x.shape,
-            &self.params[bn.gamma.0],
-            &self.params[bn.beta.0],
-            reads[1],
-            false,
-            writes[0],
-            dx.accumulate,
-            &mut dgamma,
-            &mut dbeta,
-        );
-        self.grads[bn.gamma.0] = dgamma;
-        self.grads[bn.beta.0] = dbeta;
+        self.timed("batchnorm_add_relu_bwd", |this| {
+            // The join's backward, then the BN's, as the unfused pair runs them: the join passes the
+            // same masked gradient to the BN output and to the residual, so it is computed once.
+            let mut g = vec![T::ZERO; y.shape.len()];
+            {
+                let (r, _) = split(&mut this.arena, &[y, dy], &[]);
+                elementwise::add_relu_bwd(r[0], r[1], &mut g, false);
+            }
+            if let Some(dres) = dres {
+                let (_, mut w) = split(&mut this.arena, &[], &[dres.view]);
+                elementwise::add_bwd(&g, w[0], dres.accumulate);
+            }
+            let (reads, mut writes) = split(&mut this.arena, &[x, saved], &[dx.view]);
+            let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
+            let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
+            batchnorm::bn_bwd(
+                &g,
+                reads[0],
+                x.shape,
+                &this.params[bn.gamma.0],
+                &this.params[bn.beta.0],
+                reads[1],
+                false,
+                writes[0],
+                dx.accumulate,
+                &mut dgamma,
+                &mut dbeta,
+            );
+            this.grads[bn.gamma.0] = dgamma;
+            this.grads[bn.beta.0] = dbeta;
+        })
     }
 
     fn relu_fwd(&mut self, x: View, y: View) {
-        let (xa, ya) = self.rw(x, y);
-        elementwise::relu_fwd(xa, ya);
+        self.timed("relu_fwd", |this| {
+            let (xa, ya) = this.rw(x, y);
+            elementwise::relu_fwd(xa, ya);
+        })
     }
 
     fn relu_bwd(&mut self, y: View, dy: View, dx: Grad) {
-        let (r, mut w) = split(&mut self.arena, &[y, dy], &[dx.view]);
-        elementwise::relu_bwd(r[0], r[1], w[0], dx.accumulate);
-        let _ = &mut w;
+        self.timed("relu_bwd", |this| {
+            let (r, mut w) = split(&mut this.arena, &[y, dy], &[dx.view]);
+            elementwise::relu_bwd(r[0], r[1], w[0], dx.accumulate);
+            let _ = &mut w;
+        })
     }
 
     fn add_fwd(&mut self, a: View, b: View, y: View) {
-        let (r, mut w) = split(&mut self.arena, &[a, b], &[y]);
-        elementwise::add_fwd(r[0], r[1], w[0]);
-        let _ = &mut w;
+        self.timed("add_fwd", |this| {
+            let (r, mut w) = split(&mut this.arena, &[a, b], &[y]);
+            elementwise::add_fwd(r[0], r[1], w[0]);
+            let _ = &mut w;
+        })
     }
 
     fn add_bwd(&mut self, dy: View, da: Option<Grad>, db: Option<Grad>) {
-        for g in [da, db].into_iter().flatten() {
-            let (dya, dxa) = self.rw(dy, g.view);
-            elementwise::add_bwd(dya, dxa, g.accumulate);
-        }
+        self.timed("add_bwd", |this| {
+            for g in [da, db].into_iter().flatten() {
+                let (dya, dxa) = this.rw(dy, g.view);
+                elementwise::add_bwd(dya, dxa, g.accumulate);
+            }
+        })
     }
 
     fn add_relu_fwd(&mut self, a: View, b: View, y: View) {
-        let (r, mut w) = split(&mut self.arena, &[a, b], &[y]);
-        elementwise::add_relu_fwd(r[0], r[1], w[0]);
-        let _ = &mut w;
+        self.timed("add_relu_fwd", |this| {
+            let (r, mut w) = split(&mut this.arena, &[a, b], &[y]);
+            elementwise::add_relu_fwd(r[0], r[1], w[0]);
+            let _ = &mut w;
+        })
     }
 
     fn add_relu_bwd(&mut self, y: View, dy: View, da: Option<Grad>, db: Option<Grad>) {
-        for g in [da, db].into_iter().flatten() {
-            let (r, mut w) = split(&mut self.arena, &[y, dy], &[g.view]);
-            elementwise::add_relu_bwd(r[0], r[1], w[0], g.accumulate);
-            let _ = &mut w;
-        }
+        self.timed("add_relu_bwd", |this| {
+            for g in [da, db].into_iter().flatten() {
+                let (r, mut w) = split(&mut this.arena, &[y, dy], &[g.view]);
+                elementwise::add_relu_bwd(r[0], r[1], w[0], g.accumulate);
+                let _ = &mut w;
+            }
+        })
     }
 
     fn upsample_fwd(&mut self, x: View, mode: UpsampleMode, y: View) {
-        let (xa, ya) = self.rw(x, y);
-        resample::upsample_fwd(xa, x.shape, mode, ya, y.shape);
+        self.timed("upsample_fwd", |this| {
+            let (xa, ya) = this.rw(x, y);
+            resample::upsample_fwd(xa, x.shape, mode, ya, y.shape);
+        })
     }
 
     fn upsample_bwd(&mut self, dy: View, mode: UpsampleMode, dx: Grad) {
-        let (dya, dxa) = self.rw(dy, dx.view);
-        resample::upsample_bwd(dya, dy.shape, mode, dxa, dx.view.shape, dx.accumulate);
+        self.timed("upsample_bwd", |this| {
+            let (dya, dxa) = this.rw(dy, dx.view);
+            resample::upsample_bwd(dya, dy.shape, mode, dxa, dx.view.shape, dx.accumulate);
+        })
     }
 
     fn concat_fwd(&mut self, xs: &[View], y: View) {
-        let widths: Vec<usize> = xs.iter().map(|v| v.shape.c).collect();
-        let (r, mut w) = split(&mut self.arena, xs, &[y]);
-        concat::concat_fwd(&r, &widths, w[0]);
-        let _ = &mut w;
+        self.timed("concat_fwd", |this| {
+            let widths: Vec<usize> = xs.iter().map(|v| v.shape.c).collect();
+            let (r, mut w) = split(&mut this.arena, xs, &[y]);
+            concat::concat_fwd(&r, &widths, w[0]);
+            let _ = &mut w;
+        })
     }
 
     fn concat_bwd(&mut self, dy: View, widths: &[usize], dxs: &[Option<Grad>]) {
-        let writes: Vec<View> = dxs.iter().flatten().map(|g| g.view).collect();
-        let (r, w) = split(&mut self.arena, &[dy], &writes);
-        let mut slices = w.into_iter();
-        let mut targets: Vec<Option<(&mut [T], bool)>> = dxs
-            .iter()
-            .map(|g| g.map(|g| (slices.next().expect("one slice per gradient"), g.accumulate)))
-            .collect();
-        concat::concat_bwd(r[0], widths, &mut targets);
+        self.timed("concat_bwd", |this| {
+            let writes: Vec<View> = dxs.iter().flatten().map(|g| g.view).collect();
+            let (r, w) = split(&mut this.arena, &[dy], &writes);
+            let mut slices = w.into_iter();
+            let mut targets: Vec<Option<(&mut [T], bool)>> = dxs
+                .iter()
+                .map(|g| g.map(|g| (slices.next().expect("one slice per gradient"), g.accumulate)))
+                .collect();
+            concat::concat_bwd(r[0], widths, &mut targets);
+        })
     }
 
     fn maxpool_fwd(&mut self, x: View, p: &PoolParams, y: View) {
-        let (xa, ya) = self.rw(x, y);
-        pool::maxpool_fwd(xa, x.shape, p, ya);
+        self.timed("maxpool_fwd", |this| {
+            let (xa, ya) = this.rw(x, y);
+            pool::maxpool_fwd(xa, x.shape, p, ya);
+        })
     }
 
     fn maxpool_bwd(&mut self, x: View, dy: View, p: &PoolParams, dx: Grad) {
-        let (r, mut w) = split(&mut self.arena, &[x, dy], &[dx.view]);
-        pool::maxpool_bwd(r[0], x.shape, r[1], p, w[0], dx.accumulate);
-        let _ = &mut w;
+        self.timed("maxpool_bwd", |this| {
+            let (r, mut w) = split(&mut this.arena, &[x, dy], &[dx.view]);
+            pool::maxpool_bwd(r[0], x.shape, r[1], p, w[0], dx.accumulate);
+            let _ = &mut w;
+        })
     }
 }
 

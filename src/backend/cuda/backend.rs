@@ -28,6 +28,7 @@ use half::f16;
 
 use super::{batchnorm as bn, concat, conv, conv_wgrad, elementwise as ew, pool, resample};
 use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
+use crate::backend::{OpTime, OpTimes};
 use crate::gpu::memory::human_bytes;
 use crate::gpu::memory::Staging;
 use crate::gpu::{Arena, DevSlice, DevSliceMut, DeviceBuffer, Gpu};
@@ -125,24 +126,6 @@ struct OpProfile {
     spans: Vec<(&'static str, usize, usize)>,
     /// "node name NxHxWxC" per labelled node, in the order the executor ran them.
     labels: Vec<String>,
-}
-
-/// One timed op: its kind, the graph node it served ("stage3.m0.b1.conv1 4x48x48x128"; "-" for
-/// work outside the graph, such as the input upload) and its milliseconds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OpTime {
-    pub kind: &'static str,
-    pub node: String,
-    pub ms: f64,
-}
-
-/// What the op profile measured since the last [`CudaBackend::take_op_times`].
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct OpTimes {
-    /// Per op kind: (kind, launches, total milliseconds), slowest first.
-    pub by_kind: Vec<(&'static str, usize, f64)>,
-    /// Every op, slowest first.
-    pub ops: Vec<OpTime>,
 }
 
 pub struct CudaBackend {
@@ -265,13 +248,9 @@ impl CudaBackend {
             return Ok(OpTimes::default());
         };
         self.gpu.synchronize()?;
-        let mut by_kind: BTreeMap<&'static str, (usize, f64)> = BTreeMap::new();
         let mut ops = Vec::with_capacity(profile.spans.len());
         for &(kind, label, first) in &profile.spans {
             let ms = profile.events[first].elapsed_ms(&profile.events[first + 1])? as f64;
-            let e = by_kind.entry(kind).or_default();
-            e.0 += 1;
-            e.1 += ms;
             ops.push(OpTime {
                 kind,
                 node: profile.labels[label].clone(),
@@ -281,10 +260,7 @@ impl CudaBackend {
         profile.spans.clear();
         profile.labels.truncate(1);
         profile.used = 0;
-        let mut by_kind: Vec<_> = by_kind.into_iter().map(|(k, (n, ms))| (k, n, ms)).collect();
-        by_kind.sort_by(|a, b| b.2.total_cmp(&a.2));
-        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        Ok(OpTimes { by_kind, ops })
+        Ok(OpTimes::from_ops(ops))
     }
 
     /// Runs one op: skipped after an earlier failure, its error kept, timed when profiling.

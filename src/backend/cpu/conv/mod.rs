@@ -1,114 +1,59 @@
 //! CPU twins of `kernels/conv.cu`: conv2d forward, input gradient (dgrad), weight gradient
 //! (wgrad), bias gradient, and the transposed convolution built from them.
 //!
-//! Every convolution is an implicit GEMM on bounded tiles: a tile of output pixels gathers its
-//! patch rows (`kh*kw*c_in` values each, zeros where the kernel hangs over the border) into a
-//! small buffer of at most `TILE_FLOATS` floats that stays in cache, and one
-//! `matrixmultiply::sgemm` multiplies it by the KRSC weight matrix. Tiles run in parallel with
-//! rayon; the whole-image im2col matrix is never built. 1x1 stride-1 convolutions skip the
-//! gather: NHWC activations already are the `[pixels x c]` matrix.
+//! # Direct convolution in register tiles
+//! In NHWC, one kernel row of one output pixel reads `kw * c_in` consecutive values of the
+//! zero-padded input (the pixels under that kernel row, every channel), so a pixel's dot product
+//! is `kh` contiguous *runs* against the matching rows of the weights. A tile computes `PX`
+//! pixels times `L` output channels: for each input value of the runs, one broadcast and one
+//! fused multiply-add into each pixel's accumulator vector of `L` lanes. The weights are packed
+//! `[channel block][kernel row][run position][L]`, so each step loads one weight vector that all
+//! `PX` pixels use. `L` is 16 (8 for narrow layers) and `PX` is as large as the vector registers
+//! of the instruction set allow ([`super::simd`]); no im2col matrix is ever built.
 //!
-//! The input gradient is computed as a *gather* (each input pixel collects the output gradients
-//! of the taps that read it), so tiles write disjoint rows and need no atomics or locks.
+//! The input gradient is the same computation on the output gradient. For stride 1 it is a
+//! convolution with the kernel flipped and the channel roles swapped. For stride `s` the input
+//! pixels fall into `s * s` phases by their position modulo `s`: all pixels of a phase are reached
+//! by the same subset of kernel taps, which again read contiguous runs of the output gradient.
+//! The weight gradient tiles the kernel instead of the pixels: `L` output channels times `JB` run
+//! positions accumulate over the pixels of a chunk.
+//!
+//! # Order of summation
+//! Every output element is one chain of fused multiply-adds in a fixed order, starting from zero:
+//! forward and input gradient over the kernel rows, each over its run; the weight gradient over
+//! the pixels of each chunk of [`wgrad_chunk_pixels`] pixels, then the chunks' sums in order; the
+//! bias gradient likewise. The tile sizes, the instruction set and the thread count only decide
+//! which element is computed where, never the order, so the results are bit-identical for any of
+//! them.
+use std::ops::Range;
+
 use rayon::prelude::*;
 
+use super::scratch::{self, Scratch};
+use super::simd::{for_each_isa, isa, Isa};
 use super::Real;
 use crate::backend::{ConvParams, Shape4};
 
-/// Upper bound on one tile's patch buffer (1 MiB of f32). Larger tiles amortise sgemm's packing
-/// of the weights and its call overhead; measured on HRNet's 3x3 convolutions, 1 MiB ran 64- to
-/// 256-channel layers 15-40% faster than 256 KiB, and 2 MiB gained nothing more.
-const TILE_FLOATS: usize = 256 * 1024;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
-/// Pixels per tile for rows of `cols` floats, out of `pixels` in all: bounded by the
-/// buffer size and small enough that every thread gets at least two tiles.
-fn tile_pixels(cols: usize, pixels: usize) -> usize {
-    let by_buffer = (TILE_FLOATS / cols.max(1)).clamp(8, 2048);
-    let by_threads = pixels.div_ceil(2 * rayon::current_num_threads()).max(8);
-    by_buffer.min(by_threads)
-}
-
-/// `c[m x n] = alpha * a[m x k] * b[k x n] + beta * c`, all given by row and column strides.
-#[allow(clippy::too_many_arguments)]
-fn gemm<T: Real>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[T],
-    (rsa, csa): (usize, usize),
-    b: &[T],
-    (rsb, csb): (usize, usize),
-    beta: T,
-    c: &mut [T],
-    rsc: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // The bounds below make the raw-pointer call sound: every element sgemm touches is inside
-    // the slices it was given.
-    assert!(
-        k == 0 || (m - 1) * rsa + (k - 1) * csa < a.len(),
-        "gemm: a out of bounds"
-    );
-    assert!(
-        k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len(),
-        "gemm: b out of bounds"
-    );
-    assert!((m - 1) * rsc + n - 1 < c.len(), "gemm: c out of bounds");
-    // SAFETY: bounds checked above; `c` is exclusively borrowed, `a` and `b` are shared.
-    unsafe {
-        T::gemm(
-            m,
-            k,
-            n,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
-            beta,
-            c.as_mut_ptr(),
-            rsc as isize,
-            1,
-        );
+/// Output channels per register block: 16, or 8 where that wastes fewer lanes (8, 24, 120
+/// channels...).
+fn lanes_for(c_out: usize) -> usize {
+    if c_out.is_multiple_of(16) || (c_out > 8 && !c_out.is_multiple_of(8)) {
+        16
+    } else {
+        8
     }
 }
 
-/// Gathers the patch rows of output pixels `p0..p0+m` into `col` (`m x kh*kw*c_in`).
-fn im2col_tile<T: Real>(x: &[T], xs: Shape4, p: &ConvParams, ys: Shape4, p0: usize, m: usize, col: &mut Vec<T>) {
-    let c = xs.c;
-    let cols = p.patch_len();
-    col.clear();
-    col.resize(m * cols, T::ZERO);
-    for (row, dst) in col.chunks_exact_mut(cols).enumerate() {
-        let pix = p0 + row;
-        let (n, oh, ow) = (pix / (ys.h * ys.w), (pix / ys.w) % ys.h, pix % ys.w);
-        for r in 0..p.kh {
-            let ih = (oh * p.stride + r) as isize - p.pad as isize;
-            if ih < 0 || ih >= xs.h as isize {
-                continue; // stays zero
-            }
-            for s in 0..p.kw {
-                let iw = (ow * p.stride + s) as isize - p.pad as isize;
-                if iw < 0 || iw >= xs.w as isize {
-                    continue;
-                }
-                let src = ((n * xs.h + ih as usize) * xs.w + iw as usize) * c;
-                let at = (r * p.kw + s) * c;
-                dst[at..at + c].copy_from_slice(&x[src..src + c]);
-            }
-        }
-    }
-}
+/// A raw pointer that rayon jobs may share: each job writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T);
+// SAFETY: only used to write elements no other job touches (see each use).
+unsafe impl<T: Send> Send for Out<T> {}
+unsafe impl<T: Send> Sync for Out<T> {}
 
-fn is_pointwise(p: &ConvParams) -> bool {
-    p.kh == 1 && p.kw == 1 && p.stride == 1 && p.pad == 0
-}
-
-/// Forward convolution into `y` (shape `p.out_shape(xs)`), overwriting it, or adding to it when
-/// `accumulate`; `bias` (c_out values) is added when given.
 /// Per-channel `y = max?(y * scale + shift (+ residual))` applied to each output tile while it
 /// is in cache; `residual`, when given, has the output's shape (the inference block join).
 #[derive(Clone, Copy)]
@@ -117,6 +62,293 @@ pub struct Affine<'a, T> {
     pub shift: &'a [T],
     pub residual: Option<&'a [T]>,
     pub relu: bool,
+}
+
+/// An input as a pass reads it: the tensor itself, or a zero-padded copy.
+enum Padded<'a, T: Real> {
+    Same(&'a [T]),
+    Copy(Scratch<T>),
+}
+
+impl<T: Real> std::ops::Deref for Padded<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Padded::Same(x) => x,
+            Padded::Copy(x) => x,
+        }
+    }
+}
+
+/// `x` (NHWC `xs`) with `top`/`bottom` zero rows and `left`/`right` zero columns around every
+/// image, plus `slack` zeros after the last image (for tiles that read past a run's end); `x`
+/// itself when nothing is to be added.
+#[allow(clippy::too_many_arguments)]
+fn padded<T: Real>(
+    x: &[T],
+    xs: Shape4,
+    top: usize,
+    bottom: usize,
+    left: usize,
+    right: usize,
+    slack: usize,
+) -> Padded<'_, T> {
+    if top + bottom + left + right + slack == 0 {
+        return Padded::Same(x);
+    }
+    let (hp, wp, c) = (xs.h + top + bottom, xs.w + left + right, xs.c);
+    let row = wp * c;
+    let mut out = scratch::take::<T>(xs.n * hp * row + slack);
+    let (body, tail) = out.split_at_mut(xs.n * hp * row);
+    tail.fill(T::ZERO);
+    body.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
+        let (n, h) = (i / hp, i % hp);
+        if h < top || h >= top + xs.h {
+            dst.fill(T::ZERO);
+            return;
+        }
+        let src = &x[(n * xs.h + h - top) * xs.w * c..][..xs.w * c];
+        dst[..left * c].fill(T::ZERO);
+        dst[left * c..(left + xs.w) * c].copy_from_slice(src);
+        dst[(left + xs.w) * c..].fill(T::ZERO);
+    });
+    Padded::Copy(out)
+}
+
+/// One direct-convolution pass: output pixel `p` reads `taps` runs of `run` contiguous values
+/// of `src`, `row_step` apart, from `start(p)`, against `weights` packed
+/// `[block][tap][run][L]`, and its result goes to output pixel `dst(p)`.
+struct Pass<'a, T, S, D> {
+    src: &'a [T],
+    pixels: usize,
+    taps: usize,
+    row_step: usize,
+    run: usize,
+    lanes: usize,
+    weights: &'a [T],
+    start: S,
+    dst: D,
+}
+
+/// How a pass's results are stored: `y[dst * c_out + k] = epilogue(acc)`.
+struct Store<'a, T> {
+    y: Out<T>,
+    c_out: usize,
+    bias: Option<&'a [T]>,
+    accumulate: bool,
+    epilogue: Option<Affine<'a, T>>,
+}
+
+impl<T: Real> Store<'_, T> {
+    /// Stores output channels `k0..k0 + acc.len()` (at most `c_out`) of output pixel `pixel`.
+    ///
+    /// # Safety
+    /// `pixel < y.len() / c_out`, and no other thread touches these elements meanwhile.
+    #[inline(always)]
+    unsafe fn put(&self, pixel: usize, k0: usize, acc: &[T]) {
+        let n = acc.len().min(self.c_out - k0);
+        let at = pixel * self.c_out + k0;
+        for (l, &a) in acc[..n].iter().enumerate() {
+            let k = k0 + l;
+            // SAFETY: in bounds and exclusive by the caller's contract.
+            let y = unsafe { &mut *self.y.0.add(at + l) };
+            let mut v = a;
+            if let Some(b) = self.bias {
+                v = v + b[k];
+            }
+            if self.accumulate {
+                v = *y + v;
+            }
+            if let Some(e) = &self.epilogue {
+                v = v.mul_add(e.scale[k], e.shift[k]);
+                if let Some(r) = e.residual {
+                    v = v + r[at + l];
+                }
+                if e.relu {
+                    v = v.max(T::ZERO);
+                }
+            }
+            *y = v;
+        }
+    }
+}
+
+/// The register tile of [`Pass`]: `PX` pixels (their run starts in `starts`) times `L` lanes.
+///
+/// # Safety
+/// Every `starts[px] + t * row_step + j` (t < taps, j < run) is inside `src`, and `w` holds
+/// `taps * run * L` values.
+#[inline(always)]
+unsafe fn dot_tile<T: Real, const L: usize, const PX: usize>(
+    src: *const T,
+    starts: &[usize; PX],
+    taps: usize,
+    row_step: usize,
+    run: usize,
+    w: *const T,
+) -> [[T; L]; PX] {
+    let mut acc = [[T::ZERO; L]; PX];
+    for t in 0..taps {
+        // SAFETY (all pointer arithmetic below): within the bounds the caller guarantees.
+        let rows: [*const T; PX] = std::array::from_fn(|px| unsafe { src.add(starts[px] + t * row_step) });
+        let wt = unsafe { w.add(t * run * L) };
+        for j in 0..run {
+            let wv: [T; L] = unsafe { *(wt.add(j * L) as *const [T; L]) };
+            for px in 0..PX {
+                let xv = unsafe { *rows[px].add(j) };
+                for l in 0..L {
+                    acc[px][l] = xv.mul_add(wv[l], acc[px][l]);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Runs tiles `tiles` of the pass for blocks `blocks` (both in units of tiles and `L`-blocks).
+#[inline(always)]
+fn pass_job<T: Real, const L: usize, const PX: usize>(
+    pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>,
+    store: &Store<'_, T>,
+    tiles: Range<usize>,
+    blocks: Range<usize>,
+    kernel: DotTile<T, L, PX>,
+) {
+    let block_len = pass.taps * pass.run * L;
+    for tile in tiles {
+        let p0 = tile * PX;
+        let valid = PX.min(pass.pixels - p0);
+        // Pixels past the end repeat the first one: computed, never stored.
+        let starts: [usize; PX] = std::array::from_fn(|px| (pass.start)(p0 + if px < valid { px } else { 0 }));
+        let dsts: [usize; PX] = std::array::from_fn(|px| if px < valid { (pass.dst)(p0 + px) } else { 0 });
+        for b in blocks.clone() {
+            let w = &pass.weights[b * block_len..(b + 1) * block_len];
+            // SAFETY: the pass's constructor checked that every run of every pixel is inside `src`.
+            let acc = unsafe {
+                kernel(
+                    pass.src.as_ptr(),
+                    &starts,
+                    pass.taps,
+                    pass.row_step,
+                    pass.run,
+                    w.as_ptr(),
+                )
+            };
+            for px in 0..valid {
+                // SAFETY: dst maps the pass's pixels one to one onto output pixels, and the
+                // blocks of one tile are in one job, so no two jobs write an element.
+                unsafe { store.put(dsts[px], b * L, &acc[px]) };
+            }
+        }
+    }
+}
+
+type PixelMap<'a> = &'a (dyn Fn(usize) -> usize + Sync);
+
+/// A register tile function of a pass: [`dot_tile`] or one of its intrinsic twins in [`x86`].
+type DotTile<T, const L: usize, const PX: usize> =
+    unsafe fn(*const T, &[usize; PX], usize, usize, usize, *const T) -> [[T; L]; PX];
+
+// The job loop and the stores compiled per instruction set (the epilogue's multiply-adds are
+// fused instructions there, not calls), the tile itself passed in.
+for_each_isa!(pass_isa: pass_job<L, PX>(
+    pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>,
+    store: &Store<'_, T>,
+    tiles: Range<usize>,
+    blocks: Range<usize>,
+    kernel: DotTile<T, L, PX>,
+));
+
+/// Pixels per tile of [`dot_tile`] for `lanes` on `isa`: as many accumulator vectors as leave
+/// registers for the weight vector and the broadcast.
+fn tile_pixels(isa: Isa, lanes: usize) -> usize {
+    match (isa, lanes) {
+        (Isa::Avx512, 16) => 12,
+        (Isa::Avx512, _) => 16,
+        (Isa::Avx2, 16) => 6,
+        (Isa::Avx2, _) => 12,
+        (Isa::Baseline, 16) => 4,
+        (Isa::Baseline, _) => 8,
+    }
+}
+
+/// Runs `pass` over all its pixels in parallel jobs.
+fn run_pass<T: Real>(pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>, store: &Store<'_, T>) {
+    if pass.pixels == 0 {
+        return;
+    }
+    let isa = isa();
+    let lanes = pass.lanes;
+    let px = tile_pixels(isa, lanes);
+    let tiles = pass.pixels.div_ceil(px);
+    let blocks = store.c_out.div_ceil(lanes);
+    // Blocks in one job: their packed weights stay in the core's L2 (256 KiB of them) while the
+    // job's tiles stream past.
+    let block_bytes = pass.taps * pass.run * lanes * std::mem::size_of::<T>();
+    let blocks_per_job = (256 * 1024 / block_bytes.max(1)).clamp(1, blocks);
+    // Tiles in one job: about 2^18 multiply-adds, enough to hide the scheduling.
+    let fmas_per_tile = px * pass.taps * pass.run * lanes * blocks_per_job;
+    let tiles_per_job = ((1 << 18) / fmas_per_tile.max(1)).clamp(1, tiles);
+    let block_groups = blocks.div_ceil(blocks_per_job);
+    let jobs = tiles.div_ceil(tiles_per_job) * block_groups;
+    (0..jobs).into_par_iter().for_each(|job| {
+        let (tg, bg) = (job / block_groups, job % block_groups);
+        let t = tg * tiles_per_job..((tg + 1) * tiles_per_job).min(tiles);
+        let b = bg * blocks_per_job..((bg + 1) * blocks_per_job).min(blocks);
+        #[cfg(target_arch = "x86_64")]
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa != Isa::Baseline {
+            // SAFETY: T is f32 (checked above), so these are the same types; `isa()` only
+            // returns instruction sets this CPU supports.
+            unsafe {
+                let pass =
+                    &*(pass as *const Pass<'_, T, PixelMap<'_>, PixelMap<'_>>)
+                        .cast::<Pass<'_, f32, PixelMap<'_>, PixelMap<'_>>>();
+                let store = &*(store as *const Store<'_, T>).cast::<Store<'_, f32>>();
+                match (isa, lanes) {
+                    (Isa::Avx512, 16) => pass_isa::avx512::<f32, 16, 12>(pass, store, t, b, x86::dot_avx512),
+                    (Isa::Avx512, _) => pass_isa::avx512::<f32, 8, 16>(pass, store, t, b, x86::dot_avx512_ymm),
+                    (_, 16) => pass_isa::avx2::<f32, 16, 6>(pass, store, t, b, x86::dot_avx2),
+                    _ => pass_isa::avx2::<f32, 8, 12>(pass, store, t, b, x86::dot_avx2),
+                }
+            }
+            return;
+        }
+        match lanes {
+            16 => pass_isa::baseline::<T, 16, 4>(pass, store, t, b, dot_tile),
+            _ => pass_isa::baseline::<T, 8, 8>(pass, store, t, b, dot_tile),
+        }
+    });
+}
+
+/// Checks the bound [`dot_tile`] relies on: the furthest value any pixel's runs reach.
+fn check_reach(src_len: usize, last_start: usize, taps: usize, row_step: usize, run: usize) {
+    if taps > 0 && run > 0 {
+        let reach = last_start + (taps - 1) * row_step + run;
+        assert!(reach <= src_len, "conv: a run reaches {reach} of {src_len} values");
+    }
+}
+
+/// Packs KRSC-ordered weights for [`dot_tile`]: `out[((b * taps + t) * run + j) * L + l] =
+/// w_at(b * L + l, t, j)` for output channels below `c_out`, zero for the padding lanes.
+fn pack<T: Real>(
+    c_out: usize,
+    taps: usize,
+    run: usize,
+    lanes: usize,
+    w_at: impl Fn(usize, usize, usize) -> T + Sync,
+) -> Scratch<T> {
+    let blocks = c_out.div_ceil(lanes);
+    let mut out = scratch::take::<T>(blocks * taps * run * lanes);
+    out.par_chunks_mut(run * lanes).enumerate().for_each(|(bt, dst)| {
+        let (b, t) = (bt / taps, bt % taps);
+        for (j, v) in dst.chunks_exact_mut(lanes).enumerate() {
+            for (l, e) in v.iter_mut().enumerate() {
+                let k = b * lanes + l;
+                *e = if k < c_out { w_at(k, t, j) } else { T::ZERO };
+            }
+        }
+    });
+    out
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -134,53 +366,48 @@ fn conv_fwd_into<T: Real>(
     assert_eq!(x.len(), xs.len(), "conv2d_fwd: x length");
     assert_eq!(w.len(), p.weight_len(), "conv2d_fwd: weight length");
     assert_eq!(y.len(), ys.len(), "conv2d_fwd: y length");
-    let (k, cols) = (p.c_out, p.patch_len());
-    // Bound the output tile too: a 1x1 conv to many channels has short patch rows but long outputs.
-    let tp = tile_pixels(cols.max(k), ys.pixels());
-    let pointwise = is_pointwise(p);
-    y.par_chunks_mut(tp * k)
-        .enumerate()
-        .for_each_init(Vec::new, |col, (t, ytile)| {
-            let p0 = t * tp;
-            let m = ytile.len() / k;
-            let mut beta = if accumulate { T::ONE } else { T::ZERO };
-            if let Some(b) = bias {
-                for row in ytile.chunks_exact_mut(k) {
-                    if accumulate {
-                        row.iter_mut().zip(b).for_each(|(v, &bi)| *v = *v + bi);
-                    } else {
-                        row.copy_from_slice(b);
-                    }
-                }
-                beta = T::ONE;
-            }
-            let a: &[T] = if pointwise {
-                &x[p0 * cols..(p0 + m) * cols]
-            } else {
-                im2col_tile(x, xs, p, ys, p0, m, col);
-                col
-            };
-            // y_tile[m x k] = patches[m x cols] * W^T, W row-major [k x cols].
-            gemm(m, cols, k, a, (cols, 1), w, (1, cols), beta, ytile, k);
-            if let Some(e) = epilogue {
-                for (r, row) in ytile.chunks_exact_mut(k).enumerate() {
-                    let res = e.residual.map(|res| &res[(p0 + r) * k..(p0 + r + 1) * k]);
-                    for (ch, ((v, &s), &b)) in row.iter_mut().zip(e.scale).zip(e.shift).enumerate() {
-                        let o = v.mul_add(s, b);
-                        let o = res.map_or(o, |res| o + res[ch]);
-                        *v = if e.relu { o.max(T::ZERO) } else { o };
-                    }
-                }
-            }
-        });
+    if let Some(b) = bias {
+        assert_eq!(b.len(), p.c_out, "conv2d_fwd: bias length");
+    }
+    let pad = p.pad;
+    let src = padded(x, xs, pad, pad, pad, pad, 0);
+    let (hp, wp, c) = (xs.h + 2 * pad, xs.w + 2 * pad, xs.c);
+    let (run, patch) = (p.kw * c, p.patch_len());
+    let lanes = lanes_for(p.c_out);
+    let weights = pack(p.c_out, p.kh, run, lanes, |k, r, j| w[k * patch + r * run + j]);
+    let st = p.stride;
+    let start = move |pix: usize| {
+        let (n, oh, ow) = (pix / (ys.h * ys.w), (pix / ys.w) % ys.h, pix % ys.w);
+        ((n * hp + oh * st) * wp + ow * st) * c
+    };
+    let identity = |pix: usize| pix;
+    let pixels = ys.pixels();
+    if pixels > 0 {
+        check_reach(src.len(), start(pixels - 1), p.kh, wp * c, run);
+    }
+    let pass = Pass {
+        src: &src,
+        pixels,
+        taps: p.kh,
+        row_step: wp * c,
+        run,
+        lanes,
+        weights: &weights,
+        start: &start as PixelMap<'_>,
+        dst: &identity as PixelMap<'_>,
+    };
+    let store = Store {
+        y: Out(y.as_mut_ptr()),
+        c_out: p.c_out,
+        bias,
+        accumulate,
+        epilogue,
+    };
+    run_pass(&pass, &store);
 }
 
-/// Inference fusion of a convolution and the eval-mode batch norm (+ ReLU) after it:
-/// `y = act((conv2d(x, w) + bias) * scale + shift)` with the BN folded into `affine` (see
-/// [`batchnorm::bn_eval_affine`](super::batchnorm::bn_eval_affine)), and with a residual the
-/// block join after it too: `y = relu(... + residual)`. Same result as the ops one after the
-/// other, up to rounding, without writing the conv output to memory.
-#[allow(clippy::too_many_arguments)]
+/// `y = epilogue(conv2d(x, w) + bias)`: the inference form with batch norm folded into
+/// `affine` (and the block's residual join and ReLU, when given).
 pub fn conv2d_affine_fwd<T: Real>(
     x: &[T],
     xs: Shape4,
@@ -205,74 +432,232 @@ pub fn conv2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, bias: O
     conv_fwd_into(x, xs, w, p, bias, y, false, None);
 }
 
+/// Kernel taps `phase, phase + stride, ...` below `k`: how many reach an input pixel whose
+/// padded position is `phase` modulo `stride`.
+fn phase_taps(k: usize, stride: usize, phase: usize) -> usize {
+    if phase >= k {
+        0
+    } else {
+        (k - phase).div_ceil(stride)
+    }
+}
+
 /// Input gradient: `dx (+)= conv2d_dgrad(dy, w)`, where `dy` has shape `p.out_shape(xs)`.
+///
+/// Input pixel `(ih, iw)` receives `dy[oh, ow] * w[r, s]` for every `oh * stride + r = ih + pad`
+/// (likewise for columns). The pixels whose `ih + pad` and `iw + pad` have the same residues
+/// `(ph, pw)` modulo the stride are reached by the same taps `r = ph + stride * i`,
+/// `s = pw + stride * m`; taken in reverse order those read consecutive rows and columns of `dy`,
+/// so each phase is one direct-convolution pass over a zero-padded `dy`.
 pub fn conv2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let ys = p.out_shape(xs);
     assert_eq!(dy.len(), ys.len(), "conv2d_dgrad: dy length");
     assert_eq!(w.len(), p.weight_len(), "conv2d_dgrad: weight length");
     assert_eq!(dx.len(), xs.len(), "conv2d_dgrad: dx length");
-    let (k, c) = (p.c_out, p.c_in);
-    let beta = if accumulate { T::ONE } else { T::ZERO };
-    if is_pointwise(p) {
-        // dx[pixels x c] = dy[pixels x k] * W[k x c]
-        let tp = tile_pixels(k.max(c), xs.pixels());
-        dx.par_chunks_mut(tp * c)
-            .zip(dy.par_chunks(tp * k))
-            .for_each(|(dxt, dyt)| {
-                gemm(dxt.len() / c, k, c, dyt, (k, 1), w, (c, 1), beta, dxt, c);
-            });
-        return;
+    let (k, c, st, pad) = (p.c_out, p.c_in, p.stride, p.pad);
+    let phases: Vec<(usize, usize)> = (0..st).flat_map(|ph| (0..st).map(move |pw| (ph, pw))).collect();
+    let mut accumulate = accumulate;
+    if !accumulate
+        && phases
+            .iter()
+            .any(|&(ph, pw)| phase_taps(p.kh, st, ph) * phase_taps(p.kw, st, pw) == 0)
+    {
+        // Some pixels are reached by no tap (a kernel smaller than its stride): their gradient
+        // is zero, and the other phases add onto the zeros.
+        dx.fill(T::ZERO);
+        accumulate = true;
     }
-    // Weights regrouped as [(r, s, k) x c] so a gathered row of output gradients multiplies it.
-    let taps = p.kh * p.kw;
-    let mut wt = vec![T::ZERO; p.weight_len()];
-    for ki in 0..k {
-        for t in 0..taps {
-            let src = (ki * taps + t) * c;
-            let dst = (t * k + ki) * c;
-            wt[dst..dst + c].copy_from_slice(&w[src..src + c]);
+    // dy padded so that every tap of every phase reads inside it: the first tap of a phase reads
+    // `taps - 1` rows above its pixel's last output row, the last up to row (h - 1 + pad) / stride.
+    let (top, left) = (p.kh.div_ceil(st) - 1, p.kw.div_ceil(st) - 1);
+    let bottom = ((xs.h - 1 + pad) / st + 1).saturating_sub(ys.h);
+    let right = ((xs.w - 1 + pad) / st + 1).saturating_sub(ys.w);
+    let src = padded(dy, ys, top, bottom, left, right, 0);
+    let (hpd, wpd) = (ys.h + top + bottom, ys.w + left + right);
+    let patch = p.patch_len();
+    let lanes = lanes_for(c);
+    let store = Store {
+        y: Out(dx.as_mut_ptr()),
+        c_out: c,
+        bias: None,
+        accumulate,
+        epilogue: None,
+    };
+    for (ph, pw) in phases {
+        let (mh, mw) = (phase_taps(p.kh, st, ph), phase_taps(p.kw, st, pw));
+        // The first input row and column of this phase, and how many there are.
+        let (ih0, iw0) = ((ph + st - pad % st) % st, (pw + st - pad % st) % st);
+        let count = |first: usize, len: usize| if first < len { (len - 1 - first) / st + 1 } else { 0 };
+        let (nh, nw) = (count(ih0, xs.h), count(iw0, xs.w));
+        if mh * mw == 0 || nh * nw == 0 {
+            continue;
         }
+        let run = mw * k;
+        // Tap t (reversed) is kernel row ph + st * (mh - 1 - t); run position j = m * k + kk is
+        // kernel column pw + st * (mw - 1 - m) of output channel kk.
+        let weights = pack(c, mh, run, lanes, |cc, t, j| {
+            let (m, kk) = (j / k, j % k);
+            let (r, s) = (ph + st * (mh - 1 - t), pw + st * (mw - 1 - m));
+            w[kk * patch + (r * p.kw + s) * c + cc]
+        });
+        let start = move |pix: usize| {
+            let (n, a, b) = (pix / (nh * nw), (pix / nw) % nh, pix % nw);
+            let (ih, iw) = (ih0 + a * st, iw0 + b * st);
+            let row = top + (ih + pad - ph) / st - (mh - 1);
+            let col = left + (iw + pad - pw) / st - (mw - 1);
+            ((n * hpd + row) * wpd + col) * k
+        };
+        let dst = move |pix: usize| {
+            let (n, a, b) = (pix / (nh * nw), (pix / nw) % nh, pix % nw);
+            (n * xs.h + ih0 + a * st) * xs.w + iw0 + b * st
+        };
+        let pixels = xs.n * nh * nw;
+        check_reach(src.len(), start(pixels - 1), mh, wpd * k, run);
+        let pass = Pass {
+            src: &src,
+            pixels,
+            taps: mh,
+            row_step: wpd * k,
+            run,
+            lanes,
+            weights: &weights,
+            start: &start as PixelMap<'_>,
+            dst: &dst as PixelMap<'_>,
+        };
+        run_pass(&pass, &store);
     }
-    let cols = taps * k;
-    let tp = tile_pixels(cols, xs.pixels());
-    dx.par_chunks_mut(tp * c)
-        .enumerate()
-        .for_each_init(Vec::new, |col: &mut Vec<T>, (t, dxt)| {
-            let p0 = t * tp;
-            let m = dxt.len() / c;
-            col.clear();
-            col.resize(m * cols, T::ZERO);
-            for (row, dst) in col.chunks_exact_mut(cols).enumerate() {
-                let pix = p0 + row;
-                let (n, ih, iw) = (pix / (xs.h * xs.w), (pix / xs.w) % xs.h, pix % xs.w);
-                for r in 0..p.kh {
-                    // Output row oh reads input row oh*stride + r - pad == ih.
-                    let num = ih as isize + p.pad as isize - r as isize;
-                    if num < 0 || num % p.stride as isize != 0 {
-                        continue;
-                    }
-                    let oh = num as usize / p.stride;
-                    if oh >= ys.h {
-                        continue;
-                    }
-                    for s in 0..p.kw {
-                        let num = iw as isize + p.pad as isize - s as isize;
-                        if num < 0 || num % p.stride as isize != 0 {
-                            continue;
-                        }
-                        let ow = num as usize / p.stride;
-                        if ow >= ys.w {
-                            continue;
-                        }
-                        let src = ((n * ys.h + oh) * ys.w + ow) * k;
-                        let at = (r * p.kw + s) * k;
-                        dst[at..at + k].copy_from_slice(&dy[src..src + k]);
-                    }
+}
+
+/// Pixels per chunk of the weight and bias gradients: chunks are summed separately, then in
+/// order, so this (a function of the sizes only, never of the threads) fixes the summation.
+/// About 1024 pixels, fewer than 64 chunks, and at most 32 Mi values of partial sums.
+pub fn wgrad_chunk_pixels(pixels: usize, weight_len: usize) -> usize {
+    let max_chunks = (32 * 1024 * 1024 / weight_len.max(1)).clamp(1, 64);
+    1024.max(pixels.div_ceil(max_chunks))
+}
+
+/// Where the weight gradient's pixels read the padded input: output pixel `(n, oh, ow)` starts
+/// at `((n * hp + oh * stride) * wp + ow * stride) * c`, so along one output row the start
+/// advances by `stride * c` per pixel.
+#[derive(Clone, Copy)]
+struct RowGeometry {
+    out_h: usize,
+    out_w: usize,
+    hp: usize,
+    wp: usize,
+    c: usize,
+    stride: usize,
+}
+
+impl RowGeometry {
+    fn start(&self, pixel: usize) -> usize {
+        let (n, oh, ow) = (
+            pixel / (self.out_h * self.out_w),
+            (pixel / self.out_w) % self.out_h,
+            pixel % self.out_w,
+        );
+        ((n * self.hp + oh * self.stride) * self.wp + ow * self.stride) * self.c
+    }
+}
+
+/// Weight-gradient tile: run positions `j0..j0 + JB` of kernel row `t` for `L` output channels,
+/// summed over `pixels` in order (gradients at `dy[p * ldy + k0..]`). The pixels are walked one
+/// output row at a time, so the inner loop only adds constant steps to two pointers.
+///
+/// # Safety
+/// Every `geometry.start(p) + offset + JB` is inside `src`; `dy` holds `L` values at each
+/// `p * ldy + k0`.
+#[inline(always)]
+unsafe fn wgrad_tile<T: Real, const L: usize, const JB: usize>(
+    src: *const T,
+    geometry: RowGeometry,
+    pixels: Range<usize>,
+    offset: usize,
+    dy: *const T,
+    ldy: usize,
+    k0: usize,
+) -> [[T; L]; JB] {
+    let mut acc = [[T::ZERO; L]; JB];
+    let step = geometry.stride * geometry.c;
+    let mut p = pixels.start;
+    while p < pixels.end {
+        let count = (geometry.out_w - p % geometry.out_w).min(pixels.end - p);
+        // SAFETY (all pointer arithmetic below): within the bounds the caller guarantees.
+        let xs = unsafe { src.add(geometry.start(p) + offset) };
+        let gs = unsafe { dy.add(p * ldy + k0) };
+        for i in 0..count {
+            let g: [T; L] = unsafe { *(gs.add(i * ldy) as *const [T; L]) };
+            let xr = unsafe { xs.add(i * step) };
+            for (j, a) in acc.iter_mut().enumerate() {
+                let xv = unsafe { *xr.add(j) };
+                for (al, gl) in a.iter_mut().zip(&g) {
+                    *al = xv.mul_add(*gl, *al);
                 }
             }
-            gemm(m, cols, c, col, (cols, 1), &wt, (c, 1), beta, dxt, c);
-        });
+        }
+        p += count;
+    }
+    acc
 }
+
+/// The weight gradient's operands: the padded input, the (channel-padded) output gradient and
+/// the geometry of the runs.
+struct WgradPass<'a, T> {
+    src: &'a [T],
+    geometry: RowGeometry,
+    row_step: usize,
+    run: usize,
+    dy: &'a [T],
+    ldy: usize,
+}
+
+/// A weight-gradient tile function: [`wgrad_tile`] or one of its vector-intrinsic twins.
+type WgradTile<T, const L: usize, const JB: usize> =
+    unsafe fn(*const T, RowGeometry, Range<usize>, usize, *const T, usize, usize) -> [[T; L]; JB];
+
+/// One job of the weight gradient: pixel chunk `pixels`, channel block `b`, kernel row `t`,
+/// every run position, into `out` (`run * L` values, `[j][l]`).
+fn wgrad_job<T: Real, const L: usize, const JB: usize>(
+    pass: &WgradPass<'_, T>,
+    pixels: Range<usize>,
+    b: usize,
+    t: usize,
+    out: &mut [T],
+    tile: WgradTile<T, L, JB>,
+) {
+    for j0 in (0..pass.run).step_by(JB) {
+        // SAFETY: the caller padded `src` with JB values of slack and `dy` to whole blocks.
+        let acc = unsafe {
+            tile(
+                pass.src.as_ptr(),
+                pass.geometry,
+                pixels.clone(),
+                t * pass.row_step + j0,
+                pass.dy.as_ptr(),
+                pass.ldy,
+                b * L,
+            )
+        };
+        for (j, a) in acc.iter().enumerate().take(pass.run - j0) {
+            out[(j0 + j) * L..(j0 + j + 1) * L].copy_from_slice(a);
+        }
+    }
+}
+
+/// Run positions per weight-gradient tile for `lanes` on `isa`.
+const fn wgrad_tile_runs(isa: Isa, lanes: usize) -> usize {
+    match (isa, lanes) {
+        (Isa::Avx512, 16) => 12,
+        (Isa::Avx512, _) => 16,
+        (Isa::Avx2, 16) => 6,
+        (Isa::Avx2, _) => 12,
+        (Isa::Baseline, 16) => 4,
+        (Isa::Baseline, _) => 8,
+    }
+}
+
+/// The largest run positions per tile of any instruction set: the slack the padded input needs.
+const MAX_TILE_RUNS: usize = 16;
 
 /// Weight gradient `dw = sum over pixels of dy^T * patches` (overwrites `dw`, KRSC).
 pub fn conv2d_wgrad<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &ConvParams, dw: &mut [T]) {
@@ -280,77 +665,119 @@ pub fn conv2d_wgrad<T: Real>(x: &[T], xs: Shape4, dy: &[T], p: &ConvParams, dw: 
     assert_eq!(x.len(), xs.len(), "conv2d_wgrad: x length");
     assert_eq!(dy.len(), ys.len(), "conv2d_wgrad: dy length");
     assert_eq!(dw.len(), p.weight_len(), "conv2d_wgrad: dw length");
-    let (k, cols) = (p.c_out, p.patch_len());
-    let pixels = ys.pixels();
-    let tp = tile_pixels(cols, pixels);
-    let tiles = pixels.div_ceil(tp);
-    let pointwise = is_pointwise(p);
-    // Each rayon job sums its tiles into a private accumulator; the accumulators are added at
-    // the end. Work is split into at most a few chunks per thread so the accumulators stay few.
-    let chunks = (rayon::current_num_threads() * 2).min(tiles).max(1);
-    let per_chunk = tiles.div_ceil(chunks);
-    let total = (0..chunks)
-        .into_par_iter()
-        .map(|ch| {
-            let mut acc = vec![T::ZERO; dw.len()];
-            let mut col = Vec::new();
-            for t in ch * per_chunk..((ch + 1) * per_chunk).min(tiles) {
-                let p0 = t * tp;
-                let m = tp.min(pixels - p0);
-                let a: &[T] = if pointwise {
-                    &x[p0 * cols..(p0 + m) * cols]
-                } else {
-                    im2col_tile(x, xs, p, ys, p0, m, &mut col);
-                    &col
-                };
-                // acc[k x cols] += dy_tile^T [k x m] * patches [m x cols]
-                gemm(
-                    k,
-                    m,
-                    cols,
-                    &dy[p0 * k..(p0 + m) * k],
-                    (1, k),
-                    a,
-                    (cols, 1),
-                    T::ONE,
-                    &mut acc,
-                    cols,
-                );
-            }
-            acc
-        })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, &y)| *x = *x + y);
-            a
-        });
-    match total {
-        Some(t) => dw.copy_from_slice(&t),
-        None => dw.fill(T::ZERO),
+    let (k, pixels) = (p.c_out, ys.pixels());
+    if pixels == 0 {
+        dw.fill(T::ZERO);
+        return;
     }
+    let pad = p.pad;
+    let src = padded(x, xs, pad, pad, pad, pad, MAX_TILE_RUNS);
+    let (hp, wp, c) = (xs.h + 2 * pad, xs.w + 2 * pad, xs.c);
+    let (run, patch) = (p.kw * c, p.patch_len());
+    let lanes = lanes_for(k);
+    let blocks = k.div_ceil(lanes);
+    // The output gradient with its channels padded to whole blocks, unless they already are.
+    let kp = blocks * lanes;
+    let dy_padded;
+    let dyv: &[T] = if kp == k {
+        dy
+    } else {
+        let mut d = scratch::zeroed::<T>(pixels * kp);
+        d.par_chunks_mut(kp)
+            .zip(dy.par_chunks(k))
+            .for_each(|(dst, row)| dst[..k].copy_from_slice(row));
+        dy_padded = d;
+        &dy_padded
+    };
+    let geometry = RowGeometry {
+        out_h: ys.h,
+        out_w: ys.w,
+        hp,
+        wp,
+        c,
+        stride: p.stride,
+    };
+    check_reach(src.len(), geometry.start(pixels - 1), p.kh, wp * c, run + MAX_TILE_RUNS);
+    let pass = WgradPass {
+        src: &src,
+        geometry,
+        row_step: wp * c,
+        run,
+        dy: dyv,
+        ldy: kp,
+    };
+    let chunk = wgrad_chunk_pixels(pixels, p.weight_len());
+    let chunks = pixels.div_ceil(chunk);
+    // Partial sums per chunk, laid out [chunk][block][tap][run][lanes]: one job per
+    // (chunk, block, tap) writes its own run * lanes values.
+    let job_len = run * lanes;
+    let mut partial = scratch::take::<T>(chunks * blocks * p.kh * job_len);
+    let isa = isa();
+    partial.par_chunks_mut(job_len).enumerate().for_each(|(job, out)| {
+        let (ch, b, t) = (job / (blocks * p.kh), (job / p.kh) % blocks, job % p.kh);
+        let px = ch * chunk..((ch + 1) * chunk).min(pixels);
+        #[cfg(target_arch = "x86_64")]
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa != Isa::Baseline {
+            // SAFETY: T is f32 (checked above), so these are the same types.
+            let pass = unsafe { &*(&pass as *const WgradPass<'_, T>).cast::<WgradPass<'_, f32>>() };
+            let out: &mut [f32] = bytemuck::cast_slice_mut(out);
+            // The function pointers are only called on CPUs that support them: `isa()` only
+            // returns instruction sets this CPU supports.
+            match (isa, lanes) {
+                (Isa::Avx512, 16) => {
+                    wgrad_job::<f32, 16, { wgrad_tile_runs(Isa::Avx512, 16) }>(pass, px, b, t, out, x86::wgrad_avx512)
+                }
+                (Isa::Avx512, _) => {
+                    wgrad_job::<f32, 8, { wgrad_tile_runs(Isa::Avx512, 8) }>(pass, px, b, t, out, x86::wgrad_avx512_ymm)
+                }
+                (_, 16) => {
+                    wgrad_job::<f32, 16, { wgrad_tile_runs(Isa::Avx2, 16) }>(pass, px, b, t, out, x86::wgrad_avx2)
+                }
+                _ => wgrad_job::<f32, 8, { wgrad_tile_runs(Isa::Avx2, 8) }>(pass, px, b, t, out, x86::wgrad_avx2),
+            }
+            return;
+        }
+        match lanes {
+            16 => wgrad_job::<T, 16, { wgrad_tile_runs(Isa::Baseline, 16) }>(&pass, px, b, t, out, wgrad_tile),
+            _ => wgrad_job::<T, 8, { wgrad_tile_runs(Isa::Baseline, 8) }>(&pass, px, b, t, out, wgrad_tile),
+        }
+    });
+    // dw[ki][t][j] = the chunks' partial sums, added in chunk order.
+    let per_chunk = blocks * p.kh * job_len;
+    dw.par_chunks_mut(patch).enumerate().for_each(|(ki, row)| {
+        let (b, l) = (ki / lanes, ki % lanes);
+        for (tj, v) in row.iter_mut().enumerate() {
+            let (t, j) = (tj / run, tj % run);
+            let at = ((b * p.kh + t) * run + j) * lanes + l;
+            let mut sum = partial[at];
+            for ch in 1..chunks {
+                sum = sum + partial[ch * per_chunk + at];
+            }
+            *v = sum;
+        }
+    });
 }
 
-/// Bias gradient: `db[k] = sum over pixels of dy[.., k]` (overwrites `db`).
+/// Bias gradient: `db[k] = sum over pixels of dy[.., k]` (overwrites `db`), summed per chunk of
+/// [`wgrad_chunk_pixels`] pixels in f64, then over the chunks in order.
 pub fn conv2d_bias_grad<T: Real>(dy: &[T], ys: Shape4, db: &mut [T]) {
     assert_eq!(dy.len(), ys.len(), "conv2d_bias_grad: dy length");
     assert_eq!(db.len(), ys.c, "conv2d_bias_grad: db length");
     let k = ys.c;
-    let sums = dy
-        .par_chunks(k * 256)
-        .map(|chunk| {
+    let chunk = wgrad_chunk_pixels(ys.pixels(), k);
+    let partial: Vec<Vec<f64>> = dy
+        .par_chunks((chunk * k).max(1))
+        .map(|rows| {
             let mut s = vec![0.0f64; k];
-            for row in chunk.chunks_exact(k) {
+            for row in rows.chunks_exact(k) {
                 s.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_f64());
             }
             s
         })
-        .reduce(
-            || vec![0.0f64; k],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    db.iter_mut().zip(&sums).for_each(|(d, &s)| *d = T::from_f64(s));
+        .collect();
+    for (i, d) in db.iter_mut().enumerate() {
+        *d = T::from_f64(partial.iter().map(|s| s[i]).fold(0.0, |a, v| a + v));
+    }
 }
 
 /// Transposed convolution `y = conv_transpose2d(x, w)`; `w` is `[c_in][kh][kw][c_out]`, `y` has

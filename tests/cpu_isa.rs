@@ -1,0 +1,85 @@
+//! The CPU convolutions give bit-identical results whatever the instruction set (AVX-512, AVX2,
+//! baseline) and the thread count, as `backend::cpu::simd` promises: the tile sizes and the
+//! intrinsic tiles change where an element is computed, never its chain of fused multiply-adds.
+//!
+//! One test in its own binary: the instruction set is process-wide state.
+use cephalo::backend::cpu::{conv, simd};
+use cephalo::backend::{ConvParams, Shape4};
+use rand::{Rng, SeedableRng};
+
+type Outputs = Vec<(String, Vec<u32>)>;
+
+/// Forward, input gradient and weight gradient of every case, as bit patterns.
+fn run_all(cases: &[(Shape4, ConvParams)]) -> Outputs {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect() };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let mut out = Vec::new();
+    for (xs, p) in cases {
+        let ys = p.out_shape(*xs);
+        let (x, w, b, dy) = (
+            random(xs.len()),
+            random(p.weight_len()),
+            random(p.c_out),
+            random(ys.len()),
+        );
+        let mut y = vec![0.0; ys.len()];
+        conv::conv2d_fwd(&x, *xs, &w, p, Some(&b), &mut y);
+        out.push((format!("fwd {xs} {p:?}"), bits(&y)));
+        let mut dx = vec![0.0; xs.len()];
+        conv::conv2d_dgrad(&dy, &w, p, &mut dx, *xs, false);
+        out.push((format!("dgrad {xs} {p:?}"), bits(&dx)));
+        let mut dw = vec![0.0; p.weight_len()];
+        conv::conv2d_wgrad(&x, *xs, &dy, p, &mut dw);
+        out.push((format!("wgrad {xs} {p:?}"), bits(&dw)));
+    }
+    out
+}
+
+#[test]
+fn convolutions_are_bit_identical_across_instruction_sets_and_threads() {
+    // 8- and 16-lane blocks, channel counts that need padding lanes, strides 1 and 2, 1x1 and
+    // 3x3, and enough pixels for several weight-gradient chunks and parallel jobs.
+    let cases = [
+        (Shape4::new(2, 24, 20, 8), ConvParams::square(8, 8, 3, 1, 1)),
+        (Shape4::new(1, 30, 26, 32), ConvParams::square(32, 32, 3, 1, 1)),
+        (Shape4::new(2, 33, 29, 16), ConvParams::square(16, 64, 3, 2, 1)),
+        (Shape4::new(1, 40, 36, 24), ConvParams::square(24, 120, 1, 1, 0)),
+        (Shape4::new(1, 21, 19, 5), ConvParams::square(5, 19, 3, 1, 1)),
+        (Shape4::new(1, 64, 56, 64), ConvParams::square(64, 64, 3, 1, 1)),
+    ];
+    let threads = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .expect("thread pool")
+    };
+    let reference = threads(1).install(|| {
+        simd::set_isa(simd::Isa::Baseline).expect("the baseline runs everywhere");
+        run_all(&cases)
+    });
+    let mut checked = 0;
+    for isa in [simd::Isa::Avx512, simd::Isa::Avx2, simd::Isa::Baseline] {
+        if !isa.supported() {
+            eprintln!("{} not supported by this CPU: not checked", isa.name());
+            continue;
+        }
+        for n in [1, 2, 3] {
+            let got = threads(n).install(|| {
+                simd::set_isa(isa).expect("supported");
+                run_all(&cases)
+            });
+            for ((what, want), (_, have)) in reference.iter().zip(&got) {
+                let differ = want.iter().zip(have).filter(|(a, b)| a != b).count();
+                assert_eq!(
+                    differ,
+                    0,
+                    "{what}: {differ} values differ between baseline/1 thread and {}/{n} threads",
+                    isa.name()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "at least the baseline at three thread counts");
+}
