@@ -277,7 +277,10 @@ fn run_pass<T: Real>(pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>, store: &Sto
     if pass.pixels == 0 {
         return;
     }
-    let isa = isa();
+    let is_f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
+    // The vector tiles are f32 only; other element types (f64 for gradient checks) run the
+    // baseline tile, whose size the job split must use too.
+    let isa = if is_f32 { isa() } else { Isa::Baseline };
     let lanes = pass.lanes;
     let px = tile_pixels(isa, lanes);
     let tiles = pass.pixels.div_ceil(px);
@@ -296,7 +299,7 @@ fn run_pass<T: Real>(pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>, store: &Sto
         let t = tg * tiles_per_job..((tg + 1) * tiles_per_job).min(tiles);
         let b = bg * blocks_per_job..((bg + 1) * blocks_per_job).min(blocks);
         #[cfg(target_arch = "x86_64")]
-        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && isa != Isa::Baseline {
+        if is_f32 && isa != Isa::Baseline {
             // SAFETY: T is f32 (checked above), so these are the same types; `isa()` only
             // returns instruction sets this CPU supports.
             unsafe {
