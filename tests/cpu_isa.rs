@@ -1,10 +1,10 @@
-//! The CPU convolutions give bit-identical results whatever the instruction set (AVX-512, AVX2,
+//! The CPU convolutions and batch norms give bit-identical results whatever the instruction set (AVX-512, AVX2,
 //! baseline) and the thread count, as `backend::cpu::simd` promises: the tile sizes and the
 //! intrinsic tiles change where an element is computed, never its chain of fused multiply-adds.
 //!
 //! One test in its own binary: the instruction set is process-wide state.
-use cephalo::backend::cpu::{conv, simd};
-use cephalo::backend::{ConvParams, Shape4};
+use cephalo::backend::cpu::{batchnorm, conv, simd};
+use cephalo::backend::{BnParams, ConvParams, Shape4};
 use rand::{Rng, SeedableRng};
 
 type Outputs = Vec<(String, Vec<u32>)>;
@@ -32,12 +32,50 @@ fn run_all(cases: &[(Shape4, ConvParams)]) -> Outputs {
         let mut dw = vec![0.0; p.weight_len()];
         conv::conv2d_wgrad(&x, *xs, &dy, p, &mut dw);
         out.push((format!("wgrad {xs} {p:?}"), bits(&dw)));
+
+        // Batch norm on the convolution's output: statistics, the plain and the block-join
+        // forward, and both backwards.
+        let c = ys.c;
+        let (gamma, beta, res) = (random(c), random(c), random(ys.len()));
+        let (mut saved, mut rm, mut rv) = (vec![0.0; 2 * c], vec![0.0; c], vec![1.0; c]);
+        let bp = BnParams::default();
+        batchnorm::bn_batch_stats(&y, ys, bp, &mut saved, &mut rm, &mut rv);
+        out.push((format!("bn stats {ys}"), bits(&[saved.clone(), rm, rv].concat())));
+        let mut z = vec![0.0; ys.len()];
+        batchnorm::bn_apply_saved(&y, ys, &gamma, &beta, &saved, true, &mut z);
+        out.push((format!("bn relu {ys}"), bits(&z)));
+        batchnorm::bn_add_relu_apply_saved(&y, ys, &gamma, &beta, &saved, &res, &mut z);
+        out.push((format!("bn add relu {ys}"), bits(&z)));
+        let (mut dx, mut dg, mut db) = (vec![0.0; ys.len()], vec![0.0; c], vec![0.0; c]);
+        batchnorm::bn_bwd(
+            &dy, &y, ys, &gamma, &beta, &saved, true, &mut dx, false, &mut dg, &mut db,
+        );
+        out.push((
+            format!("bn bwd {ys}"),
+            bits(&[dx.clone(), dg.clone(), db.clone()].concat()),
+        ));
+        let mut dres = vec![0.0; ys.len()];
+        batchnorm::bn_add_relu_bwd(
+            &dy,
+            &y,
+            &z,
+            ys,
+            &gamma,
+            &beta,
+            &saved,
+            Some((&mut dres, false)),
+            &mut dx,
+            false,
+            &mut dg,
+            &mut db,
+        );
+        out.push((format!("bn add relu bwd {ys}"), bits(&[dx, dg, db, dres].concat())));
     }
     out
 }
 
 #[test]
-fn convolutions_are_bit_identical_across_instruction_sets_and_threads() {
+fn convolutions_and_batch_norms_are_bit_identical_across_instruction_sets_and_threads() {
     // 8- and 16-lane blocks, channel counts that need padding lanes, strides 1 and 2, 1x1 and
     // 3x3, and enough pixels for several weight-gradient chunks and parallel jobs.
     let cases = [

@@ -12,52 +12,119 @@
 //! output (and its ReLU mask) is recomputed, never stored. Channel sums accumulate in f64.
 use rayon::prelude::*;
 
+use super::simd::{for_each_isa, on_isa};
 use super::Real;
 use crate::backend::{BnParams, Shape4};
 
-/// Rows (pixels) per parallel job when summing.
-const ROWS_PER_JOB: usize = 512;
-
-/// Per-channel sums of `f(row)` over all pixels, in f64, in parallel.
-fn channel_sums<const K: usize>(rows: usize, c: usize, f: impl Fn(usize, &mut [[f64; K]]) + Sync) -> Vec<[f64; K]> {
-    (0..rows.div_ceil(ROWS_PER_JOB))
-        .into_par_iter()
-        .map(|j| {
-            let mut acc = vec![[0.0f64; K]; c];
-            for row in j * ROWS_PER_JOB..((j + 1) * ROWS_PER_JOB).min(rows) {
-                f(row, &mut acc);
-            }
-            acc
-        })
-        .reduce(
-            || vec![[0.0f64; K]; c],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    for i in 0..K {
-                        x[i] += y[i];
-                    }
-                }
-                a
-            },
-        )
+/// Rows (pixels) per parallel job: about 16 Ki values, at least 256 rows. The channel sums are
+/// summed per job and the jobs' sums added in order, so this (a function of the shape only)
+/// fixes the order of summation: the results do not depend on the thread count.
+fn rows_per_job(c: usize) -> usize {
+    (16 * 1024 / c.max(1)).max(256)
 }
 
-/// `y = act(gamma * (x - mean) * invstd + beta)` where `saved = [mean; invstd]`.
-fn apply<T: Real>(x: &[T], c: usize, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
+/// `s[i] += x[.., i]`, or `(x[.., i] - mean[i])^2` when `mean` is given, in f64, over the rows
+/// of `x`.
+#[inline(always)]
+fn sum_rows<T: Real>(x: &[T], c: usize, mean: Option<&[f64]>, s: &mut [f64]) {
+    match mean {
+        None => {
+            for row in x.chunks_exact(c) {
+                for (a, &v) in s.iter_mut().zip(row) {
+                    *a += v.to_f64();
+                }
+            }
+        }
+        Some(mu) => {
+            for row in x.chunks_exact(c) {
+                for ((a, &v), &m) in s.iter_mut().zip(row).zip(mu) {
+                    let d = v.to_f64() - m;
+                    *a += d * d;
+                }
+            }
+        }
+    }
+}
+for_each_isa!(sum_rows_isa: sum_rows<>(x: &[T], c: usize, mean: Option<&[f64]>, s: &mut [f64]));
+
+/// Per-channel f64 sums of `x` (or of squared deviations from `mean`), job by job in order.
+fn channel_sums<T: Real>(x: &[T], c: usize, mean: Option<&[f64]>) -> Vec<f64> {
+    let partials: Vec<Vec<f64>> = x
+        .par_chunks(c * rows_per_job(c))
+        .map(|chunk| {
+            let mut s = vec![0.0f64; c];
+            on_isa!(sum_rows_isa::<T>(chunk, c, mean, &mut s));
+            s
+        })
+        .collect();
+    add_in_order(partials, c)
+}
+
+/// The jobs' partial sums added in job order.
+fn add_in_order(partials: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
+    let mut total = vec![0.0f64; len];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(&p) {
+            *t += v;
+        }
+    }
+    total
+}
+
+/// `y = act(x * scale + shift (+ residual))` over rows of `c` channels; `act` is the ReLU when
+/// `relu` (always after the residual, as in the block join `max(bn(x) + r, 0)`).
+#[inline(always)]
+fn apply_rows<T: Real>(x: &[T], c: usize, scale: &[T], shift: &[T], residual: Option<&[T]>, relu: bool, y: &mut [T]) {
+    let act = |v: T| if relu { v.max(T::ZERO) } else { v };
+    match residual {
+        None => {
+            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+                for (((yv, &xv), &sc), &sh) in yr.iter_mut().zip(xr).zip(scale).zip(shift) {
+                    *yv = act(xv.mul_add(sc, sh));
+                }
+            }
+        }
+        Some(r) => {
+            for ((yr, xr), rr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(r.chunks_exact(c)) {
+                for ((((yv, &xv), &sc), &sh), &rv) in yr.iter_mut().zip(xr).zip(scale).zip(shift).zip(rr) {
+                    *yv = act(xv.mul_add(sc, sh) + rv);
+                }
+            }
+        }
+    }
+}
+for_each_isa!(apply_rows_isa: apply_rows<>(
+    x: &[T],
+    c: usize,
+    scale: &[T],
+    shift: &[T],
+    residual: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+));
+
+/// `y = act(gamma * (x - mean) * invstd + beta (+ residual))` where `saved = [mean; invstd]`.
+#[allow(clippy::too_many_arguments)]
+fn apply<T: Real>(
+    x: &[T],
+    c: usize,
+    gamma: &[T],
+    beta: &[T],
+    saved: &[T],
+    residual: Option<&[T]>,
+    relu: bool,
+    y: &mut [T],
+) {
     let (mean, invstd) = saved.split_at(c);
     // Folded into one multiply-add per element: y = x * scale + shift.
     let scale: Vec<T> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
     let shift: Vec<T> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-    y.par_chunks_mut(c * ROWS_PER_JOB)
-        .zip(x.par_chunks(c * ROWS_PER_JOB))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                for i in 0..c {
-                    let v = xr[i].mul_add(scale[i], shift[i]);
-                    yr[i] = if relu { v.max(T::ZERO) } else { v };
-                }
-            }
-        });
+    let len = c * rows_per_job(c);
+    y.par_chunks_mut(len).enumerate().for_each(|(j, yc)| {
+        let xc = &x[j * len..j * len + yc.len()];
+        let rc = residual.map(|r| &r[j * len..j * len + yc.len()]);
+        on_isa!(apply_rows_isa::<T>(xc, c, &scale, &shift, rc, relu, yc));
+    });
 }
 
 fn check<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], y: &[T]) {
@@ -83,7 +150,7 @@ pub fn bn_fwd_train<T: Real>(
 ) {
     check(x, xs, gamma, beta, y);
     bn_batch_stats(x, xs, bp, saved, running_mean, running_var);
-    apply(x, xs.c, gamma, beta, saved, relu, y);
+    apply(x, xs.c, gamma, beta, saved, None, relu, y);
 }
 
 /// The statistics half of [`bn_fwd_train`]: `saved = [mean; invstd]` of the batch and the
@@ -102,21 +169,12 @@ pub fn bn_batch_stats<T: Real>(
     assert_eq!(saved.len(), 2 * c, "batchnorm: saved length");
     assert_eq!(running_mean.len(), c, "batchnorm: running mean length");
     assert_eq!(running_var.len(), c, "batchnorm: running variance length");
-    let sums = channel_sums::<1>(m, c, |row, acc| {
-        for (a, &v) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]) {
-            a[0] += v.to_f64();
-        }
-    });
-    let mean: Vec<f64> = sums.iter().map(|s| s[0] / m as f64).collect();
+    let sums = channel_sums(x, c, None);
+    let mean: Vec<f64> = sums.iter().map(|s| s / m as f64).collect();
     // Two passes (mean, then squared deviations) keep the variance accurate.
-    let sq = channel_sums::<1>(m, c, |row, acc| {
-        for ((a, &v), mu) in acc.iter_mut().zip(&x[row * c..(row + 1) * c]).zip(&mean) {
-            let d = v.to_f64() - mu;
-            a[0] += d * d;
-        }
-    });
+    let sq = channel_sums(x, c, Some(&mean));
     for i in 0..c {
-        let var = sq[i][0] / m as f64;
+        let var = sq[i] / m as f64;
         saved[i] = T::from_f64(mean[i]);
         saved[c + i] = T::from_f64(1.0 / (var + bp.eps as f64).sqrt());
         let unbiased = if m > 1 { var * m as f64 / (m - 1) as f64 } else { var };
@@ -130,7 +188,25 @@ pub fn bn_batch_stats<T: Real>(
 pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
     check(x, xs, gamma, beta, y);
     assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
-    apply(x, xs.c, gamma, beta, saved, relu, y);
+    apply(x, xs.c, gamma, beta, saved, None, relu, y);
+}
+
+/// The block join `y = max(bn(x) + residual, 0)` from saved statistics, in one pass: the same
+/// values as the batch norm's output in f32 followed by `add_relu_fwd`.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_add_relu_apply_saved<T: Real>(
+    x: &[T],
+    xs: Shape4,
+    gamma: &[T],
+    beta: &[T],
+    saved: &[T],
+    residual: &[T],
+    y: &mut [T],
+) {
+    check(x, xs, gamma, beta, y);
+    assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
+    assert_eq!(residual.len(), xs.len(), "batchnorm: residual length");
+    apply(x, xs.c, gamma, beta, saved, Some(residual), true, y);
 }
 
 /// Eval forward with the running statistics.
@@ -150,7 +226,7 @@ pub fn bn_fwd_eval<T: Real>(
     let c = xs.c;
     let mut saved = running_mean.to_vec();
     saved.extend(eval_invstd(running_var, bp));
-    apply(x, c, gamma, beta, &saved, relu, y);
+    apply(x, c, gamma, beta, &saved, None, relu, y);
 }
 
 fn eval_invstd<T: Real>(running_var: &[T], bp: BnParams) -> impl Iterator<Item = T> + '_ {
@@ -178,6 +254,172 @@ pub fn bn_eval_affine<T: Real>(
     (scale, shift)
 }
 
+/// What the backward reads besides `dy` and `x`: the forward's parameters and statistics.
+#[derive(Clone, Copy)]
+struct BwdInputs<'a, T> {
+    c: usize,
+    mean: &'a [T],
+    invstd: &'a [T],
+    gamma: &'a [T],
+    beta: &'a [T],
+    /// The batch norm's own ReLU (recomputed from `x`).
+    relu: bool,
+    /// The output of a following block join `max(bn + r, 0)`, whose mask applies to `dy` first.
+    join: Option<&'a [T]>,
+}
+
+/// The backward's first pass over some rows: `s0 += g`, `s1 += g * xhat` (f64), and the join's
+/// gradient to its residual `dres (+)= dy * [y > 0]` when asked for.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_sum_rows<T: Real>(
+    inp: &BwdInputs<'_, T>,
+    dy: &[T],
+    x: &[T],
+    join: Option<&[T]>,
+    dres: Option<(&mut [T], bool)>,
+    s0: &mut [f64],
+    s1: &mut [f64],
+) {
+    let c = inp.c;
+    // Everything sliced to `c` and the masks as plain selects, so that the loop vectorizes.
+    let (mean, invstd, gamma, beta) = (&inp.mean[..c], &inp.invstd[..c], &inp.gamma[..c], &inp.beta[..c]);
+    let (s0, s1) = (&mut s0[..c], &mut s1[..c]);
+    let (relu, use_join) = (inp.relu, join.is_some());
+    for r in 0..x.len() / c {
+        let (dyr, xr) = (&dy[r * c..][..c], &x[r * c..][..c]);
+        let jr = &join.unwrap_or(dy)[r * c..][..c];
+        for ch in 0..c {
+            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+            let joined = !use_join || jr[ch] > T::ZERO;
+            let kept = !relu || !(gamma[ch].mul_add(xhat, beta[ch]) <= T::ZERO);
+            let g = if joined && kept { dyr[ch] } else { T::ZERO };
+            s0[ch] += g.to_f64();
+            s1[ch] += (g * xhat).to_f64();
+        }
+    }
+    if let (Some((d, accumulate)), Some(j)) = (dres, join) {
+        for ((dv, &g), &y) in d.iter_mut().zip(dy).zip(j) {
+            let v = if y > T::ZERO { g } else { T::ZERO };
+            *dv = if accumulate { *dv + v } else { v };
+        }
+    }
+}
+for_each_isa!(bwd_sum_rows_isa: bwd_sum_rows<>(
+    inp: &BwdInputs<'_, T>,
+    dy: &[T],
+    x: &[T],
+    join: Option<&[T]>,
+    dres: Option<(&mut [T], bool)>,
+    s0: &mut [f64],
+    s1: &mut [f64],
+));
+
+/// The backward's second pass: `dx (+)= k1 * (g - mean_g - xhat * mean_gx)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_dx_rows<T: Real>(
+    inp: &BwdInputs<'_, T>,
+    dy: &[T],
+    x: &[T],
+    join: Option<&[T]>,
+    k1: &[T],
+    mean_g: &[T],
+    mean_gx: &[T],
+    dx: &mut [T],
+    accumulate: bool,
+) {
+    let c = inp.c;
+    let (mean, invstd, gamma, beta) = (&inp.mean[..c], &inp.invstd[..c], &inp.gamma[..c], &inp.beta[..c]);
+    let (k1, mean_g, mean_gx) = (&k1[..c], &mean_g[..c], &mean_gx[..c]);
+    let (relu, use_join) = (inp.relu, join.is_some());
+    for r in 0..x.len() / c {
+        let (dyr, xr) = (&dy[r * c..][..c], &x[r * c..][..c]);
+        let jr = &join.unwrap_or(dy)[r * c..][..c];
+        let dxr = &mut dx[r * c..][..c];
+        for ch in 0..c {
+            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
+            let joined = !use_join || jr[ch] > T::ZERO;
+            let kept = !relu || !(gamma[ch].mul_add(xhat, beta[ch]) <= T::ZERO);
+            let g = if joined && kept { dyr[ch] } else { T::ZERO };
+            let v = k1[ch] * (g - mean_g[ch] - xhat * mean_gx[ch]);
+            dxr[ch] = if accumulate { dxr[ch] + v } else { v };
+        }
+    }
+}
+
+for_each_isa!(bwd_dx_rows_isa: bwd_dx_rows<>(
+    inp: &BwdInputs<'_, T>,
+    dy: &[T],
+    x: &[T],
+    join: Option<&[T]>,
+    k1: &[T],
+    mean_g: &[T],
+    mean_gx: &[T],
+    dx: &mut [T],
+    accumulate: bool,
+));
+
+/// Both passes of the backward (see [`bn_bwd`]); `dres` only with `join`.
+#[allow(clippy::too_many_arguments)]
+fn bwd<T: Real>(
+    inp: BwdInputs<'_, T>,
+    dy: &[T],
+    x: &[T],
+    dres: Option<(&mut [T], bool)>,
+    dx: &mut [T],
+    accumulate: bool,
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+) {
+    let c = inp.c;
+    let m = x.len() / c;
+    let len = c * rows_per_job(c);
+    let jobs = x.len().div_ceil(len);
+    let span = |j: usize| j * len..((j + 1) * len).min(x.len());
+    let (accumulate_res, dres_chunks): (bool, Vec<Option<&mut [T]>>) = match dres {
+        Some((d, a)) => (a, d.chunks_mut(len).map(Some).collect()),
+        None => (false, (0..jobs).map(|_| None).collect()),
+    };
+    let partials: Vec<Vec<f64>> = dres_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(j, dchunk)| {
+            let mut s = vec![0.0f64; 2 * c];
+            let (s0, s1) = s.split_at_mut(c);
+            let r = span(j);
+            let join = inp.join.map(|y| &y[r.clone()]);
+            let dres = dchunk.map(|d| (d, accumulate_res));
+            on_isa!(bwd_sum_rows_isa::<T>(&inp, &dy[r.clone()], &x[r], join, dres, s0, s1));
+            s
+        })
+        .collect();
+    let sums = add_in_order(partials, 2 * c);
+    let (sum_g, sum_gx) = sums.split_at(c);
+    for ch in 0..c {
+        dbeta[ch] = T::from_f64(sum_g[ch]);
+        dgamma[ch] = T::from_f64(sum_gx[ch]);
+    }
+    let mean_g: Vec<T> = sum_g.iter().map(|s| T::from_f64(s / m as f64)).collect();
+    let mean_gx: Vec<T> = sum_gx.iter().map(|s| T::from_f64(s / m as f64)).collect();
+    let k1: Vec<T> = (0..c).map(|ch| inp.gamma[ch] * inp.invstd[ch]).collect();
+    dx.par_chunks_mut(len).enumerate().for_each(|(j, dxc)| {
+        let r = span(j);
+        let join = inp.join.map(|y| &y[r.clone()]);
+        on_isa!(bwd_dx_rows_isa::<T>(
+            &inp,
+            &dy[r.clone()],
+            &x[r],
+            join,
+            &k1,
+            &mean_g,
+            &mean_gx,
+            dxc,
+            accumulate
+        ));
+    });
+}
+
 /// Backward of the training forward: `dx (+)=`, `dgamma =`, `dbeta =`.
 ///
 /// With `xhat = (x - mean) * invstd` and `g = dy` masked by the ReLU (recomputed from `x`):
@@ -199,39 +441,52 @@ pub fn bn_bwd<T: Real>(
 ) {
     check(x, xs, gamma, beta, dy);
     assert_eq!(dx.len(), xs.len(), "batchnorm: dx length");
-    let (c, m) = (xs.c, xs.pixels());
-    let (mean, invstd) = saved.split_at(c);
-    let grad_at = |row: usize, i: usize| -> (T, T) {
-        let xhat = (x[row * c + i] - mean[i]) * invstd[i];
-        let g = dy[row * c + i];
-        let masked = if relu && gamma[i].mul_add(xhat, beta[i]) <= T::ZERO {
-            T::ZERO
-        } else {
-            g
-        };
-        (masked, xhat)
+    let (mean, invstd) = saved.split_at(xs.c);
+    let inp = BwdInputs {
+        c: xs.c,
+        mean,
+        invstd,
+        gamma,
+        beta,
+        relu,
+        join: None,
     };
-    let sums = channel_sums::<2>(m, c, |row, acc| {
-        for (i, a) in acc.iter_mut().enumerate() {
-            let (g, xhat) = grad_at(row, i);
-            a[0] += g.to_f64();
-            a[1] += (g * xhat).to_f64();
-        }
-    });
-    for i in 0..c {
-        dbeta[i] = T::from_f64(sums[i][0]);
-        dgamma[i] = T::from_f64(sums[i][1]);
+    bwd(inp, dy, x, None, dx, accumulate, dgamma, dbeta);
+}
+
+/// Backward of the block join `y = max(bn(x) + residual, 0)`: the join's mask `[y > 0]` applied
+/// to `dy` gives the gradient of both the batch norm's output and the residual (`dres (+)=`,
+/// when given), then [`bn_bwd`]'s passes run on it, all without a temporary.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_add_relu_bwd<T: Real>(
+    dy: &[T],
+    x: &[T],
+    y: &[T],
+    xs: Shape4,
+    gamma: &[T],
+    beta: &[T],
+    saved: &[T],
+    dres: Option<(&mut [T], bool)>,
+    dx: &mut [T],
+    accumulate: bool,
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+) {
+    check(x, xs, gamma, beta, dy);
+    assert_eq!(y.len(), xs.len(), "batchnorm: y length");
+    assert_eq!(dx.len(), xs.len(), "batchnorm: dx length");
+    if let Some((d, _)) = &dres {
+        assert_eq!(d.len(), xs.len(), "batchnorm: residual gradient length");
     }
-    let mean_g: Vec<T> = sums.iter().map(|s| T::from_f64(s[0] / m as f64)).collect();
-    let mean_gx: Vec<T> = sums.iter().map(|s| T::from_f64(s[1] / m as f64)).collect();
-    dx.par_chunks_mut(c * ROWS_PER_JOB).enumerate().for_each(|(j, dxc)| {
-        for (r, dxr) in dxc.chunks_exact_mut(c).enumerate() {
-            let row = j * ROWS_PER_JOB + r;
-            for i in 0..c {
-                let (g, xhat) = grad_at(row, i);
-                let v = gamma[i] * invstd[i] * (g - mean_g[i] - xhat * mean_gx[i]);
-                dxr[i] = if accumulate { dxr[i] + v } else { v };
-            }
-        }
-    });
+    let (mean, invstd) = saved.split_at(xs.c);
+    let inp = BwdInputs {
+        c: xs.c,
+        mean,
+        invstd,
+        gamma,
+        beta,
+        relu: false,
+        join: Some(y),
+    };
+    bwd(inp, dy, x, dres, dx, accumulate, dgamma, dbeta);
 }

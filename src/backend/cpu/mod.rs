@@ -495,13 +495,11 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn: &BnRefs, residual: View, saved: View, y: View) {
         self.timed("batchnorm_add_relu_apply_saved", |this| {
-            // The unfused pair through a temporary: on the CPU the BN output is f32 either way, so
-            // the result is the pair's to the bit.
-            let mut t = vec![T::ZERO; x.shape.len()];
+            // One pass; on the CPU the BN output is f32 either way, so the result is the unfused
+            // pair's (batch norm, then add_relu_fwd) to the bit.
             let (r, mut w) = split(&mut this.arena, &[x, saved, residual], &[y]);
             let p = &this.params;
-            batchnorm::bn_apply_saved(r[0], x.shape, &p[bn.gamma.0], &p[bn.beta.0], r[1], false, &mut t);
-            elementwise::add_relu_fwd(&t, r[2], w[0]);
+            batchnorm::bn_add_relu_apply_saved(r[0], x.shape, &p[bn.gamma.0], &p[bn.beta.0], r[1], r[2], w[0]);
             let _ = &mut w;
         })
     }
@@ -517,29 +515,24 @@ impl<T: Real> Backend for CpuBackend<T> {
         dres: Option<Grad>,
     ) {
         self.timed("batchnorm_add_relu_bwd", |this| {
-            // The join's backward, then the BN's, as the unfused pair runs them: the join passes the
-            // same masked gradient to the BN output and to the residual, so it is computed once.
-            let mut g = vec![T::ZERO; y.shape.len()];
-            {
-                let (r, _) = split(&mut this.arena, &[y, dy], &[]);
-                elementwise::add_relu_bwd(r[0], r[1], &mut g, false);
-            }
-            if let Some(dres) = dres {
-                let (_, mut w) = split(&mut this.arena, &[], &[dres.view]);
-                elementwise::add_bwd(&g, w[0], dres.accumulate);
-            }
-            let (reads, mut writes) = split(&mut this.arena, &[x, saved], &[dx.view]);
+            // The join's backward fused into the BN's passes: the join passes the same masked
+            // gradient to the BN output and to the residual, computed once per element.
+            let writes_to: Vec<View> = std::iter::once(dx.view).chain(dres.map(|d| d.view)).collect();
+            let (reads, mut writes) = split(&mut this.arena, &[dy, x, y, saved], &writes_to);
             let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
             let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
-            batchnorm::bn_bwd(
-                &g,
+            let (dx_out, rest) = writes.split_first_mut().expect("dx is written");
+            let dres_out = rest.first_mut().map(|d| (&mut **d, dres.is_some_and(|g| g.accumulate)));
+            batchnorm::bn_add_relu_bwd(
                 reads[0],
+                reads[1],
+                reads[2],
                 x.shape,
                 &this.params[bn.gamma.0],
                 &this.params[bn.beta.0],
-                reads[1],
-                false,
-                writes[0],
+                reads[3],
+                dres_out,
+                dx_out,
                 dx.accumulate,
                 &mut dgamma,
                 &mut dbeta,

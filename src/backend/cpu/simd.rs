@@ -139,3 +139,19 @@ macro_rules! for_each_isa {
     };
 }
 pub(crate) use for_each_isa;
+
+/// Calls the variant of a [`for_each_isa`] module that [`isa`] picks:
+/// `on_isa!(module::<T>(args...))`.
+macro_rules! on_isa {
+    ($module:ident::<$t:ty>($($a:expr),* $(,)?)) => {
+        match $crate::backend::cpu::simd::isa() {
+            // SAFETY: `isa()` only returns instruction sets this CPU supports.
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::simd::Isa::Avx512 => unsafe { $module::avx512::<$t>($($a),*) },
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::simd::Isa::Avx2 => unsafe { $module::avx2::<$t>($($a),*) },
+            _ => $module::baseline::<$t>($($a),*),
+        }
+    };
+}
+pub(crate) use on_isa;
