@@ -268,6 +268,13 @@ struct BwdInputs<'a, T> {
     join: Option<&'a [T]>,
 }
 
+/// Whether the ReLU passes the gradient at pre-activation `v`: `v > 0`, and NaN too (as the
+/// forward's `max` keeps a NaN, its gradient is not silently zeroed).
+#[inline(always)]
+fn relu_passes<T: Real>(v: T) -> bool {
+    matches!(v.partial_cmp(&T::ZERO), Some(std::cmp::Ordering::Greater) | None)
+}
+
 /// The backward's first pass over some rows: `s0 += g`, `s1 += g * xhat` (f64), and the join's
 /// gradient to its residual `dres (+)= dy * [y > 0]` when asked for.
 #[inline(always)]
@@ -292,7 +299,7 @@ fn bwd_sum_rows<T: Real>(
         for ch in 0..c {
             let xhat = (xr[ch] - mean[ch]) * invstd[ch];
             let joined = !use_join || jr[ch] > T::ZERO;
-            let kept = !relu || !(gamma[ch].mul_add(xhat, beta[ch]) <= T::ZERO);
+            let kept = !relu || relu_passes(gamma[ch].mul_add(xhat, beta[ch]));
             let g = if joined && kept { dyr[ch] } else { T::ZERO };
             s0[ch] += g.to_f64();
             s1[ch] += (g * xhat).to_f64();
@@ -340,7 +347,7 @@ fn bwd_dx_rows<T: Real>(
         for ch in 0..c {
             let xhat = (xr[ch] - mean[ch]) * invstd[ch];
             let joined = !use_join || jr[ch] > T::ZERO;
-            let kept = !relu || !(gamma[ch].mul_add(xhat, beta[ch]) <= T::ZERO);
+            let kept = !relu || relu_passes(gamma[ch].mul_add(xhat, beta[ch]));
             let g = if joined && kept { dyr[ch] } else { T::ZERO };
             let v = k1[ch] * (g - mean_g[ch] - xhat * mean_gx[ch]);
             dxr[ch] = if accumulate { dxr[ch] + v } else { v };

@@ -6,6 +6,7 @@
 //! so every input pixel *gathers* its gradient and parallel rows never write the same memory.
 use rayon::prelude::*;
 
+use super::simd::{for_each_isa, on_isa};
 use super::Real;
 use crate::backend::{Shape4, UpsampleMode};
 
@@ -46,23 +47,38 @@ fn transpose(taps: &Taps, n_src: usize) -> Taps {
     t
 }
 
+/// One destination row of [`separable`]: `drow[j, :] += sum over the row taps `(a, wa)` and
+/// column taps `(b, wb)` of `wa * wb * src[n, a, b, :]`, one fused multiply-add per term.
+#[inline(always)]
+fn separable_row<T: Real>(src: &[T], ss: Shape4, n: usize, row_taps: &[(usize, f32)], cols: &Taps, drow: &mut [T]) {
+    let c = ss.c;
+    for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
+        for &(a, wa) in row_taps {
+            for &(b, wb) in &cols[j] {
+                let w = T::from_f64((wa * wb) as f64);
+                let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
+                dpix.iter_mut().zip(s).for_each(|(d, &v)| *d = w.mul_add(v, *d));
+            }
+        }
+    }
+}
+for_each_isa!(separable_row_isa: separable_row<>(
+    src: &[T],
+    ss: Shape4,
+    n: usize,
+    row_taps: &[(usize, f32)],
+    cols: &Taps,
+    drow: &mut [T],
+));
+
 /// `dst[n, i, j, :] (+)= sum_{(a, wa) in rows[i]} sum_{(b, wb) in cols[j]} wa * wb * src[n, a, b, :]`.
 fn separable<T: Real>(src: &[T], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut [T], ds: Shape4, accumulate: bool) {
-    let c = ss.c;
-    dst.par_chunks_mut(ds.w * c).enumerate().for_each(|(nr, drow)| {
+    dst.par_chunks_mut(ds.w * ss.c).enumerate().for_each(|(nr, drow)| {
         let (n, i) = (nr / ds.h, nr % ds.h);
         if !accumulate {
             drow.fill(T::ZERO);
         }
-        for (j, dpix) in drow.chunks_exact_mut(c).enumerate() {
-            for &(a, wa) in &rows[i] {
-                for &(b, wb) in &cols[j] {
-                    let w = T::from_f64((wa * wb) as f64);
-                    let s = &src[((n * ss.h + a) * ss.w + b) * c..][..c];
-                    dpix.iter_mut().zip(s).for_each(|(d, &v)| *d = w.mul_add(v, *d));
-                }
-            }
-        }
+        on_isa!(separable_row_isa::<T>(src, ss, n, &rows[i], cols, drow));
     });
 }
 

@@ -140,15 +140,54 @@ struct Store<'a, T> {
 }
 
 impl<T: Real> Store<'_, T> {
-    /// Stores output channels `k0..k0 + acc.len()` (at most `c_out`) of output pixel `pixel`.
+    /// Stores output channels `k0..k0 + L` (those below `c_out`) of output pixel `pixel`.
     ///
     /// # Safety
     /// `pixel < y.len() / c_out`, and no other thread touches these elements meanwhile.
     #[inline(always)]
-    unsafe fn put(&self, pixel: usize, k0: usize, acc: &[T]) {
-        let n = acc.len().min(self.c_out - k0);
+    unsafe fn put<const L: usize>(&self, pixel: usize, k0: usize, acc: &[T; L]) {
         let at = pixel * self.c_out + k0;
-        for (l, &a) in acc[..n].iter().enumerate() {
+        if k0 + L > self.c_out {
+            // The last block of a channel count that is not a multiple of L.
+            // SAFETY: as for the caller.
+            return unsafe { self.put_some(at, k0, &acc[..self.c_out - k0]) };
+        }
+        // A whole block: each step is one vector operation over the lanes, in the same order as
+        // `put_some` (bias, accumulate, affine, residual, ReLU).
+        let mut v = *acc;
+        // SAFETY: `at + L <= y.len()` (a whole block of an in-bounds pixel), exclusive by the
+        // caller's contract.
+        let y = unsafe { &mut *(self.y.0.add(at) as *mut [T; L]) };
+        if let Some(b) = self.bias {
+            let b = &b[k0..k0 + L];
+            v.iter_mut().zip(b).for_each(|(v, &b)| *v = *v + b);
+        }
+        if self.accumulate {
+            v.iter_mut().zip(y.iter()).for_each(|(v, &y)| *v = y + *v);
+        }
+        if let Some(e) = &self.epilogue {
+            let (scale, shift) = (&e.scale[k0..k0 + L], &e.shift[k0..k0 + L]);
+            v.iter_mut()
+                .zip(scale)
+                .zip(shift)
+                .for_each(|((v, &s), &t)| *v = v.mul_add(s, t));
+            if let Some(r) = e.residual {
+                v.iter_mut().zip(&r[at..at + L]).for_each(|(v, &r)| *v = *v + r);
+            }
+            if e.relu {
+                v.iter_mut().for_each(|v| *v = v.max(T::ZERO));
+            }
+        }
+        *y = v;
+    }
+
+    /// [`Store::put`] for `acc.len()` channels from `k0`, one by one.
+    ///
+    /// # Safety
+    /// As for [`Store::put`].
+    #[inline(always)]
+    unsafe fn put_some(&self, at: usize, k0: usize, acc: &[T]) {
+        for (l, &a) in acc.iter().enumerate() {
             let k = k0 + l;
             // SAFETY: in bounds and exclusive by the caller's contract.
             let y = unsafe { &mut *self.y.0.add(at + l) };
@@ -293,9 +332,12 @@ fn run_pass<T: Real>(pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>, store: &Sto
     let fmas_per_tile = px * pass.taps * pass.run * lanes * blocks_per_job;
     let tiles_per_job = ((1 << 18) / fmas_per_tile.max(1)).clamp(1, tiles);
     let block_groups = blocks.div_ceil(blocks_per_job);
-    let jobs = tiles.div_ceil(tiles_per_job) * block_groups;
-    (0..jobs).into_par_iter().for_each(|job| {
-        let (tg, bg) = (job / block_groups, job % block_groups);
+    let tile_groups = tiles.div_ceil(tiles_per_job);
+    // Consecutive jobs (which rayon hands to the same thread) share their block group, so its
+    // weights stay in cache while the tiles stream past (wide layers on small images have more
+    // weights than the cache holds).
+    (0..tile_groups * block_groups).into_par_iter().for_each(|job| {
+        let (bg, tg) = (job / tile_groups, job % tile_groups);
         let t = tg * tiles_per_job..((tg + 1) * tiles_per_job).min(tiles);
         let b = bg * blocks_per_job..((bg + 1) * blocks_per_job).min(blocks);
         #[cfg(target_arch = "x86_64")]
