@@ -23,7 +23,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn fma_peak_gflops(threads: usize) -> f64 {
     let isa = simd::isa();
     let iters = 20_000_000usize;
-    
+
     (0..5)
         .map(|_| {
             let t = Instant::now();

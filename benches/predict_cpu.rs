@@ -1,6 +1,8 @@
 //! End-to-end CPU prediction speed: `cephalo predict` with HRNet-W32 at 768x768 on full-resolution
 //! ISBI 2015 radiographs (decode, letterbox, forward, DARK decoding, analysis, JSON, overlay PNG).
-//! The weights are the initial ones: speed does not depend on their values.
+//! The weights are the initial ones (speed does not depend on their values), saved with AdamW
+//! moments as a training checkpoint is. `CEPHALO_BENCH_IMAGES=1` is the one-image case;
+//! `CEPHALO_BENCH_ARGS` adds predict flags (e.g. `--no-overlay`).
 //!
 //! Run: `cargo bench --bench predict_cpu` (CEPHALO_BENCH_IMAGES=N images, default 4; the data
 //! is read from ../shared/data/isbi2015/images).
@@ -45,10 +47,18 @@ fn main() -> Result<()> {
         1,
     );
     let ck_path = dir.path().join("hrnet-w32.safetensors");
-    checkpoint::save(
-        &ck_path,
-        &Checkpoint::from_executor(&exec, Meta::new(model, set.symbols.clone(), 4, 2.0)),
-    )?;
+    let mut ck = Checkpoint::from_executor(&exec, Meta::new(model, set.symbols.clone(), 4, 2.0));
+    // A checkpoint as training writes it, with the AdamW moments (two thirds of its bytes), which
+    // prediction must not spend time on.
+    let params: Vec<(String, Vec<usize>, usize)> = ck
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), t.shape.clone(), t.data.len()))
+        .collect();
+    for (name, shape, len) in params {
+        ck.insert_moments(&name, &shape, vec![0.0; len], vec![0.0; len]);
+    }
+    checkpoint::save(&ck_path, &ck)?;
     drop(exec);
 
     let mut argv = vec![
@@ -64,6 +74,13 @@ fn main() -> Result<()> {
         "--device".into(),
         "cpu".into(),
     ];
+    // Extra flags to see what a stage costs, e.g. CEPHALO_BENCH_ARGS=--no-overlay.
+    argv.extend(
+        std::env::var("CEPHALO_BENCH_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from),
+    );
     argv.extend(images.iter().map(|p| p.display().to_string()));
     let cli = Cli::parse_from(argv);
     let started = Instant::now();

@@ -200,6 +200,53 @@ impl Checkpoint {
     }
 }
 
+/// The file's bytes with only the header and the tensors `keep` accepts actually read: the buffer
+/// has the file's length (so the safetensors parser validates it as a whole), but the skipped
+/// tensors' bytes are zeroed pages the system never materialises (`vec![0; n]` allocates them
+/// lazily). For inference this skips the optimizer's moments, two thirds of the file.
+fn read_sparse(path: &Path, keep: &impl Fn(&str) -> bool) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = usize::try_from(file.metadata()?.len()).context("file too large")?;
+    let mut bytes = vec![0u8; len];
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).context("reading the header length")?;
+    let header_end = usize::try_from(u64::from_le_bytes(prefix))
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&end| end <= len)
+        .context("the header length points past the end of the file")?;
+    bytes[..8].copy_from_slice(&prefix);
+    file.read_exact(&mut bytes[8..header_end])
+        .context("reading the header")?;
+    let (_, metadata) = SafeTensors::read_metadata(&bytes)?;
+    // Read the kept tensors in file order (one forward pass over the file).
+    let mut ranges: Vec<(usize, usize)> = metadata
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| keep(name))
+        .map(|(_, info)| (header_end + info.data_offsets.0, header_end + info.data_offsets.1))
+        .collect();
+    ranges.sort_unstable();
+    for (start, end) in ranges {
+        file.seek(SeekFrom::Start(start as u64))?;
+        file.read_exact(&mut bytes[start..end]).context("reading tensor data")?;
+    }
+    Ok(bytes)
+}
+
+/// Little-endian f32 bytes (safetensors' layout) as values: one copy on little-endian machines.
+fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    if cfg!(target_endian = "little") {
+        bytemuck::pod_collect_to_vec(bytes)
+    } else {
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+}
+
 /// Shows the first few items of a list and how many more there are.
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
     const SHOW: usize = 5;
@@ -278,13 +325,26 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
 
 /// Loads a checkpoint, checking its format and version.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    load_filtered(path, |_| true)
+}
+
+/// Loads what inference needs (eval, predict): the model's tensors, not the optimizer's moments,
+/// which are two thirds of a training checkpoint and are never decoded here.
+pub fn load_for_inference(path: &Path) -> Result<Checkpoint> {
+    load_filtered(path, |name| {
+        !(name.starts_with(MOMENT1_PREFIX) || name.starts_with(MOMENT2_PREFIX))
+    })
+}
+
+/// Loads a checkpoint with the tensors whose names `keep` accepts.
+fn load_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<Checkpoint> {
     let what = || {
         format!(
             "checkpoint {} is not a valid safetensors file (truncated or corrupt?)",
             path.display()
         )
     };
+    let bytes = read_sparse(path, &keep).with_context(what)?;
     let st = SafeTensors::deserialize(&bytes).with_context(what)?;
     let (_, header) = SafeTensors::read_metadata(&bytes).with_context(what)?;
     let meta_map = header.metadata().clone().unwrap_or_default();
@@ -319,6 +379,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         })?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
+        if !keep(&name) {
+            continue;
+        }
         if view.dtype() != Dtype::F32 {
             bail!(
                 "checkpoint {}: tensor {name} is {:?}, expected F32",
@@ -326,11 +389,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
                 view.dtype()
             );
         }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = f32s_from_le(view.data());
         tensors.insert(
             name,
             Tensor {

@@ -59,6 +59,38 @@ fn round_trip_restores_weights_statistics_metadata_and_outputs() {
     assert_eq!(b.param(rv), a.param(rv));
 }
 
+/// Inference loads skip the optimizer's moments (never read from disk) and nothing else; a
+/// truncated file is an error naming it, for both loads.
+#[test]
+fn inference_loads_skip_the_moments_and_refuse_truncated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let cfg = config(3);
+    let a = executor(&cfg, 1);
+    let mut ck = Checkpoint::from_executor(&a, meta(&cfg));
+    let plain = ck.clone();
+    ck.insert_moments("conv1.weight", &[64, 7, 7, 1], vec![0.5; 64 * 49], vec![0.25; 64 * 49]);
+    checkpoint::save(&path, &ck).unwrap();
+    assert_eq!(checkpoint::load_for_inference(&path).unwrap(), plain);
+    assert_eq!(checkpoint::load(&path).unwrap(), ck);
+
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    for keep in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&cut, &bytes[..keep]).unwrap();
+        for e in [
+            checkpoint::load(&cut).unwrap_err(),
+            checkpoint::load_for_inference(&cut).unwrap_err(),
+        ] {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("cut.safetensors") && e.contains("not a valid safetensors"),
+                "{keep} bytes: {e}"
+            );
+        }
+    }
+}
+
 /// The safetensors layout, read by hand: 8-byte little-endian header length, JSON header with
 /// `dtype`, `shape` and `data_offsets` per tensor and `__metadata__`, then the raw data.
 #[test]

@@ -22,7 +22,20 @@ impl<B: Backend> Executor<B> {
     /// `seed` (see [`ParamInfo::initial_values`](crate::graph::ParamInfo::initial_values)),
     /// unless the backend adopted another's parameters ([`Backend::params_adopted`]): those may
     /// already be trained, and belong to their owner.
-    pub fn new(graph: Graph, options: PlanOptions, mut backend: B, seed: u64) -> Self {
+    pub fn new(graph: Graph, options: PlanOptions, backend: B, seed: u64) -> Self {
+        Self::with_params(graph, options, backend, seed, |_| None)
+    }
+
+    /// [`Executor::new`] with each parameter's starting values from `values` (by parameter
+    /// name, e.g. a checkpoint's) where it has them, and the seeded initialisation elsewhere: a
+    /// loaded model does not spend its start-up drawing random weights it then overwrites.
+    pub fn with_params<'v>(
+        graph: Graph,
+        options: PlanOptions,
+        mut backend: B,
+        seed: u64,
+        values: impl Fn(&str) -> Option<&'v [f32]>,
+    ) -> Self {
         assert_eq!(
             options.dtypes.activation,
             backend.activation_bytes(),
@@ -38,7 +51,10 @@ impl<B: Backend> Executor<B> {
         backend.prepare(plan.arena_bytes, &graph.param_specs());
         if !backend.params_adopted() {
             for (i, p) in graph.params.iter().enumerate() {
-                backend.write_param(ParamId(i), &p.initial_values(seed));
+                match values(&p.name).filter(|v| v.len() == p.len()) {
+                    Some(v) => backend.write_param(ParamId(i), v),
+                    None => backend.write_param(ParamId(i), &p.initial_values(seed)),
+                }
             }
         }
         Self { graph, plan, backend }
