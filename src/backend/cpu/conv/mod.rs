@@ -115,10 +115,65 @@ fn padded<T: Real>(
     Padded::Copy(out)
 }
 
+/// Where a pass's pixel `p` reads or writes: pixel `p` is `(n, a, b)` in an `n x h x w` grid
+/// (row-major) and maps to `base + n * sn + a * sa + b * sb`. Both the input runs and the output
+/// pixels of every pass are such maps (the forward's strided windows, the input gradient's
+/// phases), so a tile of consecutive pixels is found by stepping, without a division per pixel.
+#[derive(Clone, Copy)]
+struct PixelMap {
+    h: usize,
+    w: usize,
+    base: usize,
+    sn: usize,
+    sa: usize,
+    sb: usize,
+}
+
+impl PixelMap {
+    /// The plain numbering of an `n x h x w` grid scaled by `unit` (pixel `p` -> `p * unit`).
+    fn dense(h: usize, w: usize, unit: usize) -> Self {
+        Self {
+            h,
+            w,
+            base: 0,
+            sn: h * w * unit,
+            sa: w * unit,
+            sb: unit,
+        }
+    }
+
+    fn at(&self, p: usize) -> usize {
+        let (n, a, b) = (p / (self.h * self.w), (p / self.w) % self.h, p % self.w);
+        self.base + n * self.sn + a * self.sa + b * self.sb
+    }
+
+    /// The map's values at pixels `p0..p0 + N` (`p0 + N` may pass the end of the grid: the
+    /// values there are never used but must not overflow).
+    #[inline(always)]
+    fn run<const N: usize>(&self, p0: usize) -> [usize; N] {
+        let (mut n, mut a, mut b) = (p0 / (self.h * self.w), (p0 / self.w) % self.h, p0 % self.w);
+        let mut row = self.base + n * self.sn + a * self.sa;
+        std::array::from_fn(|_| {
+            let v = row + b * self.sb;
+            b += 1;
+            if b == self.w {
+                b = 0;
+                a += 1;
+                if a == self.h {
+                    a = 0;
+                    n += 1;
+                }
+                row = self.base + n * self.sn + a * self.sa;
+            }
+            v
+        })
+    }
+}
+
 /// One direct-convolution pass: output pixel `p` reads `taps` runs of `run` contiguous values
-/// of `src`, `row_step` apart, from `start(p)`, against `weights` packed
-/// `[block][tap][run][L]`, and its result goes to output pixel `dst(p)`.
-struct Pass<'a, T, S, D> {
+/// of `src`, `row_step` apart, from `start.at(p)`, against `weights` packed
+/// `[block][tap][run][L]`, and its result goes to output pixel `dst.at(p)`.
+struct Pass<'a, T> {
     src: &'a [T],
     pixels: usize,
     taps: usize,
@@ -126,8 +181,8 @@ struct Pass<'a, T, S, D> {
     run: usize,
     lanes: usize,
     weights: &'a [T],
-    start: S,
-    dst: D,
+    start: PixelMap,
+    dst: PixelMap,
 }
 
 /// How a pass's results are stored: `y[dst * c_out + k] = epilogue(acc)`.
@@ -247,7 +302,7 @@ unsafe fn dot_tile<T: Real, const L: usize, const PX: usize>(
 /// Runs tiles `tiles` of the pass for blocks `blocks` (both in units of tiles and `L`-blocks).
 #[inline(always)]
 fn pass_job<T: Real, const L: usize, const PX: usize>(
-    pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>,
+    pass: &Pass<'_, T>,
     store: &Store<'_, T>,
     tiles: Range<usize>,
     blocks: Range<usize>,
@@ -258,8 +313,11 @@ fn pass_job<T: Real, const L: usize, const PX: usize>(
         let p0 = tile * PX;
         let valid = PX.min(pass.pixels - p0);
         // Pixels past the end repeat the first one: computed, never stored.
-        let starts: [usize; PX] = std::array::from_fn(|px| (pass.start)(p0 + if px < valid { px } else { 0 }));
-        let dsts: [usize; PX] = std::array::from_fn(|px| if px < valid { (pass.dst)(p0 + px) } else { 0 });
+        let mut starts: [usize; PX] = pass.start.run(p0);
+        for px in valid..PX {
+            starts[px] = starts[0];
+        }
+        let dsts: [usize; PX] = pass.dst.run(p0);
         for b in blocks.clone() {
             let w = &pass.weights[b * block_len..(b + 1) * block_len];
             // SAFETY: the pass's constructor checked that every run of every pixel is inside `src`.
@@ -282,8 +340,6 @@ fn pass_job<T: Real, const L: usize, const PX: usize>(
     }
 }
 
-type PixelMap<'a> = &'a (dyn Fn(usize) -> usize + Sync);
-
 /// A register tile function of a pass: [`dot_tile`] or one of its intrinsic twins in [`x86`].
 type DotTile<T, const L: usize, const PX: usize> =
     unsafe fn(*const T, &[usize; PX], usize, usize, usize, *const T) -> [[T; L]; PX];
@@ -291,7 +347,7 @@ type DotTile<T, const L: usize, const PX: usize> =
 // The job loop and the stores compiled per instruction set (the epilogue's multiply-adds are
 // fused instructions there, not calls), the tile itself passed in.
 for_each_isa!(pass_isa: pass_job<L, PX>(
-    pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>,
+    pass: &Pass<'_, T>,
     store: &Store<'_, T>,
     tiles: Range<usize>,
     blocks: Range<usize>,
@@ -312,7 +368,7 @@ fn tile_pixels(isa: Isa, lanes: usize) -> usize {
 }
 
 /// Runs `pass` over all its pixels in parallel jobs.
-fn run_pass<T: Real>(pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>, store: &Store<'_, T>) {
+fn run_pass<T: Real>(pass: &Pass<'_, T>, store: &Store<'_, T>) {
     if pass.pixels == 0 {
         return;
     }
@@ -345,9 +401,7 @@ fn run_pass<T: Real>(pass: &Pass<'_, T, PixelMap<'_>, PixelMap<'_>>, store: &Sto
             // SAFETY: T is f32 (checked above), so these are the same types; `isa()` only
             // returns instruction sets this CPU supports.
             unsafe {
-                let pass =
-                    &*(pass as *const Pass<'_, T, PixelMap<'_>, PixelMap<'_>>)
-                        .cast::<Pass<'_, f32, PixelMap<'_>, PixelMap<'_>>>();
+                let pass = &*(pass as *const Pass<'_, T>).cast::<Pass<'_, f32>>();
                 let store = &*(store as *const Store<'_, T>).cast::<Store<'_, f32>>();
                 match (isa, lanes) {
                     (Isa::Avx512, 16) => pass_isa::avx512::<f32, 16, 12>(pass, store, t, b, x86::dot_avx512),
@@ -421,14 +475,17 @@ fn conv_fwd_into<T: Real>(
     let lanes = lanes_for(p.c_out);
     let weights = pack(p.c_out, p.kh, run, lanes, |k, r, j| w[k * patch + r * run + j]);
     let st = p.stride;
-    let start = move |pix: usize| {
-        let (n, oh, ow) = (pix / (ys.h * ys.w), (pix / ys.w) % ys.h, pix % ys.w);
-        ((n * hp + oh * st) * wp + ow * st) * c
+    let start = PixelMap {
+        h: ys.h,
+        w: ys.w,
+        base: 0,
+        sn: hp * wp * c,
+        sa: st * wp * c,
+        sb: st * c,
     };
-    let identity = |pix: usize| pix;
     let pixels = ys.pixels();
     if pixels > 0 {
-        check_reach(src.len(), start(pixels - 1), p.kh, wp * c, run);
+        check_reach(src.len(), start.at(pixels - 1), p.kh, wp * c, run);
     }
     let pass = Pass {
         src: &src,
@@ -438,8 +495,8 @@ fn conv_fwd_into<T: Real>(
         run,
         lanes,
         weights: &weights,
-        start: &start as PixelMap<'_>,
-        dst: &identity as PixelMap<'_>,
+        start,
+        dst: PixelMap::dense(ys.h, ys.w, 1),
     };
     let store = Store {
         y: Out(y.as_mut_ptr()),
@@ -545,19 +602,28 @@ pub fn conv2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs
             let (r, s) = (ph + st * (mh - 1 - t), pw + st * (mw - 1 - m));
             w[kk * patch + (r * p.kw + s) * c + cc]
         });
-        let start = move |pix: usize| {
-            let (n, a, b) = (pix / (nh * nw), (pix / nw) % nh, pix % nw);
-            let (ih, iw) = (ih0 + a * st, iw0 + b * st);
-            let row = top + (ih + pad - ph) / st - (mh - 1);
-            let col = left + (iw + pad - pw) / st - (mw - 1);
-            ((n * hpd + row) * wpd + col) * k
+        // Phase pixel (n, a, b) is input pixel (ih0 + a * st, iw0 + b * st); it reads dy from
+        // padded row top + (ih + pad - ph) / st - (mh - 1) = row0 + a, likewise for columns.
+        let row0 = top + (ih0 + pad - ph) / st - (mh - 1);
+        let col0 = left + (iw0 + pad - pw) / st - (mw - 1);
+        let start = PixelMap {
+            h: nh,
+            w: nw,
+            base: (row0 * wpd + col0) * k,
+            sn: hpd * wpd * k,
+            sa: wpd * k,
+            sb: k,
         };
-        let dst = move |pix: usize| {
-            let (n, a, b) = (pix / (nh * nw), (pix / nw) % nh, pix % nw);
-            (n * xs.h + ih0 + a * st) * xs.w + iw0 + b * st
+        let dst = PixelMap {
+            h: nh,
+            w: nw,
+            base: ih0 * xs.w + iw0,
+            sn: xs.h * xs.w,
+            sa: st * xs.w,
+            sb: st,
         };
         let pixels = xs.n * nh * nw;
-        check_reach(src.len(), start(pixels - 1), mh, wpd * k, run);
+        check_reach(src.len(), start.at(pixels - 1), mh, wpd * k, run);
         let pass = Pass {
             src: &src,
             pixels,
@@ -566,8 +632,8 @@ pub fn conv2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs
             run,
             lanes,
             weights: &weights,
-            start: &start as PixelMap<'_>,
-            dst: &dst as PixelMap<'_>,
+            start,
+            dst,
         };
         run_pass(&pass, &store);
     }
