@@ -8,6 +8,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::simd::{for_each_isa, on_isa};
+
 /// Elements per parallel work item: large enough that rayon's scheduling is negligible, and a fixed
 /// size so that the norm's partial sums (and therefore its rounding) never depend on thread count.
 const CHUNK: usize = 1 << 14;
@@ -149,13 +151,44 @@ pub fn adamw_step(
                 }
             });
         }
-        None => body.for_each(|(((w, g), m), v)| {
-            for i in 0..w.len() {
-                update(&mut w[i], g[i], &mut m[i], &mut v[i]);
-            }
-        }),
+        None => {
+            let k = AdamWConsts {
+                hp: *hp,
+                bc1,
+                bc2,
+                wd,
+                grad_mul,
+            };
+            body.for_each(|(((w, g), m), v)| on_isa!(adamw_isa::<f32>(w, g, m, v, &k)));
+        }
     }
 }
+
+/// What every element's update reads besides its own state.
+struct AdamWConsts {
+    hp: AdamWParams,
+    bc1: f32,
+    bc2: f32,
+    wd: f32,
+    grad_mul: f32,
+}
+
+/// [`adamw_step`]'s update over one chunk, compiled per instruction set (the same operations as
+/// its closure, in the same order: no multiply-add is fused, so the GPU twin's tolerance holds).
+#[inline(always)]
+#[allow(clippy::extra_unused_type_parameters)] // for_each_isa names an element type; this is f32 only
+fn adamw_chunk<T>(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWConsts) {
+    let hp = &k.hp;
+    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * k.grad_mul;
+        *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+        *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+        let m_hat = *m / k.bc1;
+        let v_hat = *v / k.bc2;
+        *w -= hp.lr * (m_hat / (v_hat.sqrt() + hp.eps) + k.wd * *w);
+    }
+}
+for_each_isa!(adamw_isa: adamw_chunk<>(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWConsts));
 
 /// Elements of one [`AdamWChunk`] at most: a GPU block's share of the whole-model step.
 pub const ADAMW_CHUNK_LEN: usize = 4096;
