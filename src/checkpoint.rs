@@ -54,6 +54,10 @@ pub struct Meta {
     pub rng: serde_json::Value,
     pub best_metric: Option<f64>,
     pub dataset_fingerprint: Option<String>,
+    /// A refinement-stage model's patches (`cephalo train --stage refine`); absent for a global
+    /// model, and in checkpoints written before the refinement stage existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refiner: Option<crate::refine::PatchSpec>,
 }
 
 impl Meta {
@@ -73,6 +77,7 @@ impl Meta {
             rng: serde_json::Value::Null,
             best_metric: None,
             dataset_fingerprint: None,
+            refiner: None,
         }
     }
 }

@@ -11,4 +11,5 @@ pub mod gpu;
 pub mod graph;
 pub mod model;
 pub mod predict;
+pub mod refine;
 pub mod train;

@@ -109,7 +109,7 @@ pub fn draw_geometry<R: Rng>(
 }
 
 /// Uniform in [-r, r] (exactly 0 when r is 0, without consuming randomness differently).
-fn symmetric<R: Rng>(rng: &mut R, r: f64) -> f64 {
+pub(crate) fn symmetric<R: Rng>(rng: &mut R, r: f64) -> f64 {
     (rng.random::<f64>() * 2.0 - 1.0) * r
 }
 

@@ -143,11 +143,24 @@ impl Batch {
     }
 }
 
+/// What a loader's items are and how a batch of them is built, when they are not whole images:
+/// the refinement stage's patches around landmarks (`refine::source::PatchSource`). The loader
+/// keeps the order, the seeds, the threads and the prefetching; the source only builds.
+pub trait BatchSource: Send + Sync + std::fmt::Debug {
+    /// Items in one epoch.
+    fn len(&self) -> usize;
+    /// The batch of items `indices` (positions in `0..len()`) of `epoch`; item `i`'s randomness
+    /// comes from [`item_seed`]`(cfg.seed, epoch, i)`, as for images.
+    fn build(&self, cfg: &LoaderConfig, epoch: usize, indices: Vec<usize>) -> anyhow::Result<Batch>;
+}
+
 #[derive(Debug)]
 struct Shared {
     samples: Vec<Sample>,
     cfg: LoaderConfig,
     landmarks: usize,
+    /// `None`: the items are the samples' whole images.
+    source: Option<Arc<dyn BatchSource>>,
 }
 
 #[derive(Debug)]
@@ -167,9 +180,32 @@ fn derive_seed(seed: u64, epoch: u64, index: u64) -> u64 {
     mix(mix(mix(seed) ^ epoch) ^ index)
 }
 
+/// The seed of item `index`'s augmentation in `epoch`, for [`BatchSource`]s.
+pub fn item_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+    derive_seed(seed, epoch as u64, index as u64)
+}
+
 impl Loader {
     pub fn new(samples: Vec<Sample>, cfg: LoaderConfig) -> anyhow::Result<Loader> {
+        Self::build_loader(samples, cfg, None)
+    }
+
+    /// A loader over `source`'s items (which are cut from `samples`' images).
+    pub fn with_source(
+        samples: Vec<Sample>,
+        cfg: LoaderConfig,
+        source: Arc<dyn BatchSource>,
+    ) -> anyhow::Result<Loader> {
+        Self::build_loader(samples, cfg, Some(source))
+    }
+
+    fn build_loader(
+        samples: Vec<Sample>,
+        cfg: LoaderConfig,
+        source: Option<Arc<dyn BatchSource>>,
+    ) -> anyhow::Result<Loader> {
         anyhow::ensure!(!samples.is_empty(), "the loader got no samples");
+        let items = source.as_ref().map_or(samples.len(), |s| s.len());
         anyhow::ensure!(cfg.batch_size > 0, "batch size must be at least 1");
         anyhow::ensure!(cfg.stride > 0, "stride must be at least 1");
         anyhow::ensure!(cfg.sigma > 0.0, "sigma must be positive");
@@ -180,10 +216,9 @@ impl Loader {
             cfg.stride
         );
         anyhow::ensure!(
-            !cfg.drop_last || samples.len() >= cfg.batch_size,
-            "batch size {} is larger than the {} samples, so every batch would be dropped",
+            !cfg.drop_last || items >= cfg.batch_size,
+            "batch size {} is larger than the {items} samples, so every batch would be dropped",
             cfg.batch_size,
-            samples.len()
         );
         let landmarks = samples[0].landmarks.len();
         if let Some(bad) = samples.iter().find(|s| s.landmarks.len() != landmarks) {
@@ -198,6 +233,7 @@ impl Loader {
                 samples,
                 cfg,
                 landmarks,
+                source,
             }),
         })
     }
@@ -210,8 +246,13 @@ impl Loader {
         &self.shared.cfg
     }
 
+    /// Items per epoch: the images, or the source's items.
+    pub fn items(&self) -> usize {
+        self.shared.items()
+    }
+
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.shared.samples.len(), self.shared.cfg.batch_size);
+        let (n, b) = (self.shared.items(), self.shared.cfg.batch_size);
         if self.shared.cfg.drop_last {
             n / b
         } else {
@@ -286,8 +327,12 @@ impl Loader {
 }
 
 impl Shared {
+    fn items(&self) -> usize {
+        self.source.as_ref().map_or(self.samples.len(), |s| s.len())
+    }
+
     fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        let mut order: Vec<usize> = (0..self.items()).collect();
         if self.cfg.shuffle {
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.cfg.seed, epoch as u64, u64::MAX));
             order.shuffle(&mut rng);
@@ -299,6 +344,9 @@ impl Shared {
         let cfg = &self.cfg;
         let start = b * cfg.batch_size;
         let indices: Vec<usize> = order[start..(start + cfg.batch_size).min(order.len())].to_vec();
+        if let Some(source) = &self.source {
+            return source.build(cfg, epoch, indices);
+        }
         let ImageSize { height, width } = cfg.image_size;
         let (hh, hw) = cfg.heatmap_size();
         let (k, n) = (self.landmarks, indices.len());

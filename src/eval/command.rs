@@ -20,6 +20,7 @@ use crate::gpu::Gpu;
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::graph::Graph;
+use crate::refine::infer::Refiner;
 use crate::train::trainer::build_graph;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -46,6 +47,10 @@ pub struct EvalArgs {
     pub workers: Option<usize>,
     #[arg(long, value_enum, default_value_t)]
     pub annotator: crate::data::Annotator,
+    /// A refiner (`cephalo train --stage refine`): also refine the global predictions on patches
+    /// of the original images, and report both stages side by side.
+    #[arg(long)]
+    pub refiner: Option<PathBuf>,
 }
 
 /// A loaded model ready for inference, with what its checkpoint says about it.
@@ -155,7 +160,16 @@ struct Report<'a> {
     dataset: String,
     split: String,
     metrics: &'a MetricsReport,
+    /// With --refiner: the two stages' figures (`metrics` stays the global model's alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refined: Option<RefinedReport<'a>>,
     predictions: Vec<ImageReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct RefinedReport<'a> {
+    refiner: String,
+    metrics: &'a MetricsReport,
 }
 
 #[derive(Serialize)]
@@ -174,11 +188,30 @@ struct LandmarkReport<'a> {
     truth: [f64; 2],
     error_mm: f64,
     confidence: f32,
+    /// With --refiner: the refined point (the global one is `predicted`), its error and its
+    /// heatmap peak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refined: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refined_error_mm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refined_confidence: Option<f32>,
 }
 
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     let device = inference_device(args.device)?;
     let mut model = load_model(&args.checkpoint, args.batch_size, device)?;
+    crate::refine::infer::require_global(&model.meta, &args.checkpoint, "--checkpoint")?;
+    let mut refiner = match &args.refiner {
+        Some(path) => Some(Refiner::load(
+            path,
+            &model.meta,
+            &args.checkpoint,
+            args.batch_size,
+            device,
+        )?),
+        None => None,
+    };
     let dataset = Dataset::open(
         &args.dataset_path,
         &DatasetOptions {
@@ -213,8 +246,19 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     let loader = Loader::new(samples, cfg)?;
     let predictions = model.exec.predict_loader(&loader, model.meta.heatmap_sigma as f64)?;
     let report = metrics_of(loader.samples(), &predictions, symbols);
+    let refined = match &mut refiner {
+        Some(r) => {
+            let refined = r.refine(loader.samples(), &predictions, workers)?;
+            let metrics = metrics_of(loader.samples(), &refined, symbols);
+            Some((refined, metrics))
+        }
+        None => None,
+    };
 
     print_report(&report, args, loader.samples().len());
+    if let Some((_, metrics)) = &refined {
+        crate::refine::report::print_comparison(&report, metrics);
+    }
     if let Some(path) = &args.report {
         let json = Report {
             checkpoint: args.checkpoint.display().to_string(),
@@ -222,7 +266,19 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
             dataset: args.dataset_path.display().to_string(),
             split: args.split.to_string(),
             metrics: &report,
-            predictions: image_reports(&loader, &predictions, symbols),
+            refined: refined
+                .as_ref()
+                .zip(args.refiner.as_ref())
+                .map(|((_, m), path)| RefinedReport {
+                    refiner: path.display().to_string(),
+                    metrics: m,
+                }),
+            predictions: image_reports(
+                &loader,
+                &predictions,
+                refined.as_ref().map(|(p, _)| p.as_slice()),
+                symbols,
+            ),
         };
         write_json_atomic(path, &json)?;
         println!("report: {}", path.display());
@@ -233,6 +289,7 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
 fn image_reports<'a>(
     loader: &'a Loader,
     predictions: &'a [PredictedImage],
+    refined: Option<&'a [PredictedImage]>,
     symbols: &'a [String],
 ) -> Vec<ImageReport<'a>> {
     predictions
@@ -240,6 +297,8 @@ fn image_reports<'a>(
         .map(|p| {
             let s = &loader.samples()[p.index];
             let errors = radial_errors_mm(&p.points, &s.landmarks, s.pixel_size_mm);
+            let r = refined.and_then(|all| all.iter().find(|r| r.index == p.index));
+            let refined_errors = r.map(|r| radial_errors_mm(&r.points, &s.landmarks, s.pixel_size_mm));
             ImageReport {
                 id: &s.id,
                 image: s.image_path.display().to_string(),
@@ -252,6 +311,9 @@ fn image_reports<'a>(
                         truth: s.landmarks[k],
                         error_mm: errors[k],
                         confidence: p.confidence[k],
+                        refined: r.map(|r| r.points[k]),
+                        refined_error_mm: refined_errors.as_ref().map(|e| e[k]),
+                        refined_confidence: r.map(|r| r.confidence[k]),
                     })
                     .collect(),
             }

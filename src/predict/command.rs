@@ -20,10 +20,13 @@ use crate::data::heatmap::{decode_dark, heatmap_to_image};
 use crate::data::image_io::load_gray;
 use crate::data::landmarks::aariz_title;
 use crate::data::loader::normalize_into;
+use crate::data::Sample;
 use crate::device::DeviceArg;
 use crate::eval::command::{inference_device, load_model, write_json_atomic};
+use crate::eval::inference::PredictedImage;
 use crate::predict::analysis::{analyse, Measurement, Points};
 use crate::predict::overlay::{self, OverlayInput};
+use crate::refine::infer::{unannotated_sample, Refiner};
 
 const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 /// Marks an output folder as ours, with the checkpoint that wrote it.
@@ -58,6 +61,11 @@ pub struct PredictArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t)]
     pub device: DeviceArg,
+    /// A refiner (`cephalo train --stage refine`): refine every landmark on a patch of the
+    /// original image; confidences (and doubtful flags) are then the refiner's. Without
+    /// --pixel-size the images are taken to have the refiner's training pixel size.
+    #[arg(long)]
+    pub refiner: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -107,6 +115,20 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     let images = collect_images(&args.inputs)?;
     prepare_out_dir(&args.out, &args.checkpoint, args.overwrite)?;
     let mut model = load_model(&args.checkpoint, args.batch_size, device)?;
+    crate::refine::infer::require_global(&model.meta, &args.checkpoint, "--checkpoint")?;
+    let mut refiner = match &args.refiner {
+        Some(path) => {
+            let r = Refiner::load(path, &model.meta, &args.checkpoint, args.batch_size, device)?;
+            if args.pixel_size.is_none() {
+                eprintln!(
+                    "note: no --pixel-size: the patches assume the refiner's training pixel size, {} mm",
+                    r.spec.train_pixel_mm
+                );
+            }
+            Some(r)
+        }
+        None => None,
+    };
     let symbols = model.meta.landmarks.clone();
     let size = ImageSize {
         height: model.meta.model.image_size[0],
@@ -152,17 +174,33 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
             normalize_into(&mut input[slot * per_in..(slot + 1) * per_in], &t.image.data);
         }
         let heatmaps = model.exec.predict(&input)?;
-        for (slot, (path, image, t)) in ok.into_iter().enumerate() {
+        let mut global = Vec::with_capacity(ok.len());
+        for (slot, (_, _, t)) in ok.iter().enumerate() {
             let maps = &heatmaps[slot * h * w * k..(slot + 1) * h * w * k];
             let peaks = decode_dark(maps, h, w, k, model.meta.heatmap_sigma as f64);
             let net_to_original = t.original_to_net.inverse();
-            let result = Predicted {
-                path,
+            global.push(PredictedImage {
+                index: slot,
                 points: peaks
                     .iter()
                     .map(|p| net_to_original.apply(heatmap_to_image(p.point, stride)))
                     .collect(),
                 confidence: peaks.iter().map(|p| p.value).collect(),
+            });
+        }
+        if let Some(r) = &mut refiner {
+            let pixel_mm = args.pixel_size.unwrap_or(r.spec.train_pixel_mm);
+            let samples: Vec<Sample> = ok
+                .iter()
+                .map(|(path, image, _)| unannotated_sample(path, image, pixel_mm))
+                .collect();
+            global = r.refine(&samples, &global, 0)?;
+        }
+        for ((path, image, _), p) in ok.into_iter().zip(global) {
+            let result = Predicted {
+                path,
+                points: p.points,
+                confidence: p.confidence,
             };
             write_outputs(args, &symbols, &result, &image)?;
             rows.push(result);

@@ -75,6 +75,8 @@ pub struct TrainArgs {
     pub annotator: Annotator,
     #[command(flatten)]
     pub augment: AugmentArgs,
+    #[command(flatten)]
+    pub refine: crate::refine::args::RefineArgs,
     /// End this invocation after N epochs, leaving checkpoint_last to --resume later (for machines
     /// that can only train in sessions).
     #[arg(long, alias = "stop_after")]

@@ -30,6 +30,8 @@ use crate::gpu::memory::human_bytes;
 use crate::gpu::Gpu;
 use crate::graph::Graph;
 use crate::model::ModelConfig;
+use crate::refine::training::RefineTraining;
+use crate::refine::PatchSpec;
 use crate::train::args::{TrainArgs, DEFAULT_EPOCHS, DEFAULT_LR};
 use crate::train::cuda_engine::{check_fits, CudaEngine};
 use crate::train::engine::{CpuEngine, Engine, StepParams};
@@ -63,6 +65,8 @@ pub struct TrainState {
     /// A hash of the training samples and landmark symbols: resuming on other data is allowed
     /// (fine-tuning) but is reported.
     pub dataset_fingerprint: String,
+    /// The patches of a refinement-stage model; `None` for a global model.
+    pub patch: Option<PatchSpec>,
 }
 
 impl TrainState {
@@ -86,6 +90,7 @@ impl TrainState {
         meta.rng = serde_json::json!({ "seed": self.seed });
         meta.best_metric = self.best_metric;
         meta.dataset_fingerprint = Some(self.dataset_fingerprint.clone());
+        meta.refiner = self.patch;
         meta
     }
 
@@ -111,6 +116,7 @@ impl TrainState {
             seed: meta.rng["seed"].as_u64().with_context(bad)?,
             best_metric: meta.best_metric,
             dataset_fingerprint: meta.dataset_fingerprint.clone().unwrap_or_default(),
+            patch: meta.refiner,
         })
     }
 }
@@ -187,6 +193,8 @@ struct Trainer {
     csv_path: PathBuf,
     stop: Arc<AtomicBool>,
     stop_after: Option<usize>,
+    /// The refinement stage's patches and validation centres; `None` for a global model.
+    refine: Option<RefineTraining>,
 }
 
 impl Trainer {
@@ -215,11 +223,27 @@ impl Trainer {
         let fine_tune =
             stored.is_some() && (args.lr.is_some() || args.epochs.is_some() || args.schedule.warmup_epochs.is_some());
 
-        let [h, w]: [usize; 2] = args
-            .image_size
-            .clone()
-            .try_into()
-            .map_err(|_| anyhow::anyhow!("--image-size takes H W"))?;
+        let refine = RefineTraining::from_args(
+            &args.refine,
+            stored
+                .as_ref()
+                .zip(resumed.as_ref())
+                .and_then(|(s, (path, _))| Some((s.patch?, path.as_path()))),
+            stored.is_some(),
+            &train_samples,
+            valid_samples.as_deref(),
+            &symbols,
+            device,
+            args.workers.unwrap_or_else(default_workers),
+        )?;
+        let [h, w]: [usize; 2] = match &refine {
+            Some(r) => [r.spec.size; 2],
+            None => args
+                .image_size
+                .clone()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("--image-size takes H W"))?,
+        };
         let model = match &stored {
             Some(s) => {
                 let wanted = crate::model::resolve(&args.model).map(|(name, _)| name).unwrap_or("");
@@ -277,7 +301,10 @@ impl Trainer {
                 args.batch_size
             );
         }
-        let train_loader = Loader::new(train_samples, train_cfg.clone())?;
+        let train_loader = match &refine {
+            Some(r) => r.train_loader(train_samples, train_cfg.clone())?,
+            None => Loader::new(train_samples, train_cfg.clone())?,
+        };
         let valid_loader = match valid_samples {
             Some(samples) => {
                 let cfg = LoaderConfig {
@@ -286,10 +313,16 @@ impl Trainer {
                     drop_last: false,
                     ..train_cfg
                 };
-                Some(Loader::new(samples, cfg)?)
+                Some(match &refine {
+                    Some(r) => r.valid_loader(samples, cfg)?,
+                    None => Loader::new(samples, cfg)?,
+                })
             }
             None => None,
         };
+        if let Some(r) = &refine {
+            eprintln!("{}", r.describe());
+        }
 
         let graph = build_graph(&model)?;
         let loss = HeatmapLoss::from_args(&args.loss, &symbols)?;
@@ -333,6 +366,7 @@ impl Trainer {
             seed,
             best_metric: None,
             dataset_fingerprint: fingerprint.clone(),
+            patch: refine.as_ref().map(|r| r.spec),
         };
 
         if let (Some((path, ck)), Some(stored)) = (&resumed, stored) {
@@ -407,6 +441,7 @@ impl Trainer {
             csv_path,
             stop,
             stop_after: args.stop_after,
+            refine,
         })
     }
 
@@ -557,7 +592,10 @@ impl Trainer {
         let Some(loader) = &self.valid_loader else {
             return Ok(None);
         };
-        let predictions = self.engine.predict(loader, self.state.sigma)?;
+        let mut predictions = self.engine.predict(loader, self.state.sigma)?;
+        if let Some(refine) = &self.refine {
+            predictions = refine.fold(&predictions);
+        }
         Ok(Some(metrics_of(loader.samples(), &predictions, &self.state.landmarks)))
     }
 
