@@ -149,6 +149,9 @@ impl Batch {
 pub trait BatchSource: Send + Sync + std::fmt::Debug {
     /// Items in one epoch.
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The batch of items `indices` (positions in `0..len()`) of `epoch`; item `i`'s randomness
     /// comes from [`item_seed`]`(cfg.seed, epoch, i)`, as for images.
     fn build(&self, cfg: &LoaderConfig, epoch: usize, indices: Vec<usize>) -> anyhow::Result<Batch>;

@@ -27,21 +27,21 @@ pub struct RefineTraining {
 }
 
 impl RefineTraining {
-    /// `None` for a global run. `stored` is the patch spec of a resumed checkpoint: it decides
-    /// the stage, so that a resumed run continues as what it was.
+    /// `None` for a global run. `resumed` is the patch spec (if any) and path of a resumed
+    /// checkpoint: it decides the stage, so that a resumed run continues as what it was.
     pub fn from_args(
         args: &RefineArgs,
-        stored: Option<(PatchSpec, &Path)>,
-        resuming: bool,
+        resumed: Option<(Option<PatchSpec>, &Path)>,
         train: &[Sample],
         valid: Option<&[Sample]>,
         symbols: &[String],
         device: Device,
         workers: usize,
     ) -> Result<Option<RefineTraining>> {
+        let stored = resumed.and_then(|(spec, path)| Some((spec?, path)));
         let spec = match (stored, args.stage) {
             (Some((spec, _)), _) => spec,
-            (None, Stage::Refine) if resuming => bail!(
+            (None, Stage::Refine) if resumed.is_some() => bail!(
                 "--stage refine: the checkpoint given to --resume is a global model; a refiner starts from scratch \
                  (drop --resume) or from a refiner's checkpoint"
             ),

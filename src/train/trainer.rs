@@ -228,8 +228,7 @@ impl Trainer {
             stored
                 .as_ref()
                 .zip(resumed.as_ref())
-                .and_then(|(s, (path, _))| Some((s.patch?, path.as_path()))),
-            stored.is_some(),
+                .map(|(s, (path, _))| (s.patch, path.as_path())),
             &train_samples,
             valid_samples.as_deref(),
             &symbols,
