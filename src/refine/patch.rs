@@ -81,13 +81,14 @@ pub fn cut_patch(image: &GrayImage, patch_to_original: &Affine, size: usize) -> 
 mod tests {
     use super::*;
 
-    /// A gradient image with a bright 3x3 dot at (dx, dy).
+    /// A dim textured image with a bright 7x7 dot centred on `dot` (large enough to stay the
+    /// brightest spot when a patch samples the film at 3 pixels per patch pixel).
     fn film(width: u32, height: u32, dot: [u32; 2]) -> GrayImage {
         GrayImage::from_fn(width, height, |x, y| {
-            if x.abs_diff(dot[0]) <= 1 && y.abs_diff(dot[1]) <= 1 {
+            if x.abs_diff(dot[0]) <= 3 && y.abs_diff(dot[1]) <= 3 {
                 image::Luma([255])
             } else {
-                image::Luma([((x + 2 * y) % 200) as u8])
+                image::Luma([((x + 2 * y) % 60) as u8])
             }
         })
     }
