@@ -93,13 +93,19 @@ mod tests {
         })
     }
 
-    fn brightest(p: &Plane) -> [f64; 2] {
-        let (i, _) = p
-            .data
-            .iter()
-            .enumerate()
-            .fold((0, f32::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best });
-        [(i % p.width) as f64, (i / p.width) as f64]
+    /// The centroid of the patch's bright pixels (the dot; the texture stays below 0.25).
+    fn bright_centroid(p: &Plane) -> [f64; 2] {
+        let (mut sx, mut sy, mut sw) = (0.0, 0.0, 0.0);
+        for (i, &v) in p.data.iter().enumerate() {
+            if v > 0.4 {
+                let w = v as f64;
+                sx += w * (i % p.width) as f64;
+                sy += w * (i / p.width) as f64;
+                sw += w;
+            }
+        }
+        assert!(sw > 0.0, "no bright pixel in the patch");
+        [sx / sw, sy / sw]
     }
 
     #[test]
@@ -127,7 +133,7 @@ mod tests {
             // Centre off the dot, so its place in the patch is not the middle.
             let map = patch_to_original([690.0, 915.0], spacing, 64, rotation);
             let patch = cut_patch(&image, &map, 64);
-            let found = map.apply(brightest(&patch));
+            let found = map.apply(bright_centroid(&patch));
             let miss = (found[0] - dot[0] as f64).hypot(found[1] - dot[1] as f64);
             assert!(
                 miss <= spacing,
