@@ -54,7 +54,7 @@ impl RefineArgs {
     /// The patch settings of a new refiner, checked; `train_pixel_mm` is the training images'.
     pub fn spec(&self, train_pixel_mm: f64) -> Result<PatchSpec> {
         ensure!(
-            self.patch_size >= 32 && self.patch_size % 32 == 0 && self.patch_size <= 512,
+            self.patch_size >= 32 && self.patch_size.is_multiple_of(32) && self.patch_size <= 512,
             "--patch-size {}: a multiple of 32 from 32 to 512 (e.g. 64)",
             self.patch_size
         );
