@@ -341,7 +341,7 @@ mod tests {
         // A kill in the middle of a write leaves half a record at the end.
         let mut bytes = fs::read(&path).unwrap();
         let whole = bytes.len();
-        bytes.extend_from_slice(&bytes[whole - 20..whole - 3].to_vec());
+        bytes.extend_from_within(whole - 20..whole - 3);
         fs::write(&path, &bytes).unwrap();
         drop_events_after(dir.path(), 4).unwrap();
         let (version, scalars) = read_scalars(&path);

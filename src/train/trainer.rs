@@ -195,9 +195,12 @@ fn apply_demo_settings(args: &mut TrainArgs, dir: &Path) -> Result<()> {
     args.model = "hrnet-w8".into();
     args.image_size = vec![128, 128];
     args.batch_size.get_or_insert(4);
-    args.epochs.get_or_insert(12);
+    let epochs = *args.epochs.get_or_insert(12);
     args.lr.get_or_insert(2e-3);
-    args.schedule.warmup_epochs.get_or_insert(1.0);
+    // One warmup epoch, or a fifth of a shorter demo (`--demo --epochs 1` must just work).
+    args.schedule
+        .warmup_epochs
+        .get_or_insert((epochs as f64 / 5.0).min(1.0));
     Ok(())
 }
 
@@ -876,4 +879,36 @@ fn truncate_csv_log(path: &Path, epoch: usize) -> Result<()> {
 
 fn fmt_mm(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3} mm")).unwrap_or_else(|| "n/a".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    #[test]
+    fn a_one_epoch_demo_has_a_schedule_and_keeps_its_phantoms() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        let mut args =
+            Cli::parse_from(["x", "--demo", "--epochs", "1", "--checkpoint-dir", ck.to_str().unwrap()]).train;
+        let phantoms = args.checkpoint_dir.join("demo-phantoms");
+        apply_demo_settings(&mut args, &phantoms).unwrap();
+        let epochs = args.epochs.unwrap() as f64;
+        let schedule = args.schedule.build(args.lr.unwrap(), epochs, 10).unwrap();
+        assert!(schedule.warmup_epochs < epochs && schedule.t0 > 0.0);
+        // The phantoms stay for eval and predict after the demo.
+        let dataset = Dataset::open(&phantoms, &DatasetOptions::default()).unwrap();
+        assert!(dataset.split(Split::Test).is_some_and(|s| !s.is_empty()));
+        // The usual demo keeps its one warmup epoch.
+        let mut usual = Cli::parse_from(["x", "--demo"]).train;
+        apply_demo_settings(&mut usual, &dir.path().join("usual")).unwrap();
+        assert_eq!(usual.schedule.warmup_epochs, Some(1.0));
+    }
 }
