@@ -18,13 +18,13 @@ step "toolchain: the Rust target, MinGW-w64 and Wine"
 rustup target add "$TARGET" >/dev/null
 missing=()
 command -v x86_64-w64-mingw32-gcc >/dev/null || missing+=(gcc-mingw-w64-x86-64)
-command -v wine64 >/dev/null || command -v wine >/dev/null || missing+=(wine64)
+command -v wine64 >/dev/null || command -v wine >/dev/null || [[ -x /usr/lib/wine/wine64 ]] || missing+=(wine64)
 if ((${#missing[@]})); then
   sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-WINE=$(command -v wine64 || command -v wine)
+WINE=$(command -v wine64 || command -v wine || echo /usr/lib/wine/wine64)
 
 step "cross-build (warnings are errors)"
 RUSTFLAGS="-D warnings" cargo build --locked --release --target "$TARGET"
