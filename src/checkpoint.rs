@@ -270,15 +270,18 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> R
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".cephalo-tmp-")
-        .tempfile_in(dir)
-        .with_context(|| {
-            format!(
-                "creating a temporary file in {} (does the directory exist and is it writable?)",
-                dir.display()
-            )
-        })?;
+    let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    // tempfile's default is 0600; the user's umask decides, as for any file the user asked for.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir).with_context(|| {
+        format!(
+            "creating a temporary file in {} (does the directory exist and is it writable?)",
+            dir.display()
+        )
+    })?;
     write(tmp.as_file_mut()).with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file()
         .sync_all()
@@ -292,6 +295,65 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> R
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Names of our temporary files: the prefix, the writing process's id, a dash and a random part.
+pub const TEMP_PREFIX: &str = ".cephalo-tmp-";
+
+/// A temporary file of ours that nothing will finish any more: its process has exited (known on
+/// Linux), or it has not been touched for an hour (a write in progress touches it constantly,
+/// and the rename follows the final fsync at once).
+fn is_stale_temporary(name: &str, modified: Option<std::time::SystemTime>) -> bool {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    if pid == Some(std::process::id()) {
+        return false;
+    }
+    let proc_root = Path::new("/proc/self");
+    if let Some(pid) = pid {
+        if proc_root.exists() && !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+    }
+    modified
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+}
+
+/// Removes the temporary files a killed write of ours left in `dir` (only plain files named
+/// with [`TEMP_PREFIX`] whose writer is gone), and says on stderr how many and how large.
+/// Returns the number removed; failures to list or remove are ignored (the next run retries).
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let (mut count, mut bytes) = (0usize, 0u64);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if meta.is_file()
+            && is_stale_temporary(name, meta.modified().ok())
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            count += 1;
+            bytes += meta.len();
+        }
+    }
+    if count > 0 {
+        eprintln!(
+            "removed {count} temporary file(s) ({}) left in {} by an interrupted write",
+            crate::gpu::memory::human_bytes(bytes),
+            dir.display()
+        );
+    }
+    count
 }
 
 /// Saves `ck` to `path` atomically.
@@ -317,15 +379,36 @@ pub fn save(path: &Path, ck: &Checkpoint) -> Result<()> {
         .map(|(k, b, s)| Ok((k.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
         .context("preparing checkpoint tensors")?;
-    let mut meta = HashMap::new();
+    let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
     meta.insert(
         "meta".to_string(),
         serde_json::to_string(&ck.meta).context("encoding checkpoint metadata")?,
     );
-    let data = safetensors::serialize(views, Some(meta)).context("serialising checkpoint")?;
+    let mut data =
+        safetensors::serialize(views, Some(meta.clone().into_iter().collect())).context("serialising checkpoint")?;
+    sort_metadata_keys(&mut data, &meta)?;
     write_atomically(path, |f| Ok(f.write_all(&data)?))
+}
+
+/// safetensors writes `__metadata__` from a `HashMap`, so the key order (and the file's bytes)
+/// change from one save to the next. The header starts with that object; this rewrites it in
+/// place with the keys sorted (the same entries, so the same length), which makes two saves of
+/// one state byte-identical and a bitwise-exact resume checkable with sha256.
+fn sort_metadata_keys(data: &mut [u8], meta: &BTreeMap<String, String>) -> Result<()> {
+    const START: &[u8] = b"{\"__metadata__\":";
+    let sorted = serde_json::to_vec(meta).context("encoding checkpoint metadata")?;
+    let end = START.len() + sorted.len();
+    let header = data
+        .get(8..9 + end)
+        .context("checkpoint header shorter than its metadata")?;
+    anyhow::ensure!(
+        header.starts_with(START) && matches!(header[end], b',' | b'}'),
+        "unexpected safetensors header layout: it does not start with __metadata__"
+    );
+    data[8 + START.len()..8 + end].copy_from_slice(&sorted);
+    Ok(())
 }
 
 /// Loads a checkpoint, checking its format and version.

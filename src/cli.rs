@@ -49,3 +49,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(&args),
     }
 }
+
+/// Parses a count that must be at least 1 (`--batch-size`, `--epochs`), so 0 is refused with the
+/// flag named instead of failing later or looping over nothing.
+pub fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}: expected a whole number of 1 or more")),
+    }
+}

@@ -219,3 +219,63 @@ fn errors_say_what_is_wrong() {
     let e = format!("{:#}", checkpoint::load(Path::new(&future)).unwrap_err());
     assert!(e.contains("format version 9") && e.contains("update cephalo"), "{e}");
 }
+
+#[test]
+fn two_saves_of_one_state_are_byte_identical() {
+    let cfg = config(3);
+    let ck = Checkpoint::from_executor(&executor(&cfg, 5), meta(&cfg));
+    let dir = tempfile::tempdir().unwrap();
+    // The metadata map used to be a HashMap with a fresh random order per save.
+    let first = dir.path().join("a.safetensors");
+    checkpoint::save(&first, &ck).unwrap();
+    let bytes = std::fs::read(&first).unwrap();
+    for i in 0..8 {
+        let path = dir.path().join(format!("b{i}.safetensors"));
+        checkpoint::save(&path, &ck).unwrap();
+        assert!(std::fs::read(&path).unwrap() == bytes, "save {i} differs");
+    }
+    assert_eq!(checkpoint::load(&first).unwrap(), ck);
+}
+
+#[test]
+fn stale_temporaries_of_ours_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A process id that cannot be running (above Linux's pid_max limit of 2^22).
+    let dead = format!("{}99999999-abc123", checkpoint::TEMP_PREFIX);
+    let ours_now = format!("{}{}-def456", checkpoint::TEMP_PREFIX, std::process::id());
+    let foreign = ".tmp-someone-elses";
+    for name in [dead.as_str(), ours_now.as_str(), foreign, "checkpoint_last.safetensors"] {
+        std::fs::write(d.join(name), vec![0u8; 1000]).unwrap();
+    }
+    std::fs::create_dir(d.join(format!("{}1-dir", checkpoint::TEMP_PREFIX))).unwrap();
+    let removed = checkpoint::remove_stale_temporaries(d);
+    let left: std::collections::BTreeSet<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    if Path::new("/proc/self").exists() {
+        assert_eq!(removed, 1);
+        assert!(!left.contains(&dead), "{left:?}");
+    }
+    // A write of this very process in progress, other programs' files, checkpoints and
+    // directories stay.
+    for name in [ours_now.as_str(), foreign, "checkpoint_last.safetensors"] {
+        assert!(left.contains(name), "{name} removed: {left:?}");
+    }
+    assert!(left.contains(&format!("{}1-dir", checkpoint::TEMP_PREFIX)));
+}
+
+#[cfg(unix)]
+#[test]
+fn checkpoints_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let cfg = config(2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    checkpoint::save(&path, &Checkpoint::from_executor(&executor(&cfg, 1), meta(&cfg))).unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), mode(&probe), "tempfile's 0600 leaked into the checkpoint");
+}

@@ -484,3 +484,66 @@ fn data_check_command_exit_status() {
     let err = run_cli(&["data", "check", "--dataset-path", "/nonexistent/x"]).unwrap_err();
     assert!(format!("{err:#}").contains("/nonexistent/x"));
 }
+
+#[test]
+fn data_crlf_csv_rows_are_numbered_like_lf_ones() {
+    for newline in ["\n", "\r\n"] {
+        let tmp = tempfile::tempdir().unwrap();
+        write_png(&tmp.path().join("a.png"), 100, 80);
+        let rows = [
+            HEADER,
+            "a.png,0.1,10,20,30,40,M1",
+            "a.png,0.1,10,20,30,40,M1",
+            "a.png,0.1,abc,20,30,40,M1",
+        ];
+        write(&tmp.path().join("train.csv"), rows.join(newline) + newline);
+        let err = open_err(tmp.path());
+        assert!(err.contains("row 4") && err.contains("'abc'"), "{newline:?}: {err}");
+    }
+}
+
+#[test]
+fn data_check_reports_truncated_and_oversized_images_by_name() {
+    let tmp = csv_dataset("a.png,0.1,10,20,30,40,M1\ncut.jpg,0.1,10,20,30,40,M1\nhuge.png,0.1,10,20,30,40,M1\n");
+    // A real JPEG cut in half: the lenient decoder would give flat grey for the missing part.
+    let jpeg = tmp.path().join("whole.jpg");
+    image::GrayImage::from_fn(100, 80, |x, y| image::Luma([((x * 7 + y * 13) % 256) as u8]))
+        .save(&jpeg)
+        .unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    std::fs::remove_file(&jpeg).unwrap();
+    write(&tmp.path().join("cut.jpg"), &bytes[..bytes.len() / 2]);
+    // A PNG header claiming 100000x100000 16-bit RGBA: decoding it would abort on 80 GB.
+    let mut png = std::fs::read(tmp.path().join("a.png")).unwrap();
+    png[16..26].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0, 16, 6]);
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    write(&tmp.path().join("huge.png"), &png);
+    let report = cephalo::data::check::check_dataset(tmp.path(), &DatasetOptions::default(), false).unwrap();
+    let text: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter().any(|p| p.contains("cut.jpg") && p.contains("truncated")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.contains("huge.png") && p.contains("100000x100000") && p.contains("megapixels")),
+        "{text:?}"
+    );
+    assert_eq!(report.split_counts[0], Some(1), "only a.png is usable");
+}
+
+#[test]
+fn data_tiny_images_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_png(&tmp.path().join("dot.png"), 1, 1);
+    write(
+        &tmp.path().join("train.csv"),
+        format!("{HEADER}\ndot.png,0.1,0,0,0,0,M1\n"),
+    );
+    let err = open_err(tmp.path());
+    assert!(
+        err.contains("dot.png") && err.contains("1x1") && err.contains("too small"),
+        "{err}"
+    );
+}

@@ -187,7 +187,7 @@ fn data_loader_reports_bad_images_and_config() {
     .unwrap();
     let err = format!("{:#}", loader.epoch(0).next().unwrap().unwrap_err());
     assert!(
-        err.contains(&samples[1].image_path.display().to_string()) && err.contains("batch 0"),
+        err.contains(&samples[1].image_path.display().to_string()) && err.contains("batch 1 of epoch 1"),
         "{err}"
     );
     let bad = LoaderConfig {
@@ -263,4 +263,28 @@ fn data_loader_real_isbi_round_trip() {
         .sum::<f32>()
         / 65536.0;
     assert!(mean > 0.1, "{mean}");
+}
+
+#[test]
+fn data_loader_errors_name_the_file_and_count_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = phantom_samples(dir.path(), 10);
+    // The first image, cut short after the dataset was opened: the loader must not train on it.
+    let victim = samples[0].image_path.clone();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    for workers in [0, 2] {
+        let cfg = LoaderConfig {
+            shuffle: false,
+            ..config(workers)
+        };
+        let loader = Loader::new(samples.clone(), cfg).unwrap();
+        let err = loader
+            .epoch(0)
+            .find_map(Result::err)
+            .expect("the cut image is an error");
+        let text = format!("{err:#}");
+        assert!(text.contains("batch 1 of epoch 1"), "{text}");
+        assert!(text.contains(victim.file_name().unwrap().to_str().unwrap()), "{text}");
+    }
 }

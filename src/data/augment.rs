@@ -117,7 +117,9 @@ pub(crate) fn symmetric<R: Rng>(rng: &mut R, r: f64) -> f64 {
 pub fn photometric<R: Rng>(rng: &mut R, cfg: &AugmentConfig, image: &mut Plane) {
     let blur = rng.random::<f32>() < cfg.blur_probability;
     let blur_sigma = rng.random::<f32>() * cfg.blur_sigma;
-    let log_gamma = symmetric(rng, (1.0 + cfg.gamma as f64).ln()) as f32;
+    // Transcendental functions from the pure-Rust libm (here and below), not the platform's C
+    // library: the same seed gives the same augmentation on every platform.
+    let log_gamma = symmetric(rng, libm::log(1.0 + cfg.gamma as f64)) as f32;
     let contrast = 1.0 + symmetric(rng, cfg.contrast as f64) as f32;
     let brightness = symmetric(rng, cfg.brightness as f64) as f32;
     let noise_std = rng.random::<f32>() * cfg.noise;
@@ -126,10 +128,10 @@ pub fn photometric<R: Rng>(rng: &mut R, cfg: &AugmentConfig, image: &mut Plane) 
     }
     // Gamma, contrast and brightness form one monotonic curve: tabulate it (a powf per pixel
     // is most of the cost otherwise); 4096 steps are far finer than the 8-bit input.
-    let gamma = log_gamma.exp();
+    let gamma = libm::expf(log_gamma);
     const STEPS: usize = 4096;
     let curve: Vec<f32> = (0..STEPS)
-        .map(|i| ((i as f32 / (STEPS - 1) as f32).powf(gamma) - 0.5) * contrast + 0.5 + brightness)
+        .map(|i| (libm::powf(i as f32 / (STEPS - 1) as f32, gamma) - 0.5) * contrast + 0.5 + brightness)
         .collect();
     for v in image.data.iter_mut() {
         *v = curve[(v.clamp(0.0, 1.0) * (STEPS - 1) as f32 + 0.5) as usize];

@@ -29,6 +29,7 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
     let (dataset, mut problems) = Dataset::scan(path, opts)?;
     let samples: Vec<_> = Split::ALL.iter().filter_map(|s| dataset.split(*s)).flatten().collect();
     let bar = super::progress_bar(samples.len(), "decoding", progress);
+    let log = super::LogProgress::new("decoding", samples.len(), progress);
     let decode_problems: Vec<Problem> = samples
         .par_iter()
         .filter_map(|s| {
@@ -47,10 +48,12 @@ pub fn check_dataset(path: &Path, opts: &DatasetOptions, progress: bool) -> anyh
                 Ok(_) => None,
             };
             bar.inc(1);
+            log.inc();
             result
         })
         .collect();
     bar.finish_and_clear();
+    log.finish();
     // Samples with scan problems were already dropped; those that fail to decode drop now.
     let bad: std::collections::HashSet<_> = decode_problems.iter().map(|p| p.file.clone()).collect();
     problems.extend(decode_problems);

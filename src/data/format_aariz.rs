@@ -75,10 +75,10 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
 /// Reads `cephalogram_machine_mappings.csv` (a UTF-8 BOM is allowed):
 /// `cephalogram_id, machine, pixel_size, image_format, mode`.
 fn read_mappings(file: &Path, problems: &mut Vec<Problem>) -> anyhow::Result<HashMap<String, MachineInfo>> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(file)
-        .with_context(|| format!("cannot open {}", file.display()))?;
+        .from_reader(bytes.as_slice());
     let header = reader
         .headers()
         .with_context(|| format!("{}: cannot read the header row", file.display()))?
@@ -99,7 +99,7 @@ fn read_mappings(file: &Path, problems: &mut Vec<Problem>) -> anyhow::Result<Has
                 continue;
             }
         };
-        let row = record.position().map(|p| p.line()).unwrap_or(0);
+        let row = super::line_number(&bytes, record.position());
         let id = record.get(id_col).unwrap_or("").to_string();
         let size_text = record.get(size_col).unwrap_or("");
         match size_text.parse::<f64>() {

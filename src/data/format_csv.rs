@@ -26,10 +26,10 @@ pub(crate) fn scan(root: &Path) -> anyhow::Result<Scan> {
         if !file.is_file() {
             continue;
         }
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot open {}", file.display()))?;
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
-            .from_path(&file)
-            .with_context(|| format!("cannot open {}", file.display()))?;
+            .from_reader(bytes.as_slice());
         let header = reader
             .headers()
             .with_context(|| format!("{}: cannot read the header row", file.display()))?
@@ -51,12 +51,12 @@ pub(crate) fn scan(root: &Path) -> anyhow::Result<Scan> {
             let record = match record {
                 Ok(r) => r,
                 Err(e) => {
-                    let row = e.position().map(|p| p.line()).unwrap_or(0);
+                    let row = super::line_number(&bytes, e.position());
                     problems.push(Problem::new(&file, format!("row {row}: malformed CSV: {e}")));
                     continue;
                 }
             };
-            let row = record.position().map(|p| p.line()).unwrap_or(0);
+            let row = super::line_number(&bytes, record.position());
             match parse_row(root, &record, &columns, &set) {
                 Ok(sample) => samples.push(sample),
                 Err(message) => problems.push(Problem::new(&file, format!("row {row}: {message}"))),

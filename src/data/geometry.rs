@@ -22,7 +22,9 @@ impl Affine {
     /// Rotation by `radians` about the origin; positive turns +x towards +y (clockwise on screen,
     /// since y points down).
     pub fn rotation(radians: f64) -> Affine {
-        let (s, c) = radians.sin_cos();
+        // libm, not the platform's C library: augmentation rotates with this, and the same seed
+        // must give the same run everywhere.
+        let (s, c) = libm::sincos(radians);
         Affine([c, -s, 0.0, s, c, 0.0])
     }
 
@@ -318,7 +320,7 @@ pub fn warp_bilinear(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane 
 /// Normalised 1-D Gaussian taps for offsets -radius..=radius.
 pub fn gaussian_kernel(sigma: f64, radius: usize) -> Vec<f32> {
     let taps: Vec<f64> = (-(radius as isize)..=radius as isize)
-        .map(|i| (-((i * i) as f64) / (2.0 * sigma * sigma)).exp())
+        .map(|i| libm::exp(-((i * i) as f64) / (2.0 * sigma * sigma)))
         .collect();
     let sum: f64 = taps.iter().sum();
     taps.iter().map(|t| (t / sum) as f32).collect()

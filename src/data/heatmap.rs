@@ -53,7 +53,8 @@ pub fn encode_into(out: &mut [f32], points: &[[f64; 2]], h: usize, w: usize, sig
                 let dx = x as f64 - px;
                 let d2 = dx * dx + dy * dy;
                 if d2 <= reach * reach {
-                    out[(y * w + x) * k + c] = (-d2 * inv).exp() as f32;
+                    // libm's exp: the same targets on every platform.
+                    out[(y * w + x) * k + c] = libm::exp(-d2 * inv) as f32;
                 }
             }
         }

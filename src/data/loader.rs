@@ -401,6 +401,11 @@ pub struct EpochIter {
 }
 
 impl EpochIter {
+    /// "batch 3 of epoch 1": counted from 1, as the progress lines count.
+    fn batch_name(&self, b: usize) -> String {
+        format!("loading batch {} of epoch {}", b + 1, self.epoch + 1)
+    }
+
     fn queue_next(&mut self) {
         if self.queued < self.total {
             if let Some(jobs) = &self.jobs {
@@ -430,7 +435,7 @@ impl EpochIter {
         let result = self.pending.remove(&b).expect("checked above");
         self.next += 1;
         self.queue_next();
-        Some(result.with_context(|| format!("loading batch {b} of epoch {}", self.epoch)))
+        Some(result.with_context(|| self.batch_name(b)))
     }
 }
 
@@ -444,7 +449,11 @@ impl Iterator for EpochIter {
         let b = self.next;
         self.next += 1;
         let Some(results) = &self.results else {
-            return Some(self.shared.build(self.epoch, &self.order, b));
+            return Some(
+                self.shared
+                    .build(self.epoch, &self.order, b)
+                    .with_context(|| self.batch_name(b)),
+            );
         };
         let result = loop {
             if let Some(r) = self.pending.remove(&b) {
@@ -458,7 +467,7 @@ impl Iterator for EpochIter {
             }
         };
         self.queue_next();
-        Some(result.with_context(|| format!("loading batch {b} of epoch {}", self.epoch)))
+        Some(result.with_context(|| self.batch_name(b)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

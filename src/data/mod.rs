@@ -285,9 +285,22 @@ pub(crate) fn is_image_file(path: &Path) -> bool {
 /// mistake (metres, micrometres, pixels per mm).
 pub const PIXEL_SIZE_RANGE_MM: (f64, f64) = (0.005, 2.0);
 
+/// The smallest image side accepted: anything smaller is a thumbnail or a broken file, and
+/// training or predicting on it gives numbers that mean nothing.
+pub const MIN_IMAGE_SIDE: u32 = 32;
+
 /// Cheap per-sample checks that need only the header: the image size is known, every landmark
 /// is finite and inside the image, and the pixel size is plausible.
 fn check_sample_geometry(s: &Sample, set: &LandmarkSet) -> Result<(), Problem> {
+    if s.width.min(s.height) < MIN_IMAGE_SIDE {
+        return Err(Problem::new(
+            &s.image_path,
+            format!(
+                "image is {}x{} pixels: too small for a radiograph (at least {MIN_IMAGE_SIDE} pixels a side)",
+                s.width, s.height
+            ),
+        ));
+    }
     let (lo, hi) = PIXEL_SIZE_RANGE_MM;
     if !(s.pixel_size_mm.is_finite() && s.pixel_size_mm >= lo && s.pixel_size_mm <= hi) {
         return Err(Problem::new(
@@ -335,6 +348,92 @@ pub(crate) fn progress_bar(len: usize, message: &'static str, visible: bool) -> 
     bar
 }
 
+/// The 1-based line of a CSV record, counted from its byte offset. The csv crate's own line
+/// counter comes out one too low for files with Windows (CRLF) line ends: after a `\r` it takes
+/// the `\n` for the start of the next record. So the record is taken to start at the first byte
+/// at or after its offset that ends no line. 0 when the position is unknown.
+pub(crate) fn line_number(bytes: &[u8], position: Option<&csv::Position>) -> u64 {
+    let Some(position) = position else {
+        return 0;
+    };
+    let mut offset = (position.byte() as usize).min(bytes.len());
+    while offset < bytes.len() && matches!(bytes[offset], b'\r' | b'\n') {
+        offset += 1;
+    }
+    1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Progress of long data work for logs: the progress bar draws only on a terminal, so when stderr
+/// is not one (a log file, CI) this prints a line every few seconds and one at the end instead.
+pub(crate) struct LogProgress {
+    what: &'static str,
+    total: usize,
+    done: std::sync::atomic::AtomicUsize,
+    started: std::time::Instant,
+    last: std::sync::Mutex<std::time::Instant>,
+    every: std::time::Duration,
+    enabled: bool,
+}
+
+impl LogProgress {
+    /// Prints only when `visible` (the caller wants progress) and stderr is not a terminal.
+    pub(crate) fn new(what: &'static str, total: usize, visible: bool) -> Self {
+        use std::io::IsTerminal;
+        let enabled = visible && !std::io::stderr().is_terminal();
+        Self::with_interval(what, total, std::time::Duration::from_secs(5), enabled)
+    }
+
+    pub(crate) fn with_interval(what: &'static str, total: usize, every: std::time::Duration, enabled: bool) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            what,
+            total,
+            done: 0.into(),
+            started: now,
+            last: std::sync::Mutex::new(now),
+            every,
+            enabled,
+        }
+    }
+
+    /// Counts one item; returns the line it printed, if it was time for one.
+    pub(crate) fn inc(&self) -> Option<String> {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if !self.enabled {
+            return None;
+        }
+        let mut last = self.last.lock().ok()?;
+        if last.elapsed() < self.every || done >= self.total {
+            return None;
+        }
+        *last = std::time::Instant::now();
+        let line = format!(
+            "{} {done}/{} ({:.0} s)",
+            self.what,
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        );
+        eprintln!("{line}");
+        Some(line)
+    }
+
+    /// The closing line with the total time; returns it when printed.
+    pub(crate) fn finish(&self) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
+        let line = format!(
+            "{} {done}/{} done in {:.1} s",
+            self.what,
+            self.total,
+            self.started.elapsed().as_secs_f64()
+        );
+        eprintln!("{line}");
+        Some(line)
+    }
+}
+
 /// Width and height from the image header, without decoding the pixels.
 pub(crate) fn image_size(path: &Path) -> Result<(u32, u32), Problem> {
     if !path.is_file() {
@@ -345,4 +444,36 @@ pub(crate) fn image_size(path: &Path) -> Result<(u32, u32), Problem> {
         .map_err(|e| Problem::new(path, format!("cannot open image: {e}")))?
         .into_dimensions()
         .map_err(|e| Problem::new(path, format!("not a readable image: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_progress_prints_while_working_and_at_the_end() {
+        let p = LogProgress::with_interval("decoding", 3, std::time::Duration::ZERO, true);
+        assert_eq!(p.inc().as_deref().map(|l| l.starts_with("decoding 1/3 (")), Some(true));
+        assert!(p.inc().unwrap().starts_with("decoding 2/3"));
+        assert_eq!(p.inc(), None, "the last item is left to the closing line");
+        assert!(p.finish().unwrap().starts_with("decoding 3/3 done in "));
+        let quiet = LogProgress::with_interval("decoding", 3, std::time::Duration::ZERO, false);
+        assert_eq!((quiet.inc(), quiet.finish()), (None, None));
+    }
+
+    #[test]
+    fn csv_line_numbers_count_newlines_of_either_kind() {
+        let lf = b"h\na\nb\n";
+        let crlf = b"h\r\na\r\nb\r\n";
+        let at = |bytes: &[u8], byte: u64| {
+            let mut pos = csv::Position::new();
+            pos.set_byte(byte);
+            line_number(bytes, Some(&pos))
+        };
+        assert_eq!((at(lf, 0), at(lf, 2), at(lf, 4)), (1, 2, 3));
+        assert_eq!((at(crlf, 0), at(crlf, 3), at(crlf, 6)), (1, 2, 3));
+        // Where the csv crate puts a CRLF record: on the `\n` ending the line before.
+        assert_eq!((at(crlf, 2), at(crlf, 5)), (2, 3));
+        assert_eq!(line_number(lf, None), 0);
+    }
 }

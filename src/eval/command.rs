@@ -37,7 +37,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Images per forward pass.
-    #[arg(long, alias = "batch_size", default_value_t = 4)]
+    #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = crate::cli::positive_count)]
     pub batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t)]
@@ -360,9 +360,9 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing into {}", dir.display()))?;
-    serde_json::to_writer_pretty(&mut tmp, value).with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    // The checkpoint writer's atomic write: same folder, renamed when complete, the user's umask.
+    crate::checkpoint::write_atomically(path, |f| {
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), value)?;
+        Ok(())
+    })
 }

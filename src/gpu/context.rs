@@ -30,7 +30,10 @@ impl Gpu {
     /// this build has no code for).
     pub fn open(ordinal: usize) -> Result<Gpu> {
         match probe::probe() {
-            Probe::NoDriver => bail!("no NVIDIA driver found (libcuda could not be loaded); use --device cpu"),
+            Probe::NoDriver => bail!(
+                "no NVIDIA driver found ({} could not be loaded); use --device cpu",
+                probe::DRIVER_LIBRARIES
+            ),
             Probe::NoDevice(why) => bail!("no CUDA GPU available: {why}; use --device cpu"),
             Probe::Devices { devices, .. } if ordinal >= devices.len() => {
                 bail!(

@@ -13,6 +13,13 @@ pub struct DeviceInfo {
     pub multiprocessors: u32,
 }
 
+/// The driver libraries cephalo loads, as named on this platform (for messages: a Windows user
+/// looks for nvcuda.dll, not libcuda).
+#[cfg(windows)]
+pub const DRIVER_LIBRARIES: &str = "nvcuda.dll, and nvml.dll for memory readings";
+#[cfg(not(windows))]
+pub const DRIVER_LIBRARIES: &str = "libcuda.so, and libnvidia-ml.so for memory readings";
+
 /// What this machine offers.
 #[derive(Debug, Clone)]
 pub enum Probe {

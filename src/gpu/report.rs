@@ -93,7 +93,10 @@ fn build_report() -> Report {
                 found: false,
                 cuda_version: None,
                 version: None,
-                problem: Some("no NVIDIA driver (libcuda) found on this machine; cephalo runs on the CPU".into()),
+                problem: Some(format!(
+                    "no NVIDIA driver ({}) found on this machine; cephalo runs on the CPU",
+                    crate::gpu::probe::DRIVER_LIBRARIES
+                )),
             },
             Vec::new(),
         ),

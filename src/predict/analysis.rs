@@ -16,6 +16,43 @@ pub struct Measurement {
     /// The landmark pairs of the lines involved, for drawing.
     #[serde(skip)]
     pub lines: Vec<(&'static str, &'static str)>,
+    /// Every landmark the value is computed from.
+    #[serde(skip)]
+    pub landmarks: Vec<&'static str>,
+    /// Those of [`landmarks`](Self::landmarks) that are doubtful (low confidence or outside the
+    /// image): when not empty, the value and its interpretation are not to be trusted.
+    pub doubtful_landmarks: Vec<String>,
+}
+
+impl Measurement {
+    /// "ANB 3.2 deg", with "?" when it rests on doubtful landmarks.
+    pub fn short_text(&self) -> String {
+        let mark = if self.doubtful_landmarks.is_empty() { "" } else { " ?" };
+        format!("{} {:.1} {}{mark}", self.name, self.value, self.unit)
+    }
+
+    /// The interpretation and the caveat, for people: "skeletal Class I; depends on doubtful B, Me".
+    pub fn note(&self) -> Option<String> {
+        let caveat = (!self.doubtful_landmarks.is_empty())
+            .then(|| format!("depends on doubtful {}", self.doubtful_landmarks.join(", ")));
+        match (self.interpretation.as_deref(), caveat) {
+            (Some(i), Some(c)) => Some(format!("{i}; {c}")),
+            (Some(i), None) => Some(i.to_string()),
+            (None, c) => c,
+        }
+    }
+}
+
+/// Records, in each measurement, which of its landmarks `is_doubtful` says are doubtful.
+pub fn flag_doubtful(measurements: &mut [Measurement], is_doubtful: impl Fn(&str) -> bool) {
+    for m in measurements {
+        m.doubtful_landmarks = m
+            .landmarks
+            .iter()
+            .filter(|s| is_doubtful(s))
+            .map(|s| s.to_string())
+            .collect();
+    }
 }
 
 /// Landmarks by symbol.
@@ -70,15 +107,29 @@ pub fn skeletal_class(anb: f64) -> &'static str {
     }
 }
 
+/// The distinct symbols of some lines, in order of appearance.
+fn symbols_of(lines: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    for s in lines.iter().flat_map(|(a, b)| [*a, *b]) {
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
 /// Every measurement the landmark set allows. `pixel_size_mm` enables the distances.
 pub fn analyse(p: &Points<'_>, pixel_size_mm: Option<f64>) -> Vec<Measurement> {
     let mut out = Vec::new();
+    // The landmarks of an angle are those of the lines it compares.
     let deg = |name, value, lines: Vec<(&'static str, &'static str)>| Measurement {
         name,
         value,
         unit: "deg",
         interpretation: None,
+        landmarks: symbols_of(&lines),
         lines,
+        doubtful_landmarks: Vec::new(),
     };
     let (s, n) = (p.get("S"), p.get("N"));
     if let (Some(s), Some(n), Some(a), Some(b)) = (s, n, p.get("A"), p.get("B")) {
@@ -89,6 +140,8 @@ pub fn analyse(p: &Points<'_>, pixel_size_mm: Option<f64>) -> Vec<Measurement> {
         let anb = sna - snb;
         out.push(Measurement {
             interpretation: Some(skeletal_class(anb).to_string()),
+            // SNA - SNB: S counts although no drawn line ends there.
+            landmarks: vec!["S", "N", "A", "B"],
             ..deg("ANB", anb, vec![("N", "A"), ("N", "B")])
         });
     }
@@ -144,6 +197,9 @@ pub fn analyse(p: &Points<'_>, pixel_size_mm: Option<f64>) -> Vec<Measurement> {
                     unit: "mm",
                     interpretation: None,
                     lines: vec![("Pn", "Pog`")],
+                    // S and N give the sign (which side is in front).
+                    landmarks: vec!["Pn", "Pog`", symbol, "S", "N"],
+                    doubtful_landmarks: Vec::new(),
                 });
             }
         }
@@ -247,6 +303,37 @@ mod tests {
         // Without a pixel size there are no millimetre distances.
         let no_mm = measure(&["S", "N", "Pn", "Pog`", "Ls"], &[s, n, pn, pog_soft, ls], None);
         assert!(no_mm.is_empty());
+    }
+
+    #[test]
+    fn measurements_on_doubtful_landmarks_say_so() {
+        let n = [1000.0, 500.0];
+        let s = [300.0, 500.0];
+        let a = polar(n, 180.0 - 82.0, 400.0);
+        let b = polar(n, 180.0 - 79.0, 700.0);
+        let go = [400.0, 1000.0];
+        let me = polar(go, 25.0, 600.0);
+        let mut ms = measure(&["S", "N", "A", "B", "Go", "Me"], &[s, n, a, b, go, me], None);
+        flag_doubtful(&mut ms, |s| s == "B" || s == "S");
+        let find = |name: &str| ms.iter().find(|m| m.name == name).unwrap();
+        assert!(find("SNA").doubtful_landmarks == ["S"]);
+        assert_eq!(find("ANB").doubtful_landmarks, ["S", "B"]);
+        assert_eq!(
+            find("ANB").note().unwrap(),
+            "skeletal Class I; depends on doubtful S, B"
+        );
+        assert_eq!(find("ANB").short_text(), "ANB 3.0 deg ?");
+        // SN-MP rests on S too; nothing here depends on B alone without saying so.
+        assert_eq!(find("SN-MP").doubtful_landmarks, ["S"]);
+        let json = serde_json::to_value(find("ANB")).unwrap();
+        assert_eq!(json["doubtful_landmarks"], serde_json::json!(["S", "B"]));
+        // Sound landmarks: no caveat.
+        flag_doubtful(&mut ms, |_| false);
+        assert!(ms.iter().all(|m| m.doubtful_landmarks.is_empty()));
+        assert_eq!(
+            ms.iter().find(|m| m.name == "ANB").unwrap().note().unwrap(),
+            "skeletal Class I"
+        );
     }
 
     #[test]

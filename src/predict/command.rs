@@ -20,11 +20,11 @@ use crate::data::heatmap::{decode_dark, heatmap_to_image};
 use crate::data::image_io::load_gray;
 use crate::data::landmarks::aariz_title;
 use crate::data::loader::normalize_into;
-use crate::data::Sample;
+use crate::data::{Sample, MIN_IMAGE_SIDE};
 use crate::device::DeviceArg;
 use crate::eval::command::{inference_device, load_model, write_json_atomic};
 use crate::eval::inference::PredictedImage;
-use crate::predict::analysis::{analyse, Measurement, Points};
+use crate::predict::analysis::{analyse, flag_doubtful, Measurement, Points};
 use crate::predict::overlay::{self, OverlayInput};
 use crate::refine::infer::{unannotated_sample, Refiner};
 
@@ -56,7 +56,8 @@ pub struct PredictArgs {
     /// Replace the results of a different run in --out.
     #[arg(long)]
     pub overwrite: bool,
-    #[arg(long, alias = "batch_size", default_value_t = 4)]
+    /// Images per forward pass.
+    #[arg(long, alias = "batch_size", default_value_t = 4, value_parser = crate::cli::positive_count)]
     pub batch_size: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t)]
@@ -80,7 +81,9 @@ struct LandmarkJson<'a> {
     title: &'a str,
     value: PointJson,
     confidence: f32,
+    /// Low confidence, or outside the image.
     doubtful: bool,
+    outside_image: bool,
 }
 
 #[derive(Serialize)]
@@ -103,6 +106,10 @@ struct Predicted {
     path: PathBuf,
     points: Vec<[f64; 2]>,
     confidence: Vec<f32>,
+    /// Per landmark: outside the image (the pixel-centre convention: [-0.5, size - 0.5]).
+    outside: Vec<bool>,
+    /// Per landmark: below --min-confidence or outside the image.
+    doubtful: Vec<bool>,
 }
 
 pub fn run(args: &PredictArgs) -> Result<ExitCode> {
@@ -113,7 +120,9 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         }
     }
     let images = collect_images(&args.inputs)?;
-    prepare_out_dir(&args.out, &args.checkpoint, args.overwrite)?;
+    // Refuse a bad --out first (cheap), but write nothing into it before the checkpoint loads:
+    // a failed run must not leave a manifest that makes the next, correct run refuse the folder.
+    let manifest = check_out_dir(&args.out, &args.checkpoint, args.overwrite)?;
     let mut model = load_model(&args.checkpoint, args.batch_size, device)?;
     crate::refine::infer::require_global(&model.meta, &args.checkpoint, "--checkpoint")?;
     let mut refiner = match &args.refiner {
@@ -129,6 +138,9 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    crate::checkpoint::remove_stale_temporaries(&args.out);
+    write_json_atomic(&args.out.join(MANIFEST), &manifest)?;
     let symbols = model.meta.landmarks.clone();
     let size = ImageSize {
         height: model.meta.model.image_size[0],
@@ -149,10 +161,17 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
         let prepared: Vec<_> = chunk
             .par_iter()
             .map(|path| {
-                load_gray(path).map(|image| {
-                    let t = transform_sample(&image, &[], size, None::<(&AugmentConfig, &mut ChaCha8Rng)>);
-                    (path.clone(), image, t)
-                })
+                let image = load_gray(path)?;
+                if image.width().min(image.height()) < MIN_IMAGE_SIDE {
+                    bail!(
+                        "{} is {}x{} pixels: too small for a radiograph (at least {MIN_IMAGE_SIDE} a side)",
+                        path.display(),
+                        image.width(),
+                        image.height()
+                    );
+                }
+                let t = transform_sample(&image, &[], size, None::<(&AugmentConfig, &mut ChaCha8Rng)>);
+                Ok((path.clone(), image, t))
             })
             .collect();
         let mut ok = Vec::new();
@@ -197,10 +216,24 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
             global = r.refine(&samples, &global, 0)?;
         }
         for ((path, image, _), p) in ok.into_iter().zip(global) {
+            let (iw, ih) = (image.width() as f64, image.height() as f64);
+            let outside: Vec<bool> = p
+                .points
+                .iter()
+                .map(|q| !(q[0] >= -0.5 && q[0] <= iw - 0.5 && q[1] >= -0.5 && q[1] <= ih - 0.5))
+                .collect();
+            let doubtful = p
+                .confidence
+                .iter()
+                .zip(&outside)
+                .map(|(&c, &out)| out || c < args.min_confidence)
+                .collect();
             let result = Predicted {
                 path,
                 points: p.points,
                 confidence: p.confidence,
+                outside,
+                doubtful,
             };
             write_outputs(args, &symbols, &result, &image)?;
             rows.push(result);
@@ -253,9 +286,10 @@ fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(images)
 }
 
-/// Creates `out`, or accepts it when it is empty or holds an earlier run of the same checkpoint;
+/// Accepts `out` when it does not exist, is empty or holds an earlier run of the same checkpoint;
 /// anything else needs --overwrite, so one run never silently replaces another's results.
-fn prepare_out_dir(out: &Path, checkpoint: &Path, overwrite: bool) -> Result<()> {
+/// Returns the manifest to write once the inputs are known to be good.
+fn check_out_dir(out: &Path, checkpoint: &Path, overwrite: bool) -> Result<Manifest> {
     let bytes = std::fs::metadata(checkpoint)
         .with_context(|| format!("reading checkpoint {}", checkpoint.display()))?
         .len();
@@ -286,8 +320,7 @@ fn prepare_out_dir(out: &Path, checkpoint: &Path, overwrite: bool) -> Result<()>
             ),
         }
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_json_atomic(&out.join(MANIFEST), &ours)
+    Ok(ours)
 }
 
 fn write_outputs(args: &PredictArgs, symbols: &[String], p: &Predicted, image: &image::GrayImage) -> Result<()> {
@@ -297,13 +330,16 @@ fn write_outputs(args: &PredictArgs, symbols: &[String], p: &Predicted, image: &
         .and_then(|s| s.to_str())
         .unwrap_or("image")
         .to_string();
-    let measurements = analyse(
+    let mut measurements = analyse(
         &Points {
             symbols,
             points: &p.points,
         },
         args.pixel_size,
     );
+    flag_doubtful(&mut measurements, |s| {
+        symbols.iter().position(|x| x == s).is_some_and(|i| p.doubtful[i])
+    });
     let landmarks = symbols
         .iter()
         .enumerate()
@@ -315,7 +351,8 @@ fn write_outputs(args: &PredictArgs, symbols: &[String], p: &Predicted, image: &
                 y: p.points[i][1],
             },
             confidence: p.confidence[i],
-            doubtful: p.confidence[i] < args.min_confidence,
+            doubtful: p.doubtful[i],
+            outside_image: p.outside[i],
         })
         .collect();
     let json = ImageJson {
@@ -331,8 +368,7 @@ fn write_outputs(args: &PredictArgs, symbols: &[String], p: &Predicted, image: &
             image,
             symbols,
             points: &p.points,
-            confidence: &p.confidence,
-            min_confidence: args.min_confidence,
+            doubtful: &p.doubtful,
             measurements: &measurements,
         });
         let path = args.out.join(format!("{stem}_overlay.png"));
@@ -353,27 +389,23 @@ fn print_analysis(stem: &str, measurements: &[Measurement]) {
     let parts: Vec<String> = measurements
         .iter()
         .map(|m| {
-            let note = m
-                .interpretation
-                .as_deref()
-                .map(|i| format!(" ({i})"))
-                .unwrap_or_default();
+            let note = m.note().map(|n| format!(" ({n})")).unwrap_or_default();
             format!("{} {:.1} {}{note}", m.name, m.value, m.unit)
         })
         .collect();
     println!("{stem}: {}", parts.join(", "));
 }
 
-/// The landmark-CSV format (REFERENCE §1.3), so predictions can be read back as a dataset.
+/// The landmark-CSV format, so predictions can be read back as a dataset, plus a
+/// `doubtful_landmarks` column (space-separated symbols; readers of the format ignore it).
 fn write_csv(path: &Path, symbols: &[String], rows: &[Predicted], pixel_size: Option<f64>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", path.display()))?;
-    let mut w = csv::Writer::from_writer(tmp);
+    let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["image".to_string(), "pixel_size_mm".to_string()];
     for s in symbols {
         header.push(format!("{s}_x"));
         header.push(format!("{s}_y"));
     }
+    header.push("doubtful_landmarks".to_string());
     w.write_record(&header)?;
     for r in rows {
         let mut record = vec![
@@ -384,12 +416,17 @@ fn write_csv(path: &Path, symbols: &[String], rows: &[Predicted], pixel_size: Op
             record.push(format!("{:.2}", p[0]));
             record.push(format!("{:.2}", p[1]));
         }
+        let doubtful: Vec<&str> = symbols
+            .iter()
+            .zip(&r.doubtful)
+            .filter(|(_, &d)| d)
+            .map(|(s, _)| s.as_str())
+            .collect();
+        record.push(doubtful.join(" "));
         w.write_record(&record)?;
     }
-    let tmp = w
+    let bytes = w
         .into_inner()
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::checkpoint::write_atomically(path, |f| Ok(std::io::Write::write_all(f, &bytes)?))
 }

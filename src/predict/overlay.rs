@@ -20,9 +20,9 @@ pub struct OverlayInput<'a> {
     pub symbols: &'a [String],
     /// Original-image pixels.
     pub points: &'a [[f64; 2]],
-    pub confidence: &'a [f32],
-    /// Landmarks whose heatmap peak is below this are drawn in amber and marked with "?".
-    pub min_confidence: f32,
+    /// Doubtful landmarks (low confidence, or outside the image) are drawn in amber and marked
+    /// with "?"; so are the measurements that rest on them.
+    pub doubtful: &'a [bool],
     pub measurements: &'a [Measurement],
 }
 
@@ -43,7 +43,7 @@ pub fn draw(input: &OverlayInput<'_>) -> RgbImage {
     for (k, symbol) in input.symbols.iter().enumerate() {
         let [x, y] = input.points[k];
         let (cx, cy) = (x.round() as i32, y.round() as i32);
-        let doubtful = input.confidence.get(k).is_some_and(|&c| c < input.min_confidence);
+        let doubtful = input.doubtful.get(k).copied().unwrap_or(false);
         let color = if doubtful { DOUBTFUL } else { LANDMARK };
         let r = (3.0 * unit) as i32;
         draw_filled_circle_mut(&mut canvas, (cx, cy), r, color);
@@ -52,12 +52,19 @@ pub fn draw(input: &OverlayInput<'_>) -> RgbImage {
         text(&mut canvas, cx + r + 2, cy - (4 * glyph) as i32, &label, glyph, LABEL);
     }
     // The measurements, top left, on a dark panel so they stay legible over film labels.
-    let lines: Vec<String> = input
+    let lines: Vec<(String, Rgb<u8>)> = input
         .measurements
         .iter()
-        .map(|m| format!("{} {:.1} {}", m.name, m.value, m.unit))
+        .map(|m| {
+            let color = if m.doubtful_landmarks.is_empty() {
+                LINE
+            } else {
+                DOUBTFUL
+            };
+            (m.short_text(), color)
+        })
         .collect();
-    if let Some(longest) = lines.iter().map(|l| l.chars().count()).max() {
+    if let Some(longest) = lines.iter().map(|(l, _)| l.chars().count()).max() {
         let panel_w = (longest as u32 * 8 + 6) * glyph;
         let panel_h = (lines.len() as u32 * 10 + 6) * glyph;
         draw_filled_rect_mut(
@@ -67,8 +74,8 @@ pub fn draw(input: &OverlayInput<'_>) -> RgbImage {
         );
     }
     let mut y = (4 * glyph) as i32;
-    for line in &lines {
-        text(&mut canvas, (4 * glyph) as i32, y, line, glyph, LINE);
+    for (line, color) in &lines {
+        text(&mut canvas, (4 * glyph) as i32, y, line, glyph, *color);
         y += (10 * glyph) as i32;
     }
     canvas
@@ -128,13 +135,14 @@ mod tests {
             unit: "deg",
             interpretation: None,
             lines: vec![("S", "N")],
+            landmarks: vec!["S", "N"],
+            doubtful_landmarks: vec!["N".into()],
         };
         let out = draw(&OverlayInput {
             image: &image,
             symbols: &symbols,
             points: &points,
-            confidence: &[0.9, 0.1],
-            min_confidence: 0.3,
+            doubtful: &[false, true],
             measurements: &[m],
         });
         assert_eq!(out.dimensions(), (400, 300));
@@ -151,5 +159,10 @@ mod tests {
             .flat_map(|x| (140..160).map(move |y| (x, y)))
             .filter(|&(x, y)| *out.get_pixel(x, y) == LABEL);
         assert!(label_pixels.count() > 5, "the label S is drawn next to its marker");
+        // The measurement on a doubtful landmark is listed in amber, not in the line colour.
+        let panel = (0..120).flat_map(|x| (0..20).map(move |y| (x, y)));
+        let amber = panel.clone().filter(|&(x, y)| *out.get_pixel(x, y) == DOUBTFUL).count();
+        assert!(amber > 5, "the doubtful measurement is drawn in amber");
+        assert_eq!(panel.filter(|&(x, y)| *out.get_pixel(x, y) == LINE).count(), 0);
     }
 }

@@ -12,6 +12,7 @@ use crate::train::schedule::ScheduleArgs;
 /// (the users' fine-tuning recipe) instead of continuing the stored one.
 pub const DEFAULT_EPOCHS: usize = 100;
 pub const DEFAULT_LR: f64 = 5e-4;
+pub const DEFAULT_BATCH_SIZE: usize = 4;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
@@ -25,16 +26,17 @@ pub struct TrainArgs {
     /// Network input height and width (multiples of 32).
     #[arg(long, alias = "image_size", num_args = 2, value_names = ["H", "W"], default_values_t = [768, 768])]
     pub image_size: Vec<usize>,
-    #[arg(long, alias = "batch_size", default_value_t = 4)]
-    pub batch_size: usize,
+    /// Images per training step [default: 4; a resumed run keeps its checkpoint's].
+    #[arg(long, alias = "batch_size", value_parser = crate::cli::positive_count)]
+    pub batch_size: Option<usize>,
     /// Epochs to train [default: 100].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::positive_count)]
     pub epochs: Option<usize>,
     /// Peak learning rate, reached at the end of warmup [default: 5e-4].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// AdamW weight decay (not applied to biases and BN parameters).
-    #[arg(long, alias = "weight_decay", default_value_t = 1e-4)]
+    #[arg(long, alias = "weight_decay", default_value_t = 1e-4, allow_negative_numbers = true)]
     pub weight_decay: f32,
     #[command(flatten)]
     pub loss: LossArgs,
@@ -81,8 +83,12 @@ pub struct TrainArgs {
     /// that can only train in sessions).
     #[arg(long, alias = "stop_after")]
     pub stop_after: Option<usize>,
+    /// Acts as a Ctrl-C after this many steps of the run (for tests of the interrupt path: they
+    /// cannot send a signal at a known step).
+    #[arg(long, hide = true)]
+    pub interrupt_after_step: Option<u64>,
     /// Train on generated phantom radiographs with a small model: shows training working in a
-    /// few minutes on a CPU.
+    /// few minutes on a CPU. The phantoms stay in <checkpoint-dir>/demo-phantoms.
     #[arg(long)]
     pub demo: bool,
 }

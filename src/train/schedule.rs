@@ -98,9 +98,10 @@ impl WarmupCosineRestarts {
 /// The schedule's command-line flags, to be flattened into a command's arguments.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ScheduleArgs {
-    /// Epochs of linear warmup from ~0 to --lr [default: 5]. (An Option, so that a resumed run
-    /// can tell whether the user asked for a new schedule.)
-    #[arg(long, alias = "warmup_epochs")]
+    /// Epochs of linear warmup from ~0 to --lr [default: 5, or a fifth of a run of 5 epochs or
+    /// fewer].
+    // An Option, so that a resumed run can tell whether the user asked for a new schedule.
+    #[arg(long, alias = "warmup_epochs", allow_negative_numbers = true)]
     pub warmup_epochs: Option<f64>,
     /// Epochs of the first cosine cycle after warmup [default: the remaining epochs, one cycle].
     #[arg(long, alias = "restart_period")]
@@ -109,20 +110,34 @@ pub struct ScheduleArgs {
     #[arg(long, alias = "restart_mult", default_value_t = 1.0)]
     pub restart_mult: f64,
     /// Learning rate at the bottom of each cosine cycle.
-    #[arg(long, alias = "min_lr", default_value_t = 0.0)]
+    #[arg(long, alias = "min_lr", default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_lr: f64,
 }
 
 impl ScheduleArgs {
     pub const DEFAULT_WARMUP_EPOCHS: f64 = 5.0;
 
-    pub fn warmup_epochs(&self) -> f64 {
-        self.warmup_epochs.unwrap_or(Self::DEFAULT_WARMUP_EPOCHS)
+    /// The warmup of a run of `epochs` epochs: as given, else the default, shortened to a fifth
+    /// of the run when the run is not longer than the default warmup (a short trial run, or the
+    /// demo, would otherwise have no epochs left for the cosine cycle).
+    pub fn warmup_epochs(&self, epochs: f64) -> f64 {
+        match self.warmup_epochs {
+            Some(w) => w,
+            None if epochs <= Self::DEFAULT_WARMUP_EPOCHS => epochs / 5.0,
+            None => Self::DEFAULT_WARMUP_EPOCHS,
+        }
     }
 
     /// The schedule for a run of `epochs` epochs peaking at `lr`.
     pub fn build(&self, lr: f64, epochs: f64, iters_per_epoch: u64) -> Result<WarmupCosineRestarts> {
-        let warmup = self.warmup_epochs();
+        let warmup = self.warmup_epochs(epochs);
+        if self.warmup_epochs.is_none() && warmup != Self::DEFAULT_WARMUP_EPOCHS {
+            eprintln!(
+                "note: {epochs} epochs leave no room for the default {} warmup epochs; warming up for {warmup} \
+                 instead (set --warmup-epochs to choose)",
+                Self::DEFAULT_WARMUP_EPOCHS
+            );
+        }
         let t0 = self.restart_period.unwrap_or(epochs - warmup);
         WarmupCosineRestarts::new(lr, self.min_lr, warmup, iters_per_epoch, t0, self.restart_mult)
     }
@@ -144,7 +159,7 @@ mod tests {
         let cli = Cli::parse_from(["x", "--warmup_epochs", "3"]);
         assert_eq!(cli.schedule.warmup_epochs, Some(3.0));
         assert_eq!(
-            Cli::parse_from(["x"]).schedule.warmup_epochs(),
+            Cli::parse_from(["x"]).schedule.warmup_epochs(100.0),
             ScheduleArgs::DEFAULT_WARMUP_EPOCHS
         );
         let s = cli.schedule.build(2e-4, 50.0, 10).unwrap();
@@ -153,6 +168,24 @@ mod tests {
             .schedule
             .build(1e-3, 5.0, 10);
         assert!(err.unwrap_err().to_string().contains("--epochs"));
+    }
+
+    #[test]
+    fn short_runs_shorten_the_default_warmup_only() {
+        let default = Cli::parse_from(["x"]).schedule;
+        for epochs in [1.0, 2.0, 5.0] {
+            let s = default.build(1e-3, epochs, 10).unwrap();
+            assert_eq!(s.warmup_epochs, epochs / 5.0, "{epochs} epochs");
+            assert!(s.t0 > 0.0 && s.lr_at(0) > 0.0);
+        }
+        assert_eq!(default.build(1e-3, 6.0, 10).unwrap().warmup_epochs, 5.0);
+        // An explicit warmup is the user's choice: still refused when it leaves nothing.
+        let explicit = Cli::parse_from(["x", "--warmup-epochs", "2"]).schedule;
+        assert!(explicit.build(1e-3, 2.0, 10).is_err());
+        // Negative numbers reach the real check instead of clap's "unexpected argument".
+        let negative = Cli::try_parse_from(["x", "--warmup-epochs", "-1"]).unwrap().schedule;
+        let err = negative.build(1e-3, 10.0, 10).unwrap_err().to_string();
+        assert!(err.contains("--warmup-epochs must be 0 or more, got -1"), "{err}");
     }
 
     #[test]

@@ -35,12 +35,18 @@ impl EventWriter {
         fs::create_dir_all(dir).with_context(|| format!("creating the log directory {}", dir.display()))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cephalo".into());
-        let path = dir.join(format!(
-            "events.out.tfevents.{}.{host}.{}",
-            now.as_secs(),
-            std::process::id()
-        ));
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let stem = format!("events.out.tfevents.{}.{host}.{}", now.as_secs(), std::process::id());
+        // A new file, never an earlier run's: two runs of one process (a resume from the same
+        // program) can start within the same second.
+        let mut n = 0;
+        let (path, file) = loop {
+            let path = dir.join(if n == 0 { stem.clone() } else { format!("{stem}.{n}") });
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        };
         let mut writer = EventWriter {
             path,
             out: BufWriter::new(file),
@@ -102,6 +108,93 @@ impl Drop for EventWriter {
     fn drop(&mut self) {
         let _ = self.out.flush();
     }
+}
+
+/// Drops, from the event files already in `dir`, the events logged after `step`: a resumed run
+/// logs those steps again, and TensorBoard would otherwise draw both. A record cut short by a
+/// kill is dropped too. Files are rewritten atomically, and only when something goes.
+pub fn drop_events_after(dir: &Path, step: u64) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_events = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("events.out.tfevents."));
+        if !is_events || !path.is_file() {
+            continue;
+        }
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (kept, dropped) = records_up_to(&bytes, step);
+        if dropped {
+            crate::checkpoint::write_atomically(&path, |f| Ok(f.write_all(&kept)?))?;
+        }
+    }
+    Ok(())
+}
+
+/// The complete, intact records of an event file whose step is at most `step` (events without a
+/// step, like the file-version header, stay), and whether anything was left out.
+fn records_up_to(bytes: &[u8], step: u64) -> (Vec<u8>, bool) {
+    let (mut kept, mut at) = (Vec::with_capacity(bytes.len()), 0usize);
+    while let Some(len_bytes) = bytes.get(at..at + 8) {
+        let len = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes")) as usize;
+        let Some(record) = at.checked_add(16 + len).and_then(|end| bytes.get(at..end)) else {
+            break;
+        };
+        let payload = &record[12..12 + len];
+        let intact = record[8..12] == masked_crc32c(len_bytes).to_le_bytes()
+            && record[12 + len..] == masked_crc32c(payload).to_le_bytes();
+        if !intact {
+            break;
+        }
+        if event_step(payload).is_none_or(|s| s <= step) {
+            kept.extend_from_slice(record);
+        }
+        at += 16 + len;
+    }
+    let dropped = kept.len() != bytes.len();
+    (kept, dropped)
+}
+
+/// The `step` field (2) of an `Event` message, if present and the message well-formed.
+fn event_step(mut b: &[u8]) -> Option<u64> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let (mut v, mut shift) = (0u64, 0);
+        loop {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+            shift += 7;
+            if shift >= 64 {
+                return None;
+            }
+        }
+    }
+    let mut step = None;
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let skip = match key & 7 {
+            0 => {
+                let v = varint(&mut b)?;
+                if key >> 3 == 2 {
+                    step = Some(v);
+                }
+                0
+            }
+            1 => 8,
+            2 => varint(&mut b)? as usize,
+            5 => 4,
+            _ => return None,
+        };
+        b = b.get(skip..)?;
+    }
+    step
 }
 
 fn wall_time() -> f64 {
@@ -232,6 +325,33 @@ mod tests {
             out.push((key >> 3, field));
         }
         out
+    }
+
+    #[test]
+    fn events_after_a_step_are_dropped_and_a_cut_record_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let mut w = EventWriter::create(dir.path()).unwrap();
+            for step in 1..=6 {
+                w.scalar("train/loss", step, step as f64).unwrap();
+            }
+            w.flush().unwrap();
+            w.path().to_path_buf()
+        };
+        // A kill in the middle of a write leaves half a record at the end.
+        let mut bytes = fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_within(whole - 20..whole - 3);
+        fs::write(&path, &bytes).unwrap();
+        drop_events_after(dir.path(), 4).unwrap();
+        let (version, scalars) = read_scalars(&path);
+        assert_eq!(version, "brain.Event:2");
+        let steps: Vec<u64> = scalars.iter().map(|s| s.0).collect();
+        assert_eq!(steps, [1, 2, 3, 4]);
+        // Nothing to drop: the file stays as it is.
+        let before = fs::read(&path).unwrap();
+        drop_events_after(dir.path(), 10).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), before);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::graph::Graph;
 use crate::model::ModelConfig;
 use crate::refine::training::RefineTraining;
 use crate::refine::PatchSpec;
-use crate::train::args::{TrainArgs, DEFAULT_EPOCHS, DEFAULT_LR};
+use crate::train::args::{TrainArgs, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR};
 use crate::train::cuda_engine::{check_fits, CudaEngine};
 use crate::train::engine::{CpuEngine, Engine, StepParams};
 use crate::train::loss::HeatmapLoss;
@@ -67,6 +67,19 @@ pub struct TrainState {
     pub dataset_fingerprint: String,
     /// The patches of a refinement-stage model; `None` for a global model.
     pub patch: Option<PatchSpec>,
+    /// The running totals of an interrupted epoch, so that once resumed its logged loss and speed
+    /// cover all its batches, not only those after the resume.
+    pub partial: PartialEpoch,
+}
+
+/// What the batches of an epoch trained so far added up to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub loss_sum: f64,
+    pub images: usize,
+    pub seconds: f64,
+    pub waiting_s: f64,
+    pub steps_s: f64,
 }
 
 impl TrainState {
@@ -86,6 +99,7 @@ impl TrainState {
             "epochs": self.epochs,
             "batch_in_epoch": self.batch_in_epoch,
             "weight_decay": self.weight_decay,
+            "partial_epoch": self.partial,
         });
         meta.rng = serde_json::json!({ "seed": self.seed });
         meta.best_metric = self.best_metric;
@@ -117,6 +131,8 @@ impl TrainState {
             best_metric: meta.best_metric,
             dataset_fingerprint: meta.dataset_fingerprint.clone().unwrap_or_default(),
             patch: meta.refiner,
+            // Absent in checkpoints written before it was recorded, and after a whole epoch.
+            partial: serde_json::from_value(sched["partial_epoch"].clone()).unwrap_or_default(),
         })
     }
 }
@@ -136,11 +152,11 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
         ),
         _ => {}
     }
-    let demo_dir;
     let mut args = args.clone();
     if args.demo {
-        demo_dir = tempfile::tempdir().context("creating a folder for the demo phantoms")?;
-        apply_demo_settings(&mut args, demo_dir.path())?;
+        // Kept beside the checkpoints, so the demo model can be evaluated and used for predict.
+        let demo_dir = args.checkpoint_dir.join("demo-phantoms");
+        apply_demo_settings(&mut args, &demo_dir)?;
     }
     let dataset_path = args
         .dataset_path
@@ -152,7 +168,28 @@ pub fn run(args: &TrainArgs) -> Result<ExitCode> {
             annotator: args.annotator,
         },
     )?;
-    Trainer::new(&args, &dataset, device)?.train()
+    let code = Trainer::new(&args, &dataset, device)?.train()?;
+    if args.demo && code == ExitCode::SUCCESS {
+        print_demo_next_steps(&args, &dataset_path);
+    }
+    Ok(code)
+}
+
+/// After `train --demo`: the commands that use the model just trained.
+fn print_demo_next_steps(args: &TrainArgs, data: &Path) {
+    let best = args.checkpoint_dir.join("checkpoint_best.safetensors");
+    println!("next: measure the demo model on the phantoms it has not seen, then predict on some of them:");
+    println!(
+        "  cephalo eval --checkpoint {} --dataset-path {} --split test",
+        best.display(),
+        data.display()
+    );
+    println!(
+        "  cephalo predict --checkpoint {} --out demo-predictions {}",
+        best.display(),
+        data.join("images").display()
+    );
+    println!("then train on real data: cephalo train --dataset-path <folder> (see `cephalo data check`)");
 }
 
 /// `--demo`: phantom radiographs, a narrow HRNet at 128x128, a higher learning rate and short
@@ -163,10 +200,13 @@ fn apply_demo_settings(args: &mut TrainArgs, dir: &Path) -> Result<()> {
     args.dataset_path = Some(dir.to_path_buf());
     args.model = "hrnet-w8".into();
     args.image_size = vec![128, 128];
-    args.batch_size = 4;
-    args.epochs.get_or_insert(12);
+    args.batch_size.get_or_insert(4);
+    let epochs = *args.epochs.get_or_insert(12);
     args.lr.get_or_insert(2e-3);
-    args.schedule.warmup_epochs.get_or_insert(1.0);
+    // One warmup epoch, or a fifth of a shorter demo (`--demo --epochs 1` must just work).
+    args.schedule
+        .warmup_epochs
+        .get_or_insert((epochs as f64 / 5.0).min(1.0));
     Ok(())
 }
 
@@ -174,9 +214,8 @@ fn apply_demo_settings(args: &mut TrainArgs, dir: &Path) -> Result<()> {
 /// the training steps (which on the GPU include waiting for the device).
 struct EpochRun {
     loss: f64,
-    images: usize,
-    waiting_s: f64,
-    steps_s: f64,
+    /// Over the whole epoch, the part before an interrupt included.
+    totals: PartialEpoch,
 }
 
 /// The share of an epoch spent waiting for batches above which training is called loader-bound.
@@ -195,6 +234,7 @@ struct Trainer {
     stop_after: Option<usize>,
     /// The refinement stage's patches and validation centres; `None` for a global model.
     refine: Option<RefineTraining>,
+    interrupt_after_step: Option<u64>,
 }
 
 impl Trainer {
@@ -223,6 +263,11 @@ impl Trainer {
         let fine_tune =
             stored.is_some() && (args.lr.is_some() || args.epochs.is_some() || args.schedule.warmup_epochs.is_some());
 
+        // A resumed run keeps its batch size (the schedule's steps per epoch depend on it).
+        let batch_size = args
+            .batch_size
+            .or(stored.as_ref().map(|s| s.model.batch_size))
+            .unwrap_or(DEFAULT_BATCH_SIZE);
         let refine = RefineTraining::from_args(
             &args.refine,
             stored
@@ -268,11 +313,11 @@ impl Trainer {
                     );
                 }
                 ModelConfig {
-                    batch_size: args.batch_size,
+                    batch_size,
                     ..s.model.clone()
                 }
             }
-            None => ModelConfig::new(&args.model, 1, symbols.len(), [h, w], args.batch_size)?,
+            None => ModelConfig::new(&args.model, 1, symbols.len(), [h, w], batch_size)?,
         };
         let image_size = ImageSize {
             height: model.image_size[0],
@@ -288,16 +333,15 @@ impl Trainer {
         let mut train_cfg = LoaderConfig::new(image_size);
         train_cfg.stride = HEATMAP_STRIDE;
         train_cfg.sigma = sigma;
-        train_cfg.batch_size = args.batch_size;
+        train_cfg.batch_size = batch_size;
         train_cfg.seed = seed;
         train_cfg.workers = workers;
         train_cfg.prefetch = 2 * workers.max(1);
         train_cfg.augment = args.augment.to_config()?;
-        if train_samples.len() < args.batch_size {
+        if train_samples.len() < batch_size {
             bail!(
-                "the train split has {} images, fewer than --batch-size {}",
+                "the train split has {} images, fewer than --batch-size {batch_size}",
                 train_samples.len(),
-                args.batch_size
             );
         }
         let train_loader = match &refine {
@@ -366,6 +410,7 @@ impl Trainer {
             best_metric: None,
             dataset_fingerprint: fingerprint.clone(),
             patch: refine.as_ref().map(|r| r.spec),
+            partial: PartialEpoch::default(),
         };
 
         if let (Some((path, ck)), Some(stored)) = (&resumed, stored) {
@@ -374,10 +419,11 @@ impl Trainer {
                 .with_context(|| format!("resuming from {}", path.display()))?;
             if fine_tune {
                 eprintln!(
-                    "fine-tuning from {}: its weights, a new schedule (lr {lr:e}, {} warmup epochs, {epochs} epochs) \
-                     and fresh optimizer state",
+                    "fine-tuning from {}: its weights, a new schedule (lr {lr:e}, {} warmup epochs, {}) and fresh \
+                     optimizer state",
                     path.display(),
-                    args.schedule.warmup_epochs()
+                    state.schedule.warmup_epochs,
+                    count(epochs, "epoch")
                 );
             } else {
                 for (i, (id, _)) in engine.trainable().to_vec().into_iter().enumerate() {
@@ -388,15 +434,24 @@ impl Trainer {
                     engine.set_moments(i, m, v)?;
                 }
                 engine.restore_loss_scaler(&ck.meta.loss_scaler)?;
-                eprintln!(
-                    "resuming {} at epoch {} (step {}) of {}",
-                    path.display(),
-                    stored.epoch + 1,
-                    stored.step,
-                    stored.epochs
-                );
+                if stored.epoch >= stored.epochs {
+                    eprintln!(
+                        "{} is a finished run ({}); nothing is left to train. To train it further, fine-tune \
+                         with --epochs N (a new schedule)",
+                        path.display(),
+                        count(stored.epochs, "epoch")
+                    );
+                } else {
+                    eprintln!(
+                        "resuming {} at epoch {} of {} (step {}, batch size {batch_size})",
+                        path.display(),
+                        stored.epoch + 1,
+                        stored.epochs,
+                        stored.step,
+                    );
+                }
                 state = stored;
-                state.model.batch_size = args.batch_size;
+                state.model.batch_size = batch_size;
                 if state.schedule.iters_per_epoch != iters {
                     bail!(
                         "the checkpoint's schedule has {} steps per epoch, this run {iters} (another batch size or \
@@ -417,8 +472,15 @@ impl Trainer {
         // Fail now, not after the first epoch, if checkpoints cannot be written.
         std::fs::create_dir_all(&args.checkpoint_dir)
             .with_context(|| format!("creating --checkpoint-dir {}", args.checkpoint_dir.display()))?;
-        let events = EventWriter::create(&args.log_dir)?;
+        checkpoint::remove_stale_temporaries(&args.checkpoint_dir);
         let csv_path = args.log_dir.join("train_log.csv");
+        if resumed.is_some() && !fine_tune {
+            // Epochs (and steps) logged after the checkpoint was written run again now: drop
+            // their first, lost, records so the logs read as one run.
+            truncate_csv_log(&csv_path, state.epoch)?;
+            crate::train::tensorboard::drop_events_after(&args.log_dir, state.step)?;
+        }
+        let events = EventWriter::create(&args.log_dir)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         // First Ctrl-C: finish the step, save checkpoint_last, exit cleanly. Second: exit now.
@@ -441,20 +503,21 @@ impl Trainer {
             stop,
             stop_after: args.stop_after,
             refine,
+            interrupt_after_step: args.interrupt_after_step,
         })
     }
 
     fn train(mut self) -> Result<ExitCode> {
         let s = &self.state;
         println!(
-            "training {} ({:.2} M parameters) at {}x{}, batch {}, {} train images, {} epochs, lr {:e}, loss {:?}",
+            "training {} ({:.2} M parameters) at {}x{}, batch {}, {} train images, {}, lr {:e}, loss {:?}",
             s.model.model,
             self.engine.graph().param_count() as f64 / 1e6,
             s.model.image_size[0],
             s.model.image_size[1],
             s.model.batch_size,
             self.train_loader.samples().len(),
-            s.epochs,
+            count(s.epochs, "epoch"),
             s.schedule.lr_max,
             self.loss.kind,
         );
@@ -463,15 +526,17 @@ impl Trainer {
             if self.stop_after.is_some_and(|n| run_epochs >= n) {
                 let path = self.checkpoint_dir.join("checkpoint_last.safetensors");
                 println!(
-                    "stopping after {run_epochs} epochs as asked; continue with --resume {}",
+                    "stopping after {} as asked; continue with --resume {}",
+                    count(run_epochs, "epoch"),
                     path.display()
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             run_epochs += 1;
-            let started = Instant::now();
             let epoch_run = self.train_epoch()?;
-            if self.stop.load(Ordering::SeqCst) {
+            let finished = self.state.batch_in_epoch >= self.train_loader.batches_per_epoch();
+            if self.stop.load(Ordering::SeqCst) && !finished {
+                self.state.partial = epoch_run.totals.clone();
                 let path = self.save("checkpoint_last")?;
                 println!(
                     "saved {} (epoch {} interrupted); resume with --resume {}",
@@ -481,15 +546,26 @@ impl Trainer {
                 );
                 return Ok(ExitCode::from(130));
             }
-            let seconds = started.elapsed().as_secs_f64();
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
+            self.state.partial = PartialEpoch::default();
             let report = self.validate()?;
-            self.end_epoch(&epoch_run, seconds, report.as_ref())?;
+            self.end_epoch(&epoch_run, report.as_ref())?;
+            if self.stop.load(Ordering::SeqCst) {
+                // Interrupted after the epoch's last step: it is complete and saved as such.
+                let path = self.checkpoint_dir.join("checkpoint_last.safetensors");
+                println!(
+                    "saved {} (epoch {} complete); resume with --resume {}",
+                    path.display(),
+                    self.state.epoch,
+                    path.display()
+                );
+                return Ok(ExitCode::from(130));
+            }
         }
         println!(
-            "done: {} epochs; best validation MRE {}",
-            self.state.epochs,
+            "done: {}; best validation MRE {}",
+            count(self.state.epochs, "epoch"),
             fmt_mm(self.state.best_metric)
         );
         Ok(ExitCode::SUCCESS)
@@ -506,8 +582,10 @@ impl Trainer {
         );
         bar.set_prefix(format!("{}/{}", epoch + 1, self.state.epochs));
         bar.set_position(self.state.batch_in_epoch as u64);
-        let (mut loss_sum, mut images) = (0.0, 0usize);
-        let (mut waiting_s, mut steps_s) = (0.0, 0.0);
+        // An epoch resumed after an interrupt continues the totals of its first part.
+        let before = self.state.partial.clone();
+        let (mut loss_sum, mut images) = (before.loss_sum, before.images);
+        let (mut waiting_s, mut steps_s) = (before.waiting_s, before.steps_s);
         let started = Instant::now();
         let mut batches = self.train_loader.epoch(epoch);
         if self.state.batch_in_epoch > 0 {
@@ -569,9 +647,12 @@ impl Trainer {
             bar.set_message(format!(
                 "loss {:.4} lr {lr:.2e} {:.1} img/s {}",
                 loss_sum / (self.state.batch_in_epoch as f64).max(1.0),
-                images as f64 / started.elapsed().as_secs_f64(),
+                (images - before.images) as f64 / started.elapsed().as_secs_f64(),
                 self.engine.status()
             ));
+            if self.interrupt_after_step == Some(self.state.step) {
+                self.stop.store(true, Ordering::SeqCst);
+            }
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -580,9 +661,13 @@ impl Trainer {
         let batches = self.state.batch_in_epoch.max(1);
         Ok(EpochRun {
             loss: loss_sum / batches as f64,
-            images,
-            waiting_s,
-            steps_s,
+            totals: PartialEpoch {
+                loss_sum,
+                images,
+                seconds: before.seconds + started.elapsed().as_secs_f64(),
+                waiting_s,
+                steps_s,
+            },
         })
     }
 
@@ -598,18 +683,19 @@ impl Trainer {
         Ok(Some(metrics_of(loader.samples(), &predictions, &self.state.landmarks)))
     }
 
-    fn end_epoch(&mut self, run: &EpochRun, seconds: f64, report: Option<&MetricsReport>) -> Result<()> {
+    fn end_epoch(&mut self, run: &EpochRun, report: Option<&MetricsReport>) -> Result<()> {
         let epoch = self.state.epoch;
+        let seconds = run.totals.seconds;
         let lr = self.state.schedule.lr_at(self.state.step.saturating_sub(1));
         let overall = report.map(|r| r.overall);
         let train_loss = run.loss;
-        let images_per_s = run.images as f64 / seconds;
-        let waiting = run.waiting_s / seconds.max(1e-9);
+        let images_per_s = run.totals.images as f64 / seconds.max(1e-9);
+        let waiting = run.totals.waiting_s / seconds.max(1e-9);
         let mut line = format!(
             "epoch {epoch}/{}: train loss {train_loss:.5}, lr {lr:.3e}, {images_per_s:.1} img/s (the steps alone {:.1}, \
              {:.0} % of the epoch waiting for data)",
             self.state.epochs,
-            run.images as f64 / run.steps_s.max(1e-9),
+            run.totals.images as f64 / run.totals.steps_s.max(1e-9),
             100.0 * waiting
         );
         if let Some(o) = overall {
@@ -619,7 +705,7 @@ impl Trainer {
             );
         }
         println!("{line}");
-        if waiting > LOADER_BOUND && run.images > 0 {
+        if waiting > LOADER_BOUND && run.totals.images > 0 {
             println!(
                 "  the data loader is the bottleneck: raise --workers (now {}) or train from downscaled copies \
                  made by `cephalo prepare`",
@@ -631,7 +717,10 @@ impl Trainer {
         let mut scalars = vec![
             ("epoch/train_loss", train_loss),
             ("epoch/images_per_s", images_per_s),
-            ("epoch/step_images_per_s", run.images as f64 / run.steps_s.max(1e-9)),
+            (
+                "epoch/step_images_per_s",
+                run.totals.images as f64 / run.totals.steps_s.max(1e-9),
+            ),
             ("epoch/loader_wait_fraction", waiting),
             ("epoch/seconds", seconds),
         ];
@@ -668,11 +757,14 @@ impl Trainer {
         if improved {
             self.state.best_metric = Some(metric);
         }
-        self.save("checkpoint_last")?;
+        // checkpoint_best first: a crash between the two writes then leaves checkpoint_last one
+        // epoch behind (resuming redoes that epoch and rewrites the same best) instead of
+        // recording a best whose weights were never written.
         if improved {
             let path = self.save("checkpoint_best")?;
             println!("  new best ({}): {}", fmt_mm(Some(metric)), path.display());
         }
+        self.save("checkpoint_last")?;
         Ok(())
     }
 
@@ -783,6 +875,77 @@ fn fingerprint(samples: &[Sample], symbols: &[String]) -> String {
     format!("{h:016x}")
 }
 
+/// "1 epoch", "3 epochs".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Keeps the header and the rows of epochs up to `epoch` of a `train_log.csv` (rewritten
+/// atomically, and only when a later row has to go).
+fn truncate_csv_log(path: &Path, epoch: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return Ok(());
+    };
+    let rows: Vec<&str> = lines.collect();
+    let keep: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|row| {
+            let first = row.split(',').next().unwrap_or("");
+            first.trim().parse::<usize>().is_ok_and(|e| e <= epoch)
+        })
+        .collect();
+    if keep.len() == rows.len() {
+        return Ok(());
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in std::iter::once(header).chain(keep) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    checkpoint::write_atomically(path, |f| Ok(std::io::Write::write_all(f, out.as_bytes())?))
+}
+
 fn fmt_mm(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3} mm")).unwrap_or_else(|| "n/a".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    #[test]
+    fn a_one_epoch_demo_has_a_schedule_and_keeps_its_phantoms() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        let mut args =
+            Cli::parse_from(["x", "--demo", "--epochs", "1", "--checkpoint-dir", ck.to_str().unwrap()]).train;
+        let phantoms = args.checkpoint_dir.join("demo-phantoms");
+        apply_demo_settings(&mut args, &phantoms).unwrap();
+        let epochs = args.epochs.unwrap() as f64;
+        let schedule = args.schedule.build(args.lr.unwrap(), epochs, 10).unwrap();
+        assert!(schedule.warmup_epochs < epochs && schedule.t0 > 0.0);
+        // The phantoms stay for eval and predict after the demo.
+        let dataset = Dataset::open(&phantoms, &DatasetOptions::default()).unwrap();
+        assert!(dataset.split(Split::Test).is_some_and(|s| !s.is_empty()));
+        // The usual demo keeps its one warmup epoch.
+        let mut usual = Cli::parse_from(["x", "--demo"]).train;
+        apply_demo_settings(&mut usual, &dir.path().join("usual")).unwrap();
+        assert_eq!(usual.schedule.warmup_epochs, Some(1.0));
+    }
 }

@@ -60,9 +60,9 @@ impl AWingParams {
     pub fn linear_coeffs(&self, y: f32) -> (f32, f32) {
         let a = self.alpha - y;
         let r = self.theta / self.eps;
-        let r_a = r.powf(a);
-        let big_a = self.omega * (1.0 / (1.0 + r_a)) * a * r.powf(a - 1.0) / self.eps;
-        let big_c = self.theta * big_a - self.omega * r_a.ln_1p();
+        let r_a = libm::powf(r, a);
+        let big_a = self.omega * (1.0 / (1.0 + r_a)) * a * libm::powf(r, a - 1.0) / self.eps;
+        let big_c = self.theta * big_a - self.omega * libm::log1pf(r_a);
         (big_a, big_c)
     }
 
@@ -74,8 +74,10 @@ impl AWingParams {
         if d < self.theta {
             let a = self.alpha - y;
             let u = d / self.eps;
-            let u_a = u.powf(a);
-            let loss = self.omega * u_a.ln_1p();
+            // libm's pure-Rust powf and log1pf, not the platform's: the same seed must give the
+            // same run on Linux and Windows, whose C libraries round these differently.
+            let u_a = libm::powf(u, a);
+            let loss = self.omega * libm::log1pf(u_a);
             // u^(a-1) as u^a / u saves a second powf (the kernel does the same). The derivative's
             // limit at d = 0 is 0 for a > 1 (targets below alpha - 1).
             let grad = if d == 0.0 {
