@@ -31,6 +31,7 @@ pub struct EvalArgs {
     /// Dataset folder (Aariz, ISBI 2015 or landmark-CSV layout).
     #[arg(long, alias = "dataset_path")]
     pub dataset_path: PathBuf,
+    /// Which split to evaluate: test (ISBI Test1, the Aariz test set), valid or train.
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
     /// Also write the full report, with every prediction, as JSON.
@@ -45,6 +46,7 @@ pub struct EvalArgs {
     /// Loader threads [default: cores - 1].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// The ground truth where a dataset has two annotators: their mean, or one of them.
     #[arg(long, value_enum, default_value_t)]
     pub annotator: crate::data::Annotator,
     /// A refiner (`cephalo train --stage refine`): also refine the global predictions on patches

@@ -50,6 +50,7 @@ pub struct TrainArgs {
     /// always trains in f32].
     #[arg(long, alias = "mixed_precision", num_args = 0..=1, default_missing_value = "true")]
     pub mixed_precision: Option<bool>,
+    /// Where checkpoint_last and checkpoint_best are written (and read back by --resume).
     #[arg(long, alias = "checkpoint_dir", default_value = "checkpoints")]
     pub checkpoint_dir: PathBuf,
     /// TensorBoard event files and the per-epoch CSV go here.
