@@ -670,11 +670,26 @@ impl RowGeometry {
         );
         ((n * self.hp + oh * self.stride) * self.wp + ow * self.stride) * self.c
     }
+    /// Calls `f(start(p), p)` for each pixel `p` of `pixels` in order, one output row at a time,
+    /// so that only a row's first pixel costs divisions: the walk of every weight-gradient tile.
+    #[inline(always)]
+    fn walk(&self, pixels: Range<usize>, mut f: impl FnMut(usize, usize)) {
+        let step = self.stride * self.c;
+        let mut p = pixels.start;
+        while p < pixels.end {
+            let count = (self.out_w - p % self.out_w).min(pixels.end - p);
+            let start = self.start(p);
+            for i in 0..count {
+                f(start + i * step, p + i);
+            }
+            p += count;
+        }
+    }
 }
 
 /// Weight-gradient tile: run positions `j0..j0 + JB` of kernel row `t` for `L` output channels,
-/// summed over `pixels` in order (gradients at `dy[p * ldy + k0..]`). The pixels are walked one
-/// output row at a time, so the inner loop only adds constant steps to two pointers.
+/// summed over `pixels` in order (gradients at `dy[p * ldy + k0..]`), walked by
+/// [`RowGeometry::walk`].
 ///
 /// # Safety
 /// Every `geometry.start(p) + offset + JB` is inside `src`; `dy` holds `L` values at each
@@ -690,25 +705,17 @@ unsafe fn wgrad_tile<T: Real, const L: usize, const JB: usize>(
     k0: usize,
 ) -> [[T; L]; JB] {
     let mut acc = [[T::ZERO; L]; JB];
-    let step = geometry.stride * geometry.c;
-    let mut p = pixels.start;
-    while p < pixels.end {
-        let count = (geometry.out_w - p % geometry.out_w).min(pixels.end - p);
-        // SAFETY (all pointer arithmetic below): within the bounds the caller guarantees.
-        let xs = unsafe { src.add(geometry.start(p) + offset) };
-        let gs = unsafe { dy.add(p * ldy + k0) };
-        for i in 0..count {
-            let g: [T; L] = unsafe { *(gs.add(i * ldy) as *const [T; L]) };
-            let xr = unsafe { xs.add(i * step) };
-            for (j, a) in acc.iter_mut().enumerate() {
-                let xv = unsafe { *xr.add(j) };
-                for (al, gl) in a.iter_mut().zip(&g) {
-                    *al = xv.mul_add(*gl, *al);
-                }
+    geometry.walk(pixels, |x_at, p| {
+        // SAFETY: within the bounds the caller guarantees.
+        let g: [T; L] = unsafe { *(dy.add(p * ldy + k0) as *const [T; L]) };
+        let xr = unsafe { src.add(x_at + offset) };
+        for (j, a) in acc.iter_mut().enumerate() {
+            let xv = unsafe { *xr.add(j) };
+            for (al, gl) in a.iter_mut().zip(&g) {
+                *al = xv.mul_add(*gl, *al);
             }
         }
-        p += count;
-    }
+    });
     acc
 }
 

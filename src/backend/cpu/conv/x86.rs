@@ -27,22 +27,14 @@ pub unsafe fn wgrad_avx512<const JB: usize>(
     k0: usize,
 ) -> [[f32; 16]; JB] {
     let mut acc = [_mm512_setzero_ps(); JB];
-    let step = geometry.stride * geometry.c;
-    let mut p = pixels.start;
-    while p < pixels.end {
-        let count = (geometry.out_w - p % geometry.out_w).min(pixels.end - p);
-        // SAFETY (all pointer arithmetic below): within the bounds the caller guarantees.
-        let xs = unsafe { src.add(geometry.start(p) + offset) };
-        let gs = unsafe { dy.add(p * ldy + k0) };
-        for i in 0..count {
-            let g = unsafe { _mm512_loadu_ps(gs.add(i * ldy)) };
-            let xr = unsafe { xs.add(i * step) };
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *xr.add(j) }), g, *a);
-            }
+    geometry.walk(pixels, |x_at, p| {
+        // SAFETY: within the bounds the caller guarantees.
+        let g = unsafe { _mm512_loadu_ps(dy.add(p * ldy + k0)) };
+        let xr = unsafe { src.add(x_at + offset) };
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(_mm512_set1_ps(unsafe { *xr.add(j) }), g, *a);
         }
-        p += count;
-    }
+    });
     let mut out = [[0.0f32; 16]; JB];
     for (o, a) in out.iter_mut().zip(&acc) {
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *a) };
@@ -62,31 +54,24 @@ unsafe fn wgrad_ymm<const L: usize, const JB: usize>(
     k0: usize,
 ) -> [[f32; L]; JB] {
     let mut acc = [[_mm256_setzero_ps(); 2]; JB];
-    let step = geometry.stride * geometry.c;
-    let mut p = pixels.start;
-    while p < pixels.end {
-        let count = (geometry.out_w - p % geometry.out_w).min(pixels.end - p);
-        // SAFETY (all pointer arithmetic below): within the bounds the caller guarantees.
-        let xs = unsafe { src.add(geometry.start(p) + offset) };
+    geometry.walk(pixels, |x_at, p| {
+        // SAFETY: within the bounds the caller guarantees.
         let gs = unsafe { dy.add(p * ldy + k0) };
-        for i in 0..count {
-            let g: [__m256; 2] = std::array::from_fn(|h| {
-                if h < L / 8 {
-                    unsafe { _mm256_loadu_ps(gs.add(i * ldy + 8 * h)) }
-                } else {
-                    unsafe { _mm256_setzero_ps() }
-                }
-            });
-            let xr = unsafe { xs.add(i * step) };
-            for (j, a) in acc.iter_mut().enumerate() {
-                let xv = unsafe { _mm256_set1_ps(*xr.add(j)) };
-                for (ah, gh) in a.iter_mut().zip(&g).take(L / 8) {
-                    *ah = unsafe { _mm256_fmadd_ps(xv, *gh, *ah) };
-                }
+        let g: [__m256; 2] = std::array::from_fn(|h| {
+            if h < L / 8 {
+                unsafe { _mm256_loadu_ps(gs.add(8 * h)) }
+            } else {
+                unsafe { _mm256_setzero_ps() }
+            }
+        });
+        let xr = unsafe { src.add(x_at + offset) };
+        for (j, a) in acc.iter_mut().enumerate() {
+            let xv = unsafe { _mm256_set1_ps(*xr.add(j)) };
+            for (ah, gh) in a.iter_mut().zip(&g).take(L / 8) {
+                *ah = unsafe { _mm256_fmadd_ps(xv, *gh, *ah) };
             }
         }
-        p += count;
-    }
+    });
     let mut out = [[0.0f32; L]; JB];
     for (o, a) in out.iter_mut().zip(&acc) {
         for (h, ah) in a.iter().enumerate().take(L / 8) {
