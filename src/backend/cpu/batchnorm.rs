@@ -275,6 +275,18 @@ fn relu_passes<T: Real>(v: T) -> bool {
     matches!(v.partial_cmp(&T::ZERO), Some(std::cmp::Ordering::Greater) | None)
 }
 
+/// One element's gradient at the batch norm's output and its `xhat = (x - mean) * invstd`: `dy`,
+/// zeroed where the following join's output `join_y` is not positive, or where the batch norm's
+/// own ReLU (`relu`) did not pass. Both backward passes use it, so they agree by construction.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn masked_grad<T: Real>(dy: T, x: T, join_y: Option<T>, relu: bool, mean: T, invstd: T, gamma: T, beta: T) -> (T, T) {
+    let xhat = (x - mean) * invstd;
+    let joined = join_y.is_none_or(|y| y > T::ZERO);
+    let kept = !relu || relu_passes(gamma.mul_add(xhat, beta));
+    (if joined && kept { dy } else { T::ZERO }, xhat)
+}
+
 /// The backward's first pass over some rows: `s0 += g`, `s1 += g * xhat` (f64), and the join's
 /// gradient to its residual `dres (+)= dy * [y > 0]` when asked for.
 #[inline(always)]
@@ -297,10 +309,16 @@ fn bwd_sum_rows<T: Real>(
         let (dyr, xr) = (&dy[r * c..][..c], &x[r * c..][..c]);
         let jr = &join.unwrap_or(dy)[r * c..][..c];
         for ch in 0..c {
-            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-            let joined = !use_join || jr[ch] > T::ZERO;
-            let kept = !relu || relu_passes(gamma[ch].mul_add(xhat, beta[ch]));
-            let g = if joined && kept { dyr[ch] } else { T::ZERO };
+            let (g, xhat) = masked_grad(
+                dyr[ch],
+                xr[ch],
+                use_join.then(|| jr[ch]),
+                relu,
+                mean[ch],
+                invstd[ch],
+                gamma[ch],
+                beta[ch],
+            );
             s0[ch] += g.to_f64();
             s1[ch] += (g * xhat).to_f64();
         }
@@ -345,10 +363,16 @@ fn bwd_dx_rows<T: Real>(
         let jr = &join.unwrap_or(dy)[r * c..][..c];
         let dxr = &mut dx[r * c..][..c];
         for ch in 0..c {
-            let xhat = (xr[ch] - mean[ch]) * invstd[ch];
-            let joined = !use_join || jr[ch] > T::ZERO;
-            let kept = !relu || relu_passes(gamma[ch].mul_add(xhat, beta[ch]));
-            let g = if joined && kept { dyr[ch] } else { T::ZERO };
+            let (g, xhat) = masked_grad(
+                dyr[ch],
+                xr[ch],
+                use_join.then(|| jr[ch]),
+                relu,
+                mean[ch],
+                invstd[ch],
+                gamma[ch],
+                beta[ch],
+            );
             let v = k1[ch] * (g - mean_g[ch] - xhat * mean_gx[ch]);
             dxr[ch] = if accumulate { dxr[ch] + v } else { v };
         }
