@@ -115,6 +115,23 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch for the samples `indices`, with room for `pixels` input pixels and
+    /// `points_per_sample` landmarks per sample, its targets shaped as `cfg` says; the builders
+    /// fill it slot by slot.
+    pub fn for_filling(cfg: &LoaderConfig, indices: Vec<usize>, pixels: usize, points_per_sample: usize) -> Self {
+        let (hh, hw) = cfg.heatmap_size();
+        let n = indices.len();
+        Batch {
+            images: vec![0.0; n * pixels],
+            heatmap_points: Vec::with_capacity(n * points_per_sample),
+            heatmap_size: [hh, hw],
+            sigma: cfg.sigma,
+            points: Vec::with_capacity(n),
+            affines: Vec::with_capacity(n),
+            indices,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.indices.len()
     }
@@ -351,17 +368,7 @@ impl Shared {
             return source.build(cfg, epoch, indices);
         }
         let ImageSize { height, width } = cfg.image_size;
-        let (hh, hw) = cfg.heatmap_size();
-        let (k, n) = (self.landmarks, indices.len());
-        let mut batch = Batch {
-            images: vec![0.0; n * height * width],
-            heatmap_points: Vec::with_capacity(n * k),
-            heatmap_size: [hh, hw],
-            sigma: cfg.sigma,
-            points: Vec::with_capacity(n),
-            affines: Vec::with_capacity(n),
-            indices,
-        };
+        let mut batch = Batch::for_filling(cfg, indices, height * width, self.landmarks);
         for (slot, &index) in batch.indices.iter().enumerate() {
             let sample = &self.samples[index];
             let image = load_gray(&sample.image_path)?;

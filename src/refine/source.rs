@@ -123,18 +123,9 @@ impl BatchSource for PatchSource {
             cfg.image_size.height,
             cfg.image_size.width
         );
-        let (hh, hw) = cfg.heatmap_size();
         let (n, k) = (indices.len(), self.landmarks);
         let truth_count = self.samples.first().map_or(0, |s| s.landmarks.len());
-        let mut batch = Batch {
-            images: vec![0.0; n * size * size],
-            heatmap_points: Vec::with_capacity(n * truth_count),
-            heatmap_size: [hh, hw],
-            sigma: cfg.sigma,
-            points: Vec::with_capacity(n),
-            affines: Vec::with_capacity(n),
-            indices,
-        };
+        let mut batch = Batch::for_filling(cfg, indices, size * size, truth_count);
         let mut decoded = HashMap::new();
         for slot in 0..n {
             let item = batch.indices[slot];
