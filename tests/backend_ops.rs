@@ -213,6 +213,27 @@ fn conv_cases() -> Vec<(Shape4, ConvParams)> {
     ]
 }
 
+/// A random square convolution: kernel 1 to 5, channels and stride from the ranges, padding up
+/// to `max_pad(k)`, 1 or 2 images a little larger than the kernel.
+fn random_conv_case(
+    r: &mut ChaCha8Rng,
+    channels: std::ops::Range<usize>,
+    strides: std::ops::Range<usize>,
+    max_pad: impl Fn(usize) -> usize,
+) -> (Shape4, ConvParams) {
+    let k = [1, 2, 3, 4, 5][r.random_range(0..5)];
+    let (c_in, c_out) = (r.random_range(channels.clone()), r.random_range(channels));
+    let stride = r.random_range(strides);
+    let pad = r.random_range(0..=max_pad(k));
+    let xs = Shape4::new(
+        r.random_range(1..3),
+        r.random_range(k..k + 9),
+        r.random_range(k..k + 9),
+        c_in,
+    );
+    (xs, ConvParams::square(c_in, c_out, k, stride, pad))
+}
+
 #[test]
 fn conv2d_forward_matches_naive_on_random_geometries() {
     let mut r = rng(1);
@@ -220,17 +241,7 @@ fn conv2d_forward_matches_naive_on_random_geometries() {
     // A 24x24 branch as in HRNet's 1/32 resolution at 768, and many random small ones.
     cases.push((Shape4::new(1, 24, 24, 16), ConvParams::square(16, 8, 3, 1, 1)));
     for _ in 0..20 {
-        let k = [1, 2, 3, 4, 5][r.random_range(0..5)];
-        let (c_in, c_out) = (r.random_range(1..9), r.random_range(1..9));
-        let stride = r.random_range(1..3);
-        let pad = r.random_range(0..=k / 2);
-        let xs = Shape4::new(
-            r.random_range(1..3),
-            r.random_range(k..k + 9),
-            r.random_range(k..k + 9),
-            c_in,
-        );
-        cases.push((xs, ConvParams::square(c_in, c_out, k, stride, pad)));
+        cases.push(random_conv_case(&mut r, 1..9, 1..3, |k| k / 2));
     }
     for (xs, p) in cases {
         let x = random(&mut r, xs.len());
@@ -339,17 +350,7 @@ fn conv2d_backward_matches_naive_on_random_geometries() {
     cases.push((Shape4::new(2, 40, 36, 24), ConvParams::square(24, 40, 3, 1, 1)));
     cases.push((Shape4::new(1, 33, 31, 18), ConvParams::square(18, 32, 3, 2, 1)));
     for _ in 0..30 {
-        let k = [1, 2, 3, 4, 5][r.random_range(0..5)];
-        let (c_in, c_out) = (r.random_range(1..20), r.random_range(1..20));
-        let stride = r.random_range(1..4);
-        let pad = r.random_range(0..k);
-        let xs = Shape4::new(
-            r.random_range(1..3),
-            r.random_range(k..k + 9),
-            r.random_range(k..k + 9),
-            c_in,
-        );
-        cases.push((xs, ConvParams::square(c_in, c_out, k, stride, pad)));
+        cases.push(random_conv_case(&mut r, 1..20, 1..4, |k| k - 1));
     }
     for (xs, p) in cases {
         let ys = p.out_shape(xs);
