@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
 # Builds everything a GPU machine needs (it has no Rust toolchain) into the ignored folder .gpu/:
 # the release binary, every GPU test binary (tests/gpu*.rs) and the benchmarks, plus .gpu/run.sh,
-# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary, and the
-# convolution lists (.gpu/shapes/MODEL.json) for the PyTorch scripts in benches/ (see benches/README.md).
+# which runs the GPU tests with --ignored, `cephalo device`, and prints a summary, the
+# convolution lists (.gpu/shapes/MODEL.json) for the PyTorch scripts in benches/ (see
+# benches/README.md), and for `run.sh --accuracy` (scripts/gpu-accuracy.sh) a copy of ISBI 2015
+# prepared at 768 pixels (the network's input size, 0.31 mm per pixel).
 # .gpu-pack/gpu.tar.xz is the same folder packed for the device tool's 64 MiB carry limit.
 #
-#   scripts/gpu-bundle.sh            # then carry .gpu-pack (the packed .gpu) to the GPU machine, unpack, run
-#   scripts/gpu-bundle.sh --no-bench # skip the benchmark binaries
+#   scripts/gpu-bundle.sh                 # then carry .gpu-pack (the packed .gpu) to the GPU machine, unpack, run
+#   scripts/gpu-bundle.sh --no-bench      # skip the benchmark binaries
+#   scripts/gpu-bundle.sh --isbi DIR      # the ISBI 2015 dataset for --accuracy [$CEPHALO_ISBI, else
+#                                         # ../shared/data/isbi2015 beside the repository]; --no-data: none
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 with_bench=1
-[[ "${1:-}" == "--no-bench" ]] && with_bench=0
+isbi="${CEPHALO_ISBI:-$root/../shared/data/isbi2015}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --no-bench) with_bench=0 ;;
+    --isbi) isbi="${2:?--isbi needs a folder}"; shift ;;
+    --no-data) isbi="" ;;
+    *) echo "gpu-bundle: unknown option $1 (--no-bench, --isbi DIR, --no-data)" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 export CEPHALO_REQUIRE_NVCC=1
 [[ -n "$(find .cuda-toolchain -name nvcc -type f 2>/dev/null | head -n1)" ]] || scripts/install-cuda-compiler.sh
@@ -22,7 +35,20 @@ mkdir -p "$out/tests" "$out/benches"
 
 echo "building release binary..."
 cargo build --release --locked --bin cephalo
-cp "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/cephalo" "$out/cephalo"
+target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+cp "$target_dir/release/cephalo" "$out/cephalo"
+
+# The accuracy run's data: JPEG at 768 pixels is about 26 MB for the 300 images. The prepared copy
+# is kept in the target folder, so a rebuilt bundle only re-checks it.
+cp scripts/gpu-accuracy.sh "$out/accuracy.sh"
+if [[ -n "$isbi" && -d "$isbi" ]]; then
+  echo "preparing ISBI 2015 at 768 pixels for --accuracy..."
+  "$out/cephalo" prepare --dataset-path "$isbi" --out "$target_dir/bundle-data/isbi2015-768" --max-side 768
+  mkdir -p "$out/data"
+  cp -r "$target_dir/bundle-data/isbi2015-768" "$out/data/"
+else
+  echo "warning: no ISBI 2015 dataset at '${isbi}' (give --isbi DIR): the bundle's --accuracy run will have no data"
+fi
 
 # The convolution lists that benches/cudnn_reference.py times (768x768, batch 4).
 mkdir -p "$out/shapes"
@@ -67,12 +93,19 @@ cat > "$out/run.sh" <<'RUN'
 #                                  JSON and logs into $OUT (or .gpu/out)
 #   bash .gpu/run.sh --compile     PyTorch with torch.compile on HRNet-W32 (slow to compile: run it
 #                                  in its own device call)
+#   bash .gpu/run.sh --accuracy    HRNet-W32 768x768 batch 4 fp16 and the refiner trained on the ISBI
+#                                  copy in data/, Test1 evaluated, in at most 9 minutes (its own call;
+#                                  accuracy.sh says how the epochs are chosen); reports into $OUT
 # A missing GPU fails every GPU test: they are never silently skipped here.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CEPHALO_REPO_ROOT="$(cd "$here/.." && pwd)"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$here/cephalo" device || exit 1
+if [[ "${1:-}" == "--accuracy" ]]; then
+  export OUT="${OUT:-$here/out}"
+  exec bash "$here/accuracy.sh"
+fi
 if [[ "${1:-}" == "--compare" || "${1:-}" == "--compile" ]]; then
   out="${OUT:-$here/out}"
   mkdir -p "$out"
@@ -118,9 +151,15 @@ echo "test binaries: $passed passed, $failed failed"
 [[ $failed == 0 ]]
 RUN
 chmod +x "$out/run.sh"
-# Each test binary links the whole library (about 5 MiB stripped); compressed, the bundle travels
-# well under the 64 MiB a device call may carry.
+# Each test binary links the whole library and the kernel image (about 28 MiB stripped): packed
+# one by one they would be 51 MiB, but they are mostly the same bytes, so a dictionary larger than
+# one binary packs them all into about 8 MiB (15 s; unpacking needs 192 MiB of memory).
 mkdir -p "$root/.gpu-pack"
-tar -cJf "$root/.gpu-pack/gpu.tar.xz" -C "$out" .
+tar -cf - -C "$out" . | xz -T1 --lzma2=preset=1,dict=192MiB >"$root/.gpu-pack/gpu.tar.xz"
 du -sh "$out" "$root/.gpu-pack/gpu.tar.xz"
-echo "bundle ready: carry .gpu-pack and run 'mkdir -p .gpu && tar -xJf .gpu-pack/gpu.tar.xz -C .gpu && bash .gpu/run.sh' (add --bench for benchmarks)"
+size=$(stat -c %s "$root/.gpu-pack/gpu.tar.xz")
+if ((size > 60 * 1024 * 1024)); then
+  echo "error: the bundle is $((size / 1024 / 1024)) MiB; a device call carries 64 MiB with the working tree" >&2
+  exit 1
+fi
+echo "bundle ready: carry .gpu-pack and run 'mkdir -p .gpu && tar -xJf .gpu-pack/gpu.tar.xz -C .gpu && bash .gpu/run.sh' (add --bench for benchmarks, or --compare, or --accuracy)"
