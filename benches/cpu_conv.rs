@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench cpu_conv` (env: `CEPHALO_BENCH_MODEL` [hrnet-w8],
 //! `CEPHALO_BENCH_SIZE` [`256x224`], `CEPHALO_BENCH_BATCH` [4], `CEPHALO_BENCH_RUNS` [5],
-//! `CEPHALO_BENCH_OPS` [`fwd,dgrad,wgrad`], `CEPHALO_CPU_ISA` to force an instruction set).
+//! `CEPHALO_BENCH_OPS` [`fwd,dgrad,wgrad`], `CEPHALO_BENCH_SHAPE` (only the shapes whose row name
+//! contains it, e.g. `1x1 s1 64->64`), `CEPHALO_CPU_ISA` to force an instruction set).
 use std::time::Instant;
 
 use cephalo::backend::cpu::{conv, simd};
@@ -112,6 +113,7 @@ fn main() {
     let batch: usize = env("CEPHALO_BENCH_BATCH").and_then(|s| s.parse().ok()).unwrap_or(4);
     let runs: usize = env("CEPHALO_BENCH_RUNS").and_then(|s| s.parse().ok()).unwrap_or(5);
     let ops = env("CEPHALO_BENCH_OPS").unwrap_or_else(|| "fwd,dgrad,wgrad".into());
+    let only = env("CEPHALO_BENCH_SHAPE");
     let threads = rayon::current_num_threads();
     let peak = fma_peak_gflops(threads);
     println!(
@@ -130,7 +132,11 @@ fn main() {
     let mut totals = [0.0f64; 3];
     let mut total_flops = [0.0f64; 3];
     for s in conv_shapes(&graph) {
-        if s.kind != ConvKind::Conv {
+        let name = format!(
+            "{}x{} s{} {}->{} out {}x{}",
+            s.kh, s.kw, s.stride, s.c_in, s.c_out, s.out_h, s.out_w
+        );
+        if s.kind != ConvKind::Conv || only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
             continue;
         }
         let xs = Shape4::new(s.n, s.h, s.w, s.c_in);
@@ -173,10 +179,6 @@ fn main() {
             total_flops[i] += flops * s.count as f64;
             cols.push(format!("{ms:>9.3} {:>7.1}", flops / ms / 1e6));
         }
-        let name = format!(
-            "{}x{} s{} {}->{} out {}x{}",
-            s.kh, s.kw, s.stride, s.c_in, s.c_out, s.out_h, s.out_w
-        );
         println!("{name:<34} {:>4} {}", s.count, cols.join(" "));
     }
     let rate = |i: usize| total_flops[i] / totals[i].max(1e-9) / 1e6;
