@@ -25,9 +25,10 @@ use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::model::ModelConfig;
 use crate::train::cuda_engine::{check_fits, record_pass, CudaEngine, Pass};
-use crate::train::engine::{CpuEngine, Engine, StepParams};
+use crate::train::engine::{CpuEngine, Engine};
 use crate::train::landmark_weights::LandmarkWeightsArg;
 use crate::train::loss::{HeatmapLoss, LossArgs, LossKind};
+use crate::train::step::StepParams;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 pub enum BenchMode {

@@ -16,9 +16,9 @@ use cephalo::graph::exec::Executor;
 use cephalo::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use cephalo::model::ModelConfig;
 use cephalo::train::cuda_engine::CudaEngine;
-use cephalo::train::engine::StepParams;
 use cephalo::train::landmark_weights::LandmarkWeightsArg;
 use cephalo::train::loss::{HeatmapLoss, LossArgs, LossKind};
+use cephalo::train::step::StepParams;
 use rand::SeedableRng;
 
 mod cli_support;

@@ -21,7 +21,6 @@ use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::graph::Graph;
 use crate::refine::infer::Refiner;
-use crate::train::trainer::build_graph;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvalArgs {
@@ -107,7 +106,7 @@ pub fn load_model(path: &Path, batch_size: usize, device: Device) -> Result<Load
     let ck = checkpoint::load_for_inference(path)?;
     let mut model = ck.meta.model.clone();
     model.batch_size = batch_size.max(1);
-    let graph = build_graph(&model)?;
+    let graph = model.build()?;
     // The executor starts from the checkpoint's weights; load_into then checks every name and
     // shape (and writes them again, which is cheap).
     let weights = |name: &str| ck.tensors.get(name).map(|t| t.data.as_slice());

@@ -33,9 +33,9 @@ use crate::gpu::{nvtx, vram, DeviceBuffer, Gpu};
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
 use crate::graph::Graph;
-use crate::train::engine::{describe_finiteness, trainable_params, StepParams, StepResult};
 use crate::train::loss::HeatmapLoss;
 use crate::train::loss_scaler::{DynamicLossScaler, StepOutcome};
+use crate::train::step::{describe_finiteness, trainable_params, StepParams, StepResult};
 
 pub struct CudaEngine {
     gpu: Arc<Gpu>,

@@ -12,42 +12,14 @@ use crate::data::loader::{Batch, Loader};
 use crate::eval::inference::{predict_loader, PredictedImage};
 use crate::graph::exec::Executor;
 use crate::graph::plan::{DtypeSizes, Mode, PlanOptions};
-use crate::graph::{Graph, ParamKind};
+use crate::graph::Graph;
 use crate::train::cuda_engine::CudaEngine;
 use crate::train::loss::HeatmapLoss;
-
-/// What one step did.
-#[derive(Clone, Copy, Debug)]
-pub struct StepResult {
-    /// Mean loss of the batch (unscaled).
-    pub loss: f64,
-    /// The gradients overflowed in fp16 and the optimizer step was skipped (the loss scale fell).
-    pub skipped: bool,
-}
-
-/// Optimizer hyper-parameters of one step.
-#[derive(Clone, Copy, Debug)]
-pub struct StepParams {
-    pub lr: f32,
-    pub weight_decay: f32,
-    /// AdamW's step count t (1 for the first step).
-    pub t: u64,
-}
+use crate::train::step::{describe_finiteness, trainable_params, StepParams, StepResult};
 
 pub enum Engine {
     Cpu(Box<CpuEngine>),
     Cuda(Box<CudaEngine>),
-}
-
-/// Trainable parameters and whether weight decay applies to each (not to biases and BN).
-pub fn trainable_params(graph: &Graph) -> Vec<(ParamId, bool)> {
-    graph
-        .params
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.kind.trainable())
-        .map(|(i, p)| (ParamId(i), p.kind == ParamKind::Weight))
-        .collect()
 }
 
 impl Engine {
@@ -281,15 +253,5 @@ impl CpuEngine {
             self.exec.set_param(id, &weights);
         }
         Ok(())
-    }
-}
-
-pub fn describe_finiteness(values: &[f32]) -> String {
-    let nan = values.iter().filter(|v| v.is_nan()).count();
-    let inf = values.iter().filter(|v| v.is_infinite()).count();
-    if nan + inf == 0 {
-        "finite".into()
-    } else {
-        format!("{nan} NaN and {inf} inf of {} values", values.len())
     }
 }

@@ -10,5 +10,6 @@ pub mod landmark_weights;
 pub mod loss;
 pub mod loss_scaler;
 pub mod schedule;
+pub mod step;
 pub mod tensorboard;
 pub mod trainer;

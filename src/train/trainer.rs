@@ -28,15 +28,15 @@ use crate::eval::inference::metrics_of;
 use crate::eval::metrics::{ErrorStats, MetricsReport};
 use crate::gpu::memory::human_bytes;
 use crate::gpu::Gpu;
-use crate::graph::Graph;
 use crate::model::ModelConfig;
 use crate::refine::training::RefineTraining;
 use crate::refine::PatchSpec;
 use crate::train::args::{TrainArgs, DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR};
 use crate::train::cuda_engine::{check_fits, CudaEngine};
-use crate::train::engine::{CpuEngine, Engine, StepParams};
+use crate::train::engine::{CpuEngine, Engine};
 use crate::train::loss::HeatmapLoss;
 use crate::train::schedule::WarmupCosineRestarts;
+use crate::train::step::StepParams;
 use crate::train::tensorboard::EventWriter;
 
 /// Heatmaps are 1/4 of the input for every model.
@@ -367,7 +367,7 @@ impl Trainer {
             eprintln!("{}", r.describe());
         }
 
-        let graph = build_graph(&model)?;
+        let graph = model.build()?;
         let loss = HeatmapLoss::from_args(&args.loss, &symbols)?;
         let mut engine = match device {
             Device::Cpu => Engine::Cpu(Box::new(CpuEngine::new(graph, seed))),
@@ -830,11 +830,6 @@ impl Trainer {
         checkpoint::save(&path, &ck)?;
         Ok(path)
     }
-}
-
-/// The graph of a model config (any `hrnet-w<N>` width is accepted, e.g. the demo's w8).
-pub fn build_graph(model: &ModelConfig) -> Result<Graph> {
-    model.build()
 }
 
 /// An optimizer moment of `len` values from a checkpoint.
