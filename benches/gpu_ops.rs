@@ -4,7 +4,7 @@
 //!
 //! "Bytes" is what the op must move at minimum: every input read once and every output written
 //! once (accumulating gradients also read their old value). GB/s = bytes / median time; the
-//! issue's target is 70 % of the copy's GB/s. Run: `cargo bench --bench gpu_ops`.
+//! target is 70 % of the copy's GB/s. Run: `cargo bench --bench gpu_ops`.
 //! Without a GPU it says so and exits 0.
 use anyhow::Result;
 use cephalo::backend::cpu::resample::upsample_shape;

@@ -209,7 +209,7 @@ def build_model(name, landmarks, in_channels):
     sys.exit(f"unknown model {name!r}: hrnet-w8/w18/w32/w48, resnet18/34/50")
 
 
-# ---------------------------------------------------------------- loss (REFERENCE.md section 4)
+# ------------------------------------------------------ loss (docs/maths.md#adaptive-wing-loss)
 
 
 def adaptive_wing(pred, target, alpha=2.1, omega=14.0, eps=1.0, theta=0.5, weight=10.0):

@@ -1,6 +1,6 @@
-// Gaussian target heatmaps from landmark positions (REFERENCE §3), made on the GPU so that a
-// training step uploads n*k coordinate pairs (under 2 KB) instead of n*h*w*k target floats
-// (17 MB for HRNet at 768x768, batch 4).
+// Gaussian target heatmaps from landmark positions (docs/maths.md#heatmap-targets), made on the GPU
+// so that a training step uploads n*k coordinate pairs (under 2 KB) instead of n*h*w*k target
+// floats (17 MB for HRNet at 768x768, batch 4).
 // CPU twin: src/backend/cpu/heatmap.rs `encode` (the name without the `heatmap_` prefix and the
 // `_f32` suffix, the same argument order), which runs the loader's `data::heatmap::encode_into`.
 //
@@ -17,7 +17,8 @@
 // Launch: any 1-D grid (grid-stride loop).
 #include "common.cuh"
 
-// REFERENCE §3: values beyond this many sigmas are exactly 0 (TRUNCATE_SIGMAS in heatmap.rs).
+// Values beyond this many sigmas are exactly 0 (docs/maths.md#heatmap-targets; TRUNCATE_SIGMAS in
+// heatmap.rs).
 #define HEATMAP_TRUNCATE_SIGMAS 3.0
 
 extern "C" __global__ void heatmap_encode_f32(const double* __restrict__ points, int n, int h,

@@ -1,4 +1,5 @@
-// Heatmap losses: loss value and gradient in one pass (REFERENCE §4).
+// Heatmap losses: loss value and gradient in one pass (docs/maths.md#adaptive-wing-loss,
+// docs/maths.md#loss-reduction-and-gradient-scaling).
 // CPU twins: src/backend/cpu/loss.rs (same names without the `loss_` prefix and `_f16` suffix, same
 // argument order).
 //

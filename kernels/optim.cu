@@ -1,5 +1,5 @@
-// Mixed-precision optimizer step (REFERENCE §5): gradient unscale with a finite check, global
-// gradient norm, AdamW on fp32 master weights writing the fp16 weight copy.
+// Mixed-precision optimizer step (docs/maths.md#adamw): gradient unscale with a finite check,
+// global gradient norm, AdamW on fp32 master weights writing the fp16 weight copy.
 // CPU twins: src/backend/cpu/optim.rs; each kernel's comment names its twin. Arguments come in the
 // twin's order; values the host computes once per step (bias corrections) arrive ready-made.
 //

@@ -86,7 +86,7 @@ cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root:
 #   bash .gpu/run.sh [--bench]     the GPU tests (and the benchmark binaries)
-#   bash .gpu/run.sh --compare     the end-to-end comparison of issue #9 instead: cephalo bench
+#   bash .gpu/run.sh --compare     the end-to-end comparison instead: cephalo bench
 #                                  against benches/pytorch_reference.py (AMP eager) for HRNet-W32
 #                                  (768x768 batch 4, training and inference, each with the op
 #                                  profile and with CUDA graphs) and ResNet-50 (batch 8, training);

@@ -1,6 +1,7 @@
 //! `cephalo bench`: `--device cpu` measures the CPU backend; on a machine without a GPU the default
 //! `--device cuda` refuses with a clear error instead of measuring the wrong thing; the flags parse
-//! in the users' and the spellings.
+//! in every spelling they accept (the users' underscores, `--profile` for `--profile-ops`,
+//! `--inference` for `--mode infer`).
 mod cli_support;
 
 /// `--device cpu` measures the CPU backend in both modes and writes the same JSON fields as on

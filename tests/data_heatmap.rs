@@ -1,4 +1,5 @@
-//! Heatmap targets (REFERENCE §3) and their decoding.
+//! Heatmap targets and their decoding (docs/maths.md#heatmap-targets,
+//! docs/maths.md#heatmap-decoding).
 use cephalo::data::heatmap::{decode_argmax_quarter, decode_dark, encode, heatmap_to_image, image_to_heatmap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

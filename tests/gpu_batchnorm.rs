@@ -2,9 +2,10 @@
 //! the fused BN+add+ReLU against the unfused CPU pair (BN, then add_relu). Ignored without a GPU.
 //!
 //! Inputs have per-channel offsets and spreads, like real pre-BN activations (a zero-mean input
-//! would make the mean's relative error meaningless). Tolerances: DESIGN.md's 1e-2 for fp16
-//! outputs; 1e-5 for the f32 statistics; 1e-4 for dgamma/dbeta, whose per-chunk partial sums are
-//! f32 where the CPU twin sums in f64.
+//! would make the mean's relative error meaningless). Tolerances
+//! (docs/architecture.md#precision-and-tolerances): 1e-2 for fp16 outputs; 1e-5 for the f32
+//! statistics; 1e-4 for dgamma/dbeta, whose per-chunk partial sums are f32 where the CPU twin sums
+//! in f64.
 mod gpu_ops_support;
 
 use cephalo::backend::{cpu, cuda, BnParams, Shape4};

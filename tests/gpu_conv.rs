@@ -6,9 +6,9 @@
 //! HRNet-W18 widths (18/36/72/144, the general loader) and W32/ResNet widths (32..2048), a
 //! 29-channel head, the 4x4 stride-2 transposed convolution with 256 channels, odd spatial sizes,
 //! batch 1 and 4, plus random odd shapes. Outputs start poisoned (NaN), accumulating ones random;
-//! tolerance DESIGN.md's 1e-2; a second identical launch must give the same bits. The
-//! BN-statistics epilogue (`conv2d_fwd_bn_stats`) is checked against the CPU twin's statistics
-//! of the GPU's own output (1e-5, f32 results).
+//! tolerance 1e-2 (docs/architecture.md#precision-and-tolerances); a second identical launch must
+//! give the same bits. The BN-statistics epilogue (`conv2d_fwd_bn_stats`) is checked against the
+//! CPU twin's statistics of the GPU's own output (1e-5, f32 results).
 mod gpu_ops_support;
 
 use cephalo::backend::cpu::batchnorm::bn_batch_stats;

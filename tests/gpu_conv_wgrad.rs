@@ -3,8 +3,9 @@
 //! exact f32 values of fp16 inputs. The GPU tests are ignored without a GPU; the plan test at the
 //! end runs anywhere.
 //!
-//! Tolerance: DESIGN.md's 1e-2 for fp16 ops. Products of fp16 values are exact in fp32 and every
-//! sum is fp32 on both sides, so the measured error is far smaller; it is printed per case.
+//! Tolerance: 1e-2 for fp16 ops (docs/architecture.md#precision-and-tolerances). Products of fp16
+//! values are exact in fp32 and every sum is fp32 on both sides, so the measured error is far
+//! smaller; it is printed per case.
 mod gpu_ops_support;
 
 use cephalo::backend::cuda::conv_wgrad::{self, Tile, WgradPlan};

@@ -4,8 +4,8 @@
 //! Fresh random heatmaps every run (the seed is printed): Gaussian targets around random points
 //! and fp16 predictions = target + noise, which visits both Adaptive Wing branches and both sides
 //! of the weight map's threshold. Outputs, workspace and loss buffer are poisoned before each call.
-//! Tolerances per DESIGN.md: 1e-2 for the fp16 gradient, 1e-5 for the loss value (fp32 per
-//! element, f64 sums on both sides, in different orders).
+//! Tolerances (docs/architecture.md#precision-and-tolerances): 1e-2 for the fp16 gradient, 1e-5 for
+//! the loss value (fp32 per element, f64 sums on both sides, in different orders).
 mod gpu_ops_support;
 
 use cephalo::backend::cpu::loss::{AWingParams, HeatmapShape, WeightMap};

@@ -4,7 +4,7 @@
 //! Fresh random data every run (the seed is printed), poisoned outputs, sizes 1, 1000 and 9.6M (a
 //! ResNet-sized parameter tensor, past the grid cap). Unscaling is one multiply on both sides, so
 //! it must match bitwise; the norm is f64 on both sides in different orders (relative 1e-12);
-//! AdamW's fp32 state must agree to DESIGN.md's 1e-5 and its fp16 copy to 1e-2.
+//! AdamW's fp32 state must agree to 1e-5 and its fp16 copy to 1e-2.
 mod gpu_ops_support;
 
 use cephalo::backend::cpu::optim::AdamWParams;

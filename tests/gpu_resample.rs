@@ -7,7 +7,7 @@ use cephalo::backend::cpu::resample::upsample_shape;
 use cephalo::backend::{cpu, cuda, Shape4, UpsampleMode};
 use gpu_ops_support::*;
 
-/// (input shape, factor): HRNet's factors 2, 4 and 8, plus 3, on the channel counts.
+/// (input shape, factor): HRNet's factors 2, 4 and 8, plus 3, on HRNet's channel counts.
 const CASES: [(Shape4, usize); 7] = [
     (Shape4::new(1, 5, 7, 18), 2),
     (Shape4::new(4, 3, 5, 32), 4),

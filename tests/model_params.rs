@@ -127,12 +127,12 @@ fn hrnet_counts_match_the_derivation() {
             );
         }
     }
-    // The figures themselves (3 input channels): W32 backbone 29,305,536 = 29.3 M (REFERENCE
-    // §6 says "near 28.5 M" after pose-HRNet; the difference is explained below), W32 with the
-    // HRNetV2 head for 29 landmarks 29,551,325 (REFERENCE: about 29.6 M).
+    // The figures themselves (3 input channels, docs/maths.md#networks): W32 backbone
+    // 29,305,536 = 29.3 M (pose-HRNet's published 28.5 M differs, as explained below), W32 with
+    // the HRNetV2 head for 29 landmarks 29,551,325 (about 29.6 M).
     assert_eq!(hrnet_backbone(3, 32), 29_305_536);
     assert_eq!(hrnet_backbone(3, 32) + hrnet_head(32, 29), 29_551_325);
-    // W18 with head: REFERENCE says about 9.6 M.
+    // W18 with head: about 9.6 M.
     assert_eq!(hrnet_backbone(3, 18) + hrnet_head(18, 29), 9_643_829);
 }
 

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use cephalo::train::landmark_weights::LandmarkWeightsArg;
 
-/// The 29 Aariz symbols in their JSON order (REFERENCE §1.1).
+/// The 29 Aariz symbols in their JSON order (docs/formats.md#aariz).
 const AARIZ: [&str; 29] = [
     "A", "ANS", "B", "Me", "N", "Or", "Pog", "PNS", "Pn", "R", "S", "Ar", "Co", "Gn", "Go", "Po", "LPM", "LIT", "LMT",
     "UPM", "UIA", "UIT", "UMT", "LIA", "Li", "Ls", "N`", "Pog`", "Sn",

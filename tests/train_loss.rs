@@ -1,4 +1,5 @@
-//! The heatmap losses' CPU twins against an independent f64 reference written from REFERENCE §4,
+//! The heatmap losses' CPU twins against an independent f64 reference written from
+//! docs/maths.md#adaptive-wing-loss,
 //! against finite differences of themselves, and for thread-count determinism.
 use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
 use rand::{Rng, SeedableRng};
@@ -35,7 +36,7 @@ fn batch(seed: u64) -> (Vec<f32>, Vec<f32>) {
     (pred, target)
 }
 
-/// AWing in f64 straight from REFERENCE §4.
+/// AWing in f64 straight from docs/maths.md#adaptive-wing-loss.
 fn awing_f64(p: f64, y: f64) -> (f64, f64) {
     let (alpha, omega, eps, theta) = (2.1f64, 14.0f64, 1.0f64, 0.5f64);
     let d = (y - p).abs();

@@ -1,4 +1,4 @@
-//! The optimizer twins against an f64 AdamW written from REFERENCE §5, and one whole
+//! The optimizer twins against an f64 AdamW written from docs/maths.md#adamw, and one whole
 //! mixed-precision step loop: scaled loss gradient → fp16 → unscale + check → loss scaler → AdamW
 //! writing the fp16 weight copy the next forward reads.
 use cephalo::backend::cpu::loss::{awing_fwd_bwd, AWingParams, HeatmapShape, WeightMap};

@@ -1,5 +1,6 @@
 //! Warmup + cosine annealing with warm restarts: values at chosen iterations, computed by hand
-//! from REFERENCE §5's formula (lr = lr_min + (lr_max - lr_min) * (1 + cos(pi*T_cur/T_i)) / 2).
+//! from the formula of docs/maths.md#learning-rate-schedule
+//! (lr = lr_min + (lr_max - lr_min) * (1 + cos(pi*T_cur/T_i)) / 2).
 use cephalo::train::schedule::WarmupCosineRestarts;
 
 const MAX: f64 = 1e-3;

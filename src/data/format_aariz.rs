@@ -1,4 +1,4 @@
-//! The Aariz layout (REFERENCE §1.1):
+//! The Aariz layout (docs/formats.md#aariz):
 //! `<split>/Cephalograms/<id>.<ext>`,
 //! `<split>/Annotations/Cephalometric Landmarks/{Senior,Junior} Orthodontists/<id>.json`,
 //! `<split>/Annotations/CVM Stages/<id>.json`, and `cephalogram_machine_mappings.csv` at the root

@@ -1,6 +1,7 @@
-//! The landmark CSV format (REFERENCE §1.3): `train.csv`, `valid.csv`, `test.csv`, each with the
-//! header `image,pixel_size_mm,<SYM>_x,<SYM>_y,...`; image paths relative to the CSV's folder.
-//! Optional `machine` and `cvm_stage` columns become sample metadata; other columns are ignored.
+//! The landmark CSV format (docs/formats.md#landmark-csv): `train.csv`, `valid.csv`, `test.csv`,
+//! each with the header `image,pixel_size_mm,<SYM>_x,<SYM>_y,...`; image paths relative to the
+//! CSV's folder. Optional `machine` and `cvm_stage` columns become sample metadata; other columns
+//! are ignored.
 use std::path::Path;
 
 use anyhow::Context;

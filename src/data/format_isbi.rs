@@ -1,4 +1,4 @@
-//! The original ISBI 2015 challenge layout (REFERENCE §1.2):
+//! The original ISBI 2015 challenge layout (docs/formats.md#isbi-2015):
 //! `RawImage/{TrainingData,Test1Data,Test2Data}/<nnn>.bmp` and
 //! `AnnotationsByMD/400_{senior,junior}/<nnn>.txt`, each txt holding 19 `x,y` lines (then
 //! classification lines, ignored). 0.1 mm per pixel.

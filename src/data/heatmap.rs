@@ -1,4 +1,5 @@
-//! Heatmap targets and their decoding (REFERENCE §3).
+//! Heatmap targets and their decoding (docs/maths.md#heatmap-targets,
+//! docs/maths.md#heatmap-decoding).
 //!
 //! Layout: one image's heatmaps are `h * w * k` floats in NHWC order with the landmark as the
 //! last (channel) axis: index `(y * w + x) * k + landmark`. Coordinates: pixel centres at

@@ -1,4 +1,4 @@
-//! MRE, SD and SDR (REFERENCE.md §2), overall, per landmark and per X-ray machine.
+//! MRE, SD and SDR (docs/formats.md#metrics), overall, per landmark and per X-ray machine.
 //!
 //! The radial error of one landmark in one image is the Euclidean distance between prediction and
 //! ground truth in original-image pixels, times that image's pixel size. Every statistic is over

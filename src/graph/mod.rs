@@ -113,7 +113,7 @@ pub struct Node {
     pub shape: Shape4,
 }
 
-/// How a parameter starts (REFERENCE §6).
+/// How a parameter starts (docs/maths.md#networks).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// `N(0, std)`: HRNet uses std 0.001 for every convolution.

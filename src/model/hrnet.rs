@@ -1,5 +1,5 @@
-//! HRNetV2 for landmark heatmaps (REFERENCE §6): four parallel branches at 1/4, 1/8, 1/16 and
-//! 1/32 of the input with widths C, 2C, 4C, 8C, repeatedly fused; the head upsamples every
+//! HRNetV2 for landmark heatmaps (docs/maths.md#networks): four parallel branches at 1/4, 1/8, 1/16
+//! and 1/32 of the input with widths C, 2C, 4C, 8C, repeatedly fused; the head upsamples every
 //! branch to 1/4, concatenates them (15C channels) and maps them to one heatmap per landmark.
 //!
 //! Layer names: `stem.conv1`, `layer1.block0.conv1`, `transition1.b1.conv`,

@@ -1,7 +1,8 @@
-//! Cephalometric analysis (REFERENCE.md §7): the angles and distances orthodontists read off the
-//! landmarks. Image coordinates: x to the right, y DOWN; every angle here is the unsigned angle
-//! between two direction vectors, so the y flip needs no special care, and each measurement names
-//! the two directions it compares. Only measurements whose landmarks the set has are reported.
+//! Cephalometric analysis (docs/maths.md#cephalometric-analysis): the angles and distances
+//! orthodontists read off the landmarks. Image coordinates: x to the right, y DOWN; every angle
+//! here is the unsigned angle between two direction vectors, so the y flip needs no special care,
+//! and each measurement names the two directions it compares. Only measurements whose landmarks the
+//! set has are reported.
 use serde::Serialize;
 
 /// One measurement.

@@ -1,5 +1,5 @@
 //! The GPU training step: fp16 activations and weight copies, fp32 master weights, moments,
-//! gradients and loss, with dynamic loss scaling (REFERENCE §5).
+//! gradients and loss, with dynamic loss scaling (docs/maths.md#dynamic-loss-scaling).
 //!
 //! One step queues, without waiting:
 //! 1. the input images (unless the previous step already queued them, see `StagedInput`) and

@@ -1,4 +1,4 @@
-//! Dynamic loss scaling (REFERENCE §5, the usual GradScaler behaviour).
+//! Dynamic loss scaling (docs/maths.md#dynamic-loss-scaling, the usual GradScaler behaviour).
 //!
 //! The loss gradient is multiplied by `scale` before its fp16 cast so that small gradients stay
 //! representable; the optimizer divides it out again in fp32. When any unscaled gradient is

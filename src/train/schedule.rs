@@ -1,5 +1,5 @@
 //! Learning-rate schedule: linear warmup, then cosine annealing with warm restarts (SGDR), stepped
-//! every iteration with a fractional epoch (REFERENCE §5).
+//! every iteration with a fractional epoch (docs/maths.md#learning-rate-schedule).
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 

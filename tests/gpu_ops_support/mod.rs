@@ -8,8 +8,8 @@ use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Activation shapes the issue asks for: batch 1 and 4, channels 18, 32, 36, 64, 256, plus 29 (odd,
-/// scalar path only) and odd spatial sizes.
+/// Activation shapes every op test covers: batch 1 and 4, channels 18, 32, 36, 64, 256, plus 29
+/// (odd, scalar path only) and odd spatial sizes.
 pub const SHAPES: [Shape4; 7] = [
     Shape4::new(1, 7, 9, 18),
     Shape4::new(4, 13, 17, 32),
@@ -72,7 +72,8 @@ pub fn download_f32(gpu: &Gpu, b: &DeviceBuffer<f16>) -> Vec<f32> {
     to_f32(&b.to_host(gpu).unwrap())
 }
 
-/// `||got - want|| / ||want||`, the DESIGN.md measure; panics on any NaN in `got`.
+/// `||got - want|| / ||want||`, the measure of
+/// docs/architecture.md#precision-and-tolerances; panics on any NaN in `got`.
 pub fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     if let Some(i) = got.iter().position(|v| !v.is_finite()) {
@@ -86,7 +87,8 @@ pub fn rel_err(what: &str, got: &[f32], want: &[f32]) -> f64 {
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// Asserts the DESIGN.md tolerance (1e-2 for fp16 results, 1e-5 for fp32 ones, or as given).
+/// Asserts the tolerance of docs/architecture.md#precision-and-tolerances (1e-2 for fp16 results,
+/// 1e-5 for fp32 ones), or the one given.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let e = rel_err(what, got, want);
     assert!(e < tol, "{what}: relative error {e:.3e} over {tol:.0e}");

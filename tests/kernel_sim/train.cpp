@@ -1,5 +1,5 @@
 // Runs kernels/loss.cu, kernels/optim.cu and kernels/heatmap.cu under cuda_sim.h against naive double-precision
-// references written from REFERENCE §3/§4/§5 (not from the kernels or the CPU twins), launched with
+// references written from docs/maths.md (not from the kernels or the CPU twins), launched with
 // the grids the Rust wrappers (src/backend/cuda/{loss,optim,heatmap}.rs) use and with other grids, so that
 // the grid-stride loops and the per-block partials are exercised. Built and run by run.sh.
 //
@@ -254,8 +254,8 @@ static void test_adamw_chunks() {
 }
 
 // ---------- target heatmaps ----------
-// REFERENCE §3: exp(-d^2 / (2 sigma^2)) within 3 sigma of the landmark, 0 beyond and for a missing
-// one; every element written (the output starts as NaN).
+// docs/maths.md#heatmap-targets: exp(-d^2 / (2 sigma^2)) within 3 sigma of the landmark, 0 beyond
+// and for a missing one; every element written (the output starts as NaN).
 static void test_heatmap(int N, int Hh, int W, int K, double sigma, unsigned grid) {
     std::vector<double> pts(2 * N * K);
     for (int i = 0; i < N * K; ++i) {

@@ -1,5 +1,5 @@
 //! CPU twin of `kernels/heatmap.cu`: a batch's Gaussian target heatmaps from its landmark
-//! positions (REFERENCE §3).
+//! positions (docs/maths.md#heatmap-targets).
 //!
 //! Both engines make their targets from [`Batch::heatmap_points`](crate::data::loader::Batch)
 //! with this op, so the loader never fills `n*h*w*k` floats and the GPU step uploads coordinates

@@ -3,9 +3,9 @@
 //!
 //! Layout is NHWC with the landmark channel last (`K`), as on the GPU. The loss is the mean over
 //! all `N*K*H*W` elements of `channel_weight[k] * (W*M + 1) * l(p, y)`, where `M` is the optional
-//! Adaptive Wing weight map (REFERENCE §4). The gradient written is `d loss / d pred` times
-//! `grad_scale`: on the GPU it is cast to fp16 right after, and per-element gradients of a mean over
-//! millions of elements sit below fp16's normal range unless they are scaled first.
+//! Adaptive Wing weight map (docs/maths.md#weight-map). The gradient written is `d loss / d pred`
+//! times `grad_scale`: on the GPU it is cast to fp16 right after, and per-element gradients of a
+//! mean over millions of elements sit below fp16's normal range unless they are scaled first.
 //!
 //! Summation is deterministic: every image row is summed sequentially in f64, and the row sums are
 //! added in row order, so the value does not depend on the number of threads.
@@ -192,8 +192,9 @@ fn weighted_mean_fwd_bwd(
     row_sums.iter().sum::<f64>() / len as f64
 }
 
-/// Adaptive Wing loss (REFERENCE §4), weighted per landmark channel and optionally by the weight
-/// map; returns the mean loss and writes `grad = d loss / d pred * grad_scale`.
+/// Adaptive Wing loss (docs/maths.md#adaptive-wing-loss), weighted per landmark channel and
+/// optionally by the weight map; returns the mean loss and writes
+/// `grad = d loss / d pred * grad_scale`.
 #[allow(clippy::too_many_arguments)] // mirrors `loss_awing_fwd_bwd_f16` one to one
 pub fn awing_fwd_bwd(
     pred: &[f32],
@@ -247,8 +248,8 @@ pub fn mse_fwd_bwd(
 mod tests {
     use super::*;
 
-    /// REFERENCE §4's vectors are given to 6 decimals; f32 evaluation (and 0.9999 not being
-    /// representable in f32, which moves d = 1 - p by 1.7e-4 relative) stays within this.
+    /// The vectors of docs/maths.md#adaptive-wing-loss have 6 decimals; f32 evaluation (and 0.9999
+    /// not being representable in f32, which moves d = 1 - p by 1.7e-4 relative) stays within this.
     fn close(got: f32, want: f64) -> bool {
         (got as f64 - want).abs() <= 1e-6 + 3e-5 * want.abs()
     }

@@ -141,9 +141,10 @@ fn sum_partials(gpu: &Gpu, shape: HeatmapShape, workspace: u64, loss: u64) -> Re
     Ok(())
 }
 
-/// Adaptive Wing loss (REFERENCE §4), weighted per landmark channel and optionally by the weight
-/// map. Writes `grad = f16(d loss / d pred * grad_scale)` and leaves the mean loss in `loss[0]`
-/// (read it with [`read_loss`]); `workspace` holds [`loss_workspace_len`] doubles.
+/// Adaptive Wing loss (docs/maths.md#adaptive-wing-loss), weighted per landmark channel and
+/// optionally by the weight map. Writes `grad = f16(d loss / d pred * grad_scale)` and leaves the
+/// mean loss in `loss[0]` (read it with [`read_loss`]); `workspace` holds [`loss_workspace_len`]
+/// doubles.
 #[allow(clippy::too_many_arguments)] // the CPU twin's arguments, plus the device buffers
 pub fn awing_fwd_bwd(
     gpu: &Gpu,
