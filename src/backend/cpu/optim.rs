@@ -1,10 +1,12 @@
 //! CPU twins of `kernels/optim.cu`: gradient unscaling with a finite check, the global gradient
-//! norm, and AdamW on fp32 master weights (REFERENCE §5).
+//! norm, and AdamW on fp32 master weights (docs/maths.md#adamw).
 //!
 //! The mixed-precision step is: unscale (fp16 or fp32 gradients → fp32, times `1/loss_scale`, and
-//! one flag saying whether anything was inf/NaN); if all finite, optionally the global norm and a
-//! clipping factor; then AdamW, which folds the clipping factor into its gradient read and writes
-//! the fp32 master weights, both moments and the fp16 weight copy the forward pass reads.
+//! one flag saying whether anything was inf/NaN); if all finite, AdamW, which writes the fp32
+//! master weights, both moments and the fp16 weight copy the forward pass reads. The global norm
+//! and a clipping factor (which AdamW would fold into its gradient read as `grad_mul`) are here
+//! too, but no command uses them: training passes `grad_mul` 1
+//! (docs/maths.md#gradient-norm-and-clipping).
 use half::f16;
 use rayon::prelude::*;
 
@@ -79,7 +81,8 @@ pub struct AdamWParams {
 }
 
 impl Default for AdamWParams {
-    /// REFERENCE §5's betas and eps; the users' default lr 5e-4; PyTorch's AdamW weight decay 0.01.
+    /// The betas and eps of docs/maths.md#adamw; the users' default lr 5e-4; PyTorch's AdamW weight
+    /// decay 0.01.
     fn default() -> Self {
         Self {
             lr: 5e-4,

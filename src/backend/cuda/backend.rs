@@ -389,8 +389,8 @@ impl CudaBackend {
         Ok(unsafe { self.store().view_mut(self.layout.grad_offset_bytes(at), len) })
     }
 
-    /// Every gradient, contiguous (padding between parameters is zero): for unscale, the
-    /// finite check and the norm in one launch each.
+    /// Every gradient, contiguous (padding between parameters is zero): for the unscale and
+    /// finite check of a training step in one launch.
     pub fn all_grads(&mut self) -> DevSliceMut<'_, f32> {
         let len = self.layout.grads;
         // SAFETY: `&mut self` excludes every other view of the store.

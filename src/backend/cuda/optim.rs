@@ -1,13 +1,15 @@
 //! Launch wrappers of `kernels/optim.cu`; CPU twins in `backend/cpu/optim.rs`.
 //!
-//! Where a CPU twin returns a value, the wrapper leaves it on the device instead, so that a
-//! training step queues unscale, norm and AdamW without waiting: the finite check sets an `int`
-//! flag ([`read_flag`] gives the twin's "all finite"), and the squared norm lands in one f64
-//! ([`read_norm_sq`]). The norm is a two-kernel reduction over a grid that depends on the length
-//! only, with per-block partials in a caller-provided `workspace` of [`grad_norm_workspace_len`]
-//! doubles, so its summation order never depends on the GPU's size and it is bitwise
-//! reproducible. `clip_factor` is host arithmetic on the norm and has no wrapper: use
-//! `cpu::optim::clip_factor`.
+//! Where a CPU twin returns a value, the wrapper leaves it on the device instead, so that work can
+//! be queued behind it without waiting: the finite check sets an `int` flag ([`read_flag`] gives
+//! the twin's "all finite"), and the squared norm lands in one f64 ([`read_norm_sq`]). The
+//! training step (`train::cuda_engine`) queues the unscale and finite check, waits once for the
+//! flag, then queues AdamW; it computes no norm and clips nothing (`grad_mul` 1), see
+//! docs/maths.md#gradient-norm-and-clipping. The norm is a two-kernel reduction over a grid that
+//! depends on the length only, with per-block partials in a caller-provided `workspace` of
+//! [`grad_norm_workspace_len`] doubles, so its summation order never depends on the GPU's size and
+//! it is bitwise reproducible. `clip_factor` is host arithmetic on the norm and has no wrapper:
+//! use `cpu::optim::clip_factor`.
 use anyhow::{ensure, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
@@ -171,12 +173,12 @@ pub fn read_norm_sq(gpu: &Gpu, norm_sq: DevSlice<f64>) -> Result<f64> {
     read_scalar(gpu, "read_norm_sq", norm_sq)
 }
 
-/// One AdamW step on one parameter tensor (REFERENCE §5), as the CPU twin `adamw_step`: updates
-/// `master`, `m` and `v` in place and, when given, writes the updated weights rounded to fp16 into
-/// `half_copy`. `decay == false` means weight decay 0 (BN parameters and biases); `grad_mul` is
-/// the clipping factor folded into the gradient read. It runs [`adamw_step_chunks`] with a table
-/// of this one tensor, made and uploaded per call: for tests and one-off updates; training makes
-/// the table of all its tensors once.
+/// One AdamW step on one parameter tensor (docs/maths.md#adamw), as the CPU twin `adamw_step`:
+/// updates `master`, `m` and `v` in place and, when given, writes the updated weights rounded to
+/// fp16 into `half_copy`. `decay == false` means weight decay 0 (BN parameters and biases);
+/// `grad_mul` is the clipping factor folded into the gradient read. It runs [`adamw_step_chunks`]
+/// with a table of this one tensor, made and uploaded per call: for tests and one-off updates;
+/// training makes the table of all its tensors once.
 #[allow(clippy::too_many_arguments)] // mirrors the CPU twin one to one
 pub fn adamw_step(
     gpu: &Gpu,
