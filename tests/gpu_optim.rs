@@ -3,8 +3,7 @@
 //!
 //! Fresh random data every run (the seed is printed), poisoned outputs, sizes 1, 1000 and 9.6M (a
 //! ResNet-sized parameter tensor, past the grid cap). Unscaling is one multiply on both sides, so
-//! it must match bitwise; the norm is f64 on both sides in different orders (relative 1e-12);
-//! AdamW's fp32 state must agree to 1e-5 and its fp16 copy to 1e-2.
+//! it must match bitwise; AdamW's fp32 state must agree to 1e-5 and its fp16 copy to 1e-2.
 mod gpu_ops_support;
 
 use cephalo::backend::cpu::optim::AdamWParams;
@@ -40,46 +39,6 @@ fn assert_bits_f32(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn unscale_f16_matches_cpu_and_flags_planted_nan_and_inf() {
-    let gpu = gpu();
-    let mut rng = rng();
-    for n in SIZES {
-        let inv_scale = 1.0 / [1024.0f32, 65536.0][rng.random_range(0..2)];
-        let mut src = random_f16(&mut rng, n, -3000.0, 3000.0);
-        let mut fd = flag(&gpu);
-        for planted in [None, Some(f16::NAN), Some(f16::INFINITY), Some(f16::NEG_INFINITY), None] {
-            let what = format!("unscale_and_check_f16 n={n} planted={planted:?}");
-            let mut plain = src.clone();
-            if let Some(bad) = planted {
-                for i in positions(&mut rng, n, 1 + n / 100_000) {
-                    plain[i] = bad;
-                }
-            }
-            let mut want = vec![0.0f32; n];
-            let want_ok = cpu::optim::unscale_and_check_f16(&plain, inv_scale, &mut want);
-            assert_eq!(
-                want_ok,
-                planted.is_none(),
-                "{what}: the CPU twin disagrees with the plant"
-            );
-
-            let sd = upload(&gpu, &plain);
-            let mut dd = poisoned_f32(&gpu, n);
-            cuda::optim::unscale_and_check_f16(&gpu, sd.slice(), inv_scale, dd.slice_mut(), fd.slice_mut()).unwrap();
-            // The last case runs after a flagged one on the same flag: it must have been cleared.
-            assert_eq!(
-                cuda::optim::read_flag(&gpu, fd.slice()).unwrap(),
-                want_ok,
-                "{what}: flag"
-            );
-            assert_bits_f32(&what, &dd.to_host(&gpu).unwrap(), &want);
-            src = random_f16(&mut rng, n, -3000.0, 3000.0);
-        }
-    }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
 fn unscale_f32_matches_cpu_in_place_and_flags_planted_nan_and_inf() {
     let gpu = gpu();
     let mut rng = rng();
@@ -110,43 +69,6 @@ fn unscale_f32_matches_cpu_in_place_and_flags_planted_nan_and_inf() {
             assert_bits_f32(&what, &gd.to_host(&gpu).unwrap(), &grads);
         }
     }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn grad_norm_matches_cpu_accumulates_and_is_reproducible() {
-    let gpu = gpu();
-    let mut rng = rng();
-    let mut total_want = 0.0f64;
-    let mut total = upload(&gpu, &[f64::NAN]);
-    let mut accumulate = false; // the first tensor overwrites the poisoned total
-    for n in SIZES {
-        let grads = random_f32(&mut rng, n, -2.0, 2.0);
-        let want = cpu::optim::grad_norm_sq(&grads);
-        total_want += want;
-        let gd = upload(&gpu, &grads);
-        let mut ws = upload(&gpu, &vec![f64::NAN; cuda::optim::grad_norm_workspace_len(n)]);
-        let mut first = None;
-        for run in 0..3 {
-            let mut out = upload(&gpu, &[f64::NAN]);
-            cuda::optim::grad_norm_sq(&gpu, gd.slice(), ws.slice_mut(), out.slice_mut(), false).unwrap();
-            let got = cuda::optim::read_norm_sq(&gpu, out.slice()).unwrap();
-            let rel = (got - want).abs() / want;
-            assert!(
-                rel < 1e-12,
-                "grad_norm_sq n={n}: {got} vs CPU {want} (relative {rel:.2e})"
-            );
-            let first = *first.get_or_insert(got);
-            assert_eq!(got.to_bits(), first.to_bits(), "grad_norm_sq n={n}: run {run} differs");
-        }
-        cuda::optim::grad_norm_sq(&gpu, gd.slice(), ws.slice_mut(), total.slice_mut(), accumulate).unwrap();
-        accumulate = true;
-    }
-    let got = cuda::optim::read_norm_sq(&gpu, total.slice()).unwrap();
-    assert!(
-        (got - total_want).abs() / total_want < 1e-12,
-        "accumulated norm {got} vs CPU {total_want}"
-    );
 }
 
 /// One parameter tensor's optimizer state on the host.
@@ -322,11 +244,6 @@ fn wrong_arguments_are_errors_not_launches() {
         1.0,
     );
     assert!(r.is_err(), "step 0 was accepted");
-    let mut ws = upload(&gpu, &[0.0f64]);
-    let big = upload(&gpu, &vec![1.0f32; 257]);
-    let mut out = upload(&gpu, &[0.0f64]);
-    let r = cuda::optim::grad_norm_sq(&gpu, big.slice(), ws.slice_mut(), out.slice_mut(), false);
-    assert!(r.is_err(), "a one-partial workspace for two blocks was accepted");
     let mut two_flags = upload(&gpu, &[0i32, 0]);
     let r = cuda::optim::unscale_and_check(&gpu, w.slice_mut(), 1.0, two_flags.slice_mut());
     assert!(r.is_err(), "a two-element flag was accepted");

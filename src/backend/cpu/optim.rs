@@ -1,19 +1,15 @@
-//! CPU twins of `kernels/optim.cu`: gradient unscaling with a finite check, the global gradient
-//! norm, and AdamW on fp32 master weights (docs/maths.md#adamw).
+//! CPU twins of `kernels/optim.cu`: gradient unscaling with a finite check, and AdamW on fp32
+//! master weights (docs/maths.md#adamw).
 //!
-//! The mixed-precision step is: unscale (fp16 or fp32 gradients → fp32, times `1/loss_scale`, and
-//! one flag saying whether anything was inf/NaN); if all finite, AdamW, which writes the fp32
-//! master weights, both moments and the fp16 weight copy the forward pass reads. The global norm
-//! and a clipping factor (which AdamW would fold into its gradient read as `grad_mul`) are here
-//! too, but no command uses them: training passes `grad_mul` 1
-//! (docs/maths.md#gradient-norm-and-clipping).
+//! The mixed-precision step is: unscale (fp32 gradients times `1/loss_scale`, and one flag saying
+//! whether anything was inf/NaN); if all finite, AdamW, which writes the fp32 master weights, both
+//! moments and the fp16 weight copy the forward pass reads.
 use half::f16;
 use rayon::prelude::*;
 
 use super::simd::{for_each_isa, on_isa};
 
-/// Elements per parallel work item: large enough that rayon's scheduling is negligible, and a fixed
-/// size so that the norm's partial sums (and therefore its rounding) never depend on thread count.
+/// Elements per parallel work item: large enough that rayon's scheduling is negligible.
 const CHUNK: usize = 1 << 14;
 
 /// `grads[i] *= inv_scale`; returns true when every result is finite.
@@ -30,44 +26,6 @@ pub fn unscale_and_check(grads: &mut [f32], inv_scale: f32) -> bool {
             },
         )
         .reduce(|| true, |a, b| a & b)
-}
-
-/// `dst[i] = f32(src[i]) * inv_scale`; returns true when every result is finite. The fp16
-/// gradients of the backward pass become the fp32 gradients the optimizer reads.
-pub fn unscale_and_check_f16(src: &[f16], inv_scale: f32, dst: &mut [f32]) -> bool {
-    assert_eq!(src.len(), dst.len(), "unscale_and_check_f16: length mismatch");
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .fold(
-            || true,
-            |ok, (d, s)| {
-                d.iter_mut().zip(s).fold(ok, |ok, (d, s)| {
-                    *d = s.to_f32() * inv_scale;
-                    ok & d.is_finite()
-                })
-            },
-        )
-        .reduce(|| true, |a, b| a & b)
-}
-
-/// Sum of squares of `grads` in f64. Each fixed-size chunk is summed sequentially and the chunk
-/// sums are added in order, so the result is the same for any number of threads.
-pub fn grad_norm_sq(grads: &[f32]) -> f64 {
-    let partials: Vec<f64> = grads
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>())
-        .collect();
-    partials.iter().sum()
-}
-
-/// Gradient multiplier for clipping the global norm to `max_norm` (1 when the norm is within it).
-/// Pass it to [`adamw_step`] as `grad_mul`, which saves a pass over the gradients.
-pub fn clip_factor(norm: f64, max_norm: f64) -> f32 {
-    if norm > max_norm {
-        (max_norm / (norm + 1e-6)) as f32
-    } else {
-        1.0
-    }
 }
 
 /// AdamW hyperparameters.
@@ -295,21 +253,9 @@ mod tests {
         assert!(g.iter().all(|&x| x == 1.0));
         g[CHUNK + 7] = f32::NAN;
         assert!(!unscale_and_check(&mut g, 0.5));
-        let mut src = vec![f16::from_f32(4.0); 2 * CHUNK + 1];
-        let mut dst = vec![0.0f32; src.len()];
-        assert!(unscale_and_check_f16(&src, 0.25, &mut dst));
-        assert!(dst.iter().all(|&x| x == 1.0));
-        src[2 * CHUNK] = f16::INFINITY;
-        assert!(!unscale_and_check_f16(&src, 0.25, &mut dst));
-    }
-
-    #[test]
-    fn norm_and_clip_factor() {
-        let g: Vec<f32> = (0..3 * CHUNK + 5).map(|i| ((i % 7) as f32) - 3.0).collect();
-        let naive: f64 = g.iter().map(|&x| (x as f64).powi(2)).sum();
-        assert_eq!(grad_norm_sq(&g), naive); // small integers: exact in f64 in any order
-        assert_eq!(clip_factor(0.5, 1.0), 1.0);
-        assert!((clip_factor(4.0, 1.0) - 0.25).abs() < 1e-6);
+        g[CHUNK + 7] = 1.0;
+        g[2 * CHUNK] = f32::INFINITY;
+        assert!(!unscale_and_check(&mut g, 0.5));
     }
 
     #[test]

@@ -100,7 +100,7 @@ mod tests {
         let optim = assert_launch_arities(include_str!("optim.rs"), include_str!("../../../kernels/optim.cu"));
         let heatmap = assert_launch_arities(include_str!("heatmap.rs"), include_str!("../../../kernels/heatmap.cu"));
         assert_eq!(heatmap, 1);
-        assert_eq!((loss, optim), (3, 5));
+        assert_eq!((loss, optim), (3, 2));
     }
 
     /// The same for conv.rs: the re-layout launch by the generic count, and the one GEMM launch

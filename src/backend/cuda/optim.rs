@@ -2,14 +2,8 @@
 //!
 //! Where a CPU twin returns a value, the wrapper leaves it on the device instead, so that work can
 //! be queued behind it without waiting: the finite check sets an `int` flag ([`read_flag`] gives
-//! the twin's "all finite"), and the squared norm lands in one f64 ([`read_norm_sq`]). The
-//! training step (`train::cuda_engine`) queues the unscale and finite check, waits once for the
-//! flag, then queues AdamW; it computes no norm and clips nothing (`grad_mul` 1), see
-//! docs/maths.md#gradient-norm-and-clipping. The norm is a two-kernel reduction over a grid that
-//! depends on the length only, with per-block partials in a caller-provided `workspace` of
-//! [`grad_norm_workspace_len`] doubles, so its summation order never depends on the GPU's size and
-//! it is bitwise reproducible. `clip_factor` is host arithmetic on the norm and has no wrapper:
-//! use `cpu::optim::clip_factor`.
+//! the twin's "all finite"). The training step (`train::cuda_engine`) queues the unscale and finite
+//! check, waits once for the flag, then queues AdamW.
 use anyhow::{ensure, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
@@ -18,25 +12,19 @@ use super::{read_scalar, zero_async};
 use crate::backend::cpu::optim::{AdamWChunk, AdamWParams, AdamWTensor};
 use crate::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 
-/// Threads per block of every optimizer kernel (`OPTIM_BLOCK`; the norm's fixed-order block
-/// reduction assumes exactly this many).
+/// Threads per block of every optimizer kernel (`OPTIM_BLOCK`).
 const OPTIM_BLOCK: usize = 256;
-/// The most blocks of a launch, and so the most partials of the norm.
+/// The most blocks of a launch.
 const MAX_BLOCKS: usize = 1024;
 
 /// `ceil(n / 256)` blocks capped at [`MAX_BLOCKS`]: the kernels' suggested grid, a function of `n`
-/// only. Used for every kernel here, so the elementwise ones cannot differ between GPUs either.
+/// only, so a launch cannot differ between GPUs.
 fn grid(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(OPTIM_BLOCK).clamp(1, MAX_BLOCKS) as u32, 1, 1),
         block_dim: (OPTIM_BLOCK as u32, 1, 1),
         shared_mem_bytes: 0,
     }
-}
-
-/// f64 elements of the workspace [`grad_norm_sq`] needs for `n` gradients: one per block.
-pub fn grad_norm_workspace_len(n: usize) -> usize {
-    grid(n).grid_dim.0 as usize
 }
 
 fn check_flag(what: &str, nonfinite: &DevSliceMut<i32>) -> Result<()> {
@@ -77,106 +65,16 @@ pub fn unscale_and_check(
     Ok(())
 }
 
-/// `dst[i] = f32(src[i]) * inv_scale`: the backward pass's fp16 gradients become the optimizer's
-/// fp32 ones. The flag as in [`unscale_and_check`] (zeroed first, then set on any inf or NaN).
-pub fn unscale_and_check_f16(
-    gpu: &Gpu,
-    src: DevSlice<f16>,
-    inv_scale: f32,
-    dst: DevSliceMut<f32>,
-    mut nonfinite: DevSliceMut<i32>,
-) -> Result<()> {
-    ensure!(
-        src.len() == dst.len(),
-        "unscale_and_check_f16: {} elements into {}",
-        src.len(),
-        dst.len()
-    );
-    check_flag("unscale_and_check_f16", &nonfinite)?;
-    zero_async(gpu, &mut nonfinite)?;
-    let (sp, dp, n, fp) = (src.ptr(), dst.ptr(), src.len() as i64, nonfinite.ptr());
-    let f = gpu.function("optim_unscale_check_f16")?;
-    // SAFETY: src and dst cover n elements, the flag one int (checked); arguments
-    // (const __half* grad16, float* grad32, long long n, float inv_scale, int* nonfinite).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&sp)
-            .arg(&dp)
-            .arg(&n)
-            .arg(&inv_scale)
-            .arg(&fp)
-            .launch(grid(src.len()))
-    }?;
-    Ok(())
-}
-
 /// True when the unscale that last wrote `nonfinite` found every value finite (the CPU twins'
 /// return value). Waits for the GPU's stream.
 pub fn read_flag(gpu: &Gpu, nonfinite: DevSlice<i32>) -> Result<bool> {
     Ok(read_scalar(gpu, "read_flag", nonfinite)? == 0)
 }
 
-/// Sum of squares of `grads` in f64, into `norm_sq[0]`: overwritten, or added to when
-/// `accumulate` (the global norm of many parameter tensors, summed in launch order and so
-/// deterministically). `workspace` holds [`grad_norm_workspace_len`] doubles.
-pub fn grad_norm_sq(
-    gpu: &Gpu,
-    grads: DevSlice<f32>,
-    workspace: DevSliceMut<f64>,
-    mut norm_sq: DevSliceMut<f64>,
-    accumulate: bool,
-) -> Result<()> {
-    let need = grad_norm_workspace_len(grads.len());
-    ensure!(
-        workspace.len() >= need,
-        "grad_norm_sq: workspace of {} doubles, {} gradients need {need}",
-        workspace.len(),
-        grads.len()
-    );
-    ensure!(
-        norm_sq.len() == 1,
-        "grad_norm_sq: the norm buffer has {} elements, want 1",
-        norm_sq.len()
-    );
-    if !accumulate {
-        zero_async(gpu, &mut norm_sq)?;
-    }
-    let (gp, n, wp, op) = (grads.ptr(), grads.len() as i64, workspace.ptr(), norm_sq.ptr());
-    let cfg = grid(grads.len());
-    let count = cfg.grid_dim.0 as i32;
-    let f = gpu.function("optim_grad_norm_sq_f32")?;
-    // SAFETY: grads covers n floats, the workspace one double per block (checked); arguments
-    // (const float* grads, long long n, double* partials); OPTIM_BLOCK threads per block.
-    unsafe { gpu.stream().launch_builder(&f).arg(&gp).arg(&n).arg(&wp).launch(cfg) }?;
-    let f = gpu.function("optim_sum_partials_f64")?;
-    let one = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (OPTIM_BLOCK as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: the workspace holds `count` partials written by the launch just queued on this
-    // stream, norm_sq one double; arguments (const double* partials, int count, double* out).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&wp)
-            .arg(&count)
-            .arg(&op)
-            .launch(one)
-    }?;
-    Ok(())
-}
-
-/// The squared norm [`grad_norm_sq`] left in `norm_sq`. Waits for the GPU's stream.
-pub fn read_norm_sq(gpu: &Gpu, norm_sq: DevSlice<f64>) -> Result<f64> {
-    read_scalar(gpu, "read_norm_sq", norm_sq)
-}
-
 /// One AdamW step on one parameter tensor (docs/maths.md#adamw), as the CPU twin `adamw_step`:
 /// updates `master`, `m` and `v` in place and, when given, writes the updated weights rounded to
 /// fp16 into `half_copy`. `decay == false` means weight decay 0 (BN parameters and biases);
-/// `grad_mul` is the clipping factor folded into the gradient read. It runs [`adamw_step_chunks`]
+/// `grad_mul` multiplies each gradient as it is read (training passes 1). It runs [`adamw_step_chunks`]
 /// with a table of this one tensor, made and uploaded per call: for tests and one-off updates;
 /// training makes the table of all its tensors once.
 #[allow(clippy::too_many_arguments)] // mirrors the CPU twin one to one
@@ -328,12 +226,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn norm_grid_depends_on_the_length_only_and_caps_its_blocks() {
-        assert_eq!(grad_norm_workspace_len(0), 1);
-        assert_eq!(grad_norm_workspace_len(1), 1);
-        assert_eq!(grad_norm_workspace_len(256), 1);
-        assert_eq!(grad_norm_workspace_len(257), 2);
-        assert_eq!(grad_norm_workspace_len(9_600_000), MAX_BLOCKS);
+    fn grid_depends_on_the_length_only_and_caps_its_blocks() {
+        let blocks = |n| grid(n).grid_dim.0 as usize;
+        assert_eq!((blocks(0), blocks(1), blocks(256), blocks(257)), (1, 1, 1, 2));
+        assert_eq!(blocks(9_600_000), MAX_BLOCKS);
         assert_eq!(grid(1000).block_dim, (OPTIM_BLOCK as u32, 1, 1));
     }
 }
