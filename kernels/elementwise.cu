@@ -1,4 +1,5 @@
-// Elementwise kernels: precision conversion, fill, scaled add.
+// Elementwise kernels: precision conversion, fill, scaled add (benches/gpu_bandwidth.rs), ReLU and
+// the residual add.
 // CPU twins: src/backend/cpu/elementwise.rs. Launch wrappers: src/backend/cuda/elementwise.rs.
 //
 // All are memory-bound: they take a 1-D grid-stride launch sized to the GPU (not to n), and move
@@ -30,29 +31,6 @@ extern "C" __global__ void elementwise_convert_f32_to_f16(const float* __restric
     }
 }
 
-// dst[i] = float(src[i]), exact.
-extern "C" __global__ void elementwise_convert_f16_to_f32(const __half* __restrict__ src,
-                                                          float* __restrict__ dst, long long n,
-                                                          int vec) {
-    long long start = 0;
-    if (vec) {
-        const long long n8 = n / 8;
-        for (long long i = global_thread_index(); i < n8; i += grid_stride()) {
-            const half8 in = reinterpret_cast<const half8*>(src)[i];
-            const float2 f0 = __half22float2(in.h[0]);
-            const float2 f1 = __half22float2(in.h[1]);
-            const float2 f2 = __half22float2(in.h[2]);
-            const float2 f3 = __half22float2(in.h[3]);
-            reinterpret_cast<float4*>(dst)[2 * i] = make_float4(f0.x, f0.y, f1.x, f1.y);
-            reinterpret_cast<float4*>(dst)[2 * i + 1] = make_float4(f2.x, f2.y, f3.x, f3.y);
-        }
-        start = n8 * 8;
-    }
-    for (long long i = start + global_thread_index(); i < n; i += grid_stride()) {
-        dst[i] = __half2float(src[i]);
-    }
-}
-
 // dst[i] = value. The fp16 value arrives as its 16-bit pattern so the host needs no half type.
 extern "C" __global__ void elementwise_fill_f16(__half* __restrict__ dst, unsigned short bits,
                                                 long long n, int vec) {
@@ -69,44 +47,6 @@ extern "C" __global__ void elementwise_fill_f16(__half* __restrict__ dst, unsign
     }
     for (long long i = start + global_thread_index(); i < n; i += grid_stride()) {
         dst[i] = value;
-    }
-}
-
-extern "C" __global__ void elementwise_fill_f32(float* __restrict__ dst, float value, long long n,
-                                                int vec) {
-    long long start = 0;
-    if (vec) {
-        const long long n4 = n / 4;
-        const float4 v = make_float4(value, value, value, value);
-        for (long long i = global_thread_index(); i < n4; i += grid_stride()) {
-            reinterpret_cast<float4*>(dst)[i] = v;
-        }
-        start = n4 * 4;
-    }
-    for (long long i = start + global_thread_index(); i < n; i += grid_stride()) {
-        dst[i] = value;
-    }
-}
-
-// y[i] = a * x[i] + y[i] with one fused multiply-add in fp32.
-extern "C" __global__ void elementwise_axpy_f32(float a, const float* __restrict__ x,
-                                                float* __restrict__ y, long long n, int vec) {
-    long long start = 0;
-    if (vec) {
-        const long long n4 = n / 4;
-        for (long long i = global_thread_index(); i < n4; i += grid_stride()) {
-            const float4 xv = reinterpret_cast<const float4*>(x)[i];
-            float4 yv = reinterpret_cast<float4*>(y)[i];
-            yv.x = fmaf(a, xv.x, yv.x);
-            yv.y = fmaf(a, xv.y, yv.y);
-            yv.z = fmaf(a, xv.z, yv.z);
-            yv.w = fmaf(a, xv.w, yv.w);
-            reinterpret_cast<float4*>(y)[i] = yv;
-        }
-        start = n4 * 4;
-    }
-    for (long long i = start + global_thread_index(); i < n; i += grid_stride()) {
-        y[i] = fmaf(a, x[i], y[i]);
     }
 }
 

@@ -1,4 +1,5 @@
-//! CPU twins of `kernels/elementwise.cu`: precision conversion, fill and scaled add.
+//! CPU twins of `kernels/elementwise.cu`: precision conversion, fill, the scaled add (the
+//! bandwidth benchmark's kernel), ReLU and the residual add.
 //!
 //! fp16 values are rounded exactly as the GPU does (`__float2half_rn`: round to nearest, ties to
 //! even), so the conversions match the kernels bit for bit.
@@ -21,34 +22,12 @@ pub fn convert_f32_to_f16(src: &[f32], dst: &mut [f16]) {
     }
 }
 
-/// `dst[i] = f32(src[i])`, exact.
-pub fn convert_f16_to_f32(src: &[f16], dst: &mut [f32]) {
-    assert_eq!(src.len(), dst.len(), "convert_f16_to_f32: length mismatch");
-    let body = |(d, s): (&mut f32, &f16)| *d = s.to_f32();
-    if src.len() >= PAR_MIN {
-        dst.par_iter_mut().zip(src.par_iter()).for_each(body);
-    } else {
-        dst.iter_mut().zip(src.iter()).for_each(body);
-    }
-}
-
 /// `dst[i] = value`.
 pub fn fill<T: Copy + Send + Sync>(dst: &mut [T], value: T) {
     if dst.len() >= PAR_MIN {
         dst.par_iter_mut().for_each(|d| *d = value);
     } else {
         dst.fill(value);
-    }
-}
-
-/// `y[i] = a * x[i] + y[i]` in f32.
-pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
-    assert_eq!(x.len(), y.len(), "axpy_f32: length mismatch");
-    let body = |(yi, xi): (&mut f32, &f32)| *yi = a.mul_add(*xi, *yi);
-    if x.len() >= PAR_MIN {
-        y.par_iter_mut().zip(x.par_iter()).for_each(body);
-    } else {
-        y.iter_mut().zip(x.iter()).for_each(body);
     }
 }
 
@@ -154,21 +133,13 @@ mod tests {
         assert_eq!(dst[4], f16::ONE);
         // 1 + 3*2^-11 lies halfway between 1 + 2^-10 and 1 + 2^-9: the even one is 1 + 2^-9.
         assert_eq!(dst[5].to_f32(), 1.0 + 2.0 / 1024.0);
-        let mut back = [0.0f32; 6];
-        convert_f16_to_f32(&dst, &mut back);
-        assert_eq!(back[1], 65504.0);
     }
 
     #[test]
-    fn axpy_matches_scalar_formula_on_both_precisions() {
+    fn axpy_matches_scalar_formula() {
         let n = PAR_MIN + 3; // exercises the parallel path and a ragged tail
         let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
         let y0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-        let mut y = y0.clone();
-        axpy_f32(-1.5, &x, &mut y);
-        for i in 0..n {
-            assert_eq!(y[i], (-1.5f32).mul_add(x[i], y0[i]));
-        }
         let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
         let mut yh: Vec<f16> = y0.iter().map(|&v| f16::from_f32(v)).collect();
         let yh0 = yh.clone();
