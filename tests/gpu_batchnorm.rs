@@ -371,42 +371,6 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
             1e-2,
         );
 
-        let mut te = vec![0.0; xs.len()];
-        cpu::batchnorm::bn_fwd_eval(
-            &x32,
-            xs,
-            &k.gamma,
-            &k.beta,
-            &k.running_mean,
-            &k.running_var,
-            k.bp,
-            false,
-            &mut te,
-        );
-        let mut ye = vec![0.0; xs.len()];
-        cpu::elementwise::add_relu_fwd(&te, &r32, &mut ye);
-        let (rmd, rvd) = (upload(&gpu, &k.running_mean), upload(&gpu, &k.running_var));
-        let mut yed = poisoned_f16(&gpu, xs.len());
-        cuda::batchnorm::bn_add_relu_fwd_eval(
-            &gpu,
-            d.x.slice(),
-            xs,
-            d.gamma.slice(),
-            d.beta.slice(),
-            rmd.slice(),
-            rvd.slice(),
-            k.bp,
-            d.residual.slice(),
-            yed.slice_mut(),
-        )
-        .unwrap();
-        assert_close(
-            &format!("bn_add_relu_fwd_eval {xs}"),
-            &download_f32(&gpu, &yed),
-            &ye,
-            1e-2,
-        );
-
         // Backward: both sides take the mask from the same fp16-rounded output.
         let y16 = to_f16(&y);
         let y_masked = to_f32(&y16);

@@ -432,29 +432,6 @@ pub fn bn_add_relu_apply_saved(
     apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), Some(residual), true, y)
 }
 
-/// Fused eval `y = max(bn(x) + residual, 0)` with the running statistics.
-#[allow(clippy::too_many_arguments)]
-pub fn bn_add_relu_fwd_eval(
-    gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    running_mean: DevSlice<f32>,
-    running_var: DevSlice<f32>,
-    bp: BnParams,
-    residual: DevSlice<f16>,
-    y: DevSliceMut<f16>,
-) -> Result<()> {
-    check("bn_add_relu_fwd_eval", &x, xs, &gamma, &beta, y.len())?;
-    let stats = Stats::Running {
-        mean: running_mean,
-        var: running_var,
-        eps: bp.eps,
-    };
-    apply(gpu, x, xs, gamma, beta, stats, Some(residual), true, y)
-}
-
 /// Where the gradient reaching the normalised value is masked, and what else gets it.
 struct Mask {
     /// ReLU recomputed from x (the CPU twin's fused ReLU).
