@@ -208,111 +208,23 @@ impl<T: DeviceRepr> DeviceBuffer<T> {
     }
 }
 
-/// Offsets in the arena are multiples of this: enough for 16-byte vector access and for the
-/// 128-byte lines the memory system moves.
-pub const ARENA_ALIGN: usize = 256;
+/// Offsets and sizes in an [`Arena`] are multiples of this: enough for 16-byte vector access and
+/// for the 128-byte lines the memory system moves. The memory planner places tensors by it
+/// (`graph::plan::ALIGN` is this constant).
+pub const ALIGN: usize = 256;
 
-/// A region of the arena, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArenaBlock {
-    pub offset: usize,
-    pub bytes: usize,
-}
-
-/// First-fit allocation of byte ranges inside a fixed capacity, with live and peak accounting.
-/// Pure bookkeeping, so it is tested on the CPU; [`Arena`] puts device memory behind it.
-#[derive(Debug, Clone)]
-pub struct OffsetAllocator {
-    capacity: usize,
-    /// Free ranges sorted by offset, never adjacent (merged on free).
-    free: Vec<ArenaBlock>,
-    live: usize,
-    peak: usize,
-}
-
-impl OffsetAllocator {
-    pub fn new(capacity: usize) -> Self {
-        let capacity = capacity / ARENA_ALIGN * ARENA_ALIGN;
-        OffsetAllocator {
-            capacity,
-            free: vec![ArenaBlock {
-                offset: 0,
-                bytes: capacity,
-            }],
-            live: 0,
-            peak: 0,
-        }
-    }
-
-    pub fn alloc(&mut self, bytes: usize) -> Result<ArenaBlock> {
-        let bytes = bytes.max(1).div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
-        let Some(i) = self.free.iter().position(|f| f.bytes >= bytes) else {
-            let largest = self.free.iter().map(|f| f.bytes).max().unwrap_or(0);
-            bail!(
-                "arena out of memory: {} requested, {} live of {} (largest free range {})",
-                human_bytes(bytes as u64),
-                human_bytes(self.live as u64),
-                human_bytes(self.capacity as u64),
-                human_bytes(largest as u64)
-            );
-        };
-        let block = ArenaBlock {
-            offset: self.free[i].offset,
-            bytes,
-        };
-        if self.free[i].bytes == bytes {
-            self.free.remove(i);
-        } else {
-            self.free[i].offset += bytes;
-            self.free[i].bytes -= bytes;
-        }
-        self.live += bytes;
-        self.peak = self.peak.max(self.live);
-        Ok(block)
-    }
-
-    /// Returns `block` (as returned by [`alloc`](Self::alloc)) to the free list.
-    pub fn free(&mut self, block: ArenaBlock) {
-        let i = self.free.partition_point(|f| f.offset < block.offset);
-        debug_assert!(
-            i == 0 || self.free[i - 1].offset + self.free[i - 1].bytes <= block.offset,
-            "double free"
-        );
-        self.free.insert(i, block);
-        self.live -= block.bytes;
-        // Merge with the right neighbour, then the left one.
-        if i + 1 < self.free.len() && self.free[i].offset + self.free[i].bytes == self.free[i + 1].offset {
-            self.free[i].bytes += self.free[i + 1].bytes;
-            self.free.remove(i + 1);
-        }
-        if i > 0 && self.free[i - 1].offset + self.free[i - 1].bytes == self.free[i].offset {
-            self.free[i - 1].bytes += self.free[i].bytes;
-            self.free.remove(i);
-        }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-    pub fn live_bytes(&self) -> usize {
-        self.live
-    }
-    pub fn peak_bytes(&self) -> usize {
-        self.peak
-    }
-}
-
-/// One device allocation carved into blocks: the executor's activations live here, so a training
-/// step allocates nothing.
+/// One device allocation that the memory planner's offsets carve up: the executor's activations
+/// live here, so a training step allocates nothing. Where each tensor goes is the planner's
+/// decision (`graph::plan`), made once before the first step; the arena only checks that a view
+/// stays inside it.
 pub struct Arena {
     memory: CudaSlice<u8>,
     base: u64,
-    allocator: OffsetAllocator,
 }
 
 impl Arena {
     pub fn new(gpu: &Gpu, capacity: usize) -> Result<Self> {
-        let capacity = capacity.div_ceil(ARENA_ALIGN) * ARENA_ALIGN;
+        let capacity = capacity.div_ceil(ALIGN) * ALIGN;
         // SAFETY: u8 has no invalid bit patterns; every block is written before it is read.
         let memory = unsafe { gpu.stream().alloc::<u8>(capacity) }.with_context(|| {
             format!(
@@ -325,27 +237,11 @@ impl Arena {
             let (base, _guard) = memory.device_ptr(memory.stream());
             base
         };
-        Ok(Arena {
-            memory,
-            base,
-            allocator: OffsetAllocator::new(capacity),
-        })
+        Ok(Arena { memory, base })
     }
 
-    pub fn alloc(&mut self, bytes: usize) -> Result<ArenaBlock> {
-        self.allocator.alloc(bytes)
-    }
-    pub fn free(&mut self, block: ArenaBlock) {
-        self.allocator.free(block)
-    }
     pub fn capacity(&self) -> usize {
-        self.allocator.capacity()
-    }
-    pub fn live_bytes(&self) -> usize {
-        self.allocator.live_bytes()
-    }
-    pub fn peak_bytes(&self) -> usize {
-        self.allocator.peak_bytes()
+        self.memory.len()
     }
 
     /// A read-only typed view of `len` elements at byte `offset`.
@@ -446,61 +342,6 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> Staging<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn allocator_reuses_freed_space_and_tracks_peak() {
-        let mut a = OffsetAllocator::new(4 * ARENA_ALIGN);
-        let x = a.alloc(10).unwrap();
-        let y = a.alloc(ARENA_ALIGN + 1).unwrap();
-        assert_eq!(
-            x,
-            ArenaBlock {
-                offset: 0,
-                bytes: ARENA_ALIGN
-            }
-        );
-        assert_eq!(
-            y,
-            ArenaBlock {
-                offset: ARENA_ALIGN,
-                bytes: 2 * ARENA_ALIGN
-            }
-        );
-        assert_eq!(a.live_bytes(), 3 * ARENA_ALIGN);
-        assert!(a.alloc(2 * ARENA_ALIGN).is_err(), "only one aligned unit is left");
-        a.free(x);
-        a.free(y);
-        assert_eq!(a.live_bytes(), 0);
-        assert_eq!(a.peak_bytes(), 3 * ARENA_ALIGN);
-        // Freed neighbours merge back into one range that fits the whole capacity again.
-        let all = a.alloc(4 * ARENA_ALIGN).unwrap();
-        assert_eq!(all.offset, 0);
-    }
-
-    #[test]
-    fn allocator_never_hands_out_overlapping_blocks() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let mut a = OffsetAllocator::new(64 * ARENA_ALIGN);
-        let mut live: Vec<ArenaBlock> = Vec::new();
-        for _ in 0..2000 {
-            if !live.is_empty() && rng.random_bool(0.45) {
-                let i = rng.random_range(0..live.len());
-                a.free(live.swap_remove(i));
-            } else if let Ok(b) = a.alloc(rng.random_range(1..6 * ARENA_ALIGN)) {
-                assert_eq!(b.offset % ARENA_ALIGN, 0);
-                assert!(b.offset + b.bytes <= a.capacity());
-                for o in &live {
-                    assert!(
-                        b.offset + b.bytes <= o.offset || o.offset + o.bytes <= b.offset,
-                        "{b:?} overlaps {o:?}"
-                    );
-                }
-                live.push(b);
-            }
-            assert_eq!(a.live_bytes(), live.iter().map(|b| b.bytes).sum::<usize>());
-        }
-    }
 
     #[test]
     fn human_bytes_reads_well() {

@@ -19,6 +19,6 @@ pub mod timer;
 pub mod vram;
 
 pub use context::Gpu;
-pub use memory::{Arena, ArenaBlock, DevSlice, DevSliceMut, DeviceBuffer};
+pub use memory::{Arena, DevSlice, DevSliceMut, DeviceBuffer};
 pub use probe::{probe, DeviceInfo, Probe};
 pub use timer::GpuTimer;

@@ -22,8 +22,9 @@
 use crate::backend::{Shape4, View};
 use crate::graph::{Graph, Op, TensorId};
 
-/// Offsets are multiples of this (the GPU wants 256-byte aligned tensors for vector loads).
-pub const ALIGN: usize = 256;
+/// Offsets are multiples of this: the device's alignment (256 bytes, for vector loads), defined
+/// with the arena that these offsets index.
+pub use crate::gpu::memory::ALIGN;
 
 /// Element sizes the plan is made for: the CPU backend stores f32 activations, the CUDA
 /// backend fp16; BN statistics are f32 on both.
