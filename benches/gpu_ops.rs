@@ -7,8 +7,8 @@
 //! target is 70 % of the copy's GB/s. Run: `cargo bench --bench gpu_ops`.
 //! Without a GPU it says so and exits 0.
 use anyhow::Result;
-use cephalo::backend::cpu::resample::upsample_shape;
 use cephalo::backend::cuda::{self, batchnorm::bn_workspace_len};
+use cephalo::backend::upsample_shape;
 use cephalo::backend::{BnParams, PoolParams, Shape4, UpsampleMode};
 use cephalo::gpu::timer::{measure, Timing};
 use cephalo::gpu::{DeviceBuffer, Gpu};

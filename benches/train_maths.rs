@@ -3,8 +3,10 @@
 //! Run: `cargo bench --bench train_maths`. Prints the median of 7 timed runs after 2 warm-ups.
 use std::time::Instant;
 
-use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
-use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check, AdamWParams};
+use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
+use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
+use cephalo::backend::AdamWParams;
+use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -51,7 +51,7 @@ __device__ __forceinline__ void adamw_element(float* __restrict__ master,
 
 // One block's share of an AdamW step: `len` elements of one tensor, at `value_at` in the master /
 // fp16-copy / moment regions and at `grad_at` in the gradient region; `decay` 0 or 1.
-// Layout shared with the host's AdamWChunk (backend/cpu/optim.rs): 24 bytes, no padding.
+// Layout shared with the host's AdamWChunk (src/backend/params.rs): 24 bytes, no padding.
 struct AdamWChunk {
     unsigned long long value_at, grad_at;
     unsigned int len, decay;

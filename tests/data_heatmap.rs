@@ -94,7 +94,7 @@ fn data_heatmap_dark_at_border_returns_argmax() {
 #[test]
 fn data_heatmap_batch_encode_is_per_image_encode() {
     use cephalo::backend::cpu::heatmap;
-    use cephalo::backend::cpu::loss::HeatmapShape;
+    use cephalo::backend::HeatmapShape;
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let shape = HeatmapShape {
         n: 3,

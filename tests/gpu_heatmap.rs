@@ -9,7 +9,7 @@
 //! float ulp, and only where the value is not 0.
 mod gpu_ops_support;
 
-use cephalo::backend::cpu::loss::HeatmapShape;
+use cephalo::backend::HeatmapShape;
 use cephalo::backend::{cpu, cuda};
 use cephalo::gpu::Gpu;
 use gpu_ops_support::*;

@@ -8,8 +8,8 @@
 //! the loss value (fp32 per element, f64 sums on both sides, in different orders).
 mod gpu_ops_support;
 
-use cephalo::backend::cpu::loss::{AWingParams, HeatmapShape, WeightMap};
 use cephalo::backend::{cpu, cuda};
+use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;

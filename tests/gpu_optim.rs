@@ -6,7 +6,7 @@
 //! it must match bitwise; AdamW's fp32 state must agree to 1e-5 and its fp16 copy to 1e-2.
 mod gpu_ops_support;
 
-use cephalo::backend::cpu::optim::AdamWParams;
+use cephalo::backend::AdamWParams;
 use cephalo::backend::{cpu, cuda};
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use gpu_ops_support::*;
@@ -258,7 +258,7 @@ fn wrong_arguments_are_errors_not_launches() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
-    use cephalo::backend::cpu::optim::{AdamWChunk, AdamWTensor, ADAMW_CHUNK_LEN};
+    use cephalo::backend::{AdamWChunk, AdamWTensor, ADAMW_CHUNK_LEN};
     let gpu = gpu();
     let mut rng = rng();
     let lens = [

@@ -3,7 +3,7 @@
 //! the same order, so results must match bit for bit after rounding to fp16.
 mod gpu_ops_support;
 
-use cephalo::backend::cpu::resample::upsample_shape;
+use cephalo::backend::upsample_shape;
 use cephalo::backend::{cpu, cuda, Shape4, UpsampleMode};
 use gpu_ops_support::*;
 

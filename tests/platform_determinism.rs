@@ -5,7 +5,7 @@
 //! which made one seed give other training runs under Windows). The expected digests were
 //! recorded on Linux; `scripts/windows-smoke.sh` runs this test under Wine, where they must hold
 //! unchanged.
-use cephalo::backend::cpu::loss::AWingParams;
+use cephalo::backend::AWingParams;
 use cephalo::data::augment::{photometric, AugmentConfig};
 use cephalo::data::geometry::{gaussian_kernel, Affine, Plane};
 use rand::SeedableRng;

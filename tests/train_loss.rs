@@ -1,7 +1,8 @@
 //! The heatmap losses' CPU twins against an independent f64 reference written from
 //! docs/maths.md#adaptive-wing-loss,
 //! against finite differences of themselves, and for thread-count determinism.
-use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
+use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

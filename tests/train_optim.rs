@@ -1,8 +1,10 @@
 //! The optimizer twins against an f64 AdamW written from docs/maths.md#adamw, and one whole
 //! mixed-precision step loop: scaled loss gradient → fp16 → unscale + check → loss scaler → AdamW
 //! writing the fp16 weight copy the next forward reads.
-use cephalo::backend::cpu::loss::{awing_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
-use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check, AdamWParams};
+use cephalo::backend::cpu::loss::awing_fwd_bwd;
+use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
+use cephalo::backend::AdamWParams;
+use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
 use cephalo::train::loss_scaler::{DynamicLossScaler, StepOutcome};
 use half::f16;
 use rand::{Rng, SeedableRng};

@@ -21,7 +21,7 @@ use super::geometry::{Affine, ImageSize};
 use super::heatmap::image_to_heatmap;
 use super::image_io::load_gray;
 use super::Sample;
-use crate::backend::cpu::loss::HeatmapShape;
+use crate::backend::HeatmapShape;
 
 /// Network input = (pixel / 255 - IMAGE_MEAN) / IMAGE_STD: fixed constants (not dataset
 /// statistics) so a checkpoint means the same thing on every dataset; they map [0, 1] to

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use anyhow::{bail, ensure, Context as _, Result};
 use cudarc::driver::CudaGraph;
 
-use crate::backend::cpu::loss::HeatmapShape;
-use crate::backend::cpu::optim::{AdamWChunk, AdamWParams, AdamWTensor};
 use crate::backend::cuda::{heatmap as gpu_heatmap, loss as gpu_loss, optim as gpu_optim};
+use crate::backend::HeatmapShape;
+use crate::backend::{AdamWChunk, AdamWParams, AdamWTensor};
 use crate::backend::{Backend, CudaBackend, ParamId};
 use crate::checkpoint::{Checkpoint, Meta};
 use crate::data::loader::{Batch, Loader};

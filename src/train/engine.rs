@@ -4,8 +4,9 @@
 use anyhow::{bail, ensure, Result};
 
 use crate::backend::cpu::heatmap;
-use crate::backend::cpu::loss::HeatmapShape;
-use crate::backend::cpu::optim::{adamw_step, AdamWParams};
+use crate::backend::cpu::optim::adamw_step;
+use crate::backend::AdamWParams;
+use crate::backend::HeatmapShape;
 use crate::backend::{Backend, CpuBackend, ParamId};
 use crate::checkpoint::Checkpoint;
 use crate::data::loader::{Batch, Loader};

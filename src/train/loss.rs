@@ -3,7 +3,8 @@
 //! loss-and-gradient op.
 use anyhow::Result;
 
-use crate::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd, AWingParams, HeatmapShape, WeightMap};
+use crate::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
+use crate::backend::{AWingParams, HeatmapShape, WeightMap};
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 use crate::train::landmark_weights::LandmarkWeightsArg;
 use half::f16;

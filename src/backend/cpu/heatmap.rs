@@ -6,7 +6,7 @@
 //! only. Each image runs the loader's reference encoder, [`encode_into`].
 use rayon::prelude::*;
 
-use super::loss::HeatmapShape;
+use crate::backend::HeatmapShape;
 use crate::data::heatmap::encode_into;
 
 /// Writes `out` (`shape.len()` floats, NHWC, landmark last): for image `i` and landmark `c` a

@@ -8,6 +8,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::simd::{for_each_isa, on_isa};
+use crate::backend::{AdamWChunk, AdamWParams};
 
 /// Elements per parallel work item: large enough that rayon's scheduling is negligible.
 const CHUNK: usize = 1 << 14;
@@ -26,43 +27,6 @@ pub fn unscale_and_check(grads: &mut [f32], inv_scale: f32) -> bool {
             },
         )
         .reduce(|| true, |a, b| a & b)
-}
-
-/// AdamW hyperparameters.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct AdamWParams {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-}
-
-impl Default for AdamWParams {
-    /// The betas and eps of docs/maths.md#adamw; the users' default lr 5e-4; PyTorch's AdamW weight
-    /// decay 0.01.
-    fn default() -> Self {
-        Self {
-            lr: 5e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
-    }
-}
-
-impl AdamWParams {
-    /// Bias corrections `(1 - beta1^t, 1 - beta2^t)` for step `t >= 1`, computed in f64 on the host
-    /// and handed to the kernel as f32 (this twin uses the same values).
-    pub fn bias_corrections(&self, t: u64) -> (f32, f32) {
-        assert!(t >= 1, "AdamW steps count from 1");
-        let t = t.min(i32::MAX as u64) as i32;
-        (
-            (1.0 - (self.beta1 as f64).powi(t)) as f32,
-            (1.0 - (self.beta2 as f64).powi(t)) as f32,
-        )
-    }
 }
 
 /// One AdamW step on one parameter tensor, step number `t` (from 1):
@@ -151,61 +115,6 @@ fn adamw_chunk<T>(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Ad
 }
 for_each_isa!(adamw_isa: adamw_chunk<>(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWConsts));
 
-/// Elements of one [`AdamWChunk`] at most: a GPU block's share of the whole-model step.
-pub const ADAMW_CHUNK_LEN: usize = 4096;
-
-/// A trainable tensor as the whole-model AdamW step sees it: where it lies in the master / fp16
-/// copy / moment regions (`value_at`) and in the gradient region (`grad_at`), and whether it decays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AdamWTensor {
-    pub value_at: usize,
-    pub grad_at: usize,
-    pub len: usize,
-    pub decay: bool,
-}
-
-/// Up to [`ADAMW_CHUNK_LEN`] elements of one tensor: one entry of the table
-/// [`adamw_step_chunks`] (and `optim_adamw_chunks_f32`, whose `AdamWChunk` this is byte for byte)
-/// walks.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct AdamWChunk {
-    pub value_at: u64,
-    pub grad_at: u64,
-    pub len: u32,
-    /// 1: apply weight decay; 0: not (BN parameters, biases).
-    pub decay: u32,
-}
-
-impl AdamWChunk {
-    /// The table for `tensors`: each cut into pieces of at most [`ADAMW_CHUNK_LEN`] elements, in
-    /// order. Empty tensors give no chunk.
-    pub fn table(tensors: &[AdamWTensor]) -> Vec<AdamWChunk> {
-        tensors
-            .iter()
-            .flat_map(|t| {
-                (0..t.len).step_by(ADAMW_CHUNK_LEN).map(move |start| AdamWChunk {
-                    value_at: (t.value_at + start) as u64,
-                    grad_at: (t.grad_at + start) as u64,
-                    len: (t.len - start).min(ADAMW_CHUNK_LEN) as u32,
-                    decay: u32::from(t.decay),
-                })
-            })
-            .collect()
-    }
-
-    /// One past the last element the chunks touch in the value regions and in the gradient region:
-    /// what the regions handed to the step must cover.
-    pub fn extents(chunks: &[AdamWChunk]) -> (usize, usize) {
-        chunks.iter().fold((0, 0), |(v, g), c| {
-            (
-                v.max((c.value_at + c.len as u64) as usize),
-                g.max((c.grad_at + c.len as u64) as usize),
-            )
-        })
-    }
-}
-
 /// AdamW on every tensor of a model at once: [`adamw_step`] on each chunk's elements, with
 /// `master`, `m`, `v` and `half_copy` the whole value regions and `grad` the whole gradient region.
 /// Elements no chunk names are left as they are. Equal to one [`adamw_step`] per tensor.
@@ -245,6 +154,7 @@ pub fn adamw_step_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{AdamWTensor, ADAMW_CHUNK_LEN};
 
     #[test]
     fn unscale_flags_inf_and_nan_and_scales_the_rest() {

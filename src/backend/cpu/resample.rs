@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::simd::{for_each_isa, on_isa};
 use super::Real;
-use crate::backend::{Shape4, UpsampleMode};
+use crate::backend::{upsample_shape, Shape4, UpsampleMode};
 
 /// For each destination index, the (source index, weight) pairs it sums. Weights are computed
 /// in f32 with the kernel's operations, so the GPU matches this twin bit for bit at any factor
@@ -80,15 +80,6 @@ fn separable<T: Real>(src: &[T], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut
         }
         on_isa!(separable_row_isa::<T>(src, ss, n, &rows[i], cols, drow));
     });
-}
-
-/// Output shape of upsampling `xs` by `factor`.
-pub fn upsample_shape(xs: Shape4, factor: usize) -> Shape4 {
-    Shape4 {
-        h: xs.h * factor,
-        w: xs.w * factor,
-        ..xs
-    }
 }
 
 /// `y = upsample(x)` by the integer `factor` implied by the shapes (`ys = xs * factor`).

@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 use cudarc::driver::PushKernelArg;
 
 use super::as_i32;
-use crate::backend::cpu::loss::HeatmapShape;
+use crate::backend::HeatmapShape;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// Writes `out` (`shape.len()` floats, NHWC, landmark last) with a Gaussian of peak 1 and `sigma`

@@ -15,7 +15,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{as_i32, read_scalar};
-use crate::backend::cpu::loss::{AWingParams, HeatmapShape, WeightMap};
+use crate::backend::{AWingParams, HeatmapShape, WeightMap};
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// Threads per block of every loss kernel (`LOSS_BLOCK` in the kernel, whose fixed-order block

@@ -9,7 +9,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{read_scalar, zero_async};
-use crate::backend::cpu::optim::{AdamWChunk, AdamWParams, AdamWTensor};
+use crate::backend::{AdamWChunk, AdamWParams, AdamWTensor};
 use crate::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 
 /// Threads per block of every optimizer kernel (`OPTIM_BLOCK`).

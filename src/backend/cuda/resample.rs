@@ -4,7 +4,7 @@ use cudarc::driver::PushKernelArg;
 use half::f16;
 
 use super::as_i32;
-use crate::backend::cpu::resample::upsample_shape;
+use crate::backend::upsample_shape;
 use crate::backend::{Shape4, UpsampleMode};
 use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
