@@ -279,15 +279,15 @@ pub struct AdamWParams {
 }
 
 impl Default for AdamWParams {
-    /// The betas and eps of docs/maths.md#adamw; the users' default lr 5e-4; PyTorch's AdamW weight
-    /// decay 0.01.
+    /// The betas and eps of docs/maths.md#adamw, and `cephalo train`'s defaults: lr 5e-4, weight
+    /// decay 1e-4 (the users' scripts'; PyTorch's AdamW would use 0.01).
     fn default() -> Self {
         Self {
             lr: 5e-4,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
-            weight_decay: 0.01,
+            weight_decay: 1e-4,
         }
     }
 }
