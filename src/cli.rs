@@ -30,6 +30,8 @@ pub enum Command {
     Eval(crate::eval::command::EvalArgs),
     /// Landmarks, cephalometric analysis and overlays for new images (no ground truth needed).
     Predict(crate::predict::command::PredictArgs),
+    /// Write a checkpoint as an ONNX model (onnxruntime, OpenCV, TensorRT), with its decoding metadata.
+    Export(crate::export::ExportArgs),
     /// Inspect the networks: `cephalo model summary --model hrnet --image-size 768 768`.
     Model(crate::model::summary::ModelArgs),
     /// Time a training step (or inference) on the GPU and report its memory.
@@ -47,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => crate::eval::command::run(&args),
         Command::Predict(args) => crate::predict::command::run(&args),
         Command::Bench(args) => crate::bench::run(&args),
+        Command::Export(args) => crate::export::run(&args),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod export;
 pub mod gpu;
 pub mod graph;
 pub mod model;
