@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """cephalo's CPU path against PyTorch and onnxruntime, in one run on the same machine.
 
-Two comparisons, each contender timed in turn within every round (so that a change in the
+Three comparisons, each contender timed in turn within every round (so that a change in the
 machine's load affects all of them alike), medians over the rounds:
 
 * inference: HRNet-W32 at 768x768, batch 1, f32, batch norm folded into the convolutions on
   every side: `cephalo bench --device cpu --mode infer`, PyTorch eager in channels_last
   (oneDNN) and NCHW, and onnxruntime on the same network exported from PyTorch;
 * training: one step of hrnet-w8 at 256x224, batch 4, f32, Adaptive Wing loss with the weight
-  map and AdamW: `cephalo bench --device cpu --mode train` against PyTorch in both layouts.
+  map and AdamW: `cephalo bench --device cpu --mode train` against PyTorch in both layouts;
+* export (`--only export`, needs no torch): onnxruntime on the model `cephalo export` writes,
+  HRNet-W32 at 768x768, batch 1, f32, against `cephalo bench --device cpu --mode infer` on the
+  same network. The checkpoint is one training step of HRNet-W32 on generated phantoms (made
+  once, kept in target/cpu-compare; the convolutions' time does not depend on the weights'
+  values), exported with `cephalo export`; `--onnx FILE` times another exported file instead.
 
 The PyTorch networks are benches/pytorch_reference.py's, built layer for layer like cephalo's.
 Every contender uses the same number of threads (--threads, default: all cores). PyTorch from
@@ -17,6 +22,7 @@ its own virtual environment (target/bench-venv, created on first use) and is not
 
   cargo build --release
   python3 benches/cpu_compare.py [--rounds 5] [--json cpu_compare.json]
+  python3 benches/cpu_compare.py --only export --threads 2 [--onnx model.onnx]
 """
 import argparse
 import json
@@ -32,11 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "bench-venv"
 
 
-def ensure_venv():
+def ensure_venv(need_torch=True):
     """Re-runs this script inside the benchmark venv (created and filled on first use)."""
     try:
         import onnxruntime  # noqa: F401
-        import torch  # noqa: F401
+
+        if need_torch:
+            import torch  # noqa: F401
 
         return
     except ImportError:
@@ -76,6 +84,65 @@ def cephalo_ms(binary, threads, mode, model, size, batch, landmarks, warmup, ste
         return json.loads(out.read_text())["step_ms"]["median_ms"]
 
 
+def exported_hrnet_w32(binary, landmarks):
+    """target/cpu-compare/hrnet-w32-768.onnx, written by `cephalo export` from a checkpoint of one
+    training step on phantoms (both made on first use)."""
+    work = ROOT / "target" / "cpu-compare"
+    onnx_path = work / "hrnet-w32-768.onnx"
+    if onnx_path.exists():
+        return onnx_path
+    work.mkdir(parents=True, exist_ok=True)
+    phantoms, ck = work / "phantoms", work / "checkpoints"
+    quiet = dict(check=True, stdout=subprocess.DEVNULL)
+    if not (ck / "checkpoint_last.safetensors").exists():
+        print("making an HRNet-W32 768x768 checkpoint (one training step on phantoms)", file=sys.stderr)
+        subprocess.run([str(binary), "data", "phantom", "--out", str(phantoms), "--count", "4"], **quiet)
+        subprocess.run([
+            str(binary), "train", "--dataset-path", str(phantoms), "--model", "hrnet-w32", "--image-size", "768",
+            "768", "--batch-size", "1", "--epochs", "1", "--warmup-epochs", "0", "--device", "cpu",
+            "--interrupt-after-step", "1", "--checkpoint-dir", str(ck), "--log-dir", str(work / "logs"),
+        ], **quiet)
+    subprocess.run([str(binary), "export", "--checkpoint", str(ck / "checkpoint_last.safetensors"), "--out",
+                    str(onnx_path)], check=True)
+    return onnx_path
+
+
+def compare_export(args):
+    """onnxruntime on cephalo's own export against cephalo's CPU inference, same network."""
+    import numpy as np
+    import onnxruntime as ort
+
+    onnx_path = Path(args.onnx) if args.onnx else exported_hrnet_w32(args.cephalo, args.landmarks)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = args.threads, 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    model, (h, w) = meta["model"], json.loads(meta["input_size"])
+    landmarks = len(json.loads(meta["landmarks"]))
+    shape = [1 if isinstance(d, str) else d for d in sess.get_inputs()[0].shape]
+    if shape[0] != 1:
+        sys.exit(f"{onnx_path} has a fixed batch of {shape[0]}: export it with --batch 1 (or dynamic)")
+    feed = {"image": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
+    print(f"onnxruntime {ort.__version__}, {args.threads} threads, {onnx_path}", file=sys.stderr)
+    times = {"cephalo": [], "onnxruntime": []}
+    for r in range(args.rounds):
+        time.sleep(1.0)  # let the other side's worker threads stop spinning
+        times["cephalo"].append(cephalo_ms(args.cephalo, args.threads, "infer", model, (h, w), 1, landmarks, 1,
+                                           args.steps))
+        time.sleep(1.0)
+        times["onnxruntime"].append(median_ms(lambda: sess.run(None, feed), 1, args.steps))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items()),
+              file=sys.stderr)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\n{model} {h}x{w} batch 1 forward (f32): onnxruntime on `cephalo export`'s model vs cephalo")
+    print(f"{'contender':<28} {'ms':>9} {'cephalo/it':>11}")
+    for name, ms in medians.items():
+        print(f"{name:<28} {ms:>9.1f} {medians['cephalo'] / ms:>10.2f}x")
+    return {"model": model, "image_size": [h, w], "batch": 1, "onnx": str(onnx_path), "threads": args.threads,
+            "onnxruntime": ort.__version__, "median_ms": medians}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cephalo", default=str(ROOT / "target" / "release" / "cephalo"), help="the cephalo binary")
@@ -83,10 +150,18 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="rounds; each contender runs once per round")
     p.add_argument("--steps", type=int, default=3, help="timed steps per contender and round")
     p.add_argument("--landmarks", type=int, default=19, help="heatmap channels (19: ISBI 2015)")
-    p.add_argument("--only", choices=["infer", "train"], help="run one of the two comparisons")
+    p.add_argument("--only", choices=["infer", "train", "export"], help="run one of the comparisons")
+    p.add_argument("--onnx", help="with --only export: time this file from `cephalo export` (batch 1 or dynamic)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
-    ensure_venv()
+    if not Path(args.cephalo).exists():
+        sys.exit(f"{args.cephalo} not found: run `cargo build --release` first (or pass --cephalo)")
+    ensure_venv(need_torch=args.only != "export")
+    if args.only == "export":
+        report = {"export": compare_export(args)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return
 
     import onnxruntime as ort
     import torch
@@ -95,8 +170,6 @@ def main():
     sys.path.insert(0, str(ROOT / "benches"))
     from pytorch_reference import adaptive_wing, build_model, random_heatmaps
 
-    if not Path(args.cephalo).exists():
-        sys.exit(f"{args.cephalo} not found: run `cargo build --release` first (or pass --cephalo)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
