@@ -1,4 +1,4 @@
-//! The `--help` texts users read: no developer notes, and every flag of train, eval and predict
+//! The `--help` texts users read: no developer notes, and every flag of train, eval, predict and export
 //! described (a flag listed without a sentence is a flag nobody can use safely).
 use cephalo::cli::Cli;
 use clap::CommandFactory;
@@ -7,7 +7,7 @@ use clap::CommandFactory;
 fn help_texts_describe_every_flag_and_hold_no_developer_notes() {
     let mut cli = Cli::command();
     let mut undescribed = Vec::new();
-    for name in ["train", "eval", "predict"] {
+    for name in ["train", "eval", "predict", "export"] {
         let sub = cli
             .find_subcommand_mut(name)
             .unwrap_or_else(|| panic!("no `{name}` subcommand"));

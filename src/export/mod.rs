@@ -33,7 +33,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Store weights and compute in fp16 (input and output stay f32): half the file, for GPUs
-    /// and TensorRT; on CPUs onnxruntime computes it through f32 casts.
+    /// and TensorRT.
     #[arg(long)]
     pub fp16: bool,
     /// The batch dimension: a fixed number of images (what OpenCV and TensorRT engines prefer),
