@@ -28,7 +28,11 @@ use rand_distr::{Distribution, Normal};
 /// or coordinate mode shows in the heatmaps, which a freshly initialised model (BN identity,
 /// std 0.001 weights, all-zero heatmaps) would hide.
 fn random_checkpoint(model: &str, size: [usize; 2], seed: u64) -> Checkpoint {
-    let config = ModelConfig::new(model, 1, 19, size, 1).unwrap();
+    random_checkpoint_with_channels(model, 1, size, seed)
+}
+
+fn random_checkpoint_with_channels(model: &str, in_channels: usize, size: [usize; 2], seed: u64) -> Checkpoint {
+    let config = ModelConfig::new(model, in_channels, 19, size, 1).unwrap();
     let graph = config.build().unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let normal = |rng: &mut rand_chacha::ChaCha8Rng, std: f32| Normal::new(0.0, std).unwrap().sample(rng);
@@ -380,6 +384,11 @@ fn export_matches_cpu_inference_in_onnxruntime() {
             name: "refiner".into(),
             checkpoint: refiner,
         },
+        // Three input channels: the one case where cephalo's NHWC input and ONNX's NCHW differ.
+        Case {
+            name: "hrnet-w8-3-channels".into(),
+            checkpoint: random_checkpoint_with_channels("hrnet-w8", 3, [64, 64], 14),
+        },
     ];
     // Trained checkpoints to check as well, when there are some: CEPHALO_EXPORT_CHECKPOINTS=a:b.
     for path in std::env::var("CEPHALO_EXPORT_CHECKPOINTS")
@@ -416,8 +425,9 @@ fn export_matches_cpu_inference_in_onnxruntime() {
         // patch; the letterboxed film serves as well for comparing two runtimes).
         let [h, w] = case.checkpoint.meta.model.image_size;
         let size = ImageSize { height: h, width: w };
+        let c = case.checkpoint.meta.model.in_channels;
         let per = h * w;
-        let mut input = vec![0.0f32; 2 * per];
+        let mut input = vec![0.0f32; 2 * per * c];
         let mut maps = Vec::new();
         for (slot, sample) in samples.iter().enumerate() {
             let image = load_gray(&sample.image_path).unwrap();
@@ -427,7 +437,15 @@ fn export_matches_cpu_inference_in_onnxruntime() {
                 size,
                 None::<(&AugmentConfig, &mut rand_chacha::ChaCha8Rng)>,
             );
-            normalize_into(&mut input[slot * per..(slot + 1) * per], &t.image.data);
+            let mut plane = vec![0.0f32; per];
+            normalize_into(&mut plane, &t.image.data);
+            // Channel ch of pixel i (NHWC): the grey value, scaled and shifted by channel, so that
+            // a channel-order mistake shows.
+            for (i, &v) in plane.iter().enumerate() {
+                for ch in 0..c {
+                    input[(slot * per + i) * c + ch] = v * (1.0 - 0.4 * ch as f32) + 0.3 * ch as f32;
+                }
+            }
             maps.push(t.original_to_net.inverse());
         }
         let mut model = load_model(&ck_path, 2, Device::Cpu).unwrap();
@@ -449,14 +467,14 @@ fn export_matches_cpu_inference_in_onnxruntime() {
         }
         let input_path = base.with_extension("input.f32");
         let reference_path = base.with_extension("heatmaps.f32");
-        f32_file(&input_path, &input);
+        f32_file(&input_path, &nhwc_to_nchw(&input, 2, h, w, c));
         f32_file(&reference_path, &nhwc_to_nchw(&heatmaps, 2, hh, hw, k));
         listed.push(serde_json::json!({
             "name": case.name,
             "onnx": onnx,
             "onnx_fp16": onnx16,
             "input": input_path,
-            "input_shape": [2, 1, h, w],
+            "input_shape": [2, c, h, w],
             "reference": reference_path,
             "reference_shape": [2, k, hh, hw],
             "sigma": case.checkpoint.meta.heatmap_sigma,

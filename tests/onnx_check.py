@@ -88,11 +88,12 @@ def check_case(case):
     if not (np.isfinite(one).all() and np.isfinite(both).all()):
         failures.append(f"{name}: fp16 heatmaps are not finite")
 
-    # The example (for global models: a refiner reads patches cut around landmarks, not the
-    # letterboxed film): preprocessing and the map back to original pixels, on the same films.
+    # The example (for grayscale global models: a refiner reads patches cut around landmarks, not
+    # the letterboxed film): preprocessing and the map back to original pixels, on the same films.
     meta = sess.get_modelmeta().custom_metadata_map
     stride = int(meta["heatmap_stride"])
-    for slot, image in enumerate(case["images"] if meta["stage"] == "global" else []):
+    example = meta["stage"] == "global" and meta["input_channels"] == "1"
+    for slot, image in enumerate(case["images"] if example else []):
         net, to_original = onnx_example.letterbox(image, meta)
         mean = float(np.abs(net[0] - x[slot]).mean())
         print(f"{name}: example preprocessing of {os.path.basename(image)}: mean |Pillow - cephalo| = {mean:.4f}")
@@ -105,9 +106,10 @@ def check_case(case):
                 break
     # The example end to end, on one image (the fixed-batch f32 model takes two: the fp16 model
     # has a dynamic batch).
-    points = onnx_example.predict(sess16, case["images"][0])
-    if len(points) != len(json.loads(meta["landmarks"])):
-        failures.append(f"{name}: the example predicted {len(points)} landmarks")
+    if example:
+        points = onnx_example.predict(sess16, case["images"][0])
+        if len(points) != len(json.loads(meta["landmarks"])):
+            failures.append(f"{name}: the example predicted {len(points)} landmarks")
     return failures
 
 
