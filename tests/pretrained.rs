@@ -415,3 +415,112 @@ fn damaged_files_are_errors_not_panics() {
     }
     assert!(pretrained::pickle::parse(&pkl).is_ok());
 }
+
+// `cephalo train --pretrained`, end to end on the CPU.
+
+#[path = "cli_support/mod.rs"]
+mod cli_support;
+
+/// A full-size ResNet-18 file (torchvision's keys, the counter values) as safetensors.
+fn write_resnet18_file(path: &Path) -> StateDict {
+    let sd = counter_state_dict("resnet18");
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = sd
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+    sd
+}
+
+#[test]
+fn train_starts_the_backbone_from_the_file_and_the_head_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("resnet18.safetensors");
+    let sd = write_resnet18_file(&file);
+    let data = dir.path().join("phantoms");
+    cephalo::data::phantom::write_dataset(&data, 8, 3, 96, 96).unwrap();
+    let (ck_dir, logs) = (dir.path().join("ck"), dir.path().join("logs"));
+    let train = |model: &str, extra: &[&str]| {
+        let mut argv = vec![
+            "train",
+            "--dataset-path",
+            data.to_str().unwrap(),
+            "--model",
+            model,
+            "--image-size",
+            "64",
+            "64",
+            "--batch-size",
+            "2",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            // Small enough that one epoch leaves every weight where the file put it.
+            "--lr",
+            "1e-12",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--checkpoint-dir",
+            ck_dir.to_str().unwrap(),
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--pretrained",
+            file.to_str().unwrap(),
+        ];
+        argv.extend_from_slice(extra);
+        cli_support::run(&argv)
+    };
+    let err = format!("{:#}", train("resnet34", &[]).unwrap_err());
+    assert!(err.contains("this is a ResNet-18 file; --model is resnet34"), "{err}");
+    let err = format!("{:#}", train("resnet18", &["--resume", "x.safetensors"]).unwrap_err());
+    assert!(err.contains("--pretrained") && err.contains("--resume"), "{err}");
+
+    train("resnet18", &[]).expect("training from the file runs");
+    let ck = cephalo::checkpoint::load(&ck_dir.join("checkpoint_last.safetensors")).unwrap();
+    let g = ModelConfig::new("resnet18", 1, ck.meta.landmarks.len(), [64, 64], 2)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mapped = pretrained::map_state_dict(&sd, &g, "resnet18", resolve("resnet18").unwrap().1).unwrap();
+    for (name, values) in &mapped.params {
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            continue; // training-mode batch norm updates them
+        }
+        let worst = ck.tensors[name]
+            .data
+            .iter()
+            .zip(values)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst < 1e-6, "{name}: {worst:e} away from the file's values");
+    }
+    // The head starts as a fresh run's would (seed 0) and moves no more than the backbone.
+    let head = g.params.iter().find(|p| p.name == "final_layer.weight").unwrap();
+    let fresh = head.initial_values(0);
+    let worst = ck.tensors[&head.name]
+        .data
+        .iter()
+        .zip(&fresh)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        worst < 1e-6,
+        "final_layer.weight: {worst:e} away from its fresh initialisation"
+    );
+}

@@ -25,8 +25,9 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
+use crate::checkpoint::{Checkpoint, Meta, Tensor};
 use crate::graph::{Graph, ParamInfo};
-use crate::model::{Arch, HEAD_PREFIXES};
+use crate::model::{Arch, ModelConfig, HEAD_PREFIXES};
 pub use file::{read_state_dict, SourceTensor, StateDict};
 
 /// The parameters taken from a file, in cephalo's layouts, and what happened to every key.
@@ -104,6 +105,36 @@ pub struct Mapping {
 pub fn load(path: &Path, graph: &Graph, model: &str, arch: Arch) -> Result<Loaded> {
     let sd = read_state_dict(path)?;
     map_state_dict(&sd, graph, model, arch).map_err(|e| e.context(format!("--pretrained {}", path.display())))
+}
+
+/// The starting weights of a training run from `path`: the mapped backbone, and every other
+/// parameter (the landmark head) at its seeded initialisation, as the executor would draw it.
+/// Loading them leaves the optimizer state fresh.
+pub fn starting_checkpoint(
+    path: &Path,
+    graph: &Graph,
+    model: &ModelConfig,
+    seed: u64,
+) -> Result<(Checkpoint, LoadReport)> {
+    let (_, arch) = crate::model::resolve(&model.model)?;
+    let loaded = load(path, graph, &model.model, arch)?;
+    let mut params = loaded.params;
+    let tensors = graph
+        .params
+        .iter()
+        .map(|p| {
+            let data = params.remove(&p.name).unwrap_or_else(|| p.initial_values(seed));
+            (
+                p.name.clone(),
+                Tensor {
+                    shape: p.shape.clone(),
+                    data,
+                },
+            )
+        })
+        .collect();
+    let meta = Meta::new(model.clone(), Vec::new(), 0, 0.0);
+    Ok((Checkpoint { meta, tensors }, loaded.report))
 }
 
 /// Maps a file's state dict onto `graph`'s parameters (see the module doc for the rules).

@@ -304,7 +304,7 @@ impl Machine<'_> {
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<()> {
         ensure!(
-            items.len() % 2 == 0,
+            items.len().is_multiple_of(2),
             "malformed pickle: SETITEMS with an odd number of values"
         );
         let Value::Dict(d) = self.top()? else {
