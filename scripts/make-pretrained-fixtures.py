@@ -11,9 +11,10 @@ Written:
 * keys-<model>.json: every key and shape of timm's hrnet_w18/w32/w48 and torchvision's
   resnet18/34/50 state dicts (full size; the test checks that every key maps or is ignored and
   every shape matches cephalo's network).
-* hrnet_w2.safetensors (timm layout, float16) and hrnet_w2_mmpose.pth (torch.save of an
-  mmpose-style checkpoint, float32: the same values under backbone., a keypoint head and a
-  meta dict): timm's HighResolutionNet with branch widths 2/4/8/16 (W18's structure, small
+* hrnet_w2.safetensors (timm layout), hrnet_w2_mmpose.pth (torch.save of an mmpose-style
+  checkpoint: the same values under backbone., a keypoint head and a meta dict) and
+  hrnet_w2_legacy.pth (the timm layout in torch.save's pre-1.6 format, which MSRA's and timm's
+  2019-2020 HRNet files use), all float16 to stay small: timm's HighResolutionNet with branch widths 2/4/8/16 (W18's structure, small
   enough to commit), random weights rounded to float16 and random BN statistics, without the
   classification head (11 M values; the key lists cover its keys);
   hrnet_w2_features.safetensors: its four stage-4 branch outputs in eval mode for an RGB input
@@ -200,14 +201,20 @@ def main():
     safetensors.torch.save_file(
         {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, os.path.join(OUT, "hrnet_w2.safetensors")
     )
-    backbone = collections.OrderedDict((f"backbone.{k}", v) for k, v in sd.items())
+    metadata = small.state_dict()._metadata  # what a real state dict pickles through BUILD
+    half = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    backbone = collections.OrderedDict((f"backbone.{k}", v) for k, v in half.items())
     # A parameter pickles through torch._utils._rebuild_parameter: the reader must take it too.
-    backbone["backbone.conv1.weight"] = torch.nn.Parameter(sd["conv1.weight"])
-    backbone["keypoint_head.final_layer.weight"] = torch.zeros(19, 15 * 2, 1, 1)
+    backbone["backbone.conv1.weight"] = torch.nn.Parameter(half["conv1.weight"], requires_grad=False)
+    backbone["keypoint_head.final_layer.weight"] = torch.zeros(19, 15 * 2, 1, 1, dtype=torch.half)
+    backbone._metadata = collections.OrderedDict((f"backbone.{k}", v) for k, v in metadata.items())
     torch.save(
         {"meta": {"epoch": 210, "mmpose_version": "0.29.0"}, "state_dict": backbone},
         os.path.join(OUT, "hrnet_w2_mmpose.pth"),
     )
+    legacy = collections.OrderedDict(half)
+    legacy._metadata = metadata
+    torch.save(legacy, os.path.join(OUT, "hrnet_w2_legacy.pth"), _use_new_zipfile_serialization=False)
     safetensors.torch.save_file(
         {k: v.contiguous() for k, v in features("hrnet", small, "", gen).items()},
         os.path.join(OUT, "hrnet_w2_features.safetensors"),

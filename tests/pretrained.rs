@@ -271,20 +271,25 @@ fn small_hrnet(in_channels: usize) -> Graph {
 }
 
 #[test]
-fn timm_safetensors_and_mmpose_pth_give_pytorchs_features() {
+fn timm_safetensors_mmpose_pth_and_legacy_pth_give_pytorchs_features() {
     let reference = pretrained::read_state_dict(&fixture("hrnet_w2_features.safetensors")).unwrap();
     let timm = pretrained::read_state_dict(&fixture("hrnet_w2.safetensors")).unwrap();
     let mmpose = pretrained::read_state_dict(&fixture("hrnet_w2_mmpose.pth")).unwrap();
+    let legacy = pretrained::read_state_dict(&fixture("hrnet_w2_legacy.pth")).unwrap();
     let arch = Arch::HrNet { width: 2 };
     let names = ["b0", "b1", "b2", "b3"];
     check_features(&timm, &reference, "", small_hrnet, arch, &hrnet_outputs(), &names);
     check_features(&mmpose, &reference, "", small_hrnet, arch, &hrnet_outputs(), &names);
+    check_features(&legacy, &reference, "", small_hrnet, arch, &hrnet_outputs(), &names);
 
-    // The same values from both formats (float16 safetensors, float32 pickle).
+    // The same values from the three formats.
     let g = small_hrnet(1);
     let a = pretrained::map_state_dict(&timm, &g, "hrnet-w2", arch).unwrap();
     let b = pretrained::map_state_dict(&mmpose, &g, "hrnet-w2", arch).unwrap();
+    let c = pretrained::map_state_dict(&legacy, &g, "hrnet-w2", arch).unwrap();
     assert_eq!(a.params, b.params);
+    assert_eq!(a.params, c.params);
+    assert_eq!(a.report, c.report);
     println!("timm file:\n{}\nmmpose file:\n{}", a.report, b.report);
     assert_eq!(count(&b.report.ignored, "keypoint_head."), 1);
     assert_eq!(
@@ -390,7 +395,11 @@ fn damaged_files_are_errors_not_panics() {
                 .collect(),
         ),
         ("empty.pth", Vec::new()),
-        ("legacy.pth", vec![0x80, 0x02, b'.']),
+        ("bare-pickle.pth", vec![0x80, 0x02, b'.']),
+        (
+            "legacy-truncated.pth",
+            std::fs::read(fixture("hrnet_w2_legacy.pth")).unwrap()[..700_000].to_vec(),
+        ),
     ] {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();

@@ -32,10 +32,12 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     } else if bytes.len() > 8 && bytes[8] == b'{' {
         // safetensors: an 8-byte header length, then the JSON header
         read_safetensors(&bytes)
+    } else if bytes.starts_with(LEGACY_MAGIC) {
+        read_torch_legacy(&bytes)
     } else if bytes.starts_with(&[0x80]) {
         Err(anyhow!(
-            "this is a PyTorch file in the legacy (pre-1.6) format, which cephalo does not read; re-save it \
-             with torch.save(torch.load(path), new_path) or convert it to safetensors"
+            "a bare pickle, not a torch.save file (no tensor data follows it); re-save it with torch.save \
+             or convert it to safetensors"
         ))
     } else if bytes.len() > 262 && &bytes[257..262] == b"ustar" {
         Err(anyhow!(
@@ -105,16 +107,97 @@ pub fn read_torch_zip(bytes: &[u8]) -> Result<StateDict> {
     let top = pickle::parse(&read_entry(&mut zip, &pkl_name)?).with_context(|| format!("reading {pkl_name}"))?;
     let dict = find_state_dict(&top)?;
     let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (_, value) in &dict {
+        if let Value::Tensor(t) = value {
+            if !storages.contains_key(&t.storage_key) {
+                let entry = format!("{prefix}data/{}", t.storage_key);
+                storages.insert(t.storage_key.clone(), read_entry(&mut zip, &entry)?);
+            }
+        }
+    }
+    tensors_of(dict, &storages)
+}
+
+/// The first pickle of a legacy (PyTorch < 1.6, `_use_new_zipfile_serialization=False`)
+/// file: protocol 2, the magic number 0x1950a86a20f9469cfc6c as a 10-byte LONG1.
+const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+
+/// A legacy `torch.save` file: pickles of the magic number, the protocol version, the system
+/// info and the object, then the list of storage keys, then each storage in that order as its
+/// element count (8 bytes) and its bytes. MSRA's and timm's 2019-2020 HRNet files are of this
+/// kind.
+pub fn read_torch_legacy(bytes: &[u8]) -> Result<StateDict> {
+    let mut at = LEGACY_MAGIC.len();
+    let mut next = |what: &str| -> Result<Value> {
+        let (v, n) = pickle::parse_prefix(&bytes[at..]).with_context(|| format!("reading the legacy file's {what}"))?;
+        at += n;
+        Ok(v)
+    };
+    let _protocol = next("protocol version")?;
+    let info = next("system info")?;
+    let little = info
+        .dict_items()
+        .and_then(|items| items.into_iter().find(|(k, _)| k.as_str() == Some("little_endian")))
+        .map(|(_, v)| matches!(v, Value::Bool(true)));
+    ensure!(
+        little != Some(false),
+        "the tensors are stored big-endian; only little-endian files are read"
+    );
+    let top = next("object")?;
+    let keys = match next("storage keys")? {
+        Value::List(l) => l
+            .borrow()
+            .iter()
+            .map(|k| k.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>(),
+        _ => None,
+    }
+    .context("the legacy file's storage keys are not a list of strings")?;
+    let dict = find_state_dict(&top)?;
+    let dtypes: BTreeMap<&str, StorageDtype> = dict
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Value::Tensor(t) => Some((t.storage_key.as_str(), t.dtype)),
+            _ => None,
+        })
+        .collect();
+    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for key in &keys {
+        let count = bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .context("the legacy file ends before its storages")?;
+        at += 8;
+        // A storage no tensor of the state dict uses has an unknown element size only if it is
+        // the last one; those files hold other objects than a state dict and fail below.
+        let size = dtypes
+            .get(key.as_str())
+            .map(|d| d.bytes())
+            .context("a storage that no tensor uses")?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(size))
+            .context("storage too large")?;
+        let data = bytes
+            .get(at..at + len)
+            .context("the legacy file ends inside a storage")?;
+        storages.insert(key.clone(), data.to_vec());
+        at += len;
+    }
+    tensors_of(dict, &storages)
+}
+
+/// The tensors of a state dict's items, read from their storages.
+fn tensors_of(dict: Vec<(Value, Value)>, storages: &BTreeMap<String, Vec<u8>>) -> Result<StateDict> {
     let mut out = StateDict::new();
     for (key, value) in dict {
         let (Some(key), Value::Tensor(t)) = (key.as_str(), &value) else {
-            continue; // non-tensor entries (`_metadata`, version numbers) carry no weights
+            continue;
         };
-        if !storages.contains_key(&t.storage_key) {
-            let entry = format!("{prefix}data/{}", t.storage_key);
-            storages.insert(t.storage_key.clone(), read_entry(&mut zip, &entry)?);
-        }
-        let data = gather(t, &storages[&t.storage_key]).with_context(|| format!("tensor {key}"))?;
+        let storage = storages
+            .get(&t.storage_key)
+            .with_context(|| format!("tensor {key}: its storage {} is missing", t.storage_key))?;
+        let data = gather(t, storage).with_context(|| format!("tensor {key}"))?;
         out.insert(
             key.to_string(),
             SourceTensor {

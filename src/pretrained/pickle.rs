@@ -191,13 +191,20 @@ struct Machine<'a> {
 
 /// Interprets a pickle stream and returns the value it stops with.
 pub fn parse(data: &[u8]) -> Result<Value> {
+    Ok(parse_prefix(data)?.0)
+}
+
+/// Interprets the pickle at the start of `data` and returns its value and its length in bytes
+/// (the legacy torch format writes several pickles one after the other).
+pub fn parse_prefix(data: &[u8]) -> Result<(Value, usize)> {
     let mut m = Machine {
         data,
         pos: 0,
         stack: Vec::new(),
         memo: HashMap::new(),
     };
-    m.run()
+    let v = m.run()?;
+    Ok((v, m.pos))
 }
 
 impl Machine<'_> {
@@ -503,12 +510,19 @@ impl Machine<'_> {
     }
 }
 
-/// A torch persistent id: `('storage', <storage class>, key, location, numel)`.
+/// A torch persistent id: `('storage', <storage class>, key, location, numel)`, and in the
+/// legacy format a sixth item, the view of another storage (`None` unless the storage is a view).
 fn persistent_storage(pid: &Value) -> Result<Value> {
     let Value::Tuple(items) = pid else {
         bail!("persistent id: expected a tuple, found {}", pid.describe())
     };
-    match items.as_slice() {
+    if let Some(view) = items.get(5).filter(|v| !matches!(v, Value::None)) {
+        bail!(
+            "persistent id: a storage view ({}), which cephalo does not read; re-save the file with a recent PyTorch",
+            view.describe()
+        );
+    }
+    match items.get(..5).unwrap_or(items.as_slice()) {
         [Value::Str(kind), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, _numel]
             if kind == "storage" =>
         {
