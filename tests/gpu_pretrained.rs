@@ -10,9 +10,10 @@ use cephalo::gpu::Gpu;
 use cephalo::model::{Arch, ModelConfig};
 use cephalo::pretrained;
 use cephalo::train::cuda_engine::CudaEngine;
-use cephalo::train::engine::{CpuEngine, Engine, StepParams};
+use cephalo::train::engine::{CpuEngine, Engine};
 use cephalo::train::landmark_weights::LandmarkWeightsArg;
 use cephalo::train::loss::{HeatmapLoss, LossArgs, LossKind};
+use cephalo::train::step::StepParams;
 use rand::SeedableRng;
 
 #[test]
