@@ -533,3 +533,14 @@ fn train_starts_the_backbone_from_the_file_and_the_head_fresh() {
         "final_layer.weight: {worst:e} away from its fresh initialisation"
     );
 }
+
+#[test]
+fn a_pickle_that_doubles_a_memo_entry_costs_no_memory() {
+    // () then 64 times t = (t, t): 2^64 leaves if each read of the memo were a copy.
+    let mut p = vec![0x80, 2, b')', b'q', 0];
+    for _ in 0..64 {
+        p.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    p.push(b'.');
+    assert!(pretrained::pickle::parse(&p).is_ok());
+}

@@ -109,9 +109,9 @@ pub fn read_torch_zip(bytes: &[u8]) -> Result<StateDict> {
     let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (_, value) in &dict {
         if let Value::Tensor(t) = value {
-            if !storages.contains_key(&t.storage_key) {
+            if !storages.contains_key(&*t.storage_key) {
                 let entry = format!("{prefix}data/{}", t.storage_key);
-                storages.insert(t.storage_key.clone(), read_entry(&mut zip, &entry)?);
+                storages.insert(t.storage_key.to_string(), read_entry(&mut zip, &entry)?);
             }
         }
     }
@@ -157,7 +157,7 @@ pub fn read_torch_legacy(bytes: &[u8]) -> Result<StateDict> {
     let dtypes: BTreeMap<&str, StorageDtype> = dict
         .iter()
         .filter_map(|(_, v)| match v {
-            Value::Tensor(t) => Some((t.storage_key.as_str(), t.dtype)),
+            Value::Tensor(t) => Some((&*t.storage_key, t.dtype)),
             _ => None,
         })
         .collect();
@@ -195,7 +195,7 @@ fn tensors_of(dict: Vec<(Value, Value)>, storages: &BTreeMap<String, Vec<u8>>) -
             continue;
         };
         let storage = storages
-            .get(&t.storage_key)
+            .get(&*t.storage_key)
             .with_context(|| format!("tensor {key}: its storage {} is missing", t.storage_key))?;
         let data = gather(t, storage).with_context(|| format!("tensor {key}"))?;
         out.insert(

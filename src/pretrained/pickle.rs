@@ -94,7 +94,7 @@ impl Global {
 /// strides in elements.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorRef {
-    pub storage_key: String,
+    pub storage_key: Rc<str>,
     pub dtype: StorageDtype,
     pub offset: usize,
     pub shape: Vec<usize>,
@@ -102,22 +102,24 @@ pub struct TensorRef {
 }
 
 /// A value of the pickle machine. Dicts and lists are shared (`Rc`): the stream memoizes a
-/// container and then fills it, and a later reference must see the filled one.
+/// container and then fills it, and a later reference must see the filled one. Strings, bytes
+/// and tuples are shared too, so a stream that reads one memo entry over and over (a "billion
+/// laughs" pickle) costs a pointer per read, not a copy.
 #[derive(Clone, Debug)]
 pub enum Value {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
-    Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Rc<Vec<Value>>),
     List(Rc<RefCell<Vec<Value>>>),
     Dict(Rc<RefCell<Vec<(Value, Value)>>>),
     Global(Global),
     /// A storage named by a persistent id: `('storage', torch.FloatStorage, key, location, numel)`.
     Storage {
-        key: String,
+        key: Rc<str>,
         dtype: StorageDtype,
     },
     Tensor(TensorRef),
@@ -243,7 +245,7 @@ impl Machine<'_> {
     fn utf8(&mut self, n: usize) -> Result<Value> {
         let bytes = self.take(n)?.to_vec();
         Ok(Value::Str(
-            String::from_utf8(bytes).context("a pickle string is not UTF-8")?,
+            String::from_utf8(bytes).context("a pickle string is not UTF-8")?.into(),
         ))
     }
 
@@ -395,17 +397,17 @@ impl Machine<'_> {
                 b'U' | b'C' => {
                     let n = self.u8()? as usize;
                     let v = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(v));
+                    self.push(Value::Bytes(v.into()));
                 }
                 b'T' | b'B' => {
                     let n = self.u32()? as usize;
                     let v = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(v));
+                    self.push(Value::Bytes(v.into()));
                 }
-                b')' => self.push(Value::Tuple(Vec::new())),
+                b')' => self.push(Value::Tuple(Rc::new(Vec::new()))),
                 b't' => {
                     let items = self.pop_to_mark()?;
-                    self.push(Value::Tuple(items));
+                    self.push(Value::Tuple(Rc::new(items)));
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -414,7 +416,7 @@ impl Machine<'_> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items));
+                    self.push(Value::Tuple(Rc::new(items)));
                 }
                 b'}' => self.push(Value::new_dict()),
                 b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
@@ -524,7 +526,7 @@ fn persistent_storage(pid: &Value) -> Result<Value> {
     }
     match items.get(..5).unwrap_or(items.as_slice()) {
         [Value::Str(kind), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, _numel]
-            if kind == "storage" =>
+            if &**kind == "storage" =>
         {
             Ok(Value::Storage {
                 key: key.clone(),
@@ -576,6 +578,9 @@ fn reduce(callable: &Value, args: Value) -> Result<Value> {
             let shape = args[2].as_usizes("tensor size")?;
             let stride = args[3].as_usizes("tensor stride")?;
             ensure!(shape.len() == stride.len(), "tensor size and stride differ in length");
+            // Real tensors have a handful of dimensions; a crafted size tuple read from the memo
+            // again and again must not cost a copy of its length each time.
+            ensure!(shape.len() <= 8, "a tensor of {} dimensions", shape.len());
             Ok(Value::Tensor(TensorRef {
                 storage_key: key.clone(),
                 dtype: *dtype,
