@@ -12,5 +12,6 @@ pub mod gpu;
 pub mod graph;
 pub mod model;
 pub mod predict;
+pub mod pretrained;
 pub mod refine;
 pub mod train;

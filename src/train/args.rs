@@ -46,6 +46,11 @@ pub struct TrainArgs {
     /// the weights are kept and a new schedule starts.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start the backbone from ImageNet weights: a timm, mmpose (MSRA) or torchvision HRNet or
+    /// ResNet file (safetensors, .pth or .bin) of the --model's size. Its RGB stem is folded to
+    /// the grayscale input; the landmark head and the optimizer start fresh.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub pretrained: Option<PathBuf>,
     /// fp16 activations with fp32 master weights and loss scaling [default: on for CUDA; the CPU
     /// always trains in f32].
     #[arg(long, alias = "mixed_precision", num_args = 0..=1, default_missing_value = "true")]

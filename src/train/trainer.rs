@@ -385,6 +385,14 @@ impl Trainer {
             }
         };
 
+        if let Some(path) = &args.pretrained {
+            let (ck, report) = crate::pretrained::starting_checkpoint(path, engine.graph(), &model, seed)?;
+            eprintln!("starting from {} ({}):\n{report}", path.display(), report.file_kind);
+            engine
+                .load_weights(&ck)
+                .with_context(|| format!("loading --pretrained {}", path.display()))?;
+        }
+
         let iters = train_loader.batches_per_epoch() as u64;
         let epochs = args
             .epochs
