@@ -19,9 +19,21 @@ use rand::SeedableRng;
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_first_step_from_pretrained_weights_matches_the_cpu() {
+    first_step_matches_the_cpu(1);
+}
+
+/// `--in-channels 3`: the RGB stem kept unfolded, the grey value in all three input channels.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_first_step_from_an_unfolded_rgb_stem_matches_the_cpu() {
+    first_step_matches_the_cpu(3);
+}
+
+fn first_step_matches_the_cpu(in_channels: usize) {
     let k = 5;
-    let model = ModelConfig::new("hrnet-w18", 1, k, [128, 128], 2).unwrap();
-    // timm's HRNet at widths 2/4/8/16 (the committed fixture), its stem folded to grayscale.
+    let model = ModelConfig::new("hrnet-w18", in_channels, k, [128, 128], 2).unwrap();
+    // timm's HRNet at widths 2/4/8/16 (the committed fixture), its stem folded to grayscale
+    // for one input channel and kept as it is for three.
     let graph = model.build_hrnet_width(2);
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pretrained/hrnet_w2.safetensors");
     let sd = pretrained::read_state_dict(&file).unwrap();
@@ -65,6 +77,7 @@ fn gpu_first_step_from_pretrained_weights_matches_the_cpu() {
     let mut cpu = Engine::Cpu(Box::new(CpuEngine::new(graph.clone(), 1)));
     cuda.load_weights(&ck).unwrap();
     cpu.load_weights(&ck).unwrap();
+    assert_eq!(loaded.report.folded.is_some(), in_channels == 1);
     let on_gpu = cuda.checkpoint(meta.clone()).unwrap();
     for (name, values) in &loaded.params {
         let same = on_gpu.tensors[name]

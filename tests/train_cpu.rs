@@ -382,3 +382,84 @@ fn short_runs_and_resumes_need_no_repeated_flags() {
         );
     }
 }
+
+/// `--in-channels 3`: the grey value goes into all three input channels on every path that feeds
+/// the network (the training loader, evaluation, prediction), the checkpoint records the stem's
+/// three channels, and a resumed run cannot change them.
+#[test]
+fn three_input_channels_train_evaluate_and_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("phantoms");
+    cephalo::data::phantom::write_dataset(&data, 12, 9, 96, 96).unwrap();
+    train(
+        dir.path(),
+        &data,
+        &["--epochs", "1", "--warmup-epochs", "0", "--in-channels", "3"],
+    );
+    let ck = dir.path().join("ck/checkpoint_last.safetensors");
+    let loaded = cephalo::checkpoint::load(&ck).unwrap();
+    assert_eq!(loaded.meta.model.in_channels, 3);
+    let stem = &loaded.tensors["stem.conv1.weight"];
+    assert_eq!(
+        stem.shape.last(),
+        Some(&3),
+        "KRSC stem weights read 3 channels: {:?}",
+        stem.shape
+    );
+
+    let report = dir.path().join("report.json");
+    let (ck_s, data_s, report_s) = (ck.to_str().unwrap(), data.to_str().unwrap(), report.to_str().unwrap());
+    cli_support::run(&[
+        "eval",
+        "--checkpoint",
+        ck_s,
+        "--dataset-path",
+        data_s,
+        "--split",
+        "test",
+        "--report",
+        report_s,
+        "--device",
+        "cpu",
+    ])
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(json["metrics"]["overall"]["mre_mm"].as_f64().unwrap().is_finite());
+
+    let out = dir.path().join("predicted");
+    let images = data.join("images");
+    let code = cli_support::run(&[
+        "predict",
+        "--checkpoint",
+        ck_s,
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--pixel-size",
+        "0.1",
+        "--device",
+        "cpu",
+    ])
+    .unwrap();
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    assert!(out.join("phantom_0000.json").is_file());
+
+    let (ck_dir, logs) = (dir.path().join("ck"), dir.path().join("logs"));
+    let err = cli_support::run(&[
+        "train",
+        "--dataset-path",
+        data_s,
+        "--resume",
+        ck_s,
+        "--in-channels",
+        "1",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        ck_dir.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ])
+    .expect_err("a resumed run keeps its channels");
+    assert!(format!("{err:#}").contains("--in-channels 1"), "{err:#}");
+}

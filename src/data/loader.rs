@@ -30,11 +30,18 @@ pub const IMAGE_MEAN: f32 = 0.5;
 pub const IMAGE_STD: f32 = 0.25;
 
 /// Writes the network input for one warped image (values in [0, 1]) into `dst`: the one place
-/// the normalisation is applied, for training, evaluation and prediction alike.
+/// the normalisation is applied, for training, evaluation and prediction alike. `dst` holds
+/// `channels` values per pixel (NHWC; 3 for a network with an RGB stem), each the same grey value.
 pub fn normalize_into(dst: &mut [f32], plane: &[f32]) {
-    debug_assert_eq!(dst.len(), plane.len());
-    for (d, &v) in dst.iter_mut().zip(plane) {
-        *d = (v - IMAGE_MEAN) / IMAGE_STD;
+    assert!(
+        !plane.is_empty() && dst.len().is_multiple_of(plane.len()),
+        "normalize_into: {} input values for {} pixels",
+        dst.len(),
+        plane.len()
+    );
+    let channels = dst.len() / plane.len();
+    for (d, &v) in dst.chunks_exact_mut(channels).zip(plane) {
+        d.fill((v - IMAGE_MEAN) / IMAGE_STD);
     }
 }
 
@@ -50,6 +57,8 @@ pub fn default_workers() -> usize {
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
     pub image_size: ImageSize,
+    /// Values per input pixel: 1, or 3 for a network with an RGB stem (the grey value in each).
+    pub channels: usize,
     /// Network input pixels per heatmap pixel.
     pub stride: usize,
     /// Target Gaussian sigma in heatmap pixels.
@@ -72,6 +81,7 @@ impl LoaderConfig {
         let workers = default_workers();
         LoaderConfig {
             image_size,
+            channels: 1,
             stride: 4,
             sigma: 2.0,
             batch_size: 4,
@@ -95,7 +105,8 @@ impl LoaderConfig {
 /// One batch, ready for upload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `n * H * W * 1` floats, NHWC, normalised with [`IMAGE_MEAN`] and [`IMAGE_STD`].
+    /// `n * H * W * C` floats, NHWC (`C` the config's `channels`), normalised with [`IMAGE_MEAN`]
+    /// and [`IMAGE_STD`].
     pub images: Vec<f32>,
     /// Per sample and landmark, image-major (`n * K` pairs): the landmark in heatmap pixels, the
     /// centre of its target Gaussian. The engines draw the targets themselves with
@@ -115,14 +126,14 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// An empty batch for the samples `indices`, with room for `pixels` input pixels and
+    /// An empty batch for the samples `indices`, with room for `per_image` input values and
     /// `points_per_sample` landmarks per sample, its targets shaped as `cfg` says; the builders
     /// fill it slot by slot.
-    pub fn for_filling(cfg: &LoaderConfig, indices: Vec<usize>, pixels: usize, points_per_sample: usize) -> Self {
+    pub fn for_filling(cfg: &LoaderConfig, indices: Vec<usize>, per_image: usize, points_per_sample: usize) -> Self {
         let (hh, hw) = cfg.heatmap_size();
         let n = indices.len();
         Batch {
-            images: vec![0.0; n * pixels],
+            images: vec![0.0; n * per_image],
             heatmap_points: Vec::with_capacity(n * points_per_sample),
             heatmap_size: [hh, hw],
             sigma: cfg.sigma,
@@ -368,7 +379,8 @@ impl Shared {
             return source.build(cfg, epoch, indices);
         }
         let ImageSize { height, width } = cfg.image_size;
-        let mut batch = Batch::for_filling(cfg, indices, height * width, self.landmarks);
+        let per_image = height * width * cfg.channels;
+        let mut batch = Batch::for_filling(cfg, indices, per_image, self.landmarks);
         for (slot, &index) in batch.indices.iter().enumerate() {
             let sample = &self.samples[index];
             let image = load_gray(&sample.image_path)?;
@@ -379,7 +391,7 @@ impl Shared {
                 cfg.image_size,
                 cfg.augment.as_ref().map(|a| (a, &mut rng)),
             );
-            let dst = &mut batch.images[slot * height * width..(slot + 1) * height * width];
+            let dst = &mut batch.images[slot * per_image..(slot + 1) * per_image];
             normalize_into(dst, &t.image.data);
             batch
                 .heatmap_points

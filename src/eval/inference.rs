@@ -4,11 +4,31 @@
 use anyhow::Result;
 
 use crate::backend::Backend;
+use crate::checkpoint::Meta;
+use crate::data::geometry::ImageSize;
 use crate::data::heatmap::{decode_dark, heatmap_to_image};
-use crate::data::loader::Loader;
+use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::Sample;
 use crate::eval::metrics::{ImageResult, MetricsReport};
 use crate::graph::exec::Executor;
+
+/// The loader settings to run the checkpoint `meta` over a dataset: its input channels, stride
+/// and sigma, `image_size` (the network's, or a refiner's patch), every sample once in order, no
+/// augmentation; `batch_size` images per batch, `workers` loader threads.
+pub fn inference_loader_config(meta: &Meta, image_size: ImageSize, batch_size: usize, workers: usize) -> LoaderConfig {
+    LoaderConfig {
+        channels: meta.model.in_channels,
+        stride: meta.heatmap_stride,
+        sigma: meta.heatmap_sigma as f64,
+        batch_size: batch_size.max(1),
+        augment: None,
+        shuffle: false,
+        drop_last: false,
+        workers,
+        prefetch: 2 * workers.max(1),
+        ..LoaderConfig::new(image_size)
+    }
+}
 
 /// One image's predicted landmarks.
 #[derive(Debug, Clone)]

@@ -149,7 +149,7 @@ pub fn run(args: &PredictArgs) -> Result<ExitCode> {
     let out_shape = model.exec.graph().output_shape();
     let (h, w, k, n) = (out_shape.h, out_shape.w, out_shape.c, out_shape.n);
     let stride = size.height / h;
-    let per_in = size.height * size.width;
+    let per_in = size.height * size.width * model.meta.model.in_channels;
 
     let bar = ProgressBar::new(images.len() as u64).with_style(
         ProgressStyle::with_template("predict {bar:30} {pos}/{len} [{elapsed}<{eta}]").expect("valid template"),

@@ -11,11 +11,11 @@ use super::source::{fold_patches, Centres, PatchSource};
 use super::PatchSpec;
 use crate::checkpoint::{self, Meta};
 use crate::data::geometry::ImageSize;
-use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::loader::Loader;
 use crate::data::Sample;
 use crate::device::Device;
 use crate::eval::command::{load_model, LoadedModel};
-use crate::eval::inference::PredictedImage;
+use crate::eval::inference::{inference_loader_config, PredictedImage};
 
 /// Refuses a refiner where a global model is expected (`flag` names where it was given).
 pub fn require_global(meta: &Meta, path: &Path, flag: &str) -> Result<()> {
@@ -105,31 +105,18 @@ impl Refiner {
             centres[p.index] = p.points.clone();
         }
         let source = PatchSource::new(samples.to_vec(), k, self.spec, Centres::Given(centres), None, false)?;
-        let mut cfg = self.loader_config();
-        cfg.workers = workers;
-        cfg.prefetch = 2 * workers.max(1);
+        let patch = ImageSize {
+            height: self.spec.size,
+            width: self.spec.size,
+        };
+        // One batch holds whole images' patches: K per image.
+        let cfg = inference_loader_config(&self.model.meta, patch, self.images_per_pass * k, workers);
         let loader = Loader::with_source(samples.to_vec(), cfg, Arc::new(source))?;
         let patches = self
             .model
             .exec
             .predict_loader(&loader, self.model.meta.heatmap_sigma as f64)?;
         Ok(fold_patches(&patches, k))
-    }
-
-    /// Inference loader settings: whole images' patches per batch, in order, no augmentation.
-    fn loader_config(&self) -> LoaderConfig {
-        let k = self.model.meta.landmarks.len();
-        let mut cfg = LoaderConfig::new(ImageSize {
-            height: self.spec.size,
-            width: self.spec.size,
-        });
-        cfg.stride = self.model.meta.heatmap_stride;
-        cfg.sigma = self.model.meta.heatmap_sigma as f64;
-        cfg.batch_size = self.images_per_pass * k;
-        cfg.augment = None;
-        cfg.shuffle = false;
-        cfg.drop_last = false;
-        cfg
     }
 }
 
@@ -140,18 +127,11 @@ pub fn global_predictions(
     batch_size: usize,
     workers: usize,
 ) -> Result<Vec<PredictedImage>> {
-    let mut cfg = LoaderConfig::new(ImageSize {
+    let size = ImageSize {
         height: model.meta.model.image_size[0],
         width: model.meta.model.image_size[1],
-    });
-    cfg.stride = model.meta.heatmap_stride;
-    cfg.sigma = model.meta.heatmap_sigma as f64;
-    cfg.batch_size = batch_size.max(1);
-    cfg.augment = None;
-    cfg.shuffle = false;
-    cfg.drop_last = false;
-    cfg.workers = workers;
-    cfg.prefetch = 2 * workers.max(1);
+    };
+    let cfg = inference_loader_config(&model.meta, size, batch_size, workers);
     let loader = Loader::new(samples.to_vec(), cfg)?;
     model.exec.predict_loader(&loader, model.meta.heatmap_sigma as f64)
 }

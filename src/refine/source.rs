@@ -125,7 +125,8 @@ impl BatchSource for PatchSource {
         );
         let (n, k) = (indices.len(), self.landmarks);
         let truth_count = self.samples.first().map_or(0, |s| s.landmarks.len());
-        let mut batch = Batch::for_filling(cfg, indices, size * size, truth_count);
+        let per_patch = size * size * cfg.channels;
+        let mut batch = Batch::for_filling(cfg, indices, per_patch, truth_count);
         let mut decoded = HashMap::new();
         for slot in 0..n {
             let item = batch.indices[slot];
@@ -162,10 +163,7 @@ impl BatchSource for PatchSource {
             if let Some(a) = &self.augment {
                 photometric(&mut rng, a, &mut plane);
             }
-            normalize_into(
-                &mut batch.images[slot * size * size..(slot + 1) * size * size],
-                &plane.data,
-            );
+            normalize_into(&mut batch.images[slot * per_patch..(slot + 1) * per_patch], &plane.data);
             let to_patch = map.inverse();
             let points: Vec<[f64; 2]> = sample.landmarks.iter().map(|&p| to_patch.apply(p)).collect();
             batch

@@ -48,9 +48,15 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     /// Start the backbone from ImageNet weights: a timm, mmpose (MSRA) or torchvision HRNet or
     /// ResNet file (safetensors, .pth or .bin) of the --model's size. Its RGB stem is folded to
-    /// the grayscale input; the landmark head and the optimizer start fresh.
+    /// the grayscale input (kept as it is with --in-channels 3); the landmark head and the
+    /// optimizer start fresh.
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     pub pretrained: Option<PathBuf>,
+    /// Input channels of the network: 1 (grayscale) or 3, the grey value repeated into each, so
+    /// that a --pretrained RGB stem is kept as it is rather than folded [default: 1; a resumed run
+    /// keeps its checkpoint's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=3))]
+    pub in_channels: Option<u8>,
     /// fp16 activations with fp32 master weights and loss scaling [default: on for CUDA; the CPU
     /// always trains in f32].
     #[arg(long, alias = "mixed_precision", num_args = 0..=1, default_missing_value = "true")]

@@ -312,12 +312,21 @@ impl Trainer {
                         symbols.join(" ")
                     );
                 }
+                if let Some(c) = args.in_channels.filter(|&c| c as usize != s.model.in_channels) {
+                    bail!(
+                        "--in-channels {c}: the checkpoint's network reads {} channel(s); a resumed run keeps it",
+                        s.model.in_channels
+                    );
+                }
                 ModelConfig {
                     batch_size,
                     ..s.model.clone()
                 }
             }
-            None => ModelConfig::new(&args.model, 1, symbols.len(), [h, w], batch_size)?,
+            None => {
+                let channels = args.in_channels.unwrap_or(1) as usize;
+                ModelConfig::new(&args.model, channels, symbols.len(), [h, w], batch_size)?
+            }
         };
         let image_size = ImageSize {
             height: model.image_size[0],
@@ -331,6 +340,7 @@ impl Trainer {
 
         let workers = args.workers.unwrap_or_else(default_workers);
         let mut train_cfg = LoaderConfig::new(image_size);
+        train_cfg.channels = model.in_channels;
         train_cfg.stride = HEATMAP_STRIDE;
         train_cfg.sigma = sigma;
         train_cfg.batch_size = batch_size;
