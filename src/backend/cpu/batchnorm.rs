@@ -193,7 +193,6 @@ pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], sav
 
 /// The block join `y = max(bn(x) + residual, 0)` from saved statistics, in one pass: the same
 /// values as the batch norm's output in f32 followed by `add_relu_fwd`.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_add_relu_apply_saved<T: Real>(
     x: &[T],
     xs: Shape4,
@@ -290,7 +289,6 @@ fn masked_grad<T: Real>(dy: T, x: T, join_y: Option<T>, relu: bool, mean: T, inv
 /// The backward's first pass over some rows: `s0 += g`, `s1 += g * xhat` (f64), and the join's
 /// gradient to its residual `dres (+)= dy * [y > 0]` when asked for.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn bwd_sum_rows<T: Real>(
     inp: &BwdInputs<'_, T>,
     dy: &[T],

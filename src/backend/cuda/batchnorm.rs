@@ -111,7 +111,6 @@ fn finalize_grid(c: usize) -> LaunchConfig {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check(
     what: &str,
     x: &DevSlice<f16>,
