@@ -103,6 +103,11 @@ fn peak_loop(isa: simd::Isa, iters: usize, seed: f32) -> usize {
 }
 
 fn main() {
+    // On a worker of rayon's pool, as the executor runs every op (`cpu::in_pool`).
+    cephalo::backend::cpu::in_pool(run);
+}
+
+fn run() {
     let env = |k: &str| std::env::var(k).ok();
     let model = env("CEPHALO_BENCH_MODEL").unwrap_or_else(|| "hrnet-w8".into());
     let size = env("CEPHALO_BENCH_SIZE").unwrap_or_else(|| "256x224".into());

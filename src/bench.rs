@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
-use crate::backend::{Backend, CpuBackend, CudaBackend, OpTimes};
+use crate::backend::{cpu, Backend, CpuBackend, CudaBackend, OpTimes};
 use crate::data::geometry::Affine;
 use crate::data::heatmap::heatmap_to_image;
 use crate::data::loader::Batch;
@@ -291,14 +291,14 @@ fn bench_cpu(s: &Setup, graph: crate::graph::Graph) -> Result<Measured> {
             exec.backend_mut().write(input, &s.batch.images);
             for i in 0..s.warmup + s.steps {
                 let started = Instant::now();
-                exec.forward();
+                cpu::in_pool(|| exec.forward());
                 if i >= s.warmup {
                     times.push(started.elapsed().as_secs_f64() * 1e3);
                 }
             }
             if s.args.profile_ops {
                 exec.backend_mut().enable_op_profile();
-                exec.forward();
+                cpu::in_pool(|| exec.forward());
                 op_times = exec.backend_mut().take_op_times();
             }
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::backend::{Backend, CpuBackend, CudaBackend};
+use crate::backend::{cpu, Backend, CpuBackend, CudaBackend};
 use crate::checkpoint::{self, Meta};
 use crate::data::geometry::ImageSize;
 use crate::data::loader::{default_workers, Loader};
@@ -78,7 +78,7 @@ impl InferenceExecutor {
     /// Heatmaps of one input batch.
     pub fn predict(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         match self {
-            Self::Cpu(e) => Ok(e.predict(input)),
+            Self::Cpu(e) => Ok(cpu::in_pool(|| e.predict(input))),
             Self::Cuda(e) => {
                 let out = e.predict(input);
                 e.backend_mut().take_error().context("inference on the GPU")?;
@@ -90,7 +90,7 @@ impl InferenceExecutor {
     /// Landmarks of every image of `loader`.
     pub fn predict_loader(&mut self, loader: &Loader, sigma: f64) -> Result<Vec<PredictedImage>> {
         match self {
-            Self::Cpu(e) => predict_loader(e, loader, sigma),
+            Self::Cpu(e) => cpu::in_pool(|| predict_loader(e, loader, sigma)),
             Self::Cuda(e) => {
                 let out = predict_loader(e, loader, sigma);
                 e.backend_mut().take_error().context("inference on the GPU")?;

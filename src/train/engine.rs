@@ -3,8 +3,8 @@
 //! are the same for both; only the step and where parameters live differ.
 use anyhow::{bail, ensure, Result};
 
-use crate::backend::cpu::heatmap;
 use crate::backend::cpu::optim::adamw_step;
+use crate::backend::cpu::{self, heatmap};
 use crate::backend::AdamWParams;
 use crate::backend::HeatmapShape;
 use crate::backend::{Backend, CpuBackend, ParamId};
@@ -42,7 +42,7 @@ impl Engine {
         sp: StepParams,
     ) -> Result<StepResult> {
         match self {
-            Engine::Cpu(e) => e.step(batch, loss, sp),
+            Engine::Cpu(e) => cpu::in_pool(|| e.step(batch, loss, sp)),
             Engine::Cuda(e) => e.step(batch, next, loss, sp),
         }
     }
@@ -55,7 +55,7 @@ impl Engine {
                     let values = e.exec.param(ParamId(id));
                     e.eval.set_param(ParamId(id), &values);
                 }
-                predict_loader(&mut e.eval, loader, sigma)
+                cpu::in_pool(|| predict_loader(&mut e.eval, loader, sigma))
             }
             Engine::Cuda(e) => e.predict(loader, sigma),
         }

@@ -24,6 +24,21 @@ use crate::backend::{
     Backend, BnRefs, ConvParams, Grad, OpTime, OpTimes, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
 };
 
+/// Runs `pass`, a sequence of CPU ops (a training step, a forward pass), on a worker thread of
+/// rayon's pool, and returns its result.
+///
+/// Every op splits its work with rayon. Called from a thread outside the pool, each op would hand
+/// its jobs to the pool and put the caller to sleep until they finish: two thread wake-ups per
+/// op, tens of microseconds each, which for the hundreds of small ops of a narrow network's step
+/// cost more than their arithmetic (hrnet-w8 at 256x224: about a tenth of a training step). On a
+/// worker, an op's jobs start on the calling thread at once and the other workers steal what
+/// they can. The results are the same either way: no op's order of summation depends on which
+/// thread runs what.
+pub fn in_pool<R: Send>(pass: impl FnOnce() -> R + Send) -> R {
+    // `rayon::scope` runs its closure on a worker of the global pool (injecting it from outside).
+    rayon::scope(|_| pass())
+}
+
 /// The element type of the CPU ops: f32, or f64 for precise gradient checks.
 pub trait Real:
     bytemuck::Pod
