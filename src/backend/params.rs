@@ -168,6 +168,50 @@ impl Default for BnParams {
     }
 }
 
+/// One batch-norm layer's learned per-channel scale `gamma` and shift `beta` (C elements each),
+/// and its constants. Generic over the slice type, so that both backends' wrappers can take it
+/// (`DevSlice<f32>` on the GPU).
+#[derive(Clone, Copy, Debug)]
+pub struct BnWeights<S> {
+    pub gamma: S,
+    pub beta: S,
+    pub params: BnParams,
+}
+
+/// One batch-norm layer's running mean and (unbiased) variance, C elements each: read by eval,
+/// updated by a training forward.
+#[derive(Clone, Copy, Debug)]
+pub struct BnRunning<S> {
+    pub mean: S,
+    pub var: S,
+}
+
+/// Where a batch-norm backward writes the gradients of gamma and beta (overwritten, C elements
+/// each).
+#[derive(Clone, Copy, Debug)]
+pub struct BnGrads<M> {
+    pub dgamma: M,
+    pub dbeta: M,
+}
+
+/// Where an op writes an activation gradient, and whether it adds to what is there or
+/// overwrites it: the slice counterpart of the backends' [`Grad`](super::Grad).
+#[derive(Clone, Copy, Debug)]
+pub struct GradOut<M> {
+    pub data: M,
+    pub accumulate: bool,
+}
+
+/// The residual join `y = max(bn(x) + residual, 0)` as the backward of the fused BN+add+ReLU
+/// sees it: the join's output `y` (its ReLU mask) and where the residual's gradient goes, when it
+/// wants one. `S` is the read-only tensor, `G` the gradient target (`View`/`Grad` for the
+/// [`Backend`](super::Backend), device views on the GPU).
+#[derive(Clone, Copy, Debug)]
+pub struct AddReluJoin<S, G> {
+    pub y: S,
+    pub d_residual: Option<G>,
+}
+
 /// Shape of a batch of heatmaps, NHWC with the `k` landmark channels last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeatmapShape {
