@@ -28,8 +28,8 @@ use half::f16;
 
 use super::{batchnorm as bn, concat, conv, conv_wgrad, elementwise as ew, pool, resample};
 use crate::backend::{
-    AddReluJoin, Backend, BnGrads, BnRefs, BnRunning, BnWeights, ConvParams, Grad, GradOut, ParamId, ParamSpec,
-    PoolParams, Shape4, UpsampleMode, View,
+    AddReluJoin, Backend, BnGrads, BnRefs, BnRunning, BnWeights, ConvParams, ConvRefs, Grad, GradOut, ParamId,
+    ParamSpec, PoolParams, Shape4, UpsampleMode, View,
 };
 use crate::backend::{OpTime, OpTimes};
 use crate::gpu::memory::human_bytes;
@@ -767,14 +767,13 @@ impl Backend for CudaBackend {
     fn conv2d_bn_fwd_eval(
         &mut self,
         x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
+        conv: &ConvRefs,
         bn_refs: &BnRefs,
         relu: bool,
         residual: Option<View>,
         y: View,
     ) {
+        let ConvRefs { w, bias, ref p } = *conv;
         let kind = if residual.is_some() {
             "conv2d_bn_add_relu_fwd_eval"
         } else {
@@ -796,16 +795,8 @@ impl Backend for CudaBackend {
         });
     }
 
-    fn conv2d_fwd_bn_stats(
-        &mut self,
-        x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
-        y: View,
-        bn_refs: &BnRefs,
-        saved: View,
-    ) {
+    fn conv2d_fwd_bn_stats(&mut self, x: View, conv: &ConvRefs, y: View, bn_refs: &BnRefs, saved: View) {
+        let ConvRefs { w, bias, ref p } = *conv;
         self.op("conv2d_fwd_bn_stats", |b| {
             let ws = Self::detach(b.scratch_f32(conv::conv2d_bn_stats_workspace_len(y.shape))?);
             let targets = b.stats_targets(bn_refs, saved, ws);
@@ -936,11 +927,10 @@ impl Backend for CudaBackend {
         &mut self,
         dy: View,
         x: View,
-        y: View,
         bn_refs: &BnRefs,
         saved: View,
+        join: AddReluJoin<View, Grad>,
         dx: Grad,
-        dres: Option<Grad>,
     ) {
         self.op("batchnorm_add_relu_bwd", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
@@ -951,8 +941,8 @@ impl Backend for CudaBackend {
                 saved: b.stats(saved),
             };
             let join = AddReluJoin {
-                y: b.x(y),
-                d_residual: dres.map(|g| b.grad_out(g)),
+                y: b.x(join.y),
+                d_residual: join.d_residual.map(|g| b.grad_out(g)),
             };
             bn::bn_add_relu_bwd(&b.gpu, b.x(dy), fwd, join, b.grad_out(dx), b.bn_grads(bn_refs)?, ws)
         });
