@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
 use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
-use cephalo::backend::AdamWParams;
 use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AdamWParams, AdamWState};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -97,7 +97,19 @@ fn main() {
     let mut t = 0;
     let ms = median_ms(|| {
         t += 1;
-        adamw_step(&mut w, &g32, &mut m, &mut v, Some(&mut half), &hp, t, true, 1.0);
+        adamw_step(
+            AdamWState {
+                master: &mut w,
+                m: &mut m,
+                v: &mut v,
+                half_copy: Some(&mut half),
+            },
+            &g32,
+            &hp,
+            t,
+            true,
+            1.0,
+        );
     });
     // master, m, v read and written, grad read, fp16 copy written.
     report("adamw_step (+fp16 copy)", p, 30, ms);

@@ -349,6 +349,18 @@ impl AdamWParams {
     }
 }
 
+/// What an AdamW step updates in place: the fp32 `master` weights, the first and second moments
+/// `m` and `v` (all of one length), and, when given, the fp16 copy the forward pass reads,
+/// rewritten from the updated masters. `M` is the f32 slice type, `H` the fp16 one (`&mut [f32]`
+/// and `&mut [f16]` on the CPU, device views on the GPU).
+#[derive(Debug)]
+pub struct AdamWState<M, H> {
+    pub master: M,
+    pub m: M,
+    pub v: M,
+    pub half_copy: Option<H>,
+}
+
 /// Elements of one [`AdamWChunk`] at most: a GPU block's share of the whole-model step.
 pub const ADAMW_CHUNK_LEN: usize = 4096;
 

@@ -22,7 +22,7 @@ use cudarc::driver::CudaGraph;
 
 use crate::backend::cuda::{heatmap as gpu_heatmap, loss as gpu_loss, optim as gpu_optim};
 use crate::backend::HeatmapShape;
-use crate::backend::{AdamWChunk, AdamWParams, AdamWTensor};
+use crate::backend::{AdamWChunk, AdamWParams, AdamWState, AdamWTensor};
 use crate::backend::{Backend, CudaBackend, ParamId};
 use crate::checkpoint::{Checkpoint, Meta};
 use crate::data::loader::{Batch, Loader};
@@ -496,11 +496,13 @@ impl CudaEngine {
         let (master, grad, half) = self.exec.backend_mut().optimizer_regions();
         gpu_optim::adamw_step_chunks(
             &self.gpu,
-            master,
+            AdamWState {
+                master,
+                m: self.m.slice_mut(),
+                v: self.v.slice_mut(),
+                half_copy: Some(half),
+            },
             grad,
-            self.m.slice_mut(),
-            self.v.slice_mut(),
-            Some(half),
             &self.adamw_chunks,
             &hp,
             sp.t,
