@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
 use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
-use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
 use cephalo::backend::{AdamWParams, AdamWState};
 use half::f16;
 use rand::{Rng, SeedableRng};
@@ -55,12 +55,16 @@ fn main() {
     let ms = median_ms(|| {
         let map = Some(WeightMap::default());
         awing_fwd_bwd(
-            &pred,
-            &target,
-            &weights,
-            shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &weights,
+                weight_map: map,
+            },
             AWingParams::default(),
-            map,
             65536.0,
             &mut grad,
         );
@@ -68,19 +72,35 @@ fn main() {
     report("awing_fwd_bwd (weight map)", n, 12, ms);
     let ms = median_ms(|| {
         awing_fwd_bwd(
-            &pred,
-            &target,
-            &weights,
-            shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &weights,
+                weight_map: None,
+            },
             AWingParams::default(),
-            None,
             65536.0,
             &mut grad,
         );
     });
     report("awing_fwd_bwd (no map)", n, 12, ms);
     let ms = median_ms(|| {
-        mse_fwd_bwd(&pred, &target, &weights, shape, None, 65536.0, &mut grad);
+        mse_fwd_bwd(
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &weights,
+                weight_map: None,
+            },
+            65536.0,
+            &mut grad,
+        );
     });
     report("mse_fwd_bwd (no map)", n, 12, ms);
 

@@ -3,7 +3,7 @@
 //! writing the fp16 weight copy the next forward reads.
 use cephalo::backend::cpu::loss::awing_fwd_bwd;
 use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
-use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
 use cephalo::backend::{AdamWParams, AdamWState};
 use cephalo::train::loss_scaler::{DynamicLossScaler, StepOutcome};
 use half::f16;
@@ -134,12 +134,16 @@ fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
     for step in 0..150 {
         let pred: Vec<f32> = half.iter().map(|h| h.to_f32()).collect();
         let loss = awing_fwd_bwd(
-            &pred,
-            &target,
-            &[1.0, 2.5],
-            shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &[1.0, 2.5],
+                weight_map: Some(WeightMap::default()),
+            },
             AWingParams::default(),
-            Some(WeightMap::default()),
             scaler.scale(),
             &mut grad32,
         );

@@ -29,8 +29,8 @@ pub use cpu::CpuBackend;
 pub use cuda::backend::CudaBackend;
 pub use params::{
     upsample_shape, AWingParams, AdamWChunk, AdamWParams, AdamWState, AdamWTensor, AddReluJoin, BnGrads, BnParams,
-    BnRunning, BnWeights, ConvParams, GradOut, HeatmapShape, PoolParams, Shape4, UpsampleMode, WeightMap,
-    ADAMW_CHUNK_LEN,
+    BnRunning, BnWeights, ConvParams, GradOut, HeatmapBatch, HeatmapShape, LossWeighting, PoolParams, Shape4,
+    UpsampleMode, WeightMap, ADAMW_CHUNK_LEN,
 };
 
 /// A tensor in the backend's activation arena: a byte offset (from the memory plan) and a shape.

@@ -233,6 +233,24 @@ impl HeatmapShape {
     }
 }
 
+/// A batch of predicted heatmaps and their targets, NHWC of `shape`: what a heatmap loss compares.
+/// `P` is the predictions' slice type, `T` the targets' (`&[f32]` both on the CPU; fp16 and f32
+/// device views on the GPU).
+#[derive(Clone, Copy, Debug)]
+pub struct HeatmapBatch<P, T> {
+    pub pred: P,
+    pub target: T,
+    pub shape: HeatmapShape,
+}
+
+/// How a heatmap loss weighs its elements: one weight per landmark channel (`shape.k` of them)
+/// and, when given, the Adaptive Wing paper's weight map.
+#[derive(Clone, Copy, Debug)]
+pub struct LossWeighting<S> {
+    pub channel_weights: S,
+    pub weight_map: Option<WeightMap>,
+}
+
 /// Adaptive Wing loss parameters (Wang, Bo, Li, ICCV 2019).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AWingParams {
