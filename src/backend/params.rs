@@ -1,5 +1,8 @@
-//! The parameters and shapes of the ops, shared by both backends: defined once here, so that the
-//! CUDA wrappers and the CPU twins take the same types and neither imports the other's.
+//! The parameters and shapes of the ops, and the argument structs that group an op's buffers by
+//! what they are (a BN layer's weights, an optimizer's state, a loss's batch), shared by both
+//! backends: defined once here, so that the CUDA wrappers and the CPU twins take the same types
+//! and neither imports the other's. The argument structs are generic over the slice type (`&[f32]`
+//! on the CPU, device views on the GPU).
 
 /// The shape of an activation in NHWC order (channels last, like the GPU kernels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
