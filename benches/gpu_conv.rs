@@ -18,9 +18,10 @@
 use anyhow::Result;
 use cephalo::backend::cuda::batchnorm::StatsTargets;
 use cephalo::backend::cuda::conv::{
-    self, ConvEpilogue, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL, TILES_SMALL_SMEM,
+    self, ConvDgrad, ConvEpilogue, ConvFwd, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL,
+    TILES_SMALL_SMEM,
 };
-use cephalo::backend::{BnParams, ConvParams, Shape4};
+use cephalo::backend::{BnParams, BnRunning, ConvParams, GradOut, Shape4};
 use cephalo::gpu::timer::measure;
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use cephalo::graph::Op;
@@ -137,61 +138,58 @@ impl Bufs {
     fn fwd_bn_stats(&mut self, gpu: &Gpu, c: &Conv) -> Result<()> {
         let targets = StatsTargets {
             saved: self.saved.slice_mut(),
-            running_mean: self.running_mean.slice_mut(),
-            running_var: self.running_var.slice_mut(),
+            running: BnRunning {
+                mean: self.running_mean.slice_mut(),
+                var: self.running_var.slice_mut(),
+            },
+            workspace: self.partials.slice_mut(),
         };
-        conv::conv2d_fwd_bn_stats(
-            gpu,
-            self.x.slice(),
-            c.xs,
-            self.w.slice(),
-            &c.p,
-            None,
-            self.y.slice_mut(),
-            BnParams::default(),
-            targets,
-            self.partials.slice_mut(),
-        )
+        let fwd = ConvFwd {
+            x: self.x.slice(),
+            xs: c.xs,
+            w: self.w.slice(),
+            p: &c.p,
+        };
+        conv::conv2d_fwd_bn_stats(gpu, fwd, None, self.y.slice_mut(), BnParams::default(), targets)
     }
 
     /// The forward pass (`tile` only for ordinary convolutions).
     fn fwd(&mut self, gpu: &Gpu, c: &Conv, tile: Option<Tile>) -> Result<()> {
+        let fwd = ConvFwd {
+            x: self.x.slice(),
+            xs: c.xs,
+            w: self.w.slice(),
+            p: &c.p,
+        };
         if c.transposed {
-            return conv::conv_transpose2d_fwd(
-                gpu,
-                self.x.slice(),
-                c.xs,
-                self.w.slice(),
-                &c.p,
-                self.y.slice_mut(),
-                self.ws.slice_mut(),
-            );
+            return conv::conv_transpose2d_fwd(gpu, fwd, self.y.slice_mut(), self.ws.slice_mut());
         }
         let e = &ConvEpilogue::NONE;
         match tile {
-            Some(t) => conv::conv2d_fwd_tiled(
-                gpu,
-                self.x.slice(),
-                c.xs,
-                self.w.slice(),
-                &c.p,
-                e,
-                self.y.slice_mut(),
-                t,
-            ),
-            None => conv::conv2d_fwd(gpu, self.x.slice(), c.xs, self.w.slice(), &c.p, e, self.y.slice_mut()),
+            Some(t) => conv::conv2d_fwd_tiled(gpu, fwd, e, self.y.slice_mut(), t),
+            None => conv::conv2d_fwd(gpu, fwd, e, self.y.slice_mut()),
         }
     }
 
     /// The input gradient (dy read from `y`, written into `x`), overwriting.
     fn dgrad(&mut self, gpu: &Gpu, c: &Conv, tile: Option<Tile>) -> Result<()> {
-        let (dy, w, dx, ws) = (self.y.slice(), self.w.slice(), self.x.slice_mut(), self.ws.slice_mut());
+        let d = ConvDgrad {
+            dy: self.y.slice(),
+            w: self.w.slice(),
+            p: &c.p,
+            xs: c.xs,
+        };
+        let dx = GradOut {
+            data: self.x.slice_mut(),
+            accumulate: false,
+        };
+        let ws = self.ws.slice_mut();
         if c.transposed {
-            return conv::conv_transpose2d_dgrad(gpu, dy, w, &c.p, dx, c.xs, false);
+            return conv::conv_transpose2d_dgrad(gpu, d, dx);
         }
         match tile {
-            Some(t) => conv::conv2d_dgrad_tiled(gpu, dy, w, &c.p, dx, c.xs, false, ws, t),
-            None => conv::conv2d_dgrad(gpu, dy, w, &c.p, dx, c.xs, false, ws),
+            Some(t) => conv::conv2d_dgrad_tiled(gpu, d, dx, ws, t),
+            None => conv::conv2d_dgrad(gpu, d, dx, ws),
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use cephalo::backend::cuda::conv_wgrad::{self, Tile, WgradPlan};
+use cephalo::backend::cuda::conv_wgrad::{self, ConvWgrad, Tile, WgradPlan};
 use cephalo::backend::{ConvParams, Shape4};
 use cephalo::gpu::timer::measure;
 use cephalo::gpu::{DeviceBuffer, Gpu};
@@ -127,17 +127,13 @@ fn main() -> Result<()> {
             let mut ws = DeviceBuffer::<f32>::zeros(&gpu, ws_cap)?;
             let mut time = |plan: WgradPlan| -> Result<f64> {
                 let t = measure(&gpu, WARMUP, RUNS, || {
-                    conv_wgrad::conv2d_wgrad_planned(
-                        &gpu,
-                        x.slice(),
+                    let c = ConvWgrad {
+                        x: x.slice(),
                         xs,
-                        dy.slice(),
-                        &p,
-                        plan,
-                        dw.slice_mut(),
-                        None,
-                        ws.slice_mut(),
-                    )
+                        dy: dy.slice(),
+                        p: &p,
+                    };
+                    conv_wgrad::conv2d_wgrad_planned(&gpu, c, plan, dw.slice_mut(), None, ws.slice_mut())
                 })?;
                 Ok(t.median_ms)
             };

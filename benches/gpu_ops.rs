@@ -7,9 +7,12 @@
 //! target is 70 % of the copy's GB/s. Run: `cargo bench --bench gpu_ops`.
 //! Without a GPU it says so and exits 0.
 use anyhow::Result;
+use cephalo::backend::cuda::batchnorm::{BnForward, StatsTargets};
 use cephalo::backend::cuda::{self, batchnorm::bn_workspace_len};
 use cephalo::backend::upsample_shape;
-use cephalo::backend::{BnParams, PoolParams, Shape4, UpsampleMode};
+use cephalo::backend::{
+    AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, PoolParams, Shape4, UpsampleMode,
+};
 use cephalo::gpu::timer::{measure, Timing};
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use half::f16;
@@ -110,36 +113,26 @@ fn main() -> Result<()> {
         let (mut rm, mut rv) = (f32s(&gpu, c, 0.0)?, f32s(&gpu, c, 1.0)?);
         let (mut saved, mut ws) = (f32s(&gpu, 2 * c, 0.0)?, f32s(&gpu, bn_workspace_len(xs), 0.0)?);
         let (mut dg, mut db) = (f32s(&gpu, c, 0.0)?, f32s(&gpu, c, 0.0)?);
-        let bp = BnParams::default();
+        let weights = || BnWeights {
+            gamma: gamma.slice(),
+            beta: beta.slice(),
+            params: BnParams::default(),
+        };
         let t = measure(&gpu, WARMUP, RUNS, || {
-            cuda::batchnorm::bn_fwd_train(
-                &gpu,
-                a.slice(),
-                xs,
-                gamma.slice(),
-                beta.slice(),
-                bp,
-                true,
-                out.slice_mut(),
-                saved.slice_mut(),
-                rm.slice_mut(),
-                rv.slice_mut(),
-                ws.slice_mut(),
-            )
+            let targets = StatsTargets {
+                saved: saved.slice_mut(),
+                running: BnRunning {
+                    mean: rm.slice_mut(),
+                    var: rv.slice_mut(),
+                },
+                workspace: ws.slice_mut(),
+            };
+            cuda::batchnorm::bn_fwd_train(&gpu, a.slice(), xs, weights(), true, out.slice_mut(), targets)
         })?;
         // Statistics read x once, the normalisation reads x and writes y.
         table.row("bn_fwd_train+relu (2 pass)", &shape, 3 * h, t);
         let t = measure(&gpu, WARMUP, RUNS, || {
-            cuda::batchnorm::bn_apply_saved(
-                &gpu,
-                a.slice(),
-                xs,
-                gamma.slice(),
-                beta.slice(),
-                saved.slice(),
-                true,
-                out.slice_mut(),
-            )
+            cuda::batchnorm::bn_apply_saved(&gpu, a.slice(), xs, weights(), saved.slice(), true, out.slice_mut())
         })?;
         table.row("bn_apply_saved+relu", &shape, 2 * h, t);
         let t = measure(&gpu, WARMUP, RUNS, || {
@@ -147,8 +140,7 @@ fn main() -> Result<()> {
                 &gpu,
                 a.slice(),
                 xs,
-                gamma.slice(),
-                beta.slice(),
+                weights(),
                 saved.slice(),
                 b.slice(),
                 out.slice_mut(),
@@ -156,41 +148,47 @@ fn main() -> Result<()> {
         })?;
         table.row("bn_add_relu_apply_saved", &shape, 3 * h, t);
         let t = measure(&gpu, WARMUP, RUNS, || {
-            cuda::batchnorm::bn_bwd(
-                &gpu,
-                b.slice(),
-                a.slice(),
+            let fwd = BnForward {
+                x: a.slice(),
                 xs,
-                gamma.slice(),
-                beta.slice(),
-                saved.slice(),
-                true,
-                out.slice_mut(),
-                false,
-                dg.slice_mut(),
-                db.slice_mut(),
-                ws.slice_mut(),
-            )
+                bn: weights(),
+                saved: saved.slice(),
+            };
+            let dx = GradOut {
+                data: out.slice_mut(),
+                accumulate: false,
+            };
+            let grads = BnGrads {
+                dgamma: dg.slice_mut(),
+                dbeta: db.slice_mut(),
+            };
+            cuda::batchnorm::bn_bwd(&gpu, b.slice(), fwd, true, dx, grads, ws.slice_mut())
         })?;
         // Reduction reads dy and x; the dx pass reads them again and writes dx.
         table.row("bn_bwd+relu (2 pass)", &shape, 5 * h, t);
         let t = measure(&gpu, WARMUP, RUNS, || {
-            cuda::batchnorm::bn_add_relu_bwd(
-                &gpu,
-                b.slice(),
-                a.slice(),
-                a.slice(),
+            let fwd = BnForward {
+                x: a.slice(),
                 xs,
-                gamma.slice(),
-                beta.slice(),
-                saved.slice(),
-                out.slice_mut(),
-                false,
-                Some((out2.slice_mut(), false)),
-                dg.slice_mut(),
-                db.slice_mut(),
-                ws.slice_mut(),
-            )
+                bn: weights(),
+                saved: saved.slice(),
+            };
+            let join = AddReluJoin {
+                y: a.slice(),
+                d_residual: Some(GradOut {
+                    data: out2.slice_mut(),
+                    accumulate: false,
+                }),
+            };
+            let dx = GradOut {
+                data: out.slice_mut(),
+                accumulate: false,
+            };
+            let grads = BnGrads {
+                dgamma: dg.slice_mut(),
+                dbeta: db.slice_mut(),
+            };
+            cuda::batchnorm::bn_add_relu_bwd(&gpu, b.slice(), fwd, join, dx, grads, ws.slice_mut())
         })?;
         // Reduction reads dy, x, y and writes d_residual; the dx pass reads dy, x, y, writes dx.
         table.row("bn_add_relu_bwd (2 pass)", &shape, 8 * h, t);

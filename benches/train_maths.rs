@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
 use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
-use cephalo::backend::AdamWParams;
-use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
+use cephalo::backend::{AdamWParams, AdamWState};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,12 +55,16 @@ fn main() {
     let ms = median_ms(|| {
         let map = Some(WeightMap::default());
         awing_fwd_bwd(
-            &pred,
-            &target,
-            &weights,
-            shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &weights,
+                weight_map: map,
+            },
             AWingParams::default(),
-            map,
             65536.0,
             &mut grad,
         );
@@ -68,19 +72,35 @@ fn main() {
     report("awing_fwd_bwd (weight map)", n, 12, ms);
     let ms = median_ms(|| {
         awing_fwd_bwd(
-            &pred,
-            &target,
-            &weights,
-            shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &weights,
+                weight_map: None,
+            },
             AWingParams::default(),
-            None,
             65536.0,
             &mut grad,
         );
     });
     report("awing_fwd_bwd (no map)", n, 12, ms);
     let ms = median_ms(|| {
-        mse_fwd_bwd(&pred, &target, &weights, shape, None, 65536.0, &mut grad);
+        mse_fwd_bwd(
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &weights,
+                weight_map: None,
+            },
+            65536.0,
+            &mut grad,
+        );
     });
     report("mse_fwd_bwd (no map)", n, 12, ms);
 
@@ -97,7 +117,19 @@ fn main() {
     let mut t = 0;
     let ms = median_ms(|| {
         t += 1;
-        adamw_step(&mut w, &g32, &mut m, &mut v, Some(&mut half), &hp, t, true, 1.0);
+        adamw_step(
+            AdamWState {
+                master: &mut w,
+                m: &mut m,
+                v: &mut v,
+                half_copy: Some(&mut half),
+            },
+            &g32,
+            &hp,
+            t,
+            true,
+            1.0,
+        );
     });
     // master, m, v read and written, grad read, fp16 copy written.
     report("adamw_step (+fp16 copy)", p, 30, ms);

@@ -8,8 +8,9 @@
 //! in f64.
 mod gpu_ops_support;
 
-use cephalo::backend::{cpu, cuda, BnParams, Shape4};
-use cephalo::gpu::{DeviceBuffer, Gpu};
+use cephalo::backend::cuda::batchnorm::{BnForward, DevBnWeights, StatsTargets};
+use cephalo::backend::{cpu, cuda, AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
+use cephalo::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;
 use rand::Rng;
@@ -79,6 +80,43 @@ impl Dev {
             workspace: poisoned_f32(gpu, cuda::batchnorm::bn_workspace_len(k.xs)),
         }
     }
+
+    fn weights(&self, bp: BnParams) -> DevBnWeights<'_> {
+        BnWeights {
+            gamma: self.gamma.slice(),
+            beta: self.beta.slice(),
+            params: bp,
+        }
+    }
+
+    /// A training forward's arguments: the case's `x`, `residual` and weights, and the statistics
+    /// targets `saved`, the case's running statistics and workspace.
+    fn train<'a>(&'a mut self, bp: BnParams, saved: DevSliceMut<'a, f32>) -> Train<'a> {
+        Train {
+            x: self.x.slice(),
+            residual: self.residual.slice(),
+            weights: BnWeights {
+                gamma: self.gamma.slice(),
+                beta: self.beta.slice(),
+                params: bp,
+            },
+            targets: StatsTargets {
+                saved,
+                running: BnRunning {
+                    mean: self.running_mean.slice_mut(),
+                    var: self.running_var.slice_mut(),
+                },
+                workspace: self.workspace.slice_mut(),
+            },
+        }
+    }
+}
+
+struct Train<'a> {
+    x: DevSlice<'a, f16>,
+    residual: DevSlice<'a, f16>,
+    weights: DevBnWeights<'a>,
+    targets: StatsTargets<'a>,
 }
 
 /// Training forward on GPU and CPU; returns the CPU's saved statistics for the backward tests.
@@ -94,21 +132,8 @@ fn check_fwd_train(gpu: &Gpu, k: &Case, relu: bool) -> Vec<f32> {
 
     let mut d = Dev::new(gpu, k);
     let (mut yd, mut sd) = (poisoned_f16(gpu, xs.len()), poisoned_f32(gpu, 2 * c));
-    cuda::batchnorm::bn_fwd_train(
-        gpu,
-        d.x.slice(),
-        xs,
-        d.gamma.slice(),
-        d.beta.slice(),
-        k.bp,
-        relu,
-        yd.slice_mut(),
-        sd.slice_mut(),
-        d.running_mean.slice_mut(),
-        d.running_var.slice_mut(),
-        d.workspace.slice_mut(),
-    )
-    .unwrap();
+    let t = d.train(k.bp, sd.slice_mut());
+    cuda::batchnorm::bn_fwd_train(gpu, t.x, xs, t.weights, relu, yd.slice_mut(), t.targets).unwrap();
     assert_close(&format!("{what}: y"), &download_f32(gpu, &yd), &y, 1e-2);
     let gs = sd.to_host(gpu).unwrap();
     assert_close(&format!("{what}: mean"), &gs[..c], &saved[..c], 1e-5);
@@ -137,17 +162,7 @@ fn check_apply_and_eval(gpu: &Gpu, k: &Case, saved: &[f32], relu: bool) {
     let mut want = vec![0.0; xs.len()];
     cpu::batchnorm::bn_apply_saved(&x32, xs, &k.gamma, &k.beta, saved, relu, &mut want);
     let mut yd = poisoned_f16(gpu, xs.len());
-    cuda::batchnorm::bn_apply_saved(
-        gpu,
-        d.x.slice(),
-        xs,
-        d.gamma.slice(),
-        d.beta.slice(),
-        sd.slice(),
-        relu,
-        yd.slice_mut(),
-    )
-    .unwrap();
+    cuda::batchnorm::bn_apply_saved(gpu, d.x.slice(), xs, d.weights(k.bp), sd.slice(), relu, yd.slice_mut()).unwrap();
     assert_close(
         &format!("bn_apply_saved {xs} relu={relu}"),
         &download_f32(gpu, &yd),
@@ -167,19 +182,11 @@ fn check_apply_and_eval(gpu: &Gpu, k: &Case, saved: &[f32], relu: bool) {
         &mut want,
     );
     let mut yd = poisoned_f16(gpu, xs.len());
-    cuda::batchnorm::bn_fwd_eval(
-        gpu,
-        d.x.slice(),
-        xs,
-        d.gamma.slice(),
-        d.beta.slice(),
-        d.running_mean.slice(),
-        d.running_var.slice(),
-        k.bp,
-        relu,
-        yd.slice_mut(),
-    )
-    .unwrap();
+    let running = BnRunning {
+        mean: d.running_mean.slice(),
+        var: d.running_var.slice(),
+    };
+    cuda::batchnorm::bn_fwd_eval(gpu, d.x.slice(), xs, d.weights(k.bp), running, relu, yd.slice_mut()).unwrap();
     assert_close(
         &format!("bn_fwd_eval {xs} relu={relu}"),
         &download_f32(gpu, &yd),
@@ -217,22 +224,26 @@ fn check_bwd(gpu: &Gpu, rng: &mut ChaCha8Rng, k: &Case, saved: &[f32], relu: boo
     let sd = upload(gpu, saved);
     let mut dxd = upload(gpu, &dx0);
     let (mut dgd, mut dbd) = (poisoned_f32(gpu, c), poisoned_f32(gpu, c));
-    cuda::batchnorm::bn_bwd(
-        gpu,
-        d.dy.slice(),
-        d.x.slice(),
+    let fwd = BnForward {
+        x: d.x.slice(),
         xs,
-        d.gamma.slice(),
-        d.beta.slice(),
-        sd.slice(),
-        relu,
-        dxd.slice_mut(),
+        // The fields, not `d.weights`: the workspace is borrowed mutably beside them.
+        bn: BnWeights {
+            gamma: d.gamma.slice(),
+            beta: d.beta.slice(),
+            params: k.bp,
+        },
+        saved: sd.slice(),
+    };
+    let dx_out = GradOut {
+        data: dxd.slice_mut(),
         accumulate,
-        dgd.slice_mut(),
-        dbd.slice_mut(),
-        d.workspace.slice_mut(),
-    )
-    .unwrap();
+    };
+    let grads = BnGrads {
+        dgamma: dgd.slice_mut(),
+        dbeta: dbd.slice_mut(),
+    };
+    cuda::batchnorm::bn_bwd(gpu, d.dy.slice(), fwd, relu, dx_out, grads, d.workspace.slice_mut()).unwrap();
     assert_close(&format!("{what}: dx"), &download_f32(gpu, &dxd), &dx, 1e-2);
     assert_close(&format!("{what}: dgamma"), &dgd.to_host(gpu).unwrap(), &dgamma, 1e-4);
     assert_close(&format!("{what}: dbeta"), &dbd.to_host(gpu).unwrap(), &dbeta, 1e-4);
@@ -270,21 +281,20 @@ fn batchnorm_statistics_are_exact_on_a_known_batch() {
     let (mut rm, mut rv) = (upload(&gpu, &[0.0f32]), upload(&gpu, &[1.0f32]));
     let (mut y, mut saved) = (poisoned_f16(&gpu, 8), poisoned_f32(&gpu, 2));
     let mut ws = poisoned_f32(&gpu, cuda::batchnorm::bn_workspace_len(xs));
-    cuda::batchnorm::bn_fwd_train(
-        &gpu,
-        xd.slice(),
-        xs,
-        g.slice(),
-        b.slice(),
-        bp,
-        false,
-        y.slice_mut(),
-        saved.slice_mut(),
-        rm.slice_mut(),
-        rv.slice_mut(),
-        ws.slice_mut(),
-    )
-    .unwrap();
+    let weights = BnWeights {
+        gamma: g.slice(),
+        beta: b.slice(),
+        params: bp,
+    };
+    let targets = StatsTargets {
+        saved: saved.slice_mut(),
+        running: BnRunning {
+            mean: rm.slice_mut(),
+            var: rv.slice_mut(),
+        },
+        workspace: ws.slice_mut(),
+    };
+    cuda::batchnorm::bn_fwd_train(&gpu, xd.slice(), xs, weights, false, y.slice_mut(), targets).unwrap();
     let s = saved.to_host(&gpu).unwrap();
     assert!((s[0] - 4.5).abs() < 1e-6, "mean {}", s[0]);
     assert!(
@@ -322,21 +332,9 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
 
         let mut d = Dev::new(&gpu, &k);
         let (mut yd, mut sd) = (poisoned_f16(&gpu, xs.len()), poisoned_f32(&gpu, 2 * c));
-        cuda::batchnorm::bn_add_relu_fwd_train(
-            &gpu,
-            d.x.slice(),
-            xs,
-            d.gamma.slice(),
-            d.beta.slice(),
-            k.bp,
-            d.residual.slice(),
-            yd.slice_mut(),
-            sd.slice_mut(),
-            d.running_mean.slice_mut(),
-            d.running_var.slice_mut(),
-            d.workspace.slice_mut(),
-        )
-        .unwrap();
+        let t = d.train(k.bp, sd.slice_mut());
+        cuda::batchnorm::bn_add_relu_fwd_train(&gpu, t.x, xs, t.weights, t.residual, yd.slice_mut(), t.targets)
+            .unwrap();
         assert_close(
             &format!("bn_add_relu_fwd_train {xs}: y"),
             &download_f32(&gpu, &yd),
@@ -357,8 +355,7 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
             &gpu,
             d.x.slice(),
             xs,
-            d.gamma.slice(),
-            d.beta.slice(),
+            d.weights(k.bp),
             sd.slice(),
             d.residual.slice(),
             ya.slice_mut(),
@@ -409,23 +406,34 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
                 poisoned_f16(&gpu, xs.len())
             };
             let (mut dgd, mut dbd) = (poisoned_f32(&gpu, c), poisoned_f32(&gpu, c));
-            cuda::batchnorm::bn_add_relu_bwd(
-                &gpu,
-                d.dy.slice(),
-                yd16.slice(),
-                d.x.slice(),
+            let fwd = BnForward {
+                x: d.x.slice(),
                 xs,
-                d.gamma.slice(),
-                d.beta.slice(),
-                sd.slice(),
-                dxd.slice_mut(),
-                false,
-                Some((dresd.slice_mut(), accumulate)),
-                dgd.slice_mut(),
-                dbd.slice_mut(),
-                d.workspace.slice_mut(),
-            )
-            .unwrap();
+                // The fields, not `d.weights`: the workspace is borrowed mutably beside them.
+                bn: BnWeights {
+                    gamma: d.gamma.slice(),
+                    beta: d.beta.slice(),
+                    params: k.bp,
+                },
+                saved: sd.slice(),
+            };
+            let join = AddReluJoin {
+                y: yd16.slice(),
+                d_residual: Some(GradOut {
+                    data: dresd.slice_mut(),
+                    accumulate,
+                }),
+            };
+            let dx_out = GradOut {
+                data: dxd.slice_mut(),
+                accumulate: false,
+            };
+            let grads = BnGrads {
+                dgamma: dgd.slice_mut(),
+                dbeta: dbd.slice_mut(),
+            };
+            cuda::batchnorm::bn_add_relu_bwd(&gpu, d.dy.slice(), fwd, join, dx_out, grads, d.workspace.slice_mut())
+                .unwrap();
             assert_close(&format!("{what}: dx"), &download_f32(&gpu, &dxd), &dx, 1e-2);
             assert_bitwise(&format!("{what}: d_residual"), &dresd.to_host(&gpu).unwrap(), &dres);
             assert_close(&format!("{what}: dgamma"), &dgd.to_host(&gpu).unwrap(), &dgamma, 1e-4);
@@ -446,42 +454,33 @@ fn batchnorm_is_bitwise_deterministic_run_to_run() {
     let run = || {
         let mut d = Dev::new(&gpu, &k);
         let (mut y, mut saved) = (poisoned_f16(&gpu, xs.len()), poisoned_f32(&gpu, 2 * c));
-        cuda::batchnorm::bn_fwd_train(
-            &gpu,
-            d.x.slice(),
-            xs,
-            d.gamma.slice(),
-            d.beta.slice(),
-            k.bp,
-            true,
-            y.slice_mut(),
-            saved.slice_mut(),
-            d.running_mean.slice_mut(),
-            d.running_var.slice_mut(),
-            d.workspace.slice_mut(),
-        )
-        .unwrap();
+        let t = d.train(k.bp, saved.slice_mut());
+        cuda::batchnorm::bn_fwd_train(&gpu, t.x, xs, t.weights, true, y.slice_mut(), t.targets).unwrap();
         let (mut dx, mut dg, mut db) = (
             poisoned_f16(&gpu, xs.len()),
             poisoned_f32(&gpu, c),
             poisoned_f32(&gpu, c),
         );
-        cuda::batchnorm::bn_bwd(
-            &gpu,
-            d.dy.slice(),
-            d.x.slice(),
+        let fwd = BnForward {
+            x: d.x.slice(),
             xs,
-            d.gamma.slice(),
-            d.beta.slice(),
-            saved.slice(),
-            true,
-            dx.slice_mut(),
-            false,
-            dg.slice_mut(),
-            db.slice_mut(),
-            d.workspace.slice_mut(),
-        )
-        .unwrap();
+            // The fields, not `d.weights`: the workspace is borrowed mutably beside them.
+            bn: BnWeights {
+                gamma: d.gamma.slice(),
+                beta: d.beta.slice(),
+                params: k.bp,
+            },
+            saved: saved.slice(),
+        };
+        let dx_out = GradOut {
+            data: dx.slice_mut(),
+            accumulate: false,
+        };
+        let grads = BnGrads {
+            dgamma: dg.slice_mut(),
+            dbeta: db.slice_mut(),
+        };
+        cuda::batchnorm::bn_bwd(&gpu, d.dy.slice(), fwd, true, dx_out, grads, d.workspace.slice_mut()).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         (
             y.to_host(&gpu).unwrap(),
@@ -507,21 +506,16 @@ fn too_small_workspace_is_an_error() {
     let (mut y, mut saved) = (poisoned_f16(&gpu, xs.len()), poisoned_f32(&gpu, 16));
     let (mut rm, mut rv) = (poisoned_f32(&gpu, 8), poisoned_f32(&gpu, 8));
     let mut ws = poisoned_f32(&gpu, 3);
-    let err = cuda::batchnorm::bn_fwd_train(
-        &gpu,
-        d.x.slice(),
-        xs,
-        d.gamma.slice(),
-        d.beta.slice(),
-        BnParams::default(),
-        false,
-        y.slice_mut(),
-        saved.slice_mut(),
-        rm.slice_mut(),
-        rv.slice_mut(),
-        ws.slice_mut(),
-    )
-    .unwrap_err();
+    let targets = StatsTargets {
+        saved: saved.slice_mut(),
+        running: BnRunning {
+            mean: rm.slice_mut(),
+            var: rv.slice_mut(),
+        },
+        workspace: ws.slice_mut(),
+    };
+    let weights = d.weights(BnParams::default());
+    let err = cuda::batchnorm::bn_fwd_train(&gpu, d.x.slice(), xs, weights, false, y.slice_mut(), targets).unwrap_err();
     assert!(err.to_string().contains("workspace"), "{err}");
 }
 
@@ -550,18 +544,16 @@ fn eval_affine_fold_matches_the_cpu_twin() {
             );
             let (mut s, mut t) = (poisoned_f32(&gpu, c), poisoned_f32(&gpu, c));
             let bias_view = with_bias.then(|| bi.slice());
-            cuda::batchnorm::bn_eval_affine(
-                &gpu,
-                g.slice(),
-                b.slice(),
-                m.slice(),
-                v.slice(),
-                bias_view,
-                bp,
-                s.slice_mut(),
-                t.slice_mut(),
-            )
-            .unwrap();
+            let weights = BnWeights {
+                gamma: g.slice(),
+                beta: b.slice(),
+                params: bp,
+            };
+            let running = BnRunning {
+                mean: m.slice(),
+                var: v.slice(),
+            };
+            cuda::batchnorm::bn_eval_affine(&gpu, weights, running, bias_view, s.slice_mut(), t.slice_mut()).unwrap();
             let want_shift: Vec<f32> = if with_bias {
                 shift
                     .iter()

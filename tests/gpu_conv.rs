@@ -15,9 +15,10 @@ use cephalo::backend::cpu::batchnorm::bn_batch_stats;
 use cephalo::backend::cpu::conv::{self as cpu_conv, Affine};
 use cephalo::backend::cuda::batchnorm::StatsTargets;
 use cephalo::backend::cuda::conv::{
-    self as gpu_conv, ConvEpilogue, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL, TILES_SMALL_SMEM,
+    self as gpu_conv, ConvDgrad, ConvEpilogue, ConvFwd, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL,
+    TILES_SMALL_SMEM,
 };
-use cephalo::backend::{BnParams, ConvParams, Shape4};
+use cephalo::backend::{BnParams, BnRunning, ConvParams, GradOut, Shape4};
 use cephalo::gpu::{kernel_image, DeviceBuffer, Gpu};
 use cephalo::graph::Op;
 use cephalo::model::ModelConfig;
@@ -124,9 +125,15 @@ fn check_fwd(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile: 
                 }
             }
         };
+        let conv = ConvFwd {
+            x: xd.slice(),
+            xs,
+            w: wd.slice(),
+            p,
+        };
         let run = |y: &mut DeviceBuffer<f16>| match tile {
-            Some(t) => gpu_conv::conv2d_fwd_tiled(gpu, xd.slice(), xs, wd.slice(), p, &epilogue, y.slice_mut(), t),
-            None => gpu_conv::conv2d_fwd(gpu, xd.slice(), xs, wd.slice(), p, &epilogue, y.slice_mut()),
+            Some(t) => gpu_conv::conv2d_fwd_tiled(gpu, conv, &epilogue, y.slice_mut(), t),
+            None => gpu_conv::conv2d_fwd(gpu, conv, &epilogue, y.slice_mut()),
         };
         let mut y = poisoned_f16(gpu, ys.len());
         run(&mut y).unwrap();
@@ -158,8 +165,14 @@ fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParam
         shift: Some(bd.slice()),
         ..ConvEpilogue::NONE
     };
+    let conv = ConvFwd {
+        x: xd.slice(),
+        xs,
+        w: wd.slice(),
+        p,
+    };
     let mut plain = poisoned_f16(gpu, ys.len());
-    gpu_conv::conv2d_fwd(gpu, xd.slice(), xs, wd.slice(), p, &epilogue, plain.slice_mut()).unwrap();
+    gpu_conv::conv2d_fwd(gpu, conv, &epilogue, plain.slice_mut()).unwrap();
     let plain = plain.to_host(gpu).unwrap();
     let run = || {
         let mut y = poisoned_f16(gpu, ys.len());
@@ -169,22 +182,13 @@ fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParam
         let mut ws = poisoned_f32(gpu, gpu_conv::conv2d_bn_stats_workspace_len(ys));
         let targets = StatsTargets {
             saved: saved.slice_mut(),
-            running_mean: rm.slice_mut(),
-            running_var: rv.slice_mut(),
+            running: BnRunning {
+                mean: rm.slice_mut(),
+                var: rv.slice_mut(),
+            },
+            workspace: ws.slice_mut(),
         };
-        gpu_conv::conv2d_fwd_bn_stats(
-            gpu,
-            xd.slice(),
-            xs,
-            wd.slice(),
-            p,
-            Some(bd.slice()),
-            y.slice_mut(),
-            bp,
-            targets,
-            ws.slice_mut(),
-        )
-        .unwrap();
+        gpu_conv::conv2d_fwd_bn_stats(gpu, conv, Some(bd.slice()), y.slice_mut(), bp, targets).unwrap();
         let host = |b: &DeviceBuffer<f32>| b.to_host(gpu).unwrap();
         (y.to_host(gpu).unwrap(), host(&saved), host(&rm), host(&rv))
     };
@@ -221,28 +225,19 @@ fn check_dgrad(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile
             } else {
                 poisoned_f16(gpu, xs.len())
             };
+            let d = ConvDgrad {
+                dy: dyd.slice(),
+                w: wd.slice(),
+                p,
+                xs,
+            };
+            let dx_out = GradOut {
+                data: dx.slice_mut(),
+                accumulate,
+            };
             let r = match tile {
-                Some(t) => gpu_conv::conv2d_dgrad_tiled(
-                    gpu,
-                    dyd.slice(),
-                    wd.slice(),
-                    p,
-                    dx.slice_mut(),
-                    xs,
-                    accumulate,
-                    ws.slice_mut(),
-                    t,
-                ),
-                None => gpu_conv::conv2d_dgrad(
-                    gpu,
-                    dyd.slice(),
-                    wd.slice(),
-                    p,
-                    dx.slice_mut(),
-                    xs,
-                    accumulate,
-                    ws.slice_mut(),
-                ),
+                Some(t) => gpu_conv::conv2d_dgrad_tiled(gpu, d, dx_out, ws.slice_mut(), t),
+                None => gpu_conv::conv2d_dgrad(gpu, d, dx_out, ws.slice_mut()),
             };
             r.unwrap();
             dx.to_host(gpu).unwrap()
@@ -348,8 +343,13 @@ fn transposed_convolution_matches_the_cpu_twin() {
         cpu_conv::conv_transpose2d_fwd(&xf, xs, &wf, &p, &mut want);
         let mut run = || {
             let mut y = poisoned_f16(&gpu, ys.len());
-            gpu_conv::conv_transpose2d_fwd(&gpu, xd.slice(), xs, wd.slice(), &p, y.slice_mut(), ws.slice_mut())
-                .unwrap();
+            let conv = ConvFwd {
+                x: xd.slice(),
+                xs,
+                w: wd.slice(),
+                p: &p,
+            };
+            gpu_conv::conv_transpose2d_fwd(&gpu, conv, y.slice_mut(), ws.slice_mut()).unwrap();
             y.to_host(&gpu).unwrap()
         };
         let first = run();
@@ -368,8 +368,17 @@ fn transposed_convolution_matches_the_cpu_twin() {
                 } else {
                     poisoned_f16(&gpu, xs.len())
                 };
-                gpu_conv::conv_transpose2d_dgrad(&gpu, dyd.slice(), wd.slice(), &p, dx.slice_mut(), xs, accumulate)
-                    .unwrap();
+                let d = ConvDgrad {
+                    dy: dyd.slice(),
+                    w: wd.slice(),
+                    p: &p,
+                    xs,
+                };
+                let dx_out = GradOut {
+                    data: dx.slice_mut(),
+                    accumulate,
+                };
+                gpu_conv::conv_transpose2d_dgrad(&gpu, d, dx_out).unwrap();
                 dx.to_host(&gpu).unwrap()
             };
             let first = run();
@@ -390,46 +399,39 @@ fn bad_arguments_are_refused() {
     let w = upload(&gpu, &vec![f16::ONE; p.weight_len()]);
     let mut y = poisoned_f16(&gpu, 5 * 5 * 16);
     let mut short = poisoned_f16(&gpu, 10);
-    let e = gpu_conv::conv2d_fwd(
-        &gpu,
-        x.slice(),
+    let conv = ConvFwd {
+        x: x.slice(),
         xs,
-        w.slice(),
-        &p,
-        &ConvEpilogue::NONE,
-        short.slice_mut(),
-    );
+        w: w.slice(),
+        p: &p,
+    };
+    let e = gpu_conv::conv2d_fwd(&gpu, conv, &ConvEpilogue::NONE, short.slice_mut());
     assert!(format!("{:#}", e.unwrap_err()).contains("y has 10 elements"));
-    let wrong = Shape4::new(1, 5, 5, 4);
-    assert!(gpu_conv::conv2d_fwd(
-        &gpu,
-        x.slice(),
-        wrong,
-        w.slice(),
-        &p,
-        &ConvEpilogue::NONE,
-        y.slice_mut()
-    )
-    .is_err());
+    let wrong = ConvFwd {
+        xs: Shape4::new(1, 5, 5, 4),
+        ..conv
+    };
+    assert!(gpu_conv::conv2d_fwd(&gpu, wrong, &ConvEpilogue::NONE, y.slice_mut()).is_err());
     let scale = upload(&gpu, &[1.0f32; 3]);
     let bad = ConvEpilogue {
         scale: Some(scale.slice()),
         ..ConvEpilogue::NONE
     };
-    assert!(gpu_conv::conv2d_fwd(&gpu, x.slice(), xs, w.slice(), &p, &bad, y.slice_mut()).is_err());
+    assert!(gpu_conv::conv2d_fwd(&gpu, conv, &bad, y.slice_mut()).is_err());
     let mut ws = poisoned_f16(&gpu, 3);
     let dy = upload(&gpu, &vec![f16::ONE; 5 * 5 * 16]);
     let mut dx = poisoned_f16(&gpu, xs.len());
-    let e = gpu_conv::conv2d_dgrad(
-        &gpu,
-        dy.slice(),
-        w.slice(),
-        &p,
-        dx.slice_mut(),
+    let d = ConvDgrad {
+        dy: dy.slice(),
+        w: w.slice(),
+        p: &p,
         xs,
-        false,
-        ws.slice_mut(),
-    );
+    };
+    let dx_out = GradOut {
+        data: dx.slice_mut(),
+        accumulate: false,
+    };
+    let e = gpu_conv::conv2d_dgrad(&gpu, d, dx_out, ws.slice_mut());
     assert!(format!("{:#}", e.unwrap_err()).contains("workspace"));
 }
 

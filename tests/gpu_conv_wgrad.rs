@@ -8,7 +8,7 @@
 //! smaller; it is printed per case.
 mod gpu_ops_support;
 
-use cephalo::backend::cuda::conv_wgrad::{self, Tile, WgradPlan};
+use cephalo::backend::cuda::conv_wgrad::{self, ConvWgrad, Tile, WgradPlan};
 use cephalo::backend::{cpu, ConvParams, Shape4};
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use cephalo::graph::Op;
@@ -72,17 +72,13 @@ fn run_gpu(gpu: &Gpu, x: &[f16], xs: Shape4, dy: &[f16], p: &ConvParams, bias: b
     let mut dw = poisoned_f32(gpu, p.weight_len());
     let mut db = poisoned_f32(gpu, p.c_out);
     let mut ws = poisoned_f32(gpu, conv_wgrad::conv2d_wgrad_workspace_len(xs, p).max(1));
-    conv_wgrad::conv2d_wgrad(
-        gpu,
-        xd.slice().sub(shift, x.len()),
+    let c = ConvWgrad {
+        x: xd.slice().sub(shift, x.len()),
         xs,
-        dyd.slice(),
+        dy: dyd.slice(),
         p,
-        dw.slice_mut(),
-        bias.then(|| db.slice_mut()),
-        ws.slice_mut(),
-    )
-    .unwrap();
+    };
+    conv_wgrad::conv2d_wgrad(gpu, c, dw.slice_mut(), bias.then(|| db.slice_mut()), ws.slice_mut()).unwrap();
     Out {
         dw: dw.to_host(gpu).unwrap(),
         db: bias.then(|| db.to_host(gpu).unwrap()),
@@ -142,18 +138,13 @@ fn check_conv(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: ConvParams, bias: 
         for offset in [0, 1] {
             let mut dw = poisoned_f32(gpu, p.weight_len());
             let mut ws = poisoned_f32(gpu, plan.partial_len(&p).max(1));
-            conv_wgrad::conv2d_wgrad_planned(
-                gpu,
-                x_at[offset].slice().sub(offset, x.len()),
+            let c = ConvWgrad {
+                x: x_at[offset].slice().sub(offset, x.len()),
                 xs,
-                dyd.slice(),
-                &p,
-                plan,
-                dw.slice_mut(),
-                None,
-                ws.slice_mut(),
-            )
-            .unwrap();
+                dy: dyd.slice(),
+                p: &p,
+            };
+            conv_wgrad::conv2d_wgrad_planned(gpu, c, plan, dw.slice_mut(), None, ws.slice_mut()).unwrap();
             let dw = dw.to_host(gpu).unwrap();
             let e = rel_err(&format!("{what} {plan:?}"), &dw, &want);
             assert!(
@@ -199,8 +190,13 @@ fn conv_transpose2d_wgrad_matches_cpu_twin() {
             let (xd, dyd) = (upload(&gpu, &x), upload(&gpu, &dy));
             let mut dw = poisoned_f32(&gpu, p.weight_len());
             let mut ws = poisoned_f32(&gpu, conv_wgrad::conv_transpose2d_wgrad_workspace_len(xs, &p).max(1));
-            conv_wgrad::conv_transpose2d_wgrad(&gpu, xd.slice(), xs, dyd.slice(), &p, dw.slice_mut(), ws.slice_mut())
-                .unwrap();
+            let c = ConvWgrad {
+                x: xd.slice(),
+                xs,
+                dy: dyd.slice(),
+                p: &p,
+            };
+            conv_wgrad::conv_transpose2d_wgrad(&gpu, c, dw.slice_mut(), ws.slice_mut()).unwrap();
             dw.to_host(&gpu).unwrap()
         };
         let got = run();
@@ -229,18 +225,13 @@ fn every_tile_and_split_count_agrees() {
             let plan = WgradPlan::with(xs, &p, tile, splits);
             let mut dw = poisoned_f32(&gpu, p.weight_len());
             let mut ws: DeviceBuffer<f32> = poisoned_f32(&gpu, plan.partial_len(&p).max(1));
-            conv_wgrad::conv2d_wgrad_planned(
-                &gpu,
-                xd.slice(),
+            let c = ConvWgrad {
+                x: xd.slice(),
                 xs,
-                dyd.slice(),
-                &p,
-                plan,
-                dw.slice_mut(),
-                None,
-                ws.slice_mut(),
-            )
-            .unwrap();
+                dy: dyd.slice(),
+                p: &p,
+            };
+            conv_wgrad::conv2d_wgrad_planned(&gpu, c, plan, dw.slice_mut(), None, ws.slice_mut()).unwrap();
             let e = rel_err(&format!("{plan:?}"), &dw.to_host(&gpu).unwrap(), &want);
             assert!(e < 1e-4, "{plan:?}: relative error {e:.3e}");
         }
@@ -256,17 +247,13 @@ fn wrong_lengths_are_refused() {
     let dy = upload(&gpu, &vec![f16::ONE; p.out_shape(xs).len()]);
     let mut dw = poisoned_f32(&gpu, p.weight_len() - 1);
     let mut ws = poisoned_f32(&gpu, 1);
-    let err = conv_wgrad::conv2d_wgrad(
-        &gpu,
-        x.slice(),
+    let c = ConvWgrad {
+        x: x.slice(),
         xs,
-        dy.slice(),
-        &p,
-        dw.slice_mut(),
-        None,
-        ws.slice_mut(),
-    )
-    .unwrap_err();
+        dy: dy.slice(),
+        p: &p,
+    };
+    let err = conv_wgrad::conv2d_wgrad(&gpu, c, dw.slice_mut(), None, ws.slice_mut()).unwrap_err();
     assert!(format!("{err:#}").contains("dw has"), "{err:#}");
 }
 

@@ -8,8 +8,9 @@
 //! the loss value (fp32 per element, f64 sums on both sides, in different orders).
 mod gpu_ops_support;
 
+use cephalo::backend::cuda::loss::LossOutputs;
 use cephalo::backend::{cpu, cuda};
-use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;
@@ -117,28 +118,40 @@ impl Dev {
         let r = match loss {
             Loss::AWing(p) => cuda::loss::awing_fwd_bwd(
                 gpu,
-                self.pred.slice(),
-                self.target.slice(),
-                self.channel_weights.slice(),
-                b.shape,
+                HeatmapBatch {
+                    pred: self.pred.slice(),
+                    target: self.target.slice(),
+                    shape: b.shape,
+                },
+                LossWeighting {
+                    channel_weights: self.channel_weights.slice(),
+                    weight_map: map,
+                },
                 p,
-                map,
                 grad_scale,
-                self.grad.slice_mut(),
-                self.workspace.slice_mut(),
-                self.loss.slice_mut(),
+                LossOutputs {
+                    grad: self.grad.slice_mut(),
+                    workspace: self.workspace.slice_mut(),
+                    loss: self.loss.slice_mut(),
+                },
             ),
             Loss::Mse => cuda::loss::mse_fwd_bwd(
                 gpu,
-                self.pred.slice(),
-                self.target.slice(),
-                self.channel_weights.slice(),
-                b.shape,
-                map,
+                HeatmapBatch {
+                    pred: self.pred.slice(),
+                    target: self.target.slice(),
+                    shape: b.shape,
+                },
+                LossWeighting {
+                    channel_weights: self.channel_weights.slice(),
+                    weight_map: map,
+                },
                 grad_scale,
-                self.grad.slice_mut(),
-                self.workspace.slice_mut(),
-                self.loss.slice_mut(),
+                LossOutputs {
+                    grad: self.grad.slice_mut(),
+                    workspace: self.workspace.slice_mut(),
+                    loss: self.loss.slice_mut(),
+                },
             ),
         };
         r.unwrap();
@@ -152,21 +165,29 @@ fn cpu_loss(b: &Batch, loss: Loss, map: Option<WeightMap>, grad_scale: f32) -> (
     let mut grad = vec![0.0f32; b.shape.len()];
     let value = match loss {
         Loss::AWing(p) => cpu::loss::awing_fwd_bwd(
-            &pred,
-            &b.target,
-            &b.channel_weights,
-            b.shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &b.target,
+                shape: b.shape,
+            },
+            LossWeighting {
+                channel_weights: &b.channel_weights,
+                weight_map: map,
+            },
             p,
-            map,
             grad_scale,
             &mut grad,
         ),
         Loss::Mse => cpu::loss::mse_fwd_bwd(
-            &pred,
-            &b.target,
-            &b.channel_weights,
-            b.shape,
-            map,
+            HeatmapBatch {
+                pred: &pred,
+                target: &b.target,
+                shape: b.shape,
+            },
+            LossWeighting {
+                channel_weights: &b.channel_weights,
+                weight_map: map,
+            },
             grad_scale,
             &mut grad,
         ),
@@ -318,42 +339,60 @@ fn wrong_sizes_are_errors_not_launches() {
     let short_ws = cuda::loss::loss_workspace_len(s) - 1;
     let err = cuda::loss::awing_fwd_bwd(
         &gpu,
-        d.pred.slice(),
-        d.target.slice(),
-        d.channel_weights.slice().sub(0, s.k - 1),
-        s,
+        HeatmapBatch {
+            pred: d.pred.slice(),
+            target: d.target.slice(),
+            shape: s,
+        },
+        LossWeighting {
+            channel_weights: d.channel_weights.slice().sub(0, s.k - 1),
+            weight_map: None,
+        },
         p,
-        None,
         1.0,
-        d.grad.slice_mut(),
-        d.workspace.slice_mut(),
-        d.loss.slice_mut(),
+        LossOutputs {
+            grad: d.grad.slice_mut(),
+            workspace: d.workspace.slice_mut(),
+            loss: d.loss.slice_mut(),
+        },
     );
     assert!(err.is_err(), "one channel weight short was accepted");
     let err = cuda::loss::mse_fwd_bwd(
         &gpu,
-        d.pred.slice(),
-        d.target.slice(),
-        d.channel_weights.slice(),
-        s,
-        None,
+        HeatmapBatch {
+            pred: d.pred.slice(),
+            target: d.target.slice(),
+            shape: s,
+        },
+        LossWeighting {
+            channel_weights: d.channel_weights.slice(),
+            weight_map: None,
+        },
         1.0,
-        d.grad.slice_mut(),
-        d.workspace.slice_mut().sub_mut(0, short_ws),
-        d.loss.slice_mut(),
+        LossOutputs {
+            grad: d.grad.slice_mut(),
+            workspace: d.workspace.slice_mut().sub_mut(0, short_ws),
+            loss: d.loss.slice_mut(),
+        },
     );
     assert!(err.is_err(), "a short workspace was accepted");
     let err = cuda::loss::mse_fwd_bwd(
         &gpu,
-        d.pred.slice().sub(1, s.len() - 1),
-        d.target.slice(),
-        d.channel_weights.slice(),
-        s,
-        None,
+        HeatmapBatch {
+            pred: d.pred.slice().sub(1, s.len() - 1),
+            target: d.target.slice(),
+            shape: s,
+        },
+        LossWeighting {
+            channel_weights: d.channel_weights.slice(),
+            weight_map: None,
+        },
         1.0,
-        d.grad.slice_mut(),
-        d.workspace.slice_mut(),
-        d.loss.slice_mut(),
+        LossOutputs {
+            grad: d.grad.slice_mut(),
+            workspace: d.workspace.slice_mut(),
+            loss: d.loss.slice_mut(),
+        },
     );
     assert!(err.is_err(), "a short prediction was accepted");
     // Nothing was launched: the outputs are still poisoned.

@@ -6,8 +6,8 @@
 //! it must match bitwise; AdamW's fp32 state must agree to 1e-5 and its fp16 copy to 1e-2.
 mod gpu_ops_support;
 
-use cephalo::backend::AdamWParams;
 use cephalo::backend::{cpu, cuda};
+use cephalo::backend::{AdamWParams, AdamWState};
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;
@@ -112,11 +112,13 @@ fn adamw_matches_cpu_over_three_steps() {
                 let grad_mul = rng.random_range(0.3f32..1.0);
                 let half = with_half.then_some(&mut cpu_state.half[..]);
                 cpu::optim::adamw_step(
-                    &mut cpu_state.master,
+                    AdamWState {
+                        master: &mut cpu_state.master,
+                        m: &mut cpu_state.m,
+                        v: &mut cpu_state.v,
+                        half_copy: half,
+                    },
                     &grad,
-                    &mut cpu_state.m,
-                    &mut cpu_state.v,
-                    half,
                     &hp,
                     t,
                     decay,
@@ -126,11 +128,13 @@ fn adamw_matches_cpu_over_three_steps() {
                 let half_d = with_half.then(|| hd.slice_mut());
                 cuda::optim::adamw_step(
                     &gpu,
-                    wd.slice_mut(),
+                    AdamWState {
+                        master: wd.slice_mut(),
+                        m: md.slice_mut(),
+                        v: vd.slice_mut(),
+                        half_copy: half_d,
+                    },
                     gd.slice(),
-                    md.slice_mut(),
-                    vd.slice_mut(),
-                    half_d,
                     &hp,
                     t,
                     decay,
@@ -191,11 +195,13 @@ fn decay_flag_reaches_the_kernel() {
         let mut hd = poisoned_f16(&gpu, 1);
         cuda::optim::adamw_step(
             &gpu,
-            wd.slice_mut(),
+            AdamWState {
+                master: wd.slice_mut(),
+                m: md.slice_mut(),
+                v: vd.slice_mut(),
+                half_copy: Some(hd.slice_mut()),
+            },
             gd.slice(),
-            md.slice_mut(),
-            vd.slice_mut(),
-            Some(hd.slice_mut()),
             &hp,
             1,
             decay,
@@ -219,11 +225,13 @@ fn wrong_arguments_are_errors_not_launches() {
     let (mut m, mut v) = (upload(&gpu, &[0.0f32; 8]), upload(&gpu, &[0.0f32; 8]));
     let r = cuda::optim::adamw_step(
         &gpu,
-        w.slice_mut(),
+        AdamWState {
+            master: w.slice_mut(),
+            m: m.slice_mut(),
+            v: v.slice_mut(),
+            half_copy: None,
+        },
         g.slice(),
-        m.slice_mut(),
-        v.slice_mut(),
-        None,
         &hp,
         1,
         true,
@@ -233,11 +241,13 @@ fn wrong_arguments_are_errors_not_launches() {
     let g = upload(&gpu, &[1.0f32; 8]);
     let r = cuda::optim::adamw_step(
         &gpu,
-        w.slice_mut(),
+        AdamWState {
+            master: w.slice_mut(),
+            m: m.slice_mut(),
+            v: v.slice_mut(),
+            half_copy: None,
+        },
         g.slice(),
-        m.slice_mut(),
-        v.slice_mut(),
-        None,
         &hp,
         0,
         true,
@@ -301,11 +311,13 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
     // The CPU twin.
     let (mut cw, mut cm, mut cv, mut ch) = (master.clone(), m.clone(), v.clone(), vec![POISON_F16; values]);
     cpu::optim::adamw_step_chunks(
-        &mut cw,
+        AdamWState {
+            master: &mut cw,
+            m: &mut cm,
+            v: &mut cv,
+            half_copy: Some(&mut ch),
+        },
         &grad,
-        &mut cm,
-        &mut cv,
-        Some(&mut ch),
         &table,
         &hp,
         t,
@@ -323,11 +335,13 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
     let chunks = cuda::optim::AdamWChunkTable::new(&gpu, &table).unwrap();
     cuda::optim::adamw_step_chunks(
         &gpu,
-        wd.slice_mut(),
+        AdamWState {
+            master: wd.slice_mut(),
+            m: md.slice_mut(),
+            v: vd.slice_mut(),
+            half_copy: Some(hd.slice_mut()),
+        },
         gd.slice(),
-        md.slice_mut(),
-        vd.slice_mut(),
-        Some(hd.slice_mut()),
         &chunks,
         &hp,
         t,
@@ -370,11 +384,13 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
         let (a, g, n) = (t_.value_at, t_.grad_at, t_.len);
         cuda::optim::adamw_step(
             &gpu,
-            pw.slice_mut().sub_mut(a, n),
+            AdamWState {
+                master: pw.slice_mut().sub_mut(a, n),
+                m: pm.slice_mut().sub_mut(a, n),
+                v: pv.slice_mut().sub_mut(a, n),
+                half_copy: Some(ph.slice_mut().sub_mut(a, n)),
+            },
             gd.slice().sub(g, n),
-            pm.slice_mut().sub_mut(a, n),
-            pv.slice_mut().sub_mut(a, n),
-            Some(ph.slice_mut().sub_mut(a, n)),
             &hp,
             t,
             t_.decay,
@@ -404,11 +420,13 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
     let short = upload(&gpu, &grad[..grads - 1]);
     let err = cuda::optim::adamw_step_chunks(
         &gpu,
-        wd.slice_mut(),
+        AdamWState {
+            master: wd.slice_mut(),
+            m: md.slice_mut(),
+            v: vd.slice_mut(),
+            half_copy: None,
+        },
         short.slice(),
-        md.slice_mut(),
-        vd.slice_mut(),
-        None,
         &chunks,
         &hp,
         t,

@@ -2,7 +2,7 @@
 //! docs/maths.md#adaptive-wing-loss,
 //! against finite differences of themselves, and for thread-count determinism.
 use cephalo::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
-use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -126,12 +126,16 @@ fn awing_matches_f64_reference_with_and_without_weight_map() {
     let mut grad = vec![f32::NAN; SHAPE.len()];
     for (map, scale) in [(None, 1.0f32), (Some(WeightMap::default()), 1024.0)] {
         let loss = awing_fwd_bwd(
-            &pred,
-            &target,
-            &CHANNEL_WEIGHTS,
-            SHAPE,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape: SHAPE,
+            },
+            LossWeighting {
+                channel_weights: &CHANNEL_WEIGHTS,
+                weight_map: map,
+            },
             AWingParams::default(),
-            map,
             scale,
             &mut grad,
         );
@@ -145,7 +149,19 @@ fn mse_matches_f64_reference_with_and_without_weight_map() {
     let (pred, target) = batch(2);
     let mut grad = vec![f32::NAN; SHAPE.len()];
     for (map, scale) in [(None, 1.0f32), (Some(WeightMap::default()), 65536.0)] {
-        let loss = mse_fwd_bwd(&pred, &target, &CHANNEL_WEIGHTS, SHAPE, map, scale, &mut grad);
+        let loss = mse_fwd_bwd(
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape: SHAPE,
+            },
+            LossWeighting {
+                channel_weights: &CHANNEL_WEIGHTS,
+                weight_map: map,
+            },
+            scale,
+            &mut grad,
+        );
         let reference = reference(&pred, &target, map.is_some(), |p, y| ((p - y).powi(2), 2.0 * (p - y)));
         assert_matches_reference(loss, &grad, reference, scale as f64);
     }
@@ -157,22 +173,30 @@ fn loss_scale_multiplies_the_gradient_exactly() {
     let map = Some(WeightMap::default());
     let (mut g1, mut g2) = (vec![0.0; SHAPE.len()], vec![0.0; SHAPE.len()]);
     let l1 = awing_fwd_bwd(
-        &pred,
-        &target,
-        &CHANNEL_WEIGHTS,
-        SHAPE,
+        HeatmapBatch {
+            pred: &pred,
+            target: &target,
+            shape: SHAPE,
+        },
+        LossWeighting {
+            channel_weights: &CHANNEL_WEIGHTS,
+            weight_map: map,
+        },
         AWingParams::default(),
-        map,
         1.0,
         &mut g1,
     );
     let l2 = awing_fwd_bwd(
-        &pred,
-        &target,
-        &CHANNEL_WEIGHTS,
-        SHAPE,
+        HeatmapBatch {
+            pred: &pred,
+            target: &target,
+            shape: SHAPE,
+        },
+        LossWeighting {
+            channel_weights: &CHANNEL_WEIGHTS,
+            weight_map: map,
+        },
         AWingParams::default(),
-        map,
         65536.0,
         &mut g2,
     );
@@ -219,7 +243,20 @@ fn awing_gradient_matches_finite_differences() {
     let (pred, target) = batch(4);
     let map = Some(WeightMap::default());
     let f = |p: &[f32], g: &mut [f32]| {
-        awing_fwd_bwd(p, &target, &CHANNEL_WEIGHTS, SHAPE, AWingParams::default(), map, 1.0, g)
+        awing_fwd_bwd(
+            HeatmapBatch {
+                pred: p,
+                target: &target,
+                shape: SHAPE,
+            },
+            LossWeighting {
+                channel_weights: &CHANNEL_WEIGHTS,
+                weight_map: map,
+            },
+            AWingParams::default(),
+            1.0,
+            g,
+        )
     };
     finite_difference_check(f, &pred, &target, true);
 }
@@ -228,7 +265,21 @@ fn awing_gradient_matches_finite_differences() {
 fn mse_gradient_matches_finite_differences() {
     let (pred, target) = batch(5);
     let map = Some(WeightMap::default());
-    let f = |p: &[f32], g: &mut [f32]| mse_fwd_bwd(p, &target, &CHANNEL_WEIGHTS, SHAPE, map, 1.0, g);
+    let f = |p: &[f32], g: &mut [f32]| {
+        mse_fwd_bwd(
+            HeatmapBatch {
+                pred: p,
+                target: &target,
+                shape: SHAPE,
+            },
+            LossWeighting {
+                channel_weights: &CHANNEL_WEIGHTS,
+                weight_map: map,
+            },
+            1.0,
+            g,
+        )
+    };
     finite_difference_check(f, &pred, &target, false);
 }
 
@@ -241,12 +292,16 @@ fn value_and_gradient_do_not_depend_on_thread_count() {
             let mut grad = vec![0.0f32; SHAPE.len()];
             let map = Some(WeightMap::default());
             let loss = awing_fwd_bwd(
-                &pred,
-                &target,
-                &CHANNEL_WEIGHTS,
-                SHAPE,
+                HeatmapBatch {
+                    pred: &pred,
+                    target: &target,
+                    shape: SHAPE,
+                },
+                LossWeighting {
+                    channel_weights: &CHANNEL_WEIGHTS,
+                    weight_map: map,
+                },
                 AWingParams::default(),
-                map,
                 8.0,
                 &mut grad,
             );

@@ -3,8 +3,8 @@
 //! writing the fp16 weight copy the next forward reads.
 use cephalo::backend::cpu::loss::awing_fwd_bwd;
 use cephalo::backend::cpu::optim::{adamw_step, unscale_and_check};
-use cephalo::backend::AdamWParams;
-use cephalo::backend::{AWingParams, HeatmapShape, WeightMap};
+use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
+use cephalo::backend::{AdamWParams, AdamWState};
 use cephalo::train::loss_scaler::{DynamicLossScaler, StepOutcome};
 use half::f16;
 use rand::{Rng, SeedableRng};
@@ -33,7 +33,19 @@ fn adamw_matches_f64_reference_over_several_steps() {
         let wd = if decay { hp.weight_decay as f64 } else { 0.0 };
         for t in 1..=5u64 {
             let g = random(n, 10 + t, 0.1);
-            adamw_step(&mut w, &g, &mut m, &mut v, Some(&mut half), &hp, t, decay, 0.5);
+            adamw_step(
+                AdamWState {
+                    master: &mut w,
+                    m: &mut m,
+                    v: &mut v,
+                    half_copy: Some(&mut half),
+                },
+                &g,
+                &hp,
+                t,
+                decay,
+                0.5,
+            );
             for i in 0..n {
                 let g = g[i] as f64 * 0.5;
                 m64[i] = b1 * m64[i] + (1.0 - b1) * g;
@@ -69,7 +81,19 @@ fn weight_decay_only_where_asked() {
     for decay in [true, false] {
         let mut w = w0.clone();
         let (mut m, mut v) = (zeros.clone(), zeros.clone());
-        adamw_step(&mut w, &zeros, &mut m, &mut v, None, &hp, 1, decay, 1.0);
+        adamw_step(
+            AdamWState {
+                master: &mut w,
+                m: &mut m,
+                v: &mut v,
+                half_copy: None,
+            },
+            &zeros,
+            &hp,
+            1,
+            decay,
+            1.0,
+        );
         for (a, b) in w.iter().zip(&w0) {
             let want = if decay { b - hp.lr * (hp.weight_decay * b) } else { *b };
             assert!((a - want).abs() <= 1e-7 * b.abs(), "{a} vs {want}");
@@ -110,12 +134,16 @@ fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
     for step in 0..150 {
         let pred: Vec<f32> = half.iter().map(|h| h.to_f32()).collect();
         let loss = awing_fwd_bwd(
-            &pred,
-            &target,
-            &[1.0, 2.5],
-            shape,
+            HeatmapBatch {
+                pred: &pred,
+                target: &target,
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &[1.0, 2.5],
+                weight_map: Some(WeightMap::default()),
+            },
             AWingParams::default(),
-            Some(WeightMap::default()),
             scaler.scale(),
             &mut grad32,
         );
@@ -130,11 +158,13 @@ fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
             StepOutcome::Apply { .. } => {
                 t += 1;
                 adamw_step(
-                    &mut master,
+                    AdamWState {
+                        master: &mut master,
+                        m: &mut m,
+                        v: &mut v,
+                        half_copy: Some(&mut half),
+                    },
                     &unscaled,
-                    &mut m,
-                    &mut v,
-                    Some(&mut half),
                     &hp,
                     t,
                     true,

@@ -28,8 +28,9 @@ mod params;
 pub use cpu::CpuBackend;
 pub use cuda::backend::CudaBackend;
 pub use params::{
-    upsample_shape, AWingParams, AdamWChunk, AdamWParams, AdamWTensor, BnParams, ConvParams, HeatmapShape, PoolParams,
-    Shape4, UpsampleMode, WeightMap, ADAMW_CHUNK_LEN,
+    upsample_shape, AWingParams, AdamWChunk, AdamWParams, AdamWState, AdamWTensor, AddReluJoin, BnGrads, BnParams,
+    BnRunning, BnWeights, ConvParams, GradOut, HeatmapBatch, HeatmapShape, LossWeighting, PoolParams, Shape4,
+    UpsampleMode, WeightMap, ADAMW_CHUNK_LEN,
 };
 
 /// A tensor in the backend's activation arena: a byte offset (from the memory plan) and a shape.
@@ -59,6 +60,15 @@ pub struct BnRefs {
     pub running_mean: ParamId,
     pub running_var: ParamId,
     pub params: BnParams,
+}
+
+/// A convolution's parameters as the fused convolution + batch-norm ops take them: the weight,
+/// the bias when it has one, and the geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvRefs {
+    pub w: ParamId,
+    pub bias: Option<ParamId>,
+    pub p: ConvParams,
 }
 
 /// What a backend must know to store one parameter.
@@ -141,13 +151,10 @@ pub trait Backend {
     /// (the conv epilogue), so the conv output never goes to memory. With a `residual`, also the
     /// block join after the BN: `y = relu(bn(conv(x)) + residual)` (`relu` is then true), as
     /// `add_relu_fwd` would compute it. Same result as the separate ops.
-    #[allow(clippy::too_many_arguments)]
     fn conv2d_bn_fwd_eval(
         &mut self,
         x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
+        conv: &ConvRefs,
         bn: &BnRefs,
         relu: bool,
         residual: Option<View>,
@@ -158,17 +165,7 @@ pub trait Backend {
     /// invstd]`, 2C f32) with its running statistics updated, as `batchnorm_fwd_train` would from
     /// `y`. The GPU computes them in the convolution's epilogue, so the BN never rereads `y` for
     /// them; the BN node then runs [`batchnorm_apply_saved`](Self::batchnorm_apply_saved).
-    #[allow(clippy::too_many_arguments)]
-    fn conv2d_fwd_bn_stats(
-        &mut self,
-        x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
-        y: View,
-        bn: &BnRefs,
-        saved: View,
-    );
+    fn conv2d_fwd_bn_stats(&mut self, x: View, conv: &ConvRefs, y: View, bn: &BnRefs, saved: View);
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad);
     /// Weight gradient and, when the convolution has one, bias gradient.
     fn conv2d_wgrad(&mut self, x: View, dy: View, p: &ConvParams, dw: ParamId, db: Option<ParamId>);
@@ -192,18 +189,17 @@ pub trait Backend {
     fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn: &BnRefs, residual: View, y: View, saved: View);
     /// The same from the statistics in `saved` (computed by the convolution before it).
     fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn: &BnRefs, residual: View, saved: View, y: View);
-    /// Backward of the fused BN+add+ReLU: the ReLU mask from its output `y`; the BN input's
-    /// gradient into `dx`, the residual's into `dres` (when it wants one), gamma and beta's.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of the fused BN+add+ReLU: the ReLU mask from its output `join.y`; the BN input's
+    /// gradient into `dx`, the residual's into `join.d_residual` (when it wants one), gamma and
+    /// beta's.
     fn batchnorm_add_relu_bwd(
         &mut self,
         dy: View,
         x: View,
-        y: View,
         bn: &BnRefs,
         saved: View,
+        join: AddReluJoin<View, Grad>,
         dx: Grad,
-        dres: Option<Grad>,
     );
 
     fn relu_fwd(&mut self, x: View, y: View);

@@ -1,5 +1,8 @@
-//! The parameters and shapes of the ops, shared by both backends: defined once here, so that the
-//! CUDA wrappers and the CPU twins take the same types and neither imports the other's.
+//! The parameters and shapes of the ops, and the argument structs that group an op's buffers by
+//! what they are (a BN layer's weights, an optimizer's state, a loss's batch), shared by both
+//! backends: defined once here, so that the CUDA wrappers and the CPU twins take the same types
+//! and neither imports the other's. The argument structs are generic over the slice type (`&[f32]`
+//! on the CPU, device views on the GPU).
 
 /// The shape of an activation in NHWC order (channels last, like the GPU kernels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -168,6 +171,50 @@ impl Default for BnParams {
     }
 }
 
+/// One batch-norm layer's learned per-channel scale `gamma` and shift `beta` (C elements each),
+/// and its constants. Generic over the slice type, so that both backends' wrappers can take it
+/// (`DevSlice<f32>` on the GPU).
+#[derive(Clone, Copy, Debug)]
+pub struct BnWeights<S> {
+    pub gamma: S,
+    pub beta: S,
+    pub params: BnParams,
+}
+
+/// One batch-norm layer's running mean and (unbiased) variance, C elements each: read by eval,
+/// updated by a training forward.
+#[derive(Clone, Copy, Debug)]
+pub struct BnRunning<S> {
+    pub mean: S,
+    pub var: S,
+}
+
+/// Where a batch-norm backward writes the gradients of gamma and beta (overwritten, C elements
+/// each).
+#[derive(Clone, Copy, Debug)]
+pub struct BnGrads<M> {
+    pub dgamma: M,
+    pub dbeta: M,
+}
+
+/// Where an op writes an activation gradient, and whether it adds to what is there or
+/// overwrites it: the slice counterpart of the backends' [`Grad`](super::Grad).
+#[derive(Clone, Copy, Debug)]
+pub struct GradOut<M> {
+    pub data: M,
+    pub accumulate: bool,
+}
+
+/// The residual join `y = max(bn(x) + residual, 0)` as the backward of the fused BN+add+ReLU
+/// sees it: the join's output `y` (its ReLU mask) and where the residual's gradient goes, when it
+/// wants one. `S` is the read-only tensor, `G` the gradient target (`View`/`Grad` for the
+/// [`Backend`](super::Backend), device views on the GPU).
+#[derive(Clone, Copy, Debug)]
+pub struct AddReluJoin<S, G> {
+    pub y: S,
+    pub d_residual: Option<G>,
+}
+
 /// Shape of a batch of heatmaps, NHWC with the `k` landmark channels last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeatmapShape {
@@ -187,6 +234,24 @@ impl HeatmapShape {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A batch of predicted heatmaps and their targets, NHWC of `shape`: what a heatmap loss compares.
+/// `P` is the predictions' slice type, `T` the targets' (`&[f32]` both on the CPU; fp16 and f32
+/// device views on the GPU).
+#[derive(Clone, Copy, Debug)]
+pub struct HeatmapBatch<P, T> {
+    pub pred: P,
+    pub target: T,
+    pub shape: HeatmapShape,
+}
+
+/// How a heatmap loss weighs its elements: one weight per landmark channel (`shape.k` of them)
+/// and, when given, the Adaptive Wing paper's weight map.
+#[derive(Clone, Copy, Debug)]
+pub struct LossWeighting<S> {
+    pub channel_weights: S,
+    pub weight_map: Option<WeightMap>,
 }
 
 /// Adaptive Wing loss parameters (Wang, Bo, Li, ICCV 2019).
@@ -303,6 +368,18 @@ impl AdamWParams {
             (1.0 - (self.beta2 as f64).powi(t)) as f32,
         )
     }
+}
+
+/// What an AdamW step updates in place: the fp32 `master` weights, the first and second moments
+/// `m` and `v` (all of one length), and, when given, the fp16 copy the forward pass reads,
+/// rewritten from the updated masters. `M` is the f32 slice type, `H` the fp16 one (`&mut [f32]`
+/// and `&mut [f16]` on the CPU, device views on the GPU).
+#[derive(Debug)]
+pub struct AdamWState<M, H> {
+    pub master: M,
+    pub m: M,
+    pub v: M,
+    pub half_copy: Option<H>,
 }
 
 /// Elements of one [`AdamWChunk`] at most: a GPU block's share of the whole-model step.

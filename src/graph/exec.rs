@@ -4,7 +4,7 @@
 //! tensors its op saved (see [`saved_by`]) and writes the gradients of its inputs; the first
 //! contribution to a gradient overwrites it, later ones add (so no buffer is zero-filled).
 //! A recomputed BN output is rebuilt just before its first backward reader.
-use crate::backend::{Backend, Grad, ParamId, View};
+use crate::backend::{AddReluJoin, Backend, ConvRefs, Grad, ParamId, View};
 use crate::graph::plan::{plan, Mode, Plan, PlanOptions};
 use crate::graph::{Graph, Op, TensorId};
 
@@ -151,7 +151,12 @@ impl<B: Backend> Executor<B> {
                         unreachable!("the planner pairs convolutions with batch norms")
                     };
                     let saved = self.plan.stats[j].expect("BN statistics are planned in training");
-                    b.conv2d_fwd_bn_stats(x[0], *w, *bias, p, y, bn, saved);
+                    let conv = ConvRefs {
+                        w: *w,
+                        bias: *bias,
+                        p: *p,
+                    };
+                    b.conv2d_fwd_bn_stats(x[0], &conv, y, bn, saved);
                 }
                 None => b.conv2d_fwd(x[0], *w, *bias, p, y),
             },
@@ -162,7 +167,14 @@ impl<B: Backend> Executor<B> {
                 bn,
                 relu,
                 residual,
-            } => b.conv2d_bn_fwd_eval(x[0], *w, *bias, p, bn, *relu, residual.then(|| x[1]), y),
+            } => {
+                let conv = ConvRefs {
+                    w: *w,
+                    bias: *bias,
+                    p: *p,
+                };
+                b.conv2d_bn_fwd_eval(x[0], &conv, bn, *relu, residual.then(|| x[1]), y)
+            }
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
             Op::BatchNorm { bn, relu } => {
                 if train {
@@ -251,7 +263,11 @@ impl<B: Backend> Executor<B> {
                     let y = self.saved(TensorId(i), &mut rebuilt);
                     let saved = self.plan.stats[i].expect("planned");
                     let g = grads[0].expect("batch norm reads a tensor that needs a gradient");
-                    self.backend.batchnorm_add_relu_bwd(dy, x, y, bn, saved, g, grads[1]);
+                    let join = AddReluJoin {
+                        y,
+                        d_residual: grads[1],
+                    };
+                    self.backend.batchnorm_add_relu_bwd(dy, x, bn, saved, join, g);
                 }
                 Op::Relu => {
                     let y = self.saved(TensorId(i), &mut rebuilt);

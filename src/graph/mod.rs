@@ -548,12 +548,11 @@ impl GraphBuilder {
         self.push(name, Op::BatchNorm { bn, relu }, vec![x], shape)
     }
 
-    /// Convolution (no bias) then batch norm, optionally ReLU: the network's basic unit.
-    #[allow(clippy::too_many_arguments)]
+    /// Convolution (no bias) then batch norm, optionally ReLU: the network's basic unit. `names`:
+    /// the convolution's and the batch norm's (their PyTorch module names, as `("conv1", "bn1")`).
     pub fn conv_bn(
         &mut self,
-        conv: &str,
-        bn: &str,
+        (conv, bn): (&str, &str),
         x: TensorId,
         c_out: usize,
         k: usize,

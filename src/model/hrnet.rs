@@ -15,8 +15,8 @@ const BLOCKS_PER_BRANCH: usize = 4;
 pub fn build(b: &mut GraphBuilder, x: TensorId, width: usize, landmarks: usize) -> TensorId {
     b.set_conv_init(Init::Normal { std: 0.001 });
     let x = b.scope("stem", |b| {
-        let x = b.conv_bn("conv1", "bn1", x, 64, 3, 2, true);
-        b.conv_bn("conv2", "bn2", x, 64, 3, 2, true)
+        let x = b.conv_bn(("conv1", "bn1"), x, 64, 3, 2, true);
+        b.conv_bn(("conv2", "bn2"), x, 64, 3, 2, true)
     });
     let x = b.scope("layer1", |b| {
         let mut x = x;
@@ -28,8 +28,8 @@ pub fn build(b: &mut GraphBuilder, x: TensorId, width: usize, landmarks: usize) 
     let widths: Vec<usize> = (0..4).map(|i| width << i).collect();
     let mut branches = b.scope("transition1", |b| {
         vec![
-            b.scope("b0", |b| b.conv_bn("conv", "bn", x, widths[0], 3, 1, true)),
-            b.scope("b1", |b| b.conv_bn("conv", "bn", x, widths[1], 3, 2, true)),
+            b.scope("b0", |b| b.conv_bn(("conv", "bn"), x, widths[0], 3, 1, true)),
+            b.scope("b1", |b| b.conv_bn(("conv", "bn"), x, widths[1], 3, 2, true)),
         ]
     });
     for (s, &(modules, n_branches)) in STAGES.iter().enumerate() {
@@ -39,7 +39,7 @@ pub fn build(b: &mut GraphBuilder, x: TensorId, width: usize, landmarks: usize) 
             let nb = branches.len();
             let new = b.scope(format!("transition{}", s + 1), |b| {
                 b.scope(format!("b{nb}"), |b| {
-                    b.conv_bn("conv", "bn", last, widths[nb], 3, 2, true)
+                    b.conv_bn(("conv", "bn"), last, widths[nb], 3, 2, true)
                 })
             });
             branches.push(new);
@@ -81,11 +81,11 @@ pub(crate) fn bottleneck_strided(
     project: bool,
     proj_names: (&str, &str),
 ) -> TensorId {
-    let y = b.conv_bn("conv1", "bn1", x, planes, 1, 1, true);
-    let y = b.conv_bn("conv2", "bn2", y, planes, 3, stride, true);
-    let y = b.conv_bn("conv3", "bn3", y, planes * 4, 1, 1, false);
+    let y = b.conv_bn(("conv1", "bn1"), x, planes, 1, 1, true);
+    let y = b.conv_bn(("conv2", "bn2"), y, planes, 3, stride, true);
+    let y = b.conv_bn(("conv3", "bn3"), y, planes * 4, 1, 1, false);
     let shortcut = if project {
-        b.conv_bn(proj_names.0, proj_names.1, x, planes * 4, 1, stride, false)
+        b.conv_bn(proj_names, x, planes * 4, 1, stride, false)
     } else {
         x
     };
@@ -94,10 +94,10 @@ pub(crate) fn bottleneck_strided(
 
 /// BasicBlock (3x3 -> 3x3), identity shortcut unless `project` names a 1x1 projection.
 pub(crate) fn basic_block(b: &mut GraphBuilder, x: TensorId, planes: usize, stride: usize, project: bool) -> TensorId {
-    let y = b.conv_bn("conv1", "bn1", x, planes, 3, stride, true);
-    let y = b.conv_bn("conv2", "bn2", y, planes, 3, 1, false);
+    let y = b.conv_bn(("conv1", "bn1"), x, planes, 3, stride, true);
+    let y = b.conv_bn(("conv2", "bn2"), y, planes, 3, 1, false);
     let shortcut = if project {
-        b.conv_bn("downsample.0", "downsample.1", x, planes, 1, stride, false)
+        b.conv_bn(("downsample.0", "downsample.1"), x, planes, 1, stride, false)
     } else {
         x
     };
@@ -152,14 +152,14 @@ fn hr_module(b: &mut GraphBuilder, xs: &[TensorId], widths: &[usize]) -> Vec<Ten
 /// of stride-2 3x3 convs when it is finer (BN-ReLU between, BN only on the last).
 fn fuse_path(b: &mut GraphBuilder, x: TensorId, i: usize, j: usize, widths: &[usize]) -> TensorId {
     if j > i {
-        let y = b.conv_bn("conv", "bn", x, widths[i], 1, 1, false);
+        let y = b.conv_bn(("conv", "bn"), x, widths[i], 1, 1, false);
         b.upsample("up", y, 1 << (j - i), UpsampleMode::Nearest)
     } else {
         let mut y = x;
         for k in 0..i - j {
             let last = k + 1 == i - j;
             let c = if last { widths[i] } else { widths[j] };
-            y = b.scope(format!("down{k}"), |b| b.conv_bn("conv", "bn", y, c, 3, 2, !last));
+            y = b.scope(format!("down{k}"), |b| b.conv_bn(("conv", "bn"), y, c, 3, 2, !last));
         }
         y
     }

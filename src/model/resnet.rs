@@ -31,7 +31,7 @@ pub const RESNET50: ResNetDepth = ResNetDepth {
 /// Builds backbone and head on `x`; returns the heatmaps (1/4 of the input).
 pub fn build(b: &mut GraphBuilder, x: TensorId, depth: ResNetDepth, landmarks: usize) -> TensorId {
     b.set_conv_init(Init::KaimingFanOut);
-    let x = b.conv_bn("conv1", "bn1", x, 64, 7, 2, true);
+    let x = b.conv_bn(("conv1", "bn1"), x, 64, 7, 2, true);
     let mut x = b.maxpool("maxpool", x, 3, 2, 1);
     let expansion = if depth.bottleneck { 4 } else { 1 };
     let mut channels = 64;

@@ -21,9 +21,9 @@ use anyhow::{bail, ensure, Context as _, Result};
 use cudarc::driver::CudaGraph;
 
 use crate::backend::cuda::{heatmap as gpu_heatmap, loss as gpu_loss, optim as gpu_optim};
-use crate::backend::HeatmapShape;
-use crate::backend::{AdamWChunk, AdamWParams, AdamWTensor};
+use crate::backend::{AdamWChunk, AdamWParams, AdamWState, AdamWTensor};
 use crate::backend::{Backend, CudaBackend, ParamId};
+use crate::backend::{HeatmapBatch, HeatmapShape};
 use crate::checkpoint::{Checkpoint, Meta};
 use crate::data::loader::{Batch, Loader};
 use crate::eval::inference::{predict_loader, PredictedImage};
@@ -347,17 +347,17 @@ impl CudaEngine {
             // SAFETY: the output gradient is a different planned tensor from the output.
             let grad = unsafe { backend.activation_mut(self.exec.output_grad_view()) };
             let weights = self.channel_weights.as_ref().expect("uploaded").slice();
-            loss_fn.fwd_bwd_gpu(
-                &self.gpu,
+            let batch = HeatmapBatch {
                 pred,
-                self.targets.slice(),
-                weights,
-                self.shape,
-                scale,
+                target: self.targets.slice(),
+                shape: self.shape,
+            };
+            let out = gpu_loss::LossOutputs {
                 grad,
-                self.loss_workspace.slice_mut(),
-                self.loss_value.slice_mut(),
-            )?;
+                workspace: self.loss_workspace.slice_mut(),
+                loss: self.loss_value.slice_mut(),
+            };
+            loss_fn.fwd_bwd_gpu(&self.gpu, batch, weights, scale, out)?;
         }
         {
             let _r = nvtx::range("backward");
@@ -496,11 +496,13 @@ impl CudaEngine {
         let (master, grad, half) = self.exec.backend_mut().optimizer_regions();
         gpu_optim::adamw_step_chunks(
             &self.gpu,
-            master,
+            AdamWState {
+                master,
+                m: self.m.slice_mut(),
+                v: self.v.slice_mut(),
+                half_copy: Some(half),
+            },
             grad,
-            self.m.slice_mut(),
-            self.v.slice_mut(),
-            Some(half),
             &self.adamw_chunks,
             &hp,
             sp.t,

@@ -5,8 +5,8 @@ use anyhow::{bail, ensure, Result};
 
 use crate::backend::cpu::optim::adamw_step;
 use crate::backend::cpu::{self, heatmap};
-use crate::backend::AdamWParams;
 use crate::backend::HeatmapShape;
+use crate::backend::{AdamWParams, AdamWState};
 use crate::backend::{Backend, CpuBackend, ParamId};
 use crate::checkpoint::Checkpoint;
 use crate::data::loader::{Batch, Loader};
@@ -241,11 +241,13 @@ impl CpuEngine {
                 ..AdamWParams::default()
             };
             adamw_step(
-                &mut weights,
+                AdamWState {
+                    master: &mut weights,
+                    m: &mut self.m[i],
+                    v: &mut self.v[i],
+                    half_copy: None,
+                },
                 &grad,
-                &mut self.m[i],
-                &mut self.v[i],
-                None,
                 &hp,
                 sp.t,
                 decay,

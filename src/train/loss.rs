@@ -4,10 +4,10 @@
 use anyhow::Result;
 
 use crate::backend::cpu::loss::{awing_fwd_bwd, mse_fwd_bwd};
-use crate::backend::{AWingParams, HeatmapShape, WeightMap};
-use crate::gpu::{DevSlice, DevSliceMut, Gpu};
+use crate::backend::cuda::loss::{DevHeatmapBatch, LossOutputs};
+use crate::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
+use crate::gpu::{DevSlice, Gpu};
 use crate::train::landmark_weights::LandmarkWeightsArg;
-use half::f16;
 
 /// `--loss`: the users' names (`adaptive_wing`, `heatmap`) work unchanged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -66,41 +66,38 @@ impl HeatmapLoss {
         grad_scale: f32,
         grad: &mut [f32],
     ) -> f64 {
-        let w = &self.channel_weights;
+        let batch = HeatmapBatch { pred, target, shape };
+        let weighting = LossWeighting {
+            channel_weights: &self.channel_weights[..],
+            weight_map: self.weight_map,
+        };
         match self.kind {
-            LossKind::AdaptiveWing => {
-                awing_fwd_bwd(pred, target, w, shape, self.awing, self.weight_map, grad_scale, grad)
-            }
-            LossKind::Heatmap => mse_fwd_bwd(pred, target, w, shape, self.weight_map, grad_scale, grad),
+            LossKind::AdaptiveWing => awing_fwd_bwd(batch, weighting, self.awing, grad_scale, grad),
+            LossKind::Heatmap => mse_fwd_bwd(batch, weighting, grad_scale, grad),
         }
     }
 }
 
 impl HeatmapLoss {
-    /// The same on the GPU: fp16 predictions, f32 targets; the gradient (times `grad_scale`, the
-    /// loss scale) goes to `grad` in fp16 and the mean loss stays on the device in `loss`.
-    #[allow(clippy::too_many_arguments)]
+    /// The same on the GPU: fp16 predictions, f32 targets, and `channel_weights` the device copy
+    /// of `self.channel_weights`; the gradient (times `grad_scale`, the loss scale) goes to
+    /// `out.grad` in fp16 and the mean loss stays on the device in `out.loss`.
     pub fn fwd_bwd_gpu(
         &self,
         gpu: &Gpu,
-        pred: DevSlice<f16>,
-        target: DevSlice<f32>,
+        batch: DevHeatmapBatch,
         channel_weights: DevSlice<f32>,
-        shape: HeatmapShape,
         grad_scale: f32,
-        grad: DevSliceMut<f16>,
-        workspace: DevSliceMut<f64>,
-        loss: DevSliceMut<f64>,
+        out: LossOutputs,
     ) -> Result<()> {
         use crate::backend::cuda::loss as gpu_loss;
-        let (w, map) = (channel_weights, self.weight_map);
+        let weighting = LossWeighting {
+            channel_weights,
+            weight_map: self.weight_map,
+        };
         match self.kind {
-            LossKind::AdaptiveWing => gpu_loss::awing_fwd_bwd(
-                gpu, pred, target, w, shape, self.awing, map, grad_scale, grad, workspace, loss,
-            ),
-            LossKind::Heatmap => {
-                gpu_loss::mse_fwd_bwd(gpu, pred, target, w, shape, map, grad_scale, grad, workspace, loss)
-            }
+            LossKind::AdaptiveWing => gpu_loss::awing_fwd_bwd(gpu, batch, weighting, self.awing, grad_scale, out),
+            LossKind::Heatmap => gpu_loss::mse_fwd_bwd(gpu, batch, weighting, grad_scale, out),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! added in row order, so the value does not depend on the number of threads.
 use rayon::prelude::*;
 
-use crate::backend::{AWingParams, HeatmapShape, WeightMap};
+use crate::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
 
 /// Per-pixel weight `W*M + 1` at (image `n`, row `y`, column `x`, channel `c`): `M` is 1 when the
 /// maximum of the target over the 3x3 neighbourhood inside the heatmap exceeds the threshold.
@@ -32,17 +32,18 @@ fn map_weight(target: &[f32], s: HeatmapShape, map: WeightMap, (n, y, x, c): (us
 }
 
 /// Shared body of both losses: `pixel(p, y) -> (loss, dloss/dp)` evaluated on every element.
-#[allow(clippy::too_many_arguments)] // mirrors the kernels' argument lists one to one
 fn weighted_mean_fwd_bwd(
-    pred: &[f32],
-    target: &[f32],
-    channel_weights: &[f32],
-    shape: HeatmapShape,
-    weight_map: Option<WeightMap>,
+    batch: HeatmapBatch<&[f32], &[f32]>,
+    weighting: LossWeighting<&[f32]>,
     grad_scale: f32,
     grad: &mut [f32],
     pixel: impl Fn(f32, f32) -> (f32, f32) + Sync,
 ) -> f64 {
+    let HeatmapBatch { pred, target, shape } = batch;
+    let LossWeighting {
+        channel_weights,
+        weight_map,
+    } = weighting;
     let len = shape.len();
     assert_eq!(
         pred.len(),
@@ -94,56 +95,31 @@ fn weighted_mean_fwd_bwd(
     row_sums.iter().sum::<f64>() / len as f64
 }
 
-/// Adaptive Wing loss (docs/maths.md#adaptive-wing-loss), weighted per landmark channel and
-/// optionally by the weight map; returns the mean loss and writes
+/// Adaptive Wing loss (docs/maths.md#adaptive-wing-loss) of `batch`, weighted per landmark
+/// channel and optionally by the weight map (`weighting`); returns the mean loss and writes
 /// `grad = d loss / d pred * grad_scale`.
-#[allow(clippy::too_many_arguments)] // mirrors `loss_awing_fwd_bwd_f16` one to one
 pub fn awing_fwd_bwd(
-    pred: &[f32],
-    target: &[f32],
-    channel_weights: &[f32],
-    shape: HeatmapShape,
+    batch: HeatmapBatch<&[f32], &[f32]>,
+    weighting: LossWeighting<&[f32]>,
     params: AWingParams,
-    weight_map: Option<WeightMap>,
     grad_scale: f32,
     grad: &mut [f32],
 ) -> f64 {
-    weighted_mean_fwd_bwd(
-        pred,
-        target,
-        channel_weights,
-        shape,
-        weight_map,
-        grad_scale,
-        grad,
-        |p, y| params.loss_and_grad(p, y),
-    )
+    weighted_mean_fwd_bwd(batch, weighting, grad_scale, grad, |p, y| params.loss_and_grad(p, y))
 }
 
 /// Heatmap mean squared error ("heatmap" in the users' scripts), with the same weighting and
 /// gradient convention as [`awing_fwd_bwd`].
 pub fn mse_fwd_bwd(
-    pred: &[f32],
-    target: &[f32],
-    channel_weights: &[f32],
-    shape: HeatmapShape,
-    weight_map: Option<WeightMap>,
+    batch: HeatmapBatch<&[f32], &[f32]>,
+    weighting: LossWeighting<&[f32]>,
     grad_scale: f32,
     grad: &mut [f32],
 ) -> f64 {
-    weighted_mean_fwd_bwd(
-        pred,
-        target,
-        channel_weights,
-        shape,
-        weight_map,
-        grad_scale,
-        grad,
-        |p, y| {
-            let d = p - y;
-            (d * d, 2.0 * d)
-        },
-    )
+    weighted_mean_fwd_bwd(batch, weighting, grad_scale, grad, |p, y| {
+        let d = p - y;
+        (d * d, 2.0 * d)
+    })
 }
 
 #[cfg(test)]
@@ -232,7 +208,19 @@ mod tests {
     fn mse_value_and_gradient_by_hand() {
         let shape = HeatmapShape { n: 1, h: 1, w: 2, k: 1 };
         let mut grad = [0.0f32; 2];
-        let loss = mse_fwd_bwd(&[0.5, 0.0], &[0.0, 1.0], &[2.0], shape, None, 4.0, &mut grad);
+        let loss = mse_fwd_bwd(
+            HeatmapBatch {
+                pred: &[0.5, 0.0],
+                target: &[0.0, 1.0],
+                shape,
+            },
+            LossWeighting {
+                channel_weights: &[2.0],
+                weight_map: None,
+            },
+            4.0,
+            &mut grad,
+        );
         // mean of 2 * (0.25, 1) = 1.25; grad = 2 * 2 * d / 2 * 4.
         assert!((loss - 1.25).abs() < 1e-12);
         assert_eq!(grad, [4.0, -8.0]);

@@ -21,7 +21,8 @@ pub mod scratch;
 pub mod simd;
 
 use crate::backend::{
-    Backend, BnRefs, ConvParams, Grad, OpTime, OpTimes, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
+    AddReluJoin, Backend, BnRefs, ConvParams, ConvRefs, Grad, OpTime, OpTimes, ParamId, ParamSpec, PoolParams, Shape4,
+    UpsampleMode, View,
 };
 
 /// Runs `pass`, a sequence of CPU ops (a training step, a forward pass), on a worker thread of
@@ -350,14 +351,13 @@ impl<T: Real> Backend for CpuBackend<T> {
     fn conv2d_bn_fwd_eval(
         &mut self,
         x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
+        conv: &ConvRefs,
         bn: &BnRefs,
         relu: bool,
         residual: Option<View>,
         y: View,
     ) {
+        let ConvRefs { w, bias, ref p } = *conv;
         self.timed("conv2d_bn_fwd_eval", |this| {
             let reads: Vec<View> = std::iter::once(x).chain(residual).collect();
             let (r, mut writes) = split(&mut this.arena, &reads, &[y]);
@@ -381,18 +381,9 @@ impl<T: Real> Backend for CpuBackend<T> {
         })
     }
 
-    fn conv2d_fwd_bn_stats(
-        &mut self,
-        x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
-        y: View,
-        bn: &BnRefs,
-        saved: View,
-    ) {
+    fn conv2d_fwd_bn_stats(&mut self, x: View, conv: &ConvRefs, y: View, bn: &BnRefs, saved: View) {
         self.timed("conv2d_fwd_bn_stats", |this| {
-            this.conv2d_fwd(x, w, bias, p, y);
+            this.conv2d_fwd(x, conv.w, conv.bias, &conv.p, y);
             this.batch_stats(y, bn, saved);
         })
     }
@@ -523,12 +514,12 @@ impl<T: Real> Backend for CpuBackend<T> {
         &mut self,
         dy: View,
         x: View,
-        y: View,
         bn: &BnRefs,
         saved: View,
+        join: AddReluJoin<View, Grad>,
         dx: Grad,
-        dres: Option<Grad>,
     ) {
+        let AddReluJoin { y, d_residual: dres } = join;
         self.timed("batchnorm_add_relu_bwd", |this| {
             // The join's backward fused into the BN's passes: the join passes the same masked
             // gradient to the BN output and to the residual, computed once per element.

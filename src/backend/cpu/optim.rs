@@ -8,7 +8,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::simd::{for_each_isa, on_isa};
-use crate::backend::{AdamWChunk, AdamWParams};
+use crate::backend::{AdamWChunk, AdamWParams, AdamWState};
 
 /// Elements per parallel work item: large enough that rayon's scheduling is negligible.
 const CHUNK: usize = 1 << 14;
@@ -29,23 +29,26 @@ pub fn unscale_and_check(grads: &mut [f32], inv_scale: f32) -> bool {
         .reduce(|| true, |a, b| a & b)
 }
 
-/// One AdamW step on one parameter tensor, step number `t` (from 1):
+/// One AdamW step on one parameter tensor, step number `t` (from 1), updating `state` in place
+/// (`w` its master weights):
 /// `g = grad * grad_mul; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
 /// w -= lr * (m/(1-b1^t) / (sqrt(v/(1-b2^t)) + eps) + wd*w)`, with `wd = 0` unless `decay`
-/// (BN parameters and biases are not decayed). When `half_copy` is given it receives the updated
-/// weights rounded to fp16 (round to nearest even, as `__float2half_rn`).
-#[allow(clippy::too_many_arguments)] // the optimizer's state and hyper-parameters, one by one
+/// (BN parameters and biases are not decayed). When `state.half_copy` is given it receives the
+/// updated weights rounded to fp16 (round to nearest even, as `__float2half_rn`).
 pub fn adamw_step(
-    master: &mut [f32],
+    state: AdamWState<&mut [f32], &mut [f16]>,
     grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    half_copy: Option<&mut [f16]>,
     hp: &AdamWParams,
     t: u64,
     decay: bool,
     grad_mul: f32,
 ) {
+    let AdamWState {
+        master,
+        m,
+        v,
+        half_copy,
+    } = state;
     let n = master.len();
     assert!(
         grad.len() == n && m.len() == n && v.len() == n,
@@ -116,20 +119,22 @@ fn adamw_chunk<T>(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &Ad
 for_each_isa!(adamw_isa: adamw_chunk<>(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: &AdamWConsts));
 
 /// AdamW on every tensor of a model at once: [`adamw_step`] on each chunk's elements, with
-/// `master`, `m`, `v` and `half_copy` the whole value regions and `grad` the whole gradient region.
-/// Elements no chunk names are left as they are. Equal to one [`adamw_step`] per tensor.
-#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_chunks_f32` one to one
+/// `state` (master, m, v and the fp16 copy) the whole value regions and `grad` the whole gradient
+/// region. Elements no chunk names are left as they are. Equal to one [`adamw_step`] per tensor.
 pub fn adamw_step_chunks(
-    master: &mut [f32],
+    state: AdamWState<&mut [f32], &mut [f16]>,
     grad: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    mut half_copy: Option<&mut [f16]>,
     chunks: &[AdamWChunk],
     hp: &AdamWParams,
     t: u64,
     grad_mul: f32,
 ) {
+    let AdamWState {
+        master,
+        m,
+        v,
+        mut half_copy,
+    } = state;
     let (values, grads) = AdamWChunk::extents(chunks);
     assert!(
         master.len() >= values && m.len() >= values && v.len() >= values && grad.len() >= grads,
@@ -137,17 +142,13 @@ pub fn adamw_step_chunks(
     );
     for c in chunks {
         let (w, g, len) = (c.value_at as usize, c.grad_at as usize, c.len as usize);
-        adamw_step(
-            &mut master[w..w + len],
-            &grad[g..g + len],
-            &mut m[w..w + len],
-            &mut v[w..w + len],
-            half_copy.as_deref_mut().map(|h| &mut h[w..w + len]),
-            hp,
-            t,
-            c.decay != 0,
-            grad_mul,
-        );
+        let chunk = AdamWState {
+            master: &mut master[w..w + len],
+            m: &mut m[w..w + len],
+            v: &mut v[w..w + len],
+            half_copy: half_copy.as_deref_mut().map(|h| &mut h[w..w + len]),
+        };
+        adamw_step(chunk, &grad[g..g + len], hp, t, c.decay != 0, grad_mul);
     }
 }
 
@@ -180,11 +181,13 @@ mod tests {
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
         let mut half = vec![f16::ZERO; 3];
         adamw_step(
-            &mut w,
+            AdamWState {
+                master: &mut w,
+                m: &mut m,
+                v: &mut v,
+                half_copy: Some(&mut half),
+            },
             &[3.0, -0.01, 0.0],
-            &mut m,
-            &mut v,
-            Some(&mut half),
             &hp,
             1,
             true,
@@ -262,16 +265,30 @@ mod tests {
         let half: Vec<f16> = master.iter().map(|&x| f16::from_f32(x)).collect();
         let (mut w1, mut m1, mut v1, mut h1) = (master.clone(), m.clone(), v.clone(), half.clone());
         let table = AdamWChunk::table(&tensors);
-        adamw_step_chunks(&mut w1, &grad, &mut m1, &mut v1, Some(&mut h1), &table, &hp, 3, 0.5);
+        adamw_step_chunks(
+            AdamWState {
+                master: &mut w1,
+                m: &mut m1,
+                v: &mut v1,
+                half_copy: Some(&mut h1),
+            },
+            &grad,
+            &table,
+            &hp,
+            3,
+            0.5,
+        );
         let (mut w2, mut m2, mut v2, mut h2) = (master.clone(), m.clone(), v.clone(), half.clone());
         for t in &tensors {
             let (a, g, n) = (t.value_at, t.grad_at, t.len);
             adamw_step(
-                &mut w2[a..a + n],
+                AdamWState {
+                    master: &mut w2[a..a + n],
+                    m: &mut m2[a..a + n],
+                    v: &mut v2[a..a + n],
+                    half_copy: Some(&mut h2[a..a + n]),
+                },
                 &grad[g..g + n],
-                &mut m2[a..a + n],
-                &mut v2[a..a + n],
-                Some(&mut h2[a..a + n]),
                 &hp,
                 3,
                 t.decay,

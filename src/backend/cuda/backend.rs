@@ -27,7 +27,10 @@ use cudarc::driver::CudaEvent;
 use half::f16;
 
 use super::{batchnorm as bn, concat, conv, conv_wgrad, elementwise as ew, pool, resample};
-use crate::backend::{Backend, BnRefs, ConvParams, Grad, ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View};
+use crate::backend::{
+    AddReluJoin, Backend, BnGrads, BnRefs, BnRunning, BnWeights, ConvParams, ConvRefs, Grad, GradOut, ParamId,
+    ParamSpec, PoolParams, Shape4, UpsampleMode, View,
+};
 use crate::backend::{OpTime, OpTimes};
 use crate::gpu::memory::human_bytes;
 use crate::gpu::memory::Staging;
@@ -389,6 +392,78 @@ impl CudaBackend {
         Ok(unsafe { self.store().view_mut(self.layout.grad_offset_bytes(at), len) })
     }
 
+    /// A convolution's input activation, its fp16 weight and geometry.
+    fn conv_fwd<'a>(&'a self, x: View, w: ParamId, p: &'a ConvParams) -> conv::ConvFwd<'a> {
+        conv::ConvFwd {
+            x: self.x(x),
+            xs: x.shape,
+            w: self.half(w),
+            p,
+        }
+    }
+
+    /// The operands of a convolution's input gradient into `dx`.
+    fn conv_dgrad<'a>(&'a self, dy: View, w: ParamId, p: &'a ConvParams, dx: Grad) -> conv::ConvDgrad<'a> {
+        conv::ConvDgrad {
+            dy: self.x(dy),
+            w: self.half(w),
+            p,
+            xs: dx.view.shape,
+        }
+    }
+
+    fn conv_wgrad<'a>(&'a self, x: View, dy: View, p: &'a ConvParams) -> conv_wgrad::ConvWgrad<'a> {
+        conv_wgrad::ConvWgrad {
+            x: self.x(x),
+            xs: x.shape,
+            dy: self.x(dy),
+            p,
+        }
+    }
+
+    /// A writable activation gradient and whether to add to it.
+    fn grad_out(&self, g: Grad) -> GradOut<DevSliceMut<'_, f16>> {
+        GradOut {
+            data: self.y(g.view),
+            accumulate: g.accumulate,
+        }
+    }
+
+    /// A BN layer's gamma and beta (fp32 masters) and constants.
+    fn bn_weights(&self, r: &BnRefs) -> bn::DevBnWeights<'_> {
+        BnWeights {
+            gamma: self.master(r.gamma),
+            beta: self.master(r.beta),
+            params: r.params,
+        }
+    }
+
+    fn bn_running(&self, r: &BnRefs) -> BnRunning<DevSlice<'_, f32>> {
+        BnRunning {
+            mean: self.master(r.running_mean),
+            var: self.master(r.running_var),
+        }
+    }
+
+    /// The statistics targets of a training BN: `saved`, its running statistics and `workspace`.
+    fn stats_targets<'a>(&'a self, r: &BnRefs, saved: View, workspace: DevSliceMut<'a, f32>) -> bn::StatsTargets<'a> {
+        bn::StatsTargets {
+            saved: self.stats_mut(saved),
+            running: BnRunning {
+                mean: self.master_mut(r.running_mean),
+                var: self.master_mut(r.running_var),
+            },
+            workspace,
+        }
+    }
+
+    fn bn_grads(&self, r: &BnRefs) -> Result<bn::DevBnGrads<'_>> {
+        Ok(BnGrads {
+            dgamma: self.grad_mut(r.gamma)?,
+            dbeta: self.grad_mut(r.beta)?,
+        })
+    }
+
     /// Every gradient, contiguous (padding between parameters is zero): for the unscale and
     /// finite check of a training step in one launch.
     pub fn all_grads(&mut self) -> DevSliceMut<'_, f32> {
@@ -474,12 +549,9 @@ impl CudaBackend {
                 let (scale, shift) = (Self::detach(out.sub_mut(0, c)), Self::detach(out.sub_mut(c, c)));
                 bn::bn_eval_affine(
                     &self.gpu,
-                    self.master(bn_refs.gamma),
-                    self.master(bn_refs.beta),
-                    self.master(bn_refs.running_mean),
-                    self.master(bn_refs.running_var),
+                    self.bn_weights(bn_refs),
+                    self.bn_running(bn_refs),
                     bias.map(|b| self.master(b)),
-                    bn_refs.params,
                     scale,
                     shift,
                 )?;
@@ -688,21 +760,20 @@ impl Backend for CudaBackend {
                 shift: bias.map(|id| b.master(id)),
                 ..conv::ConvEpilogue::NONE
             };
-            conv::conv2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, &epilogue, b.y(y))
+            conv::conv2d_fwd(&b.gpu, b.conv_fwd(x, w, p), &epilogue, b.y(y))
         });
     }
 
     fn conv2d_bn_fwd_eval(
         &mut self,
         x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
+        conv: &ConvRefs,
         bn_refs: &BnRefs,
         relu: bool,
         residual: Option<View>,
         y: View,
     ) {
+        let ConvRefs { w, bias, ref p } = *conv;
         let kind = if residual.is_some() {
             "conv2d_bn_add_relu_fwd_eval"
         } else {
@@ -720,56 +791,24 @@ impl Backend for CudaBackend {
                 residual: residual.map(|r| b.x(r)),
                 relu,
             };
-            conv::conv2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, &epilogue, b.y(y))
+            conv::conv2d_fwd(&b.gpu, b.conv_fwd(x, w, p), &epilogue, b.y(y))
         });
     }
 
-    fn conv2d_fwd_bn_stats(
-        &mut self,
-        x: View,
-        w: ParamId,
-        bias: Option<ParamId>,
-        p: &ConvParams,
-        y: View,
-        bn_refs: &BnRefs,
-        saved: View,
-    ) {
+    fn conv2d_fwd_bn_stats(&mut self, x: View, conv: &ConvRefs, y: View, bn_refs: &BnRefs, saved: View) {
+        let ConvRefs { w, bias, ref p } = *conv;
         self.op("conv2d_fwd_bn_stats", |b| {
             let ws = Self::detach(b.scratch_f32(conv::conv2d_bn_stats_workspace_len(y.shape))?);
-            let targets = bn::StatsTargets {
-                saved: b.stats_mut(saved),
-                running_mean: b.master_mut(bn_refs.running_mean),
-                running_var: b.master_mut(bn_refs.running_var),
-            };
+            let targets = b.stats_targets(bn_refs, saved, ws);
             let bias = bias.map(|id| b.master(id));
-            conv::conv2d_fwd_bn_stats(
-                &b.gpu,
-                b.x(x),
-                x.shape,
-                b.half(w),
-                p,
-                bias,
-                b.y(y),
-                bn_refs.params,
-                targets,
-                ws,
-            )
+            conv::conv2d_fwd_bn_stats(&b.gpu, b.conv_fwd(x, w, p), bias, b.y(y), bn_refs.params, targets)
         });
     }
 
     fn conv2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
         self.op("conv2d_dgrad", |b| {
             let ws = Self::detach(b.scratch_f16(conv::conv2d_dgrad_workspace_len(p))?);
-            conv::conv2d_dgrad(
-                &b.gpu,
-                b.x(dy),
-                b.half(w),
-                p,
-                b.y(dx.view),
-                dx.view.shape,
-                dx.accumulate,
-                ws,
-            )
+            conv::conv2d_dgrad(&b.gpu, b.conv_dgrad(dy, w, p, dx), b.grad_out(dx), ws)
         });
     }
 
@@ -780,28 +819,20 @@ impl Backend for CudaBackend {
                 Some(id) => Some(b.grad_mut(id)?),
                 None => None,
             };
-            conv_wgrad::conv2d_wgrad(&b.gpu, b.x(x), x.shape, b.x(dy), p, b.grad_mut(dw)?, db, ws)
+            conv_wgrad::conv2d_wgrad(&b.gpu, b.conv_wgrad(x, dy, p), b.grad_mut(dw)?, db, ws)
         });
     }
 
     fn conv_transpose2d_fwd(&mut self, x: View, w: ParamId, p: &ConvParams, y: View) {
         self.op("conv_transpose2d_fwd", |b| {
             let ws = Self::detach(b.scratch_f16(conv::conv2d_dgrad_workspace_len(&p.adjoint()))?);
-            conv::conv_transpose2d_fwd(&b.gpu, b.x(x), x.shape, b.half(w), p, b.y(y), ws)
+            conv::conv_transpose2d_fwd(&b.gpu, b.conv_fwd(x, w, p), b.y(y), ws)
         });
     }
 
     fn conv_transpose2d_dgrad(&mut self, dy: View, w: ParamId, p: &ConvParams, dx: Grad) {
         self.op("conv_transpose2d_dgrad", |b| {
-            conv::conv_transpose2d_dgrad(
-                &b.gpu,
-                b.x(dy),
-                b.half(w),
-                p,
-                b.y(dx.view),
-                dx.view.shape,
-                dx.accumulate,
-            )
+            conv::conv_transpose2d_dgrad(&b.gpu, b.conv_dgrad(dy, w, p, dx), b.grad_out(dx))
         });
     }
 
@@ -809,27 +840,15 @@ impl Backend for CudaBackend {
         self.op("conv_transpose2d_wgrad", |b| {
             let len = conv_wgrad::conv_transpose2d_wgrad_workspace_len(x.shape, p);
             let ws = Self::detach(b.scratch_f32(len)?);
-            conv_wgrad::conv_transpose2d_wgrad(&b.gpu, b.x(x), x.shape, b.x(dy), p, b.grad_mut(dw)?, ws)
+            conv_wgrad::conv_transpose2d_wgrad(&b.gpu, b.conv_wgrad(x, dy, p), b.grad_mut(dw)?, ws)
         });
     }
 
     fn batchnorm_fwd_train(&mut self, x: View, bn_refs: &BnRefs, relu: bool, y: View, saved: View) {
         self.op("batchnorm_fwd_train", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
-            bn::bn_fwd_train(
-                &b.gpu,
-                b.x(x),
-                x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
-                bn_refs.params,
-                relu,
-                b.y(y),
-                b.stats_mut(saved),
-                b.master_mut(bn_refs.running_mean),
-                b.master_mut(bn_refs.running_var),
-                ws,
-            )
+            let targets = b.stats_targets(bn_refs, saved, ws);
+            bn::bn_fwd_train(&b.gpu, b.x(x), x.shape, b.bn_weights(bn_refs), relu, b.y(y), targets)
         });
     }
 
@@ -839,11 +858,8 @@ impl Backend for CudaBackend {
                 &b.gpu,
                 b.x(x),
                 x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
-                b.master(bn_refs.running_mean),
-                b.master(bn_refs.running_var),
-                bn_refs.params,
+                b.bn_weights(bn_refs),
+                b.bn_running(bn_refs),
                 relu,
                 b.y(y),
             )
@@ -856,8 +872,7 @@ impl Backend for CudaBackend {
                 &b.gpu,
                 b.x(x),
                 x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
+                b.bn_weights(bn_refs),
                 b.stats(saved),
                 relu,
                 b.y(y),
@@ -868,40 +883,28 @@ impl Backend for CudaBackend {
     fn batchnorm_bwd(&mut self, dy: View, x: View, bn_refs: &BnRefs, relu: bool, saved: View, dx: Grad) {
         self.op("batchnorm_bwd", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
-            bn::bn_bwd(
-                &b.gpu,
-                b.x(dy),
-                b.x(x),
-                x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
-                b.stats(saved),
-                relu,
-                b.y(dx.view),
-                dx.accumulate,
-                b.grad_mut(bn_refs.gamma)?,
-                b.grad_mut(bn_refs.beta)?,
-                ws,
-            )
+            let fwd = bn::BnForward {
+                x: b.x(x),
+                xs: x.shape,
+                bn: b.bn_weights(bn_refs),
+                saved: b.stats(saved),
+            };
+            bn::bn_bwd(&b.gpu, b.x(dy), fwd, relu, b.grad_out(dx), b.bn_grads(bn_refs)?, ws)
         });
     }
 
     fn batchnorm_add_relu_fwd_train(&mut self, x: View, bn_refs: &BnRefs, residual: View, y: View, saved: View) {
         self.op("batchnorm_add_relu_fwd_train", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
+            let targets = b.stats_targets(bn_refs, saved, ws);
             bn::bn_add_relu_fwd_train(
                 &b.gpu,
                 b.x(x),
                 x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
-                bn_refs.params,
+                b.bn_weights(bn_refs),
                 b.x(residual),
                 b.y(y),
-                b.stats_mut(saved),
-                b.master_mut(bn_refs.running_mean),
-                b.master_mut(bn_refs.running_var),
-                ws,
+                targets,
             )
         });
     }
@@ -912,8 +915,7 @@ impl Backend for CudaBackend {
                 &b.gpu,
                 b.x(x),
                 x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
+                b.bn_weights(bn_refs),
                 b.stats(saved),
                 b.x(residual),
                 b.y(y),
@@ -925,30 +927,24 @@ impl Backend for CudaBackend {
         &mut self,
         dy: View,
         x: View,
-        y: View,
         bn_refs: &BnRefs,
         saved: View,
+        join: AddReluJoin<View, Grad>,
         dx: Grad,
-        dres: Option<Grad>,
     ) {
         self.op("batchnorm_add_relu_bwd", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
-            bn::bn_add_relu_bwd(
-                &b.gpu,
-                b.x(dy),
-                b.x(y),
-                b.x(x),
-                x.shape,
-                b.master(bn_refs.gamma),
-                b.master(bn_refs.beta),
-                b.stats(saved),
-                b.y(dx.view),
-                dx.accumulate,
-                dres.map(|g| (b.y(g.view), g.accumulate)),
-                b.grad_mut(bn_refs.gamma)?,
-                b.grad_mut(bn_refs.beta)?,
-                ws,
-            )
+            let fwd = bn::BnForward {
+                x: b.x(x),
+                xs: x.shape,
+                bn: b.bn_weights(bn_refs),
+                saved: b.stats(saved),
+            };
+            let join = AddReluJoin {
+                y: b.x(join.y),
+                d_residual: join.d_residual.map(|g| b.grad_out(g)),
+            };
+            bn::bn_add_relu_bwd(&b.gpu, b.x(dy), fwd, join, b.grad_out(dx), b.bn_grads(bn_refs)?, ws)
         });
     }
 

@@ -15,7 +15,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{as_i32, grid_1d_shared};
-use crate::backend::{BnParams, Shape4};
+use crate::backend::{AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
 use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
@@ -111,49 +111,57 @@ fn finalize_grid(c: usize) -> LaunchConfig {
     }
 }
 
-fn check(
-    what: &str,
-    x: &DevSlice<f16>,
-    xs: Shape4,
-    gamma: &DevSlice<f32>,
-    beta: &DevSlice<f32>,
-    y_len: usize,
-) -> Result<()> {
+/// The device views of a layer's gamma and beta (f32, C elements each) and its constants.
+pub type DevBnWeights<'a> = BnWeights<DevSlice<'a, f32>>;
+
+fn check(what: &str, x: &DevSlice<f16>, xs: Shape4, bn: &DevBnWeights, y_len: usize) -> Result<()> {
     ensure!(!xs.is_empty(), "{what}: empty activation {xs}");
     ensure!(x.len() == xs.len(), "{what}: x has {} elements, shape {xs}", x.len());
     ensure!(y_len == xs.len(), "{what}: output has {y_len} elements, shape {xs}");
     ensure!(
-        gamma.len() == xs.c && beta.len() == xs.c,
+        bn.gamma.len() == xs.c && bn.beta.len() == xs.c,
         "{what}: gamma/beta have {}/{} elements for {} channels",
-        gamma.len(),
-        beta.len(),
+        bn.gamma.len(),
+        bn.beta.len(),
         xs.c
     );
     Ok(())
 }
 
 /// The per-channel statistics a normalisation uses: batch `[mean; invstd]`, or running mean and
-/// variance (eval).
+/// variance (eval, with the layer's `eps`).
 enum Stats<'a> {
     Saved(DevSlice<'a, f32>),
-    Running {
-        mean: DevSlice<'a, f32>,
-        var: DevSlice<'a, f32>,
-        eps: f32,
-    },
+    Running(BnRunning<DevSlice<'a, f32>>),
+}
+
+/// What follows the normalisation in [`apply`]: nothing, a ReLU, or the residual join
+/// `max(. + residual, 0)` of the fused BN+add+ReLU.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    Identity,
+    Relu,
+    AddRelu(DevSlice<'a, f16>),
+}
+
+impl Then<'_> {
+    fn relu(relu: bool) -> Self {
+        if relu {
+            Then::Relu
+        } else {
+            Then::Identity
+        }
+    }
 }
 
 /// `y = act(x * scale + shift (+ residual))`, one pass over the activations.
-#[allow(clippy::too_many_arguments)]
 fn apply(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
+    bn: &DevBnWeights,
     stats: Stats,
-    residual: Option<DevSlice<f16>>,
-    relu: bool,
+    then: Then,
     y: DevSliceMut<f16>,
 ) -> Result<()> {
     let c = xs.c;
@@ -166,15 +174,20 @@ fn apply(
             );
             (s.ptr(), s.sub(c, c).ptr(), 0i32, 0.0f32)
         }
-        Stats::Running { mean, var, eps } => {
+        Stats::Running(BnRunning { mean, var }) => {
             ensure!(
                 mean.len() == c && var.len() == c,
                 "batchnorm: running stats have {}/{} elements for {c} channels",
                 mean.len(),
                 var.len()
             );
-            (mean.ptr(), var.ptr(), 1i32, eps)
+            (mean.ptr(), var.ptr(), 1i32, bn.params.eps)
         }
+    };
+    let (residual, relu) = match then {
+        Then::Identity => (None, false),
+        Then::Relu => (None, true),
+        Then::AddRelu(r) => (Some(r), true),
     };
     let r = match residual {
         Some(r) => {
@@ -187,7 +200,7 @@ fn apply(
         }
         None => 0,
     };
-    let (xp, yp, gp, bp) = (x.ptr(), y.ptr(), gamma.ptr(), beta.ptr());
+    let (xp, yp, gp, bp) = (x.ptr(), y.ptr(), bn.gamma.ptr(), bn.beta.ptr());
     let (n, ci, relu) = (xs.len() as i64, as_i32("channels", c)?, relu as i32);
     let vec = (c.is_multiple_of(8) && all_aligned_16(&[xp, yp, r])) as i32;
     let cfg = grid_1d_shared(gpu, xs.len(), 2 * c)?;
@@ -216,15 +229,18 @@ fn apply(
     Ok(())
 }
 
-/// Where the batch statistics of one BN layer go: `saved = [mean; invstd]` and the running
-/// statistics it updates.
+/// Where the batch statistics of one BN layer are computed and go: the `workspace` the
+/// per-chunk partial summaries are written to (at least [`bn_workspace_len`] floats for the
+/// batch-norm wrappers, `conv::conv2d_bn_stats_workspace_len` for the convolution's epilogue;
+/// overwritten), then `saved = [mean; invstd]` and the running statistics it updates.
 pub struct StatsTargets<'a> {
     pub saved: DevSliceMut<'a, f32>,
-    pub running_mean: DevSliceMut<'a, f32>,
-    pub running_var: DevSliceMut<'a, f32>,
+    pub running: BnRunning<DevSliceMut<'a, f32>>,
+    pub workspace: DevSliceMut<'a, f32>,
 }
 
 impl StatsTargets<'_> {
+    /// Checks `saved` and the running statistics (each caller checks the workspace's length).
     pub(super) fn check(&self, c: usize) -> Result<()> {
         ensure!(
             self.saved.len() == 2 * c,
@@ -232,22 +248,21 @@ impl StatsTargets<'_> {
             self.saved.len()
         );
         ensure!(
-            self.running_mean.len() == c && self.running_var.len() == c,
+            self.running.mean.len() == c && self.running.var.len() == c,
             "batchnorm: running stats have {}/{} elements for {c} channels",
-            self.running_mean.len(),
-            self.running_var.len()
+            self.running.mean.len(),
+            self.running.var.len()
         );
         Ok(())
     }
 }
 
-/// Merges `chunks` per-chunk `(count, mean, M2)` summaries per channel (`partials[chunk][c][3]`,
-/// a device pointer) of `m` rows into `saved` and the running statistics: the second kernel of
-/// the statistics here, and the only one after a convolution whose epilogue wrote the partials
-/// (`conv::conv2d_fwd_bn_stats`).
+/// Merges the `chunks` per-chunk `(count, mean, M2)` summaries per channel in
+/// `targets.workspace` (`partials[chunk][c][3]`) of `m` rows into `saved` and the running
+/// statistics: the second kernel of the statistics here, and the only one after a convolution
+/// whose epilogue wrote the partials (`conv::conv2d_fwd_bn_stats`).
 pub(super) fn finalize_stats(
     gpu: &Gpu,
-    partials: u64,
     m: usize,
     c: usize,
     chunks: usize,
@@ -256,10 +271,11 @@ pub(super) fn finalize_stats(
 ) -> Result<()> {
     targets.check(c)?;
     let (m, ci, nch) = (m as i64, as_i32("channels", c)?, as_i32("statistics chunks", chunks)?);
-    let (sp, rm, rv) = (
+    let (partials, sp, rm, rv) = (
+        targets.workspace.ptr(),
         targets.saved.ptr(),
-        targets.running_mean.ptr(),
-        targets.running_var.ptr(),
+        targets.running.mean.ptr(),
+        targets.running.var.ptr(),
     );
     let f = gpu.function("batchnorm_stats_finalize_f32")?;
     // SAFETY: partials cover chunks*c*3 floats (the callers' workspace checks), saved 2c floats,
@@ -283,23 +299,16 @@ pub(super) fn finalize_stats(
 }
 
 /// Batch statistics into `saved = [mean; invstd]` and the running-statistics update.
-fn batch_stats(
-    gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    bp: BnParams,
-    targets: &mut StatsTargets,
-    workspace: DevSliceMut<f32>,
-) -> Result<()> {
+fn batch_stats(gpu: &Gpu, x: DevSlice<f16>, xs: Shape4, bp: BnParams, targets: &mut StatsTargets) -> Result<()> {
     let c = xs.c;
     targets.check(c)?;
     ensure!(
-        workspace.len() >= bn_workspace_len(xs),
+        targets.workspace.len() >= bn_workspace_len(xs),
         "batchnorm: workspace of {} floats, {xs} needs {}",
-        workspace.len(),
+        targets.workspace.len(),
         bn_workspace_len(xs)
     );
-    let (xp, wp) = (x.ptr(), workspace.ptr());
+    let (xp, wp) = (x.ptr(), targets.workspace.ptr());
     let red = Reduction::new(xs, &[xp]);
     let (m, ci, nch) = (xs.pixels() as i64, as_i32("channels", c)?, red.chunks as i32);
     let f = gpu.function(if red.vec {
@@ -319,117 +328,96 @@ fn batch_stats(
             .arg(&wp)
             .launch(red.grid)
     }?;
-    finalize_stats(gpu, wp, xs.pixels(), c, red.chunks, bp, targets)
+    finalize_stats(gpu, xs.pixels(), c, red.chunks, bp, targets)
 }
 
-/// Training forward. Writes `y`, `saved = [mean; invstd]` and updates the running statistics.
-#[allow(clippy::too_many_arguments)]
+/// Training forward. Writes `y`, the batch statistics into `targets.saved = [mean; invstd]`
+/// and updates the running statistics (with `bn.params`).
 pub fn bn_fwd_train(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    bp: BnParams,
+    bn: DevBnWeights,
     relu: bool,
     y: DevSliceMut<f16>,
-    saved: DevSliceMut<f32>,
-    running_mean: DevSliceMut<f32>,
-    running_var: DevSliceMut<f32>,
-    workspace: DevSliceMut<f32>,
+    mut targets: StatsTargets,
 ) -> Result<()> {
-    check("bn_fwd_train", &x, xs, &gamma, &beta, y.len())?;
-    let mut targets = StatsTargets {
-        saved,
-        running_mean,
-        running_var,
-    };
-    batch_stats(gpu, x, xs, bp, &mut targets, workspace)?;
+    check("bn_fwd_train", &x, xs, &bn, y.len())?;
+    batch_stats(gpu, x, xs, bn.params, &mut targets)?;
     let saved = targets.saved.as_ref();
-    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), None, relu, y)
+    apply(gpu, x, xs, &bn, Stats::Saved(saved), Then::relu(relu), y)
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
-#[allow(clippy::too_many_arguments)]
 pub fn bn_apply_saved(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
+    bn: DevBnWeights,
     saved: DevSlice<f32>,
     relu: bool,
     y: DevSliceMut<f16>,
 ) -> Result<()> {
-    check("bn_apply_saved", &x, xs, &gamma, &beta, y.len())?;
-    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), None, relu, y)
+    check("bn_apply_saved", &x, xs, &bn, y.len())?;
+    apply(gpu, x, xs, &bn, Stats::Saved(saved), Then::relu(relu), y)
 }
 
-/// Eval forward with the running statistics.
-#[allow(clippy::too_many_arguments)]
+/// Eval forward with the running statistics (and `bn.params.eps`).
 pub fn bn_fwd_eval(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    running_mean: DevSlice<f32>,
-    running_var: DevSlice<f32>,
-    bp: BnParams,
+    bn: DevBnWeights,
+    running: BnRunning<DevSlice<f32>>,
     relu: bool,
     y: DevSliceMut<f16>,
 ) -> Result<()> {
-    check("bn_fwd_eval", &x, xs, &gamma, &beta, y.len())?;
-    let stats = Stats::Running {
-        mean: running_mean,
-        var: running_var,
-        eps: bp.eps,
-    };
-    apply(gpu, x, xs, gamma, beta, stats, None, relu, y)
+    check("bn_fwd_eval", &x, xs, &bn, y.len())?;
+    apply(gpu, x, xs, &bn, Stats::Running(running), Then::relu(relu), y)
 }
 
 /// Fused training forward of `y = max(bn(x) + residual, 0)`; statistics as [`bn_fwd_train`].
-#[allow(clippy::too_many_arguments)]
 pub fn bn_add_relu_fwd_train(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    bp: BnParams,
+    bn: DevBnWeights,
     residual: DevSlice<f16>,
     y: DevSliceMut<f16>,
-    saved: DevSliceMut<f32>,
-    running_mean: DevSliceMut<f32>,
-    running_var: DevSliceMut<f32>,
-    workspace: DevSliceMut<f32>,
+    mut targets: StatsTargets,
 ) -> Result<()> {
-    check("bn_add_relu_fwd_train", &x, xs, &gamma, &beta, y.len())?;
-    let mut targets = StatsTargets {
-        saved,
-        running_mean,
-        running_var,
-    };
-    batch_stats(gpu, x, xs, bp, &mut targets, workspace)?;
+    check("bn_add_relu_fwd_train", &x, xs, &bn, y.len())?;
+    batch_stats(gpu, x, xs, bn.params, &mut targets)?;
     let saved = targets.saved.as_ref();
-    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), Some(residual), true, y)
+    apply(gpu, x, xs, &bn, Stats::Saved(saved), Then::AddRelu(residual), y)
 }
 
 /// Fused `y = max(bn(x) + residual, 0)` from saved statistics.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_add_relu_apply_saved(
     gpu: &Gpu,
     x: DevSlice<f16>,
     xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
+    bn: DevBnWeights,
     saved: DevSlice<f32>,
     residual: DevSlice<f16>,
     y: DevSliceMut<f16>,
 ) -> Result<()> {
-    check("bn_add_relu_apply_saved", &x, xs, &gamma, &beta, y.len())?;
-    apply(gpu, x, xs, gamma, beta, Stats::Saved(saved), Some(residual), true, y)
+    check("bn_add_relu_apply_saved", &x, xs, &bn, y.len())?;
+    apply(gpu, x, xs, &bn, Stats::Saved(saved), Then::AddRelu(residual), y)
 }
+
+/// The training forward a backward differentiates: its input `x` of shape `xs`, the layer's
+/// gamma and beta, and the `saved = [mean; invstd]` it wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct BnForward<'a> {
+    pub x: DevSlice<'a, f16>,
+    pub xs: Shape4,
+    pub bn: DevBnWeights<'a>,
+    pub saved: DevSlice<'a, f32>,
+}
+
+/// Where a backward writes the gradient of gamma and beta (f32, C elements each).
+pub type DevBnGrads<'a> = BnGrads<DevSliceMut<'a, f32>>;
 
 /// Where the gradient reaching the normalised value is masked, and what else gets it.
 struct Mask {
@@ -442,22 +430,17 @@ struct Mask {
     accumulate_res: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn backward(
     gpu: &Gpu,
     dy: DevSlice<f16>,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    saved: DevSlice<f32>,
+    fwd: BnForward,
     mask: Mask,
-    dx: DevSliceMut<f16>,
-    accumulate: bool,
-    dgamma: DevSliceMut<f32>,
-    dbeta: DevSliceMut<f32>,
+    dx: GradOut<DevSliceMut<f16>>,
+    grads: DevBnGrads,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
+    let BnForward { x, xs, bn, saved } = fwd;
+    let BnGrads { dgamma, dbeta } = grads;
     let c = xs.c;
     ensure!(
         dy.len() == xs.len(),
@@ -481,8 +464,8 @@ fn backward(
         workspace.len(),
         bn_workspace_len(xs)
     );
-    let (dyp, xp, gp, bp, sp) = (dy.ptr(), x.ptr(), gamma.ptr(), beta.ptr(), saved.ptr());
-    let (relu, acc_res, acc) = (mask.relu as i32, mask.accumulate_res as i32, accumulate as i32);
+    let (dyp, xp, gp, bp, sp) = (dy.ptr(), x.ptr(), bn.gamma.ptr(), bn.beta.ptr(), saved.ptr());
+    let (relu, acc_res, acc) = (mask.relu as i32, mask.accumulate_res as i32, dx.accumulate as i32);
     let (yo, dr) = (mask.y_out, mask.d_res);
     let red = Reduction::new(xs, &[dyp, xp, yo, dr]);
     let nch = red.chunks;
@@ -533,7 +516,7 @@ fn backward(
             .arg(&coeffs)
             .launch(finalize_grid(c))
     }?;
-    let dxp = dx.ptr();
+    let dxp = dx.data.ptr();
     let vec = (c.is_multiple_of(8) && all_aligned_16(&[dyp, xp, dxp])) as i32;
     let cfg = grid_1d_shared(gpu, xs.len(), 6 * c)?;
     let f = gpu.function("batchnorm_bwd_dx_f16")?;
@@ -561,102 +544,81 @@ fn backward(
     Ok(())
 }
 
-/// Backward of the training forward: `dx (+)=`, `dgamma =`, `dbeta =` (see the CPU twin).
-#[allow(clippy::too_many_arguments)]
+/// Backward of the training forward `fwd`: `dx (+)=`, `dgamma =`, `dbeta =` (see the CPU twin).
+/// `workspace`: at least [`bn_workspace_len`] floats, overwritten.
 pub fn bn_bwd(
     gpu: &Gpu,
     dy: DevSlice<f16>,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    saved: DevSlice<f32>,
+    fwd: BnForward,
     relu: bool,
-    dx: DevSliceMut<f16>,
-    accumulate: bool,
-    dgamma: DevSliceMut<f32>,
-    dbeta: DevSliceMut<f32>,
+    dx: GradOut<DevSliceMut<f16>>,
+    grads: DevBnGrads,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
-    check("bn_bwd", &x, xs, &gamma, &beta, dx.len())?;
+    check("bn_bwd", &fwd.x, fwd.xs, &fwd.bn, dx.data.len())?;
     let mask = Mask {
         relu,
         y_out: 0,
         d_res: 0,
         accumulate_res: false,
     };
-    backward(
-        gpu, dy, x, xs, gamma, beta, saved, mask, dx, accumulate, dgamma, dbeta, workspace,
-    )
+    backward(gpu, dy, fwd, mask, dx, grads, workspace)
 }
 
-/// Backward of [`bn_add_relu_fwd_train`]: the ReLU mask comes from its output `y`; the residual's
-/// gradient `(d_residual, accumulate)` (when it wants one) is written in the same pass.
-#[allow(clippy::too_many_arguments)]
+/// Backward of [`bn_add_relu_fwd_train`]: the ReLU mask comes from the join's output `join.y`;
+/// the residual's gradient `join.d_residual` (when it wants one) is written in the same pass.
 pub fn bn_add_relu_bwd(
     gpu: &Gpu,
     dy: DevSlice<f16>,
-    y: DevSlice<f16>,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    saved: DevSlice<f32>,
-    dx: DevSliceMut<f16>,
-    accumulate: bool,
-    d_residual: Option<(DevSliceMut<f16>, bool)>,
-    dgamma: DevSliceMut<f32>,
-    dbeta: DevSliceMut<f32>,
+    fwd: BnForward,
+    join: AddReluJoin<DevSlice<f16>, GradOut<DevSliceMut<f16>>>,
+    dx: GradOut<DevSliceMut<f16>>,
+    grads: DevBnGrads,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
-    check("bn_add_relu_bwd", &x, xs, &gamma, &beta, dx.len())?;
+    let xs = fwd.xs;
+    check("bn_add_relu_bwd", &fwd.x, xs, &fwd.bn, dx.data.len())?;
     ensure!(
-        y.len() == xs.len(),
+        join.y.len() == xs.len(),
         "bn_add_relu_bwd: y has {} elements, shape {xs}",
-        y.len()
+        join.y.len()
     );
-    let (d_res, accumulate_res) = match &d_residual {
-        Some((d, acc)) => {
+    let (d_res, accumulate_res) = match &join.d_residual {
+        Some(d) => {
             ensure!(
-                d.len() == xs.len(),
+                d.data.len() == xs.len(),
                 "bn_add_relu_bwd: d_residual has {} elements, shape {xs}",
-                d.len()
+                d.data.len()
             );
-            (d.ptr(), *acc)
+            (d.data.ptr(), d.accumulate)
         }
         None => (0, false),
     };
     let mask = Mask {
         relu: false,
-        y_out: y.ptr(),
+        y_out: join.y.ptr(),
         d_res,
         accumulate_res,
     };
-    backward(
-        gpu, dy, x, xs, gamma, beta, saved, mask, dx, accumulate, dgamma, dbeta, workspace,
-    )
+    backward(gpu, dy, fwd, mask, dx, grads, workspace)
 }
 
 /// The eval-mode batch norm as `scale`/`shift` per channel for a convolution epilogue, with the
 /// convolution's `bias` folded into `shift` when it has one. Twin of
 /// [`cpu::batchnorm::bn_eval_affine`](crate::backend::cpu::batchnorm::bn_eval_affine) (plus the bias fold).
-#[allow(clippy::too_many_arguments)]
 pub fn bn_eval_affine(
     gpu: &Gpu,
-    gamma: DevSlice<f32>,
-    beta: DevSlice<f32>,
-    running_mean: DevSlice<f32>,
-    running_var: DevSlice<f32>,
+    bn: DevBnWeights,
+    running: BnRunning<DevSlice<f32>>,
     bias: Option<DevSlice<f32>>,
-    bp: BnParams,
     scale: DevSliceMut<f32>,
     shift: DevSliceMut<f32>,
 ) -> Result<()> {
-    let c = gamma.len();
+    let c = bn.gamma.len();
     let lens = [
-        beta.len(),
-        running_mean.len(),
-        running_var.len(),
+        bn.beta.len(),
+        running.mean.len(),
+        running.var.len(),
         scale.len(),
         shift.len(),
     ];
@@ -667,10 +629,10 @@ pub fn bn_eval_affine(
     let f = gpu.function("batchnorm_eval_affine_f32")?;
     let bias_ptr = bias.map_or(0u64, |b| b.ptr());
     let (gp, bp_, mp, vp, sp, tp) = (
-        gamma.ptr(),
-        beta.ptr(),
-        running_mean.ptr(),
-        running_var.ptr(),
+        bn.gamma.ptr(),
+        bn.beta.ptr(),
+        running.mean.ptr(),
+        running.var.ptr(),
         scale.ptr(),
         shift.ptr(),
     );
@@ -682,7 +644,7 @@ pub fn bn_eval_affine(
         .arg(&mp)
         .arg(&vp)
         .arg(&bias_ptr)
-        .arg(&bp.eps)
+        .arg(&bn.params.eps)
         .arg(&ci)
         .arg(&sp)
         .arg(&tp);

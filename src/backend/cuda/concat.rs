@@ -10,41 +10,39 @@ use super::as_i32;
 use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
-/// One channel range copy: `dst[p, dst_at..+width] (+)= src[p, src_at..+width]` for every pixel.
-#[allow(clippy::too_many_arguments)]
-fn copy_channels(
-    gpu: &Gpu,
-    src: u64,
-    src_c: usize,
-    src_at: usize,
-    dst: u64,
-    dst_c: usize,
-    dst_at: usize,
-    width: usize,
-    pixels: usize,
-    accumulate: bool,
-) -> Result<()> {
-    let vec = [width, src_c, src_at, dst_c, dst_at].iter().all(|v| v % 8 == 0) && all_aligned_16(&[src, dst]);
+/// Where a channel range lies: in the NHWC tensor at device address `ptr` with `c` channels per
+/// pixel, from channel `at` on.
+#[derive(Clone, Copy)]
+struct Channels {
+    ptr: u64,
+    c: usize,
+    at: usize,
+}
+
+/// One channel range copy: `dst[p, dst.at..+width] (+)= src[p, src.at..+width]` for every pixel.
+fn copy_channels(gpu: &Gpu, src: Channels, dst: Channels, width: usize, pixels: usize, accumulate: bool) -> Result<()> {
+    let vec = [width, src.c, src.at, dst.c, dst.at].iter().all(|v| v % 8 == 0) && all_aligned_16(&[src.ptr, dst.ptr]);
     let items = pixels * width / if vec { 8 } else { 1 };
     let (sc, sa, dc, da, w) = (
-        as_i32("channels", src_c)?,
-        as_i32("channel offset", src_at)?,
-        as_i32("channels", dst_c)?,
-        as_i32("channel offset", dst_at)?,
+        as_i32("channels", src.c)?,
+        as_i32("channel offset", src.at)?,
+        as_i32("channels", dst.c)?,
+        as_i32("channel offset", dst.at)?,
         as_i32("width", width)?,
     );
+    let (sp, dp) = (src.ptr, dst.ptr);
     let (p, acc, vec) = (pixels as i64, accumulate as i32, vec as i32);
     let f = gpu.function("concat_copy_channels_f16")?;
-    // SAFETY: the callers check that src holds pixels*src_c and dst pixels*dst_c halves and that
+    // SAFETY: the callers check that src holds pixels*src.c and dst pixels*dst.c halves and that
     // the ranges fit the strides; arguments (const __half*, int, int, __half*, int, int, int,
     // long long, int, int).
     unsafe {
         gpu.stream()
             .launch_builder(&f)
-            .arg(&src)
+            .arg(&sp)
             .arg(&sc)
             .arg(&sa)
-            .arg(&dst)
+            .arg(&dp)
             .arg(&dc)
             .arg(&da)
             .arg(&w)
@@ -79,7 +77,13 @@ pub fn concat_fwd(gpu: &Gpu, xs: &[DevSlice<f16>], widths: &[usize], y: DevSlice
             x.len()
         );
         if w > 0 {
-            copy_channels(gpu, x.ptr(), w, 0, y.ptr(), c, at, w, pixels, false)?;
+            let src = Channels {
+                ptr: x.ptr(),
+                c: w,
+                at: 0,
+            };
+            let dst = Channels { ptr: y.ptr(), c, at };
+            copy_channels(gpu, src, dst, w, pixels, false)?;
         }
         at += w;
     }
@@ -115,7 +119,13 @@ pub fn concat_bwd(
                 dx.len()
             );
             if w > 0 {
-                copy_channels(gpu, dy.ptr(), c, at, dx.ptr(), w, 0, w, pixels, *accumulate)?;
+                let src = Channels { ptr: dy.ptr(), c, at };
+                let dst = Channels {
+                    ptr: dx.ptr(),
+                    c: w,
+                    at: 0,
+                };
+                copy_channels(gpu, src, dst, w, pixels, *accumulate)?;
             }
         }
         at += w;

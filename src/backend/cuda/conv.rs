@@ -25,7 +25,7 @@ use half::f16;
 
 use super::as_i32;
 use super::batchnorm::{finalize_stats, StatsTargets};
-use crate::backend::{BnParams, ConvParams, Shape4};
+use crate::backend::{BnParams, ConvParams, GradOut, Shape4};
 use crate::gpu::memory::all_aligned_16;
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
@@ -548,20 +548,41 @@ fn check_len(what: &str, name: &str, len: usize, want: usize, shape: impl std::f
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The operands of a convolution forward: the input `x`, NHWC of shape `xs`, the weight `w` and
+/// the geometry `p`. For an ordinary convolution `w` is KRSC; for the transposed convolution
+/// ([`conv_transpose2d_fwd`]) `p` is the transposed convolution's and `w` is `[c_in][kh][kw][c_out]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvFwd<'a> {
+    pub x: DevSlice<'a, f16>,
+    pub xs: Shape4,
+    pub w: DevSlice<'a, f16>,
+    pub p: &'a ConvParams,
+}
+
+/// The operands of an input gradient: the output gradient `dy`, the weight `w` and geometry `p`
+/// as in [`ConvFwd`], and the shape `xs` of the input whose gradient is computed (`dy` has the
+/// forward's output shape for input `xs`).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvDgrad<'a> {
+    pub dy: DevSlice<'a, f16>,
+    pub w: DevSlice<'a, f16>,
+    pub p: &'a ConvParams,
+    pub xs: Shape4,
+}
+
+/// The forward GEMM into `y` (added to it when `y.accumulate`, as the transposed convolution's
+/// input gradient does); `stats`, when not null, the BN-statistics partials its epilogue writes.
 fn fwd_gemm(
     what: &str,
     gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    w: DevSlice<f16>,
-    p: &ConvParams,
+    conv: ConvFwd,
     epilogue: &ConvEpilogue,
-    y: DevSliceMut<f16>,
-    accumulate: bool,
+    y: GradOut<DevSliceMut<f16>>,
     stats: u64,
     tile: Option<Tile>,
 ) -> Result<Option<LaunchPlan>> {
+    let ConvFwd { x, xs, w, p } = conv;
+    let GradOut { data: y, accumulate } = y;
     let ys = out_shape(what, xs, p)?;
     check_len(what, "x", x.len(), xs.len(), xs)?;
     check_len(what, "the weight", w.len(), p.weight_len(), format_args!("{p:?}"))?;
@@ -606,33 +627,29 @@ fn fwd_gemm(
     launch_gemm(gpu, g, tile)
 }
 
+/// An output the forward overwrites.
+fn overwrite(y: DevSliceMut<f16>) -> GradOut<DevSliceMut<f16>> {
+    GradOut {
+        data: y,
+        accumulate: false,
+    }
+}
+
 /// `y = epilogue(conv2d(x, w))`: `x` NHWC `xs`, `w` KRSC, `y` NHWC `p.out_shape(xs)`, overwritten.
-pub fn conv2d_fwd(
-    gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    w: DevSlice<f16>,
-    p: &ConvParams,
-    epilogue: &ConvEpilogue,
-    y: DevSliceMut<f16>,
-) -> Result<()> {
-    fwd_gemm("conv2d_fwd", gpu, x, xs, w, p, epilogue, y, false, 0, None)?;
+pub fn conv2d_fwd(gpu: &Gpu, conv: ConvFwd, epilogue: &ConvEpilogue, y: DevSliceMut<f16>) -> Result<()> {
+    fwd_gemm("conv2d_fwd", gpu, conv, epilogue, overwrite(y), 0, None)?;
     Ok(())
 }
 
 /// [`conv2d_fwd`] through a forced tile configuration (benchmarks and tests compare them).
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_fwd_tiled(
     gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    w: DevSlice<f16>,
-    p: &ConvParams,
+    conv: ConvFwd,
     epilogue: &ConvEpilogue,
     y: DevSliceMut<f16>,
     tile: Tile,
 ) -> Result<()> {
-    fwd_gemm("conv2d_fwd", gpu, x, xs, w, p, epilogue, y, false, 0, Some(tile))?;
+    fwd_gemm("conv2d_fwd", gpu, conv, epilogue, overwrite(y), 0, Some(tile))?;
     Ok(())
 }
 
@@ -651,33 +668,28 @@ pub fn conv2d_bn_stats_workspace_len(ys: Shape4) -> usize {
 /// row tile by the epilogue from the fp16 values it stores and merged by the batch-norm finalize
 /// kernel into `targets` (`saved = [mean; invstd]`, running statistics updated), as
 /// `batchnorm::bn_fwd_train` would compute them from `y` without reading it back. The BN then
-/// only applies them (`batchnorm::bn_apply_saved`). `workspace`: at least
+/// only applies them (`batchnorm::bn_apply_saved`). `targets.workspace`: at least
 /// [`conv2d_bn_stats_workspace_len`] floats, overwritten. CPU twin: `conv2d_fwd` then
 /// `bn_batch_stats`.
 ///
 /// Deterministic run to run; but the row tile, and so how the summaries group the rows, is the
 /// one [`pick_tile`] chose for this GPU's SM count, so the statistics may differ in their last
 /// bits between GPU models (the plain batch-norm reduction's do not).
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_fwd_bn_stats(
     gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    w: DevSlice<f16>,
-    p: &ConvParams,
+    conv: ConvFwd,
     bias: Option<DevSlice<f32>>,
     y: DevSliceMut<f16>,
     bp: BnParams,
     mut targets: StatsTargets,
-    workspace: DevSliceMut<f32>,
 ) -> Result<()> {
     const WHAT: &str = "conv2d_fwd_bn_stats";
-    let ys = out_shape(WHAT, xs, p)?;
+    let ys = out_shape(WHAT, conv.xs, conv.p)?;
     ensure!(!ys.is_empty(), "{WHAT}: empty output {ys}");
     ensure!(
-        workspace.len() >= conv2d_bn_stats_workspace_len(ys),
+        targets.workspace.len() >= conv2d_bn_stats_workspace_len(ys),
         "{WHAT}: workspace of {} floats, {ys} needs {}",
-        workspace.len(),
+        targets.workspace.len(),
         conv2d_bn_stats_workspace_len(ys)
     );
     targets.check(ys.c)?;
@@ -685,10 +697,10 @@ pub fn conv2d_fwd_bn_stats(
         shift: bias,
         ..ConvEpilogue::NONE
     };
-    let plan = fwd_gemm(WHAT, gpu, x, xs, w, p, &epilogue, y, false, workspace.ptr(), None)?
+    let plan = fwd_gemm(WHAT, gpu, conv, &epilogue, overwrite(y), targets.workspace.ptr(), None)?
         .expect("a non-empty output launches");
     let chunks = ys.pixels().div_ceil(plan.tile.bm);
-    finalize_stats(gpu, workspace.ptr(), ys.pixels(), ys.c, chunks, bp, &mut targets)
+    finalize_stats(gpu, ys.pixels(), ys.c, chunks, bp, &mut targets)
 }
 
 /// Halves of scratch [`conv2d_dgrad`] needs: the weight re-laid out as `[c_in][kh][kw][c_out]`.
@@ -696,19 +708,16 @@ pub fn conv2d_dgrad_workspace_len(p: &ConvParams) -> usize {
     p.weight_len()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn dgrad_gemm(
     what: &str,
     gpu: &Gpu,
-    dy: DevSlice<f16>,
-    w: DevSlice<f16>,
-    p: &ConvParams,
-    dx: DevSliceMut<f16>,
-    xs: Shape4,
-    accumulate: bool,
+    d: ConvDgrad,
+    dx: GradOut<DevSliceMut<f16>>,
     workspace: DevSliceMut<f16>,
     tile: Option<Tile>,
 ) -> Result<()> {
+    let ConvDgrad { dy, w, p, xs } = d;
+    let GradOut { data: dx, accumulate } = dx;
     let ys = out_shape(what, xs, p)?;
     check_len(what, "dy", dy.len(), ys.len(), ys)?;
     check_len(what, "the weight", w.len(), p.weight_len(), format_args!("{p:?}"))?;
@@ -758,36 +767,21 @@ fn dgrad_gemm(
 }
 
 /// `dx (+)= conv2d_dgrad(dy, w)`: the input gradient of `y = conv2d(x, w)` with `x` of shape
-/// `xs` and `dy` of shape `p.out_shape(xs)`; added to `dx` when `accumulate` (in fp32, rounded
-/// once). `workspace`: at least [`conv2d_dgrad_workspace_len`] halves, overwritten.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_dgrad(
-    gpu: &Gpu,
-    dy: DevSlice<f16>,
-    w: DevSlice<f16>,
-    p: &ConvParams,
-    dx: DevSliceMut<f16>,
-    xs: Shape4,
-    accumulate: bool,
-    workspace: DevSliceMut<f16>,
-) -> Result<()> {
-    dgrad_gemm("conv2d_dgrad", gpu, dy, w, p, dx, xs, accumulate, workspace, None)
+/// `d.xs` and `dy` of shape `p.out_shape(xs)`; added to `dx` when `dx.accumulate` (in fp32,
+/// rounded once). `workspace`: at least [`conv2d_dgrad_workspace_len`] halves, overwritten.
+pub fn conv2d_dgrad(gpu: &Gpu, d: ConvDgrad, dx: GradOut<DevSliceMut<f16>>, workspace: DevSliceMut<f16>) -> Result<()> {
+    dgrad_gemm("conv2d_dgrad", gpu, d, dx, workspace, None)
 }
 
 /// [`conv2d_dgrad`] through a forced tile configuration (benchmarks and tests compare them).
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_dgrad_tiled(
     gpu: &Gpu,
-    dy: DevSlice<f16>,
-    w: DevSlice<f16>,
-    p: &ConvParams,
-    dx: DevSliceMut<f16>,
-    xs: Shape4,
-    accumulate: bool,
+    d: ConvDgrad,
+    dx: GradOut<DevSliceMut<f16>>,
     workspace: DevSliceMut<f16>,
     tile: Tile,
 ) -> Result<()> {
-    dgrad_gemm("conv2d_dgrad", gpu, dy, w, p, dx, xs, accumulate, workspace, Some(tile))
+    dgrad_gemm("conv2d_dgrad", gpu, d, dx, workspace, Some(tile))
 }
 
 /// The output shape of a transposed convolution on `xs`, checked.
@@ -818,48 +812,34 @@ fn transposed_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<Shape4> {
 /// Transposed convolution `y = conv_transpose2d(x, w)`, `w` `[c_in][kh][kw][c_out]`, `y` of shape
 /// `p.transposed_out_shape(xs)` (overwritten): the input gradient of the adjoint convolution.
 /// `workspace`: at least `conv2d_dgrad_workspace_len(p)` halves.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d_fwd(
-    gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    w: DevSlice<f16>,
-    p: &ConvParams,
-    y: DevSliceMut<f16>,
-    workspace: DevSliceMut<f16>,
-) -> Result<()> {
+pub fn conv_transpose2d_fwd(gpu: &Gpu, conv: ConvFwd, y: DevSliceMut<f16>, workspace: DevSliceMut<f16>) -> Result<()> {
     let what = "transposed conv forward";
+    let ConvFwd { x, xs, w, p } = conv;
     let ys = transposed_shape(what, xs, p)?;
-    dgrad_gemm(what, gpu, x, w, &p.adjoint(), y, ys, false, workspace, None)
+    let adjoint = p.adjoint();
+    let d = ConvDgrad {
+        dy: x,
+        w,
+        p: &adjoint,
+        xs: ys,
+    };
+    dgrad_gemm(what, gpu, d, overwrite(y), workspace, None)
 }
 
 /// Input gradient of the transposed convolution, `dx (+)=`: the adjoint convolution's forward
 /// (`dy` of shape `p.transposed_out_shape(xs)`).
-#[allow(clippy::too_many_arguments)]
-pub fn conv_transpose2d_dgrad(
-    gpu: &Gpu,
-    dy: DevSlice<f16>,
-    w: DevSlice<f16>,
-    p: &ConvParams,
-    dx: DevSliceMut<f16>,
-    xs: Shape4,
-    accumulate: bool,
-) -> Result<()> {
+pub fn conv_transpose2d_dgrad(gpu: &Gpu, d: ConvDgrad, dx: GradOut<DevSliceMut<f16>>) -> Result<()> {
     let what = "transposed conv input gradient";
+    let ConvDgrad { dy, w, p, xs } = d;
     let ys = transposed_shape(what, xs, p)?;
-    fwd_gemm(
-        what,
-        gpu,
-        dy,
-        ys,
+    let adjoint = p.adjoint();
+    let conv = ConvFwd {
+        x: dy,
+        xs: ys,
         w,
-        &p.adjoint(),
-        &ConvEpilogue::NONE,
-        dx,
-        accumulate,
-        0,
-        None,
-    )?;
+        p: &adjoint,
+    };
+    fwd_gemm(what, gpu, conv, &ConvEpilogue::NONE, dx, 0, None)?;
     Ok(())
 }
 

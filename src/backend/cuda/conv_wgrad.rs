@@ -256,23 +256,30 @@ pub fn conv2d_wgrad_workspace_len(xs: Shape4, p: &ConvParams) -> usize {
     plan.partial_len(p).max(bias)
 }
 
+/// The operands of a weight gradient: the forward's input `x`, NHWC of shape `xs`, the output
+/// gradient `dy` (NHWC `p.out_shape(xs)`), both fp16, and the geometry `p`. For the transposed
+/// convolution ([`conv_transpose2d_wgrad`]) `p` is the transposed convolution's and `dy` has the
+/// shape `p.transposed_out_shape(xs)`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvWgrad<'a> {
+    pub x: DevSlice<'a, f16>,
+    pub xs: Shape4,
+    pub dy: DevSlice<'a, f16>,
+    pub p: &'a ConvParams,
+}
+
 /// `dw` (f32, KRSC) = gradient of `y = conv2d(x, w)` with respect to `w` given `dy` (overwrites
-/// it); `db` (f32, c_out) = per-channel sum of `dy` when given (overwrites it). `x` is NHWC `xs`,
-/// `dy` NHWC `p.out_shape(xs)`, both fp16; `workspace` has at least
-/// [`conv2d_wgrad_workspace_len`] elements.
-#[allow(clippy::too_many_arguments)]
+/// it); `db` (f32, c_out) = per-channel sum of `dy` when given (overwrites it). `workspace` has at
+/// least [`conv2d_wgrad_workspace_len`] elements.
 pub fn conv2d_wgrad(
     gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    dy: DevSlice<f16>,
-    p: &ConvParams,
+    c: ConvWgrad,
     dw: DevSliceMut<f32>,
     db: Option<DevSliceMut<f32>>,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
-    check_geometry("conv2d_wgrad", xs, p)?;
-    conv2d_wgrad_planned(gpu, x, xs, dy, p, WgradPlan::new(xs, p), dw, db, workspace)
+    check_geometry("conv2d_wgrad", c.xs, c.p)?;
+    conv2d_wgrad_planned(gpu, c, WgradPlan::new(c.xs, c.p), dw, db, workspace)
 }
 
 /// f32 elements of scratch [`conv_transpose2d_wgrad`] needs for input shape `xs`.
@@ -283,16 +290,13 @@ pub fn conv_transpose2d_wgrad_workspace_len(xs: Shape4, p: &ConvParams) -> usize
 /// Weight gradient of the transposed convolution `y = conv_transpose2d(x, w)` (overwrites `dw`,
 /// `[c_in][kh][kw][c_out]`): the weight gradient of its adjoint convolution, whose input is `dy`
 /// (shape `p.transposed_out_shape(xs)`) and whose output gradient is `x`.
-#[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d_wgrad(
     gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    dy: DevSlice<f16>,
-    p: &ConvParams,
+    c: ConvWgrad,
     dw: DevSliceMut<f32>,
     workspace: DevSliceMut<f32>,
 ) -> Result<()> {
+    let ConvWgrad { x, xs, dy, p } = c;
     ensure!(
         xs.c == p.c_in && xs.h >= 1 && xs.w >= 1 && xs.n >= 1,
         "conv_transpose2d_wgrad: input {xs} for {} input channels",
@@ -310,7 +314,13 @@ pub fn conv_transpose2d_wgrad(
         adj.out_shape(ys) == xs,
         "conv_transpose2d_wgrad: input {xs} is not the adjoint convolution's output of {ys}"
     );
-    conv2d_wgrad_planned(gpu, dy, ys, x, &adj, WgradPlan::new(ys, &adj), dw, None, workspace)
+    let adjoint = ConvWgrad {
+        x: dy,
+        xs: ys,
+        dy: x,
+        p: &adj,
+    };
+    conv2d_wgrad_planned(gpu, adjoint, WgradPlan::new(ys, &adj), dw, None, workspace)
 }
 
 /// The convolution is well formed for input `xs` (so that `p.out_shape` cannot panic).
@@ -340,18 +350,15 @@ fn check_geometry(what: &str, xs: Shape4, p: &ConvParams) -> Result<()> {
 /// gradient up to the order of the fp32 additions). `workspace` needs
 /// `max(plan.partial_len(p), bias partials)` elements.
 #[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_wgrad_planned(
     gpu: &Gpu,
-    x: DevSlice<f16>,
-    xs: Shape4,
-    dy: DevSlice<f16>,
-    p: &ConvParams,
+    c: ConvWgrad,
     plan: WgradPlan,
     mut dw: DevSliceMut<f32>,
     db: Option<DevSliceMut<f32>>,
     mut workspace: DevSliceMut<f32>,
 ) -> Result<()> {
+    let ConvWgrad { x, xs, dy, p } = c;
     check_geometry("conv2d_wgrad", xs, p)?;
     let ys = p.out_shape(xs);
     ensure!(

@@ -8,14 +8,15 @@
 //! machine code agree to the bit. The value stays on the device in `loss` (one f64): the step queues
 //! the rest of its work without waiting, and [`read_loss`] fetches it when the host needs it.
 //!
-//! The CPU twins return the loss; here the workspace and the loss buffer are extra arguments at the
-//! end, so that the executor can place both in its arena and a step allocates nothing.
+//! The CPU twins return the loss and take the gradient's slice; here the gradient, the workspace
+//! and the loss buffer are one [`LossOutputs`] argument at the end, so that the executor can place
+//! them all in its arena and a step allocates nothing.
 use anyhow::{ensure, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{as_i32, read_scalar};
-use crate::backend::{AWingParams, HeatmapShape, WeightMap};
+use crate::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
 use crate::gpu::{DevSlice, DevSliceMut, Gpu};
 
 /// Threads per block of every loss kernel (`LOSS_BLOCK` in the kernel, whose fixed-order block
@@ -36,23 +37,21 @@ pub fn loss_workspace_len(shape: HeatmapShape) -> usize {
     blocks(shape)
 }
 
-/// The device views every loss takes, checked against `shape`.
-struct Common<'a> {
-    pred: DevSlice<'a, f16>,
-    target: DevSlice<'a, f32>,
-    channel_weights: DevSlice<'a, f32>,
-    shape: HeatmapShape,
-    weight_map: Option<WeightMap>,
-    grad_scale: f32,
+/// Where a loss writes: `grad = f16(d loss / d pred * grad_scale)` (the predictions' shape), the
+/// per-block partial sums (`workspace`, at least [`loss_workspace_len`] doubles) and the mean loss
+/// (`loss`, one double).
+pub struct LossOutputs<'a> {
+    pub grad: DevSliceMut<'a, f16>,
+    pub workspace: DevSliceMut<'a, f64>,
+    pub loss: DevSliceMut<'a, f64>,
 }
 
-fn check(
-    what: &str,
-    c: &Common,
-    grad: &DevSliceMut<f16>,
-    workspace: &DevSliceMut<f64>,
-    loss: &DevSliceMut<f64>,
-) -> Result<()> {
+/// A batch of fp16 predictions and f32 targets on the device.
+pub type DevHeatmapBatch<'a> = HeatmapBatch<DevSlice<'a, f16>, DevSlice<'a, f32>>;
+
+/// Checks the device views every loss takes against the batch's shape.
+fn check(what: &str, c: &DevHeatmapBatch, weighting: &LossWeighting<DevSlice<f32>>, out: &LossOutputs) -> Result<()> {
+    let LossOutputs { grad, workspace, loss } = out;
     let (s, len) = (c.shape, c.shape.len());
     // The CPU twin returns 0 for an empty batch; the kernel would divide 0 by 0.
     ensure!(!s.is_empty(), "{what}: empty heatmap batch {s:?}");
@@ -72,9 +71,9 @@ fn check(
         grad.len()
     );
     ensure!(
-        c.channel_weights.len() == s.k,
+        weighting.channel_weights.len() == s.k,
         "{what}: {} channel weights for {} landmark channels",
-        c.channel_weights.len(),
+        weighting.channel_weights.len(),
         s.k
     );
     ensure!(
@@ -141,41 +140,28 @@ fn sum_partials(gpu: &Gpu, shape: HeatmapShape, workspace: u64, loss: u64) -> Re
     Ok(())
 }
 
-/// Adaptive Wing loss (docs/maths.md#adaptive-wing-loss), weighted per landmark channel and
-/// optionally by the weight map. Writes `grad = f16(d loss / d pred * grad_scale)` and leaves the
-/// mean loss in `loss[0]` (read it with [`read_loss`]); `workspace` holds [`loss_workspace_len`]
-/// doubles.
-#[allow(clippy::too_many_arguments)] // the CPU twin's arguments, plus the device buffers
+/// Adaptive Wing loss (docs/maths.md#adaptive-wing-loss) of `batch`, weighted per landmark
+/// channel and optionally by the weight map (`weighting`). Writes
+/// `out.grad = f16(d loss / d pred * grad_scale)` and leaves the mean loss in `out.loss[0]` (read
+/// it with [`read_loss`]).
 pub fn awing_fwd_bwd(
     gpu: &Gpu,
-    pred: DevSlice<f16>,
-    target: DevSlice<f32>,
-    channel_weights: DevSlice<f32>,
-    shape: HeatmapShape,
+    batch: DevHeatmapBatch,
+    weighting: LossWeighting<DevSlice<f32>>,
     params: AWingParams,
-    weight_map: Option<WeightMap>,
     grad_scale: f32,
-    grad: DevSliceMut<f16>,
-    workspace: DevSliceMut<f64>,
-    loss: DevSliceMut<f64>,
+    out: LossOutputs,
 ) -> Result<()> {
-    let c = Common {
-        pred,
-        target,
-        channel_weights,
-        shape,
-        weight_map,
-        grad_scale,
-    };
-    check("awing_fwd_bwd", &c, &grad, &workspace, &loss)?;
+    check("awing_fwd_bwd", &batch, &weighting, &out)?;
+    let shape = batch.shape;
     let (n, h, w, k) = dims(shape)?;
-    let (use_map, map_w, map_threshold) = map_args(c.weight_map);
+    let (use_map, map_w, map_threshold) = map_args(weighting.weight_map);
     let (pp, tp, cwp, gp, wsp) = (
-        c.pred.ptr(),
-        c.target.ptr(),
-        c.channel_weights.ptr(),
-        grad.ptr(),
-        workspace.ptr(),
+        batch.pred.ptr(),
+        batch.target.ptr(),
+        weighting.channel_weights.ptr(),
+        out.grad.ptr(),
+        out.workspace.ptr(),
     );
     let AWingParams {
         alpha,
@@ -206,46 +192,33 @@ pub fn awing_fwd_bwd(
             .arg(&use_map)
             .arg(&map_w)
             .arg(&map_threshold)
-            .arg(&c.grad_scale)
+            .arg(&grad_scale)
             .arg(&gp)
             .arg(&wsp)
             .launch(fwd_bwd_grid(shape))
     }?;
-    sum_partials(gpu, shape, wsp, loss.ptr())
+    sum_partials(gpu, shape, wsp, out.loss.ptr())
 }
 
 /// Heatmap mean squared error with the same weighting, gradient convention and outputs as
 /// [`awing_fwd_bwd`].
-#[allow(clippy::too_many_arguments)] // the CPU twin's arguments, plus the device buffers
 pub fn mse_fwd_bwd(
     gpu: &Gpu,
-    pred: DevSlice<f16>,
-    target: DevSlice<f32>,
-    channel_weights: DevSlice<f32>,
-    shape: HeatmapShape,
-    weight_map: Option<WeightMap>,
+    batch: DevHeatmapBatch,
+    weighting: LossWeighting<DevSlice<f32>>,
     grad_scale: f32,
-    grad: DevSliceMut<f16>,
-    workspace: DevSliceMut<f64>,
-    loss: DevSliceMut<f64>,
+    out: LossOutputs,
 ) -> Result<()> {
-    let c = Common {
-        pred,
-        target,
-        channel_weights,
-        shape,
-        weight_map,
-        grad_scale,
-    };
-    check("mse_fwd_bwd", &c, &grad, &workspace, &loss)?;
+    check("mse_fwd_bwd", &batch, &weighting, &out)?;
+    let shape = batch.shape;
     let (n, h, w, k) = dims(shape)?;
-    let (use_map, map_w, map_threshold) = map_args(c.weight_map);
+    let (use_map, map_w, map_threshold) = map_args(weighting.weight_map);
     let (pp, tp, cwp, gp, wsp) = (
-        c.pred.ptr(),
-        c.target.ptr(),
-        c.channel_weights.ptr(),
-        grad.ptr(),
-        workspace.ptr(),
+        batch.pred.ptr(),
+        batch.target.ptr(),
+        weighting.channel_weights.ptr(),
+        out.grad.ptr(),
+        out.workspace.ptr(),
     );
     let f = gpu.function("loss_mse_fwd_bwd_f16")?;
     // SAFETY: as in awing_fwd_bwd; arguments (const __half* pred, const float* target,
@@ -264,12 +237,12 @@ pub fn mse_fwd_bwd(
             .arg(&use_map)
             .arg(&map_w)
             .arg(&map_threshold)
-            .arg(&c.grad_scale)
+            .arg(&grad_scale)
             .arg(&gp)
             .arg(&wsp)
             .launch(fwd_bwd_grid(shape))
     }?;
-    sum_partials(gpu, shape, wsp, loss.ptr())
+    sum_partials(gpu, shape, wsp, out.loss.ptr())
 }
 
 /// The loss value a loss wrapper left in `loss` (one f64). Waits for the GPU's stream.

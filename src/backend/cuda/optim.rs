@@ -9,7 +9,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::f16;
 
 use super::{read_scalar, zero_async};
-use crate::backend::{AdamWChunk, AdamWParams, AdamWTensor};
+use crate::backend::{AdamWChunk, AdamWParams, AdamWState, AdamWTensor};
 use crate::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 
 /// Threads per block of every optimizer kernel (`OPTIM_BLOCK`).
@@ -72,24 +72,26 @@ pub fn read_flag(gpu: &Gpu, nonfinite: DevSlice<i32>) -> Result<bool> {
 }
 
 /// One AdamW step on one parameter tensor (docs/maths.md#adamw), as the CPU twin `adamw_step`:
-/// updates `master`, `m` and `v` in place and, when given, writes the updated weights rounded to
-/// fp16 into `half_copy`. `decay == false` means weight decay 0 (BN parameters and biases);
+/// updates `state.master`, `state.m` and `state.v` in place and, when given, writes the updated
+/// weights rounded to fp16 into `state.half_copy`. `decay == false` means weight decay 0 (BN parameters and biases);
 /// `grad_mul` multiplies each gradient as it is read (training passes 1). It runs [`adamw_step_chunks`]
 /// with a table of this one tensor, made and uploaded per call: for tests and one-off updates;
 /// training makes the table of all its tensors once.
-#[allow(clippy::too_many_arguments)] // mirrors the CPU twin one to one
 pub fn adamw_step(
     gpu: &Gpu,
-    master: DevSliceMut<f32>,
+    state: AdamWState<DevSliceMut<f32>, DevSliceMut<f16>>,
     grad: DevSlice<f32>,
-    m: DevSliceMut<f32>,
-    v: DevSliceMut<f32>,
-    half_copy: Option<DevSliceMut<f16>>,
     hp: &AdamWParams,
     t: u64,
     decay: bool,
     grad_mul: f32,
 ) -> Result<()> {
+    let AdamWState {
+        master,
+        m,
+        v,
+        half_copy,
+    } = &state;
     let n = master.len();
     ensure!(
         grad.len() == n && m.len() == n && v.len() == n,
@@ -98,7 +100,7 @@ pub fn adamw_step(
         m.len(),
         v.len()
     );
-    if let Some(h) = &half_copy {
+    if let Some(h) = half_copy {
         ensure!(
             h.len() == n,
             "adamw_step: fp16 copy has {} elements, master {n}",
@@ -112,7 +114,7 @@ pub fn adamw_step(
         decay,
     };
     let table = AdamWChunkTable::new(gpu, &AdamWChunk::table(&[tensor]))?;
-    adamw_step_chunks(gpu, master, grad, m, v, half_copy, &table, hp, t, grad_mul)
+    adamw_step_chunks(gpu, state, grad, &table, hp, t, grad_mul)
 }
 
 /// A whole-model AdamW chunk table ([`AdamWChunk::table`]) on the device, made once per training
@@ -151,22 +153,24 @@ impl AdamWChunkTable {
 }
 
 /// AdamW on every tensor of a model in one launch: the update of [`adamw_step`] on each chunk of
-/// `chunks`, with `master`, `m`, `v` and `half_copy` the whole value regions (element for element)
-/// and `grad` the whole gradient region. Equal to one [`adamw_step`] per tensor, to the bit (the
+/// `chunks`, with `state` (master, m, v and the fp16 copy) the whole value regions (element for
+/// element) and `grad` the whole gradient region. Equal to one [`adamw_step`] per tensor, to the bit (the
 /// same kernel); elements no chunk names are left as they are.
-#[allow(clippy::too_many_arguments)] // mirrors `optim_adamw_chunks_f32` and the CPU twin one to one
 pub fn adamw_step_chunks(
     gpu: &Gpu,
-    master: DevSliceMut<f32>,
+    state: AdamWState<DevSliceMut<f32>, DevSliceMut<f16>>,
     grad: DevSlice<f32>,
-    m: DevSliceMut<f32>,
-    v: DevSliceMut<f32>,
-    half_copy: Option<DevSliceMut<f16>>,
     chunks: &AdamWChunkTable,
     hp: &AdamWParams,
     t: u64,
     grad_mul: f32,
 ) -> Result<()> {
+    let AdamWState {
+        master,
+        m,
+        v,
+        half_copy,
+    } = state;
     let (values, grads) = chunks.extents;
     let half_len = half_copy.as_ref().map_or(values, |h| h.len());
     ensure!(
