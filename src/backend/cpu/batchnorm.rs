@@ -10,34 +10,71 @@
 //!
 //! Training saves `[mean (c); invstd (c)]` for backward. Backward needs only `x` and those, so the
 //! output (and its ReLU mask) is recomputed, never stored. Channel sums accumulate in f64.
+//!
+//! # Loops a whole number of vectors long
+//! The inner loops run over [`period`] values: the fewest whole rows that fill whole vectors
+//! (64 values, or `c` when that is a multiple of 64), with the per-channel parameters repeated
+//! to that length. A loop over one row of 8 or 16 channels is shorter than the vectorised loop's
+//! step and ran scalar; over a period every op is a full-vector op. The channel sums keep one
+//! running sum per position of the period (the rows of each residue modulo `period / c` apart)
+//! and fold them per channel at the end of the job, in a fixed order.
 use rayon::prelude::*;
 
 use super::simd::{for_each_isa, on_isa};
 use super::Real;
 use crate::backend::{BnParams, Shape4};
 
-/// Rows (pixels) per parallel job: about 16 Ki values, at least 256 rows. The channel sums are
-/// summed per job and the jobs' sums added in order, so this (a function of the shape only)
-/// fixes the order of summation: the results do not depend on the thread count.
+/// Rows (pixels) per parallel job: about 16 Ki values, at least 256 rows, a whole number of
+/// periods. The channel sums are summed per job and the jobs' sums added in order, so this (a
+/// function of the shape only) fixes the order of summation: the results do not depend on the
+/// thread count.
 fn rows_per_job(c: usize) -> usize {
-    (16 * 1024 / c.max(1)).max(256)
+    let rows_per_period = period(c) / c.max(1);
+    (16 * 1024 / c.max(1)).max(256).next_multiple_of(rows_per_period)
 }
 
-/// `s[i] += x[.., i]`, or `(x[.., i] - mean[i])^2` when `mean` is given, in f64, over the rows
-/// of `x`.
+/// Values per pass of the inner loops: the least common multiple of `c` and 64 (four 512-bit
+/// vectors of f32, the vectorised loop's step), so that a pass is whole rows and whole vectors.
+fn period(c: usize) -> usize {
+    let c = c.max(1);
+    let (mut a, mut b) = (c, 64);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    c / a * 64
+}
+
+/// `v` (one value per channel) repeated to `len` values, `len` a multiple of its length.
+fn repeated<T: Copy>(v: &[T], len: usize) -> Vec<T> {
+    v.iter().copied().cycle().take(len).collect()
+}
+
+/// The running sums of one job, one per position of the period, folded per channel: channel
+/// `ch` is the sum of positions `ch, ch + c, ch + 2c, ...` in that order.
+fn fold(acc: &[f64], c: usize) -> Vec<f64> {
+    let mut s = acc[..c].to_vec();
+    for part in acc[c..].chunks_exact(c) {
+        s.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+    }
+    s
+}
+
+/// `acc[i] += x[.., i]`, or `(x[.., i] - mean[i])^2` when `mean` is given, in f64, over the
+/// periods of `x` (`acc` and `mean` are one period long; the last period may be short).
 #[inline(always)]
-fn sum_rows<T: Real>(x: &[T], c: usize, mean: Option<&[f64]>, s: &mut [f64]) {
+fn sum_rows<T: Real>(x: &[T], mean: Option<&[f64]>, acc: &mut [f64]) {
+    let p = acc.len();
     match mean {
         None => {
-            for row in x.chunks_exact(c) {
-                for (a, &v) in s.iter_mut().zip(row) {
+            for part in x.chunks(p) {
+                for (a, &v) in acc.iter_mut().zip(part) {
                     *a += v.to_f64();
                 }
             }
         }
         Some(mu) => {
-            for row in x.chunks_exact(c) {
-                for ((a, &v), &m) in s.iter_mut().zip(row).zip(mu) {
+            for part in x.chunks(p) {
+                for ((a, &v), &m) in acc.iter_mut().zip(part).zip(mu) {
                     let d = v.to_f64() - m;
                     *a += d * d;
                 }
@@ -45,16 +82,18 @@ fn sum_rows<T: Real>(x: &[T], c: usize, mean: Option<&[f64]>, s: &mut [f64]) {
         }
     }
 }
-for_each_isa!(sum_rows_isa: sum_rows<>(x: &[T], c: usize, mean: Option<&[f64]>, s: &mut [f64]));
+for_each_isa!(sum_rows_isa: sum_rows<>(x: &[T], mean: Option<&[f64]>, acc: &mut [f64]));
 
 /// Per-channel f64 sums of `x` (or of squared deviations from `mean`), job by job in order.
 fn channel_sums<T: Real>(x: &[T], c: usize, mean: Option<&[f64]>) -> Vec<f64> {
+    let p = period(c);
+    let mean = mean.map(|m| repeated(m, p));
     let partials: Vec<Vec<f64>> = x
         .par_chunks(c * rows_per_job(c))
         .map(|chunk| {
-            let mut s = vec![0.0f64; c];
-            on_isa!(sum_rows_isa::<T>(chunk, c, mean, &mut s));
-            s
+            let mut acc = vec![0.0f64; p];
+            on_isa!(sum_rows_isa::<T>(chunk, mean.as_deref(), &mut acc));
+            fold(&acc, c)
         })
         .collect();
     add_in_order(partials, c)
@@ -74,18 +113,18 @@ fn add_in_order(partials: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
 /// `y = act(x * scale + shift (+ residual))` over rows of `c` channels; `act` is the ReLU when
 /// `relu` (always after the residual, as in the block join `max(bn(x) + r, 0)`).
 #[inline(always)]
-fn apply_rows<T: Real>(x: &[T], c: usize, scale: &[T], shift: &[T], residual: Option<&[T]>, relu: bool, y: &mut [T]) {
-    let act = |v: T| if relu { v.max(T::ZERO) } else { v };
+fn apply_rows<T: Real>(x: &[T], scale: &[T], shift: &[T], residual: Option<&[T]>, relu: bool, y: &mut [T]) {
+    let (act, p) = (|v: T| if relu { v.max(T::ZERO) } else { v }, scale.len());
     match residual {
         None => {
-            for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            for (yr, xr) in y.chunks_mut(p).zip(x.chunks(p)) {
                 for (((yv, &xv), &sc), &sh) in yr.iter_mut().zip(xr).zip(scale).zip(shift) {
                     *yv = act(xv.mul_add(sc, sh));
                 }
             }
         }
         Some(r) => {
-            for ((yr, xr), rr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).zip(r.chunks_exact(c)) {
+            for ((yr, xr), rr) in y.chunks_mut(p).zip(x.chunks(p)).zip(r.chunks(p)) {
                 for ((((yv, &xv), &sc), &sh), &rv) in yr.iter_mut().zip(xr).zip(scale).zip(shift).zip(rr) {
                     *yv = act(xv.mul_add(sc, sh) + rv);
                 }
@@ -95,7 +134,6 @@ fn apply_rows<T: Real>(x: &[T], c: usize, scale: &[T], shift: &[T], residual: Op
 }
 for_each_isa!(apply_rows_isa: apply_rows<>(
     x: &[T],
-    c: usize,
     scale: &[T],
     shift: &[T],
     residual: Option<&[T]>,
@@ -119,11 +157,12 @@ fn apply<T: Real>(
     // Folded into one multiply-add per element: y = x * scale + shift.
     let scale: Vec<T> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
     let shift: Vec<T> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    let (scale, shift) = (repeated(&scale, period(c)), repeated(&shift, period(c)));
     let len = c * rows_per_job(c);
     y.par_chunks_mut(len).enumerate().for_each(|(j, yc)| {
         let xc = &x[j * len..j * len + yc.len()];
         let rc = residual.map(|r| &r[j * len..j * len + yc.len()]);
-        on_isa!(apply_rows_isa::<T>(xc, c, &scale, &shift, rc, relu, yc));
+        on_isa!(apply_rows_isa::<T>(xc, &scale, &shift, rc, relu, yc));
     });
 }
 
@@ -274,138 +313,163 @@ fn relu_passes<T: Real>(v: T) -> bool {
     matches!(v.partial_cmp(&T::ZERO), Some(std::cmp::Ordering::Greater) | None)
 }
 
-/// One element's gradient at the batch norm's output and its `xhat = (x - mean) * invstd`: `dy`,
-/// zeroed where the following join's output `join_y` is not positive, or where the batch norm's
-/// own ReLU (`relu`) did not pass. Both backward passes use it, so they agree by construction.
+/// [`BwdInputs`]' per-channel values repeated to one [`period`].
+struct PeriodParams<T> {
+    mean: Vec<T>,
+    invstd: Vec<T>,
+    gamma: Vec<T>,
+    beta: Vec<T>,
+}
+
+impl<T: Real> PeriodParams<T> {
+    fn of(inp: &BwdInputs<'_, T>) -> Self {
+        let p = period(inp.c);
+        Self {
+            mean: repeated(inp.mean, p),
+            invstd: repeated(inp.invstd, p),
+            gamma: repeated(inp.gamma, p),
+            beta: repeated(inp.beta, p),
+        }
+    }
+
+    /// The first `n` positions of each, as slices of one length (so that a loop indexing them
+    /// needs no bounds checks and vectorizes).
+    #[inline(always)]
+    fn first(&self, n: usize) -> [&[T]; 4] {
+        [&self.mean[..n], &self.invstd[..n], &self.gamma[..n], &self.beta[..n]]
+    }
+}
+
+/// One element's gradient at the batch norm's output and its `xhat = (x - mean) * invstd`
+/// (`bn = [mean, invstd, gamma, beta]` of its channel): `dy`, zeroed where the following join's
+/// output `join_y` is not positive, or where the batch norm's own ReLU (`relu`) did not pass.
+/// Both backward passes use it, so they agree by construction.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn masked_grad<T: Real>(dy: T, x: T, join_y: Option<T>, relu: bool, mean: T, invstd: T, gamma: T, beta: T) -> (T, T) {
+fn masked_grad<T: Real>(dy: T, x: T, join_y: Option<T>, relu: bool, bn: [T; 4]) -> (T, T) {
+    let [mean, invstd, gamma, beta] = bn;
     let xhat = (x - mean) * invstd;
     let joined = join_y.is_none_or(|y| y > T::ZERO);
     let kept = !relu || relu_passes(gamma.mul_add(xhat, beta));
     (if joined && kept { dy } else { T::ZERO }, xhat)
 }
 
-/// The backward's first pass over some rows: `s0 += g`, `s1 += g * xhat` (f64), and the join's
-/// gradient to its residual `dres (+)= dy * [y > 0]` when asked for.
+/// One job's rows of the backward's operands: the output gradient, the input, and the following
+/// join's output when there is one.
+struct BwdRows<'a, T> {
+    dy: &'a [T],
+    x: &'a [T],
+    join: Option<&'a [T]>,
+}
+
+/// The backward's first pass over some rows: `s0 += g`, `s1 += g * xhat` (f64, one running sum
+/// per position of the period), and the join's gradient to its residual `dres (+)= dy * [y > 0]`
+/// when asked for.
 #[inline(always)]
 fn bwd_sum_rows<T: Real>(
-    inp: &BwdInputs<'_, T>,
-    dy: &[T],
-    x: &[T],
-    join: Option<&[T]>,
+    pp: &PeriodParams<T>,
+    relu: bool,
+    rows: &BwdRows<'_, T>,
     dres: Option<(&mut [T], bool)>,
-    s0: &mut [f64],
-    s1: &mut [f64],
+    s: (&mut [f64], &mut [f64]),
 ) {
-    let c = inp.c;
-    // Everything sliced to `c` and the masks as plain selects, so that the loop vectorizes.
-    let (mean, invstd, gamma, beta) = (&inp.mean[..c], &inp.invstd[..c], &inp.gamma[..c], &inp.beta[..c]);
-    let (s0, s1) = (&mut s0[..c], &mut s1[..c]);
-    let (relu, use_join) = (inp.relu, join.is_some());
-    for r in 0..x.len() / c {
-        let (dyr, xr) = (&dy[r * c..][..c], &x[r * c..][..c]);
-        let jr = &join.unwrap_or(dy)[r * c..][..c];
-        for ch in 0..c {
-            let (g, xhat) = masked_grad(
-                dyr[ch],
-                xr[ch],
-                use_join.then(|| jr[ch]),
-                relu,
-                mean[ch],
-                invstd[ch],
-                gamma[ch],
-                beta[ch],
-            );
-            s0[ch] += g.to_f64();
-            s1[ch] += (g * xhat).to_f64();
+    let (s0, s1) = s;
+    let p = s0.len();
+    let (s0, s1) = (&mut s0[..p], &mut s1[..p]);
+    // Without a join its rows are read as dy's and ignored, so the loop has no branch on it.
+    let (join, use_join) = (rows.join.unwrap_or(rows.dy), rows.join.is_some());
+    for ((dyr, xr), jr) in rows.dy.chunks(p).zip(rows.x.chunks(p)).zip(join.chunks(p)) {
+        let n = xr.len();
+        let [mean, invstd, gamma, beta] = pp.first(n);
+        let (dyr, jr, s0, s1) = (&dyr[..n], &jr[..n], &mut s0[..n], &mut s1[..n]);
+        for i in 0..n {
+            let bn = [mean[i], invstd[i], gamma[i], beta[i]];
+            let (g, xhat) = masked_grad(dyr[i], xr[i], use_join.then(|| jr[i]), relu, bn);
+            s0[i] += g.to_f64();
+            s1[i] += (g * xhat).to_f64();
         }
     }
-    if let (Some((d, accumulate)), Some(j)) = (dres, join) {
-        for ((dv, &g), &y) in d.iter_mut().zip(dy).zip(j) {
+    if let (Some((d, accumulate)), Some(j)) = (dres, rows.join) {
+        for ((dv, &g), &y) in d.iter_mut().zip(rows.dy).zip(j) {
             let v = if y > T::ZERO { g } else { T::ZERO };
             *dv = if accumulate { *dv + v } else { v };
         }
     }
 }
 for_each_isa!(bwd_sum_rows_isa: bwd_sum_rows<>(
-    inp: &BwdInputs<'_, T>,
-    dy: &[T],
-    x: &[T],
-    join: Option<&[T]>,
+    pp: &PeriodParams<T>,
+    relu: bool,
+    rows: &BwdRows<'_, T>,
     dres: Option<(&mut [T], bool)>,
-    s0: &mut [f64],
-    s1: &mut [f64],
+    s: (&mut [f64], &mut [f64]),
 ));
+
+/// The second pass's per-channel coefficients, repeated to one period:
+/// `dx = k1 * (g - mean_g - xhat * mean_gx)`.
+struct DxCoefficients<T> {
+    k1: Vec<T>,
+    mean_g: Vec<T>,
+    mean_gx: Vec<T>,
+}
 
 /// The backward's second pass: `dx (+)= k1 * (g - mean_g - xhat * mean_gx)`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn bwd_dx_rows<T: Real>(
-    inp: &BwdInputs<'_, T>,
-    dy: &[T],
-    x: &[T],
-    join: Option<&[T]>,
-    k1: &[T],
-    mean_g: &[T],
-    mean_gx: &[T],
-    dx: &mut [T],
-    accumulate: bool,
+    pp: &PeriodParams<T>,
+    relu: bool,
+    rows: &BwdRows<'_, T>,
+    coef: &DxCoefficients<T>,
+    dx: (&mut [T], bool),
 ) {
-    let c = inp.c;
-    let (mean, invstd, gamma, beta) = (&inp.mean[..c], &inp.invstd[..c], &inp.gamma[..c], &inp.beta[..c]);
-    let (k1, mean_g, mean_gx) = (&k1[..c], &mean_g[..c], &mean_gx[..c]);
-    let (relu, use_join) = (inp.relu, join.is_some());
-    for r in 0..x.len() / c {
-        let (dyr, xr) = (&dy[r * c..][..c], &x[r * c..][..c]);
-        let jr = &join.unwrap_or(dy)[r * c..][..c];
-        let dxr = &mut dx[r * c..][..c];
-        for ch in 0..c {
-            let (g, xhat) = masked_grad(
-                dyr[ch],
-                xr[ch],
-                use_join.then(|| jr[ch]),
-                relu,
-                mean[ch],
-                invstd[ch],
-                gamma[ch],
-                beta[ch],
-            );
-            let v = k1[ch] * (g - mean_g[ch] - xhat * mean_gx[ch]);
-            dxr[ch] = if accumulate { dxr[ch] + v } else { v };
+    let (dx, accumulate) = dx;
+    let p = coef.k1.len();
+    let (k1, mean_g, mean_gx) = (&coef.k1[..p], &coef.mean_g[..p], &coef.mean_gx[..p]);
+    let (join, use_join) = (rows.join.unwrap_or(rows.dy), rows.join.is_some());
+    let parts = rows.dy.chunks(p).zip(rows.x.chunks(p)).zip(join.chunks(p));
+    for (((dyr, xr), jr), dxr) in parts.zip(dx.chunks_mut(p)) {
+        let n = xr.len();
+        let [mean, invstd, gamma, beta] = pp.first(n);
+        let (k1, mean_g, mean_gx) = (&k1[..n], &mean_g[..n], &mean_gx[..n]);
+        let (dyr, jr, dxr) = (&dyr[..n], &jr[..n], &mut dxr[..n]);
+        for i in 0..n {
+            let bn = [mean[i], invstd[i], gamma[i], beta[i]];
+            let (g, xhat) = masked_grad(dyr[i], xr[i], use_join.then(|| jr[i]), relu, bn);
+            let v = k1[i] * (g - mean_g[i] - xhat * mean_gx[i]);
+            dxr[i] = if accumulate { dxr[i] + v } else { v };
         }
     }
 }
 
 for_each_isa!(bwd_dx_rows_isa: bwd_dx_rows<>(
-    inp: &BwdInputs<'_, T>,
-    dy: &[T],
-    x: &[T],
-    join: Option<&[T]>,
-    k1: &[T],
-    mean_g: &[T],
-    mean_gx: &[T],
-    dx: &mut [T],
-    accumulate: bool,
+    pp: &PeriodParams<T>,
+    relu: bool,
+    rows: &BwdRows<'_, T>,
+    coef: &DxCoefficients<T>,
+    dx: (&mut [T], bool),
 ));
 
 /// Both passes of the backward (see [`bn_bwd`]); `dres` only with `join`.
-#[allow(clippy::too_many_arguments)]
 fn bwd<T: Real>(
     inp: BwdInputs<'_, T>,
     dy: &[T],
     x: &[T],
     dres: Option<(&mut [T], bool)>,
-    dx: &mut [T],
-    accumulate: bool,
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    dx: (&mut [T], bool),
+    grads: (&mut [T], &mut [T]),
 ) {
-    let c = inp.c;
+    let (c, p) = (inp.c, period(inp.c));
     let m = x.len() / c;
     let len = c * rows_per_job(c);
     let jobs = x.len().div_ceil(len);
     let span = |j: usize| j * len..((j + 1) * len).min(x.len());
+    let rows_of = |j: usize| {
+        let r = span(j);
+        BwdRows {
+            dy: &dy[r.clone()],
+            x: &x[r.clone()],
+            join: inp.join.map(|y| &y[r]),
+        }
+    };
+    let pp = PeriodParams::of(&inp);
     let (accumulate_res, dres_chunks): (bool, Vec<Option<&mut [T]>>) = match dres {
         Some((d, a)) => (a, d.chunks_mut(len).map(Some).collect()),
         None => (false, (0..jobs).map(|_| None).collect()),
@@ -414,37 +478,43 @@ fn bwd<T: Real>(
         .into_par_iter()
         .enumerate()
         .map(|(j, dchunk)| {
-            let mut s = vec![0.0f64; 2 * c];
-            let (s0, s1) = s.split_at_mut(c);
-            let r = span(j);
-            let join = inp.join.map(|y| &y[r.clone()]);
+            let (mut s0, mut s1) = (vec![0.0f64; p], vec![0.0f64; p]);
             let dres = dchunk.map(|d| (d, accumulate_res));
-            on_isa!(bwd_sum_rows_isa::<T>(&inp, &dy[r.clone()], &x[r], join, dres, s0, s1));
-            s
+            on_isa!(bwd_sum_rows_isa::<T>(
+                &pp,
+                inp.relu,
+                &rows_of(j),
+                dres,
+                (&mut s0, &mut s1)
+            ));
+            let mut sums = fold(&s0, c);
+            sums.extend(fold(&s1, c));
+            sums
         })
         .collect();
     let sums = add_in_order(partials, 2 * c);
     let (sum_g, sum_gx) = sums.split_at(c);
+    let (dgamma, dbeta) = grads;
     for ch in 0..c {
         dbeta[ch] = T::from_f64(sum_g[ch]);
         dgamma[ch] = T::from_f64(sum_gx[ch]);
     }
+    let k1: Vec<T> = (0..c).map(|ch| inp.gamma[ch] * inp.invstd[ch]).collect();
     let mean_g: Vec<T> = sum_g.iter().map(|s| T::from_f64(s / m as f64)).collect();
     let mean_gx: Vec<T> = sum_gx.iter().map(|s| T::from_f64(s / m as f64)).collect();
-    let k1: Vec<T> = (0..c).map(|ch| inp.gamma[ch] * inp.invstd[ch]).collect();
+    let coef = DxCoefficients {
+        k1: repeated(&k1, p),
+        mean_g: repeated(&mean_g, p),
+        mean_gx: repeated(&mean_gx, p),
+    };
+    let (dx, accumulate) = dx;
     dx.par_chunks_mut(len).enumerate().for_each(|(j, dxc)| {
-        let r = span(j);
-        let join = inp.join.map(|y| &y[r.clone()]);
         on_isa!(bwd_dx_rows_isa::<T>(
-            &inp,
-            &dy[r.clone()],
-            &x[r],
-            join,
-            &k1,
-            &mean_g,
-            &mean_gx,
-            dxc,
-            accumulate
+            &pp,
+            inp.relu,
+            &rows_of(j),
+            &coef,
+            (dxc, accumulate)
         ));
     });
 }
@@ -480,7 +550,7 @@ pub fn bn_bwd<T: Real>(
         relu,
         join: None,
     };
-    bwd(inp, dy, x, None, dx, accumulate, dgamma, dbeta);
+    bwd(inp, dy, x, None, (dx, accumulate), (dgamma, dbeta));
 }
 
 /// Backward of the block join `y = max(bn(x) + residual, 0)`: the join's mask `[y > 0]` applied
@@ -517,5 +587,5 @@ pub fn bn_add_relu_bwd<T: Real>(
         relu: false,
         join: Some(y),
     };
-    bwd(inp, dy, x, dres, dx, accumulate, dgamma, dbeta);
+    bwd(inp, dy, x, dres, (dx, accumulate), (dgamma, dbeta));
 }

@@ -61,31 +61,10 @@ pub trait Real:
     fn mul_add(self, a: Self, b: Self) -> Self;
     fn max(self, other: Self) -> Self;
     fn sqrt(self) -> Self;
-    /// `c = alpha * a * b + beta * c` with `alpha = 1` (matrixmultiply's sgemm or dgemm).
-    ///
-    /// # Safety
-    /// As for `matrixmultiply::sgemm`: every element addressed through the strides must lie
-    /// inside the allocations behind the pointers, and `c` must not alias `a` or `b`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
 }
 
 macro_rules! impl_real {
-    ($t:ty, $gemm:path) => {
+    ($t:ty) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -104,29 +83,11 @@ macro_rules! impl_real {
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-            }
         }
     };
 }
-impl_real!(f32, matrixmultiply::sgemm);
-impl_real!(f64, matrixmultiply::dgemm);
+impl_real!(f32);
+impl_real!(f64);
 
 /// The CPU backend: one activation arena plus parameter and gradient vectors, all of `T`
 /// (BN saved statistics included, so plan it with `DtypeSizes { activation: size_of::<T>(),
