@@ -23,38 +23,19 @@ use rand::SeedableRng;
 
 mod cli_support;
 
-fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
-    let (ck, logs) = (dir.join("ck"), dir.join("logs"));
-    let mut argv = vec![
-        "train",
-        "--dataset_path",
-        data.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--image_size",
-        "128",
-        "128",
-        "--batch_size",
-        "4",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "--device",
-        device,
-        "--workers",
-        "2",
-        "--seed",
-        "7",
-    ];
-    argv.extend_from_slice(extra);
-    cli_support::run(&argv).expect("training runs");
-}
+use cli_support::csv_column;
 
-fn csv_column(path: &Path, column: &str) -> Vec<f64> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let i = r.headers().unwrap().iter().position(|h| h == column).unwrap();
-    r.records().map(|rec| rec.unwrap()[i].parse().unwrap()).collect()
+/// The training run of these tests: 128x128 on `device` with two loader workers, batch 4, seed 7,
+/// flags spelt with underscores.
+fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
+    let args = [&["--batch_size", "4", "--seed", "7"], extra].concat();
+    let run = cli_support::Train {
+        underscores: true,
+        size: "128",
+        device,
+        workers: "2",
+    };
+    run.run(dir, data, &args).expect("training runs");
 }
 
 #[test]
