@@ -240,16 +240,22 @@ fn check_dgrad(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile
     }
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn forward_matches_the_cpu_twin() {
+/// `check` (a pass against its CPU twin, with the tile the table picks) on every shape class and
+/// `random` random shapes.
+fn check_classes_and_random_shapes(check: fn(&Gpu, &mut ChaCha8Rng, Shape4, &ConvParams, Option<Tile>), random: usize) {
     let gpu = gpu();
     let mut rng = rng();
     let mut shapes = shape_classes();
-    shapes.extend(random_shapes(&mut rng, 24));
+    shapes.extend(random_shapes(&mut rng, random));
     for (xs, p) in shapes {
-        check_fwd(&gpu, &mut rng, xs, &p, None);
+        check(&gpu, &mut rng, xs, &p, None);
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn forward_matches_the_cpu_twin() {
+    check_classes_and_random_shapes(check_fwd, 24);
 }
 
 #[test]
@@ -270,13 +276,7 @@ fn bn_statistics_epilogue_matches_the_cpu_twin() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn input_gradient_matches_the_cpu_twin() {
-    let gpu = gpu();
-    let mut rng = rng();
-    let mut shapes = shape_classes();
-    shapes.extend(random_shapes(&mut rng, 24));
-    for (xs, p) in shapes {
-        check_dgrad(&gpu, &mut rng, xs, &p, None);
-    }
+    check_classes_and_random_shapes(check_dgrad, 24);
 }
 
 /// Every tile configuration of both loaders and both passes, whatever the table would pick.
