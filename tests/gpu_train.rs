@@ -28,14 +28,13 @@ use cli_support::csv_column;
 /// The training run of these tests: 128x128 on `device` with two loader workers, batch 4, seed 7,
 /// flags spelt with underscores.
 fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
-    let args = [&["--batch_size", "4", "--seed", "7"], extra].concat();
     let run = cli_support::Train {
         underscores: true,
         size: "128",
         device,
         workers: "2",
     };
-    run.run(dir, data, &args).expect("training runs");
+    run.run_seeded(dir, data, extra);
 }
 
 #[test]

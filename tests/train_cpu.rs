@@ -6,15 +6,15 @@ mod cli_support;
 
 use cli_support::csv_column;
 
-/// The training run of these tests: 64x64 on the CPU, batch 4, seed 7, flags spelt with
-/// underscores.
+/// 64x64 on the CPU, flags spelt with underscores.
+const UNDERSCORED: cli_support::Train = cli_support::Train {
+    underscores: true,
+    ..cli_support::CPU_64
+};
+
+/// The training run of these tests: [`UNDERSCORED`], batch 4, seed 7.
 fn train(dir: &Path, data: &Path, extra: &[&str]) -> std::process::ExitCode {
-    let args = [&["--batch_size", "4", "--seed", "7"], extra].concat();
-    let underscores = cli_support::Train {
-        underscores: true,
-        ..cli_support::CPU_64
-    };
-    underscores.run(dir, data, &args).expect("training runs")
+    UNDERSCORED.run_seeded(dir, data, extra)
 }
 
 #[test]
@@ -215,16 +215,8 @@ fn a_failed_write_between_the_two_checkpoints_never_leaves_a_stale_best() {
     copy(&last, &after_one);
     let resume = ["--resume", after_one.to_str().unwrap()];
     let train_err = |extra: &[&str]| {
-        let underscores = cli_support::Train {
-            underscores: true,
-            ..cli_support::CPU_64
-        };
-        format!(
-            "{:#}",
-            underscores
-                .run(dir.path(), &data, extra)
-                .expect_err("the injected failure stops training")
-        )
+        let err = UNDERSCORED.run(dir.path(), &data, extra);
+        format!("{:#}", err.expect_err("the injected failure stops training"))
     };
     let log = dir.path().join("logs/train_log.csv");
 

@@ -61,6 +61,13 @@ impl Train<'_> {
         argv.extend_from_slice(extra);
         run(&argv)
     }
+
+    /// [`Train::run`] at batch 4 with seed 7 (`--batch_size`: for the underscore spellings), as
+    /// the end-to-end training tests run; panics unless training runs.
+    pub fn run_seeded(&self, dir: &Path, data: &Path, extra: &[&str]) -> ExitCode {
+        let args = [&["--batch_size", "4", "--seed", "7"], extra].concat();
+        self.run(dir, data, &args).expect("training runs")
+    }
 }
 
 /// Draws `count` phantoms (96x96) into `dir/phantoms` and trains hrnet-w8 at 64x64 for one epoch;
