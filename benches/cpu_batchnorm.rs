@@ -8,33 +8,18 @@
 //!
 //! Run: `cargo bench --bench cpu_batchnorm` (env: `CEPHALO_BENCH_MODEL` [hrnet-w8],
 //! `CEPHALO_BENCH_SIZE` [`256x224`], `CEPHALO_BENCH_BATCH` [4], `CEPHALO_BENCH_RUNS` [7]).
+#[path = "cpu_support/mod.rs"]
+mod cpu_support;
+
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use cephalo::backend::cpu::batchnorm as bn;
 use cephalo::backend::{BnParams, Shape4};
 use cephalo::model::conv_shapes::conv_shapes;
-use cephalo::model::ModelConfig;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time_ms(runs: usize, f: &mut dyn FnMut()) -> f64 {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect(),
-    )
-}
+use cpu_support::{time_ms, Settings};
 
 /// GB/s of a parallel copy of `len` floats (read + write counted): the bandwidth of whatever
 /// level of the memory hierarchy that size lives in.
@@ -56,24 +41,18 @@ fn main() {
 }
 
 fn run() {
-    let env = |k: &str| std::env::var(k).ok();
-    let model = env("CEPHALO_BENCH_MODEL").unwrap_or_else(|| "hrnet-w8".into());
-    let size = env("CEPHALO_BENCH_SIZE").unwrap_or_else(|| "256x224".into());
-    let (h, w) = size
-        .split_once('x')
-        .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
-        .expect("CEPHALO_BENCH_SIZE is HxW, e.g. 256x224");
-    let batch: usize = env("CEPHALO_BENCH_BATCH").and_then(|s| s.parse().ok()).unwrap_or(4);
-    let runs: usize = env("CEPHALO_BENCH_RUNS").and_then(|s| s.parse().ok()).unwrap_or(7);
+    let settings = Settings::from_env(7);
+    let runs = settings.runs;
     let threads = rayon::current_num_threads();
     println!(
-        "{model} {h}x{w} batch {batch}, {threads} threads: parallel copy 1 MiB {:.0} GB/s, 64 MiB {:.0} GB/s",
+        "{}, {threads} threads: parallel copy 1 MiB {:.0} GB/s, 64 MiB {:.0} GB/s",
+        settings.describe(),
         copy_gbs(256 * 1024, 51),
         copy_gbs(16 * 1024 * 1024, 9)
     );
 
     // Distinct batch-norm input shapes (the convolutions' outputs) and how many there are.
-    let cfg = ModelConfig::new(&model, 1, 19, [h, w], batch).expect("valid benchmark config");
+    let cfg = settings.model_config();
     let graph = cfg.build().expect("model builds");
     let mut shapes: BTreeMap<(usize, usize, usize, usize), usize> = BTreeMap::new();
     for s in conv_shapes(&graph) {

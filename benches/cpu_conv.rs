@@ -5,19 +5,18 @@
 //! `CEPHALO_BENCH_SIZE` [`256x224`], `CEPHALO_BENCH_BATCH` [4], `CEPHALO_BENCH_RUNS` [5],
 //! `CEPHALO_BENCH_OPS` [`fwd,dgrad,wgrad`], `CEPHALO_BENCH_SHAPE` (only the shapes whose row name
 //! contains it, e.g. `1x1 s1 64->64`), `CEPHALO_CPU_ISA` to force an instruction set).
+#[path = "cpu_support/mod.rs"]
+mod cpu_support;
+
 use std::time::Instant;
 
 use cephalo::backend::cpu::{conv, simd};
 use cephalo::backend::{ConvParams, Shape4};
 use cephalo::model::conv_shapes::{conv_shapes, ConvKind};
-use cephalo::model::ModelConfig;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
+use cpu_support::{env, time_ms, Settings};
 
 /// GFLOP/s of independent fused multiply-add chains on every thread at once: the cores' peak
 /// for the instruction set the kernels use (best of a few runs).
@@ -108,25 +107,19 @@ fn main() {
 }
 
 fn run() {
-    let env = |k: &str| std::env::var(k).ok();
-    let model = env("CEPHALO_BENCH_MODEL").unwrap_or_else(|| "hrnet-w8".into());
-    let size = env("CEPHALO_BENCH_SIZE").unwrap_or_else(|| "256x224".into());
-    let (h, w) = size
-        .split_once('x')
-        .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
-        .expect("CEPHALO_BENCH_SIZE is HxW, e.g. 256x224");
-    let batch: usize = env("CEPHALO_BENCH_BATCH").and_then(|s| s.parse().ok()).unwrap_or(4);
-    let runs: usize = env("CEPHALO_BENCH_RUNS").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let settings = Settings::from_env(5);
+    let runs = settings.runs;
     let ops = env("CEPHALO_BENCH_OPS").unwrap_or_else(|| "fwd,dgrad,wgrad".into());
     let only = env("CEPHALO_BENCH_SHAPE");
     let threads = rayon::current_num_threads();
     let peak = fma_peak_gflops(threads);
     println!(
-        "{model} {h}x{w} batch {batch}, {} kernels, {threads} threads: FMA peak {peak:.1} GFLOP/s",
+        "{}, {} kernels, {threads} threads: FMA peak {peak:.1} GFLOP/s",
+        settings.describe(),
         simd::isa().name()
     );
 
-    let cfg = ModelConfig::new(&model, 1, 19, [h, w], batch).expect("valid benchmark config");
+    let cfg = settings.model_config();
     let graph = cfg.build().expect("model builds");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
@@ -156,18 +149,7 @@ fn run() {
         let ys = p.out_shape(xs);
         let (x, wt, dy) = (random(xs.len()), random(p.weight_len()), random(ys.len()));
         let (mut y, mut dx, mut dw) = (vec![0.0; ys.len()], vec![0.0; xs.len()], vec![0.0; p.weight_len()]);
-        let time = |f: &mut dyn FnMut()| {
-            f();
-            median(
-                (0..runs)
-                    .map(|_| {
-                        let t = Instant::now();
-                        f();
-                        t.elapsed().as_secs_f64() * 1e3
-                    })
-                    .collect(),
-            )
-        };
+        let time = |f: &mut dyn FnMut()| time_ms(runs, f);
         let flops = 2.0 * s.macs as f64;
         let mut cols = Vec::new();
         for (i, op) in ["fwd", "dgrad", "wgrad"].iter().enumerate() {

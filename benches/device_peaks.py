@@ -8,26 +8,17 @@ One JSON object on stdout, a summary on stderr.
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 
 import torch
 
+from cudnn_reference import measure  # the CUDA-event median the cuDNN reference times with
+
 
 def median_ms(fn, warmup, repeats):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    """Median milliseconds of one call of fn, timed call by call."""
+    return measure(fn, warmup, repeats, 1)
 
 
 def main():

@@ -4,21 +4,20 @@
 //! Bytes moved: axpy reads x and y and writes y (3 x 2 bytes per element); a device-to-device
 //! copy reads and writes once (2 x bytes). Run: `cargo bench --bench gpu_bandwidth`.
 //! Without a GPU it says so and exits 0.
+#[path = "gpu_support/mod.rs"]
+mod gpu_support;
+
 use anyhow::Result;
 use cephalo::backend::cuda;
 use cephalo::gpu::timer::measure;
-use cephalo::gpu::{DeviceBuffer, Gpu};
+use cephalo::gpu::DeviceBuffer;
 use half::f16;
 
 fn main() -> Result<()> {
-    let gpu = match Gpu::open(0) {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            println!("gpu_bandwidth: skipped ({e:#})");
-            return Ok(());
-        }
+    let Some(gpu) = gpu_support::open("gpu_bandwidth") else {
+        return Ok(());
     };
-    println!("device: {} ({} SMs)", gpu.info().name, gpu.info().multiprocessors);
+    gpu_support::print_device(&gpu);
     println!(
         "{:>12} {:>14} {:>12} {:>12} {:>8}",
         "elements", "kernel", "median ms", "GB/s", "of copy"

@@ -15,17 +15,22 @@
 //! whose description contains the text, and `CONV_BENCH_ONCE=1` runs each pass once, untimed
 //! warm-up aside (for a profiler). Run: `cargo bench --bench gpu_conv`. Without a GPU it says so
 //! and exits 0.
+#[path = "../tests/gpu_ops_support/mod.rs"]
+mod gpu_ops_support;
+#[path = "gpu_support/mod.rs"]
+mod gpu_support;
+
 use anyhow::Result;
-use cephalo::backend::cuda::batchnorm::StatsTargets;
 use cephalo::backend::cuda::conv::{
     self, ConvDgrad, ConvEpilogue, ConvFwd, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL,
     TILES_SMALL_SMEM,
 };
-use cephalo::backend::{BnParams, BnRunning, ConvParams, GradOut, Shape4};
+use cephalo::backend::{BnParams, ConvParams, GradOut, Shape4};
 use cephalo::gpu::timer::measure;
 use cephalo::gpu::{DeviceBuffer, Gpu};
 use cephalo::graph::Op;
 use cephalo::model::ModelConfig;
+use gpu_ops_support::stats_targets;
 use half::f16;
 
 const WARMUP: usize = 3;
@@ -136,14 +141,11 @@ impl Bufs {
     /// The forward with the BN-statistics epilogue and the merge of its partials (ordinary
     /// convolutions only).
     fn fwd_bn_stats(&mut self, gpu: &Gpu, c: &Conv) -> Result<()> {
-        let targets = StatsTargets {
-            saved: self.saved.slice_mut(),
-            running: BnRunning {
-                mean: self.running_mean.slice_mut(),
-                var: self.running_var.slice_mut(),
-            },
-            workspace: self.partials.slice_mut(),
-        };
+        let targets = stats_targets(
+            &mut self.saved,
+            (&mut self.running_mean, &mut self.running_var),
+            &mut self.partials,
+        );
         let fwd = ConvFwd {
             x: self.x.slice(),
             xs: c.xs,
@@ -243,12 +245,8 @@ fn sweep(gpu: &Gpu, b: &mut Bufs, c: &Conv, g: &GemmShape, pass: Pass) -> Result
 }
 
 fn main() -> Result<()> {
-    let gpu = match Gpu::open(0) {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            println!("gpu_conv: skipped ({e:#})");
-            return Ok(());
-        }
+    let Some(gpu) = gpu_support::open("gpu_conv") else {
+        return Ok(());
     };
     let sweep_tiles = std::env::var_os("CONV_BENCH_TILES").is_some();
     let only = std::env::var("CONV_BENCH_ONLY").unwrap_or_default();

@@ -7,6 +7,9 @@
 //! line per shape follows the table. `CEPHALO_WGRAD_SWEEP=1` also times every tile with a range of
 //! split counts and prints the best plan per shape next to the default (to tune the chooser).
 //! Run: `cargo bench --bench gpu_conv_wgrad`. Without a GPU it says so and exits 0.
+#[path = "gpu_support/mod.rs"]
+mod gpu_support;
+
 use std::collections::BTreeMap;
 
 use anyhow::Result;
@@ -98,15 +101,11 @@ fn values(gpu: &Gpu, n: usize, salt: u64) -> Result<DeviceBuffer<f16>> {
 }
 
 fn main() -> Result<()> {
-    let gpu = match Gpu::open(0) {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            println!("gpu_conv_wgrad: skipped ({e:#})");
-            return Ok(());
-        }
+    let Some(gpu) = gpu_support::open("gpu_conv_wgrad") else {
+        return Ok(());
     };
     let sweep = std::env::var("CEPHALO_WGRAD_SWEEP").is_ok_and(|v| v == "1");
-    println!("device: {} ({} SMs)", gpu.info().name, gpu.info().multiprocessors);
+    gpu_support::print_device(&gpu);
     let mut json = Vec::new();
     for model in ["hrnet-w32", "resnet50"] {
         println!("\n{model}, 768x768, batch 4, 1 input channel: weight gradients");

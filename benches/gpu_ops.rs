@@ -6,15 +6,19 @@
 //! once (accumulating gradients also read their old value). GB/s = bytes / median time; the
 //! target is 70 % of the copy's GB/s. Run: `cargo bench --bench gpu_ops`.
 //! Without a GPU it says so and exits 0.
+#[path = "../tests/gpu_ops_support/mod.rs"]
+mod gpu_ops_support;
+#[path = "gpu_support/mod.rs"]
+mod gpu_support;
+
 use anyhow::Result;
-use cephalo::backend::cuda::batchnorm::{BnForward, StatsTargets};
+use cephalo::backend::cuda::batchnorm::BnForward;
 use cephalo::backend::cuda::{self, batchnorm::bn_workspace_len};
 use cephalo::backend::upsample_shape;
-use cephalo::backend::{
-    AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, PoolParams, Shape4, UpsampleMode,
-};
+use cephalo::backend::{AddReluJoin, BnParams, BnWeights, GradOut, PoolParams, Shape4, UpsampleMode};
 use cephalo::gpu::timer::{measure, Timing};
 use cephalo::gpu::{DeviceBuffer, Gpu};
+use gpu_ops_support::{bwd_outputs, stats_targets};
 use half::f16;
 
 const WARMUP: usize = 5;
@@ -50,14 +54,10 @@ impl Table {
 }
 
 fn main() -> Result<()> {
-    let gpu = match Gpu::open(0) {
-        Ok(gpu) => gpu,
-        Err(e) => {
-            println!("gpu_ops: skipped ({e:#})");
-            return Ok(());
-        }
+    let Some(gpu) = gpu_support::open("gpu_ops") else {
+        return Ok(());
     };
-    println!("device: {} ({} SMs)", gpu.info().name, gpu.info().multiprocessors);
+    gpu_support::print_device(&gpu);
 
     // The copy reference: 256 MiB device to device, far beyond every cache.
     let n_copy = 128 << 20;
@@ -119,14 +119,7 @@ fn main() -> Result<()> {
             params: BnParams::default(),
         };
         let t = measure(&gpu, WARMUP, RUNS, || {
-            let targets = StatsTargets {
-                saved: saved.slice_mut(),
-                running: BnRunning {
-                    mean: rm.slice_mut(),
-                    var: rv.slice_mut(),
-                },
-                workspace: ws.slice_mut(),
-            };
+            let targets = stats_targets(&mut saved, (&mut rm, &mut rv), &mut ws);
             cuda::batchnorm::bn_fwd_train(&gpu, a.slice(), xs, weights(), true, out.slice_mut(), targets)
         })?;
         // Statistics read x once, the normalisation reads x and writes y.
@@ -147,32 +140,19 @@ fn main() -> Result<()> {
             )
         })?;
         table.row("bn_add_relu_apply_saved", &shape, 3 * h, t);
+        let forward = || BnForward {
+            x: a.slice(),
+            xs,
+            bn: weights(),
+            saved: saved.slice(),
+        };
         let t = measure(&gpu, WARMUP, RUNS, || {
-            let fwd = BnForward {
-                x: a.slice(),
-                xs,
-                bn: weights(),
-                saved: saved.slice(),
-            };
-            let dx = GradOut {
-                data: out.slice_mut(),
-                accumulate: false,
-            };
-            let grads = BnGrads {
-                dgamma: dg.slice_mut(),
-                dbeta: db.slice_mut(),
-            };
-            cuda::batchnorm::bn_bwd(&gpu, b.slice(), fwd, true, dx, grads, ws.slice_mut())
+            let (dx, grads) = bwd_outputs(&mut out, false, &mut dg, &mut db);
+            cuda::batchnorm::bn_bwd(&gpu, b.slice(), forward(), true, dx, grads, ws.slice_mut())
         })?;
         // Reduction reads dy and x; the dx pass reads them again and writes dx.
         table.row("bn_bwd+relu (2 pass)", &shape, 5 * h, t);
         let t = measure(&gpu, WARMUP, RUNS, || {
-            let fwd = BnForward {
-                x: a.slice(),
-                xs,
-                bn: weights(),
-                saved: saved.slice(),
-            };
             let join = AddReluJoin {
                 y: a.slice(),
                 d_residual: Some(GradOut {
@@ -180,15 +160,8 @@ fn main() -> Result<()> {
                     accumulate: false,
                 }),
             };
-            let dx = GradOut {
-                data: out.slice_mut(),
-                accumulate: false,
-            };
-            let grads = BnGrads {
-                dgamma: dg.slice_mut(),
-                dbeta: db.slice_mut(),
-            };
-            cuda::batchnorm::bn_add_relu_bwd(&gpu, b.slice(), fwd, join, dx, grads, ws.slice_mut())
+            let (dx, grads) = bwd_outputs(&mut out, false, &mut dg, &mut db);
+            cuda::batchnorm::bn_add_relu_bwd(&gpu, b.slice(), forward(), join, dx, grads, ws.slice_mut())
         })?;
         // Reduction reads dy, x, y and writes d_residual; the dx pass reads dy, x, y, writes dx.
         table.row("bn_add_relu_bwd (2 pass)", &shape, 8 * h, t);

@@ -48,59 +48,30 @@ fn main() {
         .map(|_| if rng.random_bool(0.02) { rng.random() } else { 0.0 })
         .collect();
     let pred: Vec<f32> = target.iter().map(|t| t + rng.random_range(-0.1f32..0.1)).collect();
-    let weights = vec![1.0f32; 29];
+    let weights = [1.0f32; 29];
     let mut grad = vec![0.0f32; n];
     println!("threads: {}", rayon::current_num_threads());
+    let batch = HeatmapBatch {
+        pred: &pred[..],
+        target: &target[..],
+        shape,
+    };
+    let weighting = |weight_map| LossWeighting {
+        channel_weights: &weights[..],
+        weight_map,
+    };
     // pred + target read, grad written: 12 bytes per element (the 3x3 window hits the cache).
+    for (name, map) in [
+        ("awing_fwd_bwd (weight map)", Some(WeightMap::default())),
+        ("awing_fwd_bwd (no map)", None),
+    ] {
+        let ms = median_ms(|| {
+            awing_fwd_bwd(batch, weighting(map), AWingParams::default(), 65536.0, &mut grad);
+        });
+        report(name, n, 12, ms);
+    }
     let ms = median_ms(|| {
-        let map = Some(WeightMap::default());
-        awing_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &target,
-                shape,
-            },
-            LossWeighting {
-                channel_weights: &weights,
-                weight_map: map,
-            },
-            AWingParams::default(),
-            65536.0,
-            &mut grad,
-        );
-    });
-    report("awing_fwd_bwd (weight map)", n, 12, ms);
-    let ms = median_ms(|| {
-        awing_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &target,
-                shape,
-            },
-            LossWeighting {
-                channel_weights: &weights,
-                weight_map: None,
-            },
-            AWingParams::default(),
-            65536.0,
-            &mut grad,
-        );
-    });
-    report("awing_fwd_bwd (no map)", n, 12, ms);
-    let ms = median_ms(|| {
-        mse_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &target,
-                shape,
-            },
-            LossWeighting {
-                channel_weights: &weights,
-                weight_map: None,
-            },
-            65536.0,
-            &mut grad,
-        );
+        mse_fwd_bwd(batch, weighting(None), 65536.0, &mut grad);
     });
     report("mse_fwd_bwd (no map)", n, 12, ms);
 

@@ -58,6 +58,23 @@ fn idx(s: Shape4, n: usize, h: usize, w: usize, c: usize) -> usize {
 
 // ---------- naive references (f64, straight from the definitions) ----------
 
+/// The taps `(r, s)` of a `kh` x `kw` window anchored at `(a, b)` with the given stride and
+/// padding that land inside an `h` x `w` image, with the pixel each lands on: `(r, s, i, j)`, `r`
+/// then `s` ascending.
+fn taps(
+    (kh, kw, stride, pad): (usize, usize, usize, usize),
+    (a, b): (usize, usize),
+    (h, w): (usize, usize),
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    (0..kh)
+        .flat_map(move |r| (0..kw).map(move |s| (r, s)))
+        .filter_map(move |(r, s)| {
+            let i = (a * stride + r).checked_sub(pad)?;
+            let j = (b * stride + s).checked_sub(pad)?;
+            (i < h && j < w).then_some((r, s, i, j))
+        })
+}
+
 fn conv_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams, bias: Option<&[f64]>) -> Vec<f64> {
     let ys = p.out_shape(xs);
     let mut y = vec![0.0; ys.len()];
@@ -66,17 +83,9 @@ fn conv_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams, bias: Option<&[f
             for ow in 0..ys.w {
                 for k in 0..p.c_out {
                     let mut acc = bias.map_or(0.0, |b| b[k]);
-                    for r in 0..p.kh {
-                        for s in 0..p.kw {
-                            let ih = (oh * p.stride + r) as isize - p.pad as isize;
-                            let iw = (ow * p.stride + s) as isize - p.pad as isize;
-                            if ih < 0 || iw < 0 || ih >= xs.h as isize || iw >= xs.w as isize {
-                                continue;
-                            }
-                            for c in 0..p.c_in {
-                                acc += x[idx(xs, n, ih as usize, iw as usize, c)]
-                                    * w[((k * p.kh + r) * p.kw + s) * p.c_in + c];
-                            }
+                    for (r, s, ih, iw) in taps((p.kh, p.kw, p.stride, p.pad), (oh, ow), (xs.h, xs.w)) {
+                        for c in 0..p.c_in {
+                            acc += x[idx(xs, n, ih, iw, c)] * w[((k * p.kh + r) * p.kw + s) * p.c_in + c];
                         }
                     }
                     y[idx(ys, n, oh, ow, k)] = acc;
@@ -94,18 +103,11 @@ fn conv_t_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams) -> Vec<f64> {
     for n in 0..xs.n {
         for ih in 0..xs.h {
             for iw in 0..xs.w {
-                for r in 0..p.kh {
-                    for s in 0..p.kw {
-                        let oh = (ih * p.stride + r) as isize - p.pad as isize;
-                        let ow = (iw * p.stride + s) as isize - p.pad as isize;
-                        if oh < 0 || ow < 0 || oh >= ys.h as isize || ow >= ys.w as isize {
-                            continue;
-                        }
-                        for ci in 0..p.c_in {
-                            for co in 0..p.c_out {
-                                y[idx(ys, n, oh as usize, ow as usize, co)] +=
-                                    x[idx(xs, n, ih, iw, ci)] * w[((ci * p.kh + r) * p.kw + s) * p.c_out + co];
-                            }
+                for (r, s, oh, ow) in taps((p.kh, p.kw, p.stride, p.pad), (ih, iw), (ys.h, ys.w)) {
+                    for ci in 0..p.c_in {
+                        for co in 0..p.c_out {
+                            y[idx(ys, n, oh, ow, co)] +=
+                                x[idx(xs, n, ih, iw, ci)] * w[((ci * p.kh + r) * p.kw + s) * p.c_out + co];
                         }
                     }
                 }
@@ -171,16 +173,10 @@ fn maxpool_naive(x: &[f64], xs: Shape4, p: &PoolParams) -> Vec<f64> {
         for oh in 0..ys.h {
             for ow in 0..ys.w {
                 for c in 0..ys.c {
-                    for r in 0..p.k {
-                        for s in 0..p.k {
-                            let ih = (oh * p.stride + r) as isize - p.pad as isize;
-                            let iw = (ow * p.stride + s) as isize - p.pad as isize;
-                            if ih >= 0 && iw >= 0 && (ih as usize) < xs.h && (iw as usize) < xs.w {
-                                let v = x[idx(xs, n, ih as usize, iw as usize, c)];
-                                let o = &mut y[idx(ys, n, oh, ow, c)];
-                                *o = o.max(v);
-                            }
-                        }
+                    for (_, _, ih, iw) in taps((p.k, p.k, p.stride, p.pad), (oh, ow), (xs.h, xs.w)) {
+                        let v = x[idx(xs, n, ih, iw, c)];
+                        let o = &mut y[idx(ys, n, oh, ow, c)];
+                        *o = o.max(v);
                     }
                 }
             }
@@ -318,21 +314,11 @@ fn conv_grads_naive(x: &[f64], xs: Shape4, w: &[f64], p: &ConvParams, dy: &[f64]
             for ow in 0..ys.w {
                 for k in 0..p.c_out {
                     let g = dy[idx(ys, n, oh, ow, k)];
-                    for r in 0..p.kh {
-                        for s in 0..p.kw {
-                            let ih = (oh * p.stride + r) as isize - p.pad as isize;
-                            let iw = (ow * p.stride + s) as isize - p.pad as isize;
-                            if ih < 0 || iw < 0 || ih >= xs.h as isize || iw >= xs.w as isize {
-                                continue;
-                            }
-                            for c in 0..p.c_in {
-                                let (xi, wi) = (
-                                    idx(xs, n, ih as usize, iw as usize, c),
-                                    ((k * p.kh + r) * p.kw + s) * p.c_in + c,
-                                );
-                                dx[xi] += g * w[wi];
-                                dw[wi] += g * x[xi];
-                            }
+                    for (r, s, ih, iw) in taps((p.kh, p.kw, p.stride, p.pad), (oh, ow), (xs.h, xs.w)) {
+                        for c in 0..p.c_in {
+                            let (xi, wi) = (idx(xs, n, ih, iw, c), ((k * p.kh + r) * p.kw + s) * p.c_in + c);
+                            dx[xi] += g * w[wi];
+                            dw[wi] += g * x[xi];
                         }
                     }
                 }

@@ -36,6 +36,11 @@ fn meta(cfg: &ModelConfig) -> Meta {
     m
 }
 
+/// The checkpoint of a fresh executor of `cfg` from `seed`, with [`meta`].
+fn checkpoint_of(cfg: &ModelConfig, seed: u64) -> Checkpoint {
+    Checkpoint::from_executor(&executor(cfg, seed), meta(cfg))
+}
+
 #[test]
 fn round_trip_restores_weights_statistics_metadata_and_outputs() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,8 +71,7 @@ fn inference_loads_skip_the_moments_and_refuse_truncated_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     let cfg = config(3);
-    let a = executor(&cfg, 1);
-    let mut ck = Checkpoint::from_executor(&a, meta(&cfg));
+    let mut ck = checkpoint_of(&cfg, 1);
     let plain = ck.clone();
     ck.insert_moments("conv1.weight", &[64, 7, 7, 1], vec![0.5; 64 * 49], vec![0.25; 64 * 49]);
     checkpoint::save(&path, &ck).unwrap();
@@ -180,7 +184,7 @@ fn errors_say_what_is_wrong() {
     // A checkpoint of a 3-landmark model loaded into a 5-landmark one.
     let path = dir.path().join("three.safetensors");
     let cfg3 = config(3);
-    checkpoint::save(&path, &Checkpoint::from_executor(&executor(&cfg3, 1), meta(&cfg3))).unwrap();
+    checkpoint::save(&path, &checkpoint_of(&cfg3, 1)).unwrap();
     let ck = checkpoint::load(&path).unwrap();
     let mut five = executor(&config(5), 1);
     let e = format!("{:#}", ck.load_into(&mut five).unwrap_err());
@@ -223,7 +227,7 @@ fn errors_say_what_is_wrong() {
 #[test]
 fn two_saves_of_one_state_are_byte_identical() {
     let cfg = config(3);
-    let ck = Checkpoint::from_executor(&executor(&cfg, 5), meta(&cfg));
+    let ck = checkpoint_of(&cfg, 5);
     let dir = tempfile::tempdir().unwrap();
     // The metadata map used to be a HashMap with a fresh random order per save.
     let first = dir.path().join("a.safetensors");
@@ -273,7 +277,7 @@ fn checkpoints_follow_the_umask() {
     let cfg = config(2);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.safetensors");
-    checkpoint::save(&path, &Checkpoint::from_executor(&executor(&cfg, 1), meta(&cfg))).unwrap();
+    checkpoint::save(&path, &checkpoint_of(&cfg, 1)).unwrap();
     let probe = dir.path().join("probe");
     std::fs::write(&probe, b"x").unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

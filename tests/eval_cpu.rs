@@ -1,19 +1,16 @@
 //! `cephalo eval` on a checkpoint trained for one epoch on phantoms: the printed metrics and the
 //! JSON report agree with each other and with the ground truth; mismatched inputs are clear errors.
+use std::path::Path;
+
 mod cli_support;
-use cli_support::{run, trained_checkpoint};
+use cli_support::{eval, read_json, trained_checkpoint};
 
 #[test]
 fn eval_report_holds_every_prediction_and_consistent_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let (data, ck) = trained_checkpoint(dir.path(), 16, 9);
     let report = dir.path().join("out/report.json");
-    run(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--dataset-path",
-        data.to_str().unwrap(),
+    let args = [
         "--split",
         "test",
         "--report",
@@ -22,9 +19,9 @@ fn eval_report_holds_every_prediction_and_consistent_metrics() {
         "3",
         "--device",
         "cpu",
-    ])
-    .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    ];
+    eval(&ck, &data, &args).unwrap();
+    let json = read_json(&report);
     let predictions = json["predictions"].as_array().unwrap();
     // 16 phantoms: 11 train, 2 valid, 3 test; batch 3 exercises a full batch.
     assert_eq!(predictions.len(), 3);
@@ -50,23 +47,9 @@ fn eval_report_holds_every_prediction_and_consistent_metrics() {
 fn eval_refuses_a_missing_checkpoint_and_a_missing_split() {
     let dir = tempfile::tempdir().unwrap();
     let (data, ck) = trained_checkpoint(dir.path(), 16, 9);
-    let err = run(&[
-        "eval",
-        "--checkpoint",
-        "/nonexistent/ck.safetensors",
-        "--dataset-path",
-        data.to_str().unwrap(),
-    ])
-    .unwrap_err();
+    let err = eval(Path::new("/nonexistent/ck.safetensors"), &data, &[]).unwrap_err();
     assert!(format!("{err:#}").contains("/nonexistent/ck.safetensors"), "{err:#}");
     std::fs::remove_file(data.join("test.csv")).unwrap();
-    let err = run(&[
-        "eval",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--dataset-path",
-        data.to_str().unwrap(),
-    ])
-    .unwrap_err();
+    let err = eval(&ck, &data, &[]).unwrap_err();
     assert!(format!("{err:#}").contains("test"), "{err:#}");
 }

@@ -31,6 +31,18 @@ fn random_checkpoint(model: &str, size: [usize; 2], seed: u64) -> Checkpoint {
     random_checkpoint_with_channels(model, 1, size, seed)
 }
 
+/// A random hrnet-w8 refiner (64-pixel patches of 0.3 mm) from `seed`.
+fn random_refiner(seed: u64) -> Checkpoint {
+    let mut refiner = random_checkpoint("hrnet-w8", [64, 64], seed);
+    refiner.meta.refiner = Some(cephalo::refine::PatchSpec {
+        size: 64,
+        mm: 0.3,
+        jitter_mm: 5.0,
+        train_pixel_mm: 0.1,
+    });
+    refiner
+}
+
 fn random_checkpoint_with_channels(model: &str, in_channels: usize, size: [usize; 2], seed: u64) -> Checkpoint {
     let config = ModelConfig::new(model, in_channels, 19, size, 1).unwrap();
     let graph = config.build().unwrap();
@@ -203,13 +215,7 @@ fn export_writes_a_self_contained_opset17_model_with_decoding_metadata() {
     assert!(size(&out16) < 0.55 * size(&out), "fp16 halves the file");
 
     // A refiner exports too and says so.
-    let mut refiner = random_checkpoint("hrnet-w8", [64, 64], 2);
-    refiner.meta.refiner = Some(cephalo::refine::PatchSpec {
-        size: 64,
-        mm: 0.3,
-        jitter_mm: 5.0,
-        train_pixel_mm: 0.1,
-    });
+    let refiner = random_refiner(2);
     let refiner_path = dir.path().join("refiner.safetensors");
     checkpoint::save(&refiner_path, &refiner).unwrap();
     let out_r = dir.path().join("refiner.onnx");
@@ -364,13 +370,7 @@ fn export_matches_cpu_inference_in_onnxruntime() {
     let isbi = root.join("../shared/data/isbi2015");
     let ds = Dataset::open(&isbi, &DatasetOptions::default()).expect("the ISBI 2015 data in ../shared/data");
     let samples = &ds.split(Split::Valid).unwrap()[..2];
-    let mut refiner = random_checkpoint("hrnet-w8", [64, 64], 13);
-    refiner.meta.refiner = Some(cephalo::refine::PatchSpec {
-        size: 64,
-        mm: 0.3,
-        jitter_mm: 5.0,
-        train_pixel_mm: 0.1,
-    });
+    let refiner = random_refiner(13);
     let mut cases = vec![
         Case {
             name: "hrnet-w8".into(),

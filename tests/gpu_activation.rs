@@ -4,12 +4,17 @@
 mod gpu_ops_support;
 
 use cephalo::backend::{cpu, cuda};
+use cephalo::gpu::{DevSlice, DevSliceMut, Gpu};
 use gpu_ops_support::*;
 use half::f16;
 
 /// Lengths that hit the scalar-only, vector, vector+tail and multi-wave paths, and an HRNet-like
 /// activation (4 x 13 x 17 x 36).
 const LENS: [usize; 6] = [1, 7, 8, 1000, 4 * 13 * 17 * 36, 1_000_003];
+
+/// `relu_bwd` and `add_relu_bwd`: (y, dy, dx, accumulate) on the CPU and on the GPU.
+type CpuMaskedBwd = fn(&[f32], &[f32], &mut [f32], bool);
+type GpuMaskedBwd = fn(&Gpu, DevSlice<f16>, DevSlice<f16>, DevSliceMut<f16>, bool) -> anyhow::Result<()>;
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -80,31 +85,29 @@ fn relu_and_add_backward_match_cpu_bitwise_when_writing_and_accumulating() {
                     vec![0.0; n]
                 };
 
-                let mut want = start32.clone();
-                cpu::elementwise::relu_bwd(&y32, &dy32, &mut want, accumulate);
-                let mut dx = upload(&gpu, &start);
-                cuda::elementwise::relu_bwd(
-                    &gpu,
-                    yd.slice().sub(off, n),
-                    dyd.slice().sub(off, n),
-                    dx.slice_mut().sub_mut(off, n),
-                    accumulate,
-                )
-                .unwrap();
-                assert_bitwise(&what("relu_bwd"), &dx.to_host(&gpu).unwrap()[off..off + n], &want);
-
-                let mut want = start32.clone();
-                cpu::elementwise::add_relu_bwd(&y32, &dy32, &mut want, accumulate);
-                let mut dx = upload(&gpu, &start);
-                cuda::elementwise::add_relu_bwd(
-                    &gpu,
-                    yd.slice().sub(off, n),
-                    dyd.slice().sub(off, n),
-                    dx.slice_mut().sub_mut(off, n),
-                    accumulate,
-                )
-                .unwrap();
-                assert_bitwise(&what("add_relu_bwd"), &dx.to_host(&gpu).unwrap()[off..off + n], &want);
+                // The two masked backwards: the same arguments, each against its own twin.
+                let masked: [(&str, CpuMaskedBwd, GpuMaskedBwd); 2] = [
+                    ("relu_bwd", cpu::elementwise::relu_bwd, cuda::elementwise::relu_bwd),
+                    (
+                        "add_relu_bwd",
+                        cpu::elementwise::add_relu_bwd,
+                        cuda::elementwise::add_relu_bwd,
+                    ),
+                ];
+                for (op, cpu_bwd, gpu_bwd) in masked {
+                    let mut want = start32.clone();
+                    cpu_bwd(&y32, &dy32, &mut want, accumulate);
+                    let mut dx = upload(&gpu, &start);
+                    gpu_bwd(
+                        &gpu,
+                        yd.slice().sub(off, n),
+                        dyd.slice().sub(off, n),
+                        dx.slice_mut().sub_mut(off, n),
+                        accumulate,
+                    )
+                    .unwrap();
+                    assert_bitwise(&what(op), &dx.to_host(&gpu).unwrap()[off..off + n], &want);
+                }
 
                 let mut want = start32;
                 cpu::elementwise::add_bwd(&dy32, &mut want, accumulate);

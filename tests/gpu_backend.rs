@@ -101,6 +101,14 @@ fn executors(g: &Graph, mode: Mode, values: &[Vec<f32>]) -> (Executor<CpuBackend
     (cpu, cuda)
 }
 
+/// The relative error of the GPU's forward pass on `input` against the CPU's.
+fn forward_error(cpu: &mut Executor<CpuBackend>, cuda: &mut Executor<CudaBackend>, input: &[f32]) -> f64 {
+    let want = cpu.predict(input);
+    let got = cuda.predict(input);
+    cuda.backend_mut().take_error().expect("forward");
+    rel_err("output", &got, &want)
+}
+
 /// A shallow graph with every op kind of the networks (conv with and without bias, stride 2,
 /// BN with and without ReLU, max pool, add, add+ReLU, ReLU, transposed conv, nearest and bilinear
 /// upsampling, concat), odd channel counts included.
@@ -136,11 +144,7 @@ fn every_op_graph_forward_and_backward_match_the_cpu() {
     let values = randomise(&g, &mut r);
     let (mut cpu, mut cuda) = executors(&g, Mode::Train, &values);
     cuda.backend_mut().poison_activations().unwrap();
-    let input = structured_input(g.input_shape(), &mut r);
-    let want = cpu.predict(&input);
-    let got = cuda.predict(&input);
-    cuda.backend_mut().take_error().expect("forward");
-    let e = rel_err("output", &got, &want);
+    let e = forward_error(&mut cpu, &mut cuda, &structured_input(g.input_shape(), &mut r));
     println!("every-op graph: output relative error {e:.2e}");
     assert!(e < 1e-2, "output relative error {e:.3e}");
     let d_out = random_f32(&mut r, g.output_shape().len(), -1.0, 1.0);
@@ -193,11 +197,7 @@ fn fused_inference_matches_the_cpu() {
             }
         }
         let (mut cpu, mut cuda) = executors(&g, Mode::Eval, &values);
-        let input = structured_input(g.input_shape(), &mut r);
-        let want = cpu.predict(&input);
-        let got = cuda.predict(&input);
-        cuda.backend_mut().take_error().expect("forward");
-        let e = rel_err("output", &got, &want);
+        let e = forward_error(&mut cpu, &mut cuda, &structured_input(g.input_shape(), &mut r));
         println!("{model}: fused inference relative error {e:.2e}");
         assert!(e < 2e-2, "{model}: fused inference relative error {e:.3e}");
     }

@@ -9,7 +9,7 @@
 mod gpu_ops_support;
 
 use cephalo::backend::cuda::batchnorm::{BnForward, DevBnWeights, StatsTargets};
-use cephalo::backend::{cpu, cuda, AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
+use cephalo::backend::{cpu, cuda, AddReluJoin, BnParams, BnRunning, BnWeights, GradOut, Shape4};
 use cephalo::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;
@@ -52,6 +52,27 @@ impl Case {
             },
         }
     }
+
+    /// The CPU twin's backward from `dy` with the saved statistics, into `dx` (overwritten or
+    /// accumulated into): (dx, dgamma, dbeta).
+    fn cpu_bwd(&self, dy: &[f32], saved: &[f32], relu: bool, (mut dx, accumulate): (Vec<f32>, bool)) -> [Vec<f32>; 3] {
+        let c = self.xs.c;
+        let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
+        cpu::batchnorm::bn_bwd(
+            dy,
+            &to_f32(&self.x),
+            self.xs,
+            &self.gamma,
+            &self.beta,
+            saved,
+            relu,
+            &mut dx,
+            accumulate,
+            &mut dgamma,
+            &mut dbeta,
+        );
+        [dx, dgamma, dbeta]
+    }
 }
 
 /// The case's parameters on the GPU.
@@ -91,7 +112,8 @@ impl Dev {
 
     /// A training forward's arguments: the case's `x`, `residual` and weights, and the statistics
     /// targets `saved`, the case's running statistics and workspace.
-    fn train<'a>(&'a mut self, bp: BnParams, saved: DevSliceMut<'a, f32>) -> Train<'a> {
+    fn train<'a>(&'a mut self, bp: BnParams, saved: &'a mut DeviceBuffer<f32>) -> Train<'a> {
+        let running = (&mut self.running_mean, &mut self.running_var);
         Train {
             x: self.x.slice(),
             residual: self.residual.slice(),
@@ -100,16 +122,35 @@ impl Dev {
                 beta: self.beta.slice(),
                 params: bp,
             },
-            targets: StatsTargets {
-                saved,
-                running: BnRunning {
-                    mean: self.running_mean.slice_mut(),
-                    var: self.running_var.slice_mut(),
-                },
-                workspace: self.workspace.slice_mut(),
-            },
+            targets: stats_targets(saved, running, &mut self.workspace),
         }
     }
+
+    /// A backward's arguments from the case: `dy`, the forward (`x`, the weights and the saved
+    /// statistics `saved`) and the workspace, borrowed together.
+    fn bwd<'a>(&'a mut self, xs: Shape4, bp: BnParams, saved: DevSlice<'a, f32>) -> Bwd<'a> {
+        Bwd {
+            dy: self.dy.slice(),
+            fwd: BnForward {
+                x: self.x.slice(),
+                xs,
+                // The fields, not `self.weights`: the workspace is borrowed mutably beside them.
+                bn: BnWeights {
+                    gamma: self.gamma.slice(),
+                    beta: self.beta.slice(),
+                    params: bp,
+                },
+                saved,
+            },
+            workspace: self.workspace.slice_mut(),
+        }
+    }
+}
+
+struct Bwd<'a> {
+    dy: DevSlice<'a, f16>,
+    fwd: BnForward<'a>,
+    workspace: DevSliceMut<'a, f32>,
 }
 
 struct Train<'a> {
@@ -132,7 +173,7 @@ fn check_fwd_train(gpu: &Gpu, k: &Case, relu: bool) -> Vec<f32> {
 
     let mut d = Dev::new(gpu, k);
     let (mut yd, mut sd) = (poisoned_f16(gpu, xs.len()), poisoned_f32(gpu, 2 * c));
-    let t = d.train(k.bp, sd.slice_mut());
+    let t = d.train(k.bp, &mut sd);
     cuda::batchnorm::bn_fwd_train(gpu, t.x, xs, t.weights, relu, yd.slice_mut(), t.targets).unwrap();
     assert_close(&format!("{what}: y"), &download_f32(gpu, &yd), &y, 1e-2);
     let gs = sd.to_host(gpu).unwrap();
@@ -198,52 +239,21 @@ fn check_apply_and_eval(gpu: &Gpu, k: &Case, saved: &[f32], relu: bool) {
 fn check_bwd(gpu: &Gpu, rng: &mut ChaCha8Rng, k: &Case, saved: &[f32], relu: bool, accumulate: bool) {
     let (xs, c) = (k.xs, k.xs.c);
     let what = format!("bn_bwd {xs} relu={relu} accumulate={accumulate}");
-    let (x32, dy32) = (to_f32(&k.x), to_f32(&k.dy));
     let dx0 = if accumulate {
         random_f16(rng, xs.len(), -1.0, 1.0)
     } else {
         vec![POISON_F16; xs.len()]
     };
-    let mut dx = if accumulate { to_f32(&dx0) } else { vec![0.0; xs.len()] };
-    let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
-    cpu::batchnorm::bn_bwd(
-        &dy32,
-        &x32,
-        xs,
-        &k.gamma,
-        &k.beta,
-        saved,
-        relu,
-        &mut dx,
-        accumulate,
-        &mut dgamma,
-        &mut dbeta,
-    );
+    let dx = if accumulate { to_f32(&dx0) } else { vec![0.0; xs.len()] };
+    let [dx, dgamma, dbeta] = k.cpu_bwd(&to_f32(&k.dy), saved, relu, (dx, accumulate));
 
     let mut d = Dev::new(gpu, k);
     let sd = upload(gpu, saved);
     let mut dxd = upload(gpu, &dx0);
     let (mut dgd, mut dbd) = (poisoned_f32(gpu, c), poisoned_f32(gpu, c));
-    let fwd = BnForward {
-        x: d.x.slice(),
-        xs,
-        // The fields, not `d.weights`: the workspace is borrowed mutably beside them.
-        bn: BnWeights {
-            gamma: d.gamma.slice(),
-            beta: d.beta.slice(),
-            params: k.bp,
-        },
-        saved: sd.slice(),
-    };
-    let dx_out = GradOut {
-        data: dxd.slice_mut(),
-        accumulate,
-    };
-    let grads = BnGrads {
-        dgamma: dgd.slice_mut(),
-        dbeta: dbd.slice_mut(),
-    };
-    cuda::batchnorm::bn_bwd(gpu, d.dy.slice(), fwd, relu, dx_out, grads, d.workspace.slice_mut()).unwrap();
+    let b = d.bwd(xs, k.bp, sd.slice());
+    let (dx_out, grads) = bwd_outputs(&mut dxd, accumulate, &mut dgd, &mut dbd);
+    cuda::batchnorm::bn_bwd(gpu, b.dy, b.fwd, relu, dx_out, grads, b.workspace).unwrap();
     assert_close(&format!("{what}: dx"), &download_f32(gpu, &dxd), &dx, 1e-2);
     assert_close(&format!("{what}: dgamma"), &dgd.to_host(gpu).unwrap(), &dgamma, 1e-4);
     assert_close(&format!("{what}: dbeta"), &dbd.to_host(gpu).unwrap(), &dbeta, 1e-4);
@@ -286,14 +296,7 @@ fn batchnorm_statistics_are_exact_on_a_known_batch() {
         beta: b.slice(),
         params: bp,
     };
-    let targets = StatsTargets {
-        saved: saved.slice_mut(),
-        running: BnRunning {
-            mean: rm.slice_mut(),
-            var: rv.slice_mut(),
-        },
-        workspace: ws.slice_mut(),
-    };
+    let targets = stats_targets(&mut saved, (&mut rm, &mut rv), &mut ws);
     cuda::batchnorm::bn_fwd_train(&gpu, xd.slice(), xs, weights, false, y.slice_mut(), targets).unwrap();
     let s = saved.to_host(&gpu).unwrap();
     assert!((s[0] - 4.5).abs() < 1e-6, "mean {}", s[0]);
@@ -332,7 +335,7 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
 
         let mut d = Dev::new(&gpu, &k);
         let (mut yd, mut sd) = (poisoned_f16(&gpu, xs.len()), poisoned_f32(&gpu, 2 * c));
-        let t = d.train(k.bp, sd.slice_mut());
+        let t = d.train(k.bp, &mut sd);
         cuda::batchnorm::bn_add_relu_fwd_train(&gpu, t.x, xs, t.weights, t.residual, yd.slice_mut(), t.targets)
             .unwrap();
         assert_close(
@@ -383,21 +386,7 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
                 vec![0.0; xs.len()]
             };
             cpu::elementwise::add_bwd(&g, &mut dres, accumulate);
-            let mut dx = vec![0.0; xs.len()];
-            let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
-            cpu::batchnorm::bn_bwd(
-                &g,
-                &x32,
-                xs,
-                &k.gamma,
-                &k.beta,
-                &saved,
-                false,
-                &mut dx,
-                false,
-                &mut dgamma,
-                &mut dbeta,
-            );
+            let [dx, dgamma, dbeta] = k.cpu_bwd(&g, &saved, false, (vec![0.0; xs.len()], false));
 
             let mut dxd = poisoned_f16(&gpu, xs.len());
             let mut dresd = if accumulate {
@@ -406,17 +395,7 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
                 poisoned_f16(&gpu, xs.len())
             };
             let (mut dgd, mut dbd) = (poisoned_f32(&gpu, c), poisoned_f32(&gpu, c));
-            let fwd = BnForward {
-                x: d.x.slice(),
-                xs,
-                // The fields, not `d.weights`: the workspace is borrowed mutably beside them.
-                bn: BnWeights {
-                    gamma: d.gamma.slice(),
-                    beta: d.beta.slice(),
-                    params: k.bp,
-                },
-                saved: sd.slice(),
-            };
+            let b = d.bwd(xs, k.bp, sd.slice());
             let join = AddReluJoin {
                 y: yd16.slice(),
                 d_residual: Some(GradOut {
@@ -424,16 +403,8 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
                     accumulate,
                 }),
             };
-            let dx_out = GradOut {
-                data: dxd.slice_mut(),
-                accumulate: false,
-            };
-            let grads = BnGrads {
-                dgamma: dgd.slice_mut(),
-                dbeta: dbd.slice_mut(),
-            };
-            cuda::batchnorm::bn_add_relu_bwd(&gpu, d.dy.slice(), fwd, join, dx_out, grads, d.workspace.slice_mut())
-                .unwrap();
+            let (dx_out, grads) = bwd_outputs(&mut dxd, false, &mut dgd, &mut dbd);
+            cuda::batchnorm::bn_add_relu_bwd(&gpu, b.dy, b.fwd, join, dx_out, grads, b.workspace).unwrap();
             assert_close(&format!("{what}: dx"), &download_f32(&gpu, &dxd), &dx, 1e-2);
             assert_bitwise(&format!("{what}: d_residual"), &dresd.to_host(&gpu).unwrap(), &dres);
             assert_close(&format!("{what}: dgamma"), &dgd.to_host(&gpu).unwrap(), &dgamma, 1e-4);
@@ -454,33 +425,16 @@ fn batchnorm_is_bitwise_deterministic_run_to_run() {
     let run = || {
         let mut d = Dev::new(&gpu, &k);
         let (mut y, mut saved) = (poisoned_f16(&gpu, xs.len()), poisoned_f32(&gpu, 2 * c));
-        let t = d.train(k.bp, saved.slice_mut());
+        let t = d.train(k.bp, &mut saved);
         cuda::batchnorm::bn_fwd_train(&gpu, t.x, xs, t.weights, true, y.slice_mut(), t.targets).unwrap();
         let (mut dx, mut dg, mut db) = (
             poisoned_f16(&gpu, xs.len()),
             poisoned_f32(&gpu, c),
             poisoned_f32(&gpu, c),
         );
-        let fwd = BnForward {
-            x: d.x.slice(),
-            xs,
-            // The fields, not `d.weights`: the workspace is borrowed mutably beside them.
-            bn: BnWeights {
-                gamma: d.gamma.slice(),
-                beta: d.beta.slice(),
-                params: k.bp,
-            },
-            saved: saved.slice(),
-        };
-        let dx_out = GradOut {
-            data: dx.slice_mut(),
-            accumulate: false,
-        };
-        let grads = BnGrads {
-            dgamma: dg.slice_mut(),
-            dbeta: db.slice_mut(),
-        };
-        cuda::batchnorm::bn_bwd(&gpu, d.dy.slice(), fwd, true, dx_out, grads, d.workspace.slice_mut()).unwrap();
+        let b = d.bwd(xs, k.bp, saved.slice());
+        let (dx_out, grads) = bwd_outputs(&mut dx, false, &mut dg, &mut db);
+        cuda::batchnorm::bn_bwd(&gpu, b.dy, b.fwd, true, dx_out, grads, b.workspace).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         (
             y.to_host(&gpu).unwrap(),
@@ -506,14 +460,7 @@ fn too_small_workspace_is_an_error() {
     let (mut y, mut saved) = (poisoned_f16(&gpu, xs.len()), poisoned_f32(&gpu, 16));
     let (mut rm, mut rv) = (poisoned_f32(&gpu, 8), poisoned_f32(&gpu, 8));
     let mut ws = poisoned_f32(&gpu, 3);
-    let targets = StatsTargets {
-        saved: saved.slice_mut(),
-        running: BnRunning {
-            mean: rm.slice_mut(),
-            var: rv.slice_mut(),
-        },
-        workspace: ws.slice_mut(),
-    };
+    let targets = stats_targets(&mut saved, (&mut rm, &mut rv), &mut ws);
     let weights = d.weights(BnParams::default());
     let err = cuda::batchnorm::bn_fwd_train(&gpu, d.x.slice(), xs, weights, false, y.slice_mut(), targets).unwrap_err();
     assert!(err.to_string().contains("workspace"), "{err}");

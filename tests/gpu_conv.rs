@@ -13,12 +13,11 @@ mod gpu_ops_support;
 
 use cephalo::backend::cpu::batchnorm::bn_batch_stats;
 use cephalo::backend::cpu::conv::{self as cpu_conv, Affine};
-use cephalo::backend::cuda::batchnorm::StatsTargets;
 use cephalo::backend::cuda::conv::{
     self as gpu_conv, ConvDgrad, ConvEpilogue, ConvFwd, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL,
     TILES_SMALL_SMEM,
 };
-use cephalo::backend::{BnParams, BnRunning, ConvParams, GradOut, Shape4};
+use cephalo::backend::{BnParams, ConvParams, GradOut, Shape4};
 use cephalo::gpu::{kernel_image, DeviceBuffer, Gpu};
 use cephalo::graph::Op;
 use cephalo::model::ModelConfig;
@@ -180,14 +179,7 @@ fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParam
         let mut rm = upload(gpu, &running_mean0);
         let mut rv = upload(gpu, &running_var0);
         let mut ws = poisoned_f32(gpu, gpu_conv::conv2d_bn_stats_workspace_len(ys));
-        let targets = StatsTargets {
-            saved: saved.slice_mut(),
-            running: BnRunning {
-                mean: rm.slice_mut(),
-                var: rv.slice_mut(),
-            },
-            workspace: ws.slice_mut(),
-        };
+        let targets = stats_targets(&mut saved, (&mut rm, &mut rv), &mut ws);
         gpu_conv::conv2d_fwd_bn_stats(gpu, conv, Some(bd.slice()), y.slice_mut(), bp, targets).unwrap();
         let host = |b: &DeviceBuffer<f32>| b.to_host(gpu).unwrap();
         (y.to_host(gpu).unwrap(), host(&saved), host(&rm), host(&rv))
@@ -248,16 +240,22 @@ fn check_dgrad(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, tile
     }
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn forward_matches_the_cpu_twin() {
+/// `check` (a pass against its CPU twin, with the tile the table picks) on every shape class and
+/// `random` random shapes.
+fn check_classes_and_random_shapes(check: fn(&Gpu, &mut ChaCha8Rng, Shape4, &ConvParams, Option<Tile>), random: usize) {
     let gpu = gpu();
     let mut rng = rng();
     let mut shapes = shape_classes();
-    shapes.extend(random_shapes(&mut rng, 24));
+    shapes.extend(random_shapes(&mut rng, random));
     for (xs, p) in shapes {
-        check_fwd(&gpu, &mut rng, xs, &p, None);
+        check(&gpu, &mut rng, xs, &p, None);
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn forward_matches_the_cpu_twin() {
+    check_classes_and_random_shapes(check_fwd, 24);
 }
 
 #[test]
@@ -278,13 +276,7 @@ fn bn_statistics_epilogue_matches_the_cpu_twin() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn input_gradient_matches_the_cpu_twin() {
-    let gpu = gpu();
-    let mut rng = rng();
-    let mut shapes = shape_classes();
-    shapes.extend(random_shapes(&mut rng, 24));
-    for (xs, p) in shapes {
-        check_dgrad(&gpu, &mut rng, xs, &p, None);
-    }
+    check_classes_and_random_shapes(check_dgrad, 24);
 }
 
 /// Every tile configuration of both loaders and both passes, whatever the table would pick.

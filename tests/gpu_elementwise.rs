@@ -30,10 +30,7 @@ fn convert_matches_cpu_bitwise() {
         let mut dst = DeviceBuffer::from_host(&gpu, &vec![POISON_F16; n]).unwrap();
         cuda::elementwise::convert_f32_to_f16(&gpu, src.slice(), dst.slice_mut()).unwrap();
         let got = dst.to_host(&gpu).unwrap();
-        assert!(
-            got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
-            "f32->f16 differs at n={n}"
-        );
+        assert!(same_bits(&got, &want), "f32->f16 differs at n={n}");
     }
 }
 
@@ -56,11 +53,10 @@ fn axpy_matches_cpu_bitwise_on_aligned_and_misaligned_views() {
             let mut yd = DeviceBuffer::from_host(&gpu, &yh).unwrap();
             cuda::elementwise::axpy_f16(&gpu, a, xd.slice().sub(offset, n), yd.slice_mut().sub_mut(offset, n)).unwrap();
             let got = yd.to_host(&gpu).unwrap();
-            let same = got[offset..offset + n]
-                .iter()
-                .zip(&want_h)
-                .all(|(g, w)| g.to_bits() == w.to_bits());
-            assert!(same, "axpy_f16 n={n} offset={offset}");
+            assert!(
+                same_bits(&got[offset..offset + n], &want_h),
+                "axpy_f16 n={n} offset={offset}"
+            );
             // The element before a misaligned view must be untouched.
             if offset > 0 {
                 assert_eq!(got[0].to_bits(), yh[0].to_bits());
@@ -81,10 +77,7 @@ fn fill_writes_exactly_the_view() {
         let got = buf.to_host(&gpu).unwrap();
         let mut want = vec![POISON_F16; n + 2];
         cpu::elementwise::fill(&mut want[1..=n], value);
-        assert!(
-            got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits()),
-            "fill_f16 n={n}"
-        );
+        assert!(same_bits(&got, &want), "fill_f16 n={n}");
     }
 }
 
@@ -103,7 +96,7 @@ fn kernels_are_deterministic_run_to_run() {
         yd.to_host(&gpu).unwrap()
     };
     let (first, second) = (run(), run());
-    assert!(first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(same_bits(&first, &second));
 }
 
 #[test]

@@ -12,13 +12,10 @@ mod gpu_ops_support;
 use cephalo::backend::HeatmapShape;
 use cephalo::backend::{cpu, cuda};
 use cephalo::gpu::Gpu;
+use gpu_ops_support::heatmap_shape as shape;
 use gpu_ops_support::*;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-
-const fn shape(n: usize, h: usize, w: usize, k: usize) -> HeatmapShape {
-    HeatmapShape { n, h, w, k }
-}
 
 const SHAPES: [HeatmapShape; 5] = [
     shape(1, 7, 9, 5),

@@ -8,18 +8,15 @@
 //! the loss value (fp32 per element, f64 sums on both sides, in different orders).
 mod gpu_ops_support;
 
-use cephalo::backend::cuda::loss::LossOutputs;
+use cephalo::backend::cuda::loss::{DevHeatmapBatch, LossOutputs};
 use cephalo::backend::{cpu, cuda};
 use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, WeightMap};
-use cephalo::gpu::{DeviceBuffer, Gpu};
+use cephalo::gpu::{DevSlice, DeviceBuffer, Gpu};
+use gpu_ops_support::heatmap_shape as shape;
 use gpu_ops_support::*;
 use half::f16;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-
-const fn shape(n: usize, h: usize, w: usize, k: usize) -> HeatmapShape {
-    HeatmapShape { n, h, w, k }
-}
 
 /// Odd sizes, a single element, and the users' 768x768 input's heatmaps (stride 4, 29 landmarks,
 /// batch 4), which caps the grid.
@@ -113,48 +110,40 @@ impl Dev {
         }
     }
 
+    /// The loss's arguments over the whole batch without a weight map, for a caller to change.
+    fn args(
+        &mut self,
+        shape: HeatmapShape,
+    ) -> (DevHeatmapBatch<'_>, LossWeighting<DevSlice<'_, f32>>, LossOutputs<'_>) {
+        let batch = HeatmapBatch {
+            pred: self.pred.slice(),
+            target: self.target.slice(),
+            shape,
+        };
+        let weighting = LossWeighting {
+            channel_weights: self.channel_weights.slice(),
+            weight_map: None,
+        };
+        let outputs = LossOutputs {
+            grad: self.grad.slice_mut(),
+            workspace: self.workspace.slice_mut(),
+            loss: self.loss.slice_mut(),
+        };
+        (batch, weighting, outputs)
+    }
+
     /// Runs the loss on the GPU; returns (loss value, gradient).
     fn run(&mut self, gpu: &Gpu, b: &Batch, loss: Loss, map: Option<WeightMap>, grad_scale: f32) -> (f64, Vec<f16>) {
-        let r = match loss {
-            Loss::AWing(p) => cuda::loss::awing_fwd_bwd(
-                gpu,
-                HeatmapBatch {
-                    pred: self.pred.slice(),
-                    target: self.target.slice(),
-                    shape: b.shape,
-                },
-                LossWeighting {
-                    channel_weights: self.channel_weights.slice(),
-                    weight_map: map,
-                },
-                p,
-                grad_scale,
-                LossOutputs {
-                    grad: self.grad.slice_mut(),
-                    workspace: self.workspace.slice_mut(),
-                    loss: self.loss.slice_mut(),
-                },
-            ),
-            Loss::Mse => cuda::loss::mse_fwd_bwd(
-                gpu,
-                HeatmapBatch {
-                    pred: self.pred.slice(),
-                    target: self.target.slice(),
-                    shape: b.shape,
-                },
-                LossWeighting {
-                    channel_weights: self.channel_weights.slice(),
-                    weight_map: map,
-                },
-                grad_scale,
-                LossOutputs {
-                    grad: self.grad.slice_mut(),
-                    workspace: self.workspace.slice_mut(),
-                    loss: self.loss.slice_mut(),
-                },
-            ),
+        let (batch, weighting, outputs) = self.args(b.shape);
+        let weighting = LossWeighting {
+            weight_map: map,
+            ..weighting
         };
-        r.unwrap();
+        match loss {
+            Loss::AWing(p) => cuda::loss::awing_fwd_bwd(gpu, batch, weighting, p, grad_scale, outputs),
+            Loss::Mse => cuda::loss::mse_fwd_bwd(gpu, batch, weighting, grad_scale, outputs),
+        }
+        .unwrap();
         let value = cuda::loss::read_loss(gpu, self.loss.slice()).unwrap();
         (value, self.grad.to_host(gpu).unwrap())
     }
@@ -163,34 +152,18 @@ impl Dev {
 fn cpu_loss(b: &Batch, loss: Loss, map: Option<WeightMap>, grad_scale: f32) -> (f64, Vec<f32>) {
     let pred = to_f32(&b.pred);
     let mut grad = vec![0.0f32; b.shape.len()];
+    let batch = HeatmapBatch {
+        pred: &pred[..],
+        target: &b.target[..],
+        shape: b.shape,
+    };
+    let weighting = LossWeighting {
+        channel_weights: &b.channel_weights[..],
+        weight_map: map,
+    };
     let value = match loss {
-        Loss::AWing(p) => cpu::loss::awing_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &b.target,
-                shape: b.shape,
-            },
-            LossWeighting {
-                channel_weights: &b.channel_weights,
-                weight_map: map,
-            },
-            p,
-            grad_scale,
-            &mut grad,
-        ),
-        Loss::Mse => cpu::loss::mse_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &b.target,
-                shape: b.shape,
-            },
-            LossWeighting {
-                channel_weights: &b.channel_weights,
-                weight_map: map,
-            },
-            grad_scale,
-            &mut grad,
-        ),
+        Loss::AWing(p) => cpu::loss::awing_fwd_bwd(batch, weighting, p, grad_scale, &mut grad),
+        Loss::Mse => cpu::loss::mse_fwd_bwd(batch, weighting, grad_scale, &mut grad),
     };
     (value, grad)
 }
@@ -337,63 +310,27 @@ fn wrong_sizes_are_errors_not_launches() {
     let mut d = Dev::new(&gpu, &b);
     let p = AWingParams::default();
     let short_ws = cuda::loss::loss_workspace_len(s) - 1;
-    let err = cuda::loss::awing_fwd_bwd(
-        &gpu,
-        HeatmapBatch {
-            pred: d.pred.slice(),
-            target: d.target.slice(),
-            shape: s,
-        },
-        LossWeighting {
-            channel_weights: d.channel_weights.slice().sub(0, s.k - 1),
-            weight_map: None,
-        },
-        p,
-        1.0,
-        LossOutputs {
-            grad: d.grad.slice_mut(),
-            workspace: d.workspace.slice_mut(),
-            loss: d.loss.slice_mut(),
-        },
-    );
+    let (batch, weighting, outputs) = d.args(s);
+    let short_weights = LossWeighting {
+        channel_weights: weighting.channel_weights.sub(0, s.k - 1),
+        ..weighting
+    };
+    let err = cuda::loss::awing_fwd_bwd(&gpu, batch, short_weights, p, 1.0, outputs);
     assert!(err.is_err(), "one channel weight short was accepted");
-    let err = cuda::loss::mse_fwd_bwd(
-        &gpu,
-        HeatmapBatch {
-            pred: d.pred.slice(),
-            target: d.target.slice(),
-            shape: s,
-        },
-        LossWeighting {
-            channel_weights: d.channel_weights.slice(),
-            weight_map: None,
-        },
-        1.0,
-        LossOutputs {
-            grad: d.grad.slice_mut(),
-            workspace: d.workspace.slice_mut().sub_mut(0, short_ws),
-            loss: d.loss.slice_mut(),
-        },
-    );
+    let (batch, weighting, mut outputs) = d.args(s);
+    let short_workspace = LossOutputs {
+        workspace: outputs.workspace.sub_mut(0, short_ws),
+        grad: outputs.grad,
+        loss: outputs.loss,
+    };
+    let err = cuda::loss::mse_fwd_bwd(&gpu, batch, weighting, 1.0, short_workspace);
     assert!(err.is_err(), "a short workspace was accepted");
-    let err = cuda::loss::mse_fwd_bwd(
-        &gpu,
-        HeatmapBatch {
-            pred: d.pred.slice().sub(1, s.len() - 1),
-            target: d.target.slice(),
-            shape: s,
-        },
-        LossWeighting {
-            channel_weights: d.channel_weights.slice(),
-            weight_map: None,
-        },
-        1.0,
-        LossOutputs {
-            grad: d.grad.slice_mut(),
-            workspace: d.workspace.slice_mut(),
-            loss: d.loss.slice_mut(),
-        },
-    );
+    let (batch, weighting, outputs) = d.args(s);
+    let short_pred = HeatmapBatch {
+        pred: batch.pred.sub(1, s.len() - 1),
+        ..batch
+    };
+    let err = cuda::loss::mse_fwd_bwd(&gpu, short_pred, weighting, 1.0, outputs);
     assert!(err.is_err(), "a short prediction was accepted");
     // Nothing was launched: the outputs are still poisoned.
     assert!(d

@@ -8,7 +8,7 @@ mod gpu_ops_support;
 
 use cephalo::backend::{cpu, cuda};
 use cephalo::backend::{AdamWParams, AdamWState};
-use cephalo::gpu::{DeviceBuffer, Gpu};
+use cephalo::gpu::{DevSliceMut, DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;
 use rand::Rng;
@@ -19,6 +19,23 @@ const SIZES: [usize; 4] = [1, 1000, 65_537, 9_600_000];
 fn flag(gpu: &Gpu) -> DeviceBuffer<i32> {
     // Poisoned: neither 0 nor 1, so a flag the wrapper failed to clear reads as "non-finite".
     upload(gpu, &[0x5a5a_5a5a])
+}
+
+/// Device AdamW state over whole buffers: master weights, moments and the fp16 copy if given.
+fn state<'a>(
+    (w, m, v): (
+        &'a mut DeviceBuffer<f32>,
+        &'a mut DeviceBuffer<f32>,
+        &'a mut DeviceBuffer<f32>,
+    ),
+    half_copy: Option<DevSliceMut<'a, f16>>,
+) -> AdamWState<DevSliceMut<'a, f32>, DevSliceMut<'a, f16>> {
+    AdamWState {
+        master: w.slice_mut(),
+        m: m.slice_mut(),
+        v: v.slice_mut(),
+        half_copy,
+    }
 }
 
 /// Indices of `count` random positions (with repeats) in `0..n`.
@@ -128,12 +145,7 @@ fn adamw_matches_cpu_over_three_steps() {
                 let half_d = with_half.then(|| hd.slice_mut());
                 cuda::optim::adamw_step(
                     &gpu,
-                    AdamWState {
-                        master: wd.slice_mut(),
-                        m: md.slice_mut(),
-                        v: vd.slice_mut(),
-                        half_copy: half_d,
-                    },
+                    state((&mut wd, &mut md, &mut vd), half_d),
                     gd.slice(),
                     &hp,
                     t,
@@ -195,12 +207,7 @@ fn decay_flag_reaches_the_kernel() {
         let mut hd = poisoned_f16(&gpu, 1);
         cuda::optim::adamw_step(
             &gpu,
-            AdamWState {
-                master: wd.slice_mut(),
-                m: md.slice_mut(),
-                v: vd.slice_mut(),
-                half_copy: Some(hd.slice_mut()),
-            },
+            state((&mut wd, &mut md, &mut vd), Some(hd.slice_mut())),
             gd.slice(),
             &hp,
             1,
@@ -221,39 +228,20 @@ fn wrong_arguments_are_errors_not_launches() {
     let gpu = gpu();
     let hp = AdamWParams::default();
     let mut w = upload(&gpu, &[1.0f32; 8]);
-    let g = upload(&gpu, &[1.0f32; 7]);
+    let (short_g, g) = (upload(&gpu, &[1.0f32; 7]), upload(&gpu, &[1.0f32; 8]));
     let (mut m, mut v) = (upload(&gpu, &[0.0f32; 8]), upload(&gpu, &[0.0f32; 8]));
-    let r = cuda::optim::adamw_step(
-        &gpu,
-        AdamWState {
-            master: w.slice_mut(),
-            m: m.slice_mut(),
-            v: v.slice_mut(),
-            half_copy: None,
-        },
-        g.slice(),
-        &hp,
-        1,
-        true,
-        1.0,
-    );
-    assert!(r.is_err(), "a short gradient was accepted");
-    let g = upload(&gpu, &[1.0f32; 8]);
-    let r = cuda::optim::adamw_step(
-        &gpu,
-        AdamWState {
-            master: w.slice_mut(),
-            m: m.slice_mut(),
-            v: v.slice_mut(),
-            half_copy: None,
-        },
-        g.slice(),
-        &hp,
-        0,
-        true,
-        1.0,
-    );
-    assert!(r.is_err(), "step 0 was accepted");
+    for (g, step, what) in [(&short_g, 1, "a short gradient"), (&g, 0, "step 0")] {
+        let r = cuda::optim::adamw_step(
+            &gpu,
+            state((&mut w, &mut m, &mut v), None),
+            g.slice(),
+            &hp,
+            step,
+            true,
+            1.0,
+        );
+        assert!(r.is_err(), "{what} was accepted");
+    }
     let mut two_flags = upload(&gpu, &[0i32, 0]);
     let r = cuda::optim::unscale_and_check(&gpu, w.slice_mut(), 1.0, two_flags.slice_mut());
     assert!(r.is_err(), "a two-element flag was accepted");
@@ -335,12 +323,7 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
     let chunks = cuda::optim::AdamWChunkTable::new(&gpu, &table).unwrap();
     cuda::optim::adamw_step_chunks(
         &gpu,
-        AdamWState {
-            master: wd.slice_mut(),
-            m: md.slice_mut(),
-            v: vd.slice_mut(),
-            half_copy: Some(hd.slice_mut()),
-        },
+        state((&mut wd, &mut md, &mut vd), Some(hd.slice_mut())),
         gd.slice(),
         &chunks,
         &hp,
@@ -399,18 +382,16 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
         .unwrap();
     }
     let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-    assert!(
-        same(&gw, &pw.to_host(&gpu).unwrap()),
-        "masters differ from the per-tensor launches"
-    );
-    assert!(
-        same(&gm, &pm.to_host(&gpu).unwrap()),
-        "m differs from the per-tensor launches"
-    );
-    assert!(
-        same(&gv, &pv.to_host(&gpu).unwrap()),
-        "v differs from the per-tensor launches"
-    );
+    for (what, got, launches) in [
+        ("masters differ", &gw, &pw),
+        ("m differs", &gm, &pm),
+        ("v differs", &gv, &pv),
+    ] {
+        assert!(
+            same(got, &launches.to_host(&gpu).unwrap()),
+            "{what} from the per-tensor launches"
+        );
+    }
     assert!(
         same_bits(&gh, &ph.to_host(&gpu).unwrap()),
         "fp16 copies differ from the per-tensor launches"
@@ -420,12 +401,7 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
     let short = upload(&gpu, &grad[..grads - 1]);
     let err = cuda::optim::adamw_step_chunks(
         &gpu,
-        AdamWState {
-            master: wd.slice_mut(),
-            m: md.slice_mut(),
-            v: vd.slice_mut(),
-            half_copy: None,
-        },
+        state((&mut wd, &mut md, &mut vd), None),
         short.slice(),
         &chunks,
         &hp,

@@ -5,10 +5,10 @@ use std::path::Path;
 
 mod cli_support;
 
-use cli_support::{run, trained_checkpoint};
+use cli_support::{csv_column, eval, read_json, trained_checkpoint};
 
 fn refined_mre(report: &Path) -> (f64, f64) {
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let json = read_json(report);
     (
         json["metrics"]["overall"]["mre_mm"].as_f64().unwrap(),
         json["refined"]["metrics"]["overall"]["mre_mm"].as_f64().unwrap(),
@@ -21,41 +21,23 @@ fn gpu_refiner_trains_and_its_evaluation_matches_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let (data, global) = trained_checkpoint(dir.path(), 40, 11);
     let (ck, logs) = (dir.path().join("refiner"), dir.path().join("refiner-logs"));
-    run(&[
-        "train",
-        "--stage",
-        "refine",
-        "--dataset-path",
-        data.to_str().unwrap(),
-        "--global",
-        global.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--patch-size",
-        "32",
-        "--patch-mm",
-        "0.6",
-        "--patch-jitter-mm",
-        "3",
-        "--batch-size",
-        "16",
-        "--epochs",
-        "3",
-        "--lr",
-        "2e-3",
-        "--warmup-epochs",
-        "0",
-        "--device",
-        "cuda",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-    ])
+    cli_support::train_refiner(
+        dir.path(),
+        &data,
+        &global,
+        &[
+            "--patch-jitter-mm",
+            "3",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "3",
+            "--device",
+            "cuda",
+        ],
+    )
     .unwrap();
-    let mut csv = csv::Reader::from_path(logs.join("train_log.csv")).unwrap();
-    let column = csv.headers().unwrap().iter().position(|h| h == "train_loss").unwrap();
-    let loss: Vec<f64> = csv.records().map(|r| r.unwrap()[column].parse().unwrap()).collect();
+    let loss = csv_column(&logs.join("train_log.csv"), "train_loss");
     assert!(
         loss[2] < loss[0],
         "the refiner's training loss should fall on the GPU: {loss:?}"
@@ -65,20 +47,15 @@ fn gpu_refiner_trains_and_its_evaluation_matches_the_cpu() {
     let mut mre = Vec::new();
     for device in ["cuda", "cpu"] {
         let report = dir.path().join(format!("{device}.json"));
-        run(&[
-            "eval",
-            "--checkpoint",
-            global.to_str().unwrap(),
+        let args = [
             "--refiner",
             refiner.to_str().unwrap(),
-            "--dataset-path",
-            data.to_str().unwrap(),
             "--device",
             device,
             "--report",
             report.to_str().unwrap(),
-        ])
-        .unwrap();
+        ];
+        eval(&global, &data, &args).unwrap();
         mre.push(refined_mre(&report));
     }
     let ((g_gpu, r_gpu), (g_cpu, r_cpu)) = (mre[0], mre[1]);

@@ -18,6 +18,13 @@ const CASES: [(Shape4, usize); 7] = [
     (Shape4::new(1, 1, 1, 8), 4),
 ];
 
+/// The cases with their outputs' shapes: (xs, factor, ys).
+fn cases() -> impl Iterator<Item = (Shape4, usize, Shape4)> {
+    CASES
+        .into_iter()
+        .map(|(xs, factor)| (xs, factor, upsample_shape(xs, factor)))
+}
+
 const MODES: [UpsampleMode; 2] = [UpsampleMode::Nearest, UpsampleMode::Bilinear];
 
 #[test]
@@ -25,8 +32,7 @@ const MODES: [UpsampleMode; 2] = [UpsampleMode::Nearest, UpsampleMode::Bilinear]
 fn upsample_forward_matches_cpu_bitwise() {
     let gpu = gpu();
     let mut rng = rng();
-    for (xs, factor) in CASES {
-        let ys = upsample_shape(xs, factor);
+    for (xs, factor, ys) in cases() {
         let x = random_f16(&mut rng, xs.len() + 1, -4.0, 4.0);
         // Offset 0 takes the 8-channel vector path where c allows, offset 1 the scalar one.
         for off in [0usize, 1] {
@@ -59,8 +65,7 @@ fn upsample_forward_matches_cpu_bitwise() {
 fn upsample_backward_matches_cpu_bitwise_when_writing_and_accumulating() {
     let gpu = gpu();
     let mut rng = rng();
-    for (xs, factor) in CASES {
-        let ys = upsample_shape(xs, factor);
+    for (xs, factor, ys) in cases() {
         let dy = random_f16(&mut rng, ys.len() + 1, -2.0, 2.0);
         let dx0 = random_f16(&mut rng, xs.len() + 1, -2.0, 2.0);
         for off in [0usize, 1] {

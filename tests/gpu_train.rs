@@ -23,38 +23,18 @@ use rand::SeedableRng;
 
 mod cli_support;
 
-fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
-    let (ck, logs) = (dir.join("ck"), dir.join("logs"));
-    let mut argv = vec![
-        "train",
-        "--dataset_path",
-        data.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--image_size",
-        "128",
-        "128",
-        "--batch_size",
-        "4",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "--device",
-        device,
-        "--workers",
-        "2",
-        "--seed",
-        "7",
-    ];
-    argv.extend_from_slice(extra);
-    cli_support::run(&argv).expect("training runs");
-}
+use cli_support::csv_column;
 
-fn csv_column(path: &Path, column: &str) -> Vec<f64> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let i = r.headers().unwrap().iter().position(|h| h == column).unwrap();
-    r.records().map(|rec| rec.unwrap()[i].parse().unwrap()).collect()
+/// The training run of these tests: 128x128 on `device` with two loader workers, batch 4, seed 7,
+/// flags spelt with underscores.
+fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
+    let run = cli_support::Train {
+        underscores: true,
+        size: "128",
+        device,
+        workers: "2",
+    };
+    run.run_seeded(dir, data, extra);
 }
 
 #[test]
@@ -144,10 +124,7 @@ fn gpu_inference_of_a_checkpoint_matches_the_cpu() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_staging_the_next_batch_changes_no_bit() {
     let (model, symbols, loss) = engine_setup(5);
-    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let graph = model.build().unwrap();
-    let batches: Vec<Batch> = (0..4).map(|_| synthetic_batch(&graph, &mut rng)).collect();
+    let (gpu, batches) = gpu_and_batches(&model, 3, 4);
     let run = |plan: &[(usize, Option<usize>)]| -> Checkpoint {
         let mut engine = CudaEngine::new(gpu.clone(), model.build().unwrap(), 1, &loss).unwrap();
         for (t, &(b, next)) in plan.iter().enumerate() {
@@ -205,10 +182,7 @@ fn gpu_validation_in_the_training_memory_changes_nothing() {
     )
     .unwrap();
     let (model, symbols, loss) = engine_setup(k);
-    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    let graph = model.build().unwrap();
-    let batches: Vec<Batch> = (0..3).map(|_| synthetic_batch(&graph, &mut rng)).collect();
+    let (gpu, batches) = gpu_and_batches(&model, 5, 3);
     let sp = |t: u64| StepParams {
         lr: 1e-3,
         weight_decay: 1e-4,
@@ -251,10 +225,7 @@ fn gpu_validation_in_the_training_memory_changes_nothing() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_cuda_graphs_change_no_bit() {
     let (model, symbols, loss) = engine_setup(5);
-    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let graph = model.build().unwrap();
-    let batches: Vec<Batch> = (0..3).map(|_| synthetic_batch(&graph, &mut rng)).collect();
+    let (gpu, batches) = gpu_and_batches(&model, 9, 3);
     let run = |graphs: bool| -> Checkpoint {
         let mut engine = CudaEngine::new(gpu.clone(), model.build().unwrap(), 1, &loss).unwrap();
         engine.use_cuda_graphs(graphs);
@@ -327,6 +298,16 @@ fn engine_setup(k: usize) -> (ModelConfig, Vec<String>, HeatmapLoss) {
     };
     let loss = HeatmapLoss::from_args(&args, &symbols).unwrap();
     (model, symbols, loss)
+}
+
+/// The GPU, shared as the engines take it, and `count` synthetic batches for `model` drawn with
+/// `seed`.
+fn gpu_and_batches(model: &ModelConfig, seed: u64, count: usize) -> (Arc<Gpu>, Vec<Batch>) {
+    let gpu = Arc::new(Gpu::open(0).expect("a CUDA GPU"));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let graph = model.build().unwrap();
+    let batches = (0..count).map(|_| synthetic_batch(&graph, &mut rng)).collect();
+    (gpu, batches)
 }
 
 /// Every tensor (weights, statistics, moments) of `a` equals `b`'s to the bit.

@@ -286,6 +286,11 @@ fn bn_statistics_from_the_convolution_change_no_bit() {
     assert_eq!(a, b);
 }
 
+/// How many nodes of `g` run the op `kind`.
+fn nodes_of_kind(g: &Graph, kind: &str) -> usize {
+    g.nodes.iter().filter(|n| n.op.kind() == kind).count()
+}
+
 /// Training with each batch norm fused into the residual join that reads it
 /// (`fuse_bn_add_relu`, one GPU pass forward and one reduction backward instead of two ops) must
 /// change nothing on the CPU, where the BN output is f32 either way: outputs, every gradient, the
@@ -293,12 +298,7 @@ fn bn_statistics_from_the_convolution_change_no_bit() {
 #[test]
 fn bn_add_relu_fusion_in_training_changes_no_bit() {
     for graph in [tiny_hrnet(), every_op_graph()] {
-        let fused_nodes = graph
-            .fuse_for_training()
-            .nodes
-            .iter()
-            .filter(|n| n.op.kind() == "bn_add_relu")
-            .count();
+        let fused_nodes = nodes_of_kind(&graph.fuse_for_training(), "bn_add_relu");
         assert!(fused_nodes > 0, "the graph has BN -> add_relu joins");
         let options = |fuse: bool| PlanOptions {
             fuse_bn_add_relu: fuse,
@@ -380,12 +380,7 @@ fn fused_conv_bn_inference_matches_the_unfused_ops() {
         let (fused, fused_nodes) = run(true);
         let (plain, plain_nodes) = run(false);
         assert!(fused_nodes < plain_nodes, "some conv+BN pairs must fuse");
-        let joins = graph
-            .fuse_for_inference()
-            .nodes
-            .iter()
-            .filter(|n| n.op.kind() == "conv_bn_add_relu")
-            .count();
+        let joins = nodes_of_kind(&graph.fuse_for_inference(), "conv_bn_add_relu");
         assert!(joins > 0, "the residual joins must fuse too");
         // Same GEMM, then the same multiply-add (and residual add) per element: identical bits.
         assert_eq!(fused, plain);

@@ -3,9 +3,12 @@ mod cli_support;
 
 use std::process::ExitCode;
 
+use cephalo::graph::plan::{plan, DtypeSizes, Mode, Plan, PlanOptions};
+use cephalo::graph::Graph;
 use cephalo::model::conv_shapes::{conv_shapes, conv_shapes_table, ConvKind, ConvShape};
 use cephalo::model::summary::summary;
 use cephalo::model::{resolve, ModelConfig};
+use cephalo::train::cuda_engine::{memory_plan, MemoryPlan};
 
 #[test]
 fn summary_reports_exact_counts_and_planned_memory() {
@@ -105,21 +108,23 @@ fn conv_shapes_command_rejects_bad_flags() {
     assert!(cli_support::run(&["model", "conv-shapes", "--batch-size", "0"]).is_err());
 }
 
+/// The model's graph, its GPU training memory plan, and the plan of an fp16 evaluation pass with
+/// an arena of its own.
+fn gpu_plans(cfg: ModelConfig) -> (Graph, MemoryPlan, Plan) {
+    let g = cfg.build().unwrap();
+    let p = memory_plan(&g);
+    let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
+    let eval = plan(&options.graph_for(g.clone()), options);
+    (g, p, eval)
+}
+
 /// The GPU training run's memory plan: validation runs inside the training arena (its own arena is
 /// far smaller) and on the training weights, so it adds nothing, and the total is the sum of the
 /// training parts.
 #[test]
 fn validation_needs_no_device_memory_of_its_own() {
-    use cephalo::graph::plan::{plan, DtypeSizes, Mode, PlanOptions};
-    use cephalo::train::cuda_engine::memory_plan;
     for (model, batch) in [("hrnet-w32", 2), ("resnet50", 4)] {
-        let g = ModelConfig::new(model, 1, 19, [256, 256], batch)
-            .unwrap()
-            .build()
-            .unwrap();
-        let p = memory_plan(&g);
-        let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
-        let eval = plan(&options.graph_for(g.clone()), options);
+        let (_, p, eval) = gpu_plans(ModelConfig::new(model, 1, 19, [256, 256], batch).unwrap());
         assert!(eval.arena_bytes > 0 && eval.arena_bytes < p.train_arena, "{model}");
         assert_eq!(p.eval_arena, 0, "{model}");
         assert_eq!(p.total(), p.train_arena + p.params + p.optimizer + p.scratch, "{model}");
@@ -133,17 +138,9 @@ fn validation_needs_no_device_memory_of_its_own() {
 #[test]
 #[ignore = "prints the full-size memory plans for BENCHMARKS.md"]
 fn training_memory_plans() {
-    use cephalo::graph::plan::{plan, DtypeSizes, Mode, PlanOptions};
-    use cephalo::train::cuda_engine::memory_plan;
     let mib = |b: usize| b as f64 / (1 << 20) as f64;
     for (model, batch) in [("hrnet-w32", 4), ("resnet50", 8)] {
-        let g = ModelConfig::new(model, 1, 29, [768, 768], batch)
-            .unwrap()
-            .build()
-            .unwrap();
-        let p = memory_plan(&g);
-        let options = PlanOptions::new(Mode::Eval, DtypeSizes::F16);
-        let eval = plan(&options.graph_for(g.clone()), options);
+        let (g, p, eval) = gpu_plans(ModelConfig::new(model, 1, 29, [768, 768], batch).unwrap());
         let weights_copy = g.params.iter().map(|p| p.len()).sum::<usize>() * 6;
         assert_eq!(p.eval_arena, 0, "{model}");
         println!(

@@ -2,7 +2,7 @@
 //! back as a dataset, overlays, a corrupt image skipped with a non-zero exit, and an output
 //! folder of another run protected.
 mod cli_support;
-use cli_support::{run, trained_checkpoint};
+use cli_support::{predict, read_json, trained_checkpoint};
 
 #[test]
 fn predict_writes_json_csv_and_overlays_and_skips_bad_images() {
@@ -11,27 +11,15 @@ fn predict_writes_json_csv_and_overlays_and_skips_bad_images() {
     let images = dir.path().join("phantoms/images");
     std::fs::write(images.join("zz_corrupt.png"), b"not a png").unwrap();
     let out = dir.path().join("out");
-    let code = run(&[
-        "predict",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--pixel-size",
-        "0.1",
-        "--device",
-        "cpu",
-    ])
-    .unwrap();
+    let args = [images.to_str().unwrap(), "--pixel-size", "0.1", "--device", "cpu"];
+    let code = predict(&ck, &out, &args).unwrap();
     assert_eq!(
         code,
         std::process::ExitCode::FAILURE,
         "a corrupt image makes the exit status non-zero"
     );
 
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("phantom_0000.json")).unwrap()).unwrap();
+    let json = read_json(&out.join("phantom_0000.json"));
     assert_eq!(json["ceph_id"], "phantom_0000");
     let landmarks = json["landmarks"].as_array().unwrap();
     assert_eq!(landmarks.len(), 19);
@@ -110,15 +98,7 @@ fn predict_writes_json_csv_and_overlays_and_skips_bad_images() {
     // Another checkpoint must not write into this folder without --overwrite.
     let other = dir.path().join("other.safetensors");
     std::fs::copy(&ck, &other).unwrap();
-    let err = run(&[
-        "predict",
-        "--checkpoint",
-        other.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .unwrap_err();
+    let err = predict(&other, &out, &[images.to_str().unwrap()]).unwrap_err();
     assert!(format!("{err:#}").contains("--overwrite"), "{err:#}");
 }
 
@@ -132,28 +112,16 @@ fn predict_writes_nothing_before_its_checkpoint_loads() {
     let bad = dir.path().join("bad.safetensors");
     let bytes = std::fs::read(&ck).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    let argv = |checkpoint: &std::path::Path| {
-        vec![
-            "predict".to_string(),
-            "--checkpoint".into(),
-            checkpoint.display().to_string(),
-            images.display().to_string(),
-            "--out".into(),
-            out.display().to_string(),
-            "--device".into(),
-            "cpu".into(),
-        ]
-    };
-    let bad_argv = argv(&bad);
-    let err = run(&bad_argv.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_err();
+    let predict =
+        |checkpoint: &std::path::Path| predict(checkpoint, &out, &[images.to_str().unwrap(), "--device", "cpu"]);
+    let err = predict(&bad).unwrap_err();
     assert!(format!("{err:#}").contains("bad.safetensors"), "{err:#}");
     assert!(
         !out.join("cephalo-predict.json").exists(),
         "a failed run wrote its manifest"
     );
     // So the next, correct run into the same folder is not refused.
-    let good_argv = argv(&ck);
-    let code = run(&good_argv.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let code = predict(&ck).unwrap();
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert!(out.join("cephalo-predict.json").exists());
 }
@@ -165,17 +133,7 @@ fn predict_refuses_images_too_small_to_be_radiographs() {
     let dot = dir.path().join("dot.png");
     image::GrayImage::from_pixel(1, 1, image::Luma([9])).save(&dot).unwrap();
     let out = dir.path().join("out");
-    let code = run(&[
-        "predict",
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        dot.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ])
-    .unwrap();
+    let code = predict(&ck, &out, &[dot.to_str().unwrap(), "--device", "cpu"]).unwrap();
     assert_eq!(code, std::process::ExitCode::FAILURE);
     assert!(!out.join("dot.json").exists(), "no analysis of a 1x1 image");
 }

@@ -5,44 +5,17 @@ use std::path::Path;
 
 mod cli_support;
 
-use cli_support::{run, trained_checkpoint};
+use cli_support::{csv_column, eval, predict, read_json, run, trained_checkpoint};
 
+/// The refiner's training on the CPU: batch 8, one loader worker, patches jittered by 3 mm unless
+/// `extra` says otherwise.
 fn train_refiner(dir: &Path, data: &Path, global: &Path, extra: &[&str]) -> anyhow::Result<std::process::ExitCode> {
-    let (ck, logs) = (dir.join("refiner"), dir.join("refiner-logs"));
-    let mut argv = vec![
-        "train",
-        "--stage",
-        "refine",
-        "--dataset-path",
-        data.to_str().unwrap(),
-        "--global",
-        global.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--patch-size",
-        "32",
-        "--patch-mm",
-        "0.6",
-        "--batch-size",
-        "8",
-        "--lr",
-        "2e-3",
-        "--warmup-epochs",
-        "0",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-    ];
+    let mut args = vec!["--batch-size", "8", "--device", "cpu", "--workers", "1"];
     if !extra.contains(&"--patch-jitter-mm") {
-        argv.extend(["--patch-jitter-mm", "3"]);
+        args.extend(["--patch-jitter-mm", "3"]);
     }
-    argv.extend_from_slice(extra);
-    run(&argv)
+    args.extend_from_slice(extra);
+    cli_support::train_refiner(dir, data, global, &args)
 }
 
 fn error_of(result: anyhow::Result<std::process::ExitCode>) -> String {
@@ -62,9 +35,7 @@ fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
 
     // Validation each epoch is the refined MRE on the valid split.
     let log = dir.path().join("refiner-logs/train_log.csv");
-    let mut csv = csv::Reader::from_path(&log).unwrap();
-    let column = csv.headers().unwrap().iter().position(|h| h == "val_mre_mm").unwrap();
-    let mre: Vec<f64> = csv.records().map(|r| r.unwrap()[column].parse().unwrap()).collect();
+    let mre = csv_column(&log, "val_mre_mm");
     assert_eq!(mre.len(), 1);
     assert!(mre[0].is_finite() && mre[0] > 0.0);
 
@@ -78,25 +49,24 @@ fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
     .unwrap();
 
     let report = dir.path().join("report.json");
-    run(&[
-        "eval",
-        "--checkpoint",
-        global.to_str().unwrap(),
-        "--refiner",
-        refiner.to_str().unwrap(),
-        "--dataset-path",
-        data.to_str().unwrap(),
-        "--split",
-        "test",
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--report",
-        report.to_str().unwrap(),
-    ])
+    eval(
+        &global,
+        &data,
+        &[
+            "--refiner",
+            refiner.to_str().unwrap(),
+            "--split",
+            "test",
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
     .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let json = read_json(&report);
     let global_mre = json["metrics"]["overall"]["mre_mm"].as_f64().unwrap();
     let refined_mre = json["refined"]["metrics"]["overall"]["mre_mm"].as_f64().unwrap();
     assert!(global_mre.is_finite() && refined_mre.is_finite());
@@ -105,19 +75,18 @@ fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
     assert!(first["refined"].is_array() && first["refined_error_mm"].is_number());
 
     let out = dir.path().join("predicted");
-    run(&[
-        "predict",
-        "--checkpoint",
-        global.to_str().unwrap(),
-        "--refiner",
-        refiner.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--no-overlay",
-        "--out",
-        out.to_str().unwrap(),
-        data.join("images/phantom_0019.png").to_str().unwrap(),
-    ])
+    predict(
+        &global,
+        &out,
+        &[
+            "--refiner",
+            refiner.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--no-overlay",
+            data.join("images/phantom_0019.png").to_str().unwrap(),
+        ],
+    )
     .unwrap();
     let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
@@ -130,17 +99,11 @@ fn global_and_refiner_checkpoints_are_not_taken_for_each_other() {
     train_refiner(dir.path(), &data, &global, &["--epochs", "1"]).unwrap();
     let refiner = dir.path().join("refiner/checkpoint_last.safetensors");
     let eval = |checkpoint: &Path, refiner: &Path| {
-        run(&[
-            "eval",
-            "--checkpoint",
-            checkpoint.to_str().unwrap(),
-            "--refiner",
-            refiner.to_str().unwrap(),
-            "--dataset-path",
-            data.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ])
+        eval(
+            checkpoint,
+            &data,
+            &["--refiner", refiner.to_str().unwrap(), "--device", "cpu"],
+        )
     };
     let e = error_of(eval(&global, &global));
     assert!(e.contains("--refiner") && e.contains("is a global model"), "{e}");

@@ -4,38 +4,17 @@ use std::path::Path;
 
 mod cli_support;
 
-fn train(dir: &Path, data: &Path, extra: &[&str]) -> std::process::ExitCode {
-    let (ck, logs) = (dir.join("ck"), dir.join("logs"));
-    let mut argv = vec![
-        "train",
-        "--dataset_path",
-        data.to_str().unwrap(),
-        "--model",
-        "hrnet-w8",
-        "--image_size",
-        "64",
-        "64",
-        "--batch_size",
-        "4",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-        "--seed",
-        "7",
-    ];
-    argv.extend_from_slice(extra);
-    cli_support::run(&argv).expect("training runs")
-}
+use cli_support::csv_column;
 
-fn csv_column(path: &Path, column: &str) -> Vec<f64> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let i = r.headers().unwrap().iter().position(|h| h == column).unwrap();
-    r.records().map(|rec| rec.unwrap()[i].parse().unwrap()).collect()
+/// 64x64 on the CPU, flags spelt with underscores.
+const UNDERSCORED: cli_support::Train = cli_support::Train {
+    underscores: true,
+    ..cli_support::CPU_64
+};
+
+/// The training run of these tests: [`UNDERSCORED`], batch 4, seed 7.
+fn train(dir: &Path, data: &Path, extra: &[&str]) -> std::process::ExitCode {
+    UNDERSCORED.run_seeded(dir, data, extra)
 }
 
 #[test]
@@ -235,31 +214,9 @@ fn a_failed_write_between_the_two_checkpoints_never_leaves_a_stale_best() {
     let after_one = dir.path().join("after-epoch-1.safetensors");
     copy(&last, &after_one);
     let resume = ["--resume", after_one.to_str().unwrap()];
-    let logs = dir.path().join("logs");
     let train_err = |extra: &[&str]| {
-        let mut argv = vec![
-            "train",
-            "--dataset_path",
-            data.to_str().unwrap(),
-            "--model",
-            "hrnet-w8",
-            "--image_size",
-            "64",
-            "64",
-            "--checkpoint-dir",
-            ck.to_str().unwrap(),
-            "--log-dir",
-            logs.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-        ];
-        argv.extend_from_slice(extra);
-        format!(
-            "{:#}",
-            cli_support::run(&argv).expect_err("the injected failure stops training")
-        )
+        let err = UNDERSCORED.run(dir.path(), &data, extra);
+        format!("{:#}", err.expect_err("the injected failure stops training"))
     };
     let log = dir.path().join("logs/train_log.csv");
 
@@ -327,29 +284,7 @@ fn short_runs_and_resumes_need_no_repeated_flags() {
     let data = dir.path().join("phantoms");
     cephalo::data::phantom::write_dataset(&data, 12, 2, 96, 96).unwrap();
     let ck = dir.path().join("ck");
-    let logs = dir.path().join("logs");
-    let base = |extra: &[&str]| {
-        let mut argv = vec![
-            "train",
-            "--dataset-path",
-            data.to_str().unwrap(),
-            "--model",
-            "hrnet-w8",
-            "--image-size",
-            "64",
-            "64",
-            "--checkpoint-dir",
-            ck.to_str().unwrap(),
-            "--log-dir",
-            logs.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-        ];
-        argv.extend_from_slice(extra);
-        cli_support::run(&argv)
-    };
+    let base = |extra: &[&str]| cli_support::CPU_64.run(dir.path(), &data, extra);
     // Two epochs with the default warmup (5 epochs): the warmup shortens instead of failing.
     base(&["--epochs", "2", "--batch-size", "2", "--stop-after", "1"]).expect("a short run just works");
     // The resume takes the checkpoint's batch size (2), not the default (4).
@@ -408,39 +343,22 @@ fn three_input_channels_train_evaluate_and_predict() {
     );
 
     let report = dir.path().join("report.json");
-    let (ck_s, data_s, report_s) = (ck.to_str().unwrap(), data.to_str().unwrap(), report.to_str().unwrap());
-    cli_support::run(&[
-        "eval",
-        "--checkpoint",
-        ck_s,
-        "--dataset-path",
-        data_s,
+    let args = [
         "--split",
         "test",
         "--report",
-        report_s,
+        report.to_str().unwrap(),
         "--device",
         "cpu",
-    ])
-    .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    ];
+    cli_support::eval(&ck, &data, &args).unwrap();
+    let json = cli_support::read_json(&report);
     assert!(json["metrics"]["overall"]["mre_mm"].as_f64().unwrap().is_finite());
 
     let out = dir.path().join("predicted");
     let images = data.join("images");
-    let code = cli_support::run(&[
-        "predict",
-        "--checkpoint",
-        ck_s,
-        images.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--pixel-size",
-        "0.1",
-        "--device",
-        "cpu",
-    ])
-    .unwrap();
+    let args = [images.to_str().unwrap(), "--pixel-size", "0.1", "--device", "cpu"];
+    let code = cli_support::predict(&ck, &out, &args).unwrap();
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert!(out.join("phantom_0000.json").is_file());
 
@@ -448,9 +366,9 @@ fn three_input_channels_train_evaluate_and_predict() {
     let err = cli_support::run(&[
         "train",
         "--dataset-path",
-        data_s,
+        data.to_str().unwrap(),
         "--resume",
-        ck_s,
+        ck.to_str().unwrap(),
         "--in-channels",
         "1",
         "--device",

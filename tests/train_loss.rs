@@ -14,6 +14,23 @@ const SHAPE: HeatmapShape = HeatmapShape {
 };
 const CHANNEL_WEIGHTS: [f32; 3] = [1.0, 2.5, 1.8];
 
+/// The batch `pred` against `target` at [`SHAPE`].
+fn heatmaps<'a>(pred: &'a [f32], target: &'a [f32]) -> HeatmapBatch<&'a [f32], &'a [f32]> {
+    HeatmapBatch {
+        pred,
+        target,
+        shape: SHAPE,
+    }
+}
+
+/// [`CHANNEL_WEIGHTS`], with the weight map `map` or without one.
+fn weighting(map: Option<WeightMap>) -> LossWeighting<&'static [f32]> {
+    LossWeighting {
+        channel_weights: &CHANNEL_WEIGHTS,
+        weight_map: map,
+    }
+}
+
 /// Gaussian targets (peak 1 at a random sub-pixel point per image and channel, sigma 1.5) and
 /// predictions = target + uniform noise in [-0.7, 0.7], which visits both AWing branches.
 fn batch(seed: u64) -> (Vec<f32>, Vec<f32>) {
@@ -126,15 +143,8 @@ fn awing_matches_f64_reference_with_and_without_weight_map() {
     let mut grad = vec![f32::NAN; SHAPE.len()];
     for (map, scale) in [(None, 1.0f32), (Some(WeightMap::default()), 1024.0)] {
         let loss = awing_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &target,
-                shape: SHAPE,
-            },
-            LossWeighting {
-                channel_weights: &CHANNEL_WEIGHTS,
-                weight_map: map,
-            },
+            heatmaps(&pred, &target),
+            weighting(map),
             AWingParams::default(),
             scale,
             &mut grad,
@@ -149,19 +159,7 @@ fn mse_matches_f64_reference_with_and_without_weight_map() {
     let (pred, target) = batch(2);
     let mut grad = vec![f32::NAN; SHAPE.len()];
     for (map, scale) in [(None, 1.0f32), (Some(WeightMap::default()), 65536.0)] {
-        let loss = mse_fwd_bwd(
-            HeatmapBatch {
-                pred: &pred,
-                target: &target,
-                shape: SHAPE,
-            },
-            LossWeighting {
-                channel_weights: &CHANNEL_WEIGHTS,
-                weight_map: map,
-            },
-            scale,
-            &mut grad,
-        );
+        let loss = mse_fwd_bwd(heatmaps(&pred, &target), weighting(map), scale, &mut grad);
         let reference = reference(&pred, &target, map.is_some(), |p, y| ((p - y).powi(2), 2.0 * (p - y)));
         assert_matches_reference(loss, &grad, reference, scale as f64);
     }
@@ -172,34 +170,17 @@ fn loss_scale_multiplies_the_gradient_exactly() {
     let (pred, target) = batch(3);
     let map = Some(WeightMap::default());
     let (mut g1, mut g2) = (vec![0.0; SHAPE.len()], vec![0.0; SHAPE.len()]);
-    let l1 = awing_fwd_bwd(
-        HeatmapBatch {
-            pred: &pred,
-            target: &target,
-            shape: SHAPE,
-        },
-        LossWeighting {
-            channel_weights: &CHANNEL_WEIGHTS,
-            weight_map: map,
-        },
-        AWingParams::default(),
-        1.0,
-        &mut g1,
-    );
-    let l2 = awing_fwd_bwd(
-        HeatmapBatch {
-            pred: &pred,
-            target: &target,
-            shape: SHAPE,
-        },
-        LossWeighting {
-            channel_weights: &CHANNEL_WEIGHTS,
-            weight_map: map,
-        },
-        AWingParams::default(),
-        65536.0,
-        &mut g2,
-    );
+    let awing = |scale: f32, grad: &mut [f32]| {
+        awing_fwd_bwd(
+            heatmaps(&pred, &target),
+            weighting(map),
+            AWingParams::default(),
+            scale,
+            grad,
+        )
+    };
+    let l1 = awing(1.0, &mut g1);
+    let l2 = awing(65536.0, &mut g2);
     assert_eq!(l1, l2, "the scale touches the gradient only");
     assert!(g1.iter().zip(&g2).all(|(a, b)| a * 65536.0 == *b));
 }
@@ -242,22 +223,8 @@ fn finite_difference_check(
 fn awing_gradient_matches_finite_differences() {
     let (pred, target) = batch(4);
     let map = Some(WeightMap::default());
-    let f = |p: &[f32], g: &mut [f32]| {
-        awing_fwd_bwd(
-            HeatmapBatch {
-                pred: p,
-                target: &target,
-                shape: SHAPE,
-            },
-            LossWeighting {
-                channel_weights: &CHANNEL_WEIGHTS,
-                weight_map: map,
-            },
-            AWingParams::default(),
-            1.0,
-            g,
-        )
-    };
+    let f =
+        |p: &[f32], g: &mut [f32]| awing_fwd_bwd(heatmaps(p, &target), weighting(map), AWingParams::default(), 1.0, g);
     finite_difference_check(f, &pred, &target, true);
 }
 
@@ -265,21 +232,7 @@ fn awing_gradient_matches_finite_differences() {
 fn mse_gradient_matches_finite_differences() {
     let (pred, target) = batch(5);
     let map = Some(WeightMap::default());
-    let f = |p: &[f32], g: &mut [f32]| {
-        mse_fwd_bwd(
-            HeatmapBatch {
-                pred: p,
-                target: &target,
-                shape: SHAPE,
-            },
-            LossWeighting {
-                channel_weights: &CHANNEL_WEIGHTS,
-                weight_map: map,
-            },
-            1.0,
-            g,
-        )
-    };
+    let f = |p: &[f32], g: &mut [f32]| mse_fwd_bwd(heatmaps(p, &target), weighting(map), 1.0, g);
     finite_difference_check(f, &pred, &target, false);
 }
 
@@ -292,15 +245,8 @@ fn value_and_gradient_do_not_depend_on_thread_count() {
             let mut grad = vec![0.0f32; SHAPE.len()];
             let map = Some(WeightMap::default());
             let loss = awing_fwd_bwd(
-                HeatmapBatch {
-                    pred: &pred,
-                    target: &target,
-                    shape: SHAPE,
-                },
-                LossWeighting {
-                    channel_weights: &CHANNEL_WEIGHTS,
-                    weight_map: map,
-                },
+                heatmaps(&pred, &target),
+                weighting(map),
                 AWingParams::default(),
                 8.0,
                 &mut grad,

@@ -1,9 +1,11 @@
 //! Helpers shared by the GPU op tests (`tests/gpu_*.rs`): the GPU, fresh seeded randomness, fp16
-//! uploads whose exact f32 values feed the CPU twin, poisoned outputs and error measures.
+//! uploads whose exact f32 values feed the CPU twin, poisoned outputs and error measures. The GPU
+//! benches include it too (`#[path]`), for the argument structs they build alike.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use cephalo::backend::Shape4;
-use cephalo::gpu::{DeviceBuffer, Gpu};
+use cephalo::backend::cuda::batchnorm::{DevBnGrads, StatsTargets};
+use cephalo::backend::{BnGrads, BnRunning, GradOut, HeatmapShape, Shape4};
+use cephalo::gpu::{DevSliceMut, DeviceBuffer, Gpu};
 use half::f16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -19,6 +21,11 @@ pub const SHAPES: [Shape4; 7] = [
     Shape4::new(4, 3, 5, 29),
     Shape4::new(1, 1, 1, 8),
 ];
+
+/// `n` heatmaps of `h` x `w` with `k` channels.
+pub const fn heatmap_shape(n: usize, h: usize, w: usize, k: usize) -> HeatmapShape {
+    HeatmapShape { n, h, w, k }
+}
 
 pub fn gpu() -> Gpu {
     Gpu::open(0).expect("GPU tests need a CUDA GPU (run on a GPU machine, or leave them ignored)")
@@ -112,4 +119,39 @@ pub fn assert_bitwise(what: &str, got: &[f16], want: &[f32]) {
 
 pub fn same_bits(a: &[f16], b: &[f16]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Where a training batch norm writes its statistics, over whole buffers: `saved` (mean, then
+/// invstd), the running mean and variance (updated in place) and the reduction workspace.
+pub fn stats_targets<'a>(
+    saved: &'a mut DeviceBuffer<f32>,
+    (mean, var): (&'a mut DeviceBuffer<f32>, &'a mut DeviceBuffer<f32>),
+    workspace: &'a mut DeviceBuffer<f32>,
+) -> StatsTargets<'a> {
+    StatsTargets {
+        saved: saved.slice_mut(),
+        running: BnRunning {
+            mean: mean.slice_mut(),
+            var: var.slice_mut(),
+        },
+        workspace: workspace.slice_mut(),
+    }
+}
+
+/// Where a backward writes: `dx` (overwritten, or accumulated into) and dgamma and dbeta.
+pub fn bwd_outputs<'a>(
+    dx: &'a mut DeviceBuffer<f16>,
+    accumulate: bool,
+    dgamma: &'a mut DeviceBuffer<f32>,
+    dbeta: &'a mut DeviceBuffer<f32>,
+) -> (GradOut<DevSliceMut<'a, f16>>, DevBnGrads<'a>) {
+    let dx = GradOut {
+        data: dx.slice_mut(),
+        accumulate,
+    };
+    let grads = BnGrads {
+        dgamma: dgamma.slice_mut(),
+        dbeta: dbeta.slice_mut(),
+    };
+    (dx, grads)
 }
