@@ -14,7 +14,7 @@ mod cpu_support;
 use std::collections::BTreeMap;
 
 use cephalo::backend::cpu::batchnorm as bn;
-use cephalo::backend::{BnParams, Shape4};
+use cephalo::backend::{AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
 use cephalo::model::conv_shapes::conv_shapes;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -84,41 +84,57 @@ fn run() {
         let (mut saved, mut rm, mut rv) = (vec![0.0; 2 * c], vec![0.0; c], vec![1.0; c]);
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         let bp = BnParams::default();
-        bn::bn_batch_stats(&x, xs, bp, &mut saved, &mut rm, &mut rv);
+        let weights = BnWeights {
+            gamma: gamma.as_slice(),
+            beta: beta.as_slice(),
+            params: bp,
+        };
+        fn running<'a>(mean: &'a mut [f32], var: &'a mut [f32]) -> BnRunning<&'a mut [f32]> {
+            BnRunning { mean, var }
+        }
+        fn out(data: &mut [f32]) -> GradOut<&mut [f32]> {
+            GradOut {
+                data,
+                accumulate: false,
+            }
+        }
+        fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> BnGrads<&'a mut [f32]> {
+            BnGrads { dgamma, dbeta }
+        }
+        bn::bn_batch_stats(&x, xs, bp, &mut saved, running(&mut rm, &mut rv));
         let mut cols = String::new();
         for (i, op) in ops.iter().enumerate() {
             let ms = match *op {
                 "stats" => time_ms(runs, &mut || {
-                    bn::bn_batch_stats(&x, xs, bp, &mut saved, &mut rm, &mut rv)
+                    bn::bn_batch_stats(&x, xs, bp, &mut saved, running(&mut rm, &mut rv))
                 }),
-                "apply" => time_ms(runs, &mut || {
-                    bn::bn_apply_saved(&x, xs, &gamma, &beta, &saved, true, &mut y)
-                }),
+                "apply" => time_ms(runs, &mut || bn::bn_apply_saved(&x, xs, weights, &saved, true, &mut y)),
                 "bwd" => time_ms(runs, &mut || {
-                    bn::bn_bwd(
-                        &dy, &x, xs, &gamma, &beta, &saved, true, &mut dx, false, &mut dg, &mut db,
-                    )
+                    let fwd = bn::BnForward {
+                        x: &x,
+                        xs,
+                        bn: weights,
+                        saved: &saved,
+                    };
+                    bn::bn_bwd(&dy, fwd, true, out(&mut dx), grads(&mut dg, &mut db))
                 }),
                 "join" => time_ms(runs, &mut || {
-                    bn::bn_add_relu_apply_saved(&x, xs, &gamma, &beta, &saved, &r, &mut y)
+                    bn::bn_add_relu_apply_saved(&x, xs, weights, &saved, &r, &mut y)
                 }),
                 _ => {
-                    bn::bn_add_relu_apply_saved(&x, xs, &gamma, &beta, &saved, &r, &mut y);
+                    bn::bn_add_relu_apply_saved(&x, xs, weights, &saved, &r, &mut y);
                     time_ms(runs, &mut || {
-                        bn::bn_add_relu_bwd(
-                            &dy,
-                            &x,
-                            &y,
+                        let fwd = bn::BnForward {
+                            x: &x,
                             xs,
-                            &gamma,
-                            &beta,
-                            &saved,
-                            Some((&mut dres, false)),
-                            &mut dx,
-                            false,
-                            &mut dg,
-                            &mut db,
-                        )
+                            bn: weights,
+                            saved: &saved,
+                        };
+                        let join = AddReluJoin {
+                            y: y.as_slice(),
+                            d_residual: Some(out(&mut dres)),
+                        };
+                        bn::bn_add_relu_bwd(&dy, fwd, join, out(&mut dx), grads(&mut dg, &mut db))
                     })
                 }
             };

@@ -3,8 +3,11 @@
 //!
 //! The scalar checked is `L = sum(y * r)` for a random `r`: its gradient with respect to the
 //! inputs is exactly what backward computes from `dy = r`.
+use cephalo::backend::cpu::batchnorm::BnForward;
 use cephalo::backend::cpu::{batchnorm, concat, conv, elementwise, pool, resample};
-use cephalo::backend::{BnParams, ConvParams, PoolParams, Shape4, UpsampleMode};
+use cephalo::backend::{
+    BnGrads, BnParams, BnRunning, BnWeights, ConvParams, GradOut, PoolParams, Shape4, UpsampleMode,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -408,7 +411,16 @@ fn batchnorm_train_forward_backward_and_running_stats() {
         let mut y = vec![f32::NAN; xs.len()];
         let mut saved = vec![f32::NAN; 2 * c];
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
-        batchnorm::bn_fwd_train(&x, xs, &gamma, &beta, bp, relu, &mut y, &mut saved, &mut rm, &mut rv);
+        let bn = BnWeights {
+            gamma: gamma.as_slice(),
+            beta: beta.as_slice(),
+            params: bp,
+        };
+        let running = BnRunning {
+            mean: rm.as_mut_slice(),
+            var: rv.as_mut_slice(),
+        };
+        batchnorm::bn_fwd_train(&x, xs, bn, relu, &mut y, &mut saved, running);
         let want = bn_train_naive(&x64, xs, &g64, &b64, relu);
         assert_close("bn train forward", &y, &want, 1e-5);
 
@@ -424,14 +436,26 @@ fn batchnorm_train_forward_backward_and_running_stats() {
 
         // Recomputing from the saved statistics reproduces the output exactly.
         let mut y2 = vec![f32::NAN; xs.len()];
-        batchnorm::bn_apply_saved(&x, xs, &gamma, &beta, &saved, relu, &mut y2);
+        batchnorm::bn_apply_saved(&x, xs, bn, &saved, relu, &mut y2);
         assert_eq!(y, y2);
 
         let dy = random(&mut r, xs.len());
         let (mut dx, mut dg, mut db) = (vec![f32::NAN; xs.len()], vec![f32::NAN; c], vec![f32::NAN; c]);
-        batchnorm::bn_bwd(
-            &dy, &x, xs, &gamma, &beta, &saved, relu, &mut dx, false, &mut dg, &mut db,
-        );
+        let fwd = BnForward {
+            x: &x,
+            xs,
+            bn,
+            saved: &saved,
+        };
+        let out = GradOut {
+            data: dx.as_mut_slice(),
+            accumulate: false,
+        };
+        let grads = BnGrads {
+            dgamma: dg.as_mut_slice(),
+            dbeta: db.as_mut_slice(),
+        };
+        batchnorm::bn_bwd(&dy, fwd, relu, out, grads);
         let want = fd_grad(&x64, |x| dot(&bn_train_naive(x, xs, &g64, &b64, relu), &dy));
         assert_close("bn dx", &dx, &want, 1e-4);
         let want = fd_grad(&g64, |g| dot(&bn_train_naive(&x64, xs, g, &b64, relu), &dy));
@@ -449,7 +473,16 @@ fn batchnorm_eval_uses_running_statistics() {
     let (gamma, beta) = ([1.5f32, -0.5, 2.0], [0.1f32, 0.2, -0.3]);
     let (rm, rv) = ([0.2f32, -0.1, 0.0], [0.5f32, 2.0, 1.0]);
     let mut y = vec![f32::NAN; xs.len()];
-    batchnorm::bn_fwd_eval(&x, xs, &gamma, &beta, &rm, &rv, BnParams::default(), true, &mut y);
+    let bn = BnWeights {
+        gamma: gamma.as_slice(),
+        beta: beta.as_slice(),
+        params: BnParams::default(),
+    };
+    let running = BnRunning {
+        mean: rm.as_slice(),
+        var: rv.as_slice(),
+    };
+    batchnorm::bn_fwd_eval(&x, xs, bn, running, true, &mut y);
     let want: Vec<f64> = x
         .iter()
         .enumerate()

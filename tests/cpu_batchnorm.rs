@@ -3,7 +3,7 @@
 //! counts that do not (the period then spans several rows, and the last one of a job is short),
 //! and enough rows for several parallel jobs with a short last job.
 use cephalo::backend::cpu::batchnorm as bn;
-use cephalo::backend::{BnParams, Shape4};
+use cephalo::backend::{AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
 use rand::{Rng, SeedableRng};
 
 fn random(r: &mut rand_chacha::ChaCha8Rng, n: usize, scale: f32, offset: f32) -> Vec<f32> {
@@ -62,7 +62,16 @@ fn forward_and_backward_match_the_formulas_for_any_channel_count() {
         // Forward with ReLU, the statistics it saves and the running statistics.
         let (mut y, mut saved) = (vec![f32::NAN; xs.len()], vec![f32::NAN; 2 * c]);
         let (mut rm, mut rv) = (vec![0.0f32; c], vec![1.0f32; c]);
-        bn::bn_fwd_train(&x, xs, &gamma, &beta, bp, true, &mut y, &mut saved, &mut rm, &mut rv);
+        let weights = BnWeights {
+            gamma: gamma.as_slice(),
+            beta: beta.as_slice(),
+            params: bp,
+        };
+        let running = BnRunning {
+            mean: rm.as_mut_slice(),
+            var: rv.as_mut_slice(),
+        };
+        bn::bn_fwd_train(&x, xs, weights, true, &mut y, &mut saved, running);
         let want: Vec<f64> = (0..xs.len()).map(|i| pre(i).max(0.0)).collect();
         assert_close(&format!("{xs} forward"), &y, &want, 1e-5);
         assert_close(&format!("{xs} saved mean"), &saved[..c], &mean, 1e-6);
@@ -86,9 +95,19 @@ fn forward_and_backward_match_the_formulas_for_any_channel_count() {
             (dx, sgx, sg)
         };
         let (mut dx, mut dg, mut db) = (vec![f32::NAN; xs.len()], vec![f32::NAN; c], vec![f32::NAN; c]);
-        bn::bn_bwd(
-            &dy, &x, xs, &gamma, &beta, &saved, true, &mut dx, false, &mut dg, &mut db,
-        );
+        let fwd = bn::BnForward {
+            x: &x,
+            xs,
+            bn: weights,
+            saved: &saved,
+        };
+        fn out(data: &mut [f32], accumulate: bool) -> GradOut<&mut [f32]> {
+            GradOut { data, accumulate }
+        }
+        fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> BnGrads<&'a mut [f32]> {
+            BnGrads { dgamma, dbeta }
+        }
+        bn::bn_bwd(&dy, fwd, true, out(&mut dx, false), grads(&mut dg, &mut db));
         let (want_dx, want_dg, want_db) = backward(&|i| if pre(i) > 0.0 { dy[i] as f64 } else { 0.0 });
         assert_close(&format!("{xs} dx"), &dx, &want_dx, 1e-4);
         assert_close(&format!("{xs} dgamma"), &dg, &want_dg, 1e-5);
@@ -97,24 +116,15 @@ fn forward_and_backward_match_the_formulas_for_any_channel_count() {
         // The block join y = max(bn(x) + r, 0): forward, then the backward that also writes
         // the residual's gradient, both accumulating onto what is there.
         let mut joined = vec![f32::NAN; xs.len()];
-        bn::bn_add_relu_apply_saved(&x, xs, &gamma, &beta, &saved, &res, &mut joined);
+        bn::bn_add_relu_apply_saved(&x, xs, weights, &saved, &res, &mut joined);
         let want: Vec<f64> = (0..xs.len()).map(|i| (pre(i) + res[i] as f64).max(0.0)).collect();
         assert_close(&format!("{xs} join forward"), &joined, &want, 1e-5);
         let (mut dx, mut dres) = (vec![1.0f32; xs.len()], vec![-1.0f32; xs.len()]);
-        bn::bn_add_relu_bwd(
-            &dy,
-            &x,
-            &joined,
-            xs,
-            &gamma,
-            &beta,
-            &saved,
-            Some((&mut dres, true)),
-            &mut dx,
-            true,
-            &mut dg,
-            &mut db,
-        );
+        let join = AddReluJoin {
+            y: joined.as_slice(),
+            d_residual: Some(out(&mut dres, true)),
+        };
+        bn::bn_add_relu_bwd(&dy, fwd, join, out(&mut dx, true), grads(&mut dg, &mut db));
         let g = |i: usize| if joined[i] > 0.0 { dy[i] as f64 } else { 0.0 };
         let (want_dx, want_dg, want_db) = backward(&g);
         let want_dx: Vec<f64> = want_dx.iter().map(|v| v + 1.0).collect();

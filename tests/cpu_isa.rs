@@ -3,8 +3,9 @@
 //! intrinsic tiles change where an element is computed, never its chain of fused multiply-adds.
 //!
 //! One test in its own binary: the instruction set is process-wide state.
+use cephalo::backend::cpu::batchnorm::BnForward;
 use cephalo::backend::cpu::{batchnorm, conv, simd};
-use cephalo::backend::{BnParams, ConvParams, Shape4};
+use cephalo::backend::{AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, ConvParams, GradOut, Shape4};
 use rand::{Rng, SeedableRng};
 
 type Outputs = Vec<(String, Vec<u32>)>;
@@ -39,36 +40,49 @@ fn run_all(cases: &[(Shape4, ConvParams)]) -> Outputs {
         let (gamma, beta, res) = (random(c), random(c), random(ys.len()));
         let (mut saved, mut rm, mut rv) = (vec![0.0; 2 * c], vec![0.0; c], vec![1.0; c]);
         let bp = BnParams::default();
-        batchnorm::bn_batch_stats(&y, ys, bp, &mut saved, &mut rm, &mut rv);
+        let running = BnRunning {
+            mean: rm.as_mut_slice(),
+            var: rv.as_mut_slice(),
+        };
+        batchnorm::bn_batch_stats(&y, ys, bp, &mut saved, running);
         out.push((format!("bn stats {ys}"), bits(&[saved.clone(), rm, rv].concat())));
+        let bn = BnWeights {
+            gamma: gamma.as_slice(),
+            beta: beta.as_slice(),
+            params: bp,
+        };
         let mut z = vec![0.0; ys.len()];
-        batchnorm::bn_apply_saved(&y, ys, &gamma, &beta, &saved, true, &mut z);
+        batchnorm::bn_apply_saved(&y, ys, bn, &saved, true, &mut z);
         out.push((format!("bn relu {ys}"), bits(&z)));
-        batchnorm::bn_add_relu_apply_saved(&y, ys, &gamma, &beta, &saved, &res, &mut z);
+        batchnorm::bn_add_relu_apply_saved(&y, ys, bn, &saved, &res, &mut z);
         out.push((format!("bn add relu {ys}"), bits(&z)));
         let (mut dx, mut dg, mut db) = (vec![0.0; ys.len()], vec![0.0; c], vec![0.0; c]);
-        batchnorm::bn_bwd(
-            &dy, &y, ys, &gamma, &beta, &saved, true, &mut dx, false, &mut dg, &mut db,
-        );
+        let fwd = BnForward {
+            x: &y,
+            xs: ys,
+            bn,
+            saved: &saved,
+        };
+        fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> BnGrads<&'a mut [f32]> {
+            BnGrads { dgamma, dbeta }
+        }
+        fn overwrite(data: &mut [f32]) -> GradOut<&mut [f32]> {
+            GradOut {
+                data,
+                accumulate: false,
+            }
+        }
+        batchnorm::bn_bwd(&dy, fwd, true, overwrite(&mut dx), grads(&mut dg, &mut db));
         out.push((
             format!("bn bwd {ys}"),
             bits(&[dx.clone(), dg.clone(), db.clone()].concat()),
         ));
         let mut dres = vec![0.0; ys.len()];
-        batchnorm::bn_add_relu_bwd(
-            &dy,
-            &y,
-            &z,
-            ys,
-            &gamma,
-            &beta,
-            &saved,
-            Some((&mut dres, false)),
-            &mut dx,
-            false,
-            &mut dg,
-            &mut db,
-        );
+        let join = AddReluJoin {
+            y: z.as_slice(),
+            d_residual: Some(overwrite(&mut dres)),
+        };
+        batchnorm::bn_add_relu_bwd(&dy, fwd, join, overwrite(&mut dx), grads(&mut dg, &mut db));
         out.push((format!("bn add relu bwd {ys}"), bits(&[dx, dg, db, dres].concat())));
     }
     out

@@ -9,7 +9,7 @@
 mod gpu_ops_support;
 
 use cephalo::backend::cuda::batchnorm::{BnForward, DevBnWeights, StatsTargets};
-use cephalo::backend::{cpu, cuda, AddReluJoin, BnParams, BnRunning, BnWeights, GradOut, Shape4};
+use cephalo::backend::{cpu, cuda, AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
 use cephalo::gpu::{DevSlice, DevSliceMut, DeviceBuffer, Gpu};
 use gpu_ops_support::*;
 use half::f16;
@@ -53,24 +53,36 @@ impl Case {
         }
     }
 
+    /// The layer's gamma and beta as the CPU twins take them.
+    fn cpu_weights(&self) -> BnWeights<&[f32]> {
+        BnWeights {
+            gamma: &self.gamma,
+            beta: &self.beta,
+            params: self.bp,
+        }
+    }
+
     /// The CPU twin's backward from `dy` with the saved statistics, into `dx` (overwritten or
     /// accumulated into): (dx, dgamma, dbeta).
     fn cpu_bwd(&self, dy: &[f32], saved: &[f32], relu: bool, (mut dx, accumulate): (Vec<f32>, bool)) -> [Vec<f32>; 3] {
         let c = self.xs.c;
         let (mut dgamma, mut dbeta) = (vec![0.0; c], vec![0.0; c]);
-        cpu::batchnorm::bn_bwd(
-            dy,
-            &to_f32(&self.x),
-            self.xs,
-            &self.gamma,
-            &self.beta,
+        let x = to_f32(&self.x);
+        let fwd = cpu::batchnorm::BnForward {
+            x: &x,
+            xs: self.xs,
+            bn: self.cpu_weights(),
             saved,
-            relu,
-            &mut dx,
+        };
+        let grads = BnGrads {
+            dgamma: dgamma.as_mut_slice(),
+            dbeta: dbeta.as_mut_slice(),
+        };
+        let out = GradOut {
+            data: dx.as_mut_slice(),
             accumulate,
-            &mut dgamma,
-            &mut dbeta,
-        );
+        };
+        cpu::batchnorm::bn_bwd(dy, fwd, relu, out, grads);
         [dx, dgamma, dbeta]
     }
 }
@@ -167,9 +179,11 @@ fn check_fwd_train(gpu: &Gpu, k: &Case, relu: bool) -> Vec<f32> {
     let x32 = to_f32(&k.x);
     let (mut y, mut saved) = (vec![0.0; xs.len()], vec![0.0; 2 * c]);
     let (mut rm, mut rv) = (k.running_mean.clone(), k.running_var.clone());
-    cpu::batchnorm::bn_fwd_train(
-        &x32, xs, &k.gamma, &k.beta, k.bp, relu, &mut y, &mut saved, &mut rm, &mut rv,
-    );
+    let running = BnRunning {
+        mean: rm.as_mut_slice(),
+        var: rv.as_mut_slice(),
+    };
+    cpu::batchnorm::bn_fwd_train(&x32, xs, k.cpu_weights(), relu, &mut y, &mut saved, running);
 
     let mut d = Dev::new(gpu, k);
     let (mut yd, mut sd) = (poisoned_f16(gpu, xs.len()), poisoned_f32(gpu, 2 * c));
@@ -201,7 +215,7 @@ fn check_apply_and_eval(gpu: &Gpu, k: &Case, saved: &[f32], relu: bool) {
     let sd = upload(gpu, saved);
 
     let mut want = vec![0.0; xs.len()];
-    cpu::batchnorm::bn_apply_saved(&x32, xs, &k.gamma, &k.beta, saved, relu, &mut want);
+    cpu::batchnorm::bn_apply_saved(&x32, xs, k.cpu_weights(), saved, relu, &mut want);
     let mut yd = poisoned_f16(gpu, xs.len());
     cuda::batchnorm::bn_apply_saved(gpu, d.x.slice(), xs, d.weights(k.bp), sd.slice(), relu, yd.slice_mut()).unwrap();
     assert_close(
@@ -211,17 +225,11 @@ fn check_apply_and_eval(gpu: &Gpu, k: &Case, saved: &[f32], relu: bool) {
         1e-2,
     );
 
-    cpu::batchnorm::bn_fwd_eval(
-        &x32,
-        xs,
-        &k.gamma,
-        &k.beta,
-        &k.running_mean,
-        &k.running_var,
-        k.bp,
-        relu,
-        &mut want,
-    );
+    let running = BnRunning {
+        mean: k.running_mean.as_slice(),
+        var: k.running_var.as_slice(),
+    };
+    cpu::batchnorm::bn_fwd_eval(&x32, xs, k.cpu_weights(), running, relu, &mut want);
     let mut yd = poisoned_f16(gpu, xs.len());
     let running = BnRunning {
         mean: d.running_mean.slice(),
@@ -327,9 +335,11 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
         // CPU: t = bn(x) (no ReLU), y = max(t + residual, 0).
         let (mut t, mut saved) = (vec![0.0; xs.len()], vec![0.0; 2 * c]);
         let (mut rm, mut rv) = (k.running_mean.clone(), k.running_var.clone());
-        cpu::batchnorm::bn_fwd_train(
-            &x32, xs, &k.gamma, &k.beta, k.bp, false, &mut t, &mut saved, &mut rm, &mut rv,
-        );
+        let running = BnRunning {
+            mean: rm.as_mut_slice(),
+            var: rv.as_mut_slice(),
+        };
+        cpu::batchnorm::bn_fwd_train(&x32, xs, k.cpu_weights(), false, &mut t, &mut saved, running);
         let mut y = vec![0.0; xs.len()];
         cpu::elementwise::add_relu_fwd(&t, &r32, &mut y);
 
@@ -480,7 +490,17 @@ fn eval_affine_fold_matches_the_cpu_twin() {
         let mean = random_f32(&mut rng, c, -1.0, 1.0);
         let var = random_f32(&mut rng, c, 0.1, 3.0);
         let bias = random_f32(&mut rng, c, -0.3, 0.3);
-        let (scale, shift) = cpu::batchnorm::bn_eval_affine(&gamma, &beta, &mean, &var, bp);
+        let (scale, shift) = cpu::batchnorm::bn_eval_affine(
+            BnWeights {
+                gamma: gamma.as_slice(),
+                beta: beta.as_slice(),
+                params: bp,
+            },
+            BnRunning {
+                mean: mean.as_slice(),
+                var: var.as_slice(),
+            },
+        );
         for with_bias in [false, true] {
             let (g, b, m, v, bi) = (
                 upload(&gpu, &gamma),

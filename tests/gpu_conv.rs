@@ -17,7 +17,7 @@ use cephalo::backend::cuda::conv::{
     self as gpu_conv, ConvDgrad, ConvEpilogue, ConvFwd, GemmShape, GpuShape, Pass, Tile, TILES_BIG_SMEM, TILES_GENERAL,
     TILES_SMALL_SMEM,
 };
-use cephalo::backend::{BnParams, ConvParams, GradOut, Shape4};
+use cephalo::backend::{BnParams, BnRunning, ConvParams, GradOut, Shape4};
 use cephalo::gpu::{kernel_image, DeviceBuffer, Gpu};
 use cephalo::graph::Op;
 use cephalo::model::ModelConfig;
@@ -187,7 +187,11 @@ fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParam
     let (y, saved, rm, rv) = run();
     assert!(same_bits(&y, &plain), "{what}: y differs from conv2d_fwd's");
     let (mut want_saved, mut want_rm, mut want_rv) = (vec![0.0f32; 2 * c], running_mean0.clone(), running_var0.clone());
-    bn_batch_stats(&to_f32(&y), ys, bp, &mut want_saved, &mut want_rm, &mut want_rv);
+    let running = BnRunning {
+        mean: want_rm.as_mut_slice(),
+        var: want_rv.as_mut_slice(),
+    };
+    bn_batch_stats(&to_f32(&y), ys, bp, &mut want_saved, running);
     assert_close(&format!("{what} mean"), &saved[..c], &want_saved[..c], 1e-5);
     assert_close(&format!("{what} invstd"), &saved[c..], &want_saved[c..], 1e-5);
     assert_close(&format!("{what} running mean"), &rm, &want_rm, 1e-5);

@@ -28,7 +28,7 @@ use onnx_protobuf::{
     ValueInfoProto,
 };
 
-use crate::backend::{BnRefs, ConvParams, ParamId, Shape4, UpsampleMode};
+use crate::backend::{BnRefs, BnRunning, BnWeights, ConvParams, ParamId, Shape4, UpsampleMode};
 use crate::graph::{Graph, Node, Op};
 
 /// The operator set the models declare: 17 has every operator used here in its current form
@@ -320,13 +320,16 @@ impl<'a, F: Fn(ParamId) -> &'a [f32]> Writer<'_, 'a, F> {
     /// channel o scale by `scale[o]`. `scale` and `shift` are the backend's own
     /// ([`bn_eval_affine`](crate::backend::cpu::batchnorm::bn_eval_affine)).
     fn folded(&self, p: &ConvParams, w: ParamId, bias: Option<ParamId>, bn: &BnRefs) -> (Vec<f32>, Vec<f32>) {
-        let (scale, shift) = crate::backend::cpu::batchnorm::bn_eval_affine(
-            (self.weight)(bn.gamma),
-            (self.weight)(bn.beta),
-            (self.weight)(bn.running_mean),
-            (self.weight)(bn.running_var),
-            bn.params,
-        );
+        let weights = BnWeights {
+            gamma: (self.weight)(bn.gamma),
+            beta: (self.weight)(bn.beta),
+            params: bn.params,
+        };
+        let running = BnRunning {
+            mean: (self.weight)(bn.running_mean),
+            var: (self.weight)(bn.running_var),
+        };
+        let (scale, shift) = crate::backend::cpu::batchnorm::bn_eval_affine(weights, running);
         let mut weights = krsc_to_oihw((self.weight)(w), p);
         for (o, row) in weights.chunks_exact_mut(p.patch_len()).enumerate() {
             row.iter_mut().for_each(|v| *v *= scale[o]);

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::simd::{for_each_isa, on_isa};
 use super::Real;
-use crate::backend::{BnParams, Shape4};
+use crate::backend::{AddReluJoin, BnGrads, BnParams, BnRunning, BnWeights, GradOut, Shape4};
 
 /// Rows (pixels) per parallel job: about 16 Ki values, at least 256 rows, a whole number of
 /// periods. The channel sums are summed per job and the jobs' sums added in order, so this (a
@@ -142,21 +142,12 @@ for_each_isa!(apply_rows_isa: apply_rows<>(
 ));
 
 /// `y = act(gamma * (x - mean) * invstd + beta (+ residual))` where `saved = [mean; invstd]`.
-#[allow(clippy::too_many_arguments)]
-fn apply<T: Real>(
-    x: &[T],
-    c: usize,
-    gamma: &[T],
-    beta: &[T],
-    saved: &[T],
-    residual: Option<&[T]>,
-    relu: bool,
-    y: &mut [T],
-) {
+fn apply<T: Real>(x: &[T], bn: BnWeights<&[T]>, saved: &[T], residual: Option<&[T]>, relu: bool, y: &mut [T]) {
+    let c = bn.gamma.len();
     let (mean, invstd) = saved.split_at(c);
     // Folded into one multiply-add per element: y = x * scale + shift.
-    let scale: Vec<T> = (0..c).map(|i| gamma[i] * invstd[i]).collect();
-    let shift: Vec<T> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+    let scale: Vec<T> = (0..c).map(|i| bn.gamma[i] * invstd[i]).collect();
+    let shift: Vec<T> = (0..c).map(|i| bn.beta[i] - mean[i] * scale[i]).collect();
     let (scale, shift) = (repeated(&scale, period(c)), repeated(&shift, period(c)));
     let len = c * rows_per_job(c);
     y.par_chunks_mut(len).enumerate().for_each(|(j, yc)| {
@@ -166,43 +157,36 @@ fn apply<T: Real>(
     });
 }
 
-fn check<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], y: &[T]) {
+fn check<T: Real>(x: &[T], xs: Shape4, bn: &BnWeights<&[T]>, y: &[T]) {
     assert_eq!(x.len(), xs.len(), "batchnorm: x length");
     assert_eq!(y.len(), xs.len(), "batchnorm: y length");
-    assert_eq!(gamma.len(), xs.c, "batchnorm: gamma length");
-    assert_eq!(beta.len(), xs.c, "batchnorm: beta length");
+    assert_eq!(bn.gamma.len(), xs.c, "batchnorm: gamma length");
+    assert_eq!(bn.beta.len(), xs.c, "batchnorm: beta length");
 }
 
 /// Training forward. Writes `y`, `saved = [mean; invstd]` and updates the running statistics.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_fwd_train<T: Real>(
     x: &[T],
     xs: Shape4,
-    gamma: &[T],
-    beta: &[T],
-    bp: BnParams,
+    bn: BnWeights<&[T]>,
     relu: bool,
     y: &mut [T],
     saved: &mut [T],
-    running_mean: &mut [T],
-    running_var: &mut [T],
+    running: BnRunning<&mut [T]>,
 ) {
-    check(x, xs, gamma, beta, y);
-    bn_batch_stats(x, xs, bp, saved, running_mean, running_var);
-    apply(x, xs.c, gamma, beta, saved, None, relu, y);
+    check(x, xs, &bn, y);
+    bn_batch_stats(x, xs, bn.params, saved, running);
+    apply(x, bn, saved, None, relu, y);
 }
 
 /// The statistics half of [`bn_fwd_train`]: `saved = [mean; invstd]` of the batch and the
 /// running-statistics update. (The GPU computes them in the epilogue of the convolution that
 /// writes `x`: `conv::conv2d_fwd_bn_stats`.)
-pub fn bn_batch_stats<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    bp: BnParams,
-    saved: &mut [T],
-    running_mean: &mut [T],
-    running_var: &mut [T],
-) {
+pub fn bn_batch_stats<T: Real>(x: &[T], xs: Shape4, bp: BnParams, saved: &mut [T], running: BnRunning<&mut [T]>) {
+    let BnRunning {
+        mean: running_mean,
+        var: running_var,
+    } = running;
     let (c, m) = (xs.c, xs.pixels());
     assert_eq!(x.len(), xs.len(), "batchnorm: x length");
     assert_eq!(saved.len(), 2 * c, "batchnorm: saved length");
@@ -224,10 +208,10 @@ pub fn bn_batch_stats<T: Real>(
 }
 
 /// Recomputes the training output from saved statistics (used by backward instead of storing it).
-pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], saved: &[T], relu: bool, y: &mut [T]) {
-    check(x, xs, gamma, beta, y);
+pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, bn: BnWeights<&[T]>, saved: &[T], relu: bool, y: &mut [T]) {
+    check(x, xs, &bn, y);
     assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
-    apply(x, xs.c, gamma, beta, saved, None, relu, y);
+    apply(x, bn, saved, None, relu, y);
 }
 
 /// The block join `y = max(bn(x) + residual, 0)` from saved statistics, in one pass: the same
@@ -235,36 +219,30 @@ pub fn bn_apply_saved<T: Real>(x: &[T], xs: Shape4, gamma: &[T], beta: &[T], sav
 pub fn bn_add_relu_apply_saved<T: Real>(
     x: &[T],
     xs: Shape4,
-    gamma: &[T],
-    beta: &[T],
+    bn: BnWeights<&[T]>,
     saved: &[T],
     residual: &[T],
     y: &mut [T],
 ) {
-    check(x, xs, gamma, beta, y);
+    check(x, xs, &bn, y);
     assert_eq!(saved.len(), 2 * xs.c, "batchnorm: saved length");
     assert_eq!(residual.len(), xs.len(), "batchnorm: residual length");
-    apply(x, xs.c, gamma, beta, saved, Some(residual), true, y);
+    apply(x, bn, saved, Some(residual), true, y);
 }
 
 /// Eval forward with the running statistics.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_fwd_eval<T: Real>(
     x: &[T],
     xs: Shape4,
-    gamma: &[T],
-    beta: &[T],
-    running_mean: &[T],
-    running_var: &[T],
-    bp: BnParams,
+    bn: BnWeights<&[T]>,
+    running: BnRunning<&[T]>,
     relu: bool,
     y: &mut [T],
 ) {
-    check(x, xs, gamma, beta, y);
-    let c = xs.c;
-    let mut saved = running_mean.to_vec();
-    saved.extend(eval_invstd(running_var, bp));
-    apply(x, c, gamma, beta, &saved, None, relu, y);
+    check(x, xs, &bn, y);
+    let mut saved = running.mean.to_vec();
+    saved.extend(eval_invstd(running.var, bn.params));
+    apply(x, bn, &saved, None, relu, y);
 }
 
 fn eval_invstd<T: Real>(running_var: &[T], bp: BnParams) -> impl Iterator<Item = T> + '_ {
@@ -275,17 +253,15 @@ fn eval_invstd<T: Real>(running_var: &[T], bp: BnParams) -> impl Iterator<Item =
 
 /// The eval-mode batch norm as a per-channel affine map `y = x * scale + shift`, for fusing
 /// into the convolution before it.
-pub fn bn_eval_affine<T: Real>(
-    gamma: &[T],
-    beta: &[T],
-    running_mean: &[T],
-    running_var: &[T],
-    bp: BnParams,
-) -> (Vec<T>, Vec<T>) {
-    let scale: Vec<T> = eval_invstd(running_var, bp).zip(gamma).map(|(s, &g)| g * s).collect();
-    let shift = beta
+pub fn bn_eval_affine<T: Real>(bn: BnWeights<&[T]>, running: BnRunning<&[T]>) -> (Vec<T>, Vec<T>) {
+    let scale: Vec<T> = eval_invstd(running.var, bn.params)
+        .zip(bn.gamma)
+        .map(|(s, &g)| g * s)
+        .collect();
+    let shift = bn
+        .beta
         .iter()
-        .zip(running_mean)
+        .zip(running.mean)
         .zip(&scale)
         .map(|((&b, &m), &s)| b - m * s)
         .collect();
@@ -519,73 +495,75 @@ fn bwd<T: Real>(
     });
 }
 
+/// The training forward a backward differentiates: its input `x` of shape `xs`, the layer's
+/// gamma and beta, and the `saved = [mean; invstd]` it wrote (as `cuda::batchnorm::BnForward`).
+#[derive(Clone, Copy, Debug)]
+pub struct BnForward<'a, T> {
+    pub x: &'a [T],
+    pub xs: Shape4,
+    pub bn: BnWeights<&'a [T]>,
+    pub saved: &'a [T],
+}
+
+impl<'a, T: Real> BnForward<'a, T> {
+    /// The backward's inputs, after checking the lengths against `dy` and `dx`.
+    fn inputs(&self, dy: &[T], dx: &[T], relu: bool, join: Option<&'a [T]>) -> BwdInputs<'a, T> {
+        check(self.x, self.xs, &self.bn, dy);
+        assert_eq!(dx.len(), self.xs.len(), "batchnorm: dx length");
+        assert_eq!(self.saved.len(), 2 * self.xs.c, "batchnorm: saved length");
+        let (mean, invstd) = self.saved.split_at(self.xs.c);
+        BwdInputs {
+            c: self.xs.c,
+            mean,
+            invstd,
+            gamma: self.bn.gamma,
+            beta: self.bn.beta,
+            relu,
+            join,
+        }
+    }
+}
+
 /// Backward of the training forward: `dx (+)=`, `dgamma =`, `dbeta =`.
 ///
 /// With `xhat = (x - mean) * invstd` and `g = dy` masked by the ReLU (recomputed from `x`):
 /// `dbeta = sum g`, `dgamma = sum g * xhat`,
 /// `dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m)`.
-#[allow(clippy::too_many_arguments)]
-pub fn bn_bwd<T: Real>(
-    dy: &[T],
-    x: &[T],
-    xs: Shape4,
-    gamma: &[T],
-    beta: &[T],
-    saved: &[T],
-    relu: bool,
-    dx: &mut [T],
-    accumulate: bool,
-    dgamma: &mut [T],
-    dbeta: &mut [T],
-) {
-    check(x, xs, gamma, beta, dy);
-    assert_eq!(dx.len(), xs.len(), "batchnorm: dx length");
-    let (mean, invstd) = saved.split_at(xs.c);
-    let inp = BwdInputs {
-        c: xs.c,
-        mean,
-        invstd,
-        gamma,
-        beta,
-        relu,
-        join: None,
-    };
-    bwd(inp, dy, x, None, (dx, accumulate), (dgamma, dbeta));
+pub fn bn_bwd<T: Real>(dy: &[T], fwd: BnForward<'_, T>, relu: bool, dx: GradOut<&mut [T]>, grads: BnGrads<&mut [T]>) {
+    let inp = fwd.inputs(dy, dx.data, relu, None);
+    bwd(
+        inp,
+        dy,
+        fwd.x,
+        None,
+        (dx.data, dx.accumulate),
+        (grads.dgamma, grads.dbeta),
+    );
 }
 
 /// Backward of the block join `y = max(bn(x) + residual, 0)`: the join's mask `[y > 0]` applied
-/// to `dy` gives the gradient of both the batch norm's output and the residual (`dres (+)=`,
-/// when given), then [`bn_bwd`]'s passes run on it, all without a temporary.
-#[allow(clippy::too_many_arguments)]
+/// to `dy` gives the gradient of both the batch norm's output and the residual
+/// (`join.d_residual`, when given), then [`bn_bwd`]'s passes run on it, all without a temporary.
 pub fn bn_add_relu_bwd<T: Real>(
     dy: &[T],
-    x: &[T],
-    y: &[T],
-    xs: Shape4,
-    gamma: &[T],
-    beta: &[T],
-    saved: &[T],
-    dres: Option<(&mut [T], bool)>,
-    dx: &mut [T],
-    accumulate: bool,
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    fwd: BnForward<'_, T>,
+    join: AddReluJoin<&[T], GradOut<&mut [T]>>,
+    dx: GradOut<&mut [T]>,
+    grads: BnGrads<&mut [T]>,
 ) {
-    check(x, xs, gamma, beta, dy);
-    assert_eq!(y.len(), xs.len(), "batchnorm: y length");
-    assert_eq!(dx.len(), xs.len(), "batchnorm: dx length");
-    if let Some((d, _)) = &dres {
-        assert_eq!(d.len(), xs.len(), "batchnorm: residual gradient length");
+    let xs = fwd.xs;
+    assert_eq!(join.y.len(), xs.len(), "batchnorm: y length");
+    if let Some(d) = &join.d_residual {
+        assert_eq!(d.data.len(), xs.len(), "batchnorm: residual gradient length");
     }
-    let (mean, invstd) = saved.split_at(xs.c);
-    let inp = BwdInputs {
-        c: xs.c,
-        mean,
-        invstd,
-        gamma,
-        beta,
-        relu: false,
-        join: Some(y),
-    };
-    bwd(inp, dy, x, dres, (dx, accumulate), (dgamma, dbeta));
+    let inp = fwd.inputs(dy, dx.data, false, Some(join.y));
+    let dres = join.d_residual.map(|d| (d.data, d.accumulate));
+    bwd(
+        inp,
+        dy,
+        fwd.x,
+        dres,
+        (dx.data, dx.accumulate),
+        (grads.dgamma, grads.dbeta),
+    );
 }

@@ -21,9 +21,10 @@ pub mod scratch;
 pub mod simd;
 
 use crate::backend::{
-    AddReluJoin, Backend, BnRefs, ConvParams, ConvRefs, Grad, OpTime, OpTimes, ParamId, ParamSpec, PoolParams, Shape4,
-    UpsampleMode, View,
+    AddReluJoin, Backend, BnGrads, BnRefs, BnRunning, BnWeights, ConvParams, ConvRefs, Grad, GradOut, OpTime, OpTimes,
+    ParamId, ParamSpec, PoolParams, Shape4, UpsampleMode, View,
 };
+use batchnorm::BnForward;
 
 /// Runs `pass`, a sequence of CPU ops (a training step, a forward pass), on a worker thread of
 /// rayon's pool, and returns its result.
@@ -88,6 +89,23 @@ macro_rules! impl_real {
 }
 impl_real!(f32);
 impl_real!(f64);
+
+/// A batch norm's gamma, beta and parameters from the backend's parameter store.
+fn weights_of<'a, T>(params: &'a [Vec<T>], bn: &BnRefs) -> BnWeights<&'a [T]> {
+    BnWeights {
+        gamma: &params[bn.gamma.0],
+        beta: &params[bn.beta.0],
+        params: bn.params,
+    }
+}
+
+/// A batch norm's running statistics from the backend's parameter store.
+fn running_of<'a, T>(params: &'a [Vec<T>], bn: &BnRefs) -> BnRunning<&'a [T]> {
+    BnRunning {
+        mean: &params[bn.running_mean.0],
+        var: &params[bn.running_var.0],
+    }
+}
 
 /// The CPU backend: one activation arena plus parameter and gradient vectors, all of `T`
 /// (BN saved statistics included, so plan it with `DtypeSizes { activation: size_of::<T>(),
@@ -247,7 +265,11 @@ impl<T: Real> CpuBackend<T> {
         // The running statistics are taken out and put back to borrow them mutably together.
         let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
         let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
-        batchnorm::bn_batch_stats(reads[0], x.shape, bn.params, writes[0], &mut rm, &mut rv);
+        let running = BnRunning {
+            mean: rm.as_mut_slice(),
+            var: rv.as_mut_slice(),
+        };
+        batchnorm::bn_batch_stats(reads[0], x.shape, bn.params, writes[0], running);
         self.params[bn.running_mean.0] = rm;
         self.params[bn.running_var.0] = rv;
     }
@@ -324,13 +346,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             let (r, mut writes) = split(&mut this.arena, &reads, &[y]);
             let (xa, ya) = (r[0], &mut *writes[0]);
             let pr = &this.params;
-            let (scale, shift) = batchnorm::bn_eval_affine(
-                &pr[bn.gamma.0],
-                &pr[bn.beta.0],
-                &pr[bn.running_mean.0],
-                &pr[bn.running_var.0],
-                bn.params,
-            );
+            let (scale, shift) = batchnorm::bn_eval_affine(weights_of(pr, bn), running_of(pr, bn));
             let affine = conv::Affine {
                 scale: &scale,
                 shift: &shift,
@@ -399,17 +415,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.timed("batchnorm_fwd_eval", |this| {
             let (xa, ya) = split_rw(&mut this.arena, x, y);
             let p = &this.params;
-            batchnorm::bn_fwd_eval(
-                xa,
-                x.shape,
-                &p[bn.gamma.0],
-                &p[bn.beta.0],
-                &p[bn.running_mean.0],
-                &p[bn.running_var.0],
-                bn.params,
-                relu,
-                ya,
-            );
+            batchnorm::bn_fwd_eval(xa, x.shape, weights_of(p, bn), running_of(p, bn), relu, ya);
         })
     }
 
@@ -417,15 +423,7 @@ impl<T: Real> Backend for CpuBackend<T> {
         self.timed("batchnorm_apply_saved", |this| {
             let (reads, mut writes) = split(&mut this.arena, &[x, saved], &[y]);
             let p = &this.params;
-            batchnorm::bn_apply_saved(
-                reads[0],
-                x.shape,
-                &p[bn.gamma.0],
-                &p[bn.beta.0],
-                reads[1],
-                relu,
-                writes[0],
-            );
+            batchnorm::bn_apply_saved(reads[0], x.shape, weights_of(p, bn), reads[1], relu, writes[0]);
             let _ = &mut writes;
         })
     }
@@ -435,19 +433,21 @@ impl<T: Real> Backend for CpuBackend<T> {
             let (reads, mut writes) = split(&mut this.arena, &[dy, x, saved], &[dx.view]);
             let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
             let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
-            batchnorm::bn_bwd(
-                reads[0],
-                reads[1],
-                x.shape,
-                &this.params[bn.gamma.0],
-                &this.params[bn.beta.0],
-                reads[2],
-                relu,
-                writes[0],
-                dx.accumulate,
-                &mut dgamma,
-                &mut dbeta,
-            );
+            let fwd = BnForward {
+                x: reads[1],
+                xs: x.shape,
+                bn: weights_of(&this.params, bn),
+                saved: reads[2],
+            };
+            let out = GradOut {
+                data: &mut *writes[0],
+                accumulate: dx.accumulate,
+            };
+            let grads = BnGrads {
+                dgamma: dgamma.as_mut_slice(),
+                dbeta: dbeta.as_mut_slice(),
+            };
+            batchnorm::bn_bwd(reads[0], fwd, relu, out, grads);
             this.grads[bn.gamma.0] = dgamma;
             this.grads[bn.beta.0] = dbeta;
         })
@@ -466,7 +466,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             // pair's (batch norm, then add_relu_fwd) to the bit.
             let (r, mut w) = split(&mut this.arena, &[x, saved, residual], &[y]);
             let p = &this.params;
-            batchnorm::bn_add_relu_apply_saved(r[0], x.shape, &p[bn.gamma.0], &p[bn.beta.0], r[1], r[2], w[0]);
+            batchnorm::bn_add_relu_apply_saved(r[0], x.shape, weights_of(p, bn), r[1], r[2], w[0]);
             let _ = &mut w;
         })
     }
@@ -489,21 +489,28 @@ impl<T: Real> Backend for CpuBackend<T> {
             let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
             let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
             let (dx_out, rest) = writes.split_first_mut().expect("dx is written");
-            let dres_out = rest.first_mut().map(|d| (&mut **d, dres.is_some_and(|g| g.accumulate)));
-            batchnorm::bn_add_relu_bwd(
-                reads[0],
-                reads[1],
-                reads[2],
-                x.shape,
-                &this.params[bn.gamma.0],
-                &this.params[bn.beta.0],
-                reads[3],
-                dres_out,
-                dx_out,
-                dx.accumulate,
-                &mut dgamma,
-                &mut dbeta,
-            );
+            let fwd = BnForward {
+                x: reads[1],
+                xs: x.shape,
+                bn: weights_of(&this.params, bn),
+                saved: reads[3],
+            };
+            let join = AddReluJoin {
+                y: reads[2],
+                d_residual: rest.first_mut().map(|d| GradOut {
+                    data: &mut **d,
+                    accumulate: dres.is_some_and(|g| g.accumulate),
+                }),
+            };
+            let out = GradOut {
+                data: &mut **dx_out,
+                accumulate: dx.accumulate,
+            };
+            let grads = BnGrads {
+                dgamma: dgamma.as_mut_slice(),
+                dbeta: dbeta.as_mut_slice(),
+            };
+            batchnorm::bn_add_relu_bwd(reads[0], fwd, join, out, grads);
             this.grads[bn.gamma.0] = dgamma;
             this.grads[bn.beta.0] = dbeta;
         })

@@ -119,8 +119,6 @@ pub fn set_isa(isa: Isa) -> anyhow::Result<()> {
 /// which [`isa`] guarantees for the variant it returns.
 macro_rules! for_each_isa {
     ($module:ident: $body:ident<$($cn:ident),*>($($a:ident: $t:ty),* $(,)?)) => {
-        // The wrappers take what their body takes.
-        #[allow(clippy::too_many_arguments)]
         mod $module {
             #[allow(unused_imports)]
             use super::*;

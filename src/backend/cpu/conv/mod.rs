@@ -84,7 +84,6 @@ impl<T: Real> std::ops::Deref for Padded<'_, T> {
 /// `x` (NHWC `xs`) with `top`/`bottom` zero rows and `left`/`right` zero columns around every
 /// image, plus `slack` zeros after the last image (for tiles that read past a run's end); `x`
 /// itself when nothing is to be added.
-#[allow(clippy::too_many_arguments)]
 fn padded<T: Real>(
     x: &[T],
     xs: Shape4,
