@@ -3,7 +3,6 @@
 //! One launch per input: each is a strided copy of one channel range, which keeps the kernel free
 //! of a pointer table (inputs are few: 2 to 4 in HRNet).
 use anyhow::{ensure, Result};
-use cudarc::driver::PushKernelArg;
 use half::f16;
 
 use super::as_i32;
@@ -36,21 +35,7 @@ fn copy_channels(gpu: &Gpu, src: Channels, dst: Channels, width: usize, pixels: 
     // SAFETY: the callers check that src holds pixels*src.c and dst pixels*dst.c halves and that
     // the ranges fit the strides; arguments (const __half*, int, int, __half*, int, int, int,
     // long long, int, int).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&sp)
-            .arg(&sc)
-            .arg(&sa)
-            .arg(&dp)
-            .arg(&dc)
-            .arg(&da)
-            .arg(&w)
-            .arg(&p)
-            .arg(&acc)
-            .arg(&vec)
-            .launch(gpu.grid_1d(items))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(items); sp, sc, sa, dp, dc, da, w, p, acc, vec) }?;
     Ok(())
 }
 

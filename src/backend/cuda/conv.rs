@@ -20,7 +20,7 @@
 //! Everything but the launch itself is a function of shapes, so [`plan`] is tested without a GPU.
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::f16;
 
 use super::as_i32;
@@ -493,30 +493,9 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
     // by the callers); tile.threads() and conv_smem_bytes
     // of dynamic shared memory (Tile::smem_bytes mirrors it), allowed above.
     unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&src)
-            .arg(&wgt)
-            .arg(&out)
-            .arg(&n)
-            .arg(&hs)
-            .arg(&ws)
-            .arg(&cs)
-            .arg(&ho)
-            .arg(&wo)
-            .arg(&nc)
-            .arg(&kh)
-            .arg(&kw)
-            .arg(&stride)
-            .arg(&pad)
-            .arg(&scale)
-            .arg(&shift)
-            .arg(&relu)
-            .arg(&accumulate)
-            .arg(&vec_out)
-            .arg(&residual)
-            .arg(&stats)
-            .launch(cfg)
+        launch!(gpu, f, cfg;
+            src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out,
+            residual, stats)
     }?;
     Ok(Some(lp))
 }
@@ -737,16 +716,7 @@ fn dgrad_gemm(
     let f = gpu.function("conv_dgrad_weight_relayout_f16")?;
     // SAFETY: w covers cout*taps*cin halves (checked), the workspace at least as many; arguments
     // (const __half*, __half*, int, int, int); a grid-stride 1-D launch.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&wp)
-            .arg(&wtp)
-            .arg(&cout)
-            .arg(&taps)
-            .arg(&cin)
-            .launch(gpu.grid_1d(p.weight_len()))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(p.weight_len()); wp, wtp, cout, taps, cin) }?;
     let g = Gemm {
         pass: Pass::Dgrad,
         src: dy.ptr(),
