@@ -78,21 +78,15 @@ pub fn adamw_step(
     decay: bool,
     grad_mul: f32,
 ) -> Result<()> {
-    let AdamWState {
-        master,
-        m,
-        v,
-        half_copy,
-    } = &state;
-    let n = master.len();
+    let n = state.master.len();
     ensure!(
-        grad.len() == n && m.len() == n && v.len() == n,
+        grad.len() == n && state.m.len() == n && state.v.len() == n,
         "adamw_step: master, grad, m and v have {n}, {}, {} and {} elements",
         grad.len(),
-        m.len(),
-        v.len()
+        state.m.len(),
+        state.v.len()
     );
-    if let Some(h) = half_copy {
+    if let Some(h) = &state.half_copy {
         ensure!(
             h.len() == n,
             "adamw_step: fp16 copy has {} elements, master {n}",
