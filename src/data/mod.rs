@@ -455,14 +455,7 @@ impl LogProgress {
             return None;
         }
         *last = std::time::Instant::now();
-        let line = format!(
-            "{} {done}/{} ({:.0} s)",
-            self.what,
-            self.total,
-            self.started.elapsed().as_secs_f64()
-        );
-        eprintln!("{line}");
-        Some(line)
+        self.print(done, format_args!("({:.0} s)", self.started.elapsed().as_secs_f64()))
     }
 
     /// The closing line with the total time; returns it when printed.
@@ -471,12 +464,15 @@ impl LogProgress {
             return None;
         }
         let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
-        let line = format!(
-            "{} {done}/{} done in {:.1} s",
-            self.what,
-            self.total,
-            self.started.elapsed().as_secs_f64()
-        );
+        self.print(
+            done,
+            format_args!("done in {:.1} s", self.started.elapsed().as_secs_f64()),
+        )
+    }
+
+    /// Prints `what done/total` and `tail` to stderr and returns the line.
+    fn print(&self, done: usize, tail: std::fmt::Arguments) -> Option<String> {
+        let line = format!("{} {done}/{} {tail}", self.what, self.total);
         eprintln!("{line}");
         Some(line)
     }
