@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use super::{
-    find_child, image_size, is_image_file, landmarks::known_symbols, Annotator, DatasetOptions, LandmarkSet, Problem,
-    Sample, Scan, Split,
+    file_id, find_child, image_size, landmarks::known_symbols, list_images, mean_landmarks, Annotator, DatasetOptions,
+    LandmarkSet, Problem, Sample, Scan, Split,
 };
 
 #[derive(Deserialize)]
@@ -76,13 +76,7 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
 /// `cephalogram_id, machine, pixel_size, image_format, mode`.
 fn read_mappings(file: &Path, problems: &mut Vec<Problem>) -> anyhow::Result<HashMap<String, MachineInfo>> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(bytes.as_slice());
-    let header = reader
-        .headers()
-        .with_context(|| format!("{}: cannot read the header row", file.display()))?
-        .clone();
+    let (mut reader, header) = super::csv_with_header(file, &bytes)?;
     let find = |name: &str| {
         header
             .iter()
@@ -149,21 +143,11 @@ fn scan_split(
     };
     let cvm_dir = find_child(&annotations, "CVM Stages");
 
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&images_dir)
-        .with_context(|| format!("cannot list {}", images_dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| is_image_file(p))
-        .collect();
-    images.sort();
+    let images = list_images(&images_dir)?;
     let mut seen = std::collections::HashSet::new();
     let mut samples = Vec::new();
     for image_path in images {
-        let id = image_path
-            .file_stem()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let id = file_id(&image_path);
         seen.insert(id.clone());
         match read_sample(&id, image_path, set, &sources, cvm_dir.as_deref(), mappings) {
             Ok(sample) => samples.push(sample),
@@ -200,17 +184,9 @@ fn read_sample(
     cvm_dir: Option<&Path>,
     mappings: &HashMap<String, MachineInfo>,
 ) -> Result<Sample, Problem> {
-    let mut sum = vec![[0.0f64; 2]; set.len()];
-    for source in sources {
-        let file = source.join(format!("{id}.json"));
-        let points = read_landmark_file(&file, set)?;
-        for (acc, p) in sum.iter_mut().zip(points) {
-            acc[0] += p[0];
-            acc[1] += p[1];
-        }
-    }
-    let n = sources.len() as f64;
-    let landmarks = sum.into_iter().map(|[x, y]| [x / n, y / n]).collect();
+    let landmarks = mean_landmarks(sources, set, |source| {
+        read_landmark_file(&source.join(format!("{id}.json")), set)
+    })?;
     let info = mappings.get(id).ok_or_else(|| {
         Problem::new(
             &image_path,

@@ -28,13 +28,7 @@ pub(crate) fn scan(root: &Path) -> anyhow::Result<Scan> {
             continue;
         }
         let bytes = std::fs::read(&file).with_context(|| format!("cannot open {}", file.display()))?;
-        let mut reader = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_reader(bytes.as_slice());
-        let header = reader
-            .headers()
-            .with_context(|| format!("{}: cannot read the header row", file.display()))?
-            .clone();
+        let (mut reader, header) = super::csv_with_header(&file, &bytes)?;
         let (set, columns) = parse_header(&header).with_context(|| format!("{}: bad header", file.display()))?;
         match &landmarks {
             None => landmarks = Some((set.clone(), file.clone())),

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::{
-    find_child, image_size, is_image_file, Annotator, DatasetOptions, LandmarkSet, Problem, Sample, Scan, Split,
+    file_id, find_child, image_size, list_images, mean_landmarks, Annotator, DatasetOptions, LandmarkSet, Problem,
+    Sample, Scan, Split,
 };
 
 /// The challenge's stated resolution.
@@ -58,15 +59,8 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
         let Some(dir) = find_child(&raw, folder) else {
             continue;
         };
-        let mut images: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot list {}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| is_image_file(p))
-            .collect();
-        images.sort();
         let mut samples = Vec::new();
-        for image_path in images {
+        for image_path in list_images(&dir)? {
             match read_sample(image_path, &set, &sources) {
                 Ok(s) => samples.push(s),
                 Err(p) => problems.push(p),
@@ -82,26 +76,13 @@ pub(crate) fn scan(root: &Path, opts: &DatasetOptions) -> anyhow::Result<Scan> {
 }
 
 fn read_sample(image_path: PathBuf, set: &LandmarkSet, sources: &[PathBuf]) -> Result<Sample, Problem> {
-    let id = image_path
-        .file_stem()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let mut sum = vec![[0.0f64; 2]; set.len()];
-    for source in sources {
-        let file = source.join(format!("{id}.txt"));
-        let points = read_txt(&file, set)?;
-        for (acc, p) in sum.iter_mut().zip(points) {
-            acc[0] += p[0];
-            acc[1] += p[1];
-        }
-    }
-    let n = sources.len() as f64;
+    let id = file_id(&image_path);
+    let landmarks = mean_landmarks(sources, set, |source| read_txt(&source.join(format!("{id}.txt")), set))?;
     let (width, height) = image_size(&image_path)?;
     Ok(Sample {
         id,
         image_path,
-        landmarks: sum.into_iter().map(|[x, y]| [x / n, y / n]).collect(),
+        landmarks,
         pixel_size_mm: ISBI_PIXEL_SIZE_MM,
         width,
         height,

@@ -217,66 +217,49 @@ pub fn resample_tent(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -
 /// source pixel closer than r is covered; farther ones get weight 0.
 fn resample_tent_taps<const N: usize>(src: &Plane, out_to_src: &Affine, out: ImageSize, r: f64) -> Plane {
     let inv_r = (1.0 / r) as f32;
-    let [a, b, c, d, e, f] = out_to_src.0;
     let (sw, sh) = (src.width as isize, src.height as isize);
     let half = (N / 2) as isize;
-    let mut data = vec![0f32; out.width * out.height];
-    for (v, row) in data.chunks_mut(out.width).enumerate() {
-        let v = v as f64;
-        let (sx, sy) = (b * v + c, e * v + f);
-        for (u, px) in row.iter_mut().enumerate() {
-            let x = a * u as f64 + sx;
-            let y = d * u as f64 + sy;
-            if x <= -r || y <= -r || x >= sw as f64 - 1.0 + r || y >= sh as f64 - 1.0 + r {
-                continue;
-            }
-            let (x0, y0) = (floor_shifted(x) - half + 1, floor_shifted(y) - half + 1);
-            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
-            let mut wx = [0f32; N];
-            let mut wy = [0f32; N];
-            for i in 0..N {
-                wx[i] = (1.0 - (fx - i as f32).abs() * inv_r).max(0.0);
-                wy[i] = (1.0 - (fy - i as f32).abs() * inv_r).max(0.0);
-            }
-            let norm = wx.iter().sum::<f32>() * wy.iter().sum::<f32>();
-            let mut acc = 0.0f32;
-            if x0 >= 0 && y0 >= 0 && x0 + N as isize <= sw && y0 + N as isize <= sh {
-                let base = (y0 * sw + x0) as usize;
-                for (j, wyj) in wy.iter().enumerate() {
-                    let line = &src.data[base + j * sw as usize..][..N];
-                    let mut racc = 0.0f32;
-                    for i in 0..N {
-                        racc += wx[i] * line[i];
-                    }
-                    acc += wyj * racc;
-                }
-            } else {
-                for (j, wyj) in wy.iter().enumerate() {
-                    let yy = y0 + j as isize;
-                    if yy < 0 || yy >= sh {
-                        continue;
-                    }
-                    for (i, wxi) in wx.iter().enumerate() {
-                        let xx = x0 + i as isize;
-                        if xx >= 0 && xx < sw {
-                            acc += wyj * wxi * src.data[(yy * sw + xx) as usize];
-                        }
-                    }
-                }
-            }
-            *px = acc / norm;
+    map_from_source(src, out_to_src, out, r, |x, y| {
+        let (x0, y0) = (floor_shifted(x) - half + 1, floor_shifted(y) - half + 1);
+        let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+        let mut wx = [0f32; N];
+        let mut wy = [0f32; N];
+        for i in 0..N {
+            wx[i] = (1.0 - (fx - i as f32).abs() * inv_r).max(0.0);
+            wy[i] = (1.0 - (fy - i as f32).abs() * inv_r).max(0.0);
         }
-    }
-    Plane {
-        width: out.width,
-        height: out.height,
-        data,
-    }
+        let norm = wx.iter().sum::<f32>() * wy.iter().sum::<f32>();
+        let mut acc = 0.0f32;
+        if x0 >= 0 && y0 >= 0 && x0 + N as isize <= sw && y0 + N as isize <= sh {
+            let base = (y0 * sw + x0) as usize;
+            for (j, wyj) in wy.iter().enumerate() {
+                let line = &src.data[base + j * sw as usize..][..N];
+                let mut racc = 0.0f32;
+                for i in 0..N {
+                    racc += wx[i] * line[i];
+                }
+                acc += wyj * racc;
+            }
+        } else {
+            for (j, wyj) in wy.iter().enumerate() {
+                let yy = y0 + j as isize;
+                if yy < 0 || yy >= sh {
+                    continue;
+                }
+                for (i, wxi) in wx.iter().enumerate() {
+                    let xx = x0 + i as isize;
+                    if xx >= 0 && xx < sw {
+                        acc += wyj * wxi * src.data[(yy * sw + xx) as usize];
+                    }
+                }
+            }
+        }
+        acc / norm
+    })
 }
 
 /// Plain bilinear resampling (2 x 2 source pixels per output pixel), outside = 0.
 pub fn warp_bilinear(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane {
-    let [a, b, c, d, e, f] = out_to_src.0;
     let (sw, sh) = (src.width as isize, src.height as isize);
     let at = |x: isize, y: isize| -> f32 {
         if x >= 0 && y >= 0 && x < sw && y < sh {
@@ -285,6 +268,35 @@ pub fn warp_bilinear(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane 
             0.0
         }
     };
+    map_from_source(src, out_to_src, out, 1.0, |x, y| {
+        let (x0, y0) = (floor_shifted(x), floor_shifted(y));
+        let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+        let inside = x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh;
+        let (p00, p10, p01, p11) = if inside {
+            let i = (y0 * sw + x0) as usize;
+            let w = sw as usize;
+            (src.data[i], src.data[i + 1], src.data[i + w], src.data[i + w + 1])
+        } else {
+            (at(x0, y0), at(x0 + 1, y0), at(x0, y0 + 1), at(x0 + 1, y0 + 1))
+        };
+        let top = p00 + (p10 - p00) * fx;
+        let bottom = p01 + (p11 - p01) * fx;
+        top + (bottom - top) * fy
+    })
+}
+
+/// The `out`-sized plane whose pixel `(u, v)` is `sample(x, y)` at its source point
+/// `(x, y) = out_to_src(u, v)`, or 0 where that point lies `reach` or more pixels outside `src`
+/// (`x <= -reach` or `x >= width - 1 + reach`, likewise `y`), where no filter tap reaches it.
+fn map_from_source(
+    src: &Plane,
+    out_to_src: &Affine,
+    out: ImageSize,
+    reach: f64,
+    mut sample: impl FnMut(f64, f64) -> f32,
+) -> Plane {
+    let [a, b, c, d, e, f] = out_to_src.0;
+    let (sw, sh) = (src.width as f64, src.height as f64);
     let mut data = vec![0f32; out.width * out.height];
     for (v, row) in data.chunks_mut(out.width).enumerate() {
         let v = v as f64;
@@ -292,22 +304,10 @@ pub fn warp_bilinear(src: &Plane, out_to_src: &Affine, out: ImageSize) -> Plane 
         for (u, px) in row.iter_mut().enumerate() {
             let x = a * u as f64 + sx;
             let y = d * u as f64 + sy;
-            if x <= -1.0 || y <= -1.0 || x >= sw as f64 || y >= sh as f64 {
+            if x <= -reach || y <= -reach || x >= sw - 1.0 + reach || y >= sh - 1.0 + reach {
                 continue;
             }
-            let (x0, y0) = (floor_shifted(x), floor_shifted(y));
-            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
-            let inside = x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh;
-            let (p00, p10, p01, p11) = if inside {
-                let i = (y0 * sw + x0) as usize;
-                let w = sw as usize;
-                (src.data[i], src.data[i + 1], src.data[i + w], src.data[i + w + 1])
-            } else {
-                (at(x0, y0), at(x0 + 1, y0), at(x0, y0 + 1), at(x0 + 1, y0 + 1))
-            };
-            let top = p00 + (p10 - p00) * fx;
-            let bottom = p01 + (p11 - p01) * fx;
-            *px = top + (bottom - top) * fy;
+            *px = sample(x, y);
         }
     }
     Plane {

@@ -281,6 +281,54 @@ pub(crate) fn is_image_file(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The image files in `dir`, sorted.
+pub(crate) fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| is_image_file(p))
+        .collect();
+    images.sort();
+    Ok(images)
+}
+
+/// A file's name without its extension: a sample's id.
+pub(crate) fn file_id(path: &Path) -> String {
+    path.file_stem().unwrap_or_default().to_string_lossy().into_owned()
+}
+
+/// The mean over the annotators' `sources` of the landmarks `read` gives for each (one image's
+/// annotation file in that source folder).
+pub(crate) fn mean_landmarks(
+    sources: &[PathBuf],
+    set: &LandmarkSet,
+    mut read: impl FnMut(&Path) -> Result<Vec<[f64; 2]>, Problem>,
+) -> Result<Vec<[f64; 2]>, Problem> {
+    let mut sum = vec![[0.0f64; 2]; set.len()];
+    for source in sources {
+        for (acc, p) in sum.iter_mut().zip(read(source)?) {
+            acc[0] += p[0];
+            acc[1] += p[1];
+        }
+    }
+    let n = sources.len() as f64;
+    Ok(sum.into_iter().map(|[x, y]| [x / n, y / n]).collect())
+}
+
+/// A reader of the CSV `bytes` (read from `file`) with trimmed fields, and its header row.
+pub(crate) fn csv_with_header<'b>(
+    file: &Path,
+    bytes: &'b [u8],
+) -> anyhow::Result<(csv::Reader<&'b [u8]>, csv::StringRecord)> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let header = reader
+        .headers()
+        .with_context(|| format!("{}: cannot read the header row", file.display()))?
+        .clone();
+    Ok((reader, header))
+}
+
 /// Plausible radiograph pixel sizes (mm per pixel): anything outside is almost surely a unit
 /// mistake (metres, micrometres, pixels per mm).
 pub const PIXEL_SIZE_RANGE_MM: (f64, f64) = (0.005, 2.0);
@@ -407,14 +455,7 @@ impl LogProgress {
             return None;
         }
         *last = std::time::Instant::now();
-        let line = format!(
-            "{} {done}/{} ({:.0} s)",
-            self.what,
-            self.total,
-            self.started.elapsed().as_secs_f64()
-        );
-        eprintln!("{line}");
-        Some(line)
+        self.print(done, format_args!("({:.0} s)", self.started.elapsed().as_secs_f64()))
     }
 
     /// The closing line with the total time; returns it when printed.
@@ -423,12 +464,15 @@ impl LogProgress {
             return None;
         }
         let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
-        let line = format!(
-            "{} {done}/{} done in {:.1} s",
-            self.what,
-            self.total,
-            self.started.elapsed().as_secs_f64()
-        );
+        self.print(
+            done,
+            format_args!("done in {:.1} s", self.started.elapsed().as_secs_f64()),
+        )
+    }
+
+    /// Prints `what done/total` and `tail` to stderr and returns the line.
+    fn print(&self, done: usize, tail: std::fmt::Arguments) -> Option<String> {
+        let line = format!("{} {done}/{} {tail}", self.what, self.total);
         eprintln!("{line}");
         Some(line)
     }

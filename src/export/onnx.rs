@@ -427,28 +427,23 @@ impl<'a, F: Fn(ParamId) -> &'a [f32]> Writer<'_, 'a, F> {
 
 /// cephalo's convolution weights `[c_out][kh][kw][c_in]` as ONNX's `[c_out][c_in][kh][kw]`.
 pub fn krsc_to_oihw(w: &[f32], p: &ConvParams) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for o in 0..p.c_out {
-        for r in 0..p.kh {
-            for s in 0..p.kw {
-                for c in 0..p.c_in {
-                    out[((o * p.c_in + c) * p.kh + r) * p.kw + s] = w[((o * p.kh + r) * p.kw + s) * p.c_in + c];
-                }
-            }
-        }
-    }
-    out
+    last_axis_second(w, p.c_out, p.kh, p.kw, p.c_in)
 }
 
 /// cephalo's transposed-convolution weights `[c_in][kh][kw][c_out]` as ONNX's
 /// `[c_in][c_out][kh][kw]` (the same correlation as PyTorch's `ConvTranspose2d`, no flip).
 pub fn transposed_to_iohw(w: &[f32], p: &ConvParams) -> Vec<f32> {
+    last_axis_second(w, p.c_in, p.kh, p.kw, p.c_out)
+}
+
+/// A `[a][kh][kw][b]` tensor as `[a][b][kh][kw]`.
+fn last_axis_second(w: &[f32], a: usize, kh: usize, kw: usize, b: usize) -> Vec<f32> {
     let mut out = vec![0.0; w.len()];
-    for i in 0..p.c_in {
-        for r in 0..p.kh {
-            for s in 0..p.kw {
-                for o in 0..p.c_out {
-                    out[((i * p.c_out + o) * p.kh + r) * p.kw + s] = w[((i * p.kh + r) * p.kw + s) * p.c_out + o];
+    for i in 0..a {
+        for r in 0..kh {
+            for s in 0..kw {
+                for j in 0..b {
+                    out[((i * b + j) * kh + r) * kw + s] = w[((i * kh + r) * kw + s) * b + j];
                 }
             }
         }

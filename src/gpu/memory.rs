@@ -28,29 +28,40 @@ pub struct DevSliceMut<'a, T> {
     _borrow: PhantomData<&'a mut T>,
 }
 
-impl<'a, T> DevSlice<'a, T> {
-    /// A view of `len` elements at device address `ptr`, with no borrow to tie it to.
-    ///
-    /// # Safety
-    /// The memory must stay allocated, and not be written through another view, for as long as
-    /// the caller uses this one.
-    pub unsafe fn from_raw(ptr: u64, len: usize) -> Self {
-        DevSlice {
-            ptr,
-            len,
-            _borrow: PhantomData,
+/// The constructor from a raw address and the accessors both view types have; `$doc` and
+/// `$safety` are `from_raw`'s summary and safety requirement.
+macro_rules! view_common {
+    ($doc:literal, $safety:literal) => {
+        #[doc = $doc]
+        ///
+        /// # Safety
+        #[doc = $safety]
+        pub unsafe fn from_raw(ptr: u64, len: usize) -> Self {
+            Self {
+                ptr,
+                len,
+                _borrow: PhantomData,
+            }
         }
-    }
-    /// The raw device address, to pass to a kernel.
-    pub fn ptr(&self) -> u64 {
-        self.ptr
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+        /// The raw device address, to pass to a kernel.
+        pub fn ptr(&self) -> u64 {
+            self.ptr
+        }
+        pub fn len(&self) -> usize {
+            self.len
+        }
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+    };
+}
+
+impl<'a, T> DevSlice<'a, T> {
+    view_common!(
+        "A view of `len` elements at device address `ptr`, with no borrow to tie it to.",
+        "The memory must stay allocated, and not be written through another view, for as long as the caller uses \
+         this one."
+    );
     /// Elements `start..start + len` of this view.
     pub fn sub(&self, start: usize, len: usize) -> DevSlice<'a, T> {
         assert!(
@@ -67,27 +78,10 @@ impl<'a, T> DevSlice<'a, T> {
 }
 
 impl<'a, T> DevSliceMut<'a, T> {
-    /// A writable view of `len` elements at device address `ptr`, with no borrow to tie it to.
-    ///
-    /// # Safety
-    /// The memory must stay allocated, and no other view may overlap it, for as long as the
-    /// caller uses this one.
-    pub unsafe fn from_raw(ptr: u64, len: usize) -> Self {
-        DevSliceMut {
-            ptr,
-            len,
-            _borrow: PhantomData,
-        }
-    }
-    pub fn ptr(&self) -> u64 {
-        self.ptr
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
+    view_common!(
+        "A writable view of `len` elements at device address `ptr`, with no borrow to tie it to.",
+        "The memory must stay allocated, and no other view may overlap it, for as long as the caller uses this one."
+    );
     /// A read-only view of the same memory, for as long as this one is borrowed.
     pub fn as_ref(&self) -> DevSlice<'_, T> {
         DevSlice {
@@ -98,13 +92,10 @@ impl<'a, T> DevSliceMut<'a, T> {
     }
     /// Reborrows elements `start..start + len`.
     pub fn sub_mut(&mut self, start: usize, len: usize) -> DevSliceMut<'_, T> {
-        assert!(
-            start + len <= self.len,
-            "sub-view {start}+{len} out of {} elements",
-            self.len
-        );
+        // The read-only view's bounds check and address arithmetic.
+        let ptr = self.as_ref().sub(start, len).ptr;
         DevSliceMut {
-            ptr: self.ptr + (start * size_of::<T>()) as u64,
+            ptr,
             len,
             _borrow: PhantomData,
         }

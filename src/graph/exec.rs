@@ -4,7 +4,7 @@
 //! tensors its op saved (see [`saved_by`]) and writes the gradients of its inputs; the first
 //! contribution to a gradient overwrites it, later ones add (so no buffer is zero-filled).
 //! A recomputed BN output is rebuilt just before its first backward reader.
-use crate::backend::{AddReluJoin, Backend, ConvRefs, Grad, ParamId, View};
+use crate::backend::{AddReluJoin, Backend, Grad, ParamId, View};
 use crate::graph::plan::{plan, Mode, Plan, PlanOptions};
 use crate::graph::{Graph, Op, TensorId};
 
@@ -151,28 +151,13 @@ impl<B: Backend> Executor<B> {
                         unreachable!("the planner pairs convolutions with batch norms")
                     };
                     let saved = self.plan.stats[j].expect("BN statistics are planned in training");
-                    let conv = ConvRefs {
-                        w: *w,
-                        bias: *bias,
-                        p: *p,
-                    };
+                    let conv = node.op.conv_refs().expect("a convolution");
                     b.conv2d_fwd_bn_stats(x[0], &conv, y, bn, saved);
                 }
                 None => b.conv2d_fwd(x[0], *w, *bias, p, y),
             },
-            Op::ConvBnEval {
-                p,
-                w,
-                bias,
-                bn,
-                relu,
-                residual,
-            } => {
-                let conv = ConvRefs {
-                    w: *w,
-                    bias: *bias,
-                    p: *p,
-                };
+            Op::ConvBnEval { bn, relu, residual, .. } => {
+                let conv = node.op.conv_refs().expect("a convolution");
                 b.conv2d_bn_fwd_eval(x[0], &conv, bn, *relu, residual.then(|| x[1]), y)
             }
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),

@@ -19,7 +19,7 @@ use std::fmt::Display;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use crate::backend::{BnParams, BnRefs, ConvParams, ParamId, PoolParams, Shape4, UpsampleMode};
+use crate::backend::{BnParams, BnRefs, ConvParams, ConvRefs, ParamId, PoolParams, Shape4, UpsampleMode};
 
 /// A tensor of the graph: the output of the node with the same index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +76,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// The weight, bias and geometry of a convolution, plain or fused with its batch norm; `None`
+    /// for every other op.
+    pub fn conv_refs(&self) -> Option<ConvRefs> {
+        match *self {
+            Op::Conv { p, w, bias } | Op::ConvBnEval { p, w, bias, .. } => Some(ConvRefs { w, bias, p }),
+            _ => None,
+        }
+    }
+
     /// Short name for summaries.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -156,13 +156,19 @@ mod tests {
     use super::*;
     use crate::model::ModelConfig;
 
-    #[test]
-    fn resnet18_stem_occurs_once_and_deconvs_are_listed() {
-        let g = ModelConfig::new("resnet18", 1, 29, [256, 256], 2)
+    /// The graph of model `name` (29 landmarks, 256 x 256) at `batch`, and its convolution shapes.
+    fn graph_and_shapes(name: &str, batch: usize) -> (Graph, Vec<ConvShape>) {
+        let g = ModelConfig::new(name, 1, 29, [256, 256], batch)
             .unwrap()
             .build()
             .unwrap();
         let shapes = conv_shapes(&g);
+        (g, shapes)
+    }
+
+    #[test]
+    fn resnet18_stem_occurs_once_and_deconvs_are_listed() {
+        let (_, shapes) = graph_and_shapes("resnet18", 2);
         let stem: Vec<&ConvShape> = shapes.iter().filter(|s| s.kh == 7).collect();
         assert_eq!(stem.len(), 1);
         let s = stem[0];
@@ -185,11 +191,7 @@ mod tests {
 
     #[test]
     fn hrnet_totals_match_the_graph() {
-        let g = ModelConfig::new("hrnet-w32", 1, 29, [256, 256], 1)
-            .unwrap()
-            .build()
-            .unwrap();
-        let shapes = conv_shapes(&g);
+        let (g, shapes) = graph_and_shapes("hrnet-w32", 1);
         let convs = g
             .nodes
             .iter()

@@ -219,6 +219,19 @@ mod tests {
         [from[0] + len * r.cos(), from[1] + len * r.sin()]
     }
 
+    /// S, N, A and B with S-N horizontal (face to the right): N->S points along 180 deg, A placed
+    /// so the angle S-N-A is 82 deg, B so S-N-B is 79 deg (ANB = 3 -> Class I); and Go and Me of
+    /// a mandibular plane descending 25 deg.
+    fn class_i_profile() -> ([[f64; 2]; 4], [[f64; 2]; 2]) {
+        let n = [1000.0, 500.0];
+        let s = [300.0, 500.0];
+        let a = polar(n, 180.0 - 82.0, 400.0);
+        let b = polar(n, 180.0 - 79.0, 700.0);
+        let go = [400.0, 1000.0];
+        let me = polar(go, 25.0, 600.0);
+        ([s, n, a, b], [go, me])
+    }
+
     fn measure(symbols: &[&str], points: &[[f64; 2]], mm: Option<f64>) -> Vec<Measurement> {
         let symbols: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
         analyse(
@@ -239,17 +252,10 @@ mod tests {
 
     #[test]
     fn angles_of_hand_placed_landmarks() {
-        // S-N horizontal (face to the right). N->S points along 180 deg; A placed so the angle
-        // S-N-A is 82 deg, B so S-N-B is 79 deg: ANB = 3 -> Class I.
-        let n = [1000.0, 500.0];
-        let s = [300.0, 500.0];
-        let a = polar(n, 180.0 - 82.0, 400.0);
-        let b = polar(n, 180.0 - 79.0, 700.0);
-        // Mandibular plane descending 25 deg below Frankfort (horizontal, Po -> Or forward).
+        let ([s, n, a, b], [go, me]) = class_i_profile();
+        // The mandibular plane is 25 deg below Frankfort (horizontal, Po -> Or forward).
         let po = [250.0, 600.0];
         let or = [850.0, 600.0];
-        let go = [400.0, 1000.0];
-        let me = polar(go, 25.0, 600.0);
         let ms = measure(
             &["S", "N", "A", "B", "Po", "Or", "Go", "Me"],
             &[s, n, a, b, po, or, go, me],
@@ -308,12 +314,7 @@ mod tests {
 
     #[test]
     fn measurements_on_doubtful_landmarks_say_so() {
-        let n = [1000.0, 500.0];
-        let s = [300.0, 500.0];
-        let a = polar(n, 180.0 - 82.0, 400.0);
-        let b = polar(n, 180.0 - 79.0, 700.0);
-        let go = [400.0, 1000.0];
-        let me = polar(go, 25.0, 600.0);
+        let ([s, n, a, b], [go, me]) = class_i_profile();
         let mut ms = measure(&["S", "N", "A", "B", "Go", "Me"], &[s, n, a, b, go, me], None);
         flag_doubtful(&mut ms, |s| s == "B" || s == "S");
         let find = |name: &str| ms.iter().find(|m| m.name == name).unwrap();

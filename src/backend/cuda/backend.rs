@@ -438,6 +438,17 @@ impl CudaBackend {
         }
     }
 
+    /// A BN's training forward: input `x`, the layer's weights and the `saved` statistics it
+    /// wrote (what its backward differentiates, and what recomputing its output reads).
+    fn bn_forward(&self, x: View, r: &BnRefs, saved: View) -> bn::BnForward<'_> {
+        bn::BnForward {
+            x: self.x(x),
+            xs: x.shape,
+            bn: self.bn_weights(r),
+            saved: self.stats(saved),
+        }
+    }
+
     fn bn_running(&self, r: &BnRefs) -> BnRunning<DevSlice<'_, f32>> {
         BnRunning {
             mean: self.master(r.running_mean),
@@ -868,27 +879,15 @@ impl Backend for CudaBackend {
 
     fn batchnorm_apply_saved(&mut self, x: View, bn_refs: &BnRefs, relu: bool, saved: View, y: View) {
         self.op("batchnorm_apply_saved", |b| {
-            bn::bn_apply_saved(
-                &b.gpu,
-                b.x(x),
-                x.shape,
-                b.bn_weights(bn_refs),
-                b.stats(saved),
-                relu,
-                b.y(y),
-            )
+            let fwd = b.bn_forward(x, bn_refs, saved);
+            bn::bn_apply_saved(&b.gpu, fwd.x, fwd.xs, fwd.bn, fwd.saved, relu, b.y(y))
         });
     }
 
     fn batchnorm_bwd(&mut self, dy: View, x: View, bn_refs: &BnRefs, relu: bool, saved: View, dx: Grad) {
         self.op("batchnorm_bwd", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
-            let fwd = bn::BnForward {
-                x: b.x(x),
-                xs: x.shape,
-                bn: b.bn_weights(bn_refs),
-                saved: b.stats(saved),
-            };
+            let fwd = b.bn_forward(x, bn_refs, saved);
             bn::bn_bwd(&b.gpu, b.x(dy), fwd, relu, b.grad_out(dx), b.bn_grads(bn_refs)?, ws)
         });
     }
@@ -911,15 +910,8 @@ impl Backend for CudaBackend {
 
     fn batchnorm_add_relu_apply_saved(&mut self, x: View, bn_refs: &BnRefs, residual: View, saved: View, y: View) {
         self.op("batchnorm_add_relu_apply_saved", |b| {
-            bn::bn_add_relu_apply_saved(
-                &b.gpu,
-                b.x(x),
-                x.shape,
-                b.bn_weights(bn_refs),
-                b.stats(saved),
-                b.x(residual),
-                b.y(y),
-            )
+            let fwd = b.bn_forward(x, bn_refs, saved);
+            bn::bn_add_relu_apply_saved(&b.gpu, fwd.x, fwd.xs, fwd.bn, fwd.saved, b.x(residual), b.y(y))
         });
     }
 
@@ -934,12 +926,7 @@ impl Backend for CudaBackend {
     ) {
         self.op("batchnorm_add_relu_bwd", |b| {
             let ws = Self::detach(b.scratch_f32(bn::bn_workspace_len(x.shape))?);
-            let fwd = bn::BnForward {
-                x: b.x(x),
-                xs: x.shape,
-                bn: b.bn_weights(bn_refs),
-                saved: b.stats(saved),
-            };
+            let fwd = b.bn_forward(x, bn_refs, saved);
             let join = AddReluJoin {
                 y: b.x(join.y),
                 d_residual: join.d_residual.map(|g| b.grad_out(g)),

@@ -11,7 +11,7 @@
 //! ResNet blocks and HRNet fuse layers: `y = max(bn(x) + residual, 0)`. Their CPU reference is the
 //! unfused pair `bn_*` (no ReLU) then `add_relu_fwd`.
 use anyhow::{ensure, Context as _, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::f16;
 
 use super::{as_i32, grid_1d_shared};
@@ -208,24 +208,7 @@ fn apply(
     // SAFETY: x, y (and residual when non-null) cover n elements, gamma/beta/mean/second c floats;
     // arguments (const __half*, const float*, const float*, const float*, const float*, int,
     // float, const __half*, int, __half*, long long, int, int); 2c floats of shared memory.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&xp)
-            .arg(&gp)
-            .arg(&bp)
-            .arg(&mean)
-            .arg(&second)
-            .arg(&second_is_var)
-            .arg(&eps)
-            .arg(&r)
-            .arg(&relu)
-            .arg(&yp)
-            .arg(&n)
-            .arg(&ci)
-            .arg(&vec)
-            .launch(cfg)
-    }?;
+    unsafe { launch!(gpu, f, cfg; xp, gp, bp, mean, second, second_is_var, eps, r, relu, yp, n, ci, vec) }?;
     Ok(())
 }
 
@@ -281,20 +264,7 @@ pub(super) fn finalize_stats(
     // SAFETY: partials cover chunks*c*3 floats (the callers' workspace checks), saved 2c floats,
     // running stats c floats each (checked); arguments (const float*, long long, int, int, float,
     // float, float*, float*, float*).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&partials)
-            .arg(&m)
-            .arg(&ci)
-            .arg(&nch)
-            .arg(&bp.eps)
-            .arg(&bp.momentum)
-            .arg(&sp)
-            .arg(&rm)
-            .arg(&rv)
-            .launch(finalize_grid(c))
-    }?;
+    unsafe { launch!(gpu, f, finalize_grid(c); partials, m, ci, nch, bp.eps, bp.momentum, sp, rm, rv) }?;
     Ok(())
 }
 
@@ -318,16 +288,7 @@ fn batch_stats(gpu: &Gpu, x: DevSlice<f16>, xs: Shape4, bp: BnParams, targets: &
     })?;
     // SAFETY: x covers m*c halves, the workspace chunks*c*3 floats (checked); arguments
     // (const __half*, long long, int, int, float*); the grid and block each kernel expects.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&xp)
-            .arg(&m)
-            .arg(&ci)
-            .arg(&nch)
-            .arg(&wp)
-            .launch(red.grid)
-    }?;
+    unsafe { launch!(gpu, f, red.grid; xp, m, ci, nch, wp) }?;
     finalize_stats(gpu, xs.pixels(), c, red.chunks, bp, targets)
 }
 
@@ -482,40 +443,12 @@ fn backward(
     // saved 2c, partials chunks*c*3 (checked); arguments (const __half*, const __half*,
     // const float*, const float*, const float*, int, const __half*, __half*, int, long long, int,
     // int, float*) for both kernels; the grid and block each expects.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&dyp)
-            .arg(&xp)
-            .arg(&gp)
-            .arg(&bp)
-            .arg(&sp)
-            .arg(&relu)
-            .arg(&yo)
-            .arg(&dr)
-            .arg(&acc_res)
-            .arg(&m)
-            .arg(&ci)
-            .arg(&chunks_i)
-            .arg(&partials)
-            .launch(red.grid)
-    }?;
+    unsafe { launch!(gpu, f, red.grid; dyp, xp, gp, bp, sp, relu, yo, dr, acc_res, m, ci, chunks_i, partials) }?;
     let (dgp, dbp) = (dgamma.ptr(), dbeta.ptr());
     let f = gpu.function("batchnorm_bwd_finalize_f32")?;
     // SAFETY: partials as above, coeffs 2c floats after them, dgamma/dbeta c floats; arguments
     // (const float*, long long, int, int, float*, float*, float*).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&partials)
-            .arg(&m)
-            .arg(&ci)
-            .arg(&chunks_i)
-            .arg(&dgp)
-            .arg(&dbp)
-            .arg(&coeffs)
-            .launch(finalize_grid(c))
-    }?;
+    unsafe { launch!(gpu, f, finalize_grid(c); partials, m, ci, chunks_i, dgp, dbp, coeffs) }?;
     let dxp = dx.data.ptr();
     let vec = (c.is_multiple_of(8) && all_aligned_16(&[dyp, xp, dxp])) as i32;
     let cfg = grid_1d_shared(gpu, xs.len(), 6 * c)?;
@@ -523,24 +456,7 @@ fn backward(
     // SAFETY: dy, x, dx (and y_out when non-null) cover n halves, the per-channel arrays c or 2c
     // floats; arguments (const __half*, const __half*, const float*, const float*, const float*,
     // int, const __half*, const float*, __half*, int, long long, int, int); 6c floats of shared.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&dyp)
-            .arg(&xp)
-            .arg(&gp)
-            .arg(&bp)
-            .arg(&sp)
-            .arg(&relu)
-            .arg(&yo)
-            .arg(&coeffs)
-            .arg(&dxp)
-            .arg(&acc)
-            .arg(&n)
-            .arg(&ci)
-            .arg(&vec)
-            .launch(cfg)
-    }?;
+    unsafe { launch!(gpu, f, cfg; dyp, xp, gp, bp, sp, relu, yo, coeffs, dxp, acc, n, ci, vec) }?;
     Ok(())
 }
 
@@ -637,21 +553,11 @@ pub fn bn_eval_affine(
         shift.ptr(),
     );
     let ci = as_i32("channels", c)?;
-    let mut launch = gpu.stream().launch_builder(&f);
-    launch
-        .arg(&gp)
-        .arg(&bp_)
-        .arg(&mp)
-        .arg(&vp)
-        .arg(&bias_ptr)
-        .arg(&bn.params.eps)
-        .arg(&ci)
-        .arg(&sp)
-        .arg(&tp);
     // SAFETY: (gamma, beta, running_mean, running_var, bias or null, eps f32, c i32, scale, shift):
     // five f32 views of c elements and an optional sixth (checked); the kernel writes scale and
     // shift only, which the caller holds mutably.
-    unsafe { launch.launch(gpu.grid_1d(c)) }.context("launching batchnorm_eval_affine_f32")?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(c); gp, bp_, mp, vp, bias_ptr, bn.params.eps, ci, sp, tp) }
+        .context("launching batchnorm_eval_affine_f32")?;
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 //! One launch per input: each is a strided copy of one channel range, which keeps the kernel free
 //! of a pointer table (inputs are few: 2 to 4 in HRNet).
 use anyhow::{ensure, Result};
-use cudarc::driver::PushKernelArg;
 use half::f16;
 
 use super::as_i32;
@@ -36,39 +35,34 @@ fn copy_channels(gpu: &Gpu, src: Channels, dst: Channels, width: usize, pixels: 
     // SAFETY: the callers check that src holds pixels*src.c and dst pixels*dst.c halves and that
     // the ranges fit the strides; arguments (const __half*, int, int, __half*, int, int, int,
     // long long, int, int).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&sp)
-            .arg(&sc)
-            .arg(&sa)
-            .arg(&dp)
-            .arg(&dc)
-            .arg(&da)
-            .arg(&w)
-            .arg(&p)
-            .arg(&acc)
-            .arg(&vec)
-            .launch(gpu.grid_1d(items))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(items); sp, sc, sa, dp, dc, da, w, p, acc, vec) }?;
     Ok(())
 }
 
-/// `y[p, :] = [x0[p, :], x1[p, :], ...]`; `widths[i]` is the channel count of `xs[i]`.
-pub fn concat_fwd(gpu: &Gpu, xs: &[DevSlice<f16>], widths: &[usize], y: DevSliceMut<f16>) -> Result<()> {
+/// Checks that there are as many `parts` (a count and what they are) as `widths` and that the
+/// concatenated tensor (its length and name) holds whole pixels of their channels; returns the
+/// channels and pixels of the concatenated tensor.
+fn layout(what: &str, parts: (usize, &str), widths: &[usize], whole: (usize, &str)) -> Result<(usize, usize)> {
     ensure!(
-        xs.len() == widths.len(),
-        "concat_fwd: {} inputs, {} widths",
-        xs.len(),
+        parts.0 == widths.len(),
+        "{what}: {} {}, {} widths",
+        parts.0,
+        parts.1,
         widths.len()
     );
     let c: usize = widths.iter().sum();
     ensure!(
-        c > 0 && y.len().is_multiple_of(c),
-        "concat_fwd: output of {} elements for {c} channels",
-        y.len()
+        c > 0 && whole.0.is_multiple_of(c),
+        "{what}: {} of {} elements for {c} channels",
+        whole.1,
+        whole.0
     );
-    let pixels = y.len() / c;
+    Ok((c, whole.0 / c))
+}
+
+/// `y[p, :] = [x0[p, :], x1[p, :], ...]`; `widths[i]` is the channel count of `xs[i]`.
+pub fn concat_fwd(gpu: &Gpu, xs: &[DevSlice<f16>], widths: &[usize], y: DevSliceMut<f16>) -> Result<()> {
+    let (c, pixels) = layout("concat_fwd", (xs.len(), "inputs"), widths, (y.len(), "output"))?;
     let mut at = 0;
     for (i, (x, &w)) in xs.iter().zip(widths).enumerate() {
         ensure!(
@@ -97,19 +91,7 @@ pub fn concat_bwd(
     widths: &[usize],
     dxs: &mut [Option<(DevSliceMut<f16>, bool)>],
 ) -> Result<()> {
-    ensure!(
-        dxs.len() == widths.len(),
-        "concat_bwd: {} gradients, {} widths",
-        dxs.len(),
-        widths.len()
-    );
-    let c: usize = widths.iter().sum();
-    ensure!(
-        c > 0 && dy.len().is_multiple_of(c),
-        "concat_bwd: dy of {} elements for {c} channels",
-        dy.len()
-    );
-    let pixels = dy.len() / c;
+    let (c, pixels) = layout("concat_bwd", (dxs.len(), "gradients"), widths, (dy.len(), "dy"))?;
     let mut at = 0;
     for (i, (dx, &w)) in dxs.iter_mut().zip(widths).enumerate() {
         if let Some((dx, accumulate)) = dx {

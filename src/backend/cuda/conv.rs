@@ -20,7 +20,7 @@
 //! Everything but the launch itself is a function of shapes, so [`plan`] is tested without a GPU.
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::f16;
 
 use super::as_i32;
@@ -98,16 +98,19 @@ const fn tile(bm: usize, bn: usize, bk: usize, warps_m: usize, warps_n: usize, s
 /// The vec-loader configurations for GPUs with at least [`BIG_SMEM_PER_SM`] of shared memory per
 /// SM (A100, H100): the five block shapes of [`TILES_SMALL_SMEM`], the three larger ones also
 /// with 64-wide K steps (up to 96 KiB per block), which [`pick_tile`] takes from [`k64_from`] on.
-pub const TILES_BIG_SMEM: [Tile; 8] = [
-    tile(128, 128, 64, 2, 2, 3),
-    tile(128, 64, 64, 2, 2, 3),
-    tile(64, 64, 64, 2, 2, 4),
-    tile(128, 128, 32, 2, 2, 3),
-    tile(128, 64, 32, 2, 2, 4),
-    tile(64, 64, 32, 2, 2, 4),
-    tile(128, 32, 32, 4, 1, 4),
-    tile(64, 32, 32, 2, 2, 4),
-];
+pub const TILES_BIG_SMEM: [Tile; 8] = {
+    let s = TILES_SMALL_SMEM;
+    [
+        tile(128, 128, 64, 2, 2, 3),
+        tile(128, 64, 64, 2, 2, 3),
+        tile(64, 64, 64, 2, 2, 4),
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        s[4],
+    ]
+};
 
 /// The GEMM K (kernel taps x gathered channels) from which a block shape runs faster with
 /// 64-wide K steps than with 32-wide ones on an H100: fewer barriers and pipeline waits per MMA
@@ -493,46 +496,32 @@ fn launch_gemm(gpu: &Gpu, g: Gemm, tile: Option<Tile>) -> Result<Option<LaunchPl
     // by the callers); tile.threads() and conv_smem_bytes
     // of dynamic shared memory (Tile::smem_bytes mirrors it), allowed above.
     unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&src)
-            .arg(&wgt)
-            .arg(&out)
-            .arg(&n)
-            .arg(&hs)
-            .arg(&ws)
-            .arg(&cs)
-            .arg(&ho)
-            .arg(&wo)
-            .arg(&nc)
-            .arg(&kh)
-            .arg(&kw)
-            .arg(&stride)
-            .arg(&pad)
-            .arg(&scale)
-            .arg(&shift)
-            .arg(&relu)
-            .arg(&accumulate)
-            .arg(&vec_out)
-            .arg(&residual)
-            .arg(&stats)
-            .launch(cfg)
+        launch!(gpu, f, cfg;
+            src, wgt, out, n, hs, ws, cs, ho, wo, nc, kh, kw, stride, pad, scale, shift, relu, accumulate, vec_out,
+            residual, stats)
     }?;
     Ok(Some(lp))
 }
 
-/// Checks a convolution's geometry and returns its output shape for input `xs`.
-fn out_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<Shape4> {
+/// Checks that `p` is not degenerate and that input `xs` has the channels `conv` (the
+/// convolution or the transposed one) takes.
+fn check_params(what: &str, xs: Shape4, p: &ConvParams, conv: &str) -> Result<()> {
     ensure!(
         p.c_in > 0 && p.c_out > 0 && p.kh > 0 && p.kw > 0 && p.stride > 0,
         "{what}: degenerate parameters {p:?}"
     );
     ensure!(
         xs.c == p.c_in,
-        "{what}: input {xs} has {} channels, the convolution takes {}",
+        "{what}: input {xs} has {} channels, {conv} takes {}",
         xs.c,
         p.c_in
     );
+    Ok(())
+}
+
+/// Checks a convolution's geometry and returns its output shape for input `xs`.
+fn out_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<Shape4> {
+    check_params(what, xs, p, "the convolution")?;
     ensure!(
         xs.h + 2 * p.pad >= p.kh && xs.w + 2 * p.pad >= p.kw,
         "{what}: input {xs} (padding {}) is smaller than the {}x{} kernel",
@@ -546,6 +535,20 @@ fn out_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<Shape4> {
 fn check_len(what: &str, name: &str, len: usize, want: usize, shape: impl std::fmt::Display) -> Result<()> {
     ensure!(len == want, "{what}: {name} has {len} elements, {shape} needs {want}");
     Ok(())
+}
+
+/// Checks a GEMM's operands: the gathered tensor `src`, the weight (of `w_len` elements) and the
+/// output `out`, each `src` and `out` a (name, length, shape).
+fn check_operands(
+    what: &str,
+    p: &ConvParams,
+    src: (&str, usize, Shape4),
+    w_len: usize,
+    out: (&str, usize, Shape4),
+) -> Result<()> {
+    check_len(what, src.0, src.1, src.2.len(), src.2)?;
+    check_len(what, "the weight", w_len, p.weight_len(), format_args!("{p:?}"))?;
+    check_len(what, out.0, out.1, out.2.len(), out.2)
 }
 
 /// The operands of a convolution forward: the input `x`, NHWC of shape `xs`, the weight `w` and
@@ -584,9 +587,7 @@ fn fwd_gemm(
     let ConvFwd { x, xs, w, p } = conv;
     let GradOut { data: y, accumulate } = y;
     let ys = out_shape(what, xs, p)?;
-    check_len(what, "x", x.len(), xs.len(), xs)?;
-    check_len(what, "the weight", w.len(), p.weight_len(), format_args!("{p:?}"))?;
-    check_len(what, "y", y.len(), ys.len(), ys)?;
+    check_operands(what, p, ("x", x.len(), xs), w.len(), ("y", y.len(), ys))?;
     let per_channel = |v: &Option<DevSlice<f32>>, name: &str| -> Result<u64> {
         match v {
             Some(s) => {
@@ -719,9 +720,7 @@ fn dgrad_gemm(
     let ConvDgrad { dy, w, p, xs } = d;
     let GradOut { data: dx, accumulate } = dx;
     let ys = out_shape(what, xs, p)?;
-    check_len(what, "dy", dy.len(), ys.len(), ys)?;
-    check_len(what, "the weight", w.len(), p.weight_len(), format_args!("{p:?}"))?;
-    check_len(what, "dx", dx.len(), xs.len(), xs)?;
+    check_operands(what, p, ("dy", dy.len(), ys), w.len(), ("dx", dx.len(), xs))?;
     ensure!(
         workspace.len() >= conv2d_dgrad_workspace_len(p),
         "{what}: workspace of {} halves, {p:?} needs {}",
@@ -737,16 +736,7 @@ fn dgrad_gemm(
     let f = gpu.function("conv_dgrad_weight_relayout_f16")?;
     // SAFETY: w covers cout*taps*cin halves (checked), the workspace at least as many; arguments
     // (const __half*, __half*, int, int, int); a grid-stride 1-D launch.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&wp)
-            .arg(&wtp)
-            .arg(&cout)
-            .arg(&taps)
-            .arg(&cin)
-            .launch(gpu.grid_1d(p.weight_len()))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(p.weight_len()); wp, wtp, cout, taps, cin) }?;
     let g = Gemm {
         pass: Pass::Dgrad,
         src: dy.ptr(),
@@ -784,29 +774,22 @@ pub fn conv2d_dgrad_tiled(
     dgrad_gemm("conv2d_dgrad", gpu, d, dx, workspace, Some(tile))
 }
 
-/// The output shape of a transposed convolution on `xs`, checked.
-fn transposed_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<Shape4> {
-    ensure!(
-        p.c_in > 0 && p.c_out > 0 && p.kh > 0 && p.kw > 0 && p.stride > 0,
-        "{what}: degenerate parameters {p:?}"
-    );
-    ensure!(
-        xs.c == p.c_in,
-        "{what}: input {xs} has {} channels, the transposed convolution takes {}",
-        xs.c,
-        p.c_in
-    );
+/// The output shape of a transposed convolution on `xs`, checked, and its adjoint convolution
+/// (which maps that output back onto `xs`).
+fn transposed_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<(Shape4, ConvParams)> {
+    check_params(what, xs, p, "the transposed convolution")?;
     ensure!(
         xs.h > 0 && xs.w > 0 && (xs.h - 1) * p.stride + p.kh > 2 * p.pad && (xs.w - 1) * p.stride + p.kw > 2 * p.pad,
         "{what}: input {xs} gives an empty output with {p:?}"
     );
     let ys = p.transposed_out_shape(xs);
+    let adjoint = p.adjoint();
     // The adjoint convolution maps the output back onto exactly this input.
     ensure!(
-        out_shape(what, ys, &p.adjoint())? == xs,
+        out_shape(what, ys, &adjoint)? == xs,
         "{what}: {p:?} does not map {ys} back onto {xs}"
     );
-    Ok(ys)
+    Ok((ys, adjoint))
 }
 
 /// Transposed convolution `y = conv_transpose2d(x, w)`, `w` `[c_in][kh][kw][c_out]`, `y` of shape
@@ -815,8 +798,7 @@ fn transposed_shape(what: &str, xs: Shape4, p: &ConvParams) -> Result<Shape4> {
 pub fn conv_transpose2d_fwd(gpu: &Gpu, conv: ConvFwd, y: DevSliceMut<f16>, workspace: DevSliceMut<f16>) -> Result<()> {
     let what = "transposed conv forward";
     let ConvFwd { x, xs, w, p } = conv;
-    let ys = transposed_shape(what, xs, p)?;
-    let adjoint = p.adjoint();
+    let (ys, adjoint) = transposed_shape(what, xs, p)?;
     let d = ConvDgrad {
         dy: x,
         w,
@@ -831,8 +813,7 @@ pub fn conv_transpose2d_fwd(gpu: &Gpu, conv: ConvFwd, y: DevSliceMut<f16>, works
 pub fn conv_transpose2d_dgrad(gpu: &Gpu, d: ConvDgrad, dx: GradOut<DevSliceMut<f16>>) -> Result<()> {
     let what = "transposed conv input gradient";
     let ConvDgrad { dy, w, p, xs } = d;
-    let ys = transposed_shape(what, xs, p)?;
-    let adjoint = p.adjoint();
+    let (ys, adjoint) = transposed_shape(what, xs, p)?;
     let conv = ConvFwd {
         x: dy,
         xs: ys,

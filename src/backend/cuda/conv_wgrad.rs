@@ -15,7 +15,7 @@
 //! `dy`; nothing here unscales.
 use anyhow::{ensure, Context as _, Result};
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::f16;
 
 use super::as_i32;
@@ -446,26 +446,7 @@ pub fn conv2d_wgrad_planned(
     // Arguments (const __half*, const __half*, float*, int h, int w, int c, int p, int q, int k,
     // int r, int s, int stride, int pad, int npix, int steps_per_split); grid (ceil(N/BN),
     // ceil(M/BM), splits), the tile's block size and its dynamic shared memory.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&xp)
-            .arg(&dyp)
-            .arg(&out)
-            .arg(&h)
-            .arg(&w)
-            .arg(&c)
-            .arg(&pp)
-            .arg(&q)
-            .arg(&k)
-            .arg(&r)
-            .arg(&s)
-            .arg(&stride)
-            .arg(&pad)
-            .arg(&npix_i)
-            .arg(&sps)
-            .launch(cfg)
-    }?;
+    unsafe { launch!(gpu, f, cfg; xp, dyp, out, h, w, c, pp, q, k, r, s, stride, pad, npix_i, sps) }?;
     if plan.splits > 1 {
         reduce(gpu, workspace.as_ref(), plan.splits, p.weight_len(), &mut dw)?;
     }
@@ -497,16 +478,7 @@ pub fn conv2d_wgrad_planned(
         // SAFETY: dy covers pixels*k halves (checked); the target holds chunks*k floats (db
         // itself when chunks == 1, checked lengths); arguments (const __half*, long long, int,
         // int, float*); grid (ceil(k/32), chunks), block (32, 8).
-        unsafe {
-            gpu.stream()
-                .launch_builder(&f)
-                .arg(&dyp)
-                .arg(&pixels)
-                .arg(&k)
-                .arg(&chunks_i)
-                .arg(&target)
-                .launch(cfg)
-        }?;
+        unsafe { launch!(gpu, f, cfg; dyp, pixels, k, chunks_i, target) }?;
         if chunks > 1 {
             let partials = workspace.sub_mut(0, chunks * p.c_out);
             reduce(gpu, partials.as_ref(), chunks, p.c_out, &mut db)?;
@@ -531,16 +503,7 @@ fn reduce(gpu: &Gpu, partials: DevSlice<f32>, splits: usize, len: usize, out: &m
     // SAFETY: partials cover splits*len floats and out len floats (the callers' checks);
     // arguments (const float*, int, long long, float*, int); block (32, 8) as the kernel's
     // lane reduction expects, any grid (grid-stride).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&pp)
-            .arg(&splits_i)
-            .arg(&len_i)
-            .arg(&op)
-            .arg(&vec)
-            .launch(cfg)
-    }?;
+    unsafe { launch!(gpu, f, cfg; pp, splits_i, len_i, op, vec) }?;
     Ok(())
 }
 

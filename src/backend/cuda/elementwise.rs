@@ -19,15 +19,7 @@ pub fn convert_f32_to_f16(gpu: &Gpu, src: DevSlice<f32>, dst: DevSliceMut<f16>) 
     let f = gpu.function("elementwise_convert_f32_to_f16")?;
     // SAFETY: both views cover n elements of live device memory, and the kernel's argument list
     // is (const float*, __half*, long long, int).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&s)
-            .arg(&d)
-            .arg(&n)
-            .arg(&vec)
-            .launch(gpu.grid_1d(src.len()))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(src.len()); s, d, n, vec) }?;
     Ok(())
 }
 
@@ -37,15 +29,7 @@ pub fn fill_f16(gpu: &Gpu, dst: DevSliceMut<f16>, value: f16) -> Result<()> {
     let vec = all_aligned_16(&[d]) as i32;
     let f = gpu.function("elementwise_fill_f16")?;
     // SAFETY: dst covers n elements; arguments (__half*, unsigned short, long long, int).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&d)
-            .arg(&bits)
-            .arg(&n)
-            .arg(&vec)
-            .launch(gpu.grid_1d(dst.len()))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(dst.len()); d, bits, n, vec) }?;
     Ok(())
 }
 
@@ -61,16 +45,7 @@ pub fn axpy_f16(gpu: &Gpu, a: f32, x: DevSlice<f16>, y: DevSliceMut<f16>) -> Res
     let vec = all_aligned_16(&[xp, yp]) as i32;
     let f = gpu.function("elementwise_axpy_f16")?;
     // SAFETY: both cover n elements; arguments (float, const __half*, __half*, long long, int).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&a)
-            .arg(&xp)
-            .arg(&yp)
-            .arg(&n)
-            .arg(&vec)
-            .launch(gpu.grid_1d(x.len()))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(x.len()); a, xp, yp, n, vec) }?;
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 //! The training step uploads each batch's landmark positions (n*k pairs of f64) and makes the
 //! target heatmaps here, on the stream, instead of uploading n*h*w*k floats from the host.
 use anyhow::{ensure, Result};
-use cudarc::driver::PushKernelArg;
 
 use super::as_i32;
 use crate::backend::HeatmapShape;
@@ -39,17 +38,6 @@ pub fn encode(gpu: &Gpu, points: DevSlice<f64>, shape: HeatmapShape, sigma: f64,
     // SAFETY: points holds 2*n*k doubles and out n*h*w*k floats (both checked); arguments
     // (const double* points, int n, int h, int w, int k, double sigma, float* out); the kernel's
     // grid-stride loop takes any 1-D grid.
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&pp)
-            .arg(&n)
-            .arg(&h)
-            .arg(&w)
-            .arg(&k)
-            .arg(&sigma)
-            .arg(&op)
-            .launch(gpu.grid_1d(shape.len()))
-    }?;
+    unsafe { launch!(gpu, f, gpu.grid_1d(shape.len()); pp, n, h, w, k, sigma, op) }?;
     Ok(())
 }

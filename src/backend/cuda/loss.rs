@@ -12,7 +12,7 @@
 //! and the loss buffer are one [`LossOutputs`] argument at the end, so that the executor can place
 //! them all in its arena and a step allocates nothing.
 use anyhow::{ensure, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::f16;
 
 use super::{as_i32, read_scalar};
@@ -128,15 +128,7 @@ fn sum_partials(gpu: &Gpu, shape: HeatmapShape, workspace: u64, loss: u64) -> Re
     };
     // SAFETY: the workspace holds `count` doubles written by the loss kernel just queued on this
     // stream, loss one double (both checked); arguments (const double*, int, long long, double*).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&workspace)
-            .arg(&count)
-            .arg(&total)
-            .arg(&loss)
-            .launch(cfg)
-    }?;
+    unsafe { launch!(gpu, f, cfg; workspace, count, total, loss) }?;
     Ok(())
 }
 
@@ -176,26 +168,8 @@ pub fn awing_fwd_bwd(
     // float omega, float eps, float theta, int use_weight_map, float map_w, float map_threshold,
     // float grad_scale, __half* grad, double* partials); LOSS_BLOCK threads per block.
     unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&pp)
-            .arg(&tp)
-            .arg(&cwp)
-            .arg(&n)
-            .arg(&h)
-            .arg(&w)
-            .arg(&k)
-            .arg(&alpha)
-            .arg(&omega)
-            .arg(&eps)
-            .arg(&theta)
-            .arg(&use_map)
-            .arg(&map_w)
-            .arg(&map_threshold)
-            .arg(&grad_scale)
-            .arg(&gp)
-            .arg(&wsp)
-            .launch(fwd_bwd_grid(shape))
+        launch!(gpu, f, fwd_bwd_grid(shape);
+            pp, tp, cwp, n, h, w, k, alpha, omega, eps, theta, use_map, map_w, map_threshold, grad_scale, gp, wsp)
     }?;
     sum_partials(gpu, shape, wsp, out.loss.ptr())
 }
@@ -225,22 +199,8 @@ pub fn mse_fwd_bwd(
     // const float* channel_weights, int n, int h, int w, int k, int use_weight_map, float map_w,
     // float map_threshold, float grad_scale, __half* grad, double* partials).
     unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&pp)
-            .arg(&tp)
-            .arg(&cwp)
-            .arg(&n)
-            .arg(&h)
-            .arg(&w)
-            .arg(&k)
-            .arg(&use_map)
-            .arg(&map_w)
-            .arg(&map_threshold)
-            .arg(&grad_scale)
-            .arg(&gp)
-            .arg(&wsp)
-            .launch(fwd_bwd_grid(shape))
+        launch!(gpu, f, fwd_bwd_grid(shape);
+            pp, tp, cwp, n, h, w, k, use_map, map_w, map_threshold, grad_scale, gp, wsp)
     }?;
     sum_partials(gpu, shape, wsp, out.loss.ptr())
 }

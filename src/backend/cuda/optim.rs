@@ -5,7 +5,7 @@
 //! the twin's "all finite"). The training step (`train::cuda_engine`) queues the unscale and finite
 //! check, waits once for the flag, then queues AdamW.
 use anyhow::{ensure, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 use half::f16;
 
 use super::{read_scalar, zero_async};
@@ -53,15 +53,7 @@ pub fn unscale_and_check(
     let f = gpu.function("optim_unscale_check_f32")?;
     // SAFETY: grads covers n floats, the flag one int (checked); arguments (float* grads,
     // long long n, float inv_scale, int* nonfinite).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&gp)
-            .arg(&n)
-            .arg(&inv_scale)
-            .arg(&fp)
-            .launch(cfg)
-    }?;
+    unsafe { launch!(gpu, f, cfg; gp, n, inv_scale, fp) }?;
     Ok(())
 }
 
@@ -86,21 +78,15 @@ pub fn adamw_step(
     decay: bool,
     grad_mul: f32,
 ) -> Result<()> {
-    let AdamWState {
-        master,
-        m,
-        v,
-        half_copy,
-    } = &state;
-    let n = master.len();
+    let n = state.master.len();
     ensure!(
-        grad.len() == n && m.len() == n && v.len() == n,
+        grad.len() == n && state.m.len() == n && state.v.len() == n,
         "adamw_step: master, grad, m and v have {n}, {}, {} and {} elements",
         grad.len(),
-        m.len(),
-        v.len()
+        state.m.len(),
+        state.v.len()
     );
-    if let Some(h) = half_copy {
+    if let Some(h) = &state.half_copy {
         ensure!(
             h.len() == n,
             "adamw_step: fp16 copy has {} elements, master {n}",
@@ -203,24 +189,9 @@ pub fn adamw_step_chunks(
     // float lr, float beta1, float beta2, float eps, float weight_decay, float bias_corr1,
     // float bias_corr2, float grad_mul); any 1-D grid is correct, one block per chunk here.
     unsafe {
-        gpu.stream()
-            .launch_builder(&f)
-            .arg(&wp)
-            .arg(&gp)
-            .arg(&mp)
-            .arg(&vp)
-            .arg(&hp16)
-            .arg(&cp)
-            .arg(&count)
-            .arg(&hp.lr)
-            .arg(&hp.beta1)
-            .arg(&hp.beta2)
-            .arg(&hp.eps)
-            .arg(&hp.weight_decay)
-            .arg(&bias_corr1)
-            .arg(&bias_corr2)
-            .arg(&grad_mul)
-            .launch(cfg)
+        launch!(gpu, f, cfg;
+            wp, gp, mp, vp, hp16, cp, count, hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, bias_corr1, bias_corr2,
+            grad_mul)
     }?;
     Ok(())
 }

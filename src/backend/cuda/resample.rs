@@ -1,6 +1,5 @@
 //! Launch wrappers of `kernels/resample.cu`; CPU twins in `backend/cpu/resample.rs`.
 use anyhow::{ensure, Result};
-use cudarc::driver::PushKernelArg;
 use half::f16;
 
 use super::as_i32;
@@ -64,20 +63,7 @@ pub fn upsample_fwd(
     let func = gpu.function("resample_upsample_fwd_f16")?;
     // SAFETY: x covers xs, y covers ys (checked); arguments (const __half*, __half*, int n, int h,
     // int w, int c, int factor, int mode, int vec).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&func)
-            .arg(&xp)
-            .arg(&yp)
-            .arg(&n)
-            .arg(&h)
-            .arg(&w)
-            .arg(&c)
-            .arg(&f)
-            .arg(&m)
-            .arg(&vec)
-            .launch(gpu.grid_1d(items))
-    }?;
+    unsafe { launch!(gpu, func, gpu.grid_1d(items); xp, yp, n, h, w, c, f, m, vec) }?;
     Ok(())
 }
 
@@ -106,20 +92,6 @@ pub fn upsample_bwd(
     let func = gpu.function("resample_upsample_bwd_f16")?;
     // SAFETY: dy covers ys, dx covers xs (checked); arguments (const __half*, __half*, int n,
     // int h, int w, int c, int factor, int mode, int accumulate, int vec).
-    unsafe {
-        gpu.stream()
-            .launch_builder(&func)
-            .arg(&dyp)
-            .arg(&dxp)
-            .arg(&n)
-            .arg(&h)
-            .arg(&w)
-            .arg(&c)
-            .arg(&f)
-            .arg(&m)
-            .arg(&acc)
-            .arg(&vec)
-            .launch(gpu.grid_1d(items))
-    }?;
+    unsafe { launch!(gpu, func, gpu.grid_1d(items); dyp, dxp, n, h, w, c, f, m, acc, vec) }?;
     Ok(())
 }
