@@ -428,9 +428,9 @@ fn bwd<T: Real>(
     inp: BwdInputs<'_, T>,
     dy: &[T],
     x: &[T],
-    dres: Option<(&mut [T], bool)>,
-    dx: (&mut [T], bool),
-    grads: (&mut [T], &mut [T]),
+    dres: Option<GradOut<&mut [T]>>,
+    dx: GradOut<&mut [T]>,
+    grads: BnGrads<&mut [T]>,
 ) {
     let (c, p) = (inp.c, period(inp.c));
     let m = x.len() / c;
@@ -447,7 +447,7 @@ fn bwd<T: Real>(
     };
     let pp = PeriodParams::of(&inp);
     let (accumulate_res, dres_chunks): (bool, Vec<Option<&mut [T]>>) = match dres {
-        Some((d, a)) => (a, d.chunks_mut(len).map(Some).collect()),
+        Some(d) => (d.accumulate, d.data.chunks_mut(len).map(Some).collect()),
         None => (false, (0..jobs).map(|_| None).collect()),
     };
     let partials: Vec<Vec<f64>> = dres_chunks
@@ -470,7 +470,7 @@ fn bwd<T: Real>(
         .collect();
     let sums = add_in_order(partials, 2 * c);
     let (sum_g, sum_gx) = sums.split_at(c);
-    let (dgamma, dbeta) = grads;
+    let BnGrads { dgamma, dbeta } = grads;
     for ch in 0..c {
         dbeta[ch] = T::from_f64(sum_g[ch]);
         dgamma[ch] = T::from_f64(sum_gx[ch]);
@@ -483,7 +483,7 @@ fn bwd<T: Real>(
         mean_g: repeated(&mean_g, p),
         mean_gx: repeated(&mean_gx, p),
     };
-    let (dx, accumulate) = dx;
+    let GradOut { data: dx, accumulate } = dx;
     dx.par_chunks_mut(len).enumerate().for_each(|(j, dxc)| {
         on_isa!(bwd_dx_rows_isa::<T>(
             &pp,
@@ -506,6 +506,10 @@ pub struct BnForward<'a, T> {
 }
 
 impl<'a, T: Real> BnForward<'a, T> {
+    pub fn new(x: &'a [T], xs: Shape4, bn: BnWeights<&'a [T]>, saved: &'a [T]) -> Self {
+        Self { x, xs, bn, saved }
+    }
+
     /// The backward's inputs, after checking the lengths against `dy` and `dx`.
     fn inputs(&self, dy: &[T], dx: &[T], relu: bool, join: Option<&'a [T]>) -> BwdInputs<'a, T> {
         check(self.x, self.xs, &self.bn, dy);
@@ -530,15 +534,7 @@ impl<'a, T: Real> BnForward<'a, T> {
 /// `dbeta = sum g`, `dgamma = sum g * xhat`,
 /// `dx = gamma * invstd * (g - dbeta / m - xhat * dgamma / m)`.
 pub fn bn_bwd<T: Real>(dy: &[T], fwd: BnForward<'_, T>, relu: bool, dx: GradOut<&mut [T]>, grads: BnGrads<&mut [T]>) {
-    let inp = fwd.inputs(dy, dx.data, relu, None);
-    bwd(
-        inp,
-        dy,
-        fwd.x,
-        None,
-        (dx.data, dx.accumulate),
-        (grads.dgamma, grads.dbeta),
-    );
+    bwd(fwd.inputs(dy, dx.data, relu, None), dy, fwd.x, None, dx, grads);
 }
 
 /// Backward of the block join `y = max(bn(x) + residual, 0)`: the join's mask `[y > 0]` applied
@@ -557,13 +553,5 @@ pub fn bn_add_relu_bwd<T: Real>(
         assert_eq!(d.data.len(), xs.len(), "batchnorm: residual gradient length");
     }
     let inp = fwd.inputs(dy, dx.data, false, Some(join.y));
-    let dres = join.d_residual.map(|d| (d.data, d.accumulate));
-    bwd(
-        inp,
-        dy,
-        fwd.x,
-        dres,
-        (dx.data, dx.accumulate),
-        (grads.dgamma, grads.dbeta),
-    );
+    bwd(inp, dy, fwd.x, join.d_residual, dx, grads);
 }

@@ -258,6 +258,21 @@ impl<T: Real> CpuBackend<T> {
         (rs.remove(0), ws.remove(0))
     }
 
+    /// Runs a batch norm's backward `f` on the arena, the layer's gamma and beta, and their
+    /// gradients, which are taken out of the store for the call (to be borrowed mutably beside
+    /// the arena) and put back.
+    fn bn_backward(&mut self, bn: &BnRefs, f: impl FnOnce(&mut [T], BnWeights<&[T]>, BnGrads<&mut [T]>)) {
+        let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
+        let mut dbeta = std::mem::take(&mut self.grads[bn.beta.0]);
+        let grads = BnGrads {
+            dgamma: dgamma.as_mut_slice(),
+            dbeta: dbeta.as_mut_slice(),
+        };
+        f(&mut self.arena, weights_of(&self.params, bn), grads);
+        self.grads[bn.gamma.0] = dgamma;
+        self.grads[bn.beta.0] = dbeta;
+    }
+
     /// The batch statistics of `x` into `saved` and the BN's running-statistics update: the
     /// statistics half of every training-mode batch norm (or of the convolution before it).
     fn batch_stats(&mut self, x: View, bn: &BnRefs, saved: View) {
@@ -430,26 +445,15 @@ impl<T: Real> Backend for CpuBackend<T> {
 
     fn batchnorm_bwd(&mut self, dy: View, x: View, bn: &BnRefs, relu: bool, saved: View, dx: Grad) {
         self.timed("batchnorm_bwd", |this| {
-            let (reads, mut writes) = split(&mut this.arena, &[dy, x, saved], &[dx.view]);
-            let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
-            let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
-            let fwd = BnForward {
-                x: reads[1],
-                xs: x.shape,
-                bn: weights_of(&this.params, bn),
-                saved: reads[2],
-            };
-            let out = GradOut {
-                data: &mut *writes[0],
-                accumulate: dx.accumulate,
-            };
-            let grads = BnGrads {
-                dgamma: dgamma.as_mut_slice(),
-                dbeta: dbeta.as_mut_slice(),
-            };
-            batchnorm::bn_bwd(reads[0], fwd, relu, out, grads);
-            this.grads[bn.gamma.0] = dgamma;
-            this.grads[bn.beta.0] = dbeta;
+            this.bn_backward(bn, |arena, weights, grads| {
+                let (reads, mut writes) = split(arena, &[dy, x, saved], &[dx.view]);
+                let fwd = BnForward::new(reads[1], x.shape, weights, reads[2]);
+                let out = GradOut {
+                    data: &mut *writes[0],
+                    accumulate: dx.accumulate,
+                };
+                batchnorm::bn_bwd(reads[0], fwd, relu, out, grads);
+            })
         })
     }
 
@@ -485,34 +489,23 @@ impl<T: Real> Backend for CpuBackend<T> {
             // The join's backward fused into the BN's passes: the join passes the same masked
             // gradient to the BN output and to the residual, computed once per element.
             let writes_to: Vec<View> = std::iter::once(dx.view).chain(dres.map(|d| d.view)).collect();
-            let (reads, mut writes) = split(&mut this.arena, &[dy, x, y, saved], &writes_to);
-            let mut dgamma = std::mem::take(&mut this.grads[bn.gamma.0]);
-            let mut dbeta = std::mem::take(&mut this.grads[bn.beta.0]);
-            let (dx_out, rest) = writes.split_first_mut().expect("dx is written");
-            let fwd = BnForward {
-                x: reads[1],
-                xs: x.shape,
-                bn: weights_of(&this.params, bn),
-                saved: reads[3],
-            };
-            let join = AddReluJoin {
-                y: reads[2],
-                d_residual: rest.first_mut().map(|d| GradOut {
-                    data: &mut **d,
-                    accumulate: dres.is_some_and(|g| g.accumulate),
-                }),
-            };
-            let out = GradOut {
-                data: &mut **dx_out,
-                accumulate: dx.accumulate,
-            };
-            let grads = BnGrads {
-                dgamma: dgamma.as_mut_slice(),
-                dbeta: dbeta.as_mut_slice(),
-            };
-            batchnorm::bn_add_relu_bwd(reads[0], fwd, join, out, grads);
-            this.grads[bn.gamma.0] = dgamma;
-            this.grads[bn.beta.0] = dbeta;
+            this.bn_backward(bn, |arena, weights, grads| {
+                let (reads, mut writes) = split(arena, &[dy, x, y, saved], &writes_to);
+                let (dx_out, rest) = writes.split_first_mut().expect("dx is written");
+                let join = AddReluJoin {
+                    y: reads[2],
+                    d_residual: rest.first_mut().map(|d| GradOut {
+                        data: &mut **d,
+                        accumulate: dres.is_some_and(|g| g.accumulate),
+                    }),
+                };
+                let fwd = BnForward::new(reads[1], x.shape, weights, reads[3]);
+                let out = GradOut {
+                    data: &mut **dx_out,
+                    accumulate: dx.accumulate,
+                };
+                batchnorm::bn_add_relu_bwd(reads[0], fwd, join, out, grads);
+            })
         })
     }
 

@@ -82,8 +82,9 @@ fn separable<T: Real>(src: &[T], ss: Shape4, rows: &Taps, cols: &Taps, dst: &mut
     });
 }
 
-/// `y = upsample(x)` by the integer `factor` implied by the shapes (`ys = xs * factor`).
-pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T], ys: Shape4) {
+/// The factor between the small tensor `xs` and the large `ys` of an upsampling (`what`), after
+/// checking that the shapes differ by it and that both tensors have their shapes' lengths.
+fn check_upsample<T>(what: &str, (small, xs): (&[T], Shape4), (large, ys): (&[T], Shape4)) -> usize {
     let factor = ys.h / xs.h;
     assert_eq!(
         ys,
@@ -91,9 +92,15 @@ pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T
         "upsample: shapes must differ by an integer factor"
     );
     assert!(
-        x.len() == xs.len() && y.len() == ys.len(),
-        "upsample_fwd: length mismatch"
+        small.len() == xs.len() && large.len() == ys.len(),
+        "{what}: length mismatch"
     );
+    factor
+}
+
+/// `y = upsample(x)` by the integer `factor` implied by the shapes (`ys = xs * factor`).
+pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T], ys: Shape4) {
+    let factor = check_upsample("upsample_fwd", (x, xs), (y, ys));
     let rows = forward_taps(xs.h, factor, mode);
     let cols = forward_taps(xs.w, factor, mode);
     separable(x, xs, &rows, &cols, y, ys, false);
@@ -101,16 +108,7 @@ pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T
 
 /// `dx (+)= upsample^T(dy)`.
 pub fn upsample_bwd<T: Real>(dy: &[T], ys: Shape4, mode: UpsampleMode, dx: &mut [T], xs: Shape4, accumulate: bool) {
-    let factor = ys.h / xs.h;
-    assert_eq!(
-        ys,
-        upsample_shape(xs, factor),
-        "upsample: shapes must differ by an integer factor"
-    );
-    assert!(
-        dx.len() == xs.len() && dy.len() == ys.len(),
-        "upsample_bwd: length mismatch"
-    );
+    let factor = check_upsample("upsample_bwd", (dx, xs), (dy, ys));
     let rows = transpose(&forward_taps(xs.h, factor, mode), xs.h);
     let cols = transpose(&forward_taps(xs.w, factor, mode), xs.w);
     separable(dy, ys, &rows, &cols, dx, xs, accumulate);
