@@ -84,22 +84,15 @@ fn run() {
         let (mut saved, mut rm, mut rv) = (vec![0.0; 2 * c], vec![0.0; c], vec![1.0; c]);
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
         let bp = BnParams::default();
-        let weights = BnWeights {
-            gamma: gamma.as_slice(),
-            beta: beta.as_slice(),
-            params: bp,
-        };
+        let weights = BnWeights::new(gamma.as_slice(), beta.as_slice(), bp);
         fn running<'a>(mean: &'a mut [f32], var: &'a mut [f32]) -> BnRunning<&'a mut [f32]> {
-            BnRunning { mean, var }
+            BnRunning::new(mean, var)
         }
         fn out(data: &mut [f32]) -> GradOut<&mut [f32]> {
-            GradOut {
-                data,
-                accumulate: false,
-            }
+            GradOut::new(data, false)
         }
         fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> BnGrads<&'a mut [f32]> {
-            BnGrads { dgamma, dbeta }
+            BnGrads::new(dgamma, dbeta)
         }
         bn::bn_batch_stats(&x, xs, bp, &mut saved, running(&mut rm, &mut rv));
         let mut cols = String::new();

@@ -411,15 +411,8 @@ fn batchnorm_train_forward_backward_and_running_stats() {
         let mut y = vec![f32::NAN; xs.len()];
         let mut saved = vec![f32::NAN; 2 * c];
         let (mut rm, mut rv) = (vec![0.5f32; c], vec![2.0f32; c]);
-        let bn = BnWeights {
-            gamma: gamma.as_slice(),
-            beta: beta.as_slice(),
-            params: bp,
-        };
-        let running = BnRunning {
-            mean: rm.as_mut_slice(),
-            var: rv.as_mut_slice(),
-        };
+        let bn = BnWeights::new(gamma.as_slice(), beta.as_slice(), bp);
+        let running = BnRunning::new(rm.as_mut_slice(), rv.as_mut_slice());
         batchnorm::bn_fwd_train(&x, xs, bn, relu, &mut y, &mut saved, running);
         let want = bn_train_naive(&x64, xs, &g64, &b64, relu);
         assert_close("bn train forward", &y, &want, 1e-5);
@@ -447,14 +440,8 @@ fn batchnorm_train_forward_backward_and_running_stats() {
             bn,
             saved: &saved,
         };
-        let out = GradOut {
-            data: dx.as_mut_slice(),
-            accumulate: false,
-        };
-        let grads = BnGrads {
-            dgamma: dg.as_mut_slice(),
-            dbeta: db.as_mut_slice(),
-        };
+        let out = GradOut::new(dx.as_mut_slice(), false);
+        let grads = BnGrads::new(dg.as_mut_slice(), db.as_mut_slice());
         batchnorm::bn_bwd(&dy, fwd, relu, out, grads);
         let want = fd_grad(&x64, |x| dot(&bn_train_naive(x, xs, &g64, &b64, relu), &dy));
         assert_close("bn dx", &dx, &want, 1e-4);
@@ -473,15 +460,8 @@ fn batchnorm_eval_uses_running_statistics() {
     let (gamma, beta) = ([1.5f32, -0.5, 2.0], [0.1f32, 0.2, -0.3]);
     let (rm, rv) = ([0.2f32, -0.1, 0.0], [0.5f32, 2.0, 1.0]);
     let mut y = vec![f32::NAN; xs.len()];
-    let bn = BnWeights {
-        gamma: gamma.as_slice(),
-        beta: beta.as_slice(),
-        params: BnParams::default(),
-    };
-    let running = BnRunning {
-        mean: rm.as_slice(),
-        var: rv.as_slice(),
-    };
+    let bn = BnWeights::new(gamma.as_slice(), beta.as_slice(), BnParams::default());
+    let running = BnRunning::new(rm.as_slice(), rv.as_slice());
     batchnorm::bn_fwd_eval(&x, xs, bn, running, true, &mut y);
     let want: Vec<f64> = x
         .iter()

@@ -62,15 +62,8 @@ fn forward_and_backward_match_the_formulas_for_any_channel_count() {
         // Forward with ReLU, the statistics it saves and the running statistics.
         let (mut y, mut saved) = (vec![f32::NAN; xs.len()], vec![f32::NAN; 2 * c]);
         let (mut rm, mut rv) = (vec![0.0f32; c], vec![1.0f32; c]);
-        let weights = BnWeights {
-            gamma: gamma.as_slice(),
-            beta: beta.as_slice(),
-            params: bp,
-        };
-        let running = BnRunning {
-            mean: rm.as_mut_slice(),
-            var: rv.as_mut_slice(),
-        };
+        let weights = BnWeights::new(gamma.as_slice(), beta.as_slice(), bp);
+        let running = BnRunning::new(rm.as_mut_slice(), rv.as_mut_slice());
         bn::bn_fwd_train(&x, xs, weights, true, &mut y, &mut saved, running);
         let want: Vec<f64> = (0..xs.len()).map(|i| pre(i).max(0.0)).collect();
         assert_close(&format!("{xs} forward"), &y, &want, 1e-5);
@@ -102,10 +95,10 @@ fn forward_and_backward_match_the_formulas_for_any_channel_count() {
             saved: &saved,
         };
         fn out(data: &mut [f32], accumulate: bool) -> GradOut<&mut [f32]> {
-            GradOut { data, accumulate }
+            GradOut::new(data, accumulate)
         }
         fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> BnGrads<&'a mut [f32]> {
-            BnGrads { dgamma, dbeta }
+            BnGrads::new(dgamma, dbeta)
         }
         bn::bn_bwd(&dy, fwd, true, out(&mut dx, false), grads(&mut dg, &mut db));
         let (want_dx, want_dg, want_db) = backward(&|i| if pre(i) > 0.0 { dy[i] as f64 } else { 0.0 });

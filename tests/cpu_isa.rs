@@ -40,17 +40,10 @@ fn run_all(cases: &[(Shape4, ConvParams)]) -> Outputs {
         let (gamma, beta, res) = (random(c), random(c), random(ys.len()));
         let (mut saved, mut rm, mut rv) = (vec![0.0; 2 * c], vec![0.0; c], vec![1.0; c]);
         let bp = BnParams::default();
-        let running = BnRunning {
-            mean: rm.as_mut_slice(),
-            var: rv.as_mut_slice(),
-        };
+        let running = BnRunning::new(rm.as_mut_slice(), rv.as_mut_slice());
         batchnorm::bn_batch_stats(&y, ys, bp, &mut saved, running);
         out.push((format!("bn stats {ys}"), bits(&[saved.clone(), rm, rv].concat())));
-        let bn = BnWeights {
-            gamma: gamma.as_slice(),
-            beta: beta.as_slice(),
-            params: bp,
-        };
+        let bn = BnWeights::new(gamma.as_slice(), beta.as_slice(), bp);
         let mut z = vec![0.0; ys.len()];
         batchnorm::bn_apply_saved(&y, ys, bn, &saved, true, &mut z);
         out.push((format!("bn relu {ys}"), bits(&z)));
@@ -64,13 +57,10 @@ fn run_all(cases: &[(Shape4, ConvParams)]) -> Outputs {
             saved: &saved,
         };
         fn grads<'a>(dgamma: &'a mut [f32], dbeta: &'a mut [f32]) -> BnGrads<&'a mut [f32]> {
-            BnGrads { dgamma, dbeta }
+            BnGrads::new(dgamma, dbeta)
         }
         fn overwrite(data: &mut [f32]) -> GradOut<&mut [f32]> {
-            GradOut {
-                data,
-                accumulate: false,
-            }
+            GradOut::new(data, false)
         }
         batchnorm::bn_bwd(&dy, fwd, true, overwrite(&mut dx), grads(&mut dg, &mut db));
         out.push((

@@ -55,11 +55,7 @@ impl Case {
 
     /// The layer's gamma and beta as the CPU twins take them.
     fn cpu_weights(&self) -> BnWeights<&[f32]> {
-        BnWeights {
-            gamma: &self.gamma,
-            beta: &self.beta,
-            params: self.bp,
-        }
+        BnWeights::new(&self.gamma, &self.beta, self.bp)
     }
 
     /// The CPU twin's backward from `dy` with the saved statistics, into `dx` (overwritten or
@@ -74,10 +70,7 @@ impl Case {
             bn: self.cpu_weights(),
             saved,
         };
-        let grads = BnGrads {
-            dgamma: dgamma.as_mut_slice(),
-            dbeta: dbeta.as_mut_slice(),
-        };
+        let grads = BnGrads::new(dgamma.as_mut_slice(), dbeta.as_mut_slice());
         let out = GradOut {
             data: dx.as_mut_slice(),
             accumulate,
@@ -179,10 +172,7 @@ fn check_fwd_train(gpu: &Gpu, k: &Case, relu: bool) -> Vec<f32> {
     let x32 = to_f32(&k.x);
     let (mut y, mut saved) = (vec![0.0; xs.len()], vec![0.0; 2 * c]);
     let (mut rm, mut rv) = (k.running_mean.clone(), k.running_var.clone());
-    let running = BnRunning {
-        mean: rm.as_mut_slice(),
-        var: rv.as_mut_slice(),
-    };
+    let running = BnRunning::new(rm.as_mut_slice(), rv.as_mut_slice());
     cpu::batchnorm::bn_fwd_train(&x32, xs, k.cpu_weights(), relu, &mut y, &mut saved, running);
 
     let mut d = Dev::new(gpu, k);
@@ -225,10 +215,7 @@ fn check_apply_and_eval(gpu: &Gpu, k: &Case, saved: &[f32], relu: bool) {
         1e-2,
     );
 
-    let running = BnRunning {
-        mean: k.running_mean.as_slice(),
-        var: k.running_var.as_slice(),
-    };
+    let running = BnRunning::new(k.running_mean.as_slice(), k.running_var.as_slice());
     cpu::batchnorm::bn_fwd_eval(&x32, xs, k.cpu_weights(), running, relu, &mut want);
     let mut yd = poisoned_f16(gpu, xs.len());
     let running = BnRunning {
@@ -335,10 +322,7 @@ fn fused_bn_add_relu_matches_unfused_cpu_pair() {
         // CPU: t = bn(x) (no ReLU), y = max(t + residual, 0).
         let (mut t, mut saved) = (vec![0.0; xs.len()], vec![0.0; 2 * c]);
         let (mut rm, mut rv) = (k.running_mean.clone(), k.running_var.clone());
-        let running = BnRunning {
-            mean: rm.as_mut_slice(),
-            var: rv.as_mut_slice(),
-        };
+        let running = BnRunning::new(rm.as_mut_slice(), rv.as_mut_slice());
         cpu::batchnorm::bn_fwd_train(&x32, xs, k.cpu_weights(), false, &mut t, &mut saved, running);
         let mut y = vec![0.0; xs.len()];
         cpu::elementwise::add_relu_fwd(&t, &r32, &mut y);
@@ -490,17 +474,8 @@ fn eval_affine_fold_matches_the_cpu_twin() {
         let mean = random_f32(&mut rng, c, -1.0, 1.0);
         let var = random_f32(&mut rng, c, 0.1, 3.0);
         let bias = random_f32(&mut rng, c, -0.3, 0.3);
-        let (scale, shift) = cpu::batchnorm::bn_eval_affine(
-            BnWeights {
-                gamma: gamma.as_slice(),
-                beta: beta.as_slice(),
-                params: bp,
-            },
-            BnRunning {
-                mean: mean.as_slice(),
-                var: var.as_slice(),
-            },
-        );
+        let (scale, shift) =
+            cpu::batchnorm::bn_eval_affine(BnWeights::new(&gamma, &beta, bp), BnRunning::new(&mean, &var));
         for with_bias in [false, true] {
             let (g, b, m, v, bi) = (
                 upload(&gpu, &gamma),

@@ -187,10 +187,7 @@ fn check_fwd_bn_stats(gpu: &Gpu, rng: &mut ChaCha8Rng, xs: Shape4, p: &ConvParam
     let (y, saved, rm, rv) = run();
     assert!(same_bits(&y, &plain), "{what}: y differs from conv2d_fwd's");
     let (mut want_saved, mut want_rm, mut want_rv) = (vec![0.0f32; 2 * c], running_mean0.clone(), running_var0.clone());
-    let running = BnRunning {
-        mean: want_rm.as_mut_slice(),
-        var: want_rv.as_mut_slice(),
-    };
+    let running = BnRunning::new(want_rm.as_mut_slice(), want_rv.as_mut_slice());
     bn_batch_stats(&to_f32(&y), ys, bp, &mut want_saved, running);
     assert_close(&format!("{what} mean"), &saved[..c], &want_saved[..c], 1e-5);
     assert_close(&format!("{what} invstd"), &saved[c..], &want_saved[c..], 1e-5);
@@ -423,10 +420,7 @@ fn bad_arguments_are_refused() {
         p: &p,
         xs,
     };
-    let dx_out = GradOut {
-        data: dx.slice_mut(),
-        accumulate: false,
-    };
+    let dx_out = GradOut::new(dx.slice_mut(), false);
     let e = gpu_conv::conv2d_dgrad(&gpu, d, dx_out, ws.slice_mut());
     assert!(format!("{:#}", e.unwrap_err()).contains("workspace"));
 }

@@ -181,12 +181,24 @@ pub struct BnWeights<S> {
     pub params: BnParams,
 }
 
+impl<S> BnWeights<S> {
+    pub fn new(gamma: S, beta: S, params: BnParams) -> Self {
+        Self { gamma, beta, params }
+    }
+}
+
 /// One batch-norm layer's running mean and (unbiased) variance, C elements each: read by eval,
 /// updated by a training forward.
 #[derive(Clone, Copy, Debug)]
 pub struct BnRunning<S> {
     pub mean: S,
     pub var: S,
+}
+
+impl<S> BnRunning<S> {
+    pub fn new(mean: S, var: S) -> Self {
+        Self { mean, var }
+    }
 }
 
 /// Where a batch-norm backward writes the gradients of gamma and beta (overwritten, C elements
@@ -197,12 +209,24 @@ pub struct BnGrads<M> {
     pub dbeta: M,
 }
 
+impl<M> BnGrads<M> {
+    pub fn new(dgamma: M, dbeta: M) -> Self {
+        Self { dgamma, dbeta }
+    }
+}
+
 /// Where an op writes an activation gradient, and whether it adds to what is there or
 /// overwrites it: the slice counterpart of the backends' [`Grad`](super::Grad).
 #[derive(Clone, Copy, Debug)]
 pub struct GradOut<M> {
     pub data: M,
     pub accumulate: bool,
+}
+
+impl<M> GradOut<M> {
+    pub fn new(data: M, accumulate: bool) -> Self {
+        Self { data, accumulate }
+    }
 }
 
 /// The residual join `y = max(bn(x) + residual, 0)` as the backward of the fused BN+add+ReLU

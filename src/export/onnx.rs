@@ -320,15 +320,8 @@ impl<'a, F: Fn(ParamId) -> &'a [f32]> Writer<'_, 'a, F> {
     /// channel o scale by `scale[o]`. `scale` and `shift` are the backend's own
     /// ([`bn_eval_affine`](crate::backend::cpu::batchnorm::bn_eval_affine)).
     fn folded(&self, p: &ConvParams, w: ParamId, bias: Option<ParamId>, bn: &BnRefs) -> (Vec<f32>, Vec<f32>) {
-        let weights = BnWeights {
-            gamma: (self.weight)(bn.gamma),
-            beta: (self.weight)(bn.beta),
-            params: bn.params,
-        };
-        let running = BnRunning {
-            mean: (self.weight)(bn.running_mean),
-            var: (self.weight)(bn.running_var),
-        };
+        let weights = BnWeights::new((self.weight)(bn.gamma), (self.weight)(bn.beta), bn.params);
+        let running = BnRunning::new((self.weight)(bn.running_mean), (self.weight)(bn.running_var));
         let (scale, shift) = crate::backend::cpu::batchnorm::bn_eval_affine(weights, running);
         let mut weights = krsc_to_oihw((self.weight)(w), p);
         for (o, row) in weights.chunks_exact_mut(p.patch_len()).enumerate() {

@@ -92,19 +92,12 @@ impl_real!(f64);
 
 /// A batch norm's gamma, beta and parameters from the backend's parameter store.
 fn weights_of<'a, T>(params: &'a [Vec<T>], bn: &BnRefs) -> BnWeights<&'a [T]> {
-    BnWeights {
-        gamma: &params[bn.gamma.0],
-        beta: &params[bn.beta.0],
-        params: bn.params,
-    }
+    BnWeights::new(&params[bn.gamma.0], &params[bn.beta.0], bn.params)
 }
 
 /// A batch norm's running statistics from the backend's parameter store.
 fn running_of<'a, T>(params: &'a [Vec<T>], bn: &BnRefs) -> BnRunning<&'a [T]> {
-    BnRunning {
-        mean: &params[bn.running_mean.0],
-        var: &params[bn.running_var.0],
-    }
+    BnRunning::new(&params[bn.running_mean.0], &params[bn.running_var.0])
 }
 
 /// The CPU backend: one activation arena plus parameter and gradient vectors, all of `T`
@@ -264,10 +257,7 @@ impl<T: Real> CpuBackend<T> {
     fn bn_backward(&mut self, bn: &BnRefs, f: impl FnOnce(&mut [T], BnWeights<&[T]>, BnGrads<&mut [T]>)) {
         let mut dgamma = std::mem::take(&mut self.grads[bn.gamma.0]);
         let mut dbeta = std::mem::take(&mut self.grads[bn.beta.0]);
-        let grads = BnGrads {
-            dgamma: dgamma.as_mut_slice(),
-            dbeta: dbeta.as_mut_slice(),
-        };
+        let grads = BnGrads::new(dgamma.as_mut_slice(), dbeta.as_mut_slice());
         f(&mut self.arena, weights_of(&self.params, bn), grads);
         self.grads[bn.gamma.0] = dgamma;
         self.grads[bn.beta.0] = dbeta;
@@ -280,10 +270,7 @@ impl<T: Real> CpuBackend<T> {
         // The running statistics are taken out and put back to borrow them mutably together.
         let mut rm = std::mem::take(&mut self.params[bn.running_mean.0]);
         let mut rv = std::mem::take(&mut self.params[bn.running_var.0]);
-        let running = BnRunning {
-            mean: rm.as_mut_slice(),
-            var: rv.as_mut_slice(),
-        };
+        let running = BnRunning::new(rm.as_mut_slice(), rv.as_mut_slice());
         batchnorm::bn_batch_stats(reads[0], x.shape, bn.params, writes[0], running);
         self.params[bn.running_mean.0] = rm;
         self.params[bn.running_var.0] = rv;
@@ -448,10 +435,7 @@ impl<T: Real> Backend for CpuBackend<T> {
             this.bn_backward(bn, |arena, weights, grads| {
                 let (reads, mut writes) = split(arena, &[dy, x, saved], &[dx.view]);
                 let fwd = BnForward::new(reads[1], x.shape, weights, reads[2]);
-                let out = GradOut {
-                    data: &mut *writes[0],
-                    accumulate: dx.accumulate,
-                };
+                let out = GradOut::new(&mut *writes[0], dx.accumulate);
                 batchnorm::bn_bwd(reads[0], fwd, relu, out, grads);
             })
         })
@@ -494,16 +478,12 @@ impl<T: Real> Backend for CpuBackend<T> {
                 let (dx_out, rest) = writes.split_first_mut().expect("dx is written");
                 let join = AddReluJoin {
                     y: reads[2],
-                    d_residual: rest.first_mut().map(|d| GradOut {
-                        data: &mut **d,
-                        accumulate: dres.is_some_and(|g| g.accumulate),
-                    }),
+                    d_residual: rest
+                        .first_mut()
+                        .map(|d| GradOut::new(&mut **d, dres.is_some_and(|g| g.accumulate))),
                 };
                 let fwd = BnForward::new(reads[1], x.shape, weights, reads[3]);
-                let out = GradOut {
-                    data: &mut **dx_out,
-                    accumulate: dx.accumulate,
-                };
+                let out = GradOut::new(&mut **dx_out, dx.accumulate);
                 batchnorm::bn_add_relu_bwd(reads[0], fwd, join, out, grads);
             })
         })
