@@ -345,7 +345,7 @@ fn bwd_sum_rows<T: Real>(
     pp: &PeriodParams<T>,
     relu: bool,
     rows: &BwdRows<'_, T>,
-    dres: Option<(&mut [T], bool)>,
+    dres: Option<GradOut<&mut [T]>>,
     s: (&mut [f64], &mut [f64]),
 ) {
     let (s0, s1) = s;
@@ -364,10 +364,10 @@ fn bwd_sum_rows<T: Real>(
             s1[i] += (g * xhat).to_f64();
         }
     }
-    if let (Some((d, accumulate)), Some(j)) = (dres, rows.join) {
-        for ((dv, &g), &y) in d.iter_mut().zip(rows.dy).zip(j) {
+    if let (Some(d), Some(j)) = (dres, rows.join) {
+        for ((dv, &g), &y) in d.data.iter_mut().zip(rows.dy).zip(j) {
             let v = if y > T::ZERO { g } else { T::ZERO };
-            *dv = if accumulate { *dv + v } else { v };
+            *dv = if d.accumulate { *dv + v } else { v };
         }
     }
 }
@@ -375,7 +375,7 @@ for_each_isa!(bwd_sum_rows_isa: bwd_sum_rows<>(
     pp: &PeriodParams<T>,
     relu: bool,
     rows: &BwdRows<'_, T>,
-    dres: Option<(&mut [T], bool)>,
+    dres: Option<GradOut<&mut [T]>>,
     s: (&mut [f64], &mut [f64]),
 ));
 
@@ -394,9 +394,9 @@ fn bwd_dx_rows<T: Real>(
     relu: bool,
     rows: &BwdRows<'_, T>,
     coef: &DxCoefficients<T>,
-    dx: (&mut [T], bool),
+    dx: GradOut<&mut [T]>,
 ) {
-    let (dx, accumulate) = dx;
+    let GradOut { data: dx, accumulate } = dx;
     let p = coef.k1.len();
     let (k1, mean_g, mean_gx) = (&coef.k1[..p], &coef.mean_g[..p], &coef.mean_gx[..p]);
     let (join, use_join) = (rows.join.unwrap_or(rows.dy), rows.join.is_some());
@@ -420,7 +420,7 @@ for_each_isa!(bwd_dx_rows_isa: bwd_dx_rows<>(
     relu: bool,
     rows: &BwdRows<'_, T>,
     coef: &DxCoefficients<T>,
-    dx: (&mut [T], bool),
+    dx: GradOut<&mut [T]>,
 ));
 
 /// Both passes of the backward (see [`bn_bwd`]); `dres` only with `join`.
@@ -446,21 +446,25 @@ fn bwd<T: Real>(
         }
     };
     let pp = PeriodParams::of(&inp);
-    let (accumulate_res, dres_chunks): (bool, Vec<Option<&mut [T]>>) = match dres {
-        Some(d) => (d.accumulate, d.data.chunks_mut(len).map(Some).collect()),
-        None => (false, (0..jobs).map(|_| None).collect()),
+    // The residual's gradient in the first pass's jobs (each job writes its own rows).
+    let dres_chunks: Vec<Option<GradOut<&mut [T]>>> = match dres {
+        Some(d) => d
+            .data
+            .chunks_mut(len)
+            .map(|data| Some(GradOut::new(data, d.accumulate)))
+            .collect(),
+        None => (0..jobs).map(|_| None).collect(),
     };
     let partials: Vec<Vec<f64>> = dres_chunks
         .into_par_iter()
         .enumerate()
         .map(|(j, dchunk)| {
             let (mut s0, mut s1) = (vec![0.0f64; p], vec![0.0f64; p]);
-            let dres = dchunk.map(|d| (d, accumulate_res));
             on_isa!(bwd_sum_rows_isa::<T>(
                 &pp,
                 inp.relu,
                 &rows_of(j),
-                dres,
+                dchunk,
                 (&mut s0, &mut s1)
             ));
             let mut sums = fold(&s0, c);
@@ -483,15 +487,9 @@ fn bwd<T: Real>(
         mean_g: repeated(&mean_g, p),
         mean_gx: repeated(&mean_gx, p),
     };
-    let GradOut { data: dx, accumulate } = dx;
-    dx.par_chunks_mut(len).enumerate().for_each(|(j, dxc)| {
-        on_isa!(bwd_dx_rows_isa::<T>(
-            &pp,
-            inp.relu,
-            &rows_of(j),
-            &coef,
-            (dxc, accumulate)
-        ));
+    dx.data.par_chunks_mut(len).enumerate().for_each(|(j, dxc)| {
+        let out = GradOut::new(dxc, dx.accumulate);
+        on_isa!(bwd_dx_rows_isa::<T>(&pp, inp.relu, &rows_of(j), &coef, out));
     });
 }
 
