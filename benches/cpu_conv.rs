@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench cpu_conv` (env: `CEPHALO_BENCH_MODEL` [hrnet-w8],
 //! `CEPHALO_BENCH_SIZE` [`256x224`], `CEPHALO_BENCH_BATCH` [4], `CEPHALO_BENCH_RUNS` [5],
-//! `CEPHALO_BENCH_OPS` [`fwd,dgrad,wgrad`], `CEPHALO_BENCH_SHAPE` (only the shapes whose row name
+//! `CEPHALO_BENCH_OPS` [`fwd,dgrad,wgrad,winograd`: the last is the inference forward of the 3x3
+//! stride-1 shapes by Winograd, its GF/s counted as the direct sum's work], `CEPHALO_BENCH_SHAPE` (only the shapes whose row name
 //! contains it, e.g. `1x1 s1 64->64`), `CEPHALO_CPU_ISA` to force an instruction set).
 #[path = "cpu_support/mod.rs"]
 mod cpu_support;
@@ -109,7 +110,7 @@ fn main() {
 fn run() {
     let settings = Settings::from_env(5);
     let runs = settings.runs;
-    let ops = env("CEPHALO_BENCH_OPS").unwrap_or_else(|| "fwd,dgrad,wgrad".into());
+    let ops = env("CEPHALO_BENCH_OPS").unwrap_or_else(|| "fwd,dgrad,wgrad,winograd".into());
     let only = env("CEPHALO_BENCH_SHAPE");
     let threads = rayon::current_num_threads();
     let peak = fma_peak_gflops(threads);
@@ -124,11 +125,11 @@ fn run() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
     println!(
-        "{:<34} {:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7}",
-        "shape", "x", "fwd ms", "GF/s", "dgrad ms", "GF/s", "wgrad ms", "GF/s"
+        "{:<34} {:>4} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7} {:>9} {:>7}",
+        "shape", "x", "fwd ms", "GF/s", "dgrad ms", "GF/s", "wgrad ms", "GF/s", "wino ms", "GF/s"
     );
-    let mut totals = [0.0f64; 3];
-    let mut total_flops = [0.0f64; 3];
+    let mut totals = [0.0f64; 4];
+    let mut total_flops = [0.0f64; 4];
     for s in conv_shapes(&graph) {
         let name = format!(
             "{}x{} s{} {}->{} out {}x{}",
@@ -152,15 +153,17 @@ fn run() {
         let time = |f: &mut dyn FnMut()| time_ms(runs, f);
         let flops = 2.0 * s.macs as f64;
         let mut cols = Vec::new();
-        for (i, op) in ["fwd", "dgrad", "wgrad"].iter().enumerate() {
-            if !ops.split(',').any(|o| o == *op) || (*op == "dgrad" && s.reads_input) {
+        for (i, op) in ["fwd", "dgrad", "wgrad", "winograd"].iter().enumerate() {
+            let skip = (*op == "dgrad" && s.reads_input) || (*op == "winograd" && !conv::winograd_suits(&p));
+            if !ops.split(',').any(|o| o == *op) || skip {
                 cols.push(format!("{:>9} {:>7}", "-", "-"));
                 continue;
             }
             let ms = match i {
                 0 => time(&mut || conv::conv2d_fwd(&x, xs, &wt, &p, None, &mut y)),
                 1 => time(&mut || conv::conv2d_dgrad(&dy, &wt, &p, &mut dx, xs, false)),
-                _ => time(&mut || conv::conv2d_wgrad(&x, xs, &dy, &p, &mut dw)),
+                2 => time(&mut || conv::conv2d_wgrad(&x, xs, &dy, &p, &mut dw)),
+                _ => time(&mut || conv::conv2d_fwd_winograd(&x, xs, &wt, &p, &mut y)),
             };
             totals[i] += ms * s.count as f64;
             total_flops[i] += flops * s.count as f64;
@@ -171,13 +174,14 @@ fn run() {
     let rate = |i: usize| total_flops[i] / totals[i].max(1e-9) / 1e6;
     println!(
         "all (weighted by count): fwd {:.1} ms {:.1} GF/s ({:.0}% of peak), dgrad {:.1} ms {:.1} GF/s, wgrad {:.1} ms \
-         {:.1} GF/s",
+         {:.1} GF/s, Winograd forward of the 3x3 stride-1 shapes {:.1} ms",
         totals[0],
         rate(0),
         100.0 * rate(0) / peak,
         totals[1],
         rate(1),
         totals[2],
-        rate(2)
+        rate(2),
+        totals[3]
     );
 }

@@ -1,4 +1,4 @@
-//! The CPU convolutions and batch norms give bit-identical results whatever the instruction set (AVX-512, AVX2,
+//! The CPU convolutions (the inference forward's Winograd path too) and batch norms give bit-identical results whatever the instruction set (AVX-512, AVX2,
 //! baseline) and the thread count, as `backend::cpu::simd` promises: the tile sizes and the
 //! intrinsic tiles change where an element is computed, never its chain of fused multiply-adds.
 //!
@@ -25,6 +25,11 @@ fn run_all(cases: &[(Shape4, ConvParams)]) -> Outputs {
             random(ys.len()),
         );
         let mut y = vec![0.0; ys.len()];
+        if conv::winograd_suits(p) {
+            // The inference forward's Winograd path, before `y` holds the direct forward.
+            conv::conv2d_fwd_winograd(&x, *xs, &w, p, &mut y);
+            out.push((format!("Winograd fwd {xs} {p:?}"), bits(&y)));
+        }
         conv::conv2d_fwd(&x, *xs, &w, p, Some(&b), &mut y);
         out.push((format!("fwd {xs} {p:?}"), bits(&y)));
         let mut dx = vec![0.0; xs.len()];

@@ -382,8 +382,18 @@ fn fused_conv_bn_inference_matches_the_unfused_ops() {
         assert!(fused_nodes < plain_nodes, "some conv+BN pairs must fuse");
         let joins = nodes_of_kind(&graph.fuse_for_inference(), "conv_bn_add_relu");
         assert!(joins > 0, "the residual joins must fuse too");
-        // Same GEMM, then the same multiply-add (and residual add) per element: identical bits.
-        assert_eq!(fused, plain);
+        // The fused nodes run the inference forward, which takes Winograd's F(2x2, 3x3) for the
+        // 3x3 stride-1 convolutions (docs/maths.md#winograd-convolution): a different rounding
+        // from the plain convolution's direct sum, of the same size (measured over these whole
+        // networks: 1.2e-6 and 1.9e-6 of the largest output). A wrong fold (scale, shift,
+        // epsilon, residual or ReLU) is off by far more than 1e-5.
+        let scale = plain.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = fused.iter().zip(&plain).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("fused against unfused: {:.1e} of the largest value", worst / scale);
+        assert!(
+            worst <= 1e-5 * scale,
+            "fused inference differs from the unfused ops by {worst:e} (largest value {scale:e})"
+        );
     }
 }
 

@@ -25,6 +25,12 @@
 //! bias gradient likewise. The tile sizes, the instruction set and the thread count only decide
 //! which element is computed where, never the order, so the results are bit-identical for any of
 //! them.
+//!
+//! # Winograd
+//! The inference forward ([`conv2d_affine_fwd`]) of 3x3, stride-1, padding-1 convolutions runs
+//! Winograd's F(2x2, 3x3) instead ([`winograd`], docs/maths.md#winograd-convolution): 2.25x fewer
+//! multiply-adds, rounding errors no larger than the direct sum's, and the same independence from
+//! instruction set and thread count.
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -34,8 +40,11 @@ use super::simd::{for_each_isa, isa, Isa};
 use super::Real;
 use crate::backend::{ConvParams, Shape4};
 
+mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+pub use winograd::{conv2d_fwd_winograd, suits as winograd_suits};
 
 /// Output channels per register block: 16, or 8 where that wastes fewer padding lanes (8, 19,
 /// 24, 120 channels...). An 8-lane tile does half the work per instruction but keeps more pixels
@@ -368,15 +377,63 @@ fn tile_pixels(isa: Isa, lanes: usize) -> usize {
     }
 }
 
+/// The instruction set whose register tiles run for element type `T`: the vector tiles are f32
+/// only; other element types (f64 for gradient checks) run the baseline tile, whose size the
+/// job split must use too.
+fn tile_isa<T: Real>() -> Isa {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        isa()
+    } else {
+        Isa::Baseline
+    }
+}
+
+/// `a` as the same value of another type: a `T`-generic argument passed to an f32-only variant.
+///
+/// # Safety
+/// `A` and `B` are the same type (`T` is f32 wherever [`tile_isa`] chose a vector tile).
+#[cfg(target_arch = "x86_64")]
+unsafe fn same<A, B>(a: &A) -> &B {
+    debug_assert_eq!(std::mem::size_of::<A>(), std::mem::size_of::<B>());
+    // SAFETY: the same type, by the caller's contract.
+    unsafe { &*(a as *const A).cast::<B>() }
+}
+
+/// Calls a [`for_each_isa`] job whose last argument is a [`DotTile`], with the register tile
+/// [`tile_isa`] (`$isa`) and the lane count `$lanes` call for (sized by [`tile_pixels`]):
+/// `with_dot_tile!(module::<T>(isa, lanes; generic arguments...; plain arguments...))`, where the
+/// generic arguments are references to `T`-generic values and the plain ones do not depend on `T`.
+macro_rules! with_dot_tile {
+    ($module:ident::<$t:ty>($isa:expr, $lanes:expr; $($g:expr),*; $($a:expr),*)) => {{
+        use $crate::backend::cpu::conv as c;
+        match ($isa, $lanes) {
+            // SAFETY: [`c::tile_isa`] picks a vector instruction set only for f32 (so `same`
+            // casts to the type itself) and only one this CPU supports.
+            #[cfg(target_arch = "x86_64")]
+            (c::Isa::Avx512, 16) => unsafe {
+                $module::avx512::<f32, 16, 12>($(c::same($g)),*, $($a),*, c::x86::dot_avx512)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (c::Isa::Avx512, _) => unsafe {
+                $module::avx512::<f32, 8, 12>($(c::same($g)),*, $($a),*, c::x86::dot_avx512_ymm)
+            },
+            #[cfg(target_arch = "x86_64")]
+            (c::Isa::Avx2, 16) => unsafe { $module::avx2::<f32, 16, 6>($(c::same($g)),*, $($a),*, c::x86::dot_avx2) },
+            #[cfg(target_arch = "x86_64")]
+            (c::Isa::Avx2, _) => unsafe { $module::avx2::<f32, 8, 12>($(c::same($g)),*, $($a),*, c::x86::dot_avx2) },
+            (_, 16) => $module::baseline::<$t, 16, 4>($($g),*, $($a),*, c::dot_tile),
+            _ => $module::baseline::<$t, 8, 8>($($g),*, $($a),*, c::dot_tile),
+        }
+    }};
+}
+use with_dot_tile;
+
 /// Runs `pass` over all its pixels in parallel jobs.
 fn run_pass<T: Real>(pass: &Pass<'_, T>, store: &Store<'_, T>) {
     if pass.pixels == 0 {
         return;
     }
-    let is_f32 = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
-    // The vector tiles are f32 only; other element types (f64 for gradient checks) run the
-    // baseline tile, whose size the job split must use too.
-    let isa = if is_f32 { isa() } else { Isa::Baseline };
+    let isa = tile_isa::<T>();
     let lanes = pass.lanes;
     let px = tile_pixels(isa, lanes);
     let tiles = pass.pixels.div_ceil(px);
@@ -397,26 +454,7 @@ fn run_pass<T: Real>(pass: &Pass<'_, T>, store: &Store<'_, T>) {
         let (bg, tg) = (job / tile_groups, job % tile_groups);
         let t = tg * tiles_per_job..((tg + 1) * tiles_per_job).min(tiles);
         let b = bg * blocks_per_job..((bg + 1) * blocks_per_job).min(blocks);
-        #[cfg(target_arch = "x86_64")]
-        if is_f32 && isa != Isa::Baseline {
-            // SAFETY: T is f32 (checked above), so these are the same types; `isa()` only
-            // returns instruction sets this CPU supports.
-            unsafe {
-                let pass = &*(pass as *const Pass<'_, T>).cast::<Pass<'_, f32>>();
-                let store = &*(store as *const Store<'_, T>).cast::<Store<'_, f32>>();
-                match (isa, lanes) {
-                    (Isa::Avx512, 16) => pass_isa::avx512::<f32, 16, 12>(pass, store, t, b, x86::dot_avx512),
-                    (Isa::Avx512, _) => pass_isa::avx512::<f32, 8, 12>(pass, store, t, b, x86::dot_avx512_ymm),
-                    (_, 16) => pass_isa::avx2::<f32, 16, 6>(pass, store, t, b, x86::dot_avx2),
-                    _ => pass_isa::avx2::<f32, 8, 12>(pass, store, t, b, x86::dot_avx2),
-                }
-            }
-            return;
-        }
-        match lanes {
-            16 => pass_isa::baseline::<T, 16, 4>(pass, store, t, b, dot_tile),
-            _ => pass_isa::baseline::<T, 8, 8>(pass, store, t, b, dot_tile),
-        }
+        with_dot_tile!(pass_isa::<T>(isa, lanes; pass, store; t, b));
     });
 }
 
@@ -451,24 +489,34 @@ fn pack<T: Real>(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv_fwd_into<T: Real>(
-    x: &[T],
-    xs: Shape4,
-    w: &[T],
+/// Where a forward's results go, checked against the convolution: `y` (NHWC
+/// `p.out_shape(xs)`), plus `bias`, onto `y`'s values when `accumulate`, then `epilogue`.
+fn fwd_store<'a, T: Real>(
+    y: &'a mut [T],
+    ys: Shape4,
     p: &ConvParams,
-    bias: Option<&[T]>,
-    y: &mut [T],
+    bias: Option<&'a [T]>,
     accumulate: bool,
-    epilogue: Option<Affine<'_, T>>,
-) {
-    let ys = p.out_shape(xs);
-    assert_eq!(x.len(), xs.len(), "conv2d_fwd: x length");
-    assert_eq!(w.len(), p.weight_len(), "conv2d_fwd: weight length");
+    epilogue: Option<Affine<'a, T>>,
+) -> Store<'a, T> {
     assert_eq!(y.len(), ys.len(), "conv2d_fwd: y length");
     if let Some(b) = bias {
         assert_eq!(b.len(), p.c_out, "conv2d_fwd: bias length");
     }
+    Store {
+        y: Out(y.as_mut_ptr()),
+        c_out: p.c_out,
+        bias,
+        accumulate,
+        epilogue,
+    }
+}
+
+/// The direct forward of `x` (NHWC `xs`) with KRSC weights `w`, stored through `store`.
+fn conv_fwd_into<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, store: &Store<'_, T>) {
+    let ys = p.out_shape(xs);
+    assert_eq!(x.len(), xs.len(), "conv2d_fwd: x length");
+    assert_eq!(w.len(), p.weight_len(), "conv2d_fwd: weight length");
     let pad = p.pad;
     let src = padded(x, xs, pad, pad, pad, pad, 0);
     let (hp, wp, c) = (xs.h + 2 * pad, xs.w + 2 * pad, xs.c);
@@ -499,14 +547,7 @@ fn conv_fwd_into<T: Real>(
         start,
         dst: PixelMap::dense(ys.h, ys.w, 1),
     };
-    let store = Store {
-        y: Out(y.as_mut_ptr()),
-        c_out: p.c_out,
-        bias,
-        accumulate,
-        epilogue,
-    };
-    run_pass(&pass, &store);
+    run_pass(&pass, store);
 }
 
 /// `y = epilogue(conv2d(x, w) + bias)`: the inference form with batch norm folded into
@@ -527,12 +568,17 @@ pub fn conv2d_affine_fwd<T: Real>(
     if let Some(r) = affine.residual {
         assert_eq!(r.len(), y.len(), "conv2d_affine_fwd: residual length");
     }
-    conv_fwd_into(x, xs, w, p, bias, y, false, Some(affine));
+    let store = fwd_store(y, p.out_shape(xs), p, bias, false, Some(affine));
+    if winograd::suits(p) {
+        winograd::conv_fwd(x, xs, w, p, &store);
+    } else {
+        conv_fwd_into(x, xs, w, p, &store);
+    }
 }
 
 /// `y = conv2d(x, w) + bias`. `x` is NHWC `xs`, `w` is KRSC, `y` is NHWC `p.out_shape(xs)`.
 pub fn conv2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, bias: Option<&[T]>, y: &mut [T]) {
-    conv_fwd_into(x, xs, w, p, bias, y, false, None);
+    conv_fwd_into(x, xs, w, p, &fwd_store(y, p.out_shape(xs), p, bias, false, None));
 }
 
 /// Kernel taps `phase, phase + stride, ...` below `k`: how many reach an input pixel whose
@@ -909,7 +955,9 @@ pub fn conv_transpose2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParam
 /// Input gradient of the transposed convolution: the adjoint convolution's forward.
 pub fn conv_transpose2d_dgrad<T: Real>(dy: &[T], w: &[T], p: &ConvParams, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let ys = p.transposed_out_shape(xs);
-    conv_fwd_into(dy, ys, w, &p.adjoint(), None, dx, accumulate, None);
+    let adjoint = p.adjoint();
+    let store = fwd_store(dx, adjoint.out_shape(ys), &adjoint, None, accumulate, None);
+    conv_fwd_into(dy, ys, w, &adjoint, &store);
 }
 
 /// Weight gradient of the transposed convolution (overwrites `dw`, `[c_in][kh][kw][c_out]`).
