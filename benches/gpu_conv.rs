@@ -305,7 +305,15 @@ fn main() -> Result<()> {
                 println!("    fwd   {}", sweep(&gpu, &mut b, &c, &gf, Pass::Fwd)?);
                 println!("    dgrad {}", sweep(&gpu, &mut b, &c, &gd, Pass::Dgrad)?);
             }
-            let p = &c.p;
+            let Shape4 { n, h, w, .. } = c.xs;
+            let ConvParams {
+                c_in,
+                c_out,
+                kh,
+                kw,
+                stride,
+                pad,
+            } = c.p;
             let dgrad_json = if c.dgrad_count > 0 {
                 format!("{dgrad_ms:.5}")
             } else {
@@ -313,20 +321,11 @@ fn main() -> Result<()> {
             };
             let stats_json = stats_ms.map_or("null".to_string(), |ms| format!("{ms:.5}"));
             println!(
-                "{{\"kind\":\"{}\",\"model\":\"{model}\",\"count\":{},\"n\":{},\"h\":{},\"w\":{},\"c_in\":{},\"c_out\":{},\
-                 \"kh\":{},\"kw\":{},\"stride\":{},\"pad\":{},\"fwd_ms\":{fwd_ms:.5},\"dgrad_ms\":{dgrad_json},\
-                 \"fwd_bn_stats_ms\":{stats_json}}}",
+                "{{\"kind\":\"{}\",\"model\":\"{model}\",\"count\":{},\"n\":{n},\"h\":{h},\"w\":{w},\"c_in\":{c_in},\
+                 \"c_out\":{c_out},\"kh\":{kh},\"kw\":{kw},\"stride\":{stride},\"pad\":{pad},\"fwd_ms\":{fwd_ms:.5},\
+                 \"dgrad_ms\":{dgrad_json},\"fwd_bn_stats_ms\":{stats_json}}}",
                 if c.transposed { "conv_transpose" } else { "conv" },
                 c.count,
-                c.xs.n,
-                c.xs.h,
-                c.xs.w,
-                p.c_in,
-                p.c_out,
-                p.kh,
-                p.kw,
-                p.stride,
-                p.pad
             );
             total_flop += c.count as f64 * c.flops();
             total_fwd += c.count as f64 * fwd_ms;

@@ -214,11 +214,7 @@ fn main() -> Result<()> {
 
     // ResNet's stem pool on a 768 x 768 input: 4 x 384 x 384 x 64 -> 4 x 192 x 192 x 64.
     let xs = Shape4::new(4, 384, 384, 64);
-    let p = PoolParams {
-        k: 3,
-        stride: 2,
-        pad: 1,
-    };
+    let p = PoolParams::new(3, 2, 1);
     let ys = p.out_shape(xs);
     let x = activations(&gpu, xs.len())?;
     let dy = activations(&gpu, ys.len())?;

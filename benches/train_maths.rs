@@ -37,12 +37,7 @@ fn report(name: &str, elements: usize, bytes_per_element: usize, ms: f64) {
 
 fn main() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let shape = HeatmapShape {
-        n: 4,
-        h: 192,
-        w: 192,
-        k: 29,
-    };
+    let shape = HeatmapShape::new(4, 192, 192, 29);
     let n = shape.len();
     let target: Vec<f32> = (0..n)
         .map(|_| if rng.random_bool(0.02) { rng.random() } else { 0.0 })
@@ -89,12 +84,7 @@ fn main() {
     let ms = median_ms(|| {
         t += 1;
         adamw_step(
-            AdamWState {
-                master: &mut w,
-                m: &mut m,
-                v: &mut v,
-                half_copy: Some(&mut half),
-            },
+            AdamWState::new(&mut w, &mut m, &mut v, Some(&mut half)),
             &g32,
             &hp,
             t,

@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
+mod cli_support;
+
 fn script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gpu-accuracy.sh")
 }
@@ -12,8 +14,7 @@ fn script() -> std::path::PathBuf {
 #[test]
 fn accuracy_script_trains_both_stages_and_reports_both_splits() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 16, 7, 96, 96).unwrap();
+    let data = cli_support::phantoms(dir.path(), 16, 7, 96);
     let out = dir.path().join("out");
     let status = Command::new("bash")
         .arg(script())

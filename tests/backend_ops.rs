@@ -19,6 +19,12 @@ fn random(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
 }
 
+/// Random operands of a convolution test, drawn in this order: the input (`xs`), the weights
+/// (of `p`) and the output gradient (`ys`).
+fn conv_operands(r: &mut ChaCha8Rng, xs: Shape4, p: &ConvParams, ys: Shape4) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    (random(r, xs.len()), random(r, p.weight_len()), random(r, ys.len()))
+}
+
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -343,11 +349,7 @@ fn conv2d_backward_matches_naive_on_random_geometries() {
     }
     for (xs, p) in cases {
         let ys = p.out_shape(xs);
-        let (x, w, dy) = (
-            random(&mut r, xs.len()),
-            random(&mut r, p.weight_len()),
-            random(&mut r, ys.len()),
-        );
+        let (x, w, dy) = conv_operands(&mut r, xs, &p, ys);
         let (want_dx, want_dw) = conv_grads_naive(&f64s(&x), xs, &f64s(&w), &p, &f64s(&dy));
         let what = format!("conv {xs} {p:?}");
         let mut dx = vec![f32::NAN; xs.len()]; // poisoned: every element must be written
@@ -369,11 +371,7 @@ fn transposed_conv_forward_and_backward() {
     ];
     for (xs, p) in cases {
         let ys = p.transposed_out_shape(xs);
-        let (x, w, dy) = (
-            random(&mut r, xs.len()),
-            random(&mut r, p.weight_len()),
-            random(&mut r, ys.len()),
-        );
+        let (x, w, dy) = conv_operands(&mut r, xs, &p, ys);
         let (x64, w64) = (f64s(&x), f64s(&w));
         let what = format!("conv_transpose {xs} {p:?}");
         let mut y = vec![f32::NAN; ys.len()];
@@ -587,22 +585,8 @@ fn concat_forward_and_backward() {
 fn maxpool_forward_and_backward() {
     let mut r = rng(10);
     for (xs, p) in [
-        (
-            Shape4::new(2, 7, 9, 3),
-            PoolParams {
-                k: 3,
-                stride: 2,
-                pad: 1,
-            },
-        ),
-        (
-            Shape4::new(1, 6, 6, 2),
-            PoolParams {
-                k: 2,
-                stride: 2,
-                pad: 0,
-            },
-        ),
+        (Shape4::new(2, 7, 9, 3), PoolParams::new(3, 2, 1)),
+        (Shape4::new(1, 6, 6, 2), PoolParams::new(2, 2, 0)),
     ] {
         let ys = p.out_shape(xs);
         let x = random(&mut r, xs.len());

@@ -64,6 +64,11 @@ fn round_trip_restores_weights_statistics_metadata_and_outputs() {
     assert_eq!(b.param(rv), a.param(rv));
 }
 
+/// Asserts that the load error `e` names the file `name` and says it is no safetensors file.
+fn assert_not_safetensors(e: &str, name: &str, what: &str) {
+    assert!(e.contains(name) && e.contains("not a valid safetensors"), "{what}: {e}");
+}
+
 /// Inference loads skip the optimizer's moments (never read from disk) and nothing else; a
 /// truncated file is an error naming it, for both loads.
 #[test]
@@ -86,11 +91,7 @@ fn inference_loads_skip_the_moments_and_refuse_truncated_files() {
             checkpoint::load(&cut).unwrap_err(),
             checkpoint::load_for_inference(&cut).unwrap_err(),
         ] {
-            let e = format!("{e:#}");
-            assert!(
-                e.contains("cut.safetensors") && e.contains("not a valid safetensors"),
-                "{keep} bytes: {e}"
-            );
+            assert_not_safetensors(&format!("{e:#}"), "cut.safetensors", &format!("{keep} bytes"));
         }
     }
 }
@@ -176,10 +177,7 @@ fn errors_say_what_is_wrong() {
     let corrupt = dir.path().join("corrupt.safetensors");
     std::fs::write(&corrupt, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
     let e = format!("{:#}", checkpoint::load(&corrupt).unwrap_err());
-    assert!(
-        e.contains("corrupt.safetensors") && e.contains("not a valid safetensors"),
-        "{e}"
-    );
+    assert_not_safetensors(&e, "corrupt.safetensors", "a header of no JSON");
 
     // A checkpoint of a 3-landmark model loaded into a 5-landmark one.
     let path = dir.path().join("three.safetensors");

@@ -242,12 +242,25 @@ fn open_err(dir: &Path) -> String {
     format!("{:#}", Dataset::open(dir, &DatasetOptions::default()).unwrap_err())
 }
 
+/// The dataset in `dir` does not open, with an error that names every one of `needles`; `what`
+/// says which case failed.
+fn assert_open_refused(dir: &Path, needles: &[&str], what: &str) {
+    let err = open_err(dir);
+    assert!(needles.iter().all(|n| err.contains(n)), "{what}: {err}");
+}
+
 /// A dataset whose train.csv holds `rows` does not open, with an error that names every one of
 /// `needles`.
 fn assert_refused(rows: &str, needles: &[&str]) {
-    let tmp = csv_dataset(rows);
-    let err = open_err(tmp.path());
-    assert!(needles.iter().all(|n| err.contains(n)), "{rows:?}: {err}");
+    assert_open_refused(csv_dataset(rows).path(), needles, &format!("{rows:?}"));
+}
+
+/// A dataset whose train.csv is the line `header` alone does not open, with an error that names
+/// every one of `needles`.
+fn assert_header_refused(header: &str, needles: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("train.csv"), format!("{header}\n"));
+    assert_open_refused(tmp.path(), needles, &format!("header {header:?}"));
 }
 
 #[test]
@@ -285,10 +298,8 @@ fn data_bad_corrupt_image() {
 fn data_bad_malformed_csv() {
     assert_refused("a.png,0.1,abc,20,30,40,M1\n", &["train.csv", "row 2", "S_x", "'abc'"]);
     assert_refused("a.png,0.1,10\n", &["train.csv", "row 2"]);
-    let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("train.csv"), "image,pixel_size_mm,S_x\n");
-    let err = open_err(tmp.path());
-    assert!(err.contains("train.csv") && err.contains("S_y"), "x without y: {err}");
+    // An x column without its y column.
+    assert_header_refused("image,pixel_size_mm,S_x", &["train.csv", "S_y"]);
 }
 
 #[test]
@@ -306,10 +317,7 @@ fn data_bad_missing_value_and_pixel_size() {
 
 #[test]
 fn data_bad_unknown_symbol_in_csv() {
-    let tmp = tempfile::tempdir().unwrap();
-    write(&tmp.path().join("train.csv"), "image,pixel_size_mm,Foo_x,Foo_y\n");
-    let err = open_err(tmp.path());
-    assert!(err.contains("train.csv") && err.contains("'Foo'"), "{err}");
+    assert_header_refused("image,pixel_size_mm,Foo_x,Foo_y", &["train.csv", "'Foo'"]);
 }
 
 #[test]

@@ -96,12 +96,7 @@ fn data_heatmap_batch_encode_is_per_image_encode() {
     use cephalo::backend::cpu::heatmap;
     use cephalo::backend::HeatmapShape;
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let shape = HeatmapShape {
-        n: 3,
-        h: 17,
-        w: 13,
-        k: 4,
-    };
+    let shape = HeatmapShape::new(3, 17, 13, 4);
     let mut points: Vec<[f64; 2]> = (0..shape.n * shape.k)
         .map(|_| [rng.random_range(-3.0..16.0), rng.random_range(-3.0..20.0)])
         .collect();

@@ -3,25 +3,15 @@
 use std::path::Path;
 
 mod cli_support;
-use cli_support::{eval, read_json, trained_checkpoint};
+use cli_support::{eval, eval_report, trained_checkpoint};
 
 #[test]
 fn eval_report_holds_every_prediction_and_consistent_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let (data, ck) = trained_checkpoint(dir.path(), 16, 9);
     let report = dir.path().join("out/report.json");
-    let args = [
-        "--split",
-        "test",
-        "--report",
-        report.to_str().unwrap(),
-        "--batch-size",
-        "3",
-        "--device",
-        "cpu",
-    ];
-    eval(&ck, &data, &args).unwrap();
-    let json = read_json(&report);
+    let args = ["--split", "test", "--batch-size", "3", "--device", "cpu"];
+    let json = eval_report(&ck, &data, &report, &args);
     let predictions = json["predictions"].as_array().unwrap();
     // 16 phantoms: 11 train, 2 valid, 3 test; batch 3 exercises a full batch.
     assert_eq!(predictions.len(), 3);

@@ -30,12 +30,7 @@ fn state<'a>(
     ),
     half_copy: Option<DevSliceMut<'a, f16>>,
 ) -> AdamWState<DevSliceMut<'a, f32>, DevSliceMut<'a, f16>> {
-    AdamWState {
-        master: w.slice_mut(),
-        m: m.slice_mut(),
-        v: v.slice_mut(),
-        half_copy,
-    }
+    AdamWState::new(w.slice_mut(), m.slice_mut(), v.slice_mut(), half_copy)
 }
 
 /// Indices of `count` random positions (with repeats) in `0..n`.
@@ -129,12 +124,7 @@ fn adamw_matches_cpu_over_three_steps() {
                 let grad_mul = rng.random_range(0.3f32..1.0);
                 let half = with_half.then_some(&mut cpu_state.half[..]);
                 cpu::optim::adamw_step(
-                    AdamWState {
-                        master: &mut cpu_state.master,
-                        m: &mut cpu_state.m,
-                        v: &mut cpu_state.v,
-                        half_copy: half,
-                    },
+                    AdamWState::new(&mut cpu_state.master, &mut cpu_state.m, &mut cpu_state.v, half),
                     &grad,
                     &hp,
                     t,
@@ -299,12 +289,7 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
     // The CPU twin.
     let (mut cw, mut cm, mut cv, mut ch) = (master.clone(), m.clone(), v.clone(), vec![POISON_F16; values]);
     cpu::optim::adamw_step_chunks(
-        AdamWState {
-            master: &mut cw,
-            m: &mut cm,
-            v: &mut cv,
-            half_copy: Some(&mut ch),
-        },
+        AdamWState::new(&mut cw, &mut cm, &mut cv, Some(&mut ch)),
         &grad,
         &table,
         &hp,
@@ -367,12 +352,12 @@ fn whole_model_adamw_equals_the_twin_and_the_per_tensor_step() {
         let (a, g, n) = (t_.value_at, t_.grad_at, t_.len);
         cuda::optim::adamw_step(
             &gpu,
-            AdamWState {
-                master: pw.slice_mut().sub_mut(a, n),
-                m: pm.slice_mut().sub_mut(a, n),
-                v: pv.slice_mut().sub_mut(a, n),
-                half_copy: Some(ph.slice_mut().sub_mut(a, n)),
-            },
+            AdamWState::new(
+                pw.slice_mut().sub_mut(a, n),
+                pm.slice_mut().sub_mut(a, n),
+                pv.slice_mut().sub_mut(a, n),
+                Some(ph.slice_mut().sub_mut(a, n)),
+            ),
             gd.slice().sub(g, n),
             &hp,
             t,

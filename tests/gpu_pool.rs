@@ -10,21 +10,9 @@ use rand::Rng;
 
 /// ResNet's stem pool (3/2/1), a plain 2x2/2, and an overlapping stride-1 window.
 const POOLS: [PoolParams; 3] = [
-    PoolParams {
-        k: 3,
-        stride: 2,
-        pad: 1,
-    },
-    PoolParams {
-        k: 2,
-        stride: 2,
-        pad: 0,
-    },
-    PoolParams {
-        k: 3,
-        stride: 1,
-        pad: 1,
-    },
+    PoolParams::new(3, 2, 1),
+    PoolParams::new(2, 2, 0),
+    PoolParams::new(3, 1, 1),
 ];
 
 /// Values in {-2, -1.5, ..., 2}: ties in most windows.
@@ -81,11 +69,7 @@ fn maxpool_backward_routes_every_gradient_exactly_once() {
     let gpu = gpu();
     let mut rng = rng();
     let xs = Shape4::new(2, 8, 6, 24);
-    let p = PoolParams {
-        k: 2,
-        stride: 2,
-        pad: 0,
-    };
+    let p = PoolParams::new(2, 2, 0);
     let ys = p.out_shape(xs);
     let x = random_f16(&mut rng, xs.len(), -5.0, 5.0);
     let dy = random_f16(&mut rng, ys.len(), 0.5, 1.5);
@@ -103,11 +87,7 @@ fn maxpool_backward_routes_every_gradient_exactly_once() {
 fn maxpool_rejects_windows_that_hold_no_pixel() {
     let gpu = gpu();
     let xs = Shape4::new(1, 4, 4, 8);
-    let p = PoolParams {
-        k: 2,
-        stride: 2,
-        pad: 2,
-    };
+    let p = PoolParams::new(2, 2, 2);
     let x = upload(&gpu, &vec![f16::ONE; xs.len()]);
     let mut y = poisoned_f16(&gpu, p.out_shape(xs).len());
     assert!(cuda::pool::maxpool_fwd(&gpu, x.slice(), xs, &p, y.slice_mut()).is_err());

@@ -30,6 +30,7 @@ use cli_support::csv_column;
 fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
     let run = cli_support::Train {
         underscores: true,
+        model: "hrnet-w8",
         size: "128",
         device,
         workers: "2",
@@ -41,8 +42,7 @@ fn train(dir: &Path, data: &Path, device: &str, extra: &[&str]) {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_training_lowers_loss_and_validation_error() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 64, 3, 256, 256).unwrap();
+    let data = cli_support::phantoms(dir.path(), 64, 3, 256);
     train(
         dir.path(),
         &data,
@@ -69,8 +69,7 @@ fn gpu_training_lowers_loss_and_validation_error() {
 #[ignore = "needs a CUDA GPU"]
 fn gpu_resume_is_bitwise_identical_to_an_uninterrupted_run() {
     let data_dir = tempfile::tempdir().unwrap();
-    let data = data_dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 16, 5, 160, 160).unwrap();
+    let data = cli_support::phantoms(data_dir.path(), 16, 5, 160);
     let args = ["--epochs", "2", "--lr", "1e-3", "--warmup-epochs", "1"];
 
     let straight = tempfile::tempdir().unwrap();

@@ -461,19 +461,10 @@ fn train_starts_the_backbone_from_the_file_and_the_head_fresh() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("resnet18.safetensors");
     let sd = write_resnet18_file(&file);
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 8, 3, 96, 96).unwrap();
-    let (ck_dir, logs) = (dir.path().join("ck"), dir.path().join("logs"));
+    let data = cli_support::phantoms(dir.path(), 8, 3, 96);
+    let ck_dir = dir.path().join("ck");
     let train = |model: &str, extra: &[&str]| {
-        let mut argv = vec![
-            "train",
-            "--dataset-path",
-            data.to_str().unwrap(),
-            "--model",
-            model,
-            "--image-size",
-            "64",
-            "64",
+        let flags = [
             "--batch-size",
             "2",
             "--epochs",
@@ -483,19 +474,14 @@ fn train_starts_the_backbone_from_the_file_and_the_head_fresh() {
             // Small enough that one epoch leaves every weight where the file put it.
             "--lr",
             "1e-12",
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-            "--checkpoint-dir",
-            ck_dir.to_str().unwrap(),
-            "--log-dir",
-            logs.to_str().unwrap(),
             "--pretrained",
             file.to_str().unwrap(),
         ];
-        argv.extend_from_slice(extra);
-        cli_support::run(&argv)
+        let run = cli_support::Train {
+            model,
+            ..cli_support::CPU_64
+        };
+        run.run(dir.path(), &data, &[&flags, extra].concat())
     };
     let err = format!("{:#}", train("resnet34", &[]).unwrap_err());
     assert!(err.contains("this is a ResNet-18 file; --model is resnet34"), "{err}");

@@ -1,11 +1,11 @@
 //! The refinement stage end to end on the CPU at tiny sizes: a refiner trained on patches around
 //! a tiny global model's predictions, evaluated beside it, resumed, used by predict; and the
 //! mix-ups of the two kinds of checkpoint refused with errors that say which is which.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 mod cli_support;
 
-use cli_support::{csv_column, eval, predict, read_json, run, trained_checkpoint};
+use cli_support::{csv_column, eval, eval_report, predict, run, trained_checkpoint};
 
 /// The refiner's training on the CPU: batch 8, one loader worker, patches jittered by 3 mm unless
 /// `extra` says otherwise.
@@ -18,6 +18,15 @@ fn train_refiner(dir: &Path, data: &Path, global: &Path, extra: &[&str]) -> anyh
     cli_support::train_refiner(dir, data, global, &args)
 }
 
+/// Trains a global model on `count` phantoms drawn from `seed` (as [`trained_checkpoint`]), then a
+/// refiner on its predictions for one epoch; returns the dataset folder and the global and the
+/// refiner's last checkpoints.
+fn global_and_refiner(dir: &Path, count: usize, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let (data, global) = trained_checkpoint(dir, count, seed);
+    train_refiner(dir, &data, &global, &["--epochs", "1"]).unwrap();
+    (data, global, dir.join("refiner/checkpoint_last.safetensors"))
+}
+
 fn error_of(result: anyhow::Result<std::process::ExitCode>) -> String {
     format!("{:#}", result.expect_err("the command should fail"))
 }
@@ -25,9 +34,7 @@ fn error_of(result: anyhow::Result<std::process::ExitCode>) -> String {
 #[test]
 fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, global) = trained_checkpoint(dir.path(), 20, 5);
-    train_refiner(dir.path(), &data, &global, &["--epochs", "1"]).unwrap();
-    let refiner = dir.path().join("refiner/checkpoint_last.safetensors");
+    let (data, global, refiner) = global_and_refiner(dir.path(), 20, 5);
     let meta = cephalo::checkpoint::load(&refiner).unwrap().meta;
     let spec = meta.refiner.expect("a refiner records its patches");
     assert_eq!((spec.size, spec.mm, spec.jitter_mm), (32, 0.6, 3.0));
@@ -49,24 +56,13 @@ fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
     .unwrap();
 
     let report = dir.path().join("report.json");
-    eval(
+    let refiner_on_cpu = ["--refiner", refiner.to_str().unwrap(), "--device", "cpu"];
+    let json = eval_report(
         &global,
         &data,
-        &[
-            "--refiner",
-            refiner.to_str().unwrap(),
-            "--split",
-            "test",
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    let json = read_json(&report);
+        &report,
+        &[&refiner_on_cpu[..], &["--split", "test", "--workers", "1"]].concat(),
+    );
     let global_mre = json["metrics"]["overall"]["mre_mm"].as_f64().unwrap();
     let refined_mre = json["refined"]["metrics"]["overall"]["mre_mm"].as_f64().unwrap();
     assert!(global_mre.is_finite() && refined_mre.is_finite());
@@ -75,19 +71,9 @@ fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
     assert!(first["refined"].is_array() && first["refined_error_mm"].is_number());
 
     let out = dir.path().join("predicted");
-    predict(
-        &global,
-        &out,
-        &[
-            "--refiner",
-            refiner.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--no-overlay",
-            data.join("images/phantom_0019.png").to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let image = data.join("images/phantom_0019.png");
+    let args = [&refiner_on_cpu[..], &["--no-overlay", image.to_str().unwrap()]].concat();
+    predict(&global, &out, &args).unwrap();
     let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
 }
@@ -95,9 +81,7 @@ fn refiner_trains_evaluates_beside_the_global_model_resumes_and_predicts() {
 #[test]
 fn global_and_refiner_checkpoints_are_not_taken_for_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, global) = trained_checkpoint(dir.path(), 12, 9);
-    train_refiner(dir.path(), &data, &global, &["--epochs", "1"]).unwrap();
-    let refiner = dir.path().join("refiner/checkpoint_last.safetensors");
+    let (data, global, refiner) = global_and_refiner(dir.path(), 12, 9);
     let eval = |checkpoint: &Path, refiner: &Path| {
         eval(
             checkpoint,

@@ -20,8 +20,7 @@ fn train(dir: &Path, data: &Path, extra: &[&str]) -> std::process::ExitCode {
 #[test]
 fn training_on_phantoms_lowers_loss_and_validation_error() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 40, 3, 128, 128).unwrap();
+    let data = cli_support::phantoms(dir.path(), 40, 3, 128);
     train(
         dir.path(),
         &data,
@@ -59,8 +58,7 @@ fn training_on_phantoms_lowers_loss_and_validation_error() {
 #[test]
 fn resumed_training_is_bitwise_identical_to_an_uninterrupted_run() {
     let data_dir = tempfile::tempdir().unwrap();
-    let data = data_dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 16, 5, 96, 96).unwrap();
+    let data = cli_support::phantoms(data_dir.path(), 16, 5, 96);
     let args = ["--epochs", "2", "--lr", "1e-3", "--warmup-epochs", "1"];
 
     let straight = tempfile::tempdir().unwrap();
@@ -197,8 +195,7 @@ fn copy(from: &Path, to: &Path) {
 #[test]
 fn a_failed_write_between_the_two_checkpoints_never_leaves_a_stale_best() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 16, 5, 96, 96).unwrap();
+    let data = cli_support::phantoms(dir.path(), 16, 5, 96);
     // Without a valid split checkpoint_best follows the training loss, which falls from the
     // warmup epoch to the next: the premise that epoch 2 sets a new best holds by design.
     std::fs::remove_file(data.join("valid.csv")).unwrap();
@@ -281,8 +278,7 @@ fn a_failed_write_between_the_two_checkpoints_never_leaves_a_stale_best() {
 #[test]
 fn short_runs_and_resumes_need_no_repeated_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 12, 2, 96, 96).unwrap();
+    let data = cli_support::phantoms(dir.path(), 12, 2, 96);
     let ck = dir.path().join("ck");
     let base = |extra: &[&str]| cli_support::CPU_64.run(dir.path(), &data, extra);
     // Two epochs with the default warmup (5 epochs): the warmup shortens instead of failing.
@@ -301,21 +297,20 @@ fn short_runs_and_resumes_need_no_repeated_flags() {
     assert!(std::fs::read(&last).unwrap() == done);
 
     // Counts of 0 and negative rates are refused with the flag's own message.
-    for (flag, value) in [("--epochs", "0"), ("--batch-size", "0")] {
-        let err = base(&[flag, value]).unwrap_err().to_string();
-        assert!(err.contains(flag) && err.contains("at least 1"), "{err}");
+    let eval = ["eval", "--checkpoint", "x", "--dataset-path", "d", "--batch-size", "0"];
+    let predict = ["predict", "--checkpoint", "x", "--batch-size", "0", "image.png"];
+    let zero_counts = [
+        ("train --epochs 0", "--epochs", base(&["--epochs", "0"])),
+        ("train --batch-size 0", "--batch-size", base(&["--batch-size", "0"])),
+        ("eval --batch-size 0", "--batch-size", cli_support::run(&eval)),
+        ("predict --batch-size 0", "--batch-size", cli_support::run(&predict)),
+    ];
+    for (what, flag, result) in zero_counts {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains(flag) && err.contains("at least 1"), "{what}: {err}");
     }
     let err = format!("{:#}", base(&["--lr", "-1", "--epochs", "1"]).unwrap_err());
     assert!(err.contains("--lr must be a positive number, got -1"), "{err}");
-    let eval = ["eval", "--checkpoint", "x", "--dataset-path", "d", "--batch-size", "0"];
-    let predict = ["predict", "--checkpoint", "x", "--batch-size", "0", "image.png"];
-    for argv in [&eval[..], &predict[..]] {
-        let err = cli_support::run(argv).unwrap_err().to_string();
-        assert!(
-            err.contains("--batch-size") && err.contains("at least 1"),
-            "{argv:?}: {err}"
-        );
-    }
 }
 
 /// `--in-channels 3`: the grey value goes into all three input channels on every path that feeds
@@ -324,8 +319,7 @@ fn short_runs_and_resumes_need_no_repeated_flags() {
 #[test]
 fn three_input_channels_train_evaluate_and_predict() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, 12, 9, 96, 96).unwrap();
+    let data = cli_support::phantoms(dir.path(), 12, 9, 96);
     train(
         dir.path(),
         &data,
@@ -343,16 +337,7 @@ fn three_input_channels_train_evaluate_and_predict() {
     );
 
     let report = dir.path().join("report.json");
-    let args = [
-        "--split",
-        "test",
-        "--report",
-        report.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ];
-    cli_support::eval(&ck, &data, &args).unwrap();
-    let json = cli_support::read_json(&report);
+    let json = cli_support::eval_report(&ck, &data, &report, &["--split", "test", "--device", "cpu"]);
     assert!(json["metrics"]["overall"]["mre_mm"].as_f64().unwrap().is_finite());
 
     let out = dir.path().join("predicted");
@@ -362,22 +347,9 @@ fn three_input_channels_train_evaluate_and_predict() {
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert!(out.join("phantom_0000.json").is_file());
 
-    let (ck_dir, logs) = (dir.path().join("ck"), dir.path().join("logs"));
-    let err = cli_support::run(&[
-        "train",
-        "--dataset-path",
-        data.to_str().unwrap(),
-        "--resume",
-        ck.to_str().unwrap(),
-        "--in-channels",
-        "1",
-        "--device",
-        "cpu",
-        "--checkpoint-dir",
-        ck_dir.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
-    ])
-    .expect_err("a resumed run keeps its channels");
+    let resume = ["--resume", ck.to_str().unwrap(), "--in-channels", "1"];
+    let err = cli_support::CPU_64
+        .run(dir.path(), &data, &resume)
+        .expect_err("a resumed run keeps its channels");
     assert!(format!("{err:#}").contains("--in-channels 1"), "{err:#}");
 }

@@ -6,12 +6,7 @@ use cephalo::backend::{AWingParams, HeatmapBatch, HeatmapShape, LossWeighting, W
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const SHAPE: HeatmapShape = HeatmapShape {
-    n: 2,
-    h: 9,
-    w: 11,
-    k: 3,
-};
+const SHAPE: HeatmapShape = HeatmapShape::new(2, 9, 11, 3);
 const CHANNEL_WEIGHTS: [f32; 3] = [1.0, 2.5, 1.8];
 
 /// The batch `pred` against `target` at [`SHAPE`].

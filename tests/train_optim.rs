@@ -34,12 +34,7 @@ fn adamw_matches_f64_reference_over_several_steps() {
         for t in 1..=5u64 {
             let g = random(n, 10 + t, 0.1);
             adamw_step(
-                AdamWState {
-                    master: &mut w,
-                    m: &mut m,
-                    v: &mut v,
-                    half_copy: Some(&mut half),
-                },
+                AdamWState::new(&mut w, &mut m, &mut v, Some(&mut half)),
                 &g,
                 &hp,
                 t,
@@ -82,12 +77,7 @@ fn weight_decay_only_where_asked() {
         let mut w = w0.clone();
         let (mut m, mut v) = (zeros.clone(), zeros.clone());
         adamw_step(
-            AdamWState {
-                master: &mut w,
-                m: &mut m,
-                v: &mut v,
-                half_copy: None,
-            },
+            AdamWState::new(&mut w, &mut m, &mut v, None),
             &zeros,
             &hp,
             1,
@@ -106,7 +96,7 @@ fn weight_decay_only_where_asked() {
 /// fp16 cast, then unscaled and checked in fp32, and AdamW updates the fp32 master weights.
 #[test]
 fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
-    let shape = HeatmapShape { n: 1, h: 8, w: 8, k: 2 };
+    let shape = HeatmapShape::new(1, 8, 8, 2);
     let mut target = vec![0.0f32; shape.len()];
     for y in 0..8 {
         for x in 0..8 {
@@ -158,12 +148,7 @@ fn mixed_precision_steps_lower_the_loss_and_skip_overflows() {
             StepOutcome::Apply { .. } => {
                 t += 1;
                 adamw_step(
-                    AdamWState {
-                        master: &mut master,
-                        m: &mut m,
-                        v: &mut v,
-                        half_copy: Some(&mut half),
-                    },
+                    AdamWState::new(&mut master, &mut m, &mut v, Some(&mut half)),
                     &unscaled,
                     &hp,
                     t,

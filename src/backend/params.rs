@@ -134,6 +134,11 @@ pub struct PoolParams {
 }
 
 impl PoolParams {
+    /// A `k x k` window moved `stride` pixels at a time over an input padded by `pad`.
+    pub const fn new(k: usize, stride: usize, pad: usize) -> Self {
+        Self { k, stride, pad }
+    }
+
     pub fn out_shape(&self, x: Shape4) -> Shape4 {
         Shape4 {
             n: x.n,
@@ -249,6 +254,11 @@ pub struct HeatmapShape {
 }
 
 impl HeatmapShape {
+    /// `n` heatmaps of `h` x `w` with `k` landmark channels.
+    pub const fn new(n: usize, h: usize, w: usize, k: usize) -> Self {
+        Self { n, h, w, k }
+    }
+
     /// Number of elements, `n*h*w*k`.
     pub fn len(&self) -> usize {
         self.n * self.h * self.w * self.k
@@ -404,6 +414,17 @@ pub struct AdamWState<M, H> {
     pub m: M,
     pub v: M,
     pub half_copy: Option<H>,
+}
+
+impl<M, H> AdamWState<M, H> {
+    pub fn new(master: M, m: M, v: M, half_copy: Option<H>) -> Self {
+        Self {
+            master,
+            m,
+            v,
+            half_copy,
+        }
+    }
 }
 
 /// Elements of one [`AdamWChunk`] at most: a GPU block's share of the whole-model step.

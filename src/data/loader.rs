@@ -154,12 +154,12 @@ impl Batch {
     /// The shape of this batch's target heatmaps: `len()` images of `K` channels.
     pub fn target_shape(&self) -> HeatmapShape {
         let n = self.len();
-        HeatmapShape {
+        HeatmapShape::new(
             n,
-            h: self.heatmap_size[0],
-            w: self.heatmap_size[1],
-            k: self.heatmap_points.len().checked_div(n).unwrap_or(0),
-        }
+            self.heatmap_size[0],
+            self.heatmap_size[1],
+            self.heatmap_points.len().checked_div(n).unwrap_or(0),
+        )
     }
 
     /// The target heatmaps drawn on the CPU (`target_shape().len()` floats, NHWC, landmark last).

@@ -252,12 +252,7 @@ impl CudaEngine {
             .context("preparing the evaluation executor")?;
         let trainable = trainable_params(exec.graph());
         let out = exec.graph().output_shape();
-        let shape = HeatmapShape {
-            n: out.n,
-            h: out.h,
-            w: out.w,
-            k: out.c,
-        };
+        let shape = HeatmapShape::new(out.n, out.h, out.w, out.c);
         let values = exec.backend().layout().value_elements();
         let adamw_chunks = gpu_optim::AdamWChunkTable::new(&gpu, &adamw_chunk_table(&exec, &trainable))?;
         let channel_weights = Some(DeviceBuffer::from_host(&gpu, &loss.channel_weights)?);
@@ -496,12 +491,7 @@ impl CudaEngine {
         let (master, grad, half) = self.exec.backend_mut().optimizer_regions();
         gpu_optim::adamw_step_chunks(
             &self.gpu,
-            AdamWState {
-                master,
-                m: self.m.slice_mut(),
-                v: self.v.slice_mut(),
-                half_copy: Some(half),
-            },
+            AdamWState::new(master, self.m.slice_mut(), self.v.slice_mut(), Some(half)),
             grad,
             &self.adamw_chunks,
             &hp,

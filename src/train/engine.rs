@@ -193,12 +193,7 @@ impl CpuEngine {
 
     fn step(&mut self, batch: &Batch, loss_fn: &HeatmapLoss, sp: StepParams) -> Result<StepResult> {
         let out = self.exec.graph().output_shape();
-        let shape = HeatmapShape {
-            n: out.n,
-            h: out.h,
-            w: out.w,
-            k: out.c,
-        };
+        let shape = HeatmapShape::new(out.n, out.h, out.w, out.c);
         ensure!(
             batch.target_shape() == shape,
             "the batch's targets are {:?}, the network predicts {shape:?}",
@@ -241,12 +236,7 @@ impl CpuEngine {
                 ..AdamWParams::default()
             };
             adamw_step(
-                AdamWState {
-                    master: &mut weights,
-                    m: &mut self.m[i],
-                    v: &mut self.v[i],
-                    half_copy: None,
-                },
+                AdamWState::new(&mut weights, &mut self.m[i], &mut self.v[i], None),
                 &grad,
                 &hp,
                 sp.t,

@@ -13,20 +13,22 @@ pub fn run(argv: &[&str]) -> anyhow::Result<ExitCode> {
     cephalo::cli::run(cli)
 }
 
-/// A `cephalo train` of hrnet-w8 on phantoms: its image size, device and loader workers, and
+/// A `cephalo train` on phantoms: its model, image size, device and loader workers, and
 /// whether it spells `--dataset_path` and `--image_size` with underscores (the aliases the
 /// original scripts used) or with hyphens.
 #[derive(Clone, Copy)]
 pub struct Train<'a> {
     pub underscores: bool,
+    pub model: &'a str,
     pub size: &'a str,
     pub device: &'a str,
     pub workers: &'a str,
 }
 
-/// 64x64 on the CPU with one loader worker, hyphenated flags.
+/// hrnet-w8 at 64x64 on the CPU with one loader worker, hyphenated flags.
 pub const CPU_64: Train = Train {
     underscores: false,
+    model: "hrnet-w8",
     size: "64",
     device: "cpu",
     workers: "1",
@@ -45,7 +47,7 @@ impl Train<'_> {
             dataset_flag,
             data.to_str().unwrap(),
             "--model",
-            "hrnet-w8",
+            self.model,
             size_flag,
             self.size,
             self.size,
@@ -53,11 +55,8 @@ impl Train<'_> {
             self.device,
             "--workers",
             self.workers,
-            "--checkpoint-dir",
-            ck.to_str().unwrap(),
-            "--log-dir",
-            logs.to_str().unwrap(),
         ];
+        argv.extend(output_dirs(&ck, &logs));
         argv.extend_from_slice(extra);
         run(&argv)
     }
@@ -70,11 +69,28 @@ impl Train<'_> {
     }
 }
 
+/// The flags that send a training run's checkpoints to `ck` and its logs to `logs`.
+fn output_dirs<'a>(ck: &'a Path, logs: &'a Path) -> [&'a str; 4] {
+    [
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--log-dir",
+        logs.to_str().unwrap(),
+    ]
+}
+
+/// Draws `count` phantoms of `size` x `size` pixels from `seed` into `dir/phantoms`; returns that
+/// folder.
+pub fn phantoms(dir: &Path, count: usize, seed: u64, size: usize) -> PathBuf {
+    let data = dir.join("phantoms");
+    cephalo::data::phantom::write_dataset(&data, count, seed, size, size).unwrap();
+    data
+}
+
 /// Draws `count` phantoms (96x96) into `dir/phantoms` and trains hrnet-w8 at 64x64 for one epoch;
 /// returns the dataset folder and `checkpoint_last`.
 pub fn trained_checkpoint(dir: &Path, count: usize, seed: u64) -> (PathBuf, PathBuf) {
-    let data = dir.join("phantoms");
-    cephalo::data::phantom::write_dataset(&data, count, seed, 96, 96).unwrap();
+    let data = phantoms(dir, count, seed, 96);
     CPU_64
         .run(dir, &data, &["--epochs", "1", "--warmup-epochs", "0"])
         .unwrap();
@@ -91,6 +107,14 @@ pub fn csv_column(path: &Path, column: &str) -> Vec<f64> {
 /// Runs `cephalo eval --checkpoint CHECKPOINT --dataset-path DATA`, then the flags `extra`.
 pub fn eval(checkpoint: &Path, data: &Path, extra: &[&str]) -> anyhow::Result<ExitCode> {
     on_checkpoint("eval", checkpoint, ("--dataset-path", data), extra)
+}
+
+/// Runs `cephalo eval --checkpoint CHECKPOINT --dataset-path DATA --report REPORT`, then the flags
+/// `extra`; panics unless it succeeds, and returns the report, parsed.
+pub fn eval_report(checkpoint: &Path, data: &Path, report: &Path, extra: &[&str]) -> serde_json::Value {
+    let args = [&["--report", report.to_str().unwrap()], extra].concat();
+    eval(checkpoint, data, &args).expect("eval runs");
+    read_json(report)
 }
 
 /// Runs `cephalo predict --checkpoint CHECKPOINT --out OUT`, then `extra` (the images and flags).
@@ -134,12 +158,8 @@ pub fn train_refiner(dir: &Path, data: &Path, global: &Path, extra: &[&str]) -> 
         "2e-3",
         "--warmup-epochs",
         "0",
-        "--checkpoint-dir",
-        ck.to_str().unwrap(),
-        "--log-dir",
-        logs.to_str().unwrap(),
     ];
-    run(&[&argv, extra].concat())
+    run(&[&argv[..], &output_dirs(&ck, &logs), extra].concat())
 }
 
 /// A JSON file (an `eval --report`, a prediction), parsed.

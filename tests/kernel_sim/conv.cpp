@@ -18,21 +18,7 @@
 #include <cstring>
 #include <cmath>
 
-static std::mt19937 gen(777);
-static int failures = 0;
-using H = std::vector<__half>;
-static float uni(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(gen); }
-static H rand_h(size_t n, float lo, float hi) { H v(n); for (auto& x : v) x = __float2half_rn(uni(lo, hi)); return v; }
-static std::vector<float> f(const H& v) { std::vector<float> o(v.size()); for (size_t i = 0; i < v.size(); ++i) o[i] = __half2float(v[i]); return o; }
-static H poison(size_t n) { return H(n, __ushort_as_half(0x7e01)); }
-static void check(const std::string& what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
-    double num = 0, den = 0; size_t bad = 0;
-    for (size_t i = 0; i < got.size(); ++i) { if (!std::isfinite(got[i])) bad++; num += (got[i] - want[i]) * (got[i] - want[i]); den += want[i] * want[i]; }
-    double e = std::sqrt(num / std::max(den, 1e-300));
-    bool ok = bad == 0 && e < tol;
-    if (!ok) failures++;
-    printf("%-84s rel %.2e nonfinite %zu %s\n", what.c_str(), e, bad, ok ? "ok" : "FAIL");
-}
+#include "sim_check.h"
 
 using Kernel = void (*)(const __half*, const __half*, __half*, int, int, int, int, int, int, int, int, int, int, int,
                         const float*, const float*, int, int, int, const __half*, float*);
@@ -263,6 +249,7 @@ static void test_transposed(const Geo& g, const std::string& dgrad_cfg, const st
 }
 
 int main() {
+    gen.seed(777);
     // Forward, vec loader: every configuration, odd sizes, c_out both multiple of 8 and not.
     test_fwd({2, 7, 9, 16, 24, 3, 1, 1}, "fwd_vec_64x32k32", 1, true);
     test_fwd({1, 9, 7, 8, 32, 3, 2, 1}, "fwd_vec_128x32k32", 2, false);

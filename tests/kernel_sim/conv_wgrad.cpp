@@ -13,20 +13,7 @@
 #include <random>
 #include <string>
 
-static std::mt19937 gen(777);
-static int failures = 0;
-using H = std::vector<__half>;
-static float uni(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(gen); }
-static H rand_h(size_t n) { H v(n); for (auto& x : v) x = __float2half_rn(uni(-1, 1)); return v; }
-
-static void check(const std::string& what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
-    double num = 0, den = 0; size_t bad = 0;
-    for (size_t i = 0; i < got.size(); ++i) { if (!std::isfinite(got[i])) bad++; num += (got[i] - want[i]) * (got[i] - want[i]); den += want[i] * want[i]; }
-    double e = std::sqrt(num / std::max(den, 1e-300));
-    bool ok = bad == 0 && e < tol;
-    if (!ok) failures++;
-    printf("%-78s rel %.2e nonfinite %zu %s\n", what.c_str(), e, bad, ok ? "ok" : "FAIL");
-}
+#include "sim_check.h"
 
 // The tile configurations of the entry points, as the Rust wrapper (Tile) describes them, and
 // their loader variants: [0] both scalar, [1] both vector, [2] vector dy only, [3] vector x only
@@ -68,7 +55,7 @@ static void reduce(const std::vector<float>& partials, int splits, long long len
 static void test_conv(const Conv& cv, int ti, int variant, int want_splits) {
     const int p = (cv.h + 2 * cv.pad - cv.r) / cv.stride + 1, q = (cv.w + 2 * cv.pad - cv.s) / cv.stride + 1;
     const int npix = cv.n * p * q, ncols = cv.r * cv.s * cv.c;
-    H x = rand_h((size_t)cv.n * cv.h * cv.w * cv.c), dy = rand_h((size_t)npix * cv.k);
+    H x = rand_h((size_t)cv.n * cv.h * cv.w * cv.c, -1, 1), dy = rand_h((size_t)npix * cv.k, -1, 1);
     // Reference by scatter over pixels and taps, in double.
     std::vector<double> ref((size_t)cv.k * ncols, 0.0);
     for (int img = 0; img < cv.n; ++img)
@@ -107,7 +94,7 @@ static void test_conv(const Conv& cv, int ti, int variant, int want_splits) {
 static void test_variants_agree(const Conv& cv, int ti, int splits_wanted) {
     const int p = (cv.h + 2 * cv.pad - cv.r) / cv.stride + 1, q = (cv.w + 2 * cv.pad - cv.s) / cv.stride + 1;
     const int npix = cv.n * p * q, ncols = cv.r * cv.s * cv.c;
-    H x = rand_h((size_t)cv.n * cv.h * cv.w * cv.c), dy = rand_h((size_t)npix * cv.k);
+    H x = rand_h((size_t)cv.n * cv.h * cv.w * cv.c, -1, 1), dy = rand_h((size_t)npix * cv.k, -1, 1);
     const int steps = (npix + WG_BK - 1) / WG_BK, per = (steps + splits_wanted - 1) / splits_wanted;
     const int splits = (steps + per - 1) / per;
     const size_t len = (size_t)cv.k * ncols * splits;
@@ -126,7 +113,7 @@ static void test_variants_agree(const Conv& cv, int ti, int splits_wanted) {
 }
 
 static void test_bias(long long pixels, int k, int chunks) {
-    H dy = rand_h((size_t)pixels * k);
+    H dy = rand_h((size_t)pixels * k, -1, 1);
     std::vector<double> ref(k, 0.0);
     for (long long i = 0; i < pixels; ++i)
         for (int c = 0; c < k; ++c) ref[c] += __half2float(dy[i * k + c]);
@@ -140,6 +127,7 @@ static void test_bias(long long pixels, int k, int chunks) {
 }
 
 int main() {
+    gen.seed(777);
     // Vector loaders (c_in, c_out multiples of 8).
     test_conv({2, 9, 11, 16, 136, 3, 3, 1, 1}, 0, 1, 1);   // 2 x 2 tiles, both partial
     test_conv({2, 9, 11, 16, 136, 3, 3, 1, 1}, 0, 1, 3);   // 198 pixels: 7 stages over 3 splits

@@ -13,21 +13,7 @@
 #include <cstring>
 #include <string>
 
-static std::mt19937 gen(12345);
-static int failures = 0;
-using H = std::vector<__half>;
-static float uni(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(gen); }
-static H rand_h(size_t n, float lo, float hi) { H v(n); for (auto& x : v) x = __float2half_rn(uni(lo, hi)); return v; }
-static std::vector<float> f(const H& v) { std::vector<float> o(v.size()); for (size_t i = 0; i < v.size(); ++i) o[i] = __half2float(v[i]); return o; }
-static H poison(size_t n) { return H(n, __ushort_as_half(0x7e01)); }
-static void check(const char* what, const std::vector<float>& got, const std::vector<double>& want, double tol) {
-    double num = 0, den = 0; size_t bad = 0;
-    for (size_t i = 0; i < got.size(); ++i) { if (!std::isfinite(got[i])) bad++; num += (got[i] - want[i]) * (got[i] - want[i]); den += want[i] * want[i]; }
-    double e = std::sqrt(num / std::max(den, 1e-300));
-    bool ok = bad == 0 && e < tol;
-    if (!ok) failures++;
-    printf("%-60s rel %.2e nonfinite %zu %s\n", what, e, bad, ok ? "ok" : "FAIL");
-}
+#include "sim_check.h"
 static std::vector<double> d(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 static SimDim grid1(unsigned b) { return SimDim{b, 1, 1}; }
 
@@ -350,6 +336,7 @@ static void test_pool(int N, int Hh, int W, int C, int k, int s, int pad) {
 }
 
 int main() {
+    gen.seed(12345);
     test_elementwise();
     test_batchnorm(1, 7, 9, 18);
     test_batchnorm(4, 13, 17, 32);

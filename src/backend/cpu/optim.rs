@@ -142,12 +142,12 @@ pub fn adamw_step_chunks(
     );
     for c in chunks {
         let (w, g, len) = (c.value_at as usize, c.grad_at as usize, c.len as usize);
-        let chunk = AdamWState {
-            master: &mut master[w..w + len],
-            m: &mut m[w..w + len],
-            v: &mut v[w..w + len],
-            half_copy: half_copy.as_deref_mut().map(|h| &mut h[w..w + len]),
-        };
+        let chunk = AdamWState::new(
+            &mut master[w..w + len],
+            &mut m[w..w + len],
+            &mut v[w..w + len],
+            half_copy.as_deref_mut().map(|h| &mut h[w..w + len]),
+        );
         adamw_step(chunk, &grad[g..g + len], hp, t, c.decay != 0, grad_mul);
     }
 }
@@ -181,12 +181,7 @@ mod tests {
         let (mut m, mut v) = (vec![0.0; 3], vec![0.0; 3]);
         let mut half = vec![f16::ZERO; 3];
         adamw_step(
-            AdamWState {
-                master: &mut w,
-                m: &mut m,
-                v: &mut v,
-                half_copy: Some(&mut half),
-            },
+            AdamWState::new(&mut w, &mut m, &mut v, Some(&mut half)),
             &[3.0, -0.01, 0.0],
             &hp,
             1,
@@ -266,12 +261,7 @@ mod tests {
         let (mut w1, mut m1, mut v1, mut h1) = (master.clone(), m.clone(), v.clone(), half.clone());
         let table = AdamWChunk::table(&tensors);
         adamw_step_chunks(
-            AdamWState {
-                master: &mut w1,
-                m: &mut m1,
-                v: &mut v1,
-                half_copy: Some(&mut h1),
-            },
+            AdamWState::new(&mut w1, &mut m1, &mut v1, Some(&mut h1)),
             &grad,
             &table,
             &hp,
@@ -282,12 +272,12 @@ mod tests {
         for t in &tensors {
             let (a, g, n) = (t.value_at, t.grad_at, t.len);
             adamw_step(
-                AdamWState {
-                    master: &mut w2[a..a + n],
-                    m: &mut m2[a..a + n],
-                    v: &mut v2[a..a + n],
-                    half_copy: Some(&mut h2[a..a + n]),
-                },
+                AdamWState::new(
+                    &mut w2[a..a + n],
+                    &mut m2[a..a + n],
+                    &mut v2[a..a + n],
+                    Some(&mut h2[a..a + n]),
+                ),
                 &grad[g..g + n],
                 &hp,
                 3,
