@@ -278,6 +278,74 @@ fn large_tiled_conv_matches_naive() {
     assert_close("tiled conv", &y, &conv_naive(&f64s(&x), xs, &f64s(&w), &p, None), 1e-5);
 }
 
+/// The inference forward's Winograd F(2x2, 3x3) path (docs/maths.md#winograd-convolution),
+/// relative to the largest output. Observed: at most 4e-7, where the direct f32 sum is off by up
+/// to 1e-6 (f32's unit roundoff is 6e-8); a wrong sign or coefficient in a transform is off by
+/// order 1.
+const WINOGRAD_TOLERANCE: f64 = 2e-6;
+
+#[test]
+fn winograd_inference_forward_matches_naive() {
+    // (n, h, w, c_in, c_out): border tiles cut in both directions, c_in below, at and above 16
+    // and not a multiple of 4, c_out taking 8- and 16-lane blocks with padding lanes.
+    let cases = [
+        (1, 8, 8, 8, 8),
+        (2, 7, 5, 19, 24),
+        (1, 6, 9, 32, 32),
+        (1, 5, 4, 64, 19),
+        (3, 3, 3, 21, 17),
+        (1, 13, 11, 130, 40),
+    ];
+    let mut r = rng(11);
+    for (n, h, w, c_in, c_out) in cases {
+        let (xs, p) = (Shape4::new(n, h, w, c_in), ConvParams::square(c_in, c_out, 3, 1, 1));
+        assert!(conv::winograd_suits(&p));
+        let (x, wt, residual) = conv_operands(&mut r, xs, &p, p.out_shape(xs));
+        let (bias, scale, shift) = (random(&mut r, c_out), random(&mut r, c_out), random(&mut r, c_out));
+        let plain = conv_naive(&f64s(&x), xs, &f64s(&wt), &p, None);
+        let mut got = vec![f32::NAN; plain.len()]; // poisoned: every element must be written
+        conv::conv2d_fwd_winograd(&x, xs, &wt, &p, &mut got);
+        assert_close(&format!("Winograd {xs} {p:?}"), &got, &plain, WINOGRAD_TOLERANCE);
+
+        // Through conv2d_affine_fwd: bias, folded batch norm, residual and ReLU after the sum.
+        for (with_residual, relu) in [(false, false), (false, true), (true, true)] {
+            let want: Vec<f64> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let k = i % c_out;
+                    let y = (v + bias[k] as f64) * scale[k] as f64 + shift[k] as f64;
+                    let y = if with_residual { y + residual[i] as f64 } else { y };
+                    if relu {
+                        y.max(0.0)
+                    } else {
+                        y
+                    }
+                })
+                .collect();
+            let affine = conv::Affine {
+                scale: &scale,
+                shift: &shift,
+                residual: with_residual.then_some(residual.as_slice()),
+                relu,
+            };
+            got.fill(f32::NAN);
+            conv::conv2d_affine_fwd(&x, xs, &wt, &p, Some(&bias), affine, &mut got);
+            let what = format!("Winograd {xs} {p:?} + affine, residual {with_residual}, relu {relu}");
+            assert_close(&what, &got, &want, WINOGRAD_TOLERANCE);
+        }
+    }
+
+    // In f64 (the baseline tile) only the transforms' own rounding is left: far below f32's.
+    let (xs, p) = (Shape4::new(2, 7, 6, 24), ConvParams::square(24, 19, 3, 1, 1));
+    let (x, wt) = (f64s(&random(&mut r, xs.len())), f64s(&random(&mut r, p.weight_len())));
+    let want = conv_naive(&x, xs, &wt, &p, None);
+    let mut got = vec![f64::NAN; want.len()];
+    conv::conv2d_fwd_winograd(&x, xs, &wt, &p, &mut got);
+    let worst = got.iter().zip(&want).fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
+    assert!(worst < 1e-12, "f64 Winograd differs from the definition by {worst:.2e}");
+}
+
 #[test]
 fn conv2d_backward_matches_finite_differences() {
     let mut r = rng(3);

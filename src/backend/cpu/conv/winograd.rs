@@ -15,7 +15,7 @@
 //! The transforms' coefficients are 0, ±1 and ±1/2, so `B^T d B` and `A^T m A` are additions
 //! only and `G g G^T` is exact up to the additions' rounding. The rounding differs from the
 //! direct sum's (inputs are combined before they are multiplied), by a few units of f32's last
-//! place relative to the size of the terms (tests/cpu_conv_winograd.rs measures it); every
+//! place relative to the size of the terms (tests/backend_ops.rs measures it); every
 //! output element is still one fixed chain of operations, so the results do not depend on the
 //! instruction set or the thread count.
 //!
