@@ -30,7 +30,9 @@ fn meta(cfg: &ModelConfig) -> Meta {
     );
     m.epoch = 7;
     m.step = 1234;
-    m.best_metric = Some(1.25);
+    // A value serde_json's default (best-effort) float parser read back one bit off, so that a
+    // resumed run's checkpoint differed from an uninterrupted run's.
+    m.best_metric = Some(14.228117291428715);
     m.rng = serde_json::json!({"seed": 42, "draws": 99});
     m.dataset_fingerprint = Some("sha256:abc".into());
     m
