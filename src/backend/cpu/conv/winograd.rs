@@ -121,15 +121,19 @@ fn input_transform<T: Real, const CH: usize>(d: &[&[T]; XI], v: &mut [T], stride
     }
 }
 
-/// `A^T m A` of one tile's 16 products (`m[ξ]`, `L` output channels each): its output pixels
-/// (0, 0), (0, 1), (1, 0), (1, 1).
+/// `A^T m A` of one tile's 16 products (`m[ξ * stride]`, `L` output channels each): its output
+/// pixels (0, 0), (0, 1), (1, 0), (1, 1).
 #[inline(always)]
-fn output_transform<T: Real, const L: usize>(m: &[[T; L]], y: &mut [[T; L]; 4]) {
+fn output_transform<T: Real, const L: usize>(m: &[[T; L]], stride: usize, y: &mut [[T; L]; 4]) {
+    let mut mv = [[T::ZERO; L]; XI];
+    for (xi, v) in mv.iter_mut().enumerate() {
+        *v = m[xi * stride];
+    }
     for l in 0..L {
         // A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]: down the columns, then along the rows.
         let mut c = [[T::ZERO; 2]; 4];
         for (j, c) in c.iter_mut().enumerate() {
-            let (m0, m1, m2, m3) = (m[j][l], m[4 + j][l], m[8 + j][l], m[12 + j][l]);
+            let (m0, m1, m2, m3) = (mv[j][l], mv[4 + j][l], mv[8 + j][l], mv[12 + j][l]);
             *c = [m0 + m1 + m2, m1 - m2 - m3];
         }
         for i in 0..2 {
@@ -191,7 +195,10 @@ fn winograd_job<T: Real, const L: usize, const PX: usize>(
             input_transform::<T, 1>(&d, vt, stride, c);
         }
     }
-    let mut m = vec![[T::ZERO; L]; count * XI];
+    // The products, `[ξ][tile][L]` with room for whole register tiles, so that each tile's
+    // results land in place.
+    let padded = count.next_multiple_of(PX);
+    let mut m = vec![[T::ZERO; L]; XI * padded];
     let mut y = [[T::ZERO; L]; 4];
     let block_len = XI * c_in * L;
     for b in 0..store.c_out.div_ceil(L) {
@@ -206,15 +213,13 @@ fn winograd_job<T: Real, const L: usize, const PX: usize>(
                 }
                 // SAFETY: every start plus c_in is inside v (count tiles of XI * c_in values),
                 // and u holds XI taps of c_in * L values.
-                let acc = unsafe { kernel(v.as_ptr(), &starts, 1, 0, c_in, u.as_ptr().add(xi * c_in * L)) };
-                for (px, a) in acc.iter().enumerate().take(valid) {
-                    m[(g + px) * XI + xi] = *a;
-                }
+                let out: &mut [[T; L]; PX] = (&mut m[xi * padded + g..][..PX]).try_into().expect("PX tiles");
+                *out = unsafe { kernel(v.as_ptr(), &starts, 1, 0, c_in, u.as_ptr().add(xi * c_in * L)) };
             }
         }
         for (i, t) in tiles.clone().enumerate() {
             let (n, ty, tx) = place(t);
-            output_transform(&m[i * XI..(i + 1) * XI], &mut y);
+            output_transform(&m[i..], padded, &mut y);
             for (q, yq) in y.iter().enumerate() {
                 let (oy, ox) = (2 * ty + q / 2, 2 * tx + q % 2);
                 if oy < xs.h && ox < xs.w {
