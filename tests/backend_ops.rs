@@ -347,6 +347,71 @@ fn winograd_inference_forward_matches_naive() {
 }
 
 #[test]
+fn concatenated_1x1_convolution_without_the_concatenation_matches_naive() {
+    // HRNet's head: a full-size input and smaller ones upsampled by 2 and 4 (bilinear), batch 2,
+    // channel counts off the vector width; enough rows for several bands of the output (bands
+    // of 256 KiB: 25 rows of 64 x 40 values), one of them across the two images.
+    let mut r = rng(14);
+    let parts = [
+        Shape4::new(2, 48, 64, 5),
+        Shape4::new(2, 24, 32, 9),
+        Shape4::new(2, 12, 16, 18),
+    ];
+    let c_in: usize = parts.iter().map(|s| s.c).sum();
+    for (c_out, relu) in [(40, true), (19, false)] {
+        let p = ConvParams::square(c_in, c_out, 1, 1, 0);
+        let xs: Vec<Vec<f32>> = parts.iter().map(|s| random(&mut r, s.len())).collect();
+        let w = random(&mut r, p.weight_len());
+        let (bias, scale, shift) = (random(&mut r, c_out), random(&mut r, c_out), random(&mut r, c_out));
+        // The definition: upsample, concatenate along the channels, convolve, affine (+ ReLU).
+        let ups: Vec<(Vec<f64>, usize)> = parts
+            .iter()
+            .zip(&xs)
+            .map(|(s, x)| {
+                (
+                    upsample_naive(&f64s(x), *s, parts[0].h / s.h, UpsampleMode::Bilinear),
+                    s.c,
+                )
+            })
+            .collect();
+        let cs = Shape4 { c: c_in, ..parts[0] };
+        let mut cat = Vec::with_capacity(cs.len());
+        for px in 0..cs.pixels() {
+            for (u, c) in &ups {
+                cat.extend_from_slice(&u[px * c..(px + 1) * c]);
+            }
+        }
+        let want: Vec<f64> = conv_naive(&cat, cs, &f64s(&w), &p, Some(&f64s(&bias)))
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let y = v * scale[i % c_out] as f64 + shift[i % c_out] as f64;
+                if relu {
+                    y.max(0.0)
+                } else {
+                    y
+                }
+            })
+            .collect();
+        let inputs: Vec<(&[f32], Shape4)> = xs.iter().map(Vec::as_slice).zip(parts).collect();
+        let affine = conv::Affine {
+            scale: &scale,
+            shift: &shift,
+            residual: None,
+            relu,
+        };
+        let mut got = vec![f32::NAN; want.len()];
+        conv::conv1x1_concat_affine_fwd(&inputs, (&w, &p), Some(&bias), affine, &mut got);
+        assert_close(
+            &format!("split 1x1 convolution -> {c_out}, relu {relu}"),
+            &got,
+            &want,
+            1e-5,
+        );
+    }
+}
+
+#[test]
 fn conv2d_backward_matches_finite_differences() {
     let mut r = rng(3);
     for (xs, p) in conv_cases() {

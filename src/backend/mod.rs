@@ -160,6 +160,21 @@ pub trait Backend {
         residual: Option<View>,
         y: View,
     );
+
+    /// Whether [`Self::concat_conv_bn_fwd_eval`] runs: the executor then rewrites inference
+    /// graphs with [`Graph::fuse_concat_conv`](crate::graph::Graph::fuse_concat_conv). The CPU
+    /// backend does, where the head's 1x1 convolution is a tenth of the forward; the GPU keeps the
+    /// concatenation.
+    const SPLITS_CONCAT_CONV: bool = false;
+
+    /// [`Op::ConcatConvBnEval`](crate::graph::Op::ConcatConvBnEval): `y = bn(conv1x1(concat(x[0],
+    /// up(x[1]), ...)))` (+ ReLU), bilinear upsampling to `x[0]`'s size, eval-mode batch norm.
+    /// Only called where [`Self::SPLITS_CONCAT_CONV`] is true.
+    fn concat_conv_bn_fwd_eval(&mut self, xs: &[View], conv: &ConvRefs, bn: &BnRefs, relu: bool, y: View) {
+        let _ = (xs, conv, bn, relu, y);
+        unreachable!("concat_conv_bn_fwd_eval: this backend does not split the concatenated convolution")
+    }
+
     /// Training fusion of `conv2d_fwd` and the training-mode batch norm that reads its output:
     /// writes `y` as `conv2d_fwd` does, and that BN's batch statistics into `saved` (`[mean;
     /// invstd]`, 2C f32) with its running statistics updated, as `batchnorm_fwd_train` would from

@@ -312,6 +312,14 @@ impl<'a, F: Fn(ParamId) -> &'a [f32]> Writer<'_, 'a, F> {
                     node.op.kind()
                 )
             }
+            Op::ConcatConvBnEval { .. } => {
+                bail!(
+                    "node {} ({}) exists only in the CPU executor's graph: export the graph of \
+                     `PlanOptions::graph_for`, which keeps the concatenation",
+                    node.name,
+                    node.op.kind()
+                )
+            }
         })
     }
 

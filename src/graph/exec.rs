@@ -4,7 +4,7 @@
 //! tensors its op saved (see [`saved_by`]) and writes the gradients of its inputs; the first
 //! contribution to a gradient overwrites it, later ones add (so no buffer is zero-filled).
 //! A recomputed BN output is rebuilt just before its first backward reader.
-use crate::backend::{AddReluJoin, Backend, Grad, ParamId, View};
+use crate::backend::{AddReluJoin, Backend, ConvRefs, Grad, ParamId, View};
 use crate::graph::plan::{plan, Mode, Plan, PlanOptions};
 use crate::graph::{Graph, Op, TensorId};
 
@@ -47,6 +47,12 @@ impl<B: Backend> Executor<B> {
             "plan statistics size must match the backend's"
         );
         let graph = options.graph_for(graph);
+        // The rewrite only some backends run (their inference forward has the fused op).
+        let graph = if B::SPLITS_CONCAT_CONV && options.mode == Mode::Eval && options.fuse_conv_bn {
+            graph.fuse_concat_conv()
+        } else {
+            graph
+        };
         let plan = plan(&graph, options);
         backend.prepare(plan.arena_bytes, &graph.param_specs());
         if !backend.params_adopted() {
@@ -160,6 +166,14 @@ impl<B: Backend> Executor<B> {
                 let conv = node.op.conv_refs().expect("a convolution");
                 b.conv2d_bn_fwd_eval(x[0], &conv, bn, *relu, residual.then(|| x[1]), y)
             }
+            Op::ConcatConvBnEval { p, w, bias, bn, relu } => {
+                let conv = ConvRefs {
+                    w: *w,
+                    bias: *bias,
+                    p: *p,
+                };
+                b.concat_conv_bn_fwd_eval(&x, &conv, bn, *relu, y)
+            }
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),
             Op::BatchNorm { bn, relu } => {
                 if train {
@@ -222,7 +236,9 @@ impl<B: Backend> Executor<B> {
             let input = |k: usize| node.inputs[k];
             match &node.op {
                 Op::Input => {}
-                Op::ConvBnEval { .. } => unreachable!("fused nodes exist only in inference graphs"),
+                Op::ConvBnEval { .. } | Op::ConcatConvBnEval { .. } => {
+                    unreachable!("fused nodes exist only in inference graphs")
+                }
                 Op::Conv { p, w, bias } => {
                     let x = self.saved(input(0), &mut rebuilt);
                     self.backend.conv2d_wgrad(x, dy, p, *w, *bias);

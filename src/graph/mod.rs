@@ -63,6 +63,23 @@ pub enum Op {
         relu: bool,
         residual: bool,
     },
+    /// Inference only, on backends that run it ([`Backend::SPLITS_CONCAT_CONV`]): a 1x1
+    /// convolution with its eval-mode batch norm (+ ReLU) on the channel concatenation of input
+    /// 0 and the bilinear upsamplings of the other inputs to input 0's size (HRNet's head). A 1x1
+    /// convolution and an upsampling commute (both linear, on different axes), so each input
+    /// is convolved with its slice of the weights at its own resolution and only the products
+    /// are upsampled and summed: no concatenation, and the convolution's work shrinks with the
+    /// inputs' resolutions (HRNet-W32's head: 8.5 GMAC to 1.1 at 768x768). Made by
+    /// [`Graph::fuse_concat_conv`]; docs/maths.md#the-heads-split-convolution.
+    ///
+    /// [`Backend::SPLITS_CONCAT_CONV`]: crate::backend::Backend::SPLITS_CONCAT_CONV
+    ConcatConvBnEval {
+        p: ConvParams,
+        w: ParamId,
+        bias: Option<ParamId>,
+        bn: BnRefs,
+        relu: bool,
+    },
     Relu,
     Add,
     AddRelu,
@@ -94,6 +111,7 @@ impl Op {
             Op::ConvBnEval { residual: true, .. } => "conv_bn_add_relu",
             Op::ConvBnEval { relu: true, .. } => "conv_bn_relu",
             Op::ConvBnEval { relu: false, .. } => "conv_bn",
+            Op::ConcatConvBnEval { .. } => "concat_conv_bn",
             Op::BatchNorm { relu: true, .. } => "bn_relu",
             Op::BatchNorm { relu: false, .. } => "bn",
             Op::BatchNormAddRelu { .. } => "bn_add_relu",
@@ -249,7 +267,9 @@ impl Graph {
             Op::Conv { w, bias, .. } => std::iter::once(*w).chain(*bias).collect(),
             Op::ConvTranspose { w, .. } => vec![*w],
             Op::BatchNorm { bn, .. } | Op::BatchNormAddRelu { bn } => vec![bn.gamma, bn.beta],
-            Op::ConvBnEval { w, bias, bn, .. } => std::iter::once(*w).chain(*bias).chain([bn.gamma, bn.beta]).collect(),
+            Op::ConvBnEval { w, bias, bn, .. } | Op::ConcatConvBnEval { w, bias, bn, .. } => {
+                std::iter::once(*w).chain(*bias).chain([bn.gamma, bn.beta]).collect()
+            }
             _ => Vec::new(),
         };
         ids.iter().map(|id| self.params[id.0].len()).sum()
@@ -261,6 +281,12 @@ impl Graph {
         match &node.op {
             Op::Conv { p, .. } | Op::ConvBnEval { p, .. } => p.macs(self.shape(node.inputs[0])),
             Op::ConvTranspose { p, .. } => (self.shape(node.inputs[0]).pixels() * p.weight_len()) as u64,
+            Op::ConcatConvBnEval { p, .. } => node
+                .inputs
+                .iter()
+                .map(|&t| self.shape(t))
+                .map(|x| (x.pixels() * x.c * p.c_out) as u64)
+                .sum(),
             _ => 0,
         }
     }
@@ -294,6 +320,60 @@ impl Graph {
             }),
             _ => None,
         })
+    }
+
+    /// This (inference) graph with each 1x1, stride-1 [`Op::ConvBnEval`] without residual whose
+    /// input is a concatenation read by nothing else, of one tensor at the output's size and
+    /// bilinear upsamplings (each read by nothing else), computed without the concatenation
+    /// ([`Op::ConcatConvBnEval`]); the concatenation and the upsamplings are dropped.
+    /// Parameters are shared unchanged.
+    pub fn fuse_concat_conv(&self) -> Graph {
+        let readers = self.reader_counts();
+        let only_reader = |t: TensorId| readers[t.0] == 1 && t != self.output;
+        let mut dropped = vec![false; self.nodes.len()];
+        let mut replaced: Vec<Option<Node>> = vec![None; self.nodes.len()];
+        for (k, node) in self.nodes.iter().enumerate() {
+            let Op::ConvBnEval {
+                p,
+                w,
+                bias,
+                bn,
+                relu,
+                residual: false,
+            } = node.op
+            else {
+                continue;
+            };
+            let cat = node.inputs[0];
+            if (p.kh, p.kw, p.stride, p.pad) != (1, 1, 1, 0) || !only_reader(cat) || self.nodes[cat.0].op != Op::Concat
+            {
+                continue;
+            }
+            let parts = &self.nodes[cat.0].inputs;
+            let upsampled = |t: &TensorId| {
+                self.nodes[t.0].op
+                    == Op::Upsample {
+                        mode: UpsampleMode::Bilinear,
+                    }
+                    && only_reader(*t)
+            };
+            if parts.len() < 2 || upsampled(&parts[0]) || !parts[1..].iter().all(upsampled) {
+                continue;
+            }
+            dropped[cat.0] = true;
+            let mut inputs = vec![parts[0]];
+            for t in &parts[1..] {
+                dropped[t.0] = true;
+                inputs.push(self.nodes[t.0].inputs[0]);
+            }
+            replaced[k] = Some(Node {
+                name: node.name.clone(),
+                op: Op::ConcatConvBnEval { p, w, bias, bn, relu },
+                inputs,
+                shape: node.shape,
+            });
+        }
+        self.rebuilt(&dropped, replaced)
     }
 
     /// How many nodes read each tensor.

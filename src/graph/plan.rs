@@ -157,7 +157,7 @@ pub fn saved_by(op: &Op) -> (bool, bool) {
         Op::MaxPool { .. } => (true, false),                         // where the maxima were
         Op::Relu | Op::AddRelu => (false, true),                     // mask y > 0
         Op::Input | Op::Add | Op::Upsample { .. } | Op::Concat => (false, false),
-        Op::ConvBnEval { .. } => (false, false), // inference only
+        Op::ConvBnEval { .. } | Op::ConcatConvBnEval { .. } => (false, false), // inference only
     }
 }
 

@@ -360,6 +360,25 @@ impl<T: Real> Backend for CpuBackend<T> {
         })
     }
 
+    const SPLITS_CONCAT_CONV: bool = true;
+
+    fn concat_conv_bn_fwd_eval(&mut self, xs: &[View], conv: &ConvRefs, bn: &BnRefs, relu: bool, y: View) {
+        self.timed("concat_conv_bn_fwd_eval", |this| {
+            let (r, mut writes) = split(&mut this.arena, xs, &[y]);
+            let parts: Vec<(&[T], Shape4)> = r.iter().zip(xs).map(|(&a, v)| (a, v.shape)).collect();
+            let pr = &this.params;
+            let (scale, shift) = batchnorm::bn_eval_affine(weights_of(pr, bn), running_of(pr, bn));
+            let affine = conv::Affine {
+                scale: &scale,
+                shift: &shift,
+                residual: None,
+                relu,
+            };
+            let b = conv.bias.map(|b| pr[b.0].as_slice());
+            conv::conv1x1_concat_affine_fwd(&parts, (&pr[conv.w.0], &conv.p), b, affine, &mut *writes[0]);
+        })
+    }
+
     fn conv2d_fwd_bn_stats(&mut self, x: View, conv: &ConvRefs, y: View, bn: &BnRefs, saved: View) {
         self.timed("conv2d_fwd_bn_stats", |this| {
             this.conv2d_fwd(x, conv.w, conv.bias, &conv.p, y);

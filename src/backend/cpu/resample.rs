@@ -106,6 +106,31 @@ pub fn upsample_fwd<T: Real>(x: &[T], xs: Shape4, mode: UpsampleMode, y: &mut [T
     separable(x, xs, &rows, &cols, y, ys, false);
 }
 
+/// The upsampling of one tensor by a fixed factor, added onto output rows one at a time: for ops
+/// that fuse an upsampling into a pass over their output ([`super::conv::conv1x1_concat_affine_fwd`]).
+pub struct UpsampleRows {
+    xs: Shape4,
+    rows: Taps,
+    cols: Taps,
+}
+
+impl UpsampleRows {
+    /// Upsampling `xs` by `factor` in `mode`.
+    pub fn new(xs: Shape4, factor: usize, mode: UpsampleMode) -> Self {
+        Self {
+            xs,
+            rows: forward_taps(xs.h, factor, mode),
+            cols: forward_taps(xs.w, factor, mode),
+        }
+    }
+
+    /// `drow += upsample(x)[n, i, :, :]` (`drow` holds one output row, `x` is NHWC `xs`).
+    pub fn add_row<T: Real>(&self, x: &[T], n: usize, i: usize, drow: &mut [T]) {
+        assert_eq!(x.len(), self.xs.len(), "upsample: x length");
+        on_isa!(separable_row_isa::<T>(x, self.xs, n, &self.rows[i], &self.cols, drow));
+    }
+}
+
 /// `dx (+)= upsample^T(dy)`.
 pub fn upsample_bwd<T: Real>(dy: &[T], ys: Shape4, mode: UpsampleMode, dx: &mut [T], xs: Shape4, accumulate: bool) {
     let factor = check_upsample("upsample_bwd", (dx, xs), (dy, ys));

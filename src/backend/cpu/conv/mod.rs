@@ -35,10 +35,11 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::resample::UpsampleRows;
 use super::scratch::{self, Scratch};
 use super::simd::{for_each_isa, isa, Isa};
 use super::Real;
-use crate::backend::{ConvParams, Shape4};
+use crate::backend::{upsample_shape, ConvParams, Shape4, UpsampleMode};
 
 mod winograd;
 #[cfg(target_arch = "x86_64")]
@@ -579,6 +580,85 @@ pub fn conv2d_affine_fwd<T: Real>(
 /// `y = conv2d(x, w) + bias`. `x` is NHWC `xs`, `w` is KRSC, `y` is NHWC `p.out_shape(xs)`.
 pub fn conv2d_fwd<T: Real>(x: &[T], xs: Shape4, w: &[T], p: &ConvParams, bias: Option<&[T]>, y: &mut [T]) {
     conv_fwd_into(x, xs, w, p, &fwd_store(y, p.out_shape(xs), p, bias, false, None));
+}
+
+/// `y = epilogue(conv1x1(concat(x[0], up(x[1]), ..., up(x[m])), w) + bias)`, every `up` a
+/// bilinear upsampling to `x[0]`'s size, computed without the concatenation: input `j` is
+/// convolved with its slice of the weights (its channels of the concatenation) at its own size,
+/// the products of inputs 1.. are upsampled and added, then the bias (with input 0's product)
+/// and `epilogue` (no residual). Exact in real arithmetic since the convolution and the
+/// upsampling commute; docs/maths.md#the-heads-split-convolution. The convolution is `(w, p)`:
+/// KRSC weights `p.c_out x p.c_in`, `p.c_in` the sum of the inputs' channels.
+pub fn conv1x1_concat_affine_fwd<T: Real>(
+    xs: &[(&[T], Shape4)],
+    (w, p): (&[T], &ConvParams),
+    bias: Option<&[T]>,
+    epilogue: Affine<'_, T>,
+    y: &mut [T],
+) {
+    assert_eq!(
+        (p.kh, p.kw, p.stride, p.pad),
+        (1, 1, 1, 0),
+        "conv1x1_concat: a 1x1 convolution"
+    );
+    assert_eq!(w.len(), p.weight_len(), "conv1x1_concat: weight length");
+    assert!(epilogue.residual.is_none(), "conv1x1_concat: no residual");
+    let (x0, s0) = xs[0];
+    assert_eq!(
+        xs.iter().map(|(_, s)| s.c).sum::<usize>(),
+        p.c_in,
+        "conv1x1_concat: channels"
+    );
+    let ys = Shape4 { c: p.c_out, ..s0 };
+    // Input j's slice of the weights, as a convolution of its own: [c_out][c_j].
+    let mut offset = 0;
+    let mut slice = |c: usize| {
+        let part = ConvParams::square(c, p.c_out, 1, 1, 0);
+        let mut wj = scratch::take::<T>(part.weight_len());
+        for (k, row) in wj.chunks_exact_mut(c).enumerate() {
+            row.copy_from_slice(&w[k * p.c_in + offset..][..c]);
+        }
+        offset += c;
+        (part, wj)
+    };
+    let (p0, w0) = slice(s0.c);
+    let mut smaller = Vec::new();
+    for &(xj, sj) in &xs[1..] {
+        assert!(
+            sj.n == s0.n && sj.h > 0 && s0.h % sj.h == 0,
+            "conv1x1_concat: {sj} does not upsample to {s0}"
+        );
+        let (pj, wj) = slice(sj.c);
+        let zs = Shape4 { c: p.c_out, ..sj };
+        let mut z = scratch::take::<T>(zs.len());
+        conv_fwd_into(xj, sj, &wj, &pj, &fwd_store(&mut z[..], zs, &pj, None, false, None));
+        let up = UpsampleRows::new(zs, s0.h / sj.h, UpsampleMode::Bilinear);
+        assert_eq!(upsample_shape(zs, s0.h / sj.h), ys, "conv1x1_concat: upsampled size");
+        smaller.push((z, up));
+    }
+    assert_eq!(y.len(), ys.len(), "conv1x1_concat: y length");
+    // Bands of output rows small enough to stay in cache: the upsampled products are summed
+    // into the band, then input 0's product, the bias and the epilogue are added by the
+    // convolution's store as it writes the band (a 1x1 convolution reads only the band's own
+    // pixels of input 0). The output goes to memory once.
+    let row_len = ys.w * ys.c;
+    let rows = (256 * 1024 / (row_len * std::mem::size_of::<T>()).max(1)).max(1);
+    y.par_chunks_mut(rows * row_len).enumerate().for_each(|(band, yb)| {
+        yb.fill(T::ZERO);
+        for (r, row) in yb.chunks_exact_mut(row_len).enumerate() {
+            let nr = band * rows + r;
+            for (z, up) in &smaller {
+                up.add_row(z, nr / ys.h, nr % ys.h, row);
+            }
+        }
+        let band_rows = yb.len() / row_len;
+        let (xb, xbs) = (
+            &x0[band * rows * s0.w * s0.c..][..band_rows * s0.w * s0.c],
+            Shape4::new(1, band_rows, s0.w, s0.c),
+        );
+        let ybs = Shape4 { c: p.c_out, ..xbs };
+        conv_fwd_into(xb, xbs, &w0, &p0, &fwd_store(yb, ybs, &p0, bias, true, Some(epilogue)));
+    });
 }
 
 /// Kernel taps `phase, phase + stride, ...` below `k`: how many reach an input pixel whose
