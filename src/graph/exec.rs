@@ -4,7 +4,7 @@
 //! tensors its op saved (see [`saved_by`]) and writes the gradients of its inputs; the first
 //! contribution to a gradient overwrites it, later ones add (so no buffer is zero-filled).
 //! A recomputed BN output is rebuilt just before its first backward reader.
-use crate::backend::{AddReluJoin, Backend, ConvRefs, Grad, ParamId, View};
+use crate::backend::{AddReluJoin, Backend, Grad, ParamId, View};
 use crate::graph::plan::{plan, Mode, Plan, PlanOptions};
 use crate::graph::{Graph, Op, TensorId};
 
@@ -166,12 +166,8 @@ impl<B: Backend> Executor<B> {
                 let conv = node.op.conv_refs().expect("a convolution");
                 b.conv2d_bn_fwd_eval(x[0], &conv, bn, *relu, residual.then(|| x[1]), y)
             }
-            Op::ConcatConvBnEval { p, w, bias, bn, relu } => {
-                let conv = ConvRefs {
-                    w: *w,
-                    bias: *bias,
-                    p: *p,
-                };
+            Op::ConcatConvBnEval { bn, relu, .. } => {
+                let conv = node.op.conv_refs().expect("a convolution");
                 b.concat_conv_bn_fwd_eval(&x, &conv, bn, *relu, y)
             }
             Op::ConvTranspose { p, w } => b.conv_transpose2d_fwd(x[0], *w, p, y),

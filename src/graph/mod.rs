@@ -93,11 +93,14 @@ pub enum Op {
 }
 
 impl Op {
-    /// The weight, bias and geometry of a convolution, plain or fused with its batch norm; `None`
-    /// for every other op.
+    /// The weight, bias and geometry of a convolution, plain or fused with its batch norm (the
+    /// split concatenation's too: its geometry is the 1x1 convolution over all the inputs'
+    /// channels); `None` for every other op.
     pub fn conv_refs(&self) -> Option<ConvRefs> {
         match *self {
-            Op::Conv { p, w, bias } | Op::ConvBnEval { p, w, bias, .. } => Some(ConvRefs { w, bias, p }),
+            Op::Conv { p, w, bias } | Op::ConvBnEval { p, w, bias, .. } | Op::ConcatConvBnEval { p, w, bias, .. } => {
+                Some(ConvRefs { w, bias, p })
+            }
             _ => None,
         }
     }

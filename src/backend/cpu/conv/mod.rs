@@ -504,6 +504,15 @@ fn fwd_store<'a, T: Real>(
     if let Some(b) = bias {
         assert_eq!(b.len(), p.c_out, "conv2d_fwd: bias length");
     }
+    if let Some(e) = &epilogue {
+        assert!(
+            e.scale.len() == p.c_out && e.shift.len() == p.c_out,
+            "conv2d_fwd: affine length"
+        );
+        if let Some(r) = e.residual {
+            assert_eq!(r.len(), y.len(), "conv2d_fwd: residual length");
+        }
+    }
     Store {
         y: Out(y.as_mut_ptr()),
         c_out: p.c_out,
@@ -562,13 +571,6 @@ pub fn conv2d_affine_fwd<T: Real>(
     affine: Affine<'_, T>,
     y: &mut [T],
 ) {
-    assert!(
-        affine.scale.len() == p.c_out && affine.shift.len() == p.c_out,
-        "conv2d_affine_fwd: affine length"
-    );
-    if let Some(r) = affine.residual {
-        assert_eq!(r.len(), y.len(), "conv2d_affine_fwd: residual length");
-    }
     let store = fwd_store(y, p.out_shape(xs), p, bias, false, Some(affine));
     if winograd::suits(p) {
         winograd::conv_fwd(x, xs, w, p, &store);
@@ -625,15 +627,19 @@ pub fn conv1x1_concat_affine_fwd<T: Real>(
     let mut smaller = Vec::new();
     for &(xj, sj) in &xs[1..] {
         assert!(
-            sj.n == s0.n && sj.h > 0 && s0.h % sj.h == 0,
+            sj.h > 0 && s0.h % sj.h == 0,
             "conv1x1_concat: {sj} does not upsample to {s0}"
         );
         let (pj, wj) = slice(sj.c);
-        let zs = Shape4 { c: p.c_out, ..sj };
+        let (zs, factor) = (Shape4 { c: p.c_out, ..sj }, s0.h / sj.h);
+        assert_eq!(
+            upsample_shape(zs, factor),
+            ys,
+            "conv1x1_concat: {sj} does not upsample to {s0}"
+        );
         let mut z = scratch::take::<T>(zs.len());
         conv_fwd_into(xj, sj, &wj, &pj, &fwd_store(&mut z[..], zs, &pj, None, false, None));
-        let up = UpsampleRows::new(zs, s0.h / sj.h, UpsampleMode::Bilinear);
-        assert_eq!(upsample_shape(zs, s0.h / sj.h), ys, "conv1x1_concat: upsampled size");
+        let up = UpsampleRows::new(zs, factor, UpsampleMode::Bilinear);
         smaller.push((z, up));
     }
     assert_eq!(y.len(), ys.len(), "conv1x1_concat: y length");
