@@ -162,7 +162,8 @@ pub trait Backend {
     );
 
     /// Whether [`Self::concat_conv_bn_fwd_eval`] runs: the executor then rewrites inference
-    /// graphs with [`Graph::fuse_concat_conv`](crate::graph::Graph::fuse_concat_conv). The CPU
+    /// graphs with [`Graph::fuse_concat_conv`](crate::graph::Graph::fuse_concat_conv)
+    /// ([`PlanOptions::graph_for_backend`](crate::graph::plan::PlanOptions::graph_for_backend)). The CPU
     /// backend does, where the head's 1x1 convolution is a tenth of the forward; the GPU keeps the
     /// concatenation.
     const SPLITS_CONCAT_CONV: bool = false;

@@ -46,13 +46,7 @@ impl<B: Backend> Executor<B> {
             backend.stats_bytes(),
             "plan statistics size must match the backend's"
         );
-        let graph = options.graph_for(graph);
-        // The rewrite only some backends run (their inference forward has the fused op).
-        let graph = if B::SPLITS_CONCAT_CONV && options.mode == Mode::Eval && options.fuse_conv_bn {
-            graph.fuse_concat_conv()
-        } else {
-            graph
-        };
+        let graph = options.graph_for_backend::<B>(graph);
         let plan = plan(&graph, options);
         backend.prepare(plan.arena_bytes, &graph.param_specs());
         if !backend.params_adopted() {

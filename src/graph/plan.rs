@@ -19,7 +19,7 @@
 //!
 //! Offsets come from first-fit placement in decreasing size order; [`Plan::check`] verifies
 //! that no two buffers with overlapping lifetimes overlap in bytes.
-use crate::backend::{Shape4, View};
+use crate::backend::{Backend, Shape4, View};
 use crate::graph::{Graph, Op, TensorId};
 
 /// Offsets are multiples of this: the device's alignment (256 bytes, for vector loads), defined
@@ -92,10 +92,22 @@ impl PlanOptions {
     }
 
     /// The graph these options run: `graph` with the fusions of its mode applied
-    /// ([`Graph::fuse_for_inference`] or [`Graph::fuse_for_training`]). The executor plans and
-    /// runs this graph; memory estimates must plan it too.
+    /// ([`Graph::fuse_for_inference`] or [`Graph::fuse_for_training`]). It is what the GPU
+    /// executor plans and runs and what the ONNX export writes; memory estimates must plan it too.
     pub fn graph_for(&self, graph: Graph) -> Graph {
+        self.graph_on(graph, false)
+    }
+
+    /// The graph an executor on backend `B` runs: [`Self::graph_for`], and in inference the
+    /// rewrites only some backends have ops for ([`Graph::fuse_concat_conv`] where
+    /// [`Backend::SPLITS_CONCAT_CONV`]).
+    pub fn graph_for_backend<B: Backend>(&self, graph: Graph) -> Graph {
+        self.graph_on(graph, B::SPLITS_CONCAT_CONV)
+    }
+
+    fn graph_on(&self, graph: Graph, split_concat_conv: bool) -> Graph {
         match self.mode {
+            Mode::Eval if self.fuse_conv_bn && split_concat_conv => graph.fuse_for_inference().fuse_concat_conv(),
             Mode::Eval if self.fuse_conv_bn => graph.fuse_for_inference(),
             Mode::Train if self.fuse_bn_add_relu => graph.fuse_for_training(),
             _ => graph,

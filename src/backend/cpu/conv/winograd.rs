@@ -211,9 +211,9 @@ fn winograd_job<T: Real, const L: usize, const PX: usize>(
                 for (px, s) in starts.iter_mut().enumerate().take(valid) {
                     *s = (xi * count + g + px) * c_in;
                 }
+                let out: &mut [[T; L]; PX] = (&mut m[xi * padded + g..][..PX]).try_into().expect("PX tiles");
                 // SAFETY: every start plus c_in is inside v (count tiles of XI * c_in values),
                 // and u holds XI taps of c_in * L values.
-                let out: &mut [[T; L]; PX] = (&mut m[xi * padded + g..][..PX]).try_into().expect("PX tiles");
                 *out = unsafe { kernel(v.as_ptr(), &starts, 1, 0, c_in, u.as_ptr().add(xi * c_in * L)) };
             }
         }
